@@ -1,0 +1,759 @@
+//! Typed, layered configuration: defaults → `ddms.toml` (profiles) → `DDMS_` environment
+//! (nesting on `__`) → command-line flags. Secrets are `SecretString`s that never print, and each
+//! one also accepts `<key>_file`, a path whose content is the secret.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Data, Env, Format, Serialized, Toml};
+use figment::{Figment, Profile};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Profiles named in the contract; any other value of `DDMS_PROFILE` is refused.
+pub const PROFILES: &[&str] = &["default", "dev", "staging", "production"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// `blue` or `green` when run as a blue-green slot (`ddms@blue`); reported by `/api/version`.
+    pub slot: Option<Slot>,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub provisioning: ProvisioningConfig,
+    pub log: LogConfig,
+    /// The profile the values were selected with (not a key of its own).
+    #[serde(skip)]
+    pub profile: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; defaults to `sqlite://<data_dir>/ddms.db`. A secret, since
+    /// PostgreSQL URLs carry the password.
+    pub url: Option<SecretString>,
+    pub url_file: Option<PathBuf>,
+    pub max_connections: u32,
+    #[serde(with = "seconds")]
+    pub connect_timeout: Duration,
+    pub migrate_on_start: bool,
+    /// Days of daily PostgreSQL reading partitions kept created ahead of today.
+    pub partitions_ahead_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes (413 beyond).
+    pub body_limit: usize,
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
+    /// How long in-flight requests may finish after SIGTERM before the process exits anyway.
+    #[serde(with = "seconds")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    Embedded,
+    External,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub mode: MqttMode,
+    pub embedded: EmbeddedBrokerConfig,
+    /// `mqtt://host:1883` or `mqtts://host:8883` for `mode = "external"`.
+    pub url: Option<String>,
+    pub tls: MqttTlsConfig,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`; unset means pretty on a terminal in the default/dev profiles, else json.
+    pub format: Option<LogFormat>,
+    /// A tracing filter directive (`info`, `ddms=debug,sqlx=warn`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The built-in defaults, as the lowest layer. Kept as TOML so `ddms.example.toml` can be checked
+/// against the very same keys.
+const DEFAULTS: &str = r#"
+data_dir = "./data"
+
+[database]
+max_connections = 16
+connect_timeout = 5
+migrate_on_start = true
+partitions_ahead_days = 7
+
+[http]
+listen = "127.0.0.1:8080"
+body_limit = 1048576
+request_timeout = 30
+shutdown_timeout = 25
+
+[mqtt]
+mode = "embedded"
+
+[mqtt.embedded]
+listen = "127.0.0.1:1883"
+
+[mqtt.tls]
+
+[provisioning]
+
+[log]
+level = "info"
+"#;
+
+/// Values given on the command line; they override every other layer.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// One line per problem: the key, what is wrong, and where the value came from (the file
+    /// path or the exact environment variable).
+    fn from_figment(err: figment::Error, profile: &Profile) -> Self {
+        let lines: Vec<String> = err
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".").to_ascii_lowercase();
+                let source = match &e.metadata {
+                    Some(meta) => match &meta.source {
+                        Some(figment::Source::File(path)) => path.display().to_string(),
+                        Some(other) => format!("{} {other}", meta.name),
+                        // figment names env values "HTTP.LISTEN"; operators set DDMS_HTTP__LISTEN.
+                        None if meta.name.contains("environment") => format!(
+                            "environment variable DDMS_{}",
+                            e.path.join("__").to_ascii_uppercase()
+                        ),
+                        None if !e.path.is_empty() => {
+                            let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
+                            format!("{} {}", meta.name, meta.interpolate(profile, &keys))
+                        }
+                        None => meta.name.to_string(),
+                    },
+                    None => "configuration".to_string(),
+                };
+                if key.is_empty() {
+                    format!("{} (from {source})", e.kind)
+                } else {
+                    format!("{key}: {} (from {source})", e.kind)
+                }
+            })
+            .collect();
+        ConfigError::Invalid(lines.join("\n"))
+    }
+}
+
+/// Where configuration comes from: a file path (optional) and the process environment.
+pub struct Loader {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Loader {
+    pub fn figment(&self) -> Result<Figment, ConfigError> {
+        let profile = std::env::var("DDMS_PROFILE").unwrap_or_else(|_| "default".into());
+        if !PROFILES.contains(&profile.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "DDMS_PROFILE: unknown profile `{profile}` (from the DDMS_PROFILE environment variable); expected one of {}",
+                PROFILES.join(", ")
+            )));
+        }
+        let file = match &self.file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist (from --config)",
+                        path.display()
+                    )));
+                }
+                path.clone()
+            }
+            None => PathBuf::from("ddms.toml"),
+        };
+        let mut figment = Figment::from(Toml::string(DEFAULTS))
+            .merge(file_provider(&file)?)
+            // Env and CLI are global so they override profile sections of the file too.
+            .merge(
+                Env::prefixed("DDMS_")
+                    .split("__")
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        key != "profile" && key != "config" && !key.starts_with("test_")
+                    })
+                    .global(),
+            );
+        let mut cli = serde_json::Map::new();
+        if let Some(dir) = &self.overrides.data_dir {
+            cli.insert("data_dir".into(), dir.display().to_string().into());
+        }
+        if let Some(listen) = self.overrides.http_listen {
+            cli.insert(
+                "http".into(),
+                serde_json::json!({ "listen": listen.to_string() }),
+            );
+        }
+        if !cli.is_empty() {
+            figment = figment.merge(Serialized::globals(cli));
+        }
+        Ok(figment.select(Profile::new(&profile)))
+    }
+
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let figment = self.figment()?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::from_figment(e, figment.profile()))?;
+        config.profile = figment.profile().to_string();
+        resolve_secret_file(
+            &figment,
+            "database.url",
+            &mut config.database.url,
+            &config.database.url_file,
+        )?;
+        resolve_secret_file(
+            &figment,
+            "mqtt.password",
+            &mut config.mqtt.password,
+            &config.mqtt.password_file,
+        )?;
+        resolve_secret_file(
+            &figment,
+            "provisioning.token",
+            &mut config.provisioning.token,
+            &config.provisioning.token_file,
+        )?;
+        config.validate(&figment)?;
+        Ok(config)
+    }
+}
+
+/// `ddms.toml` may be flat (one configuration) or split in profile sections (`[default]`,
+/// `[production]`, …, `[global]`); the shape is recognised from its top-level keys.
+fn file_provider(path: &Path) -> Result<Data<Toml>, ConfigError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Toml::file(path));
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+    let by_profile = !table.is_empty()
+        && table
+            .keys()
+            .all(|k| PROFILES.contains(&k.as_str()) || k == "global");
+    Ok(if by_profile {
+        Toml::file(path).nested()
+    } else {
+        Toml::file(path)
+    })
+}
+
+/// Names where a key's value came from, for error messages.
+fn source_of(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            Some(source) => format!("{} {}", meta.name, source),
+            None if meta.name.contains("environment") => format!(
+                "environment variable DDMS_{}",
+                key.replace('.', "__").to_ascii_uppercase()
+            ),
+            None => meta.name.to_string(),
+        },
+        None => "defaults".into(),
+    }
+}
+
+fn resolve_secret_file(
+    figment: &Figment,
+    key: &str,
+    value: &mut Option<SecretString>,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    let Some(path) = file else { return Ok(()) };
+    let file_key = format!("{key}_file");
+    if value.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "{key} and {file_key} are both set ({} and {}); set only one",
+            source_of(figment, key),
+            source_of(figment, &file_key)
+        )));
+    }
+    let content = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "{file_key}: cannot read {}: {e} (from {})",
+            path.display(),
+            source_of(figment, &file_key)
+        ))
+    })?;
+    // Files written by editors and secret managers usually end with a newline.
+    let secret = content.trim_end_matches(['\n', '\r']).to_string();
+    if secret.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{file_key}: {} is empty (from {})",
+            path.display(),
+            source_of(figment, &file_key)
+        )));
+    }
+    *value = Some(SecretString::from(secret));
+    Ok(())
+}
+
+impl Config {
+    /// Loads from `ddms.toml` in the working directory and the environment, without flags.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Loader {
+            file: None,
+            overrides: Overrides::default(),
+        }
+        .load()
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: &str, msg: String| {
+            Err(ConfigError::Invalid(format!(
+                "{key}: {msg} (from {})",
+                source_of(figment, key)
+            )))
+        };
+        if let Some(url) = &self.database.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres:")
+                || url.starts_with("postgresql:"))
+            {
+                return invalid(
+                    "database.url",
+                    format!(
+                        "unsupported scheme in `{}`; expected sqlite://… or postgres://…",
+                        redact_url(url)
+                    ),
+                );
+            }
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".into());
+        }
+        if self.http.body_limit < 1024 {
+            return invalid("http.body_limit", "must be at least 1024 bytes".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(
+                "log.level",
+                format!("`{}` is not a valid filter: {e}", self.log.level),
+            );
+        }
+        if self.mqtt.mode == MqttMode::External {
+            match &self.mqtt.url {
+                None => {
+                    return invalid("mqtt.url", "required when mqtt.mode = \"external\"".into())
+                }
+                Some(u) if !(u.starts_with("mqtt://") || u.starts_with("mqtts://")) => {
+                    return invalid(
+                        "mqtt.url",
+                        format!("`{u}` must start with mqtt:// or mqtts://"),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, path) in [
+            ("mqtt.tls.ca", &self.mqtt.tls.ca),
+            ("mqtt.tls.cert", &self.mqtt.tls.cert),
+            ("mqtt.tls.key", &self.mqtt.tls.key),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return invalid(key, format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect (the SQLite default lives in `data_dir`).
+    pub fn database_url(&self) -> SecretString {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => SecretString::from(format!(
+                "sqlite://{}",
+                self.data_dir.join("ddms.db").display()
+            )),
+        }
+    }
+
+    pub fn log_format(&self, stdout_is_terminal: bool) -> LogFormat {
+        self.log.format.unwrap_or({
+            if stdout_is_terminal && (self.profile == "default" || self.profile == "dev") {
+                LogFormat::Pretty
+            } else {
+                LogFormat::Json
+            }
+        })
+    }
+
+    /// The effective configuration as TOML with every secret replaced by `[redacted]`.
+    pub fn redacted_toml(&self) -> String {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|_| "[redacted]".to_string());
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let value = serde_json::json!({
+            "profile": self.profile,
+            "data_dir": self.data_dir.display().to_string(),
+            "slot": self.slot,
+            "database": {
+                "url": redact_url(self.database_url().expose_secret()),
+                "url_file": path(&self.database.url_file),
+                "max_connections": self.database.max_connections,
+                "connect_timeout": self.database.connect_timeout.as_secs(),
+                "migrate_on_start": self.database.migrate_on_start,
+                "partitions_ahead_days": self.database.partitions_ahead_days,
+            },
+            "http": {
+                "listen": self.http.listen.to_string(),
+                "body_limit": self.http.body_limit,
+                "request_timeout": self.http.request_timeout.as_secs(),
+                "shutdown_timeout": self.http.shutdown_timeout.as_secs(),
+            },
+            "mqtt": {
+                "mode": format!("{:?}", self.mqtt.mode).to_lowercase(),
+                "embedded": { "listen": self.mqtt.embedded.listen.to_string() },
+                "url": self.mqtt.url,
+                "tls": { "ca": path(&self.mqtt.tls.ca), "cert": path(&self.mqtt.tls.cert), "key": path(&self.mqtt.tls.key) },
+                "username": self.mqtt.username,
+                "password": secret(&self.mqtt.password),
+                "password_file": path(&self.mqtt.password_file),
+            },
+            "provisioning": {
+                "token": secret(&self.provisioning.token),
+                "token_file": path(&self.provisioning.token_file),
+            },
+            "log": { "format": self.log.format, "level": self.log.level },
+        });
+        toml::to_string_pretty(&strip_nulls(value)).unwrap_or_else(|e| format!("# {e}"))
+    }
+}
+
+/// TOML has no null: unset optional keys are simply left out.
+fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Hides the password of a URL (`postgres://ddms:[redacted]@db/ddms`).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("[redacted]"));
+            parsed.to_string().replace("%5Bredacted%5D", "[redacted]")
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => "[unparseable url redacted]".into(),
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        })
+    }
+}
+
+/// Configuration from defaults plus one flat TOML text, ignoring the environment: for embedding
+/// ddms (tests spawn servers this way) and for checking example files.
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    let figment = Figment::from(Toml::string(DEFAULTS))
+        .merge(Toml::string(text))
+        .select(Profile::Default);
+    let mut config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::from_figment(e, &Profile::Default))?;
+    config.profile = Profile::Default.to_string();
+    config.validate(&figment)?;
+    Ok(config)
+}
+
+/// The keys documented in `ddms.example.toml` must be exactly the keys `Config` accepts; the
+/// example is checked by a test through this function.
+pub fn check_example(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+    from_toml(&text)
+}
+
+/// Durations are written as whole seconds in the file and the environment.
+mod seconds {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !(0.0..=86_400.0).contains(&secs) {
+            return Err(serde::de::Error::custom(format!(
+                "{secs} is out of range: expected seconds between 0 and 86400"
+            )));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load() -> Result<Config, ConfigError> {
+        Config::from_env()
+    }
+
+    #[test]
+    fn defaults_select_sqlite_in_data_dir_and_embedded_broker() {
+        Jail::expect_with(|_jail| {
+            let config = load().expect("defaults are valid");
+            assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(
+                config.database_url().expose_secret(),
+                "sqlite://./data/ddms.db"
+            );
+            assert_eq!(config.mqtt.mode, MqttMode::Embedded);
+            assert_eq!(config.http.shutdown_timeout, Duration::from_secs(25));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_profile_section_of_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "ddms.toml",
+                r#"
+                [default.http]
+                listen = "127.0.0.1:9000"
+                [production.http]
+                listen = "0.0.0.0:9001"
+                "#,
+            )?;
+            assert_eq!(load().unwrap().http.listen.to_string(), "127.0.0.1:9000");
+            jail.set_env("DDMS_PROFILE", "production");
+            assert_eq!(load().unwrap().http.listen.to_string(), "0.0.0.0:9001");
+            jail.set_env("DDMS_HTTP__LISTEN", "127.0.0.1:9002");
+            assert_eq!(load().unwrap().http.listen.to_string(), "127.0.0.1:9002");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_value_names_the_key_and_the_environment_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DDMS_HTTP__LISTEN", "not-an-address");
+            let err = load().unwrap_err().to_string();
+            assert!(err.contains("http.listen"), "{err}");
+            assert!(err.contains("DDMS_HTTP__LISTEN"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_value_in_file_names_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("ddms.toml", "[default.log]\nformat = \"yaml\"\n")?;
+            let err = load().unwrap_err().to_string();
+            assert!(err.contains("log.format"), "{err}");
+            assert!(err.contains("ddms.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("ddms.toml", "[default.http]\nlisten_addr = \"x\"\n")?;
+            let err = load().unwrap_err().to_string();
+            assert!(err.contains("listen_addr"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_file_is_read_and_never_displayed() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token.txt", "s3cr3t-provisioning\n")?;
+            jail.set_env("DDMS_PROVISIONING__TOKEN_FILE", "token.txt");
+            let config = load().unwrap();
+            assert_eq!(
+                config.provisioning.token.as_ref().unwrap().expose_secret(),
+                "s3cr3t-provisioning"
+            );
+            let shown = format!("{} {:?}", config.redacted_toml(), config);
+            assert!(!shown.contains("s3cr3t-provisioning"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_and_secret_file_together_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pw", "a")?;
+            jail.set_env("DDMS_MQTT__PASSWORD", "b");
+            jail.set_env("DDMS_MQTT__PASSWORD_FILE", "pw");
+            let err = load().unwrap_err().to_string();
+            assert!(err.contains("mqtt.password_file"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_password_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://ddms:hunter2@db:5432/ddms"),
+            "postgres://ddms:[redacted]@db:5432/ddms"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/ddms.db"),
+            "sqlite://./data/ddms.db"
+        );
+    }
+
+    #[test]
+    fn unsupported_database_scheme_names_key_and_source() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DDMS_DATABASE__URL", "mysql://u:pw@x/db");
+            let err = load().unwrap_err().to_string();
+            assert!(err.contains("database.url"), "{err}");
+            assert!(err.contains("DDMS_DATABASE__URL"), "{err}");
+            assert!(!err.contains("pw@"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_profile_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DDMS_PROFILE", "prod");
+            assert!(load().unwrap_err().to_string().contains("DDMS_PROFILE"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn committed_example_documents_every_key() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ddms.example.toml");
+        let text = std::fs::read_to_string(&example).unwrap();
+        check_example(&example).expect("ddms.example.toml parses with every key known");
+        // Every key the defaults know appears in the example (commented or not).
+        let defaults: toml::Table = DEFAULTS.parse().unwrap();
+        let mut missing = Vec::new();
+        collect_keys(&defaults, "", &mut missing);
+        let documented = [
+            "slot",
+            "database.url",
+            "database.url_file",
+            "mqtt.url",
+            "mqtt.tls.ca",
+            "mqtt.tls.cert",
+            "mqtt.tls.key",
+            "mqtt.username",
+            "mqtt.password",
+            "mqtt.password_file",
+            "provisioning.token",
+            "provisioning.token_file",
+            "log.format",
+        ];
+        missing.extend(documented.iter().map(|k| k.to_string()));
+        let absent: Vec<_> = missing
+            .iter()
+            .filter(|key| {
+                let leaf = key.rsplit('.').next().unwrap();
+                !text.lines().any(|line| {
+                    let line = line.trim_start_matches(['#', ' ']);
+                    line.starts_with(&format!("{leaf} =")) || line.starts_with(&format!("{leaf}="))
+                })
+            })
+            .collect();
+        assert!(absent.is_empty(), "undocumented keys: {absent:?}");
+    }
+
+    fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let full = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(t) => collect_keys(t, &full, out),
+                _ => out.push(full),
+            }
+        }
+    }
+}

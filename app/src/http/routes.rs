@@ -1,0 +1,129 @@
+//! Handlers of the walking skeleton: probes, metrics, version, and the auth base.
+
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{Authorized, OwnerRole, Principal, ViewerRole};
+use super::{ApiError, AppState};
+use crate::auth::{generate_api_token, hash_api_token};
+use crate::store::{NewApiToken, NewAuditEntry, Role};
+
+/// Readiness checks answer quickly even when the database hangs.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let backend = state.store.backend().name();
+    let database = match state.store.ping(READY_CHECK_TIMEOUT).await {
+        Ok(()) => json!({ "status": "ok", "backend": backend }),
+        Err(e) => json!({ "status": "error", "backend": backend, "error": e.to_string() }),
+    };
+    let migrations = if database["status"] == "ok" {
+        match tokio::time::timeout(READY_CHECK_TIMEOUT, state.store.migration_status()).await {
+            Ok(Ok(status)) if status.is_current() => {
+                json!({ "status": "ok", "applied": status.applied.len() })
+            }
+            Ok(Ok(status)) => json!({ "status": "error", "pending": status.pending,
+                                     "error": "migrations pending; run `ddms migrate`" }),
+            Ok(Err(e)) => json!({ "status": "error", "error": e.to_string() }),
+            Err(_) => json!({ "status": "error", "error": "timed out" }),
+        }
+    } else {
+        json!({ "status": "unknown", "error": "database unreachable" })
+    };
+    let ready = database["status"] == "ok" && migrations["status"] == "ok";
+    if !ready {
+        tracing::warn!(%database, %migrations, "not ready");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "components": { "database": database, "migrations": migrations },
+        })),
+    )
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+pub async fn version(State(state): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "version": crate::VERSION,
+        "git_sha": crate::GIT_SHA,
+        "slot": state.config.slot,
+    }))
+}
+
+pub async fn me(auth: Authorized<ViewerRole>) -> Json<Principal> {
+    Json(auth.principal)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    name: String,
+    role: Role,
+}
+
+/// Owners create tokens for scripts; the secret is in this response and nowhere else.
+pub async fn create_token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    auth: Authorized<OwnerRole>,
+    Json(body): Json<CreateToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::Validation {
+            field: "name".into(),
+            message: "must be 1 to 100 characters".into(),
+        });
+    }
+    let secret = generate_api_token();
+    let token = state
+        .store
+        .create_api_token(&NewApiToken {
+            name: name.to_string(),
+            token_hash: hash_api_token(&secret),
+            role: body.role,
+        })
+        .await?;
+    state
+        .store
+        .append_audit(&NewAuditEntry {
+            actor: auth.principal.subject.clone(),
+            action: "token.create".into(),
+            target: Some(format!("token:{}", token.name)),
+            detail: json!({ "token_id": token.id, "role": token.role }),
+            remote_addr: Some(peer.ip().to_string()),
+        })
+        .await?;
+    tracing::info!(token.id = %token.id, token.role = %token.role, actor = %auth.principal.subject, "API token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": token.id, "name": token.name, "role": token.role, "token": secret })),
+    ))
+}

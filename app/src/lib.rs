@@ -1,0 +1,14 @@
+//! ddms — device data monitoring system. The library holds everything; `main.rs` only parses the
+//! command line and calls [`cli::run`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Commit the binary was built from (`unknown` outside a git checkout).
+pub const GIT_SHA: &str = env!("BUILD_GIT_SHA");

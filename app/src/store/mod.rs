@@ -1,0 +1,190 @@
+//! Persistence behind one trait with two implementations: SQLite (the embedded default) and
+//! PostgreSQL (production). The backend is chosen by the database URL's scheme. Both are held to
+//! the same behaviour by one conformance suite (`tests/it/storage.rs`).
+
+mod models;
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+pub use models::*;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness constraint refused the write (e.g. a device name already taken).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_string())
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(err.to_string()),
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Applied vs. embedded migrations, for `/ready` and `ddms migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    pub applied: Vec<i64>,
+    pub pending: Vec<i64>,
+    /// Versions in the database this binary does not know: a newer release migrated it. Fine
+    /// under expand/contract, but worth showing.
+    pub unknown: Vec<i64>,
+}
+
+impl MigrationStatus {
+    fn compare(migrator: &sqlx::migrate::Migrator, applied: Vec<i64>) -> Self {
+        let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        MigrationStatus {
+            pending: known
+                .iter()
+                .copied()
+                .filter(|v| !applied.contains(v))
+                .collect(),
+            unknown: applied
+                .iter()
+                .copied()
+                .filter(|v| !known.contains(v))
+                .collect(),
+            applied,
+        }
+    }
+
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Cheap round trip to the database, bounded by `timeout`.
+    async fn ping(&self, timeout: Duration) -> StoreResult<()>;
+    async fn migrate(&self) -> StoreResult<MigrationStatus>;
+    async fn migration_status(&self) -> StoreResult<MigrationStatus>;
+    /// Makes sure reading partitions exist from yesterday to `days_ahead` days ahead; returns how
+    /// many were created. A no-op on backends without partitions.
+    async fn ensure_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32>;
+
+    async fn create_group(&self, name: &str) -> StoreResult<Group>;
+    async fn list_groups(&self) -> StoreResult<Vec<Group>>;
+
+    async fn create_device(&self, device: &NewDevice) -> StoreResult<Device>;
+    async fn get_device(&self, id: Uuid) -> StoreResult<Device>;
+    async fn list_devices(&self) -> StoreResult<Vec<Device>>;
+    async fn update_device(&self, id: Uuid, device: &NewDevice) -> StoreResult<Device>;
+    async fn delete_device(&self, id: Uuid) -> StoreResult<()>;
+
+    /// Returns the id of the (device, metric) series, creating it on first use.
+    async fn ensure_series(
+        &self,
+        device_id: Uuid,
+        metric: &str,
+        unit: Option<&str>,
+    ) -> StoreResult<SeriesId>;
+    /// Inserts a batch in one transaction; readings already stored for (series, ts) are ignored.
+    /// Returns how many were new.
+    async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64>;
+    /// Readings of one series with `from <= ts < to`, oldest first, at most `limit`.
+    async fn query_readings(
+        &self,
+        series: SeriesId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Point>>;
+    /// The newest reading of every series of a device.
+    async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>>;
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    async fn find_user(&self, username: &str) -> StoreResult<User>;
+    async fn count_users(&self) -> StoreResult<u64>;
+
+    async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken>;
+    /// Looks up a live (not revoked) token by the hash of its secret and records its use.
+    async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken>;
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>>;
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> StoreResult<()>;
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Opens a notification unless one of the same kind is already open for the device; returns
+    /// the open one either way.
+    async fn open_notification(&self, n: &NewNotification) -> StoreResult<Notification>;
+    async fn list_open_notifications(&self, kind: &str) -> StoreResult<Vec<Notification>>;
+    async fn acknowledge_notification(&self, id: Uuid, by: &str) -> StoreResult<Notification>;
+    /// Clears (resolves) the open notification of a kind for a device, if any.
+    async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool>;
+}
+
+/// Connects to the backend named by the URL's scheme. Does not migrate.
+pub async fn connect(
+    url: &SecretString,
+    max_connections: u32,
+    connect_timeout: Duration,
+) -> StoreResult<Arc<dyn Store>> {
+    let raw = url.expose_secret();
+    if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
+        Ok(Arc::new(
+            PostgresStore::connect(raw, max_connections, connect_timeout).await?,
+        ))
+    } else if let Some(path) = raw.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        Ok(Arc::new(
+            SqliteStore::open(path, max_connections, connect_timeout).await?,
+        ))
+    } else {
+        Err(StoreError::Unavailable(
+            "database.url must start with sqlite:// or postgres://".into(),
+        ))
+    }
+}

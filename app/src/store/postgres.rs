@@ -1,0 +1,569 @@
+//! PostgreSQL backend: pooled, readings range-partitioned by day.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Days, NaiveTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+use uuid::Uuid;
+
+use super::*;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// A newer release may already have migrated further (expand-only): not an error for this one.
+fn lenient_migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("../migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// Serialises partition maintenance across instances (blue and green share the database).
+const PARTITION_LOCK_KEY: i64 = 0x6464_6d73_7061_7274; // "ddmspart"
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> StoreResult<Self> {
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?
+            .application_name("ddms")
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        // Lazy: the service must start (and report not-ready) while the database is down.
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(connect_timeout)
+            .connect_lazy_with(options);
+        Ok(PostgresStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn role(s: String) -> StoreResult<Role> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+fn device_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Device> {
+    let protocol: String = row.try_get("protocol")?;
+    Ok(Device {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        protocol: protocol.parse().map_err(StoreError::Corrupt)?,
+        group_id: row.try_get("group_id")?,
+        config: row.try_get("config")?,
+        enabled: row.try_get("enabled")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn notification_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Notification> {
+    Ok(Notification {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        device_id: row.try_get("device_id")?,
+        message: row.try_get("message")?,
+        created_at: row.try_get("created_at")?,
+        cleared_at: row.try_get("cleared_at")?,
+        acknowledged_at: row.try_get("acknowledged_at")?,
+        acknowledged_by: row.try_get("acknowledged_by")?,
+    })
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, name, protocol, group_id, config, enabled, created_at, updated_at";
+const NOTIFICATION_COLUMNS: &str =
+    "id, kind, device_id, message, created_at, cleared_at, acknowledged_at, acknowledged_by";
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self, timeout: Duration) -> StoreResult<()> {
+        match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(result) => result
+                .map(|_| ())
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn migrate(&self) -> StoreResult<MigrationStatus> {
+        lenient_migrator().run(&self.pool).await?;
+        self.migration_status().await
+    }
+
+    async fn migration_status(&self) -> StoreResult<MigrationStatus> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let applied = if exists {
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MigrationStatus::compare(&MIGRATOR, applied))
+    }
+
+    async fn ensure_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32> {
+        let first = today.date_naive() - Days::new(1);
+        let mut created = 0;
+        for offset in 0..=u64::from(days_ahead) + 1 {
+            let day = first + Days::new(offset);
+            let name = format!("readings_p{}", day.format("%Y%m%d"));
+            let from = day.and_time(NaiveTime::MIN).and_utc();
+            let to = from + chrono::Duration::days(1);
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PARTITION_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&name)
+                .fetch_one(&mut *tx)
+                .await?;
+            if exists {
+                tx.rollback().await?;
+                continue;
+            }
+            // Rows that landed in the default partition for this day move into the new one, so
+            // attaching it never fails on a constraint violation.
+            let create = format!(
+                "CREATE TABLE {name} (LIKE readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            );
+            sqlx::query(&create).execute(&mut *tx).await?;
+            let pk = format!("ALTER TABLE {name} ADD PRIMARY KEY (series_id, ts)");
+            sqlx::query(&pk).execute(&mut *tx).await?;
+            let moved = format!(
+                "WITH moved AS (DELETE FROM readings_default WHERE ts >= $1 AND ts < $2 RETURNING *) \
+                 INSERT INTO {name} SELECT * FROM moved"
+            );
+            sqlx::query(&moved)
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?;
+            let attach = format!(
+                "ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES FROM ('{}') TO ('{}')",
+                from.to_rfc3339(),
+                to.to_rfc3339()
+            );
+            sqlx::query(&attach).execute(&mut *tx).await?;
+            tx.commit().await?;
+            created += 1;
+        }
+        Ok(created)
+    }
+
+    async fn create_group(&self, name: &str) -> StoreResult<Group> {
+        let row = sqlx::query(
+            "INSERT INTO device_groups (id, name) VALUES ($1, $2) RETURNING id, name, created_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Group {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    async fn list_groups(&self) -> StoreResult<Vec<Group>> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM device_groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Group {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_device(&self, device: &NewDevice) -> StoreResult<Device> {
+        let sql = format!(
+            "INSERT INTO devices (id, name, protocol, group_id, config, enabled) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {DEVICE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(Uuid::now_v7())
+            .bind(&device.name)
+            .bind(device.protocol.as_str())
+            .bind(device.group_id)
+            .bind(&device.config)
+            .bind(device.enabled)
+            .fetch_one(&self.pool)
+            .await?;
+        device_from_row(&row)
+    }
+
+    async fn get_device(&self, id: Uuid) -> StoreResult<Device> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_one(&self.pool).await?;
+        device_from_row(&row)
+    }
+
+    async fn list_devices(&self) -> StoreResult<Vec<Device>> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn update_device(&self, id: Uuid, device: &NewDevice) -> StoreResult<Device> {
+        let sql = format!(
+            "UPDATE devices SET name = $2, protocol = $3, group_id = $4, config = $5, enabled = $6, \
+             updated_at = now() WHERE id = $1 RETURNING {DEVICE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(&device.name)
+            .bind(device.protocol.as_str())
+            .bind(device.group_id)
+            .bind(&device.config)
+            .bind(device.enabled)
+            .fetch_one(&self.pool)
+            .await?;
+        device_from_row(&row)
+    }
+
+    async fn delete_device(&self, id: Uuid) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // Readings carry no foreign key (partitioned table), so they go explicitly.
+        sqlx::query(
+            "DELETE FROM readings WHERE series_id IN (SELECT id FROM series WHERE device_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM devices WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ensure_series(
+        &self,
+        device_id: Uuid,
+        metric: &str,
+        unit: Option<&str>,
+    ) -> StoreResult<SeriesId> {
+        // The no-op update makes RETURNING yield the existing row too.
+        let id = sqlx::query_scalar(
+            "INSERT INTO series (device_id, metric, unit) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id, metric) DO UPDATE SET unit = COALESCE(EXCLUDED.unit, series.unit) \
+             RETURNING id",
+        )
+        .bind(device_id)
+        .bind(metric)
+        .bind(unit)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
+        if readings.is_empty() {
+            return Ok(0);
+        }
+        let series: Vec<i64> = readings.iter().map(|r| r.series).collect();
+        let ts: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
+        let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
+        // One statement, three array parameters: far cheaper than a multi-row VALUES list.
+        let result = sqlx::query(
+            "INSERT INTO readings (series_id, ts, value) \
+             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::float8[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&series)
+        .bind(&ts)
+        .bind(&values)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn query_readings(
+        &self,
+        series: SeriesId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Point>> {
+        let rows = sqlx::query(
+            "SELECT ts, value FROM readings WHERE series_id = $1 AND ts >= $2 AND ts < $3 \
+             ORDER BY ts LIMIT $4",
+        )
+        .bind(series)
+        .bind(from)
+        .bind(to)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Point {
+                    ts: row.try_get("ts")?,
+                    value: row.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
+             CROSS JOIN LATERAL (SELECT ts, value FROM readings WHERE series_id = s.id \
+                                 ORDER BY ts DESC LIMIT 1) r \
+             WHERE s.device_id = $1 ORDER BY s.metric",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LatestReading {
+                    series: row.try_get("id")?,
+                    metric: row.try_get("metric")?,
+                    unit: row.try_get("unit")?,
+                    ts: row.try_get("ts")?,
+                    value: row.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        let row = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role) VALUES ($1, $2, $3, $4) \
+             RETURNING id, username, password_hash, role, created_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(User {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            password_hash: row.try_get("password_hash")?,
+            role: role(row.try_get("role")?)?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    async fn find_user(&self, username: &str) -> StoreResult<User> {
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, role, created_at FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(User {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            password_hash: row.try_get("password_hash")?,
+            role: role(row.try_get("role")?)?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    async fn count_users(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        let row = sqlx::query(
+            "INSERT INTO api_tokens (id, name, token_hash, role) VALUES ($1, $2, $3, $4) \
+             RETURNING id, name, role, created_at, last_used_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&token.name)
+        .bind(&token.token_hash)
+        .bind(token.role.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ApiToken {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            role: role(row.try_get("role")?)?,
+            created_at: row.try_get("created_at")?,
+            last_used_at: row.try_get("last_used_at")?,
+        })
+    }
+
+    async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
+        let row = sqlx::query(
+            "UPDATE api_tokens SET last_used_at = now() \
+             WHERE token_hash = $1 AND revoked_at IS NULL \
+             RETURNING id, name, role, created_at, last_used_at",
+        )
+        .bind(token_hash)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ApiToken {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            role: role(row.try_get("role")?)?,
+            created_at: row.try_get("created_at")?,
+            last_used_at: row.try_get("last_used_at")?,
+        })
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, target, detail, remote_addr) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.detail)
+        .bind(&entry.remote_addr)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail, remote_addr FROM audit_log \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    detail: row.try_get("detail")?,
+                    remote_addr: row.try_get("remote_addr")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn open_notification(&self, n: &NewNotification) -> StoreResult<Notification> {
+        let insert = format!(
+            "INSERT INTO notifications (id, kind, device_id, message) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (kind, device_id) WHERE cleared_at IS NULL AND acknowledged_at IS NULL \
+             DO NOTHING RETURNING {NOTIFICATION_COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&insert)
+            .bind(Uuid::now_v7())
+            .bind(&n.kind)
+            .bind(n.device_id)
+            .bind(&n.message)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            return notification_from_row(&row);
+        }
+        let existing = format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE kind = $1 AND device_id = $2 \
+             AND cleared_at IS NULL AND acknowledged_at IS NULL"
+        );
+        let row = sqlx::query(&existing)
+            .bind(&n.kind)
+            .bind(n.device_id)
+            .fetch_one(&self.pool)
+            .await?;
+        notification_from_row(&row)
+    }
+
+    async fn list_open_notifications(&self, kind: &str) -> StoreResult<Vec<Notification>> {
+        let sql = format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE kind = $1 \
+             AND cleared_at IS NULL AND acknowledged_at IS NULL ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql).bind(kind).fetch_all(&self.pool).await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn acknowledge_notification(&self, id: Uuid, by: &str) -> StoreResult<Notification> {
+        let sql = format!(
+            "UPDATE notifications SET acknowledged_at = COALESCE(acknowledged_at, now()), \
+             acknowledged_by = COALESCE(acknowledged_by, $2) WHERE id = $1 \
+             RETURNING {NOTIFICATION_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(by)
+            .fetch_one(&self.pool)
+            .await?;
+        notification_from_row(&row)
+    }
+
+    async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE notifications SET cleared_at = now() WHERE kind = $1 AND device_id = $2 \
+             AND cleared_at IS NULL AND acknowledged_at IS NULL",
+        )
+        .bind(kind)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,583 @@
+//! SQLite backend: the embedded default, one file in `data_dir`, WAL mode.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::*;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// A newer release may already have migrated further (expand-only): not an error for this one.
+fn lenient_migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("../migrations/sqlite");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`; `:memory:` is refused because each
+    /// pooled connection would see its own database.
+    pub async fn open(
+        path: &str,
+        max_connections: u32,
+        busy_timeout: Duration,
+    ) -> StoreResult<Self> {
+        if path.is_empty() || path.contains(":memory:") {
+            return Err(StoreError::Unavailable(
+                "SQLite needs a file path (sqlite://path/to/ddms.db)".into(),
+            ));
+        }
+        let file = Path::new(path);
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(|e| StoreError::Unavailable(format!("invalid SQLite path: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout.max(Duration::from_secs(5)))
+            // ~64 MiB of page cache: inserts slow down sharply once the index outgrows it.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {path}: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn micros(ts: DateTime<Utc>) -> i64 {
+    ts.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {us} out of range")))
+}
+
+fn uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn opt_uuid(row: &SqliteRow, column: &str) -> StoreResult<Option<Uuid>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}"))))
+        .transpose()
+}
+
+fn json(row: &SqliteRow, column: &str) -> StoreResult<serde_json::Value> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn role(row: &SqliteRow) -> StoreResult<Role> {
+    let text: String = row.try_get("role")?;
+    text.parse().map_err(StoreError::Corrupt)
+}
+
+fn device_from_row(row: &SqliteRow) -> StoreResult<Device> {
+    let protocol: String = row.try_get("protocol")?;
+    Ok(Device {
+        id: uuid(row, "id")?,
+        name: row.try_get("name")?,
+        protocol: protocol.parse().map_err(StoreError::Corrupt)?,
+        group_id: opt_uuid(row, "group_id")?,
+        config: json(row, "config")?,
+        enabled: row.try_get("enabled")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn notification_from_row(row: &SqliteRow) -> StoreResult<Notification> {
+    Ok(Notification {
+        id: uuid(row, "id")?,
+        kind: row.try_get("kind")?,
+        device_id: opt_uuid(row, "device_id")?,
+        message: row.try_get("message")?,
+        created_at: row.try_get("created_at")?,
+        cleared_at: row.try_get("cleared_at")?,
+        acknowledged_at: row.try_get("acknowledged_at")?,
+        acknowledged_by: row.try_get("acknowledged_by")?,
+    })
+}
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+    Ok(User {
+        id: uuid(row, "id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        role: role(row)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> StoreResult<ApiToken> {
+    Ok(ApiToken {
+        id: uuid(row, "id")?,
+        name: row.try_get("name")?,
+        role: role(row)?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, name, protocol, group_id, config, enabled, created_at, updated_at";
+const NOTIFICATION_COLUMNS: &str =
+    "id, kind, device_id, message, created_at, cleared_at, acknowledged_at, acknowledged_by";
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self, timeout: Duration) -> StoreResult<()> {
+        match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(result) => result
+                .map(|_| ())
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn migrate(&self) -> StoreResult<MigrationStatus> {
+        lenient_migrator().run(&self.pool).await?;
+        self.migration_status().await
+    }
+
+    async fn migration_status(&self) -> StoreResult<MigrationStatus> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: Vec<i64> = if exists > 0 {
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MigrationStatus::compare(&MIGRATOR, applied))
+    }
+
+    async fn ensure_partitions(&self, _today: DateTime<Utc>, _days_ahead: u32) -> StoreResult<u32> {
+        Ok(0)
+    }
+
+    async fn create_group(&self, name: &str) -> StoreResult<Group> {
+        let group = Group {
+            id: Uuid::now_v7(),
+            name: name.to_string(),
+            created_at: Utc::now(),
+        };
+        sqlx::query("INSERT INTO device_groups (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(group.id.to_string())
+            .bind(&group.name)
+            .bind(group.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(group)
+    }
+
+    async fn list_groups(&self) -> StoreResult<Vec<Group>> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM device_groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Group {
+                    id: uuid(row, "id")?,
+                    name: row.try_get("name")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_device(&self, device: &NewDevice) -> StoreResult<Device> {
+        let now = Utc::now();
+        let sql = format!(
+            "INSERT INTO devices (id, name, protocol, group_id, config, enabled, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {DEVICE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(Uuid::now_v7().to_string())
+            .bind(&device.name)
+            .bind(device.protocol.as_str())
+            .bind(device.group_id.map(|g| g.to_string()))
+            .bind(device.config.to_string())
+            .bind(device.enabled)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        device_from_row(&row)
+    }
+
+    async fn get_device(&self, id: Uuid) -> StoreResult<Device> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        device_from_row(&row)
+    }
+
+    async fn list_devices(&self) -> StoreResult<Vec<Device>> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn update_device(&self, id: Uuid, device: &NewDevice) -> StoreResult<Device> {
+        let sql = format!(
+            "UPDATE devices SET name = ?, protocol = ?, group_id = ?, config = ?, enabled = ?, \
+             updated_at = ? WHERE id = ? RETURNING {DEVICE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&device.name)
+            .bind(device.protocol.as_str())
+            .bind(device.group_id.map(|g| g.to_string()))
+            .bind(device.config.to_string())
+            .bind(device.enabled)
+            .bind(Utc::now())
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        device_from_row(&row)
+    }
+
+    async fn delete_device(&self, id: Uuid) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM readings WHERE series_id IN (SELECT id FROM series WHERE device_id = ?)",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ensure_series(
+        &self,
+        device_id: Uuid,
+        metric: &str,
+        unit: Option<&str>,
+    ) -> StoreResult<SeriesId> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO series (device_id, metric, unit) VALUES (?, ?, ?) \
+             ON CONFLICT (device_id, metric) DO UPDATE SET unit = COALESCE(excluded.unit, series.unit) \
+             RETURNING id",
+        )
+        .bind(device_id.to_string())
+        .bind(metric)
+        .bind(unit)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
+        if readings.is_empty() {
+            return Ok(0);
+        }
+        // One transaction and one cached prepared statement for the whole batch.
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        for reading in readings {
+            inserted += sqlx::query(
+                "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES (?, ?, ?)",
+            )
+            .bind(reading.series)
+            .bind(micros(reading.ts))
+            .bind(reading.value)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn query_readings(
+        &self,
+        series: SeriesId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Point>> {
+        let rows = sqlx::query(
+            "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts < ? \
+             ORDER BY ts LIMIT ?",
+        )
+        .bind(series)
+        .bind(micros(from))
+        .bind(micros(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Point {
+                    ts: from_micros(row.try_get("ts")?)?,
+                    value: row.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
+             JOIN readings r ON r.series_id = s.id \
+              AND r.ts = (SELECT max(ts) FROM readings WHERE series_id = s.id) \
+             WHERE s.device_id = ? ORDER BY s.metric",
+        )
+        .bind(device_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LatestReading {
+                    series: row.try_get("id")?,
+                    metric: row.try_get("metric")?,
+                    unit: row.try_get("unit")?,
+                    ts: from_micros(row.try_get("ts")?)?,
+                    value: row.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        let row = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role, created_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING id, username, password_hash, role, created_at",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(Utc::now())
+        .fetch_one(&self.pool)
+        .await?;
+        user_from_row(&row)
+    }
+
+    async fn find_user(&self, username: &str) -> StoreResult<User> {
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, role, created_at FROM users WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        user_from_row(&row)
+    }
+
+    async fn count_users(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        let row = sqlx::query(
+            "INSERT INTO api_tokens (id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) \
+             RETURNING id, name, role, created_at, last_used_at",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&token.name)
+        .bind(&token.token_hash)
+        .bind(token.role.as_str())
+        .bind(Utc::now())
+        .fetch_one(&self.pool)
+        .await?;
+        token_from_row(&row)
+    }
+
+    async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
+        let row = sqlx::query(
+            "UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ? AND revoked_at IS NULL \
+             RETURNING id, name, role, created_at, last_used_at",
+        )
+        .bind(Utc::now())
+        .bind(token_hash)
+        .fetch_one(&self.pool)
+        .await?;
+        token_from_row(&row)
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("setting {key}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value.to_string())
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, detail, remote_addr) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(Utc::now())
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(entry.detail.to_string())
+        .bind(&entry.remote_addr)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail, remote_addr FROM audit_log \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    detail: json(row, "detail")?,
+                    remote_addr: row.try_get("remote_addr")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn open_notification(&self, n: &NewNotification) -> StoreResult<Notification> {
+        let insert = format!(
+            "INSERT INTO notifications (id, kind, device_id, message, created_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (kind, device_id) WHERE cleared_at IS NULL AND acknowledged_at IS NULL \
+             DO NOTHING RETURNING {NOTIFICATION_COLUMNS}"
+        );
+        let device = n.device_id.map(|d| d.to_string());
+        if let Some(row) = sqlx::query(&insert)
+            .bind(Uuid::now_v7().to_string())
+            .bind(&n.kind)
+            .bind(&device)
+            .bind(&n.message)
+            .bind(Utc::now())
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            return notification_from_row(&row);
+        }
+        let existing = format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE kind = ? AND device_id = ? \
+             AND cleared_at IS NULL AND acknowledged_at IS NULL"
+        );
+        let row = sqlx::query(&existing)
+            .bind(&n.kind)
+            .bind(&device)
+            .fetch_one(&self.pool)
+            .await?;
+        notification_from_row(&row)
+    }
+
+    async fn list_open_notifications(&self, kind: &str) -> StoreResult<Vec<Notification>> {
+        let sql = format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE kind = ? \
+             AND cleared_at IS NULL AND acknowledged_at IS NULL ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql).bind(kind).fetch_all(&self.pool).await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn acknowledge_notification(&self, id: Uuid, by: &str) -> StoreResult<Notification> {
+        let sql = format!(
+            "UPDATE notifications SET acknowledged_at = COALESCE(acknowledged_at, ?), \
+             acknowledged_by = COALESCE(acknowledged_by, ?) WHERE id = ? \
+             RETURNING {NOTIFICATION_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(Utc::now())
+            .bind(by)
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        notification_from_row(&row)
+    }
+
+    async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE notifications SET cleared_at = ? WHERE kind = ? AND device_id = ? \
+             AND cleared_at IS NULL AND acknowledged_at IS NULL",
+        )
+        .bind(Utc::now())
+        .bind(kind)
+        .bind(device_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,57 @@
+//! `/ready` follows the database: it turns 503 naming the failing component when PostgreSQL
+//! stops, and back to 200 when it returns, without restarting ddms; `/health` stays 200.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::app::{spawn_app, Db};
+use crate::support::services::{Postgres, Provider};
+
+async fn wait_for_status(
+    app: &crate::support::app::TestApp,
+    want: u16,
+    within: Duration,
+) -> (Duration, Value) {
+    let started = Instant::now();
+    loop {
+        let response = app.get("/ready").await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if status == want {
+            return (started.elapsed(), body);
+        }
+        assert!(
+            started.elapsed() < within,
+            "/ready still {status} after {within:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn ready_turns_503_when_postgres_stops_and_recovers_when_it_returns() {
+    // Its own server: stopping the shared one would break the other tests.
+    let server: &'static Postgres = Box::leak(Box::new(
+        Postgres::start(Provider::from_env().await).await.unwrap(),
+    ));
+    let app = spawn_app(Db::PostgresOn(server), "").await;
+    wait_for_status(&app, 200, Duration::from_secs(5)).await;
+
+    server.stop().await.unwrap();
+    let stopped_at = Instant::now();
+    let (_, body) = wait_for_status(&app, 503, Duration::from_secs(5)).await;
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["components"]["database"]["status"], "error", "{body}");
+    assert!(body["components"]["database"]["error"].as_str().is_some());
+    assert_eq!(
+        app.get("/health").await.status(),
+        200,
+        "liveness is not readiness"
+    );
+
+    server.restart().await.unwrap();
+    wait_for_status(&app, 200, Duration::from_secs(15)).await;
+    app.stop().await;
+}

@@ -1,0 +1,526 @@
+//! The storage conformance suite: the same checks, unchanged, against every backend — SQLite,
+//! PostgreSQL from a container (testcontainers) and PostgreSQL as a local process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ddms::store::{
+    self, NewApiToken, NewAuditEntry, NewDevice, NewNotification, NewUser, Protocol, Reading, Role,
+    Store, StoreError,
+};
+use serde_json::json;
+
+use crate::support::app::{database_url, Db};
+use crate::support::services::Provider;
+
+async fn open(db: Db) -> (Arc<dyn Store>, tempfile::TempDir) {
+    let (url, dir) = database_url(&db).await;
+    let store = store::connect(&url.into(), 8, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    (store, dir)
+}
+
+fn ts(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_790_000_000 + secs, 0).unwrap()
+}
+
+fn modbus_device(name: &str) -> NewDevice {
+    NewDevice {
+        name: name.into(),
+        protocol: Protocol::Modbus,
+        group_id: None,
+        config: json!({"host": "10.0.0.5", "port": 502, "unit_id": 1,
+                       "registers": [{"metric": "temperature", "kind": "holding", "address": 0, "type": "f32"}]}),
+        enabled: true,
+    }
+}
+
+async fn migrations_are_current_and_idempotent(store: Arc<dyn Store>) {
+    let status = store.migration_status().await.unwrap();
+    assert!(status.is_current(), "{status:?}");
+    assert!(!status.applied.is_empty());
+    let again = store.migrate().await.unwrap();
+    assert_eq!(again.applied, status.applied);
+}
+
+async fn devices_round_trip_with_groups_and_json_config(store: Arc<dyn Store>) {
+    let group = store.create_group("plant-a").await.unwrap();
+    let mut new = modbus_device("boiler-1");
+    new.group_id = Some(group.id);
+    let created = store.create_device(&new).await.unwrap();
+    assert_eq!(created.name, "boiler-1");
+    assert_eq!(created.config, new.config);
+    assert_eq!(created.group_id, Some(group.id));
+    assert_eq!(store.get_device(created.id).await.unwrap(), created);
+
+    let mut changed = new.clone();
+    changed.name = "boiler-1b".into();
+    changed.enabled = false;
+    let updated = store.update_device(created.id, &changed).await.unwrap();
+    assert_eq!(updated.name, "boiler-1b");
+    assert!(!updated.enabled);
+    assert!(updated.updated_at >= created.updated_at);
+
+    let mqtt = NewDevice {
+        name: "greenhouse-3".into(),
+        protocol: Protocol::Mqtt,
+        group_id: None,
+        config: json!({}),
+        enabled: true,
+    };
+    store.create_device(&mqtt).await.unwrap();
+    let names: Vec<String> = store
+        .list_devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["boiler-1b", "greenhouse-3"]);
+    assert_eq!(store.list_groups().await.unwrap(), vec![group]);
+
+    store.delete_device(created.id).await.unwrap();
+    assert!(matches!(
+        store.get_device(created.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_device(created.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn duplicate_device_name_is_a_conflict(store: Arc<dyn Store>) {
+    store.create_device(&modbus_device("pump")).await.unwrap();
+    let err = store
+        .create_device(&modbus_device("pump"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+async fn series_are_created_once_per_device_and_metric(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let a = store
+        .ensure_series(device.id, "temperature", Some("°C"))
+        .await
+        .unwrap();
+    let b = store
+        .ensure_series(device.id, "temperature", None)
+        .await
+        .unwrap();
+    let c = store
+        .ensure_series(device.id, "pressure", None)
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+async fn duplicate_readings_are_ignored(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let batch: Vec<Reading> = (0..100)
+        .map(|i| Reading {
+            series,
+            ts: ts(i),
+            value: i as f64,
+        })
+        .collect();
+    assert_eq!(store.insert_readings(&batch).await.unwrap(), 100);
+    // The same batch again (a redelivered MQTT message, a retried poll) stores nothing new, and
+    // the first value wins.
+    let mut again = batch.clone();
+    again[0].value = 999.0;
+    assert_eq!(store.insert_readings(&again).await.unwrap(), 0);
+    let mut mixed = batch[..10].to_vec();
+    mixed.push(Reading {
+        series,
+        ts: ts(100),
+        value: 100.0,
+    });
+    assert_eq!(store.insert_readings(&mixed).await.unwrap(), 1);
+    let points = store
+        .query_readings(series, ts(0), ts(1000), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(points.len(), 101);
+    assert_eq!(points[0].value, 0.0);
+    assert_eq!(store.insert_readings(&[]).await.unwrap(), 0);
+}
+
+async fn range_queries_return_oldest_first_within_bounds(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let other = store.ensure_series(device.id, "u", None).await.unwrap();
+    // Inserted out of order, across several days (PostgreSQL partitions and the default one).
+    let mut batch: Vec<Reading> = [5, 1, 4, 2, 3, 86_400 * 3, -86_400 * 20]
+        .iter()
+        .map(|&s| Reading {
+            series,
+            ts: ts(s),
+            value: s as f64,
+        })
+        .collect();
+    batch.push(Reading {
+        series: other,
+        ts: ts(2),
+        value: -1.0,
+    });
+    store.insert_readings(&batch).await.unwrap();
+    let points = store
+        .query_readings(series, ts(1), ts(5), 100)
+        .await
+        .unwrap();
+    let values: Vec<f64> = points.iter().map(|p| p.value).collect();
+    assert_eq!(
+        values,
+        [1.0, 2.0, 3.0, 4.0],
+        "from inclusive, to exclusive, oldest first"
+    );
+    assert!(points.windows(2).all(|w| w[0].ts < w[1].ts));
+    assert_eq!(points[0].ts, ts(1), "timestamps round-trip exactly");
+    let limited = store
+        .query_readings(series, ts(-86_400 * 30), ts(86_400 * 30), 3)
+        .await
+        .unwrap();
+    let values: Vec<f64> = limited.iter().map(|p| p.value).collect();
+    assert_eq!(values, [-86_400.0 * 20.0, 1.0, 2.0]);
+    let wide = store
+        .query_readings(series, ts(-86_400 * 30), ts(86_400 * 30), 100)
+        .await
+        .unwrap();
+    assert_eq!(wide.len(), 7);
+}
+
+async fn sub_second_timestamps_keep_microseconds(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let t = ts(0) + chrono::Duration::microseconds(123_456);
+    store
+        .insert_readings(&[Reading {
+            series,
+            ts: t,
+            value: 1.5,
+        }])
+        .await
+        .unwrap();
+    let points = store
+        .query_readings(series, ts(0), ts(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(points[0].ts, t);
+}
+
+async fn latest_readings_give_the_newest_per_metric(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let temp = store
+        .ensure_series(device.id, "temperature", Some("°C"))
+        .await
+        .unwrap();
+    let pressure = store
+        .ensure_series(device.id, "pressure", None)
+        .await
+        .unwrap();
+    store
+        .ensure_series(device.id, "never-read", None)
+        .await
+        .unwrap();
+    store
+        .insert_readings(&[
+            Reading {
+                series: temp,
+                ts: ts(2),
+                value: 21.5,
+            },
+            Reading {
+                series: temp,
+                ts: ts(1),
+                value: 20.0,
+            },
+            Reading {
+                series: pressure,
+                ts: ts(3),
+                value: 1.2,
+            },
+        ])
+        .await
+        .unwrap();
+    let latest = store.latest_readings(device.id).await.unwrap();
+    let got: Vec<(String, f64)> = latest.iter().map(|l| (l.metric.clone(), l.value)).collect();
+    assert_eq!(
+        got,
+        [
+            ("pressure".to_string(), 1.2),
+            ("temperature".to_string(), 21.5)
+        ]
+    );
+    assert_eq!(latest[1].unit.as_deref(), Some("°C"));
+    assert_eq!(latest[1].ts, ts(2));
+}
+
+async fn deleting_a_device_deletes_its_readings(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    store
+        .insert_readings(&[Reading {
+            series,
+            ts: ts(0),
+            value: 1.0,
+        }])
+        .await
+        .unwrap();
+    store.delete_device(device.id).await.unwrap();
+    assert!(store
+        .query_readings(series, ts(-1), ts(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn users_and_tokens_are_found_by_name_and_hash(store: Arc<dyn Store>) {
+    assert_eq!(store.count_users().await.unwrap(), 0);
+    let user = store
+        .create_user(&NewUser {
+            username: "ada".into(),
+            password_hash: "$argon2id$x".into(),
+            role: Role::Admin,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.find_user("ada").await.unwrap().id, user.id);
+    assert_eq!(
+        store.find_user("ada").await.unwrap().password_hash,
+        "$argon2id$x"
+    );
+    assert!(matches!(
+        store.find_user("bob").await,
+        Err(StoreError::NotFound)
+    ));
+    let dup = store
+        .create_user(&NewUser {
+            username: "ada".into(),
+            password_hash: "h".into(),
+            role: Role::Viewer,
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    assert_eq!(store.count_users().await.unwrap(), 1);
+
+    let token = store
+        .create_api_token(&NewApiToken {
+            name: "ci".into(),
+            token_hash: "abc".into(),
+            role: Role::Viewer,
+        })
+        .await
+        .unwrap();
+    assert!(token.last_used_at.is_none());
+    let found = store.authenticate_api_token("abc").await.unwrap();
+    assert_eq!(found.id, token.id);
+    assert_eq!(found.role, Role::Viewer);
+    assert!(found.last_used_at.is_some(), "use is recorded");
+    assert!(matches!(
+        store.authenticate_api_token("abd").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn settings_and_audit_log_round_trip(store: Arc<dyn Store>) {
+    assert_eq!(store.get_setting("retention_days").await.unwrap(), None);
+    store
+        .put_setting("retention_days", &json!(30))
+        .await
+        .unwrap();
+    store
+        .put_setting("retention_days", &json!({"days": 90}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_setting("retention_days").await.unwrap(),
+        Some(json!({"days": 90}))
+    );
+    for action in ["user.create", "token.create"] {
+        store
+            .append_audit(&NewAuditEntry {
+                actor: "cli".into(),
+                action: action.into(),
+                target: Some("x".into()),
+                detail: json!({"role": "viewer"}),
+                remote_addr: Some("192.0.2.1".into()),
+            })
+            .await
+            .unwrap();
+    }
+    let entries = store.list_audit(10).await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["token.create", "user.create"], "newest first");
+    assert_eq!(entries[0].detail, json!({"role": "viewer"}));
+}
+
+async fn notifications_open_once_and_clear_or_acknowledge(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let new = NewNotification {
+        kind: "connection_failure".into(),
+        device_id: Some(device.id),
+        message: "3 consecutive failures".into(),
+    };
+    let first = store.open_notification(&new).await.unwrap();
+    let second = store.open_notification(&new).await.unwrap();
+    assert_eq!(
+        first.id, second.id,
+        "one open notification per device and kind"
+    );
+    assert_eq!(
+        store
+            .list_open_notifications("connection_failure")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    assert!(store
+        .clear_notification("connection_failure", device.id)
+        .await
+        .unwrap());
+    assert!(!store
+        .clear_notification("connection_failure", device.id)
+        .await
+        .unwrap());
+    assert!(store
+        .list_open_notifications("connection_failure")
+        .await
+        .unwrap()
+        .is_empty());
+
+    let reopened = store.open_notification(&new).await.unwrap();
+    assert_ne!(reopened.id, first.id);
+    let acked = store
+        .acknowledge_notification(reopened.id, "user:ada")
+        .await
+        .unwrap();
+    assert_eq!(acked.acknowledged_by.as_deref(), Some("user:ada"));
+    assert!(store
+        .list_open_notifications("connection_failure")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        store
+            .acknowledge_notification(uuid::Uuid::now_v7(), "x")
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn partitions_are_created_ahead_idempotently(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let today = Utc::now();
+    // A reading that arrived before its partition existed must survive partition creation.
+    store
+        .insert_readings(&[Reading {
+            series,
+            ts: today,
+            value: 7.0,
+        }])
+        .await
+        .unwrap();
+    let created = store.ensure_partitions(today, 3).await.unwrap();
+    let again = store.ensure_partitions(today, 3).await.unwrap();
+    assert_eq!(again, 0);
+    match store.backend() {
+        store::Backend::Postgres => assert_eq!(created, 5, "yesterday, today and 3 days ahead"),
+        store::Backend::Sqlite => assert_eq!(created, 0),
+    }
+    let points = store
+        .query_readings(
+            series,
+            today - chrono::Duration::seconds(1),
+            today + chrono::Duration::seconds(1),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(points.len(), 1);
+    store
+        .insert_readings(&[Reading {
+            series,
+            ts: today,
+            value: 8.0,
+        }])
+        .await
+        .unwrap();
+    let points = store
+        .query_readings(
+            series,
+            today - chrono::Duration::seconds(1),
+            today + chrono::Duration::seconds(1),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        points.len(),
+        1,
+        "still idempotent after the move into the partition"
+    );
+}
+
+async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping(Duration::from_secs(2)).await.unwrap();
+}
+
+/// Instantiates every check above once per backend.
+macro_rules! conformance_suite {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, _dir) = super::open(super::Db::Sqlite).await;
+                    super::$check(store).await;
+                }
+            )*
+        }
+        mod postgres_container {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, _dir) = super::open(super::Db::Postgres(super::Provider::Docker)).await;
+                    super::$check(store).await;
+                }
+            )*
+        }
+        mod postgres_local_process {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, _dir) = super::open(super::Db::Postgres(super::Provider::Local)).await;
+                    super::$check(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(
+    migrations_are_current_and_idempotent,
+    devices_round_trip_with_groups_and_json_config,
+    duplicate_device_name_is_a_conflict,
+    series_are_created_once_per_device_and_metric,
+    duplicate_readings_are_ignored,
+    range_queries_return_oldest_first_within_bounds,
+    sub_second_timestamps_keep_microseconds,
+    latest_readings_give_the_newest_per_metric,
+    deleting_a_device_deletes_its_readings,
+    users_and_tokens_are_found_by_name_and_hash,
+    settings_and_audit_log_round_trip,
+    notifications_open_once_and_clear_or_acknowledge,
+    partitions_are_created_ahead_idempotently,
+    ping_answers,
+);

@@ -1,0 +1,4 @@
+//! Shared by every integration test: throwaway services and the ddms under test.
+
+pub mod app;
+pub mod services;
