@@ -1,1 +1,61 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's one automation entry point. One module per task; plain
+//! processes through xshell, no heavy dependencies.
+
+mod images;
+mod smoke;
+mod test;
+#[cfg(test)]
+mod tidy;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use xshell::Shell;
+
+const USAGE: &str = "\
+cargo xtask <task>
+
+tasks:
+  test [--no-smoke]   everything: fmt check, clippy -D warnings, local test images (when Docker
+                      answers), unit + integration tests, tidy, and README command 1 smoke run
+  ci                  what CI runs: `test` with --locked dependencies
+  images [--force]    build the local Docker test images (debootstrap → postgres, mosquitto)
+  smoke               build the release binary and check README command 1 end to end
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    match args.first().map(String::as_str) {
+        Some("test") => test::run(
+            &sh,
+            test::Options {
+                locked: false,
+                smoke: !flag("--no-smoke"),
+            },
+        ),
+        Some("ci") => test::run(
+            &sh,
+            test::Options {
+                locked: true,
+                smoke: true,
+            },
+        ),
+        Some("images") => images::build_local_images(&sh, flag("--force")),
+        Some("smoke") => smoke::run(&sh, false),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}

@@ -166,6 +166,23 @@ pub trait Store: Send + Sync + 'static {
     async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool>;
 }
 
+/// Runs a health query with a deadline: a database that hangs is as unavailable as one that
+/// refuses.
+async fn bounded<T>(
+    timeout: Duration,
+    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> StoreResult<()> {
+    match tokio::time::timeout(timeout, query).await {
+        Ok(result) => result
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string())),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
 /// Connects to the backend named by the URL's scheme. Does not migrate.
 pub async fn connect(
     url: &SecretString,

@@ -82,6 +82,26 @@ fn notification_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Notificatio
     })
 }
 
+fn user_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        role: role(row.try_get("role")?)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn token_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<ApiToken> {
+    Ok(ApiToken {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: role(row.try_get("role")?)?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
 const DEVICE_COLUMNS: &str =
     "id, name, protocol, group_id, config, enabled, created_at, updated_at";
 const NOTIFICATION_COLUMNS: &str =
@@ -94,15 +114,7 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self, timeout: Duration) -> StoreResult<()> {
-        match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await {
-            Ok(result) => result
-                .map(|_| ())
-                .map_err(|e| StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            ))),
-        }
+        bounded(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await
     }
 
     async fn migrate(&self) -> StoreResult<MigrationStatus> {
@@ -375,13 +387,7 @@ impl Store for PostgresStore {
         .bind(user.role.as_str())
         .fetch_one(&self.pool)
         .await?;
-        Ok(User {
-            id: row.try_get("id")?,
-            username: row.try_get("username")?,
-            password_hash: row.try_get("password_hash")?,
-            role: role(row.try_get("role")?)?,
-            created_at: row.try_get("created_at")?,
-        })
+        user_from_row(&row)
     }
 
     async fn find_user(&self, username: &str) -> StoreResult<User> {
@@ -391,13 +397,7 @@ impl Store for PostgresStore {
         .bind(username)
         .fetch_one(&self.pool)
         .await?;
-        Ok(User {
-            id: row.try_get("id")?,
-            username: row.try_get("username")?,
-            password_hash: row.try_get("password_hash")?,
-            role: role(row.try_get("role")?)?,
-            created_at: row.try_get("created_at")?,
-        })
+        user_from_row(&row)
     }
 
     async fn count_users(&self) -> StoreResult<u64> {
@@ -418,13 +418,7 @@ impl Store for PostgresStore {
         .bind(token.role.as_str())
         .fetch_one(&self.pool)
         .await?;
-        Ok(ApiToken {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            role: role(row.try_get("role")?)?,
-            created_at: row.try_get("created_at")?,
-            last_used_at: row.try_get("last_used_at")?,
-        })
+        token_from_row(&row)
     }
 
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
@@ -436,13 +430,7 @@ impl Store for PostgresStore {
         .bind(token_hash)
         .fetch_one(&self.pool)
         .await?;
-        Ok(ApiToken {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            role: role(row.try_get("role")?)?,
-            created_at: row.try_get("created_at")?,
-            last_used_at: row.try_get("last_used_at")?,
-        })
+        token_from_row(&row)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {

@@ -160,15 +160,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self, timeout: Duration) -> StoreResult<()> {
-        match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await {
-            Ok(result) => result
-                .map(|_| ())
-                .map_err(|e| StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            ))),
-        }
+        bounded(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await
     }
 
     async fn migrate(&self) -> StoreResult<MigrationStatus> {

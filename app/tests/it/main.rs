@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod brokers;
 mod cli;
 mod readiness;
 mod storage;

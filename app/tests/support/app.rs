@@ -184,6 +184,7 @@ pub struct DdmsProcess {
     pub addr: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 pub fn ddms_bin() -> PathBuf {
@@ -222,6 +223,7 @@ impl DdmsProcess {
         let mut child = cmd.spawn().context("spawn ddms")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for (stream, sink) in [
             (
                 Box::new(child.stdout.take().unwrap())
@@ -230,18 +232,19 @@ impl DdmsProcess {
             ),
             (Box::new(child.stderr.take().unwrap()), stderr.clone()),
         ] {
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     sink.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let process = DdmsProcess {
             child,
             addr,
             logs,
             stderr,
+            readers,
         };
         process.wait_healthy(Duration::from_secs(30)).await?;
         Ok(process)
@@ -288,10 +291,15 @@ impl DdmsProcess {
             .collect()
     }
 
+    /// Waits for the process to exit and for its output to be read to the end.
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(timeout, self.child.wait())
+        let status = tokio::time::timeout(timeout, self.child.wait())
             .await
             .expect("ddms exits in time")
-            .expect("wait")
+            .expect("wait");
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        status
     }
 }

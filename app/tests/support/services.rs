@@ -952,7 +952,11 @@ case "$1" in */ddms-test-*) rm -rf "$1" ;; esac"#,
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log);
+            .stderr(log)
+            // Out of the test's process group, so a signal aimed at the test run
+            // (Ctrl-C, a CI timeout's SIGKILL) leaves the shutdown to the reaper
+            // instead of killing the server mid-flight.
+            .process_group(0);
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid);
         }

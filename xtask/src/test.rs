@@ -1,0 +1,88 @@
+//! `cargo xtask test` / `ci`: every check a change must pass, in the order that fails fastest.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::images;
+
+pub struct Options {
+    /// Refuse to touch Cargo.lock (CI).
+    pub locked: bool,
+    /// Also build the release binary and run README command 1.
+    pub smoke: bool,
+}
+
+pub fn run(sh: &Shell, options: Options) -> Result<()> {
+    let started = Instant::now();
+    let locked = options.locked.then_some("--locked");
+
+    step("cargo fmt --check", || {
+        cmd!(sh, "cargo fmt --all -- --check").run()?;
+        Ok(())
+    })?;
+    step("cargo clippy -D warnings", || {
+        cmd!(
+            sh,
+            "cargo clippy {locked...} --workspace --all-targets -- -D warnings"
+        )
+        .run()?;
+        Ok(())
+    })?;
+
+    // Integration tests take services from Docker when it answers, else from local processes;
+    // tests named `*container*` need Docker, so without it it is skipped loudly.
+    let services = std::env::var("DDMS_TEST_SERVICES").unwrap_or_else(|_| "auto".into());
+    let official = std::env::var("DDMS_TEST_IMAGES").is_ok_and(|v| v == "official");
+    let docker = services != "local" && docker_answers(sh);
+    let mut skip: Vec<&str> = Vec::new();
+    if docker && !official {
+        step("local Docker test images", || {
+            images::build_local_images(sh, false)
+        })?;
+    } else if !docker {
+        eprintln!(
+            "xtask: WARNING: no usable Docker engine (or DDMS_TEST_SERVICES=local): the \
+             testcontainers path is NOT tested in this run; services come from local processes"
+        );
+        skip.extend(["--skip", "container"]);
+    }
+    let services = if docker { services } else { "local".into() };
+    step("unit and integration tests", || {
+        let _env = sh.push_env("DDMS_TEST_SERVICES", &services);
+        cmd!(sh, "cargo test {locked...} --workspace -- {skip...}").run()?;
+        Ok(())
+    })?;
+    if options.smoke {
+        step(
+            "README command 1 (release build, SQLite, nothing else)",
+            || crate::smoke::run(sh, options.locked),
+        )?;
+    }
+    println!(
+        "xtask: all checks passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("\nxtask: ── {name}");
+    let started = Instant::now();
+    f().with_context(|| format!("step failed: {name}"))?;
+    println!(
+        "xtask: ── {name}: ok ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn docker_answers(sh: &Shell) -> bool {
+    cmd!(sh, "docker version --format '{{.Server.Version}}'")
+        .quiet()
+        .ignore_stderr()
+        .ignore_stdout()
+        .run()
+        .is_ok()
+}
