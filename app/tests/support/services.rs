@@ -71,10 +71,6 @@ const PG_CONTAINER_PORT: u16 = 5432;
 const MQTT_CONTAINER_PORT: u16 = 1883;
 const MOSQUITTO_CONTAINER_CONFIG: &str = "/mosquitto/config/mosquitto.conf";
 
-/// Names of the local processes; also tell `start_local_on_free_port` how to probe.
-const POSTGRES: &str = "postgres";
-const MOSQUITTO: &str = "mosquitto";
-
 const LABEL: &str = "ddms.test";
 const INSTANCE_LABEL: &str = "ddms.test.instance";
 
@@ -237,7 +233,9 @@ impl Postgres {
     pub async fn restart(&self) -> Result<()> {
         self.server.stop().await.context("stopping PostgreSQL")?;
         self.server.start().await.context("restarting PostgreSQL")?;
-        wait_postgres_ready(&self.server, self.port, ready_timeout(self.provider)).await
+        Service::Postgres
+            .wait_ready(&self.server, self.port, ready_timeout(self.provider))
+            .await
     }
 }
 
@@ -250,16 +248,6 @@ fn ready_timeout(provider: Provider) -> Duration {
 
 fn postgres_url(port: u16, database: &str) -> String {
     format!("postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{database}")
-}
-
-async fn wait_postgres_ready(server: &Server, port: u16, timeout: Duration) -> Result<()> {
-    let url = postgres_url(port, "postgres");
-    wait_until_ready(server, "PostgreSQL", timeout, || async {
-        let conn = PgConnection::connect(&url).await?;
-        let _ = conn.close().await;
-        Ok(())
-    })
-    .await
 }
 
 /// One server per test process, started on first use (tests run as threads of one process under `cargo test`).
@@ -303,7 +291,7 @@ async fn start_local_postgres() -> Result<Postgres> {
         None
     };
     let process = LocalProcess::new(
-        POSTGRES,
+        "postgres",
         "ddms-test-pg-",
         bin_dir.join("postgres"),
         run_as,
@@ -351,9 +339,10 @@ async fn start_local_postgres() -> Result<Postgres> {
     }
 
     let server = Server::Local(process);
-    let port =
-        start_local_on_free_port(&server, |port| postgres_args(port, &socket_dir, &data_dir))
-            .await?;
+    let port = start_local_on_free_port(&server, Service::Postgres, |port| {
+        postgres_args(port, &socket_dir, &data_dir)
+    })
+    .await?;
     Ok(Postgres {
         provider: Provider::Local,
         port,
@@ -365,6 +354,7 @@ async fn start_local_postgres() -> Result<Postgres> {
 /// until it is ready; `args` gives the command line for a port.
 async fn start_local_on_free_port(
     server: &Server,
+    service: Service,
     args: impl Fn(u16) -> Vec<OsString>,
 ) -> Result<u16> {
     let Server::Local(process) = server else {
@@ -375,11 +365,7 @@ async fn start_local_on_free_port(
         let port = free_port()?;
         *lock(&process.args) = args(port);
         process.start()?;
-        let ready = match process.name {
-            POSTGRES => wait_postgres_ready(server, port, LOCAL_READY_TIMEOUT).await,
-            _ => wait_mqtt_ready(server, port, LOCAL_READY_TIMEOUT).await,
-        };
-        match ready {
+        match service.wait_ready(server, port, LOCAL_READY_TIMEOUT).await {
             Ok(()) => return Ok(port),
             Err(err) if attempt < PORT_ATTEMPTS && is_port_conflict(&err) => {
                 process.stop().await?;
@@ -411,7 +397,9 @@ async fn start_docker_postgres() -> Result<Postgres> {
     let (port, container) =
         start_container(&format!("{name}:{tag}"), request, Signal::SIGINT).await?;
     let server = Server::Docker(container);
-    wait_postgres_ready(&server, port, DOCKER_READY_TIMEOUT).await?;
+    Service::Postgres
+        .wait_ready(&server, port, DOCKER_READY_TIMEOUT)
+        .await?;
     Ok(Postgres {
         provider: Provider::Docker,
         port,
@@ -457,12 +445,10 @@ impl Mosquitto {
     pub async fn restart(&self) -> Result<()> {
         self.server.stop().await.context("stopping Mosquitto")?;
         self.server.start().await.context("restarting Mosquitto")?;
-        wait_mqtt_ready(&self.server, self.port, ready_timeout(self.provider)).await
+        Service::Mosquitto
+            .wait_ready(&self.server, self.port, ready_timeout(self.provider))
+            .await
     }
-}
-
-async fn wait_mqtt_ready(server: &Server, port: u16, timeout: Duration) -> Result<()> {
-    wait_until_ready(server, "Mosquitto", timeout, || mqtt_probe(port)).await
 }
 
 fn mosquitto_config(listener: &str, data_dir: &str, extra_config: &str) -> String {
@@ -475,7 +461,6 @@ fn mosquitto_config(listener: &str, data_dir: &str, extra_config: &str) -> Strin
          persistence_location {data_dir}\n\
          user root\n\
          log_dest stderr\n\
-         log_type all\n\
          \n# extra_config\n{extra_config}\n"
     )
 }
@@ -484,13 +469,19 @@ async fn start_local_mosquitto(extra_config: &str) -> Result<Mosquitto> {
     let program = std::env::var_os("DDMS_TEST_MOSQUITTO")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"));
-    let process = LocalProcess::new(MOSQUITTO, "ddms-test-mqtt-", program, None, Signal::SIGTERM)?;
+    let process = LocalProcess::new(
+        "mosquitto",
+        "ddms-test-mqtt-",
+        program,
+        None,
+        Signal::SIGTERM,
+    )?;
     let dir = process.dir.clone();
     let data_dir = dir.join("data");
     fs::create_dir(&data_dir)?;
     let config_file = dir.join("mosquitto.conf");
     let server = Server::Local(process);
-    let port = start_local_on_free_port(&server, |port| {
+    let port = start_local_on_free_port(&server, Service::Mosquitto, |port| {
         // The config names the port, so each attempt rewrites it; a failed
         // write surfaces as mosquitto failing to start.
         let config = mosquitto_config(
@@ -529,7 +520,9 @@ async fn start_docker_mosquitto(extra_config: &str) -> Result<Mosquitto> {
     let (port, container) =
         start_container(&format!("{name}:{tag}"), request, Signal::SIGTERM).await?;
     let server = Server::Docker(container);
-    wait_mqtt_ready(&server, port, DOCKER_READY_TIMEOUT).await?;
+    Service::Mosquitto
+        .wait_ready(&server, port, DOCKER_READY_TIMEOUT)
+        .await?;
     Ok(Mosquitto {
         provider: Provider::Docker,
         port,
@@ -541,16 +534,15 @@ async fn start_docker_mosquitto(extra_config: &str) -> Result<Mosquitto> {
 /// proxy accepts connections before the broker listens. Any CONNACK counts, even
 /// a refusal, since `extra_config` may forbid anonymous clients.
 async fn mqtt_probe(port: u16) -> Result<()> {
-    const CONNECT: &[u8] = &[
-        0x10, 27, // CONNECT, remaining length
-        0, 4, b'M', b'Q', b'T', b'T', 4,    // protocol name, level 3.1.1
-        0x02, // clean session
-        0, 10, // keep-alive seconds
-        0, 15, b'd', b'd', b'm', b's', b'-', b't', b'e', b's', b't', b'-', b'p', b'r', b'o', b'b',
-        b'e',
-    ];
+    const CLIENT_ID: &[u8] = b"ddms-test-probe";
+    // CONNECT, remaining length; protocol "MQTT" level 4 (3.1.1), clean
+    // session, keep-alive 10 s; client id.
+    let mut connect = vec![0x10, (12 + CLIENT_ID.len()) as u8];
+    connect.extend_from_slice(b"\x00\x04MQTT\x04\x02\x00\x0a");
+    connect.extend_from_slice(&[0, CLIENT_ID.len() as u8]);
+    connect.extend_from_slice(CLIENT_ID);
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
-    stream.write_all(CONNECT).await?;
+    stream.write_all(&connect).await?;
     let mut connack = [0u8; 4];
     stream
         .read_exact(&mut connack)
@@ -565,6 +557,32 @@ async fn mqtt_probe(port: u16) -> Result<()> {
 
 // ---------------------------------------------------------------------------
 // Servers: a container or a local child process
+
+/// What a server runs, which decides how readiness is probed.
+#[derive(Clone, Copy)]
+enum Service {
+    Postgres,
+    Mosquitto,
+}
+
+impl Service {
+    async fn wait_ready(self, server: &Server, port: u16, timeout: Duration) -> Result<()> {
+        match self {
+            Service::Postgres => {
+                let url = postgres_url(port, "postgres");
+                wait_until_ready(server, "PostgreSQL", timeout, || async {
+                    let conn = PgConnection::connect(&url).await?;
+                    let _ = conn.close().await;
+                    Ok(())
+                })
+                .await
+            }
+            Service::Mosquitto => {
+                wait_until_ready(server, "Mosquitto", timeout, || mqtt_probe(port)).await
+            }
+        }
+    }
+}
 
 enum Server {
     Docker(DockerServer),
@@ -963,9 +981,10 @@ case "$1" in */ddms-test-*) rm -rf "$1" ;; esac"#,
         let spawned = command
             .spawn()
             .with_context(|| format!("spawning {}", self.program.display()))?;
-        fs::write(&self.pid_file, spawned.id().to_string())?;
+        let pid = spawned.id();
         *child = Some(spawned);
-        Ok(())
+        fs::write(&self.pid_file, pid.to_string())
+            .with_context(|| format!("writing {}", self.pid_file.display()))
     }
 
     /// Signals the server and waits for it to exit; a no-op when it is not running.
