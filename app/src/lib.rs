@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod mqtt;
 pub mod server;
 pub mod store;
 pub mod telemetry;
