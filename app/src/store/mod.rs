@@ -164,6 +164,25 @@ pub trait Store: Send + Sync + 'static {
     async fn acknowledge_notification(&self, id: Uuid, by: &str) -> StoreResult<Notification>;
     /// Clears (resolves) the open notification of a kind for a device, if any.
     async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool>;
+
+    /// Records a device's status (one row per device, replaced).
+    async fn put_device_status(&self, status: &DeviceStatus) -> StoreResult<()>;
+    async fn list_device_status(&self) -> StoreResult<Vec<DeviceStatus>>;
+
+    /// Sets (replacing) the MQTT credentials of a device.
+    async fn put_mqtt_credentials(&self, credentials: &MqttCredentials) -> StoreResult<()>;
+    async fn find_mqtt_credentials(&self, username: &str) -> StoreResult<MqttCredentials>;
+
+    /// Takes or renews the named leases for `holder` for `ttl`; a lease held by another holder
+    /// is taken only once it has expired. Returns the names `holder` now holds.
+    async fn acquire_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>>;
+    /// Gives up leases at once (graceful shutdown), so another instance takes over immediately.
+    async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()>;
 }
 
 /// Runs a health query with a deadline: a database that hangs is as unavailable as one that

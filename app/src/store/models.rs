@@ -202,3 +202,53 @@ pub struct Notification {
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub acknowledged_by: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Unknown,
+    Online,
+    Offline,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Unknown => "unknown",
+            Status::Online => "online",
+            Status::Offline => "offline",
+            Status::Error => "error",
+        }
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unknown" => Ok(Status::Unknown),
+            "online" => Ok(Status::Online),
+            "offline" => Ok(Status::Offline),
+            "error" => Ok(Status::Error),
+            other => Err(format!("unknown device status `{other}`")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceStatus {
+    pub device_id: Uuid,
+    pub status: Status,
+    pub last_error: Option<String>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttCredentials {
+    pub device_id: Uuid,
+    pub username: String,
+    pub secret_hash: String,
+}

@@ -554,4 +554,109 @@ impl Store for PostgresStore {
         .await?;
         Ok(result.rows_affected() > 0)
     }
+
+    async fn put_device_status(&self, status: &DeviceStatus) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO device_status \
+             (device_id, status, last_error, last_seen_at, consecutive_failures, changed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET \
+             status = EXCLUDED.status, last_error = EXCLUDED.last_error, \
+             last_seen_at = EXCLUDED.last_seen_at, \
+             consecutive_failures = EXCLUDED.consecutive_failures, changed_at = EXCLUDED.changed_at",
+        )
+        .bind(status.device_id)
+        .bind(status.status.as_str())
+        .bind(&status.last_error)
+        .bind(status.last_seen_at)
+        .bind(status.consecutive_failures as i32)
+        .bind(status.changed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_device_status(&self) -> StoreResult<Vec<DeviceStatus>> {
+        let rows = sqlx::query(
+            "SELECT device_id, status, last_error, last_seen_at, consecutive_failures, changed_at \
+             FROM device_status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let failures: i32 = row.try_get("consecutive_failures")?;
+                Ok(DeviceStatus {
+                    device_id: row.try_get("device_id")?,
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    last_error: row.try_get("last_error")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    consecutive_failures: failures.max(0) as u32,
+                    changed_at: row.try_get("changed_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_mqtt_credentials(&self, credentials: &MqttCredentials) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO mqtt_credentials (device_id, username, secret_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id) DO UPDATE SET username = EXCLUDED.username, \
+             secret_hash = EXCLUDED.secret_hash, created_at = now()",
+        )
+        .bind(credentials.device_id)
+        .bind(&credentials.username)
+        .bind(&credentials.secret_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_mqtt_credentials(&self, username: &str) -> StoreResult<MqttCredentials> {
+        let row = sqlx::query(
+            "SELECT device_id, username, secret_hash FROM mqtt_credentials WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(MqttCredentials {
+            device_id: row.try_get("device_id")?,
+            username: row.try_get("username")?,
+            secret_hash: row.try_get("secret_hash")?,
+        })
+    }
+
+    async fn acquire_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The database clock decides expiry, so instances with skewed clocks still agree.
+        let held = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, expires_at) \
+             SELECT n, $2, now() + make_interval(secs => $3) FROM unnest($1::text[]) AS n \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+             WHERE leases.holder = EXCLUDED.holder OR leases.expires_at < now() \
+             RETURNING name",
+        )
+        .bind(names)
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(held)
+    }
+
+    async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leases WHERE holder = $2 AND name = ANY($1)")
+            .bind(names)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -572,4 +572,120 @@ impl Store for SqliteStore {
         .await?;
         Ok(result.rows_affected() > 0)
     }
+
+    async fn put_device_status(&self, status: &DeviceStatus) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO device_status \
+             (device_id, status, last_error, last_seen_at, consecutive_failures, changed_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET \
+             status = excluded.status, last_error = excluded.last_error, \
+             last_seen_at = excluded.last_seen_at, \
+             consecutive_failures = excluded.consecutive_failures, changed_at = excluded.changed_at",
+        )
+        .bind(status.device_id.to_string())
+        .bind(status.status.as_str())
+        .bind(&status.last_error)
+        .bind(status.last_seen_at)
+        .bind(status.consecutive_failures as i64)
+        .bind(status.changed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_device_status(&self) -> StoreResult<Vec<DeviceStatus>> {
+        let rows = sqlx::query(
+            "SELECT device_id, status, last_error, last_seen_at, consecutive_failures, changed_at \
+             FROM device_status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let failures: i64 = row.try_get("consecutive_failures")?;
+                Ok(DeviceStatus {
+                    device_id: uuid(row, "device_id")?,
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    last_error: row.try_get("last_error")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    consecutive_failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
+                    changed_at: row.try_get("changed_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_mqtt_credentials(&self, credentials: &MqttCredentials) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO mqtt_credentials (device_id, username, secret_hash, created_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET \
+             username = excluded.username, secret_hash = excluded.secret_hash, \
+             created_at = excluded.created_at",
+        )
+        .bind(credentials.device_id.to_string())
+        .bind(&credentials.username)
+        .bind(&credentials.secret_hash)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_mqtt_credentials(&self, username: &str) -> StoreResult<MqttCredentials> {
+        let row = sqlx::query(
+            "SELECT device_id, username, secret_hash FROM mqtt_credentials WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(MqttCredentials {
+            device_id: uuid(&row, "device_id")?,
+            username: row.try_get("username")?,
+            secret_hash: row.try_get("secret_hash")?,
+        })
+    }
+
+    async fn acquire_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>> {
+        let now = micros(Utc::now());
+        let expires = now + ttl.as_micros() as i64;
+        let mut tx = self.pool.begin().await?;
+        let mut held = Vec::with_capacity(names.len());
+        for name in names {
+            let row: Option<String> = sqlx::query_scalar(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < ? \
+                 RETURNING name",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(expires)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            held.extend(row);
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for name in names {
+            sqlx::query("DELETE FROM leases WHERE holder = ? AND name = ?")
+                .bind(holder)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::store::{
-    self, NewApiToken, NewAuditEntry, NewDevice, NewNotification, NewUser, Protocol, Reading, Role,
-    Store, StoreError,
+    self, DeviceStatus, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice, NewNotification,
+    NewUser, Protocol, Reading, Role, Status, Store, StoreError,
 };
 use serde_json::json;
 
@@ -471,6 +471,115 @@ async fn partitions_are_created_ahead_idempotently(store: Arc<dyn Store>) {
     );
 }
 
+async fn device_status_is_one_row_per_device(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let mut status = DeviceStatus {
+        device_id: device.id,
+        status: Status::Online,
+        last_error: None,
+        last_seen_at: Some(ts(1)),
+        consecutive_failures: 0,
+        changed_at: ts(1),
+    };
+    store.put_device_status(&status).await.unwrap();
+    status.status = Status::Offline;
+    status.last_error = Some("connection refused".into());
+    status.consecutive_failures = 3;
+    status.changed_at = ts(2);
+    store.put_device_status(&status).await.unwrap();
+    assert_eq!(store.list_device_status().await.unwrap(), vec![status]);
+    store.delete_device(device.id).await.unwrap();
+    assert!(store.list_device_status().await.unwrap().is_empty());
+}
+
+async fn mqtt_credentials_are_found_by_username_and_replaced(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let mut creds = MqttCredentials {
+        device_id: device.id,
+        username: device.id.to_string(),
+        secret_hash: "h1".into(),
+    };
+    store.put_mqtt_credentials(&creds).await.unwrap();
+    creds.secret_hash = "h2".into();
+    store.put_mqtt_credentials(&creds).await.unwrap();
+    assert_eq!(
+        store.find_mqtt_credentials(&creds.username).await.unwrap(),
+        creds
+    );
+    assert!(matches!(
+        store.find_mqtt_credentials("nobody").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn leases_have_one_holder_until_expiry_or_release(store: Arc<dyn Store>) {
+    let names: Vec<String> = ["poll:a", "poll:b"].iter().map(|s| s.to_string()).collect();
+    let ttl = Duration::from_millis(600);
+    let a = store
+        .acquire_leases(&names, "instance-a", ttl)
+        .await
+        .unwrap();
+    assert_eq!(sorted(a), names);
+    assert!(store
+        .acquire_leases(&names, "instance-b", ttl)
+        .await
+        .unwrap()
+        .is_empty());
+    // Renewal by the holder keeps it.
+    assert_eq!(
+        sorted(
+            store
+                .acquire_leases(&names, "instance-a", ttl)
+                .await
+                .unwrap()
+        ),
+        names
+    );
+    // Released leases are free at once.
+    store
+        .release_leases(&names[..1], "instance-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .acquire_leases(&names, "instance-b", ttl)
+            .await
+            .unwrap(),
+        vec!["poll:a".to_string()]
+    );
+    // Releasing someone else's lease does nothing.
+    store
+        .release_leases(&names, "instance-a")
+        .await
+        .unwrap_or(());
+    assert!(store
+        .acquire_leases(&names[..1], "instance-a", ttl)
+        .await
+        .unwrap()
+        .is_empty());
+    // An expired lease goes to whoever asks next.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert_eq!(
+        sorted(
+            store
+                .acquire_leases(&names, "instance-c", ttl)
+                .await
+                .unwrap()
+        ),
+        names
+    );
+    assert!(store
+        .acquire_leases(&[], "instance-c", ttl)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping(Duration::from_secs(2)).await.unwrap();
 }
@@ -522,5 +631,8 @@ conformance_suite!(
     settings_and_audit_log_round_trip,
     notifications_open_once_and_clear_or_acknowledge,
     partitions_are_created_ahead_idempotently,
+    device_status_is_one_row_per_device,
+    mqtt_credentials_are_found_by_username_and_replaced,
+    leases_have_one_holder_until_expiry_or_release,
     ping_answers,
 );
