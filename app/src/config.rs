@@ -25,6 +25,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
     pub provisioning: ProvisioningConfig,
+    pub ingest: IngestSettings,
+    pub devices: DeviceSettings,
     pub log: LogConfig,
     /// The profile the values were selected with (not a key of its own).
     #[serde(skip)]
@@ -110,6 +112,24 @@ pub struct ProvisioningConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// A batch is committed once it holds this many readings…
+    pub max_batch: usize,
+    /// …or this many milliseconds after its first reading arrived.
+    pub max_delay_ms: u64,
+    /// Submissions queued for the batch writer before producers wait.
+    pub channel_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// Consecutive failures after which a connection-failure notification opens.
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `pretty` or `json`; unset means pretty on a terminal in the default/dev profiles, else json.
     pub format: Option<LogFormat>,
@@ -150,6 +170,14 @@ listen = "127.0.0.1:1883"
 [mqtt.tls]
 
 [provisioning]
+
+[ingest]
+max_batch = 1000
+max_delay_ms = 50
+channel_capacity = 4096
+
+[devices]
+failure_threshold = 3
 
 [log]
 level = "info"
@@ -399,6 +427,18 @@ impl Config {
         if self.http.body_limit < 1024 {
             return invalid("http.body_limit", "must be at least 1024 bytes".into());
         }
+        if !(1..=100_000).contains(&self.ingest.max_batch) {
+            return invalid("ingest.max_batch", "must be between 1 and 100000".into());
+        }
+        if !(1..=10_000).contains(&self.ingest.max_delay_ms) {
+            return invalid("ingest.max_delay_ms", "must be between 1 and 10000".into());
+        }
+        if self.ingest.channel_capacity == 0 {
+            return invalid("ingest.channel_capacity", "must be at least 1".into());
+        }
+        if self.devices.failure_threshold == 0 {
+            return invalid("devices.failure_threshold", "must be at least 1".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(
                 "log.level",
@@ -489,6 +529,12 @@ impl Config {
                 "token": secret(&self.provisioning.token),
                 "token_file": path(&self.provisioning.token_file),
             },
+            "ingest": {
+                "max_batch": self.ingest.max_batch,
+                "max_delay_ms": self.ingest.max_delay_ms,
+                "channel_capacity": self.ingest.channel_capacity,
+            },
+            "devices": { "failure_threshold": self.devices.failure_threshold },
             "log": { "format": self.log.format, "level": self.log.level },
         });
         toml::to_string_pretty(&strip_nulls(value)).unwrap_or_else(|e| format!("# {e}"))

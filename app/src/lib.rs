@@ -4,9 +4,13 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod http;
+pub mod ingest;
+pub mod modbus;
 pub mod mqtt;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 

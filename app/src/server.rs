@@ -1,24 +1,37 @@
-//! `ddms serve`: wires the store, background tasks and the HTTP service, and shuts them down in
-//! order on SIGTERM/SIGINT.
+//! `ddms serve`: wires the store, the ingest pipeline, background tasks and the HTTP service,
+//! and shuts them down in order on SIGTERM/SIGINT: stop accepting and end live streams, let
+//! in-flight requests finish, stop producers, flush the pipeline, exit.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::events::EventHub;
 use crate::http::{self, AppState, Metrics};
+use crate::ingest::{self, BatchWriter, IngestConfig, IngestHandle, IngestMetrics};
+use crate::status::StatusBoard;
 use crate::store::{self, Store};
+
+/// Events kept for `Last-Event-ID` resumption.
+const EVENT_BUFFER: usize = 10_000;
+/// Self-registrations allowed per client address per minute.
+const REGISTRATIONS_PER_MINUTE: u32 = 10;
 
 /// A bound, not yet running server. Binding first lets callers (tests) learn the port.
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    ingest: IngestHandle,
+    writer: BatchWriter,
 }
 
 impl Server {
@@ -47,12 +60,47 @@ impl Server {
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+        let metrics = Metrics::new(crate::VERSION, crate::GIT_SHA);
+        let events = EventHub::new(EVENT_BUFFER);
+        let status = StatusBoard::new(
+            store.clone(),
+            events.clone(),
+            metrics.registry(),
+            config.devices.failure_threshold,
+        );
+        if let Err(e) = status.load().await {
+            tracing::warn!(error = %e, "cannot load device statuses; starting with none");
+        }
+        let (ingest, writer) = ingest::pipeline(
+            store.clone(),
+            events.clone(),
+            IngestMetrics::register(metrics.registry()),
+            IngestConfig {
+                channel_capacity: config.ingest.channel_capacity,
+                max_batch: config.ingest.max_batch,
+                max_delay: Duration::from_millis(config.ingest.max_delay_ms),
+            },
+        );
+        let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             store,
-            metrics: Metrics::new(crate::VERSION, crate::GIT_SHA),
+            metrics,
+            events,
+            status,
+            register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
+                per_minute,
+            ))),
+            devices_changed: Arc::new(Notify::new()),
+            credentials_changed: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
             config: Arc::new(config),
         };
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            state,
+            ingest,
+            writer,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -65,21 +113,40 @@ impl Server {
         self.state.store.clone()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-    /// for up to `http.shutdown_timeout`, stops background tasks and returns.
+    /// The pipeline's producer side, for embedding and tests.
+    pub fn ingest(&self) -> IngestHandle {
+        self.ingest.clone()
+    }
+
+    pub fn status(&self) -> StatusBoard {
+        self.state.status.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Server { listener, state } = self;
+        let Server {
+            listener,
+            state,
+            ingest,
+            writer,
+        } = self;
         let config = state.config.clone();
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(maintain_partitions(
+        let stop_http = state.shutdown.clone();
+        let stop_producers = CancellationToken::new();
+        let abort_writer = CancellationToken::new();
+        let background = TaskTracker::new();
+        background.spawn(maintain_partitions(
             state.store.clone(),
             config.database.partitions_ahead_days,
-            cancel.clone(),
+            stop_producers.clone(),
         ));
+        let writer = tokio::spawn(writer.run(abort_writer.clone()));
+        // Producers (pollers, MQTT ingester) hold clones of `ingest`; this one goes last.
+        let producers = TaskTracker::new();
+        producers.close();
 
         let addr = listener.local_addr()?;
         tracing::info!(
@@ -90,33 +157,44 @@ impl Server {
             "ddms is serving"
         );
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stop_accepting = cancel.clone();
+        let stop_accepting = stop_http.clone();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
             .into_future();
         let mut server = tokio::spawn(server);
 
-        tokio::select! {
-            result = &mut server => {
-                cancel.cancel();
-                result.context("HTTP server task failed")?.context("HTTP server failed")?;
-            }
+        let served = tokio::select! {
+            result = &mut server => result.context("HTTP server task failed")?.context("HTTP server failed"),
             () = shutdown => {
                 tracing::info!(timeout_s = config.http.shutdown_timeout.as_secs(), "shutting down: no new connections, finishing in-flight requests");
-                cancel.cancel();
+                stop_http.cancel();
                 match tokio::time::timeout(config.http.shutdown_timeout, &mut server).await {
-                    Ok(result) => result.context("HTTP server task failed")?.context("HTTP server failed")?,
+                    Ok(result) => result.context("HTTP server task failed")?.context("HTTP server failed"),
                     Err(_) => {
                         tracing::warn!("in-flight requests did not finish within http.shutdown_timeout; closing them");
                         server.abort();
+                        Ok(())
                     }
                 }
             }
+        };
+        stop_http.cancel();
+        stop_producers.cancel();
+        producers.wait().await;
+        background.close();
+        background.wait().await;
+        // Last producer handle gone: the writer commits what is queued, then ends.
+        drop(ingest);
+        let flush = tokio::time::timeout(config.http.shutdown_timeout, writer);
+        match flush.await {
+            Ok(_) => tracing::info!("ingest pipeline flushed"),
+            Err(_) => {
+                tracing::error!("the ingest pipeline did not flush within http.shutdown_timeout (database down?); unacknowledged MQTT messages will be redelivered");
+                abort_writer.cancel();
+            }
         }
-        tasks.close();
-        tasks.wait().await;
         tracing::info!("shutdown complete");
-        Ok(())
+        served
     }
 }
 

@@ -22,6 +22,11 @@ pub enum ApiError {
     /// Semantic validation failed; `field` names the offending input.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
+    /// Several fields are invalid at once (e.g. a register map); the first is named in `field`.
+    #[error("{}", .0.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<(String, String)>),
+    #[error("too many requests; retry in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -36,7 +41,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation { .. } | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -49,7 +55,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
-            ApiError::Validation { .. } => "validation_failed",
+            ApiError::Validation { .. } | ApiError::Invalid(_) => "validation_failed",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -78,9 +85,33 @@ impl IntoResponse for ApiError {
         }
         let field = match &self {
             ApiError::Validation { field, .. } => Some(field.as_str()),
+            ApiError::Invalid(errors) => errors.first().map(|(f, _)| f.as_str()),
             _ => None,
         };
-        error_body(self.status(), self.code(), &self.to_string(), field)
+        let mut response = error_body(self.status(), self.code(), &self.to_string(), field);
+        match &self {
+            ApiError::Invalid(errors) => {
+                // Every invalid field, so a form can mark them all at once.
+                let details: Vec<serde_json::Value> = errors
+                    .iter()
+                    .map(|(field, message)| json!({ "field": field, "message": message }))
+                    .collect();
+                let body = json!({ "error": {
+                    "code": self.code(), "message": self.to_string(),
+                    "field": field, "errors": details,
+                }});
+                let headers = response.headers().clone();
+                response = (self.status(), axum::Json(body)).into_response();
+                response.headers_mut().extend(headers);
+            }
+            ApiError::RateLimited { retry_after_s } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -1,10 +1,13 @@
 //! The HTTP service: router, shared state, and the middleware every request passes through
 //! (request id → span → metrics and access log → JSON errors → body limit → timeout).
 
+mod devices;
 mod error;
 pub mod extract;
 mod metrics;
+mod page;
 mod routes;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +16,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -23,16 +26,33 @@ use tracing::Instrument;
 pub use error::{error_body, ApiError};
 pub use metrics::Metrics;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
+use crate::events::EventHub;
+use crate::status::StatusBoard;
 use crate::store::Store;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Per-IP limiter for unauthenticated, state-changing endpoints (self-registration).
+pub type IpRateLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub metrics: Metrics,
+    pub events: EventHub,
+    pub status: StatusBoard,
+    pub register_limiter: Arc<IpRateLimiter>,
+    /// Woken when devices are created, changed or deleted (pollers re-read their assignment).
+    pub devices_changed: Arc<Notify>,
+    /// Woken when MQTT credentials change (brokers re-read their credentials).
+    pub credentials_changed: Arc<Notify>,
+    /// Cancelled when the server shuts down: long-lived responses (SSE) end.
+    pub shutdown: CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,8 +61,30 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/version", get(routes::version))
         .route("/me", get(routes::me))
-        .route("/tokens", post(routes::create_token));
+        .route("/tokens", post(routes::create_token))
+        .route("/devices", get(devices::list).post(devices::create))
+        .route("/devices/register", post(devices::register))
+        .route(
+            "/devices/{id}",
+            get(devices::get)
+                .put(devices::update)
+                .delete(devices::delete),
+        )
+        .route("/devices/{id}/latest", get(devices::latest))
+        .route("/devices/{id}/readings", get(devices::readings))
+        .route(
+            "/notifications/connection-failures",
+            get(devices::connection_failures),
+        )
+        .route(
+            "/notifications/connection-failures/{id}",
+            delete(devices::acknowledge),
+        )
+        .route("/stream", get(stream::stream));
     Router::new()
+        .route("/", get(page::index))
+        .route("/assets/live.js", get(page::script))
+        .route("/assets/style.css", get(page::style))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))

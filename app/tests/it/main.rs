@@ -6,5 +6,6 @@ mod support;
 mod api;
 mod brokers;
 mod cli;
+mod devices;
 mod readiness;
 mod storage;

@@ -75,6 +75,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
+    pub ingest: ddms::ingest::IngestHandle,
+    pub status: ddms::status::StatusBoard,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -101,6 +103,8 @@ pub async fn spawn_app(db: Db, extra_toml: &str) -> TestApp {
         .expect("server builds");
     let addr = server.local_addr();
     let store = server.store();
+    let ingest = server.ingest();
+    let status = server.status();
     let (tx, rx) = oneshot::channel();
     let handle = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -112,6 +116,8 @@ pub async fn spawn_app(db: Db, extra_toml: &str) -> TestApp {
             .build()
             .unwrap(),
         store,
+        ingest,
+        status,
         shutdown: Some(tx),
         server: Some(handle),
         _dir: dir,
@@ -167,12 +173,39 @@ impl TestApp {
         secret
     }
 
-    /// Stops the server gracefully and waits for it.
+    pub async fn put_json(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Stops the server gracefully and waits for it. The test's own ingest handle goes first,
+    /// or the pipeline would wait for it forever.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(handle) = self.server.take() {
+        let handle = self.server.take();
+        drop(self);
+        if let Some(handle) = handle {
             handle.await.expect("server task").expect("server ran");
         }
     }

@@ -1,0 +1,487 @@
+//! Devices, their readings, self-registration and connection-failure notifications.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::extract::{AdminRole, Authorized, Principal, ViewerRole};
+use super::{ApiError, AppState};
+use crate::auth::{hash_api_token, random_secret};
+use crate::config::MqttMode;
+use crate::modbus::ModbusConfig;
+use crate::store::{
+    Device, DeviceStatus, MqttCredentials, NewAuditEntry, NewDevice, Protocol, StoreError,
+};
+
+/// Longest range one readings request may cover, and most points it may return.
+const MAX_POINTS: u32 = 100_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInput {
+    name: String,
+    protocol: Protocol,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    modbus: Option<Value>,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+fn validation(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Validation {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Turns API input into a storable device: every field checked, the Modbus map normalised
+/// (defaults filled in) so pollers read exactly what was validated.
+async fn validate(state: &AppState, input: DeviceInput) -> Result<NewDevice, ApiError> {
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(validation("name", "must be 1 to 100 characters"));
+    }
+    let config = match (input.protocol, input.modbus) {
+        (Protocol::Modbus, None) => {
+            return Err(validation("modbus", "required for Modbus devices"))
+        }
+        (Protocol::Modbus, Some(raw)) => {
+            let config = ModbusConfig::from_json(&raw).map_err(|errors| {
+                ApiError::Invalid(errors.into_iter().map(|e| (e.field, e.message)).collect())
+            })?;
+            serde_json::to_value(config).map_err(|e| ApiError::Internal(e.into()))?
+        }
+        (Protocol::Mqtt, Some(_)) => {
+            return Err(validation(
+                "modbus",
+                "only Modbus devices have a register map",
+            ))
+        }
+        (Protocol::Mqtt, None) => json!({}),
+    };
+    let group_id = match input.group.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(group) if group.chars().count() > 100 => {
+            return Err(validation("group", "must be at most 100 characters"))
+        }
+        Some(group) => Some(group_id(state, group).await?),
+    };
+    Ok(NewDevice {
+        name: name.to_string(),
+        protocol: input.protocol,
+        group_id,
+        config,
+        enabled: input.enabled,
+    })
+}
+
+async fn group_id(state: &AppState, name: &str) -> Result<Uuid, ApiError> {
+    if let Some(group) = state
+        .store
+        .list_groups()
+        .await?
+        .into_iter()
+        .find(|g| g.name == name)
+    {
+        return Ok(group.id);
+    }
+    match state.store.create_group(name).await {
+        Ok(group) => Ok(group.id),
+        // Created concurrently: use that one.
+        Err(StoreError::Conflict(_)) => state
+            .store
+            .list_groups()
+            .await?
+            .into_iter()
+            .find(|g| g.name == name)
+            .map(|g| g.id)
+            .ok_or_else(|| ApiError::Conflict(format!("group `{name}`"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn render(
+    state: &AppState,
+    device: &Device,
+    status: Option<DeviceStatus>,
+) -> Result<Value, ApiError> {
+    let group = match device.group_id {
+        Some(id) => state
+            .store
+            .list_groups()
+            .await?
+            .into_iter()
+            .find(|g| g.id == id)
+            .map(|g| g.name),
+        None => None,
+    };
+    let mut body = json!({
+        "id": device.id,
+        "name": device.name,
+        "protocol": device.protocol,
+        "group": group,
+        "enabled": device.enabled,
+        "status": status.map(|s| json!({
+            "status": s.status, "last_error": s.last_error, "last_seen_at": s.last_seen_at,
+            "changed_at": s.changed_at, "consecutive_failures": s.consecutive_failures,
+        })).unwrap_or_else(|| json!({ "status": "unknown" })),
+        "created_at": device.created_at,
+        "updated_at": device.updated_at,
+    });
+    if device.protocol == Protocol::Modbus {
+        body["modbus"] = device.config.clone();
+    }
+    Ok(body)
+}
+
+fn not_found(err: StoreError) -> ApiError {
+    match err {
+        StoreError::NotFound => ApiError::NotFound("device".into()),
+        other => other.into(),
+    }
+}
+
+fn conflict_on_name(err: StoreError, name: &str) -> ApiError {
+    match err {
+        StoreError::Conflict(_) => {
+            ApiError::Conflict(format!("a device named `{name}` already exists"))
+        }
+        other => not_found(other),
+    }
+}
+
+async fn audit(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    action: &str,
+    device: &Device,
+) {
+    let entry = NewAuditEntry {
+        actor: principal.subject.clone(),
+        action: action.into(),
+        target: Some(format!("device:{}", device.id)),
+        detail: json!({ "name": device.name, "protocol": device.protocol }),
+        remote_addr: Some(peer.ip().to_string()),
+    };
+    if let Err(e) = state.store.append_audit(&entry).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let statuses = state.status.all().await;
+    let mut out = Vec::new();
+    for device in state.store.list_devices().await? {
+        let status = statuses.get(&device.id).cloned();
+        out.push(render(&state, &device, status).await?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let device = state.store.get_device(id).await.map_err(not_found)?;
+    Ok(Json(
+        render(&state, &device, state.status.get(id).await).await?,
+    ))
+}
+
+/// Issues MQTT credentials for a device: the secret is returned here once and stored hashed.
+async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, ApiError> {
+    let password = random_secret(32);
+    let credentials = MqttCredentials {
+        device_id: device.id,
+        username: device.id.to_string(),
+        secret_hash: hash_api_token(&password),
+    };
+    state.store.put_mqtt_credentials(&credentials).await?;
+    state.credentials_changed.notify_waiters();
+    let mqtt = &state.config.mqtt;
+    let (host, port, tls) = match mqtt.mode {
+        MqttMode::External => {
+            let url = mqtt.url.as_deref().unwrap_or_default();
+            let parsed = url::Url::parse(url).ok();
+            let tls = url.starts_with("mqtts://");
+            (
+                parsed
+                    .as_ref()
+                    .and_then(|u| u.host_str().map(String::from))
+                    .unwrap_or_default(),
+                parsed
+                    .and_then(|u| u.port())
+                    .unwrap_or(if tls { 8883 } else { 1883 }),
+                tls,
+            )
+        }
+        _ => (
+            mqtt.embedded.listen.ip().to_string(),
+            mqtt.embedded.listen.port(),
+            false,
+        ),
+    };
+    Ok(
+        json!({ "host": host, "port": port, "tls": tls, "username": credentials.username, "password": password }),
+    )
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: Authorized<AdminRole>,
+    Json(input): Json<DeviceInput>,
+) -> Result<impl IntoResponse, ApiError> {
+    let new = validate(&state, input).await?;
+    let device = state
+        .store
+        .create_device(&new)
+        .await
+        .map_err(|e| conflict_on_name(e, &new.name))?;
+    audit(&state, &auth.principal, peer, "device.create", &device).await;
+    let mut body = render(&state, &device, None).await?;
+    if device.protocol == Protocol::Mqtt {
+        body["mqtt"] = issue_credentials(&state, &device).await?;
+    }
+    state.devices_changed.notify_waiters();
+    tracing::info!(device.id = %device.id, device.name = %device.name, "device created");
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: Authorized<AdminRole>,
+    Path(id): Path<Uuid>,
+    Json(input): Json<DeviceInput>,
+) -> Result<Json<Value>, ApiError> {
+    let existing = state.store.get_device(id).await.map_err(not_found)?;
+    if existing.protocol != input.protocol {
+        return Err(validation(
+            "protocol",
+            "cannot change; delete the device and create a new one",
+        ));
+    }
+    let new = validate(&state, input).await?;
+    let device = state
+        .store
+        .update_device(id, &new)
+        .await
+        .map_err(|e| conflict_on_name(e, &new.name))?;
+    audit(&state, &auth.principal, peer, "device.update", &device).await;
+    state.devices_changed.notify_waiters();
+    Ok(Json(
+        render(&state, &device, state.status.get(id).await).await?,
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: Authorized<AdminRole>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let device = state.store.get_device(id).await.map_err(not_found)?;
+    state.store.delete_device(id).await.map_err(not_found)?;
+    state.status.remove(id).await;
+    audit(&state, &auth.principal, peer, "device.delete", &device).await;
+    state.devices_changed.notify_waiters();
+    state.credentials_changed.notify_waiters();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn latest(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    state.store.get_device(id).await.map_err(not_found)?;
+    let mut out = serde_json::Map::new();
+    for reading in state.store.latest_readings(id).await? {
+        out.insert(
+            reading.metric,
+            json!({ "ts": reading.ts, "value": reading.value, "unit": reading.unit }),
+        );
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadingsQuery {
+    metric: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    step: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn readings(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ReadingsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    state.store.get_device(id).await.map_err(not_found)?;
+    let metric = query
+        .metric
+        .ok_or_else(|| ApiError::BadRequest("query parameter `metric` is required".into()))?;
+    match query.step.as_deref() {
+        None | Some("raw") => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "step `{other}` is not available; use step=raw"
+            )))
+        }
+    }
+    let to = query.to.unwrap_or_else(Utc::now);
+    let from = query.from.unwrap_or(to - chrono::Duration::hours(1));
+    if from >= to {
+        return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+    }
+    let limit = query.limit.unwrap_or(10_000);
+    if limit == 0 || limit > MAX_POINTS {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be between 1 and {MAX_POINTS}"
+        )));
+    }
+    let latest = state.store.latest_readings(id).await?;
+    let Some(series) = latest.iter().find(|l| l.metric == metric).map(|l| l.series) else {
+        return Ok(Json(json!([])));
+    };
+    let points = state.store.query_readings(series, from, to, limit).await?;
+    Ok(Json(
+        serde_json::to_value(points).map_err(|e| ApiError::Internal(e.into()))?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    name: String,
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// Devices register themselves with the shared provisioning token and get MQTT credentials.
+pub async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(input): Json<Registration>,
+) -> Result<impl IntoResponse, ApiError> {
+    if state.register_limiter.check_key(&peer.ip()).is_err() {
+        return Err(ApiError::RateLimited { retry_after_s: 60 });
+    }
+    let Some(expected) = state.config.provisioning.token.as_ref() else {
+        return Err(ApiError::Forbidden(
+            "self-registration is disabled (provisioning.token is not set)".into(),
+        ));
+    };
+    let given = headers
+        .get("x-provisioning-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !constant_time_eq(
+        given.as_bytes(),
+        secrecy::ExposeSecret::expose_secret(expected).as_bytes(),
+    ) {
+        tracing::warn!(remote_addr = %peer.ip(), "device registration refused: wrong provisioning token");
+        return Err(ApiError::Unauthenticated);
+    }
+    let new = validate(
+        &state,
+        DeviceInput {
+            name: input.name,
+            protocol: Protocol::Mqtt,
+            group: input.group,
+            modbus: None,
+            enabled: true,
+        },
+    )
+    .await?;
+    let device = state
+        .store
+        .create_device(&new)
+        .await
+        .map_err(|e| conflict_on_name(e, &new.name))?;
+    let mqtt = issue_credentials(&state, &device).await?;
+    let principal = Principal {
+        subject: "provisioning".into(),
+        role: crate::store::Role::Viewer,
+    };
+    audit(&state, &principal, peer, "device.register", &device).await;
+    state.devices_changed.notify_waiters();
+    tracing::info!(device.id = %device.id, device.name = %device.name, "device registered itself");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "device_id": device.id, "mqtt": mqtt })),
+    ))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn connection_failures(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+) -> Result<Json<Value>, ApiError> {
+    let open = state
+        .store
+        .list_open_notifications(crate::status::CONNECTION_FAILURE)
+        .await?;
+    Ok(Json(
+        serde_json::to_value(open).map_err(|e| ApiError::Internal(e.into()))?,
+    ))
+}
+
+pub async fn acknowledge(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: Authorized<AdminRole>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let notification = match state
+        .store
+        .acknowledge_notification(id, &auth.principal.subject)
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::NotFound("notification".into())),
+        other => other?,
+    };
+    let entry = NewAuditEntry {
+        actor: auth.principal.subject.clone(),
+        action: "notification.acknowledge".into(),
+        target: Some(format!("notification:{id}")),
+        detail: json!({ "kind": notification.kind, "device_id": notification.device_id }),
+        remote_addr: Some(peer.ip().to_string()),
+    };
+    if let Err(e) = state.store.append_audit(&entry).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+    state.events.publish(
+        crate::events::EventKind::Notification,
+        json!({ "kind": notification.kind, "state": "acknowledged", "notification": notification }),
+    );
+    Ok(Json(
+        serde_json::to_value(notification).map_err(|e| ApiError::Internal(e.into()))?,
+    ))
+}

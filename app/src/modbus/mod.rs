@@ -1,0 +1,16 @@
+//! Modbus TCP: the register map of a device, the reads that fetch it, and the decoding of what
+//! comes back. Pure, synchronous code; the poller does the I/O.
+//!
+//! Planning matters because many PLCs accept only a handful of connections and answer one
+//! request at a time on each: every request costs a full round trip. Reading a device's whole map
+//! in a few merged requests keeps one poll short and leaves the device's connections to others.
+
+pub mod decode;
+pub mod plan;
+pub mod register_map;
+
+pub use decode::{decode, decode_bit, DecodeError};
+pub use plan::{plan_reads, ReadRequest};
+pub use register_map::{
+    FieldError, InvalidModbusConfig, ModbusConfig, RegisterKind, RegisterSpec, ValueType, WordOrder,
+};

@@ -1,0 +1,226 @@
+//! Device status, one board for every protocol: pollers and the MQTT ingester report successes
+//! and failures here; the board keeps the status in memory, writes changes to the store,
+//! publishes `device_status` and `notification` events, and opens a connection-failure
+//! notification after N consecutive failures — clearing it by itself on recovery.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{IntGaugeVec, Opts, Registry};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::events::{EventHub, EventKind};
+use crate::store::{DeviceStatus, NewNotification, Status, Store, StoreResult};
+
+pub const CONNECTION_FAILURE: &str = "connection_failure";
+
+/// Last-seen times are written to the store at most this often per device (status changes are
+/// written at once): a device reporting every 100 ms must not cost a write each time.
+const LAST_SEEN_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct StatusBoard {
+    inner: Arc<Mutex<HashMap<Uuid, DeviceStatus>>>,
+    store: Arc<dyn Store>,
+    hub: EventHub,
+    devices_by_status: IntGaugeVec,
+    failure_threshold: u32,
+}
+
+impl StatusBoard {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: EventHub,
+        registry: &Registry,
+        failure_threshold: u32,
+    ) -> Self {
+        let devices_by_status = IntGaugeVec::new(
+            Opts::new(
+                "ddms_devices",
+                "Devices by status, as seen by this instance",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(devices_by_status.clone()))
+            .expect("unique metric");
+        StatusBoard {
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            store,
+            hub,
+            devices_by_status,
+            failure_threshold: failure_threshold.max(1),
+        }
+    }
+
+    /// Loads the statuses stored by earlier runs (or other instances).
+    pub async fn load(&self) -> StoreResult<()> {
+        let stored = self.store.list_device_status().await?;
+        let mut inner = self.inner.lock().await;
+        for status in stored {
+            inner.insert(status.device_id, status);
+        }
+        self.update_gauges(&inner);
+        Ok(())
+    }
+
+    pub async fn get(&self, device_id: Uuid) -> Option<DeviceStatus> {
+        self.inner.lock().await.get(&device_id).cloned()
+    }
+
+    pub async fn all(&self) -> HashMap<Uuid, DeviceStatus> {
+        self.inner.lock().await.clone()
+    }
+
+    /// The device answered (a poll succeeded, a message arrived).
+    pub async fn record_success(&self, device_id: Uuid, at: DateTime<Utc>) {
+        let mut inner = self.inner.lock().await;
+        let previous = inner.get(&device_id).cloned();
+        let changed = previous.as_ref().is_none_or(|p| p.status != Status::Online);
+        let stale_seen = previous
+            .as_ref()
+            .and_then(|p| p.last_seen_at)
+            .is_none_or(|seen| {
+                at - seen
+                    >= chrono::Duration::from_std(LAST_SEEN_WRITE_INTERVAL).unwrap_or_default()
+            });
+        let had_failures = previous
+            .as_ref()
+            .is_some_and(|p| p.consecutive_failures > 0);
+        let status = DeviceStatus {
+            device_id,
+            status: Status::Online,
+            last_error: if changed {
+                None
+            } else {
+                previous.as_ref().and_then(|p| p.last_error.clone())
+            },
+            last_seen_at: Some(at),
+            consecutive_failures: 0,
+            changed_at: if changed {
+                at
+            } else {
+                previous.as_ref().map_or(at, |p| p.changed_at)
+            },
+        };
+        inner.insert(device_id, status.clone());
+        self.update_gauges(&inner);
+        drop(inner);
+        if changed || stale_seen || had_failures {
+            self.persist(&status, changed).await;
+        }
+        if changed || had_failures {
+            match self
+                .store
+                .clear_notification(CONNECTION_FAILURE, device_id)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(device.id = %device_id, "device recovered; connection-failure notification cleared");
+                    self.hub.publish(
+                        EventKind::Notification,
+                        serde_json::json!({ "kind": CONNECTION_FAILURE, "device_id": device_id, "state": "cleared" }),
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(device.id = %device_id, error = %e, "cannot clear notification")
+                }
+            }
+        }
+    }
+
+    /// The device did not answer or answered with an error. `status` is `Offline` for
+    /// connection failures and timeouts, `Error` for a device that answers wrongly.
+    pub async fn record_failure(
+        &self,
+        device_id: Uuid,
+        status: Status,
+        error: &str,
+        at: DateTime<Utc>,
+    ) {
+        let mut inner = self.inner.lock().await;
+        let previous = inner.get(&device_id).cloned();
+        let failures = previous.as_ref().map_or(0, |p| p.consecutive_failures) + 1;
+        let changed = previous.as_ref().is_none_or(|p| p.status != status);
+        let updated = DeviceStatus {
+            device_id,
+            status,
+            last_error: Some(error.chars().take(500).collect()),
+            last_seen_at: previous.as_ref().and_then(|p| p.last_seen_at),
+            consecutive_failures: failures,
+            changed_at: if changed {
+                at
+            } else {
+                previous.as_ref().map_or(at, |p| p.changed_at)
+            },
+        };
+        inner.insert(device_id, updated.clone());
+        self.update_gauges(&inner);
+        drop(inner);
+        // Repeated failures are only written when the status changes or the threshold is hit.
+        if changed || failures == self.failure_threshold {
+            self.persist(&updated, changed).await;
+        }
+        if failures == self.failure_threshold {
+            let message = format!("{failures} consecutive failures; last error: {error}");
+            match self
+                .store
+                .open_notification(&NewNotification {
+                    kind: CONNECTION_FAILURE.into(),
+                    device_id: Some(device_id),
+                    message: message.clone(),
+                })
+                .await
+            {
+                Ok(notification) => {
+                    tracing::warn!(device.id = %device_id, error = %error, "device connection failure");
+                    self.hub.publish(
+                        EventKind::Notification,
+                        serde_json::json!({ "kind": CONNECTION_FAILURE, "state": "open", "notification": notification }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(device.id = %device_id, error = %e, "cannot store notification")
+                }
+            }
+        }
+    }
+
+    /// Forgets a deleted device.
+    pub async fn remove(&self, device_id: Uuid) {
+        let mut inner = self.inner.lock().await;
+        inner.remove(&device_id);
+        self.update_gauges(&inner);
+    }
+
+    async fn persist(&self, status: &DeviceStatus, changed: bool) {
+        if let Err(e) = self.store.put_device_status(status).await {
+            tracing::warn!(device.id = %status.device_id, error = %e, "cannot store device status");
+        }
+        if changed {
+            self.hub.publish(
+                EventKind::DeviceStatus,
+                serde_json::to_value(status).unwrap_or_default(),
+            );
+        }
+    }
+
+    fn update_gauges(&self, inner: &HashMap<Uuid, DeviceStatus>) {
+        for status in [
+            Status::Unknown,
+            Status::Online,
+            Status::Offline,
+            Status::Error,
+        ] {
+            let count = inner.values().filter(|s| s.status == status).count();
+            self.devices_by_status
+                .with_label_values(&[status.as_str()])
+                .set(count as i64);
+        }
+    }
+}

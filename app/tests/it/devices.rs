@@ -1,0 +1,519 @@
+//! Devices over the API: CRUD with register-map validation, latest values and raw readings,
+//! self-registration, connection-failure notifications, and the live event stream.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use ddms::ingest::Sample;
+use ddms::store::{Role, Status};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::support::app::{spawn_app, Db, TestApp};
+
+fn boiler() -> Value {
+    json!({"name": "boiler-1", "protocol": "modbus", "group": "plant-a",
+           "modbus": {"host": "127.0.0.1", "port": 1502, "unit_id": 1, "poll_interval_ms": 1000,
+             "registers": [{"metric": "temperature", "kind": "holding", "address": 0, "type": "f32",
+                            "word_order": "big", "scale": 1.0, "offset": 0.0, "unit": "°C"}]}})
+}
+
+async fn create(app: &TestApp, token: &str, body: &Value) -> Value {
+    let response = app.post_json("/api/devices", Some(token), body).await;
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn devices_are_created_read_updated_and_deleted_by_admins() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+
+    assert_eq!(
+        app.post_json("/api/devices", Some(&viewer), &boiler())
+            .await
+            .status(),
+        403
+    );
+    let device = create(&app, &admin, &boiler()).await;
+    assert_eq!(device["name"], "boiler-1");
+    assert_eq!(device["group"], "plant-a");
+    assert_eq!(device["status"]["status"], "unknown");
+    assert_eq!(
+        device["modbus"]["registers"][0]["byte_swap"], false,
+        "defaults are filled in"
+    );
+    let id = device["id"].as_str().unwrap();
+
+    let duplicate = app.post_json("/api/devices", Some(&admin), &boiler()).await;
+    assert_eq!(duplicate.status(), 409);
+
+    let listed: Value = app
+        .get_with_token("/api/devices", &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let got: Value = app
+        .get_with_token(&format!("/api/devices/{id}"), &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["id"], device["id"]);
+
+    let mut changed = boiler();
+    changed["name"] = json!("boiler-1b");
+    changed["modbus"]["poll_interval_ms"] = json!(2000);
+    let updated = app
+        .put_json(&format!("/api/devices/{id}"), &admin, &changed)
+        .await;
+    assert_eq!(updated.status(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(updated["name"], "boiler-1b");
+    assert_eq!(updated["modbus"]["poll_interval_ms"], 2000);
+    let mut mqtt = changed.clone();
+    mqtt["protocol"] = json!("mqtt");
+    mqtt.as_object_mut().unwrap().remove("modbus");
+    let protocol_change = app
+        .put_json(&format!("/api/devices/{id}"), &admin, &mqtt)
+        .await;
+    assert_eq!(protocol_change.status(), 422);
+
+    assert_eq!(
+        app.delete(&format!("/api/devices/{id}"), &viewer)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.delete(&format!("/api/devices/{id}"), &admin)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.get_with_token(&format!("/api/devices/{id}"), &viewer)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.delete(&format!("/api/devices/{id}"), &admin)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get_with_token("/api/devices/not-a-uuid", &viewer)
+            .await
+            .status(),
+        400
+    );
+
+    let actions: Vec<String> = app
+        .store
+        .list_audit(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["device.delete", "device.update", "device.create"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_register_map_is_refused_with_422_naming_every_field() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let mut bad = boiler();
+    bad["modbus"]["registers"][0]["type"] = json!("f16");
+    bad["modbus"]["registers"][0]["address"] = json!(70000);
+    let response = app.post_json("/api/devices", Some(&admin), &bad).await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "validation_failed");
+    let fields: Vec<&str> = body["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"modbus.registers[0].type"), "{body}");
+    assert!(fields.contains(&"modbus.registers[0].address"), "{body}");
+    assert!(body["error"]["field"]
+        .as_str()
+        .unwrap()
+        .starts_with("modbus.registers[0]"));
+
+    let mut no_map = boiler();
+    no_map.as_object_mut().unwrap().remove("modbus");
+    let body: Value = app
+        .post_json("/api/devices", Some(&admin), &no_map)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"]["field"], "modbus");
+    let body: Value = app
+        .post_json(
+            "/api/devices",
+            Some(&admin),
+            &json!({"name": "", "protocol": "mqtt"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"]["field"], "name");
+    assert!(
+        app.store.list_devices().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn latest_and_raw_readings_come_back_oldest_first() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let device = create(&app, &admin, &boiler()).await;
+    let id: Uuid = device["id"].as_str().unwrap().parse().unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    let samples: Vec<Sample> = [2, 0, 1]
+        .iter()
+        .map(|&i| Sample {
+            device_id: id,
+            metric: "temperature".into(),
+            unit: Some("°C".into()),
+            ts: t0 + chrono::Duration::seconds(i),
+            value: 20.0 + i as f64,
+        })
+        .collect();
+    app.ingest.submit("api", samples.clone()).await.unwrap();
+    // Submitting the same readings again stores nothing new.
+    app.ingest.submit("api", samples).await.unwrap();
+
+    let latest: Value = app
+        .get_with_token(&format!("/api/devices/{id}/latest"), &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest["temperature"]["value"], 22.0);
+    assert_eq!(latest["temperature"]["ts"], "2026-11-22T10:00:02Z");
+    let url = format!(
+        "/api/devices/{id}/readings?metric=temperature&from=2026-11-22T09:00:00Z&to=2026-11-22T11:00:00Z&step=raw"
+    );
+    let points: Value = app.get_with_token(&url, &admin).await.json().await.unwrap();
+    let values: Vec<f64> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [20.0, 21.0, 22.0]);
+    let no_metric = app
+        .get_with_token(&format!("/api/devices/{id}/readings"), &admin)
+        .await;
+    assert_eq!(no_metric.status(), 400);
+    let reversed = app
+        .get_with_token(&format!("/api/devices/{id}/readings?metric=temperature&from=2026-11-22T11:00:00Z&to=2026-11-22T09:00:00Z"), &admin)
+        .await;
+    assert_eq!(reversed.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn self_registration_needs_the_provisioning_token_and_is_rate_limited() {
+    let app = spawn_app(Db::Sqlite, "[provisioning]\ntoken = \"prov-secret-42\"\n").await;
+    let register = |token: &'static str, name: String| {
+        let client = app.client.clone();
+        let url = app.url("/api/devices/register");
+        async move {
+            client
+                .post(url)
+                .header("x-provisioning-token", token)
+                .json(&json!({"name": name, "group": "field"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = register("wrong", "gh-0".into()).await;
+    assert_eq!(refused.status(), 401);
+    assert!(
+        app.store.list_devices().await.unwrap().is_empty(),
+        "nothing created"
+    );
+
+    let created = register("prov-secret-42", "gh-1".into()).await;
+    assert_eq!(created.status(), 201);
+    let body: Value = created.json().await.unwrap();
+    let device_id = body["device_id"].as_str().unwrap();
+    assert_eq!(body["mqtt"]["username"], device_id);
+    assert_eq!(body["mqtt"]["port"], 1883);
+    let password = body["mqtt"]["password"].as_str().unwrap();
+    assert!(password.len() >= 32);
+    let stored = app.store.find_mqtt_credentials(device_id).await.unwrap();
+    assert_eq!(
+        stored.secret_hash,
+        ddms::auth::hash_api_token(password),
+        "stored hashed"
+    );
+    assert_ne!(stored.secret_hash, password);
+
+    // 10 per minute per address: the first two above count.
+    let mut statuses = Vec::new();
+    for i in 2..12 {
+        statuses.push(
+            register("prov-secret-42", format!("gh-{i}"))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        8,
+        "{statuses:?}"
+    );
+    let limited = register("prov-secret-42", "gh-99".into()).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn registration_is_refused_when_no_provisioning_token_is_configured() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let response = app
+        .client
+        .post(app.url("/api/devices/register"))
+        .header("x-provisioning-token", "")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connection_failures_open_after_the_threshold_clear_on_recovery_and_can_be_acknowledged() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let a: Uuid = create(&app, &admin, &boiler()).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut other = boiler();
+    other["name"] = json!("boiler-2");
+    let b: Uuid = create(&app, &admin, &other).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let open = || async {
+        let list: Value = app
+            .get_with_token("/api/notifications/connection-failures", &viewer)
+            .await
+            .json()
+            .await
+            .unwrap();
+        list.as_array().unwrap().clone()
+    };
+    for device in [a, b] {
+        for _ in 0..2 {
+            app.status
+                .record_failure(device, Status::Offline, "connection refused", Utc::now())
+                .await;
+        }
+    }
+    assert!(open().await.is_empty(), "below the threshold of 3");
+    app.status
+        .record_failure(a, Status::Offline, "connection refused", Utc::now())
+        .await;
+    app.status
+        .record_failure(b, Status::Offline, "connection refused", Utc::now())
+        .await;
+    let list = open().await;
+    assert_eq!(list.len(), 2);
+    let device: Value = app
+        .get_with_token(&format!("/api/devices/{a}"), &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(device["status"]["status"], "offline");
+    assert_eq!(device["status"]["last_error"], "connection refused");
+
+    app.status.record_success(a, Utc::now()).await;
+    let list = open().await;
+    assert_eq!(list.len(), 1, "cleared on recovery");
+    assert_eq!(list[0]["device_id"], b.to_string());
+    let id = list[0]["id"].as_str().unwrap();
+    let path = format!("/api/notifications/connection-failures/{id}");
+    assert_eq!(app.delete(&path, &viewer).await.status(), 403);
+    assert_eq!(app.delete(&path, &admin).await.status(), 200);
+    assert!(open().await.is_empty());
+    assert_eq!(
+        app.delete(
+            &format!("/api/notifications/connection-failures/{}", Uuid::now_v7()),
+            &admin
+        )
+        .await
+        .status(),
+        404
+    );
+    app.stop().await;
+}
+
+/// Reads SSE events (id, event, data) from a response until `count` are seen.
+async fn read_events(response: reqwest::Response, count: usize) -> Vec<(u64, String, Value)> {
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events arrive in time")
+            .expect("stream open")
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if let Some(id) = id {
+                events.push((id, kind, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_stream_carries_readings_with_ids_and_resumes_after_last_event_id() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let device: Uuid = create(&app, &admin, &boiler()).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let unauthenticated = app.get("/api/stream").await;
+    assert_eq!(unauthenticated.status(), 401);
+    let stream = app
+        .client
+        .get(app.url("/api/stream"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let sample = |i: i64| Sample {
+        device_id: device,
+        metric: "temperature".into(),
+        unit: None,
+        ts: Utc::now() + chrono::Duration::milliseconds(i),
+        value: i as f64,
+    };
+    for i in 0..3 {
+        app.ingest.submit("api", vec![sample(i)]).await.unwrap();
+    }
+    let events = read_events(stream, 3).await;
+    assert!(events.iter().all(|(_, kind, _)| kind == "reading"));
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    assert_eq!(events[0].2["device_id"], device.to_string());
+    assert_eq!(events[2].2["readings"][0]["value"], 2.0);
+
+    // Reconnecting with the first id replays exactly the two after it.
+    let resumed = app
+        .client
+        .get(app.url("/api/stream"))
+        .bearer_auth(&admin)
+        .header("last-event-id", events[0].0.to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(resumed, 2).await;
+    assert_eq!(replayed[0].0, events[1].0);
+    assert_eq!(replayed[1].0, events[2].0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn open_streams_end_when_the_server_shuts_down() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let viewer = app.token(Role::Viewer).await;
+    let stream = app
+        .client
+        .get(app.url("/api/stream"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut body = stream.bytes_stream();
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("shutdown is not held up by the open stream");
+    let text = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.contains("retry: 1000"),
+        "clients are told when to reconnect: {text}"
+    );
+}
+
+#[tokio::test]
+async fn the_live_page_is_served_with_its_assets_and_no_inline_script() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let page = app.get("/").await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<script src=\"/assets/live.js\""));
+    assert!(!html.contains("<script>"), "no inline script");
+    let js = app.get("/assets/live.js").await;
+    assert!(js.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(js.text().await.unwrap().contains("/api/stream"));
+    assert_eq!(app.get("/assets/style.css").await.status(), 200);
+    app.stop().await;
+}
