@@ -26,6 +26,19 @@ const EVENT_BUFFER: usize = 10_000;
 /// Self-registrations allowed per client address per minute.
 const REGISTRATIONS_PER_MINUTE: u32 = 10;
 
+/// Names this process among the instances sharing a database (leases) or a broker (client
+/// ids): host, slot and a random suffix, so a restarted process is a new holder.
+pub fn instance_id(slot: Option<crate::config::Slot>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let slot = slot.map(|s| format!("-{s}")).unwrap_or_default();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}{slot}-{}", &suffix[..8])
+}
+
 /// A bound, not yet running server. Binding first lets callers (tests) learn the port.
 pub struct Server {
     listener: TcpListener,
@@ -83,6 +96,7 @@ impl Server {
         );
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
+            instance_id: instance_id(config.slot),
             store,
             metrics,
             events,

@@ -41,6 +41,8 @@ pub type IpRateLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// This process among the instances sharing the database and broker.
+    pub instance_id: String,
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub metrics: Metrics,
