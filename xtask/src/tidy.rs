@@ -80,3 +80,103 @@ fn later_folders_say_what_will_live_there() {
         assert!(readme.is_file(), "{} is missing", readme.display());
     }
 }
+
+/// The shipped systemd unit parses: `systemd-analyze verify` reports nothing but the missing
+/// binary (no release is installed on the machine running the tests).
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let dir = tempdir("unit");
+    let unit = dir.join("ddms@blue.service");
+    fs::copy(root().join("ops/systemd/ddms@.service"), &unit).unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze is installed (systemd package)");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.contains("is not executable") && !line.trim().is_empty())
+        .collect();
+    assert!(problems.is_empty(), "systemd-analyze: {problems:#?}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// The shipped nginx site and upstream include pass `nginx -t`, with a throwaway certificate
+/// and paths moved into a temp dir.
+#[test]
+fn nginx_site_passes_nginx_t() {
+    let dir = tempdir("nginx");
+    let run = |program: &str, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(status.success(), "{program} {args:?} failed");
+    };
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    let d = dir.display().to_string();
+    let site = fs::read_to_string(root().join("ops/nginx/ddms.conf"))
+        .unwrap()
+        .replace(
+            "/etc/nginx/ddms/ddms-upstream.conf",
+            &format!("{d}/upstream.conf"),
+        )
+        .replace("/etc/ddms/tls/", &format!("{d}/"))
+        .replace("/var/lib/ddms/acme", &d)
+        .replace("listen 80;", "listen 127.0.0.1:18080;")
+        .replace("listen [::]:80;", "")
+        .replace("listen 443 ssl http2;", "listen 127.0.0.1:18443 ssl http2;")
+        .replace("listen [::]:443 ssl http2;", "");
+    fs::write(dir.join("site.conf"), site).unwrap();
+    fs::copy(
+        root().join("ops/nginx/ddms-upstream.conf"),
+        dir.join("upstream.conf"),
+    )
+    .unwrap();
+    let main = format!(
+        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_shutdown_timeout 30s;\nevents {{}}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         include {d}/site.conf;\n}}\n"
+    );
+    fs::write(dir.join("nginx.conf"), main).unwrap();
+    let output = std::process::Command::new("nginx")
+        .args(["-t", "-p", &d, "-c", &format!("{d}/nginx.conf")])
+        .output()
+        .expect("nginx is installed");
+    assert!(
+        output.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddms-tidy-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
