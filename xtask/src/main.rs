@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: the project's one automation entry point. One module per task; plain
 //! processes through xshell, no heavy dependencies.
 
+mod build;
+mod certs;
 mod images;
 mod smoke;
 mod test;
@@ -20,7 +22,11 @@ tasks:
                       answers), unit + integration tests, tidy, and README command 1 smoke run
   ci                  what CI runs: `test` with --locked dependencies
   images [--force]    build the local Docker test images (debootstrap → postgres, mosquitto)
-  smoke               build the release binary and check README command 1 end to end
+  build               release tarball (binary, ops/, example config, docs) and its .sha256
+  smoke               build the release, verify and unpack it, run README command 1 against it
+  certs [--out DIR] [--host NAME]... [--device ID]... [--days N] [--force]
+                      TLS material: a CA, server certificates for the dashboard and the broker,
+                      device client certificates; existing files are kept unless --force
 ";
 
 fn main() -> Result<()> {
@@ -44,7 +50,9 @@ fn main() -> Result<()> {
             },
         ),
         Some("images") => images::build_local_images(&sh, flag("--force")),
+        Some("build") => build::run(&sh, flag("--locked")).map(|_| ()),
         Some("smoke") => smoke::run(&sh, false),
+        Some("certs") => certs::run(&certs::parse(&args[1..])?),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -10,15 +10,25 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell, locked: bool) -> Result<()> {
-    let locked = locked.then_some("--locked");
-    cmd!(sh, "cargo build {locked...} --release -p ddms").run()?;
-    let target = cmd!(sh, "cargo metadata --format-version 1 --no-deps")
-        .quiet()
-        .read()
-        .context("cargo metadata")?;
-    let target_dir = json_string_field(&target, "target_directory")
-        .context("no target_directory in cargo metadata")?;
-    let binary = format!("{target_dir}/release/ddms");
+    // The artifact a deploy ships, checked and unpacked as a host would.
+    let artifact = crate::build::run(sh, locked)?;
+    let unpacked = std::env::temp_dir().join(format!("ddms-smoke-release-{}", std::process::id()));
+    sh.remove_path(&unpacked)?;
+    sh.create_dir(&unpacked)?;
+    {
+        let dist = artifact.tarball.parent().expect("dist dir").to_path_buf();
+        let _dir = sh.push_dir(&dist);
+        let checksum = &artifact.checksum;
+        cmd!(sh, "sha256sum --check --quiet {checksum}").run()?;
+    }
+    let tarball = &artifact.tarball;
+    cmd!(sh, "tar -xzf {tarball} -C {unpacked} --strip-components=1").run()?;
+    let binary = unpacked.join("ddms").display().to_string();
+    ensure!(
+        unpacked.join("ops/systemd/ddms@.service").is_file(),
+        "the tarball lacks ops/"
+    );
+    println!("smoke: release {} verified and unpacked", artifact.version);
 
     let workdir = std::env::temp_dir().join(format!("ddms-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
@@ -39,6 +49,7 @@ pub fn run(sh: &Shell, locked: bool) -> Result<()> {
     let result = check(port);
     stop(&mut guard.0)?;
     let _ = std::fs::remove_dir_all(&workdir);
+    let _ = std::fs::remove_dir_all(&unpacked);
     result?;
     println!("smoke: README command 1 serves /health, /ready, /metrics and /api/version on SQLite");
     Ok(())
@@ -124,10 +135,4 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn json_string_field(json: &str, field: &str) -> Option<String> {
-    let start = json.find(&format!("\"{field}\":\""))? + field.len() + 4;
-    let end = start + json[start..].find('"')?;
-    Some(json[start..end].replace("\\\\", "\\"))
 }
