@@ -330,6 +330,21 @@ async fn a_device_that_stops_goes_offline_with_a_notification_and_recovers_while
     let app = spawn_app(Db::Sqlite, "[devices]\nfailure_threshold = 3\n").await;
     let admin = app.token(Role::Admin).await;
     let interval_ms = 500;
+    // A device that accepts connections but never answers in time: every request of its
+    // poller runs into the timeout, which must cost the other devices nothing.
+    let hanging = ModbusSimulator::start(cadence_device(98)).await.unwrap();
+    hanging.set_response_delay(Duration::from_secs(30));
+    create_device(
+        &app,
+        &admin,
+        &device_body(
+            "hanging",
+            hanging.addr(),
+            interval_ms,
+            register_map(&cadence_device(98)),
+        ),
+    )
+    .await;
     let flaky = ModbusSimulator::start(cadence_device(99)).await.unwrap();
     let flaky_id = create_device(
         &app,
@@ -411,7 +426,7 @@ async fn a_device_that_stops_goes_offline_with_a_notification_and_recovers_while
     )
     .await;
 
-    let limit = chrono::Duration::milliseconds(2 * interval_ms as i64 + 100);
+    let limit = chrono::Duration::milliseconds(2 * interval_ms as i64 + 300);
     for (index, (id, _)) in steady.iter().enumerate() {
         let points = readings(&app, &admin, *id, "level", started).await;
         assert!(
@@ -582,6 +597,60 @@ async fn exceptions_mark_their_registers_while_the_others_still_read() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_device_answering_with_errors_is_in_error_without_counting_toward_a_connection_failure() {
+    let app = spawn_app(Db::Sqlite, "[devices]\nfailure_threshold = 2\n").await;
+    let admin = app.token(Role::Admin).await;
+    // Disabled, so that only this test reports its status.
+    let mut body = device_body(
+        "reported",
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+        1000,
+        register_map(&cadence_device(1)),
+    );
+    body["enabled"] = json!(false);
+    let id = create_device(&app, &admin, &body).await;
+    let problem = "1 register unreadable: flow: Modbus exception 0x02 (illegal_data_address)";
+    for _ in 0..3 {
+        app.status.record_error(id, problem, Utc::now()).await;
+    }
+    let status = device_status(&app, &admin, id).await;
+    assert_eq!(
+        (
+            &status["status"],
+            &status["last_error"],
+            &status["consecutive_failures"]
+        ),
+        (&json!("error"), &json!(problem), &json!(0))
+    );
+    assert!(open_connection_failures(&app, &admin).await.is_empty());
+
+    for _ in 0..2 {
+        app.status
+            .record_failure(
+                id,
+                ddms::store::Status::Offline,
+                "connection refused",
+                Utc::now(),
+            )
+            .await;
+    }
+    assert_eq!(open_connection_failures(&app, &admin).await.len(), 1);
+    app.status.record_error(id, problem, Utc::now()).await;
+    assert!(
+        open_connection_failures(&app, &admin).await.is_empty(),
+        "answering at all ends the connection failure"
+    );
+    assert_eq!(device_status(&app, &admin, id).await["status"], "error");
+    app.status.record_success(id, Utc::now()).await;
+    let status = device_status(&app, &admin, id).await;
+    assert_eq!(
+        (&status["status"], &status["last_error"]),
+        (&json!("online"), &Value::Null)
+    );
+    app.stop().await;
+}
+
 /// Devices polled by this instance, from its metrics.
 async fn devices_polled(app: &TestApp) -> f64 {
     metric(&metrics_text(app).await, "ddms_modbus_devices_polled")
@@ -648,6 +717,7 @@ async fn two_instances_on_one_database_poll_each_device_once_and_hand_over_at_on
     };
     let handed_over: Vec<Uuid> = devices.iter().map(|(id, _)| *id).collect();
     stopping.stop().await;
+    let stopped_at = Utc::now();
     let admin = staying.token(Role::Admin).await;
     let mut widest = chrono::Duration::zero();
     for id in handed_over {
@@ -656,10 +726,7 @@ async fn two_instances_on_one_database_poll_each_device_once_and_hand_over_at_on
             "the other instance to take over",
             || async {
                 let points = readings(&staying, &admin, id, "level", window_start).await;
-                let stopped_at = Utc::now();
-                let resumed = points
-                    .iter()
-                    .any(|(ts, _)| stopped_at - *ts < chrono::Duration::milliseconds(300));
+                let resumed = points.iter().any(|(ts, _)| *ts > stopped_at);
                 resumed.then_some(points)
             },
         )
