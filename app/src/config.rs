@@ -27,6 +27,7 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     pub ingest: IngestSettings,
     pub devices: DeviceSettings,
+    pub modbus: ModbusSettings,
     pub log: LogConfig,
     /// The profile the values were selected with (not a key of its own).
     #[serde(skip)]
@@ -130,6 +131,26 @@ pub struct DeviceSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ModbusSettings {
+    /// Seconds a device's poller lease lasts without renewal: how long an instance that died
+    /// without releasing its leases keeps its devices unpolled. Renewed every third of it.
+    pub lease_ttl_s: u64,
+    /// Longest wait for one Modbus request (and for connecting); a device's poll interval caps it.
+    pub request_timeout_ms: u64,
+}
+
+impl ModbusSettings {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_s)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `pretty` or `json`; unset means pretty on a terminal in the default/dev profiles, else json.
     pub format: Option<LogFormat>,
@@ -178,6 +199,10 @@ channel_capacity = 4096
 
 [devices]
 failure_threshold = 3
+
+[modbus]
+lease_ttl_s = 15
+request_timeout_ms = 2000
 
 [log]
 level = "info"
@@ -439,6 +464,15 @@ impl Config {
         if self.devices.failure_threshold == 0 {
             return invalid("devices.failure_threshold", "must be at least 1".into());
         }
+        if !(1..=3600).contains(&self.modbus.lease_ttl_s) {
+            return invalid("modbus.lease_ttl_s", "must be between 1 and 3600".into());
+        }
+        if !(10..=60_000).contains(&self.modbus.request_timeout_ms) {
+            return invalid(
+                "modbus.request_timeout_ms",
+                "must be between 10 and 60000".into(),
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(
                 "log.level",
@@ -535,6 +569,10 @@ impl Config {
                 "channel_capacity": self.ingest.channel_capacity,
             },
             "devices": { "failure_threshold": self.devices.failure_threshold },
+            "modbus": {
+                "lease_ttl_s": self.modbus.lease_ttl_s,
+                "request_timeout_ms": self.modbus.request_timeout_ms,
+            },
             "log": { "format": self.log.format, "level": self.log.level },
         });
         toml::to_string_pretty(&strip_nulls(value)).unwrap_or_else(|e| format!("# {e}"))
@@ -742,6 +780,23 @@ mod tests {
             assert!(!err.contains("pw@"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn modbus_settings_out_of_range_name_their_key() {
+        for (text, key) in [
+            ("[modbus]\nlease_ttl_s = 0\n", "modbus.lease_ttl_s"),
+            (
+                "[modbus]\nrequest_timeout_ms = 5\n",
+                "modbus.request_timeout_ms",
+            ),
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = from_toml("[modbus]\nlease_ttl_s = 4\nrequest_timeout_ms = 250\n").unwrap();
+        assert_eq!(config.modbus.lease_ttl(), Duration::from_secs(4));
+        assert_eq!(config.modbus.request_timeout(), Duration::from_millis(250));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::http::{self, AppState, Metrics};
 use crate::ingest::{self, BatchWriter, IngestConfig, IngestHandle, IngestMetrics};
+use crate::modbus::{ModbusMetrics, PollerContext, Supervisor};
 use crate::status::StatusBoard;
 use crate::store::{self, Store};
 
@@ -45,6 +46,7 @@ pub struct Server {
     state: AppState,
     ingest: IngestHandle,
     writer: BatchWriter,
+    modbus_metrics: ModbusMetrics,
 }
 
 impl Server {
@@ -94,6 +96,7 @@ impl Server {
                 max_delay: Duration::from_millis(config.ingest.max_delay_ms),
             },
         );
+        let modbus_metrics = ModbusMetrics::register(metrics.registry());
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             instance_id: instance_id(config.slot),
@@ -114,6 +117,7 @@ impl Server {
             state,
             ingest,
             writer,
+            modbus_metrics,
         })
     }
 
@@ -146,6 +150,7 @@ impl Server {
             state,
             ingest,
             writer,
+            modbus_metrics,
         } = self;
         let config = state.config.clone();
         let stop_http = state.shutdown.clone();
@@ -160,6 +165,19 @@ impl Server {
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
         // Producers (pollers, MQTT ingester) hold clones of `ingest`; this one goes last.
         let producers = TaskTracker::new();
+        let modbus = Supervisor::new(
+            state.store.clone(),
+            state.instance_id.clone(),
+            state.devices_changed.clone(),
+            PollerContext {
+                ingest: ingest.clone(),
+                status: state.status.clone(),
+                metrics: modbus_metrics,
+                request_timeout: config.modbus.request_timeout(),
+            },
+            config.modbus.lease_ttl(),
+        );
+        producers.spawn(modbus.run(stop_producers.clone()));
         producers.close();
 
         let addr = listener.local_addr()?;

@@ -78,9 +78,26 @@ impl StatusBoard {
 
     /// The device answered (a poll succeeded, a message arrived).
     pub async fn record_success(&self, device_id: Uuid, at: DateTime<Utc>) {
+        self.record_answer(device_id, None, at).await;
+    }
+
+    /// The device answered, but refused part of what was asked (Modbus exceptions, values that
+    /// cannot be decoded): `Error` with `problem` as the last error. Its connection works, so
+    /// this resets the consecutive connection failures and clears an open connection-failure
+    /// notification instead of counting toward one.
+    pub async fn record_error(&self, device_id: Uuid, problem: &str, at: DateTime<Utc>) {
+        self.record_answer(device_id, Some(problem), at).await;
+    }
+
+    async fn record_answer(&self, device_id: Uuid, problem: Option<&str>, at: DateTime<Utc>) {
+        let new_status = if problem.is_some() {
+            Status::Error
+        } else {
+            Status::Online
+        };
         let mut inner = self.inner.lock().await;
         let previous = inner.get(&device_id).cloned();
-        let changed = previous.as_ref().is_none_or(|p| p.status != Status::Online);
+        let changed = previous.as_ref().is_none_or(|p| p.status != new_status);
         let stale_seen = previous
             .as_ref()
             .and_then(|p| p.last_seen_at)
@@ -91,14 +108,17 @@ impl StatusBoard {
         let had_failures = previous
             .as_ref()
             .is_some_and(|p| p.consecutive_failures > 0);
+        let last_error = match problem {
+            Some(problem) => Some(problem.chars().take(500).collect()),
+            None if changed => None,
+            None => previous.as_ref().and_then(|p| p.last_error.clone()),
+        };
+        let new_problem = problem.is_some()
+            && previous.as_ref().and_then(|p| p.last_error.as_ref()) != last_error.as_ref();
         let status = DeviceStatus {
             device_id,
-            status: Status::Online,
-            last_error: if changed {
-                None
-            } else {
-                previous.as_ref().and_then(|p| p.last_error.clone())
-            },
+            status: new_status,
+            last_error,
             last_seen_at: Some(at),
             consecutive_failures: 0,
             changed_at: if changed {
@@ -110,7 +130,7 @@ impl StatusBoard {
         inner.insert(device_id, status.clone());
         self.update_gauges(&inner);
         drop(inner);
-        if changed || stale_seen || had_failures {
+        if changed || stale_seen || had_failures || new_problem {
             self.persist(&status, changed).await;
         }
         if changed || had_failures {

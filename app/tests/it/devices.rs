@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, TestApp};
 
+/// Disabled: nothing listens on its port, and these tests drive its status themselves.
 fn boiler() -> Value {
-    json!({"name": "boiler-1", "protocol": "modbus", "group": "plant-a",
+    json!({"name": "boiler-1", "protocol": "modbus", "group": "plant-a", "enabled": false,
            "modbus": {"host": "127.0.0.1", "port": 1502, "unit_id": 1, "poll_interval_ms": 1000,
              "registers": [{"metric": "temperature", "kind": "holding", "address": 0, "type": "f32",
                             "word_order": "big", "scale": 1.0, "offset": 0.0, "unit": "°C"}]}})

@@ -7,5 +7,6 @@ mod api;
 mod brokers;
 mod cli;
 mod devices;
+mod modbus;
 mod readiness;
 mod storage;

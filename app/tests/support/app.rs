@@ -23,6 +23,8 @@ pub enum Db {
     Postgres(Provider),
     /// A fresh database on a given server (tests that stop and start it).
     PostgresOn(&'static Postgres),
+    /// An existing database, shared with another instance under test.
+    Url(String),
 }
 
 /// One PostgreSQL server per provider per test process; each test gets its own database on it.
@@ -55,6 +57,7 @@ pub async fn database_url(db: &Db) -> (String, tempfile::TempDir) {
             .create_database()
             .await
             .expect("create test database"),
+        Db::Url(url) => url.clone(),
     };
     (url, dir)
 }
@@ -77,6 +80,8 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     pub ingest: ddms::ingest::IngestHandle,
     pub status: ddms::status::StatusBoard,
+    /// For a second instance on the same database ([`Db::Url`]).
+    pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -85,6 +90,7 @@ pub struct TestApp {
 /// Starts ddms in this process on 127.0.0.1:0 with a fresh database; `extra_toml` adds config.
 pub async fn spawn_app(db: Db, extra_toml: &str) -> TestApp {
     let (url, dir) = database_url(&db).await;
+    let database_url = url.clone();
     let mut table: toml::Table = format!(
         "data_dir = {data:?}\n[database]\nurl = {url:?}\nconnect_timeout = 2\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nmode = \"off\"\n",
@@ -118,6 +124,7 @@ pub async fn spawn_app(db: Db, extra_toml: &str) -> TestApp {
         store,
         ingest,
         status,
+        database_url,
         shutdown: Some(tx),
         server: Some(handle),
         _dir: dir,
