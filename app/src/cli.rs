@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Overrides `http.listen`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Also run simulated devices (group `demo`) and print a signed-in URL of the live page.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,9 +132,9 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) => {
+            Command::Serve(args) => {
                 crate::telemetry::init(&config);
-                serve(config).await
+                serve(config, args.demo).await
             }
             Command::Migrate => {
                 crate::telemetry::init_minimal();
@@ -157,8 +160,22 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    Server::build(config).await?.run(shutdown_signal()).await
+async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    let server = Server::build(config).await?;
+    let _demo = if demo {
+        let store = server.store();
+        let demo = crate::demo::start(store.as_ref()).await?;
+        // To the terminal, not the log: the URL carries a (viewer) token.
+        eprintln!(
+            "\nddms demo: simulated devices are running. Open the live page at\n\n    http://{}/#token={}\n",
+            server.local_addr(),
+            demo.viewer_token
+        );
+        Some(demo)
+    } else {
+        None
+    };
+    server.run(shutdown_signal()).await
 }
 
 /// The store for one-shot commands. With `database.migrate_on_start` (the default) a fresh

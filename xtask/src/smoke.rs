@@ -35,23 +35,46 @@ pub fn run(sh: &Shell, locked: bool) -> Result<()> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut command = Command::new(&binary);
     command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(&workdir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     for (key, _) in std::env::vars() {
         if key.starts_with("DDMS_") {
             command.env_remove(key);
         }
     }
-    let child = command.spawn().with_context(|| format!("spawn {binary}"))?;
+    let mut child = command.spawn().with_context(|| format!("spawn {binary}"))?;
+    // The demo prints its signed-in URL on stderr.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (token_tx, token_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            if let Some(token) = line.split("/#token=").nth(1) {
+                let _ = token_tx.send(token.trim().to_string());
+            }
+        }
+    });
     let mut guard = KillOnDrop(child);
-    let result = check(port);
+    let result = check(port).and_then(|()| {
+        let token = token_rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the demo printed no URL")?;
+        check_demo(port, &token)
+    });
     stop(&mut guard.0)?;
     let _ = std::fs::remove_dir_all(&workdir);
     let _ = std::fs::remove_dir_all(&unpacked);
     result?;
-    println!("smoke: README command 1 serves /health, /ready, /metrics and /api/version on SQLite");
+    println!(
+        "smoke: README command 1 serves /health, /ready, /metrics and /api/version on SQLite, \
+         with live demo readings"
+    );
     Ok(())
 }
 
@@ -87,12 +110,44 @@ fn check(port: u16) -> Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.0 GET, to keep an HTTP client out of xtask.
+/// The demo devices exist and report values, read with the token from the printed URL.
+fn check_demo(port: u16, token: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get_with(port, "/api/devices", Some(token))?;
+        ensure!(
+            status == 200,
+            "/api/devices with the demo token: {status} {body}"
+        );
+        let devices = body.matches("\"protocol\":\"modbus\"").count();
+        let online = body.matches("\"status\":\"online\"").count();
+        if devices >= 3 && online >= 3 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "demo devices did not come online: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn get(port: u16, path: &str) -> Result<(u16, String)> {
+    get_with(port, path, None)
+}
+
+/// A minimal HTTP/1.0 GET, to keep an HTTP client out of xtask.
+fn get_with(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     use std::io::Write;
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod brokers;
 mod cli;
+mod demo;
 mod devices;
 mod modbus;
 mod readiness;

@@ -248,12 +248,21 @@ pub fn ddms_command(dir: &Path) -> Command {
 impl DdmsProcess {
     /// Runs `ddms serve` in `dir` with `env`, on a free port, and waits until /health answers.
     pub async fn serve(dir: &Path, env: &[(&str, &str)]) -> Result<DdmsProcess> {
+        Self::serve_with_args(dir, &["serve"], env).await
+    }
+
+    /// Like [`DdmsProcess::serve`] with explicit arguments (`["serve", "--demo"]`).
+    pub async fn serve_with_args(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<DdmsProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut cmd = ddms_command(dir);
-        cmd.arg("serve")
+        cmd.args(args)
             .env("DDMS_HTTP__LISTEN", addr.to_string())
             .env("DDMS_LOG__FORMAT", "json")
             .env("DDMS_MQTT__MODE", "off")
