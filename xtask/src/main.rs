@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's one automation entry point. One module per task; plain
 //! processes through xshell, no heavy dependencies.
 
+mod bench;
 mod build;
 mod certs;
 mod images;
@@ -22,6 +23,8 @@ tasks:
                       answers), unit + integration tests, tidy, and README command 1 smoke run
   ci                  what CI runs: `test` with --locked dependencies
   images [--force]    build the local Docker test images (debootstrap → postgres, mosquitto)
+  bench modbus [--devices N] [--interval-ms I] [--seconds S] [--dead-fraction F]
+                      many simulated Modbus devices polled by a release ddms; JSON in target/bench/
   build               release tarball (binary, ops/, example config, docs) and its .sha256
   smoke               build the release, verify and unpack it, run README command 1 against it
   certs [--out DIR] [--host NAME]... [--device ID]... [--days N] [--force]
@@ -50,6 +53,7 @@ fn main() -> Result<()> {
             },
         ),
         Some("images") => images::build_local_images(&sh, flag("--force")),
+        Some("bench") => bench::run(&sh, &args[1..]),
         Some("build") => build::run(&sh, flag("--locked")).map(|_| ()),
         Some("smoke") => smoke::run(&sh, false),
         Some("certs") => certs::run(&certs::parse(&args[1..])?),

@@ -1,0 +1,29 @@
+//! `cargo xtask bench <name>`: performance targets as runnable measurements. Each benchmark
+//! prints its figures and writes JSON under `target/bench/`; the drivers are examples of the
+//! `ddms` crate (`app/examples/bench_*.rs`), so heavy dependencies stay out of xtask.
+
+use anyhow::{bail, Result};
+use xshell::{cmd, Shell};
+
+pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
+    let Some(name) = args.first() else {
+        bail!("which benchmark? one of: modbus");
+    };
+    let rest = &args[1..];
+    match name.as_str() {
+        "modbus" => {
+            cmd!(
+                sh,
+                "cargo build --release -p ddms --bin ddms --example bench_modbus"
+            )
+            .run()?;
+            let target = crate::build::target_dir(sh)?;
+            let ddms = target.join("release/ddms");
+            let driver = target.join("release/examples/bench_modbus");
+            let out = target.join("bench/modbus.json");
+            cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
+            Ok(())
+        }
+        other => bail!("unknown benchmark `{other}`; one of: modbus"),
+    }
+}
