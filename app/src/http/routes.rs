@@ -44,7 +44,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         if *connected.borrow() {
             json!({ "status": "ok", "connected": true })
         } else {
-            json!({ "status": "error", "connected": false, "error": "not connected to the MQTT broker" })
+            json!({ "status": "error", "connected": false, "error": "not connected and subscribed to the MQTT broker" })
         }
     });
     let ready = database["status"] == "ok"

@@ -95,7 +95,7 @@ impl MqttMetrics {
     fn register(registry: &Registry) -> Self {
         let connected = IntGauge::new(
             "ddms_mqtt_connected",
-            "1 while the MQTT ingester is connected to the broker",
+            "1 while the MQTT ingester is connected to the broker and subscribed",
         )
         .expect("valid metric");
         let messages = IntCounterVec::new(
@@ -653,6 +653,7 @@ async fn drive_link(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut failed_attempts: u64 = 0;
+    let mut link_up = false;
     loop {
         let polled = tokio::select! {
             () = stop.cancelled() => break,
@@ -662,8 +663,7 @@ async fn drive_link(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = BACKOFF_MIN;
                 failed_attempts = 0;
-                connected.send_replace(true);
-                metrics.connected.set(1);
+                link_up = true;
                 tracing::info!(
                     mqtt.session_present = ack.session_present,
                     "connected to the MQTT broker"
@@ -681,12 +681,18 @@ async fn drive_link(
                     break;
                 }
             }
+            // Ready means subscribed, not merely connected: only then does the broker keep
+            // messages for this session.
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack
                     .return_codes
                     .contains(&rumqttc::SubscribeReasonCode::Failure)
                 {
                     tracing::error!("the MQTT broker refused ddms' subscription (check its ACL: ddms must subscribe to devices/+/telemetry and devices/+/heartbeat)");
+                } else {
+                    connected.send_replace(true);
+                    metrics.connected.set(1);
+                    tracing::debug!("subscribed to device topics");
                 }
             }
             // Written after every ack queued before it: the session is closed cleanly.
@@ -699,9 +705,9 @@ async fn drive_link(
                     break;
                 }
                 metrics.connection_errors.inc();
-                let was_connected = connected.send_replace(false);
+                connected.send_replace(false);
                 metrics.connected.set(0);
-                if was_connected {
+                if std::mem::take(&mut link_up) {
                     tracing::warn!(error = %e, "lost the connection to the MQTT broker; reconnecting");
                     if events.send(LinkEvent::Disconnected).await.is_err() {
                         break;

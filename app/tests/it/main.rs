@@ -7,5 +7,6 @@ mod api;
 mod brokers;
 mod cli;
 mod devices;
+mod mqtt;
 mod readiness;
 mod storage;
