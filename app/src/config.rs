@@ -513,12 +513,24 @@ impl Config {
                     "needs mqtt.mode = \"external\" (Mosquitto)".into(),
                 );
             }
-            if self.mqtt.dynsec.username.is_none() || self.mqtt.dynsec.password.is_none() {
+            if self.mqtt.dynsec.username.is_none() {
                 return invalid(
                     "mqtt.dynsec.username",
-                    "mqtt.dynsec.username and mqtt.dynsec.password (or password_file) are required when mqtt.dynsec.enabled".into(),
+                    "required when mqtt.dynsec.enabled (the dynsec admin ddms connects as)".into(),
                 );
             }
+            if self.mqtt.dynsec.password.is_none() {
+                return invalid(
+                    "mqtt.dynsec.password",
+                    "required (or mqtt.dynsec.password_file) when mqtt.dynsec.enabled".into(),
+                );
+            }
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return invalid(
+                "mqtt.password",
+                "set mqtt.username too: MQTT sends a password only with a username".into(),
+            );
         }
         for (key, path) in [
             ("mqtt.tls.ca", &self.mqtt.tls.ca),
@@ -788,6 +800,38 @@ mod tests {
             assert!(err.contains("mqtt.password_file"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn dynsec_needs_an_external_broker_and_admin_credentials() {
+        let err = from_toml("[mqtt.dynsec]\nenabled = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.dynsec.enabled"), "{err}");
+        let err = from_toml(
+            "[mqtt]\nmode = \"external\"\nurl = \"mqtt://b\"\n[mqtt.dynsec]\nenabled = true\nusername = \"admin\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mqtt.dynsec.password"), "{err}");
+        let config = from_toml(
+            "[mqtt]\nmode = \"external\"\nurl = \"mqtt://b\"\n[mqtt.dynsec]\nenabled = true\nusername = \"admin\"\npassword = \"s3cr3t-admin\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.mqtt.offline_after, Duration::from_secs(90));
+        assert!(!config.redacted_toml().contains("s3cr3t-admin"));
+    }
+
+    #[test]
+    fn mqtt_offline_after_and_client_id_are_checked() {
+        let err = from_toml("[mqtt]\noffline_after = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.offline_after"), "{err}");
+        let err = from_toml("[mqtt]\nclient_id = \"ddms/#\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.client_id"), "{err}");
     }
 
     #[test]

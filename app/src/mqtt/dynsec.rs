@@ -150,6 +150,15 @@ impl Dynsec {
     /// Removes the accounts of devices that no longer exist (deleted while the broker was
     /// unreachable). Returns how many were removed.
     pub async fn reconcile(&self, store: &dyn Store) -> Result<usize, AccountError> {
+        // Broker first, store second: an account exists only after its device was stored, so a
+        // device created meanwhile is in the store when we read it and its account is kept.
+        let responses = self
+            .call(vec![
+                json!({ "command": "listClients", "verbose": true, "count": -1 }),
+            ])
+            .await?;
+        let listed = responses.into_iter().next().unwrap_or_default();
+        refused("listClients", &listed, &[])?;
         let devices = store
             .list_devices()
             .await
@@ -159,13 +168,6 @@ impl Dynsec {
             .filter(|d| d.protocol == Protocol::Mqtt)
             .map(|d| d.id.to_string())
             .collect();
-        let responses = self
-            .call(vec![
-                json!({ "command": "listClients", "verbose": true, "count": -1 }),
-            ])
-            .await?;
-        let listed = responses.into_iter().next().unwrap_or_default();
-        refused("listClients", &listed, &[])?;
         let mut removed = 0;
         for client in listed["data"]["clients"].as_array().into_iter().flatten() {
             let Some(username) = client["username"].as_str() else {

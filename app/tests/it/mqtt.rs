@@ -409,6 +409,51 @@ async fn ten_thousand_messages_survive_a_broker_restart_mid_stream_each_stored_o
 }
 
 #[tokio::test]
+async fn with_a_shared_subscription_two_instances_split_the_stream_and_store_each_reading_once() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let instance = |client_id: &str| {
+        mqtt_toml(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            client_id,
+            &format!("shared_subscription = true\n[database]\nurl = {url:?}\n"),
+        )
+    };
+    let a = spawn_app(Db::Sqlite, &instance("ddms-a")).await;
+    wait_ready(&a.url("/ready")).await;
+    let b = spawn_app(Db::Sqlite, &instance("ddms-b")).await;
+    wait_ready(&b.url("/ready")).await;
+    // Created through `a`: `b` learns of it from the shared store on its first message.
+    let (device, _) = create_mqtt_device(&a, "meter-shared").await;
+
+    let base = base_ms();
+    Publisher::start(broker.port(), device, 2000, 1000, base)
+        .finish()
+        .await;
+    wait_for_rows(a.store.as_ref(), device, 2000, Duration::from_secs(60)).await;
+    assert_exactly_once(&readings(a.store.as_ref(), device, "seq").await, 2000, base);
+    let mut taken = Vec::new();
+    for app in [&a, &b] {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        taken.push(metric(&text, "ddms_mqtt_messages_total", "outcome=\"accepted\"") as usize);
+    }
+    assert_eq!(
+        taken.iter().sum::<usize>(),
+        2000,
+        "split, not duplicated: {taken:?}"
+    );
+    assert!(
+        taken.iter().all(|n| *n > 0),
+        "both instances took a share: {taken:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
 async fn bad_messages_are_refused_and_counted_while_a_good_device_is_unaffected() {
     let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
         .await
@@ -635,64 +680,83 @@ fn shipped_mosquitto_conf(tls_port: u16, pki: &TestPki, dynsec_state: &Path) -> 
     out
 }
 
-#[tokio::test]
-async fn on_the_shipped_mosquitto_config_a_device_publishes_only_under_its_own_topic() {
-    // Local process: the plugin and the TLS listener read files this test prepares.
-    let pki = TestPki::generate();
-    let state = pki.path("dynamic-security.json");
-    let init = std::process::Command::new("mosquitto_ctrl")
-        .args(["dynsec", "init"])
-        .arg(&state)
-        .args(["admin", "admin-secret"])
-        .output()
+/// Mosquitto on the shipped config with dynsec (admin `admin`/`admin-secret`) and ddms' ingest
+/// account `ddms`/`ingest-secret`; a TLS listener for ddms, the harness's plain one for devices.
+struct DynsecBroker {
+    broker: Mosquitto,
+    pki: TestPki,
+    tls_port: u16,
+}
+
+impl DynsecBroker {
+    async fn start() -> DynsecBroker {
+        // Local process: the plugin and the TLS listener read files this test prepares.
+        let pki = TestPki::generate();
+        let state = pki.path("dynamic-security.json");
+        let init = std::process::Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&state)
+            .args(["admin", "admin-secret"])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{init:?}");
+        let tls_port = free_port();
+        let broker = Mosquitto::start(
+            Provider::Local,
+            &shipped_mosquitto_conf(tls_port, &pki, &state),
+        )
+        .await
         .unwrap();
-    assert!(init.status.success(), "{init:?}");
-    let tls_port = free_port();
-    let broker = Mosquitto::start(
-        Provider::Local,
-        &shipped_mosquitto_conf(tls_port, &pki, &state),
-    )
-    .await
-    .unwrap();
-    let port = broker.port();
-    // ddms' own account: read the device topics, nothing else.
-    for args in [
-        &["createRole", "ddms-ingester"][..],
-        &[
-            "addRoleACL",
-            "ddms-ingester",
-            "subscribePattern",
-            "devices/#",
-            "allow",
-        ],
-        &[
-            "addRoleACL",
-            "ddms-ingester",
-            "publishClientReceive",
-            "devices/#",
-            "allow",
-        ],
-        &["createClient", "ddms", "-p", "ingest-secret"],
-        &["addClientRole", "ddms", "ddms-ingester"],
-    ] {
-        mosquitto_ctrl(port, "admin-secret", args);
+        // ddms' own account: read the device topics, nothing else.
+        for args in [
+            &["createRole", "ddms-ingester"][..],
+            &[
+                "addRoleACL",
+                "ddms-ingester",
+                "subscribePattern",
+                "devices/#",
+                "allow",
+            ],
+            &[
+                "addRoleACL",
+                "ddms-ingester",
+                "publishClientReceive",
+                "devices/#",
+                "allow",
+            ],
+            &["createClient", "ddms", "-p", "ingest-secret"],
+            &["addClientRole", "ddms", "ddms-ingester"],
+        ] {
+            mosquitto_ctrl(broker.port(), "admin-secret", args);
+        }
+        DynsecBroker {
+            broker,
+            pki,
+            tls_port,
+        }
     }
-    // ddms over TLS; the devices below use the harness's plain listener.
-    let app = spawn_app(
-        Db::Sqlite,
-        &mqtt_toml(
-            &format!("mqtts://127.0.0.1:{tls_port}"),
-            "ddms-dynsec",
+
+    /// ddms' `[mqtt]` settings for this broker, over TLS.
+    fn ddms_toml(&self, client_id: &str, admin_password: &str) -> String {
+        mqtt_toml(
+            &format!("mqtts://127.0.0.1:{}", self.tls_port),
+            client_id,
             &format!(
                 "username = \"ddms\"\npassword = \"ingest-secret\"\n\
                  [mqtt.tls]\nca = {:?}\n\
-                 [mqtt.dynsec]\nenabled = true\nusername = \"admin\"\npassword = \"admin-secret\"\n\
+                 [mqtt.dynsec]\nenabled = true\nusername = \"admin\"\npassword = {admin_password:?}\n\
                  [provisioning]\ntoken = \"prov-token\"\n",
-                pki.path("ca.pem").display().to_string()
+                self.pki.path("ca.pem").display().to_string()
             ),
-        ),
-    )
-    .await;
+        )
+    }
+}
+
+#[tokio::test]
+async fn on_the_shipped_mosquitto_config_a_device_publishes_only_under_its_own_topic() {
+    let setup = DynsecBroker::start().await;
+    let port = setup.broker.port();
+    let app = spawn_app(Db::Sqlite, &setup.ddms_toml("ddms-dynsec", "admin-secret")).await;
     wait_ready(&app.url("/ready")).await;
 
     let registered: Value = app
@@ -769,6 +833,79 @@ async fn on_the_shipped_mosquitto_config_a_device_publishes_only_under_its_own_t
         )
         .await,
         "a deleted device's credentials still work"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn broker_accounts_are_all_or_nothing_and_stale_ones_are_reconciled_away() {
+    let setup = DynsecBroker::start().await;
+    let port = setup.broker.port();
+    let toml = setup.ddms_toml("ddms-reconcile", "admin-secret");
+
+    // An admin the broker refuses: the device API creates nothing and says why.
+    let refused = spawn_app(Db::Sqlite, &setup.ddms_toml("ddms-bad-admin", "wrong")).await;
+    let admin = refused.token(Role::Admin).await;
+    let response = refused
+        .post_json(
+            "/api/devices",
+            Some(&admin),
+            &json!({"name": "orphan", "protocol": "mqtt"}),
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(refused.store.list_devices().await.unwrap().is_empty());
+    refused.stop().await;
+
+    // Accounts whose device no longer exists (deleted while the broker was away) go: at start…
+    let config = ddms::config::from_toml(&toml).unwrap();
+    let dynsec = ddms::mqtt::dynsec::Dynsec::new(
+        ddms::mqtt::BrokerConnection::from_config(&config).unwrap(),
+        "admin".into(),
+        SecretString::from("admin-secret"),
+        "ddms-test".into(),
+    );
+    let dynsec = &dynsec;
+    let ghost_account = |id: Uuid| async move {
+        ddms::mqtt::BrokerAccounts::put_device(dynsec, id, &SecretString::from("ghost-pw"))
+            .await
+            .unwrap();
+        id
+    };
+    let works = |id: Uuid, password: String| async move {
+        let topic = format!("devices/{id}/telemetry");
+        publish(
+            port,
+            &topic,
+            br#"{"t": 1}"#,
+            Some((&id.to_string(), &password)),
+        )
+        .await
+    };
+    let ghost = ghost_account(Uuid::new_v4()).await;
+    assert!(
+        works(ghost, "ghost-pw".into()).await,
+        "a ghost account works before"
+    );
+    let app = spawn_app(Db::Sqlite, &toml).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the ghost account removed at start",
+        || async move { !works(ghost, "ghost-pw".into()).await },
+    )
+    .await;
+    // …and whenever reconciliation runs, leaving live devices alone.
+    let (kept, created) = create_mqtt_device(&app, "kept").await;
+    let password = created["mqtt"]["password"].as_str().unwrap().to_string();
+    let ghost = ghost_account(Uuid::new_v4()).await;
+    assert_eq!(dynsec.reconcile(app.store.as_ref()).await.unwrap(), 1);
+    assert!(
+        !works(ghost, "ghost-pw".into()).await,
+        "the stale account still works"
+    );
+    assert!(
+        works(kept, password).await,
+        "a live device's account was removed"
     );
     app.stop().await;
 }
