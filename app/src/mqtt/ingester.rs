@@ -230,6 +230,8 @@ impl Ingester {
                 .as_ref()
                 .map(|(user, password)| (user.as_str(), password)),
         );
+        // `inflight` bounds what ddms publishes (nothing but subscriptions); how many messages
+        // the broker sends ahead of our acks is its own setting (max_inflight_messages).
         options
             .set_clean_session(false)
             .set_manual_acks(true)
@@ -284,6 +286,7 @@ impl Ingester {
         offline_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refresh = tokio::time::interval(DEVICE_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.reset();
         let devices_changed = self.devices_changed.clone();
         let mut changed = Box::pin(devices_changed.notified());
         changed.as_mut().enable();
@@ -743,14 +746,21 @@ async fn acknowledge(
     outstanding: Arc<AtomicUsize>,
     cancel: CancellationToken,
 ) {
+    let mut reconnect_requested_in = None;
     while let Some(ack) = acks.recv().await {
+        let current = epoch.load(Ordering::Acquire);
         if !ack.committed {
-            if !cancel.is_cancelled() {
-                // Only a reconnect makes the broker resend an unacknowledged message.
+            // Only a reconnect makes the broker resend an unacknowledged message; one per
+            // connection is enough for all of its messages.
+            if !cancel.is_cancelled()
+                && ack.epoch == current
+                && reconnect_requested_in != Some(current)
+            {
                 tracing::error!(mqtt.topic = %truncate(&ack.publish.topic), "readings of an MQTT message could not be stored; reconnecting so the broker redelivers it");
+                reconnect_requested_in = Some(current);
                 let _ = client.try_disconnect();
             }
-        } else if ack.epoch == epoch.load(Ordering::Acquire) {
+        } else if ack.epoch == current {
             // Waits only while the link is busy; the batch writer never waits for this.
             if client.ack(&ack.publish).await.is_err() {
                 tracing::debug!("MQTT link gone; the broker redelivers the message");

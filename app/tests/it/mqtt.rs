@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, DdmsProcess, TestApp};
-use crate::support::services::{Mosquitto, Provider};
+use crate::support::services::{Mosquitto, Postgres, Provider};
 
 /// Broker settings sized for ddms' persistent session (ops/mosquitto/mosquitto.conf does the
 /// same): a window large enough for ack-after-commit, a queue that holds a restart's worth.
@@ -405,6 +405,45 @@ async fn ten_thousand_messages_survive_a_broker_restart_mid_stream_each_stored_o
     );
     assert_exactly_once(&points, STREAM, base);
     assert!(stored_at_stop < STREAM, "the restart was mid-stream");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_survive_the_database_stopping_mid_stream_each_stored_once() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    // Its own PostgreSQL: stopping the shared one would break the other tests.
+    let database: &'static Postgres = Box::leak(Box::new(
+        Postgres::start(Provider::from_env().await).await.unwrap(),
+    ));
+    let app = spawn_app(
+        Db::PostgresOn(database),
+        &mqtt_toml(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            "ddms-db-outage",
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&app.url("/ready")).await;
+    let (device, _) = create_mqtt_device(&app, "meter-3").await;
+
+    let base = base_ms();
+    let publisher = Publisher::start(broker.port(), device, STREAM, 2500, base);
+    publisher.wait_acked(3000).await;
+    database.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked_during_outage = publisher.acked();
+    database.restart().await.unwrap();
+    publisher.finish().await;
+    wait_for_rows(app.store.as_ref(), device, STREAM, Duration::from_secs(120)).await;
+    let points = readings(app.store.as_ref(), device, "seq").await;
+    println!(
+        "database outage: publisher acked {acked_during_outage} by the end of a 3 s outage; final rows {}",
+        points.len()
+    );
+    assert_exactly_once(&points, STREAM, base);
     app.stop().await;
 }
 
