@@ -526,7 +526,10 @@ impl Config {
                 );
             }
         }
-        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+        if self.mqtt.mode == MqttMode::External
+            && self.mqtt.password.is_some()
+            && self.mqtt.username.is_none()
+        {
             return invalid(
                 "mqtt.password",
                 "set mqtt.username too: MQTT sends a password only with a username".into(),
