@@ -88,6 +88,25 @@ pub struct MqttConfig {
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub password_file: Option<PathBuf>,
+    /// The broker client id of the ingester's persistent session. Unset: derived from the host
+    /// name and `slot`, stable across restarts so a restarted ddms resumes its session.
+    pub client_id: Option<String>,
+    /// Subscribe through `$share/ddms/…` so several instances split the stream.
+    pub shared_subscription: bool,
+    /// An MQTT device that sent nothing for this long is marked offline.
+    #[serde(with = "seconds")]
+    pub offline_after: Duration,
+    pub dynsec: DynsecConfig,
+}
+
+/// Mosquitto's dynamic-security plugin: ddms, as its admin, creates a broker client per device.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynsecConfig {
+    pub enabled: bool,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +203,11 @@ shutdown_timeout = 25
 
 [mqtt]
 mode = "embedded"
+shared_subscription = false
+offline_after = 90
+
+[mqtt.dynsec]
+enabled = false
 
 [mqtt.embedded]
 listen = "127.0.0.1:1883"
@@ -331,6 +355,12 @@ impl Loader {
             "mqtt.password",
             &mut config.mqtt.password,
             &config.mqtt.password_file,
+        )?;
+        resolve_secret_file(
+            &figment,
+            "mqtt.dynsec.password",
+            &mut config.mqtt.dynsec.password,
+            &config.mqtt.dynsec.password_file,
         )?;
         resolve_secret_file(
             &figment,
@@ -493,6 +523,52 @@ impl Config {
                 Some(_) => {}
             }
         }
+        if let Some(id) = &self.mqtt.client_id {
+            if id.is_empty() || id.len() > 128 || id.contains(['+', '#', '/']) {
+                return invalid(
+                    "mqtt.client_id",
+                    "must be 1 to 128 characters without + # /".into(),
+                );
+            }
+        }
+        if self.mqtt.offline_after < Duration::from_secs(1) {
+            return invalid("mqtt.offline_after", "must be at least 1 second".into());
+        }
+        if self.mqtt.tls.cert.is_some() != self.mqtt.tls.key.is_some() {
+            return invalid(
+                "mqtt.tls.cert",
+                "mqtt.tls.cert and mqtt.tls.key go together (mutual TLS)".into(),
+            );
+        }
+        if self.mqtt.dynsec.enabled {
+            if self.mqtt.mode != MqttMode::External {
+                return invalid(
+                    "mqtt.dynsec.enabled",
+                    "needs mqtt.mode = \"external\" (Mosquitto)".into(),
+                );
+            }
+            if self.mqtt.dynsec.username.is_none() {
+                return invalid(
+                    "mqtt.dynsec.username",
+                    "required when mqtt.dynsec.enabled (the dynsec admin ddms connects as)".into(),
+                );
+            }
+            if self.mqtt.dynsec.password.is_none() {
+                return invalid(
+                    "mqtt.dynsec.password",
+                    "required (or mqtt.dynsec.password_file) when mqtt.dynsec.enabled".into(),
+                );
+            }
+        }
+        if self.mqtt.mode == MqttMode::External
+            && self.mqtt.password.is_some()
+            && self.mqtt.username.is_none()
+        {
+            return invalid(
+                "mqtt.password",
+                "set mqtt.username too: MQTT sends a password only with a username".into(),
+            );
+        }
         for (key, path) in [
             ("mqtt.tls.ca", &self.mqtt.tls.ca),
             ("mqtt.tls.cert", &self.mqtt.tls.cert),
@@ -558,6 +634,15 @@ impl Config {
                 "username": self.mqtt.username,
                 "password": secret(&self.mqtt.password),
                 "password_file": path(&self.mqtt.password_file),
+                "client_id": self.mqtt.client_id,
+                "shared_subscription": self.mqtt.shared_subscription,
+                "offline_after": self.mqtt.offline_after.as_secs_f64(),
+                "dynsec": {
+                    "enabled": self.mqtt.dynsec.enabled,
+                    "username": self.mqtt.dynsec.username,
+                    "password": secret(&self.mqtt.dynsec.password),
+                    "password_file": path(&self.mqtt.dynsec.password_file),
+                },
             },
             "provisioning": {
                 "token": secret(&self.provisioning.token),
@@ -759,6 +844,38 @@ mod tests {
     }
 
     #[test]
+    fn dynsec_needs_an_external_broker_and_admin_credentials() {
+        let err = from_toml("[mqtt.dynsec]\nenabled = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.dynsec.enabled"), "{err}");
+        let err = from_toml(
+            "[mqtt]\nmode = \"external\"\nurl = \"mqtt://b\"\n[mqtt.dynsec]\nenabled = true\nusername = \"admin\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mqtt.dynsec.password"), "{err}");
+        let config = from_toml(
+            "[mqtt]\nmode = \"external\"\nurl = \"mqtt://b\"\n[mqtt.dynsec]\nenabled = true\nusername = \"admin\"\npassword = \"s3cr3t-admin\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.mqtt.offline_after, Duration::from_secs(90));
+        assert!(!config.redacted_toml().contains("s3cr3t-admin"));
+    }
+
+    #[test]
+    fn mqtt_offline_after_and_client_id_are_checked() {
+        let err = from_toml("[mqtt]\noffline_after = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.offline_after"), "{err}");
+        let err = from_toml("[mqtt]\nclient_id = \"ddms/#\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.client_id"), "{err}");
+    }
+
+    #[test]
     fn database_password_is_redacted() {
         assert_eq!(
             redact_url("postgres://ddms:hunter2@db:5432/ddms"),
@@ -828,6 +945,10 @@ mod tests {
             "mqtt.username",
             "mqtt.password",
             "mqtt.password_file",
+            "mqtt.client_id",
+            "mqtt.dynsec.username",
+            "mqtt.dynsec.password",
+            "mqtt.dynsec.password_file",
             "provisioning.token",
             "provisioning.token_file",
             "log.format",

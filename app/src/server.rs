@@ -14,11 +14,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, MqttMode};
 use crate::events::EventHub;
 use crate::http::{self, AppState, Metrics};
 use crate::ingest::{self, BatchWriter, IngestConfig, IngestHandle, IngestMetrics};
 use crate::modbus::{ModbusMetrics, PollerContext, Supervisor};
+use crate::mqtt::dynsec::Dynsec;
+use crate::mqtt::{BrokerConnection, Ingester, IngesterSettings, Limits};
 use crate::status::StatusBoard;
 use crate::store::{self, Store};
 
@@ -26,6 +28,10 @@ use crate::store::{self, Store};
 const EVENT_BUFFER: usize = 10_000;
 /// Self-registrations allowed per client address per minute.
 const REGISTRATIONS_PER_MINUTE: u32 = 10;
+/// Broker accounts of deleted devices are looked for this often (dynsec).
+const ACCOUNT_RECONCILE_INTERVAL: Duration = Duration::from_secs(600);
+/// At shutdown, the longest the MQTT ingester waits for the acks of submitted messages.
+const MQTT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Names this process among the instances sharing a database (leases) or a broker (client
 /// ids): host, slot and a random suffix, so a restarted process is a new holder.
@@ -47,6 +53,8 @@ pub struct Server {
     ingest: IngestHandle,
     writer: BatchWriter,
     modbus_metrics: ModbusMetrics,
+    mqtt_ingester: Option<Ingester>,
+    dynsec: Option<Arc<Dynsec>>,
 }
 
 impl Server {
@@ -97,6 +105,55 @@ impl Server {
             },
         );
         let modbus_metrics = ModbusMetrics::register(metrics.registry());
+        let devices_changed = Arc::new(Notify::new());
+        let mut mqtt_ingester = None;
+        let mut mqtt_connected = None;
+        let mut dynsec = None;
+        if config.mqtt.mode == MqttMode::External {
+            let broker =
+                BrokerConnection::from_config(&config).context("invalid MQTT broker settings")?;
+            let client_id = crate::mqtt::ingester_client_id(&config);
+            let (connected_tx, connected_rx) = tokio::sync::watch::channel(false);
+            mqtt_connected = Some(connected_rx);
+            if config.mqtt.dynsec.enabled {
+                if let (Some(username), Some(password)) = (
+                    config.mqtt.dynsec.username.clone(),
+                    config.mqtt.dynsec.password.clone(),
+                ) {
+                    dynsec = Some(Arc::new(Dynsec::new(
+                        broker.clone(),
+                        username,
+                        password,
+                        client_id.clone(),
+                    )));
+                }
+            }
+            let credentials = config.mqtt.username.clone().map(|username| {
+                let password = config
+                    .mqtt
+                    .password
+                    .clone()
+                    .unwrap_or_else(|| secrecy::SecretString::from(""));
+                (username, password)
+            });
+            mqtt_ingester = Some(Ingester::new(
+                IngesterSettings {
+                    broker,
+                    client_id,
+                    credentials,
+                    shared_subscription: config.mqtt.shared_subscription,
+                    offline_after: config.mqtt.offline_after,
+                    limits: Limits::default(),
+                    drain_timeout: MQTT_DRAIN_TIMEOUT.min(config.http.shutdown_timeout),
+                },
+                store.clone(),
+                status.clone(),
+                ingest.clone(),
+                devices_changed.clone(),
+                connected_tx,
+                metrics.registry(),
+            ));
+        }
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             instance_id: instance_id(config.slot),
@@ -107,9 +164,13 @@ impl Server {
             register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
                 per_minute,
             ))),
-            devices_changed: Arc::new(Notify::new()),
+            devices_changed,
             credentials_changed: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
+            mqtt_connected,
+            broker_accounts: dynsec
+                .clone()
+                .map(|d| d as Arc<dyn crate::mqtt::BrokerAccounts>),
             config: Arc::new(config),
         };
         Ok(Server {
@@ -118,6 +179,8 @@ impl Server {
             ingest,
             writer,
             modbus_metrics,
+            mqtt_ingester,
+            dynsec,
         })
     }
 
@@ -151,6 +214,8 @@ impl Server {
             ingest,
             writer,
             modbus_metrics,
+            mqtt_ingester,
+            dynsec,
         } = self;
         let config = state.config.clone();
         let stop_http = state.shutdown.clone();
@@ -163,6 +228,13 @@ impl Server {
             stop_producers.clone(),
         ));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
+        if let Some(dynsec) = dynsec {
+            background.spawn(reconcile_accounts(
+                dynsec,
+                state.store.clone(),
+                stop_producers.clone(),
+            ));
+        }
         // Producers (pollers, MQTT ingester) hold clones of `ingest`; this one goes last.
         let producers = TaskTracker::new();
         let modbus = Supervisor::new(
@@ -178,6 +250,9 @@ impl Server {
             config.modbus.lease_ttl(),
         );
         producers.spawn(modbus.run(stop_producers.clone()));
+        if let Some(ingester) = mqtt_ingester {
+            producers.spawn(ingester.run(stop_producers.clone()));
+        }
         producers.close();
 
         let addr = listener.local_addr()?;
@@ -249,6 +324,26 @@ async fn maintain_partitions(store: Arc<dyn Store>, days_ahead: u32, cancel: Can
                 tracing::info!(partitions.created = created, "reading partitions created")
             }
             Err(e) => tracing::warn!(error = %e, "cannot create reading partitions; will retry"),
+        }
+    }
+}
+
+/// Removes broker accounts of devices deleted while the broker was unreachable: at start, then
+/// every [`ACCOUNT_RECONCILE_INTERVAL`].
+async fn reconcile_accounts(dynsec: Arc<Dynsec>, store: Arc<dyn Store>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(ACCOUNT_RECONCILE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match dynsec.reconcile(store.as_ref()).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(accounts.removed = removed, "stale broker accounts removed")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reconcile broker accounts; will retry"),
         }
     }
 }

@@ -215,6 +215,20 @@ async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, A
         secret_hash: hash_api_token(&password),
     };
     state.store.put_mqtt_credentials(&credentials).await?;
+    if let Some(accounts) = &state.broker_accounts {
+        let secret = secrecy::SecretString::from(password.clone());
+        if let Err(e) = accounts.put_device(device.id, &secret).await {
+            // Credentials the broker does not know are useless: undo, let the caller retry.
+            tracing::error!(device.id = %device.id, error = %e, "cannot create the device's broker account; device not created");
+            if let Err(e) = state.store.delete_device(device.id).await {
+                tracing::error!(device.id = %device.id, error = %e, "cannot remove the half-created device");
+            }
+            return Err(ApiError::Unavailable(
+                "the MQTT broker did not take the device's account; nothing was created, try again"
+                    .into(),
+            ));
+        }
+    }
     state.credentials_changed.notify_waiters();
     let mqtt = &state.config.mqtt;
     let (host, port, tls) = match mqtt.mode {
@@ -256,10 +270,14 @@ pub async fn create(
         .create_device(&new)
         .await
         .map_err(|e| conflict_on_name(e, &new.name))?;
+    let mqtt = match device.protocol {
+        Protocol::Mqtt => Some(issue_credentials(&state, &device).await?),
+        Protocol::Modbus => None,
+    };
     audit(&state, &auth.principal, peer, "device.create", &device).await;
     let mut body = render(&state, &device, None).await?;
-    if device.protocol == Protocol::Mqtt {
-        body["mqtt"] = issue_credentials(&state, &device).await?;
+    if let Some(mqtt) = mqtt {
+        body["mqtt"] = mqtt;
     }
     state.devices_changed.notify_waiters();
     tracing::info!(device.id = %device.id, device.name = %device.name, "device created");
@@ -302,6 +320,11 @@ pub async fn delete(
     let device = state.store.get_device(id).await.map_err(not_found)?;
     state.store.delete_device(id).await.map_err(not_found)?;
     state.status.remove(id).await;
+    if let (Some(accounts), Protocol::Mqtt) = (&state.broker_accounts, device.protocol) {
+        if let Err(e) = accounts.remove_device(id).await {
+            tracing::warn!(device.id = %id, error = %e, "cannot remove the device's broker account now; ddms removes it when it next reconciles broker accounts (at start, then every 10 minutes)");
+        }
+    }
     audit(&state, &auth.principal, peer, "device.delete", &device).await;
     state.devices_changed.notify_waiters();
     state.credentials_changed.notify_waiters();

@@ -55,6 +55,11 @@ pub struct AppState {
     pub credentials_changed: Arc<Notify>,
     /// Cancelled when the server shuts down: long-lived responses (SSE) end.
     pub shutdown: CancellationToken,
+    /// Whether the MQTT ingester is connected to its broker; `None` when ddms runs no broker
+    /// connection. `/ready` reports it as component `mqtt`.
+    pub mqtt_connected: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Per-device broker accounts (Mosquitto dynsec), when configured.
+    pub broker_accounts: Option<Arc<dyn crate::mqtt::BrokerAccounts>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -40,9 +40,22 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         json!({ "status": "unknown", "error": "database unreachable" })
     };
-    let ready = database["status"] == "ok" && migrations["status"] == "ok";
+    let mqtt = state.mqtt_connected.as_ref().map(|connected| {
+        if *connected.borrow() {
+            json!({ "status": "ok", "connected": true })
+        } else {
+            json!({ "status": "error", "connected": false, "error": "not connected and subscribed to the MQTT broker" })
+        }
+    });
+    let ready = database["status"] == "ok"
+        && migrations["status"] == "ok"
+        && mqtt.as_ref().is_none_or(|m| m["status"] == "ok");
     if !ready {
-        tracing::warn!(%database, %migrations, "not ready");
+        tracing::warn!(%database, %migrations, mqtt = ?mqtt, "not ready");
+    }
+    let mut components = json!({ "database": database, "migrations": migrations });
+    if let Some(mqtt) = mqtt {
+        components["mqtt"] = mqtt;
     }
     let status = if ready {
         StatusCode::OK
@@ -54,7 +67,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "components": { "database": database, "migrations": migrations },
+            "components": components,
         })),
     )
 }

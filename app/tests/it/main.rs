@@ -9,5 +9,6 @@ mod cli;
 mod demo;
 mod devices;
 mod modbus;
+mod mqtt;
 mod readiness;
 mod storage;

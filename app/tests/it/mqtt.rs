@@ -1,0 +1,1045 @@
+//! MQTT ingestion from a real Mosquitto: acknowledged readings survive ddms being SIGKILLed and
+//! the broker restarting mid-stream (each stored exactly once); bad messages are refused and
+//! counted without disturbing a good device; per-device accounts on the dynamic-security
+//! plugin keep a device inside its own topic; TLS with certificates made here; heartbeats,
+//! silence and recovery drive the device status.
+//!
+//! The publisher is independent of ddms' client: paho-mqtt (tests/support/mqtt_publish.py)
+//! or mosquitto_pub.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ddms::store::{NewDevice, Point, Protocol, Role, Status, Store};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::support::app::{spawn_app, Db, DdmsProcess, TestApp};
+use crate::support::services::{Mosquitto, Postgres, Provider};
+
+/// Broker settings sized for ddms' persistent session (ops/mosquitto/mosquitto.conf does the
+/// same): a window large enough for ack-after-commit, a queue that holds a restart's worth.
+const BROKER_TUNING: &str = "max_inflight_messages 1000\nmax_queued_messages 200000\n";
+const STREAM: usize = 10_000;
+
+async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    match client.get(url).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    let mut last = Value::Null;
+    let started = Instant::now();
+    loop {
+        let (status, body) = ready(&client, url).await;
+        if status == 200 {
+            return;
+        }
+        last = if body.is_null() { last } else { body };
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/ready not 200 within 30 s: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn mqtt_toml(url: &str, client_id: &str, extra: &str) -> String {
+    format!("[mqtt]\nmode = \"external\"\nurl = {url:?}\nclient_id = {client_id:?}\n{extra}")
+}
+
+async fn app_on(broker_port: u16, client_id: &str, extra: &str) -> TestApp {
+    let app = spawn_app(
+        Db::Sqlite,
+        &mqtt_toml(&format!("mqtt://127.0.0.1:{broker_port}"), client_id, extra),
+    )
+    .await;
+    wait_ready(&app.url("/ready")).await;
+    app
+}
+
+async fn create_mqtt_device(app: &TestApp, name: &str) -> (Uuid, Value) {
+    let admin = app.token(Role::Admin).await;
+    let response = app
+        .post_json(
+            "/api/devices",
+            Some(&admin),
+            &json!({"name": name, "protocol": "mqtt"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    (body["id"].as_str().unwrap().parse().unwrap(), body)
+}
+
+/// Every stored reading of one metric of a device, oldest first.
+async fn readings(store: &dyn Store, device: Uuid, metric: &str) -> Vec<Point> {
+    let Some(series) = store
+        .latest_readings(device)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.metric == metric)
+        .map(|l| l.series)
+    else {
+        return Vec::new();
+    };
+    let from = DateTime::<Utc>::from_timestamp(0, 0).unwrap();
+    store
+        .query_readings(
+            series,
+            from,
+            Utc::now() + chrono::Duration::days(1),
+            1_000_000,
+        )
+        .await
+        .unwrap()
+}
+
+/// `mosquitto_pub -q 1`; `Ok` when the broker took the message.
+async fn publish(port: u16, topic: &str, payload: &[u8], login: Option<(&str, &str)>) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some((user, password)) = login {
+        cmd.args(["-u", user, "-P", password]);
+    }
+    let mut child = cmd.spawn().expect("mosquitto_pub is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, payload)
+        .await
+        .unwrap();
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("mosquitto_pub finishes")
+        .unwrap()
+        .success()
+}
+
+/// The paho publisher: `count` readings `seq` = 0..count with distinct timestamps.
+struct Publisher {
+    child: Child,
+    acked: Arc<AtomicUsize>,
+    output: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Publisher {
+    fn start(port: u16, device: Uuid, count: usize, rate: u32, base_ms: i64) -> Publisher {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mqtt_publish.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string()])
+            .args(["--device", &device.to_string()])
+            .args(["--count", &count.to_string()])
+            .args(["--rate", &rate.to_string()])
+            .args(["--base-ms", &base_ms.to_string()])
+            .args([
+                "--client-id",
+                &format!("publisher-{}", Uuid::new_v4().simple()),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let acked = Arc::new(AtomicUsize::new(0));
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (acked, output) = (acked.clone(), output.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(n) = line.strip_prefix("acked ") {
+                        acked.store(n.parse().unwrap_or(0), Ordering::Relaxed);
+                    } else {
+                        output.lock().unwrap().push(line);
+                    }
+                }
+            });
+        }
+        Publisher {
+            child,
+            acked,
+            output,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    async fn wait_acked(&self, at_least: usize) {
+        wait_until(Duration::from_secs(60), "publisher progress", || async {
+            self.acked() >= at_least
+        })
+        .await;
+    }
+
+    async fn finish(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(240), self.child.wait())
+            .await
+            .expect("the publisher finishes")
+            .unwrap();
+        assert!(
+            status.success(),
+            "publisher failed (paho-mqtt installed? pip install paho-mqtt==2.2.0): {:?}",
+            self.output.lock().unwrap()
+        );
+    }
+}
+
+fn base_ms() -> i64 {
+    // Ten minutes back: neither stale nor in the future, one distinct millisecond per message.
+    (Utc::now() - chrono::Duration::minutes(10)).timestamp_millis()
+}
+
+/// Every message stored exactly once: `count` rows, values 0..count, distinct timestamps.
+fn assert_exactly_once(points: &[Point], count: usize, base_ms: i64) {
+    assert_eq!(points.len(), count, "rows stored");
+    let values: BTreeSet<i64> = points.iter().map(|p| p.value as i64).collect();
+    assert_eq!(values.len(), count, "distinct values");
+    assert_eq!(values.first(), Some(&0));
+    assert_eq!(values.last(), Some(&(count as i64 - 1)));
+    let stamps: BTreeSet<i64> = points.iter().map(|p| p.ts.timestamp_millis()).collect();
+    assert_eq!(stamps.len(), count, "distinct timestamps");
+    for p in points {
+        assert_eq!(p.ts.timestamp_millis() - base_ms, p.value as i64);
+    }
+}
+
+async fn wait_for_rows(store: &dyn Store, device: Uuid, count: usize, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let have = readings(store, device, "seq").await.len();
+        if have >= count {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "only {have} of {count} readings stored within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// Streams 10,000 messages while the real binary is stopped (`stop`) mid-stream and started
+/// again; returns (readings stored when it stopped, readings the second run processed).
+async fn stream_across_a_ddms_restart(stop: Stop) -> (usize, usize) {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    let store = ddms::store::connect(&SecretString::from(url.clone()), 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let device = store
+        .create_device(&NewDevice {
+            name: "meter-1".into(),
+            protocol: Protocol::Mqtt,
+            group_id: None,
+            config: json!({}),
+            enabled: true,
+        })
+        .await
+        .unwrap()
+        .id;
+    let broker_url = format!("mqtt://127.0.0.1:{}", broker.port());
+    let env = [
+        ("DDMS_DATABASE__URL", url.as_str()),
+        ("DDMS_MQTT__MODE", "external"),
+        ("DDMS_MQTT__URL", broker_url.as_str()),
+    ];
+    // No client id configured: the derived one must be the same after the restart.
+    let mut ddms = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    wait_ready(&ddms.url("/ready")).await;
+
+    let base = base_ms();
+    let publisher = Publisher::start(broker.port(), device, STREAM, 2500, base);
+    publisher.wait_acked(3000).await;
+    match stop {
+        Stop::Kill => ddms.child.start_kill().unwrap(),
+        Stop::Term => ddms.signal(nix::sys::signal::Signal::SIGTERM),
+    }
+    let exit = ddms.wait_exit(Duration::from_secs(30)).await;
+    if stop == Stop::Term {
+        assert!(exit.success(), "{exit:?}");
+        let logs = ddms.json_logs();
+        let said = |text: &str| logs.iter().any(|l| l["message"] == text);
+        assert!(said("MQTT ingester stopped"), "{logs:?}");
+    }
+    let stored_at_stop = readings(store.as_ref(), device, "seq").await.len();
+    let acked_at_stop = publisher.acked();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let ddms = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    publisher.finish().await;
+    wait_for_rows(store.as_ref(), device, STREAM, Duration::from_secs(120)).await;
+    // Counters move right after the commit that made the rows visible.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = reqwest::get(ddms.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let second_run = metric(&text, "ddms_readings_ingested_total", "protocol=\"mqtt\"") as usize;
+    let points = readings(store.as_ref(), device, "seq").await;
+    println!(
+        "{stop:?}: publisher acked {acked_at_stop} and {stored_at_stop} readings were stored when ddms stopped; \
+         the restarted ddms processed {second_run} ({} of them redelivered but stored already); final rows {}",
+        second_run as i64 - (STREAM - stored_at_stop) as i64,
+        points.len()
+    );
+    assert_exactly_once(&points, STREAM, base);
+    assert!(stored_at_stop < STREAM, "the stop was mid-stream");
+    (stored_at_stop, second_run)
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_survive_ddms_being_killed_mid_stream_each_stored_once() {
+    stream_across_a_ddms_restart(Stop::Kill).await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_mid_stream_acknowledges_everything_it_stored() {
+    let (stored, second_run) = stream_across_a_ddms_restart(Stop::Term).await;
+    // Nothing stored by the first run came back: its acks went out before DISCONNECT.
+    assert_eq!(second_run, STREAM - stored);
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_survive_a_broker_restart_mid_stream_each_stored_once() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    let app = app_on(broker.port(), "ddms-broker-restart", "").await;
+    let (device, _) = create_mqtt_device(&app, "meter-2").await;
+
+    let base = base_ms();
+    let publisher = Publisher::start(broker.port(), device, STREAM, 2500, base);
+    publisher.wait_acked(3000).await;
+    broker.stop().await.unwrap();
+    let stored_at_stop = readings(app.store.as_ref(), device, "seq").await.len();
+    let acked_at_stop = publisher.acked();
+    // /ready names the broker while it is away.
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let body = loop {
+        let (status, body) = ready(&client, &app.url("/ready")).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "/ready stays {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["components"]["mqtt"]["status"], "error", "{body}");
+    assert_eq!(body["components"]["database"]["status"], "ok", "{body}");
+
+    broker.restart().await.unwrap();
+    publisher.finish().await;
+    wait_for_rows(app.store.as_ref(), device, STREAM, Duration::from_secs(120)).await;
+    wait_ready(&app.url("/ready")).await;
+    let points = readings(app.store.as_ref(), device, "seq").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let processed = metric(&text, "ddms_readings_ingested_total", "protocol=\"mqtt\"");
+    println!(
+        "broker restart: publisher acked {acked_at_stop} and {stored_at_stop} were stored when the broker stopped; \
+         ddms processed {processed} readings in all ({} redelivered duplicates); final rows {}",
+        processed as i64 - STREAM as i64,
+        points.len()
+    );
+    assert_exactly_once(&points, STREAM, base);
+    assert!(stored_at_stop < STREAM, "the restart was mid-stream");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_survive_the_database_stopping_mid_stream_each_stored_once() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    // Its own PostgreSQL: stopping the shared one would break the other tests.
+    let database: &'static Postgres = Box::leak(Box::new(
+        Postgres::start(Provider::from_env().await).await.unwrap(),
+    ));
+    let app = spawn_app(
+        Db::PostgresOn(database),
+        &mqtt_toml(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            "ddms-db-outage",
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&app.url("/ready")).await;
+    let (device, _) = create_mqtt_device(&app, "meter-3").await;
+
+    let base = base_ms();
+    let publisher = Publisher::start(broker.port(), device, STREAM, 2500, base);
+    publisher.wait_acked(3000).await;
+    database.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked_during_outage = publisher.acked();
+    database.restart().await.unwrap();
+    publisher.finish().await;
+    wait_for_rows(app.store.as_ref(), device, STREAM, Duration::from_secs(120)).await;
+    let points = readings(app.store.as_ref(), device, "seq").await;
+    println!(
+        "database outage: publisher acked {acked_during_outage} by the end of a 3 s outage; final rows {}",
+        points.len()
+    );
+    assert_exactly_once(&points, STREAM, base);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_shared_subscription_two_instances_split_the_stream_and_store_each_reading_once() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let instance = |client_id: &str| {
+        mqtt_toml(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            client_id,
+            &format!("shared_subscription = true\n[database]\nurl = {url:?}\n"),
+        )
+    };
+    let a = spawn_app(Db::Sqlite, &instance("ddms-a")).await;
+    wait_ready(&a.url("/ready")).await;
+    let b = spawn_app(Db::Sqlite, &instance("ddms-b")).await;
+    wait_ready(&b.url("/ready")).await;
+    // Created through `a`: `b` learns of it from the shared store on its first message.
+    let (device, _) = create_mqtt_device(&a, "meter-shared").await;
+
+    let base = base_ms();
+    Publisher::start(broker.port(), device, 2000, 1000, base)
+        .finish()
+        .await;
+    wait_for_rows(a.store.as_ref(), device, 2000, Duration::from_secs(60)).await;
+    assert_exactly_once(&readings(a.store.as_ref(), device, "seq").await, 2000, base);
+    let mut taken = Vec::new();
+    for app in [&a, &b] {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        taken.push(metric(&text, "ddms_mqtt_messages_total", "outcome=\"accepted\"") as usize);
+    }
+    assert_eq!(
+        taken.iter().sum::<usize>(),
+        2000,
+        "split, not duplicated: {taken:?}"
+    );
+    assert!(
+        taken.iter().all(|n| *n > 0),
+        "both instances took a share: {taken:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn bad_messages_are_refused_and_counted_while_a_good_device_is_unaffected() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    let app = app_on(broker.port(), "ddms-rejections", "").await;
+    let (good, _) = create_mqtt_device(&app, "good").await;
+    let (noisy, _) = create_mqtt_device(&app, "noisy").await;
+    let port = broker.port();
+    let base = base_ms();
+    let publisher = Publisher::start(port, good, 500, 500, base);
+
+    let topic = format!("devices/{noisy}/telemetry");
+    let oversized = format!(r#"{{"t": 1, "pad": "{}"}}"#, "x".repeat(70 * 1024));
+    let bad: [(String, Vec<u8>); 6] = [
+        (topic.clone(), b"{not json".to_vec()),
+        (topic.clone(), oversized.into_bytes()),
+        (topic.clone(), br#"{"temp": "hot"}"#.to_vec()),
+        (
+            topic.clone(),
+            br#"{"ts": "2099-01-01T00:00:00Z", "t": 1}"#.to_vec(),
+        ),
+        (
+            format!("devices/{}/telemetry", Uuid::new_v4()),
+            br#"{"t": 1}"#.to_vec(),
+        ),
+        ("devices/not-a-device/heartbeat".into(), b"{}".to_vec()),
+    ];
+    for (topic, payload) in &bad {
+        assert!(publish(port, topic, payload, None).await, "{topic}");
+    }
+    publisher.finish().await;
+    wait_for_rows(app.store.as_ref(), good, 500, Duration::from_secs(60)).await;
+    assert_exactly_once(&readings(app.store.as_ref(), good, "seq").await, 500, base);
+
+    let expected = [
+        ("malformed_json", 1.0),
+        ("oversized", 1.0),
+        ("non_numeric", 1.0),
+        ("future_timestamp", 1.0),
+        ("unknown_device", 2.0),
+    ];
+    let started = Instant::now();
+    let text = loop {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let counted = expected.iter().all(|(reason, n)| {
+            metric(
+                &text,
+                "ddms_readings_rejected_total",
+                &format!("protocol=\"mqtt\",reason=\"{reason}\""),
+            ) == *n
+        });
+        if counted {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "refusals not counted as expected {expected:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        app.store.latest_readings(noisy).await.unwrap().is_empty(),
+        "nothing of the refused messages was stored"
+    );
+    // Refused messages were acknowledged: a restarted session gets none of them back.
+    assert_eq!(
+        metric(&text, "ddms_mqtt_messages_total", "outcome=\"rejected\""),
+        6.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_clears_it() {
+    let broker = Mosquitto::start(Provider::from_env().await, "")
+        .await
+        .unwrap();
+    let app = app_on(
+        broker.port(),
+        "ddms-heartbeats",
+        "offline_after = 1\n[devices]\nfailure_threshold = 2\n",
+    )
+    .await;
+    let (device, _) = create_mqtt_device(&app, "sensor").await;
+    let open = |store: Arc<dyn Store>| async move {
+        store
+            .list_open_notifications(ddms::status::CONNECTION_FAILURE)
+            .await
+            .unwrap()
+            .into_iter()
+            .any(|n| n.device_id == Some(device))
+    };
+
+    let before = Utc::now();
+    assert!(
+        publish(
+            broker.port(),
+            &format!("devices/{device}/heartbeat"),
+            br#"{"uptime_s": 12, "rssi": -60}"#,
+            None
+        )
+        .await
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "online after a heartbeat",
+        || async {
+            app.status.get(device).await.is_some_and(|s| {
+                s.status == Status::Online && s.last_seen_at.is_some_and(|t| t >= before)
+            })
+        },
+    )
+    .await;
+
+    wait_until(Duration::from_secs(15), "offline after silence", || async {
+        app.status
+            .get(device)
+            .await
+            .is_some_and(|s| s.status == Status::Offline)
+    })
+    .await;
+    let status = app.status.get(device).await.unwrap();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("no message for")),
+        "{status:?}"
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "notification after the threshold",
+        || open(app.store.clone()),
+    )
+    .await;
+
+    assert!(
+        publish(
+            broker.port(),
+            &format!("devices/{device}/telemetry"),
+            br#"{"t": 20.5}"#,
+            None
+        )
+        .await
+    );
+    wait_until(Duration::from_secs(10), "online and cleared", || async {
+        app.status
+            .get(device)
+            .await
+            .is_some_and(|s| s.status == Status::Online)
+            && !open(app.store.clone()).await
+    })
+    .await;
+    app.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_ctrl(port: u16, password: &str, args: &[&str]) {
+    let output = std::process::Command::new("mosquitto_ctrl")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-u", "admin", "-P", password, "dynsec"])
+        .args(args)
+        .output()
+        .expect("mosquitto_ctrl is installed");
+    assert!(
+        output.status.success(),
+        "mosquitto_ctrl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `ops/mosquitto/mosquitto.conf` with this machine's paths and ports, so the config we ship is
+/// the config under test. The harness adds its own plain listener, persistence dir and log.
+fn shipped_mosquitto_conf(tls_port: u16, pki: &TestPki, dynsec_state: &Path) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/mosquitto/mosquitto.conf");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut replaced = BTreeSet::new();
+    let mut out = String::new();
+    for line in text.lines() {
+        let key = line.split_whitespace().next().unwrap_or("");
+        let line = match (key, line) {
+            (_, "listener 8883") => format!("listener {tls_port} 127.0.0.1"),
+            (_, "listener 1883 127.0.0.1") | ("persistence_location" | "log_dest", _) => {
+                replaced.insert(key.to_string());
+                continue;
+            }
+            ("certfile", _) => format!("certfile {}", pki.path("server.pem").display()),
+            ("keyfile", _) => format!("keyfile {}", pki.path("server.key").display()),
+            ("cafile", _) => format!("cafile {}", pki.path("ca.pem").display()),
+            ("plugin_opt_config_file", _) => {
+                format!("plugin_opt_config_file {}", dynsec_state.display())
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        };
+        replaced.insert(key.to_string());
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for key in [
+        "listener",
+        "certfile",
+        "keyfile",
+        "cafile",
+        "plugin_opt_config_file",
+        "persistence_location",
+    ] {
+        assert!(
+            replaced.contains(key),
+            "{} has no `{key}` line any more",
+            path.display()
+        );
+    }
+    out
+}
+
+/// Mosquitto on the shipped config with dynsec (admin `admin`/`admin-secret`) and ddms' ingest
+/// account `ddms`/`ingest-secret`; a TLS listener for ddms, the harness's plain one for devices.
+struct DynsecBroker {
+    broker: Mosquitto,
+    pki: TestPki,
+    tls_port: u16,
+}
+
+impl DynsecBroker {
+    async fn start() -> DynsecBroker {
+        // Local process: the plugin and the TLS listener read files this test prepares.
+        let pki = TestPki::generate();
+        let state = pki.path("dynamic-security.json");
+        let init = std::process::Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&state)
+            .args(["admin", "admin-secret"])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{init:?}");
+        let tls_port = free_port();
+        let broker = Mosquitto::start(
+            Provider::Local,
+            &shipped_mosquitto_conf(tls_port, &pki, &state),
+        )
+        .await
+        .unwrap();
+        // ddms' own account: read the device topics, nothing else.
+        for args in [
+            &["createRole", "ddms-ingester"][..],
+            &[
+                "addRoleACL",
+                "ddms-ingester",
+                "subscribePattern",
+                "devices/#",
+                "allow",
+            ],
+            &[
+                "addRoleACL",
+                "ddms-ingester",
+                "publishClientReceive",
+                "devices/#",
+                "allow",
+            ],
+            &["createClient", "ddms", "-p", "ingest-secret"],
+            &["addClientRole", "ddms", "ddms-ingester"],
+        ] {
+            mosquitto_ctrl(broker.port(), "admin-secret", args);
+        }
+        DynsecBroker {
+            broker,
+            pki,
+            tls_port,
+        }
+    }
+
+    /// ddms' `[mqtt]` settings for this broker, over TLS.
+    fn ddms_toml(&self, client_id: &str, admin_password: &str) -> String {
+        mqtt_toml(
+            &format!("mqtts://127.0.0.1:{}", self.tls_port),
+            client_id,
+            &format!(
+                "username = \"ddms\"\npassword = \"ingest-secret\"\n\
+                 [mqtt.tls]\nca = {:?}\n\
+                 [mqtt.dynsec]\nenabled = true\nusername = \"admin\"\npassword = {admin_password:?}\n\
+                 [provisioning]\ntoken = \"prov-token\"\n",
+                self.pki.path("ca.pem").display().to_string()
+            ),
+        )
+    }
+}
+
+#[tokio::test]
+async fn on_the_shipped_mosquitto_config_a_device_publishes_only_under_its_own_topic() {
+    let setup = DynsecBroker::start().await;
+    let port = setup.broker.port();
+    let app = spawn_app(Db::Sqlite, &setup.ddms_toml("ddms-dynsec", "admin-secret")).await;
+    wait_ready(&app.url("/ready")).await;
+
+    let registered: Value = app
+        .client
+        .post(app.url("/api/devices/register"))
+        .header("X-Provisioning-Token", "prov-token")
+        .json(&json!({"name": "field-sensor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a: Uuid = registered["device_id"].as_str().unwrap().parse().unwrap();
+    let user = registered["mqtt"]["username"].as_str().unwrap().to_string();
+    let password = registered["mqtt"]["password"].as_str().unwrap().to_string();
+    assert_eq!(user, a.to_string());
+    let (b, created) = create_mqtt_device(&app, "neighbour").await;
+    assert!(created["mqtt"]["password"].is_string());
+
+    // Into the neighbour's topic first: the broker accepts the packet but delivers nothing.
+    assert!(
+        publish(
+            port,
+            &format!("devices/{b}/telemetry"),
+            br#"{"intruder": 1}"#,
+            Some((&user, &password))
+        )
+        .await
+    );
+    assert!(
+        publish(
+            port,
+            &format!("devices/{a}/telemetry"),
+            br#"{"own": 7}"#,
+            Some((&user, &password))
+        )
+        .await
+    );
+    wait_until(Duration::from_secs(15), "own reading stored", || async {
+        !readings(app.store.as_ref(), a, "own").await.is_empty()
+    })
+    .await;
+    assert_eq!(readings(app.store.as_ref(), a, "own").await[0].value, 7.0);
+    assert!(
+        app.store.latest_readings(b).await.unwrap().is_empty(),
+        "a device wrote into another device's topic"
+    );
+    assert!(
+        !publish(
+            port,
+            &format!("devices/{a}/telemetry"),
+            br#"{"own": 8}"#,
+            Some((&user, "wrong-password"))
+        )
+        .await,
+        "a wrong password is refused"
+    );
+
+    // Deleting the device deletes its broker account.
+    let admin = app.token(Role::Admin).await;
+    assert_eq!(
+        app.delete(&format!("/api/devices/{a}"), &admin)
+            .await
+            .status(),
+        204
+    );
+    assert!(
+        !publish(
+            port,
+            &format!("devices/{a}/telemetry"),
+            br#"{"own": 9}"#,
+            Some((&user, &password))
+        )
+        .await,
+        "a deleted device's credentials still work"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn broker_accounts_are_all_or_nothing_and_stale_ones_are_reconciled_away() {
+    let setup = DynsecBroker::start().await;
+    let port = setup.broker.port();
+    let toml = setup.ddms_toml("ddms-reconcile", "admin-secret");
+
+    // An admin the broker refuses: the device API creates nothing and says why.
+    let refused = spawn_app(Db::Sqlite, &setup.ddms_toml("ddms-bad-admin", "wrong")).await;
+    let admin = refused.token(Role::Admin).await;
+    let response = refused
+        .post_json(
+            "/api/devices",
+            Some(&admin),
+            &json!({"name": "orphan", "protocol": "mqtt"}),
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(refused.store.list_devices().await.unwrap().is_empty());
+    refused.stop().await;
+
+    // Accounts whose device no longer exists (deleted while the broker was away) go: at start…
+    let config = ddms::config::from_toml(&toml).unwrap();
+    let dynsec = ddms::mqtt::dynsec::Dynsec::new(
+        ddms::mqtt::BrokerConnection::from_config(&config).unwrap(),
+        "admin".into(),
+        SecretString::from("admin-secret"),
+        "ddms-test".into(),
+    );
+    let dynsec = &dynsec;
+    let ghost_account = |id: Uuid| async move {
+        ddms::mqtt::BrokerAccounts::put_device(dynsec, id, &SecretString::from("ghost-pw"))
+            .await
+            .unwrap();
+        id
+    };
+    let works = |id: Uuid, password: String| async move {
+        let topic = format!("devices/{id}/telemetry");
+        publish(
+            port,
+            &topic,
+            br#"{"t": 1}"#,
+            Some((&id.to_string(), &password)),
+        )
+        .await
+    };
+    let ghost = ghost_account(Uuid::new_v4()).await;
+    assert!(
+        works(ghost, "ghost-pw".into()).await,
+        "a ghost account works before"
+    );
+    let app = spawn_app(Db::Sqlite, &toml).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the ghost account removed at start",
+        || async move { !works(ghost, "ghost-pw".into()).await },
+    )
+    .await;
+    // …and whenever reconciliation runs, leaving live devices alone.
+    let (kept, created) = create_mqtt_device(&app, "kept").await;
+    let password = created["mqtt"]["password"].as_str().unwrap().to_string();
+    let ghost = ghost_account(Uuid::new_v4()).await;
+    assert_eq!(dynsec.reconcile(app.store.as_ref()).await.unwrap(), 1);
+    assert!(
+        !works(ghost, "ghost-pw".into()).await,
+        "the stale account still works"
+    );
+    assert!(
+        works(kept, password).await,
+        "a live device's account was removed"
+    );
+    app.stop().await;
+}
+
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, in a temp dir.
+    fn generate() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ddms test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca_cert.pem());
+        for (name, sans) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            ),
+            ("client", vec!["ddms".to_string()]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        TestPki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[tokio::test]
+async fn ddms_reads_from_mosquitto_over_mutual_tls_with_certificates_made_in_the_test() {
+    let pki = TestPki::generate();
+    let tls_port = free_port();
+    // Local process: the listener reads the certificate files from this machine's temp dir.
+    let broker = Mosquitto::start(
+        Provider::Local,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.path("ca.pem").display(),
+            pki.path("server.pem").display(),
+            pki.path("server.key").display(),
+        ),
+    )
+    .await
+    .unwrap();
+    let app = spawn_app(
+        Db::Sqlite,
+        &mqtt_toml(
+            &format!("mqtts://127.0.0.1:{tls_port}"),
+            "ddms-tls",
+            &format!(
+                "[mqtt.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                pki.path("ca.pem").display().to_string(),
+                pki.path("client.pem").display().to_string(),
+                pki.path("client.key").display().to_string(),
+            ),
+        ),
+    )
+    .await;
+    wait_ready(&app.url("/ready")).await;
+    let body: Value = app.get("/ready").await.json().await.unwrap();
+    assert_eq!(body["components"]["mqtt"]["connected"], true, "{body}");
+
+    let (device, _) = create_mqtt_device(&app, "tls-sensor").await;
+    // Devices use the plain listener here; ddms' own connection is the TLS one.
+    assert!(
+        publish(
+            broker.port(),
+            &format!("devices/{device}/telemetry"),
+            br#"{"metrics": {"pressure": 1.5}}"#,
+            None
+        )
+        .await
+    );
+    wait_until(Duration::from_secs(15), "reading via TLS", || async {
+        !readings(app.store.as_ref(), device, "pressure")
+            .await
+            .is_empty()
+    })
+    .await;
+    app.stop().await;
+}
