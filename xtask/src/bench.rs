@@ -7,10 +7,23 @@ use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("which benchmark? one of: modbus");
+        bail!("which benchmark? one of: ingest, modbus");
     };
     let rest = &args[1..];
     match name.as_str() {
+        "ingest" => {
+            cmd!(
+                sh,
+                "cargo build --release -p ddms --bin ddms --example bench_ingest"
+            )
+            .run()?;
+            let target = crate::build::target_dir(sh)?;
+            let ddms = target.join("release/ddms");
+            let driver = target.join("release/examples/bench_ingest");
+            let out = target.join("bench/ingest.json");
+            cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
+            Ok(())
+        }
         "modbus" => {
             cmd!(
                 sh,
@@ -24,6 +37,6 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
             cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}`; one of: modbus"),
+        other => bail!("unknown benchmark `{other}`; one of: ingest, modbus"),
     }
 }

@@ -23,6 +23,8 @@ tasks:
                       answers), unit + integration tests, tidy, and README command 1 smoke run
   ci                  what CI runs: `test` with --locked dependencies
   images [--force]    build the local Docker test images (debootstrap → postgres, mosquitto)
+  bench ingest [--seconds S] [--devices N] [--rate MSGS_PER_S] [--metrics PER_MSG]
+                      MQTT → Mosquitto → ddms → PostgreSQL vs a raw COPY; JSON in target/bench/
   bench modbus [--devices N] [--interval-ms I] [--seconds S] [--dead-fraction F]
                       many simulated Modbus devices polled by a release ddms; JSON in target/bench/
   build               release tarball (binary, ops/, example config, docs) and its .sha256
