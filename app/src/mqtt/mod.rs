@@ -3,12 +3,14 @@
 //! - `connection.rs` turns `mqtt.url`/`mqtt.tls.*` into rumqttc options (rustls);
 //! - `ingester.rs` subscribes in a persistent session and acknowledges each message only after
 //!   its readings are committed;
-//! - `dynsec.rs` keeps per-device accounts on Mosquitto's dynamic-security plugin.
+//! - `dynsec.rs` keeps per-device accounts on Mosquitto's dynamic-security plugin;
+//! - `simulator.rs` is a device that registers itself and publishes (demo, tests, benchmarks).
 
 pub mod connection;
 pub mod dynsec;
 pub mod ingester;
 pub mod payload;
+pub mod simulator;
 
 use async_trait::async_trait;
 use secrecy::SecretString;

@@ -1043,3 +1043,62 @@ async fn ddms_reads_from_mosquitto_over_mutual_tls_with_certificates_made_in_the
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_simulated_device_registers_itself_and_its_telemetry_is_stored() {
+    let broker = Mosquitto::start(Provider::Local, "").await.unwrap();
+    let app = app_on(
+        broker.port(),
+        "ddms-simulated",
+        "[provisioning]\ntoken = \"sim-provisioning-1\"\n",
+    )
+    .await;
+    let base = format!("http://{}", app.addr);
+    let registration =
+        ddms::mqtt::simulator::register(&base, "sim-provisioning-1", "sim-1", Some("demo"))
+            .await
+            .unwrap();
+    assert_eq!(registration.port, broker.port());
+    assert!(
+        ddms::mqtt::simulator::register(&base, "wrong-token", "sim-2", None)
+            .await
+            .is_err(),
+        "a wrong provisioning token is refused"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let device: Uuid = registration.device_id.parse().unwrap();
+    let run = tokio::spawn(ddms::mqtt::simulator::run(
+        registration,
+        vec![ddms::mqtt::simulator::SimulatedMetric {
+            name: "temperature".into(),
+            waveform: ddms::modbus::simulator::Waveform::Constant(21.5),
+        }],
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    loop {
+        let latest = app.store.latest_readings(device).await.unwrap();
+        if latest
+            .iter()
+            .any(|l| l.metric == "temperature" && l.value == 21.5)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no telemetry stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let acknowledged = run.await.unwrap().unwrap();
+    assert!(
+        acknowledged >= 1,
+        "the broker acknowledged the device's messages"
+    );
+    let status = app.status.get(device).await.expect("a status");
+    assert_eq!(status.status, ddms::store::Status::Online);
+    app.stop().await;
+}
