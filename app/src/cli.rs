@@ -160,11 +160,29 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
+    // The demo's MQTT devices register themselves like real ones: they need a provisioning
+    // token, made up for this run when none is configured.
+    let provisioning = if demo && config.mqtt.mode != crate::config::MqttMode::Off {
+        let token = match &config.provisioning.token {
+            Some(token) => secrecy::ExposeSecret::expose_secret(token).to_string(),
+            None => {
+                let token = random_secret(32);
+                config.provisioning.token = Some(secrecy::SecretString::from(token.clone()));
+                token
+            }
+        };
+        Some(token)
+    } else {
+        None
+    };
     let server = Server::build(config).await?;
     let _demo = if demo {
         let store = server.store();
         let demo = crate::demo::start(store.as_ref()).await?;
+        if let Some(token) = provisioning {
+            demo.start_mqtt(store, format!("http://{}", server.local_addr()), token);
+        }
         // To the terminal, not the log: the URL carries a (viewer) token.
         eprintln!(
             "\nddms demo: simulated devices are running. Open the live page at\n\n    http://{}/#token={}\n",

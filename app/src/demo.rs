@@ -21,7 +21,17 @@ pub struct Demo {
     _simulators: Vec<ModbusSimulator>,
     /// A viewer token for the printed URL.
     pub viewer_token: String,
+    stop_mqtt: tokio_util::sync::CancellationToken,
 }
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.stop_mqtt.cancel();
+    }
+}
+
+/// Names of the simulated MQTT devices; they register themselves at every start.
+const MQTT_DEVICES: [&str; 2] = ["demo-greenhouse-1", "demo-greenhouse-2"];
 
 fn register(
     metric: &str,
@@ -153,5 +163,80 @@ pub async fn start(store: &dyn Store) -> anyhow::Result<Demo> {
     Ok(Demo {
         _simulators: simulators,
         viewer_token,
+        stop_mqtt: tokio_util::sync::CancellationToken::new(),
     })
+}
+
+impl Demo {
+    /// Starts the simulated MQTT devices once the service answers at `base_url`: each removes
+    /// its previous registration, registers itself with `provisioning_token` like a real device,
+    /// and publishes telemetry and heartbeats.
+    pub fn start_mqtt(
+        &self,
+        store: std::sync::Arc<dyn Store>,
+        base_url: String,
+        provisioning_token: String,
+    ) {
+        let stop = self.stop_mqtt.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while client
+                .get(format!("{base_url}/health"))
+                .send()
+                .await
+                .is_err()
+            {
+                if std::time::Instant::now() > deadline || stop.is_cancelled() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let existing = store.list_devices().await.unwrap_or_default();
+            for (i, name) in MQTT_DEVICES.iter().enumerate() {
+                if let Some(old) = existing.iter().find(|d| d.name == *name) {
+                    let _ = store.delete_device(old.id).await;
+                }
+                let registration = match crate::mqtt::simulator::register(
+                    &base_url,
+                    &provisioning_token,
+                    name,
+                    Some(DEMO_GROUP),
+                )
+                .await
+                {
+                    Ok(registration) => registration,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "demo MQTT device could not register");
+                        continue;
+                    }
+                };
+                let metrics = vec![
+                    crate::mqtt::simulator::SimulatedMetric {
+                        name: "temperature".into(),
+                        waveform: Waveform::Sine {
+                            mean: 24.0 + i as f64,
+                            amplitude: 3.0,
+                            period: Duration::from_secs(90),
+                        },
+                    },
+                    crate::mqtt::simulator::SimulatedMetric {
+                        name: "humidity".into(),
+                        waveform: Waveform::Sine {
+                            mean: 60.0,
+                            amplitude: 8.0,
+                            period: Duration::from_secs(150),
+                        },
+                    },
+                ];
+                tokio::spawn(crate::mqtt::simulator::run(
+                    registration,
+                    metrics,
+                    Duration::from_secs(2),
+                    Duration::from_secs(10),
+                    stop.clone(),
+                ));
+            }
+        });
+    }
 }
