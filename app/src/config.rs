@@ -93,7 +93,20 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedBrokerConfig {
+    /// Plain MQTT listener (devices on a trusted network, or behind a TLS-terminating proxy).
     pub listen: SocketAddr,
+    /// Optional second listener speaking MQTT over TLS with `tls.cert` and `tls.key`.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls: EmbeddedTlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTlsConfig {
+    /// PEM certificate chain of the broker (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,6 +200,8 @@ mode = "embedded"
 
 [mqtt.embedded]
 listen = "127.0.0.1:1883"
+
+[mqtt.embedded.tls]
 
 [mqtt.tls]
 
@@ -493,7 +508,36 @@ impl Config {
                 Some(_) => {}
             }
         }
+        let embedded = &self.mqtt.embedded;
+        match (embedded.tls_listen, &embedded.tls.cert, &embedded.tls.key) {
+            (Some(_), None, _) => {
+                return invalid(
+                    "mqtt.embedded.tls.cert",
+                    "required when mqtt.embedded.tls_listen is set".into(),
+                )
+            }
+            (Some(_), _, None) => {
+                return invalid(
+                    "mqtt.embedded.tls.key",
+                    "required when mqtt.embedded.tls_listen is set".into(),
+                )
+            }
+            (Some(tls_listen), _, _) if tls_listen == embedded.listen && tls_listen.port() != 0 => {
+                return invalid(
+                    "mqtt.embedded.tls_listen",
+                    format!("{tls_listen} is also mqtt.embedded.listen; use another port"),
+                )
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => return invalid(
+                "mqtt.embedded.tls_listen",
+                "required when mqtt.embedded.tls.cert or .key is set (the TLS listener's address)"
+                    .into(),
+            ),
+            _ => {}
+        }
         for (key, path) in [
+            ("mqtt.embedded.tls.cert", &embedded.tls.cert),
+            ("mqtt.embedded.tls.key", &embedded.tls.key),
             ("mqtt.tls.ca", &self.mqtt.tls.ca),
             ("mqtt.tls.cert", &self.mqtt.tls.cert),
             ("mqtt.tls.key", &self.mqtt.tls.key),
@@ -552,7 +596,11 @@ impl Config {
             },
             "mqtt": {
                 "mode": format!("{:?}", self.mqtt.mode).to_lowercase(),
-                "embedded": { "listen": self.mqtt.embedded.listen.to_string() },
+                "embedded": {
+                    "listen": self.mqtt.embedded.listen.to_string(),
+                    "tls_listen": self.mqtt.embedded.tls_listen.map(|a| a.to_string()),
+                    "tls": { "cert": path(&self.mqtt.embedded.tls.cert), "key": path(&self.mqtt.embedded.tls.key) },
+                },
                 "url": self.mqtt.url,
                 "tls": { "ca": path(&self.mqtt.tls.ca), "cert": path(&self.mqtt.tls.cert), "key": path(&self.mqtt.tls.key) },
                 "username": self.mqtt.username,
@@ -821,6 +869,9 @@ mod tests {
             "slot",
             "database.url",
             "database.url_file",
+            "mqtt.embedded.tls_listen",
+            "mqtt.embedded.tls.cert",
+            "mqtt.embedded.tls.key",
             "mqtt.url",
             "mqtt.tls.ca",
             "mqtt.tls.cert",

@@ -14,11 +14,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, MqttMode};
 use crate::events::EventHub;
 use crate::http::{self, AppState, Metrics};
 use crate::ingest::{self, BatchWriter, IngestConfig, IngestHandle, IngestMetrics};
 use crate::modbus::{ModbusMetrics, PollerContext, Supervisor};
+use crate::mqtt::broker::{BrokerContext, EmbeddedBroker};
 use crate::status::StatusBoard;
 use crate::store::{self, Store};
 
@@ -47,6 +48,7 @@ pub struct Server {
     ingest: IngestHandle,
     writer: BatchWriter,
     modbus_metrics: ModbusMetrics,
+    broker: Option<EmbeddedBroker>,
 }
 
 impl Server {
@@ -97,6 +99,27 @@ impl Server {
             },
         );
         let modbus_metrics = ModbusMetrics::register(metrics.registry());
+        let devices_changed = Arc::new(Notify::new());
+        let credentials_changed = Arc::new(Notify::new());
+        let broker_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let broker = match config.mqtt.mode {
+            MqttMode::Embedded => Some(
+                EmbeddedBroker::bind(
+                    &config.mqtt.embedded,
+                    BrokerContext {
+                        store: store.clone(),
+                        ingest: ingest.clone(),
+                        status: status.clone(),
+                        registry: metrics.registry().clone(),
+                        devices_changed: devices_changed.clone(),
+                        credentials_changed: credentials_changed.clone(),
+                        ready: broker_ready.clone(),
+                    },
+                )
+                .await?,
+            ),
+            MqttMode::External | MqttMode::Off => None,
+        };
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             instance_id: instance_id(config.slot),
@@ -107,9 +130,10 @@ impl Server {
             register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
                 per_minute,
             ))),
-            devices_changed: Arc::new(Notify::new()),
-            credentials_changed: Arc::new(Notify::new()),
+            devices_changed,
+            credentials_changed,
             shutdown: CancellationToken::new(),
+            broker_ready,
             config: Arc::new(config),
         };
         Ok(Server {
@@ -118,6 +142,7 @@ impl Server {
             ingest,
             writer,
             modbus_metrics,
+            broker,
         })
     }
 
@@ -140,6 +165,13 @@ impl Server {
         self.state.status.clone()
     }
 
+    /// The embedded broker's plain and TLS addresses (`mqtt.mode = "embedded"`).
+    pub fn mqtt_addrs(&self) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        self.broker
+            .as_ref()
+            .map(|b| (b.local_addr(), b.tls_local_addr()))
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
     pub async fn run(
         self,
@@ -151,6 +183,7 @@ impl Server {
             ingest,
             writer,
             modbus_metrics,
+            broker,
         } = self;
         let config = state.config.clone();
         let stop_http = state.shutdown.clone();
@@ -178,6 +211,11 @@ impl Server {
             config.modbus.lease_ttl(),
         );
         producers.spawn(modbus.run(stop_producers.clone()));
+        // The broker's stop lets every device go once its in-flight message is answered (the
+        // writer runs until after producers end), and takes its ingest handle away first.
+        if let Some(broker) = broker {
+            producers.spawn(broker.run(stop_producers.clone()));
+        }
         producers.close();
 
         let addr = listener.local_addr()?;

@@ -55,6 +55,8 @@ pub struct AppState {
     pub credentials_changed: Arc<Notify>,
     /// Cancelled when the server shuts down: long-lived responses (SSE) end.
     pub shutdown: CancellationToken,
+    /// Whether the embedded MQTT broker accepts connections (`/ready`, mode `embedded`).
+    pub broker_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -40,9 +40,26 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         json!({ "status": "unknown", "error": "database unreachable" })
     };
-    let ready = database["status"] == "ok" && migrations["status"] == "ok";
+    let config = &state.config.mqtt;
+    let mqtt = (config.mode == crate::config::MqttMode::Embedded).then(|| {
+        let listen = config.embedded.listen.to_string();
+        let tls_listen = config.embedded.tls_listen.map(|a| a.to_string());
+        if state.broker_ready.load(std::sync::atomic::Ordering::SeqCst) {
+            json!({ "status": "ok", "mode": "embedded", "listen": listen, "tls_listen": tls_listen })
+        } else {
+            json!({ "status": "error", "mode": "embedded", "listen": listen, "tls_listen": tls_listen,
+                    "error": "the embedded MQTT broker is not listening" })
+        }
+    });
+    let ready = database["status"] == "ok"
+        && migrations["status"] == "ok"
+        && mqtt.as_ref().is_none_or(|m| m["status"] == "ok");
     if !ready {
-        tracing::warn!(%database, %migrations, "not ready");
+        tracing::warn!(%database, %migrations, mqtt = ?mqtt, "not ready");
+    }
+    let mut components = json!({ "database": database, "migrations": migrations });
+    if let Some(mqtt) = mqtt {
+        components["mqtt"] = mqtt;
     }
     let status = if ready {
         StatusCode::OK
@@ -54,7 +71,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "components": { "database": database, "migrations": migrations },
+            "components": components,
         })),
     )
 }
