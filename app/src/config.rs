@@ -848,6 +848,47 @@ mod tests {
     }
 
     #[test]
+    fn embedded_tls_needs_its_listener_a_certificate_and_a_key() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let cases = [
+            (
+                "[mqtt.embedded]\ntls_listen = \"127.0.0.1:8883\"\n".to_string(),
+                "mqtt.embedded.tls.cert",
+            ),
+            (
+                format!("[mqtt.embedded]\ntls_listen = \"127.0.0.1:8883\"\n[mqtt.embedded.tls]\ncert = {file:?}\n"),
+                "mqtt.embedded.tls.key",
+            ),
+            (
+                format!("[mqtt.embedded.tls]\ncert = {file:?}\nkey = {file:?}\n"),
+                "mqtt.embedded.tls_listen",
+            ),
+            (
+                format!("[mqtt.embedded]\ntls_listen = \"127.0.0.1:8883\"\n[mqtt.embedded.tls]\ncert = \"/nonexistent/broker.crt\"\nkey = {file:?}\n"),
+                "mqtt.embedded.tls.cert",
+            ),
+            (
+                format!("[mqtt.embedded]\ntls_listen = \"127.0.0.1:1883\"\n[mqtt.embedded.tls]\ncert = {file:?}\nkey = {file:?}\n"),
+                "mqtt.embedded.tls_listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = from_toml(&text).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        let config = from_toml(&format!(
+            "[mqtt.embedded]\ntls_listen = \"0.0.0.0:8883\"\n[mqtt.embedded.tls]\ncert = {file:?}\nkey = {file:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.mqtt.embedded.tls_listen,
+            Some("0.0.0.0:8883".parse().unwrap())
+        );
+        let shown = config.redacted_toml();
+        assert!(shown.contains("tls_listen = \"0.0.0.0:8883\""), "{shown}");
+    }
+
+    #[test]
     fn unknown_profile_is_refused() {
         Jail::expect_with(|jail| {
             jail.set_env("DDMS_PROFILE", "prod");

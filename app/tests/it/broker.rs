@@ -20,11 +20,12 @@ use crate::support::services::{Postgres, Provider};
 
 const PROVISIONING_TOKEN: &str = "broker-test-provisioning-token";
 
-/// ddms with the embedded broker on a free port; `embedded` adds keys to `[mqtt.embedded]`.
-async fn spawn_broker_app(db: Db, embedded: &str) -> TestApp {
+/// ddms with the embedded broker on a free port; `embedded` adds keys to `[mqtt.embedded]`,
+/// `extra` other tables.
+async fn spawn_broker_app(db: Db, embedded: &str, extra: &str) -> TestApp {
     let config = format!(
         "[mqtt]\nmode = \"embedded\"\n[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n{embedded}\n\
-         [provisioning]\ntoken = {PROVISIONING_TOKEN:?}\n"
+         [provisioning]\ntoken = {PROVISIONING_TOKEN:?}\n{extra}"
     );
     spawn_app(db, &config).await
 }
@@ -298,7 +299,7 @@ fn telemetry_lines(count: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_registered_device_publishes_telemetry_and_heartbeats_that_are_stored() {
-    let app = spawn_broker_app(Db::Sqlite, "").await;
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
     let viewer = app.token(Role::Viewer).await;
     let port = port(&app);
 
@@ -389,18 +390,36 @@ async fn a_registered_device_publishes_telemetry_and_heartbeats_that_are_stored(
         3.0
     );
 
-    // A graceful stop closes the broker's port.
+    // A graceful stop lets connected devices go and closes the broker's port.
+    let idle =
+        LivePublisher::connect(port, &device, &format!("devices/{}/telemetry", device.id)).await;
+    // Earlier clients' disconnects may still be on their way.
+    let started = Instant::now();
+    while metric(&app, "ddms_mqtt_connections", &[]).await != 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "connections gauge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let addr: SocketAddr = app.mqtt_addr.unwrap();
+    let stopping = Instant::now();
     app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the broker still accepts connections after stop"
     );
+    drop(idle);
 }
 
 #[tokio::test]
 async fn connections_with_wrong_credentials_another_client_id_or_none_are_refused() {
-    let app = spawn_broker_app(Db::Sqlite, "").await;
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
     let admin = app.token(Role::Admin).await;
     let port = port(&app);
     let device = create_device(&app, &admin, "sensor-a").await;
@@ -480,7 +499,7 @@ async fn connections_with_wrong_credentials_another_client_id_or_none_are_refuse
 
 #[tokio::test]
 async fn a_device_cannot_publish_into_another_devices_topics_nor_subscribe() {
-    let app = spawn_broker_app(Db::Sqlite, "").await;
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
     let admin = app.token(Role::Admin).await;
     let viewer = app.token(Role::Viewer).await;
     let port = port(&app);
@@ -553,7 +572,7 @@ async fn a_device_cannot_publish_into_another_devices_topics_nor_subscribe() {
 
 #[tokio::test]
 async fn a_last_will_on_another_devices_topic_refuses_the_connection() {
-    let app = spawn_broker_app(Db::Sqlite, "").await;
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
     let admin = app.token(Role::Admin).await;
     let port = port(&app);
     let mallory = create_device(&app, &admin, "mallory").await;
@@ -603,7 +622,7 @@ async fn a_last_will_on_another_devices_topic_refuses_the_connection() {
 
 #[tokio::test]
 async fn refused_input_is_counted_by_reason_while_a_good_device_is_unaffected() {
-    let app = spawn_broker_app(Db::Sqlite, "").await;
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
     let admin = app.token(Role::Admin).await;
     let viewer = app.token(Role::Viewer).await;
     let port = port(&app);
@@ -715,7 +734,7 @@ async fn refused_input_is_counted_by_reason_while_a_good_device_is_unaffected() 
 
 #[tokio::test]
 async fn after_a_qos1_publish_is_acknowledged_its_reading_is_in_the_store_for_1000_messages() {
-    let app = spawn_broker_app(Db::Sqlite, "").await;
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
     let admin = app.token(Role::Admin).await;
     let viewer = app.token(Role::Viewer).await;
     let port = port(&app);
@@ -755,7 +774,7 @@ async fn the_puback_waits_for_the_database_and_comes_once_the_reading_is_committ
     let server: &'static Postgres = Box::leak(Box::new(
         Postgres::start(Provider::from_env().await).await.unwrap(),
     ));
-    let app = spawn_broker_app(Db::PostgresOn(server), "").await;
+    let app = spawn_broker_app(Db::PostgresOn(server), "", "[http]\nshutdown_timeout = 2\n").await;
     let admin = app.token(Role::Admin).await;
     let viewer = app.token(Role::Viewer).await;
     let port = port(&app);
@@ -785,8 +804,27 @@ async fn the_puback_waits_for_the_database_and_comes_once_the_reading_is_committ
         .map(|p| p["value"].as_f64().unwrap())
         .collect();
     assert_eq!(values, vec![1.0, 2.0]);
-    assert_eq!(live.finish().await, 0);
+
+    // Shutting down while a commit cannot happen: the message is not acknowledged either, and
+    // the stop still ends (the writer gives up after http.shutdown_timeout).
+    server.stop().await.unwrap();
+    live.send(r#"{"metrics": {"t": 3}}"#).await;
+    live.wait_for("sending PUBLISH (d0, q1, r0, m3", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
     app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !live.saw("received PUBACK (Mid: 3"),
+        "acknowledged without a commit: {:?}",
+        live.output.lock().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -819,6 +857,7 @@ async fn devices_connect_over_tls_with_certificates_made_for_the_test() {
             cert_path.display().to_string(),
             key_path.display().to_string()
         ),
+        "",
     )
     .await;
     let admin = app.token(Role::Admin).await;
