@@ -64,9 +64,30 @@ pub fn hash_api_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Whether `secret` is the one whose [`hash_api_token`] is `stored_hash` (MQTT device passwords,
+/// which are stored the same way). The comparison takes the same time wherever the hashes differ.
+pub fn secret_matches_hash(secret: &[u8], stored_hash: &str) -> bool {
+    let computed = hex::encode(Sha256::digest(secret));
+    computed.len() == stored_hash.len()
+        && computed
+            .bytes()
+            .zip(stored_hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_matches_only_its_own_hash() {
+        let hash = hash_api_token("device-password");
+        assert!(secret_matches_hash(b"device-password", &hash));
+        assert!(!secret_matches_hash(b"device-passwore", &hash));
+        assert!(!secret_matches_hash(b"", &hash));
+        assert!(!secret_matches_hash(b"device-password", "short"));
+    }
 
     #[test]
     fn password_hash_is_argon2id_and_verifies() {

@@ -112,7 +112,20 @@ pub struct DynsecConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedBrokerConfig {
+    /// Plain MQTT listener (devices on a trusted network, or behind a TLS-terminating proxy).
     pub listen: SocketAddr,
+    /// Optional second listener speaking MQTT over TLS with `tls.cert` and `tls.key`.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls: EmbeddedTlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTlsConfig {
+    /// PEM certificate chain of the broker (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -211,6 +224,8 @@ enabled = false
 
 [mqtt.embedded]
 listen = "127.0.0.1:1883"
+
+[mqtt.embedded.tls]
 
 [mqtt.tls]
 
@@ -569,7 +584,36 @@ impl Config {
                 "set mqtt.username too: MQTT sends a password only with a username".into(),
             );
         }
+        let embedded = &self.mqtt.embedded;
+        match (embedded.tls_listen, &embedded.tls.cert, &embedded.tls.key) {
+            (Some(_), None, _) => {
+                return invalid(
+                    "mqtt.embedded.tls.cert",
+                    "required when mqtt.embedded.tls_listen is set".into(),
+                )
+            }
+            (Some(_), _, None) => {
+                return invalid(
+                    "mqtt.embedded.tls.key",
+                    "required when mqtt.embedded.tls_listen is set".into(),
+                )
+            }
+            (Some(tls_listen), _, _) if tls_listen == embedded.listen && tls_listen.port() != 0 => {
+                return invalid(
+                    "mqtt.embedded.tls_listen",
+                    format!("{tls_listen} is also mqtt.embedded.listen; use another port"),
+                )
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => return invalid(
+                "mqtt.embedded.tls_listen",
+                "required when mqtt.embedded.tls.cert or .key is set (the TLS listener's address)"
+                    .into(),
+            ),
+            _ => {}
+        }
         for (key, path) in [
+            ("mqtt.embedded.tls.cert", &embedded.tls.cert),
+            ("mqtt.embedded.tls.key", &embedded.tls.key),
             ("mqtt.tls.ca", &self.mqtt.tls.ca),
             ("mqtt.tls.cert", &self.mqtt.tls.cert),
             ("mqtt.tls.key", &self.mqtt.tls.key),
@@ -628,7 +672,11 @@ impl Config {
             },
             "mqtt": {
                 "mode": format!("{:?}", self.mqtt.mode).to_lowercase(),
-                "embedded": { "listen": self.mqtt.embedded.listen.to_string() },
+                "embedded": {
+                    "listen": self.mqtt.embedded.listen.to_string(),
+                    "tls_listen": self.mqtt.embedded.tls_listen.map(|a| a.to_string()),
+                    "tls": { "cert": path(&self.mqtt.embedded.tls.cert), "key": path(&self.mqtt.embedded.tls.key) },
+                },
                 "url": self.mqtt.url,
                 "tls": { "ca": path(&self.mqtt.tls.ca), "cert": path(&self.mqtt.tls.cert), "key": path(&self.mqtt.tls.key) },
                 "username": self.mqtt.username,
@@ -917,6 +965,47 @@ mod tests {
     }
 
     #[test]
+    fn embedded_tls_needs_its_listener_a_certificate_and_a_key() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let cases = [
+            (
+                "[mqtt.embedded]\ntls_listen = \"127.0.0.1:8883\"\n".to_string(),
+                "mqtt.embedded.tls.cert",
+            ),
+            (
+                format!("[mqtt.embedded]\ntls_listen = \"127.0.0.1:8883\"\n[mqtt.embedded.tls]\ncert = {file:?}\n"),
+                "mqtt.embedded.tls.key",
+            ),
+            (
+                format!("[mqtt.embedded.tls]\ncert = {file:?}\nkey = {file:?}\n"),
+                "mqtt.embedded.tls_listen",
+            ),
+            (
+                format!("[mqtt.embedded]\ntls_listen = \"127.0.0.1:8883\"\n[mqtt.embedded.tls]\ncert = \"/nonexistent/broker.crt\"\nkey = {file:?}\n"),
+                "mqtt.embedded.tls.cert",
+            ),
+            (
+                format!("[mqtt.embedded]\ntls_listen = \"127.0.0.1:1883\"\n[mqtt.embedded.tls]\ncert = {file:?}\nkey = {file:?}\n"),
+                "mqtt.embedded.tls_listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = from_toml(&text).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        let config = from_toml(&format!(
+            "[mqtt.embedded]\ntls_listen = \"0.0.0.0:8883\"\n[mqtt.embedded.tls]\ncert = {file:?}\nkey = {file:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.mqtt.embedded.tls_listen,
+            Some("0.0.0.0:8883".parse().unwrap())
+        );
+        let shown = config.redacted_toml();
+        assert!(shown.contains("tls_listen = \"0.0.0.0:8883\""), "{shown}");
+    }
+
+    #[test]
     fn unknown_profile_is_refused() {
         Jail::expect_with(|jail| {
             jail.set_env("DDMS_PROFILE", "prod");
@@ -938,6 +1027,9 @@ mod tests {
             "slot",
             "database.url",
             "database.url_file",
+            "mqtt.embedded.tls_listen",
+            "mqtt.embedded.tls.cert",
+            "mqtt.embedded.tls.key",
             "mqtt.url",
             "mqtt.tls.ca",
             "mqtt.tls.cert",

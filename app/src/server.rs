@@ -19,6 +19,7 @@ use crate::events::EventHub;
 use crate::http::{self, AppState, Metrics};
 use crate::ingest::{self, BatchWriter, IngestConfig, IngestHandle, IngestMetrics};
 use crate::modbus::{ModbusMetrics, PollerContext, Supervisor};
+use crate::mqtt::broker::{BrokerContext, EmbeddedBroker};
 use crate::mqtt::dynsec::Dynsec;
 use crate::mqtt::{BrokerConnection, Ingester, IngesterSettings, Limits};
 use crate::status::StatusBoard;
@@ -55,6 +56,7 @@ pub struct Server {
     modbus_metrics: ModbusMetrics,
     mqtt_ingester: Option<Ingester>,
     dynsec: Option<Arc<Dynsec>>,
+    broker: Option<EmbeddedBroker>,
 }
 
 impl Server {
@@ -154,6 +156,26 @@ impl Server {
                 metrics.registry(),
             ));
         }
+        let credentials_changed = Arc::new(Notify::new());
+        let broker_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let broker = match config.mqtt.mode {
+            MqttMode::Embedded => Some(
+                EmbeddedBroker::bind(
+                    &config.mqtt.embedded,
+                    BrokerContext {
+                        store: store.clone(),
+                        ingest: ingest.clone(),
+                        status: status.clone(),
+                        registry: metrics.registry().clone(),
+                        devices_changed: devices_changed.clone(),
+                        credentials_changed: credentials_changed.clone(),
+                        ready: broker_ready.clone(),
+                    },
+                )
+                .await?,
+            ),
+            MqttMode::External | MqttMode::Off => None,
+        };
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             instance_id: instance_id(config.slot),
@@ -165,12 +187,13 @@ impl Server {
                 per_minute,
             ))),
             devices_changed,
-            credentials_changed: Arc::new(Notify::new()),
+            credentials_changed,
             shutdown: CancellationToken::new(),
             mqtt_connected,
             broker_accounts: dynsec
                 .clone()
                 .map(|d| d as Arc<dyn crate::mqtt::BrokerAccounts>),
+            broker_ready,
             config: Arc::new(config),
         };
         Ok(Server {
@@ -181,6 +204,7 @@ impl Server {
             modbus_metrics,
             mqtt_ingester,
             dynsec,
+            broker,
         })
     }
 
@@ -203,6 +227,13 @@ impl Server {
         self.state.status.clone()
     }
 
+    /// The embedded broker's plain and TLS addresses (`mqtt.mode = "embedded"`).
+    pub fn mqtt_addrs(&self) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        self.broker
+            .as_ref()
+            .map(|b| (b.local_addr(), b.tls_local_addr()))
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
     pub async fn run(
         self,
@@ -216,6 +247,7 @@ impl Server {
             modbus_metrics,
             mqtt_ingester,
             dynsec,
+            broker,
         } = self;
         let config = state.config.clone();
         let stop_http = state.shutdown.clone();
@@ -252,6 +284,11 @@ impl Server {
         producers.spawn(modbus.run(stop_producers.clone()));
         if let Some(ingester) = mqtt_ingester {
             producers.spawn(ingester.run(stop_producers.clone()));
+        }
+        // The broker's stop lets every device go once its in-flight message is answered (the
+        // writer runs until after producers end), and takes its ingest handle away first.
+        if let Some(broker) = broker {
+            producers.spawn(broker.run(stop_producers.clone()));
         }
         producers.close();
 

@@ -247,11 +247,15 @@ async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, A
                 tls,
             )
         }
-        _ => (
-            mqtt.embedded.listen.ip().to_string(),
-            mqtt.embedded.listen.port(),
-            false,
-        ),
+        // The embedded broker's TLS listener, when there is one, is where devices belong.
+        _ => match mqtt.embedded.tls_listen {
+            Some(tls) => (tls.ip().to_string(), tls.port(), true),
+            None => (
+                mqtt.embedded.listen.ip().to_string(),
+                mqtt.embedded.listen.port(),
+                false,
+            ),
+        },
     };
     Ok(
         json!({ "host": host, "port": port, "tls": tls, "username": credentials.username, "password": password }),

@@ -60,6 +60,8 @@ pub struct AppState {
     pub mqtt_connected: Option<tokio::sync::watch::Receiver<bool>>,
     /// Per-device broker accounts (Mosquitto dynsec), when configured.
     pub broker_accounts: Option<Arc<dyn crate::mqtt::BrokerAccounts>>,
+    /// Whether the embedded MQTT broker accepts connections (`/ready`, mode `embedded`).
+    pub broker_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -40,13 +40,26 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         json!({ "status": "unknown", "error": "database unreachable" })
     };
-    let mqtt = state.mqtt_connected.as_ref().map(|connected| {
-        if *connected.borrow() {
-            json!({ "status": "ok", "connected": true })
-        } else {
-            json!({ "status": "error", "connected": false, "error": "not connected and subscribed to the MQTT broker" })
-        }
-    });
+    let config = &state.config.mqtt;
+    let mqtt = match config.mode {
+        crate::config::MqttMode::Embedded => Some({
+            let listen = config.embedded.listen.to_string();
+            let tls_listen = config.embedded.tls_listen.map(|a| a.to_string());
+            if state.broker_ready.load(std::sync::atomic::Ordering::SeqCst) {
+                json!({ "status": "ok", "mode": "embedded", "listen": listen, "tls_listen": tls_listen })
+            } else {
+                json!({ "status": "error", "mode": "embedded", "listen": listen, "tls_listen": tls_listen,
+                        "error": "the embedded MQTT broker is not listening" })
+            }
+        }),
+        _ => state.mqtt_connected.as_ref().map(|connected| {
+            if *connected.borrow() {
+                json!({ "status": "ok", "mode": "external", "connected": true })
+            } else {
+                json!({ "status": "error", "mode": "external", "connected": false, "error": "not connected and subscribed to the MQTT broker" })
+            }
+        }),
+    };
     let ready = database["status"] == "ok"
         && migrations["status"] == "ok"
         && mqtt.as_ref().is_none_or(|m| m["status"] == "ok");

@@ -1,4 +1,8 @@
-//! MQTT ingestion from an external broker (`mqtt.mode = "external"`):
+//! MQTT ingestion, through the embedded broker (`mqtt.mode = "embedded"`, the default) or an
+//! external one (`mqtt.mode = "external"`):
+//! - `broker.rs` is the embedded broker (rmqtt): its hooks authenticate devices, confine each
+//!   to its own topics and acknowledge only after the commit; `inbound.rs` takes one message
+//!   from a device to the database; `directory.rs` caches devices and their credentials;
 //! - `payload.rs` decides what a message means, or exactly why it is refused;
 //! - `connection.rs` turns `mqtt.url`/`mqtt.tls.*` into rumqttc options (rustls);
 //! - `ingester.rs` subscribes in a persistent session and acknowledges each message only after
@@ -6,8 +10,11 @@
 //! - `dynsec.rs` keeps per-device accounts on Mosquitto's dynamic-security plugin;
 //! - `simulator.rs` is a device that registers itself and publishes (demo, tests, benchmarks).
 
+pub mod broker;
 pub mod connection;
+pub mod directory;
 pub mod dynsec;
+pub mod inbound;
 pub mod ingester;
 pub mod payload;
 pub mod simulator;
@@ -16,6 +23,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use uuid::Uuid;
 
+pub use broker::EmbeddedBroker;
 pub use connection::{ingester_client_id, BrokerConnection};
 pub use ingester::{Ingester, IngesterSettings};
 pub use payload::{parse_message, Heartbeat, Limits, Message, Rejection, Telemetry, TopicKind};

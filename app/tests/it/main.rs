@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod broker;
 mod brokers;
 mod cli;
 mod demo;

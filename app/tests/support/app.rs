@@ -82,6 +82,9 @@ pub struct TestApp {
     pub status: ddms::status::StatusBoard,
     /// For a second instance on the same database ([`Db::Url`]).
     pub database_url: String,
+    /// The embedded MQTT broker's plain and TLS addresses, when `mqtt.mode = "embedded"`.
+    pub mqtt_addr: Option<SocketAddr>,
+    pub mqtts_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -111,6 +114,10 @@ pub async fn spawn_app(db: Db, extra_toml: &str) -> TestApp {
     let store = server.store();
     let ingest = server.ingest();
     let status = server.status();
+    let (mqtt_addr, mqtts_addr) = match server.mqtt_addrs() {
+        Some((plain, tls)) => (Some(plain), tls),
+        None => (None, None),
+    };
     let (tx, rx) = oneshot::channel();
     let handle = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -125,6 +132,8 @@ pub async fn spawn_app(db: Db, extra_toml: &str) -> TestApp {
         ingest,
         status,
         database_url,
+        mqtt_addr,
+        mqtts_addr,
         shutdown: Some(tx),
         server: Some(handle),
         _dir: dir,

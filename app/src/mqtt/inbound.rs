@@ -1,0 +1,268 @@
+//! One message from a device, start to end, whatever carried it: parse it, check the device,
+//! submit its readings and wait for the commit, record that the device was seen. The caller
+//! (the embedded broker's publish hook) turns the [`Outcome`] into an acknowledgement: only
+//! [`Outcome::Stored`] may be acknowledged as stored, [`Outcome::Refused`] is acknowledged and
+//! dropped (resending it would not help), [`Outcome::Retry`] must not be acknowledged at all.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::directory::{DeviceDirectory, DeviceState};
+use super::payload::{parse_message, Limits, Message};
+use crate::ingest::{IngestError, IngestHandle, IngestMetrics, Sample};
+use crate::status::StatusBoard;
+
+/// The metrics' protocol label.
+pub const PROTOCOL: &str = "mqtt";
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Telemetry committed to the database, or a heartbeat recorded.
+    Stored,
+    /// Refused for good: acknowledge and drop. Counted in `ddms_readings_rejected_total`.
+    Refused(Refusal),
+    /// Not stored this time (database failure, shutdown): do not acknowledge, so the device
+    /// sends it again.
+    Retry(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The metric's `reason` label.
+    pub reason: &'static str,
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+/// What was wrong, for the MQTT v5 reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Not a topic ddms knows.
+    Topic,
+    /// The payload cannot be read.
+    Payload,
+    /// The device may not send (unknown, disabled, or not the topic's device).
+    Device,
+}
+
+/// The producers' handle, shared by every connection and taken away at shutdown: messages
+/// that arrive after that are not acknowledged (the device sends them again, to the next
+/// instance), and the pipeline can finish once the submissions already made are committed.
+#[derive(Default)]
+pub struct IngestGate(RwLock<Option<IngestHandle>>);
+
+impl IngestGate {
+    pub fn new(handle: IngestHandle) -> Self {
+        IngestGate(RwLock::new(Some(handle)))
+    }
+
+    fn handle(&self) -> Option<IngestHandle> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn close(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+pub struct Inbound {
+    pub directory: DeviceDirectory,
+    pub gate: IngestGate,
+    pub status: StatusBoard,
+    pub metrics: IngestMetrics,
+    pub limits: Limits,
+    pub log: LogThrottle,
+}
+
+impl Inbound {
+    /// Handles one message that `device_id` (authenticated) published on `topic`.
+    pub async fn handle(&self, device_id: Uuid, topic: &str, payload: &[u8]) -> Outcome {
+        let outcome = self.process(device_id, topic, payload).await;
+        match &outcome {
+            Outcome::Stored => {}
+            Outcome::Refused(refusal) => {
+                self.metrics.reject(PROTOCOL, refusal.reason);
+                if self
+                    .log
+                    .first_in_a_while(&format!("{device_id}/{}", refusal.reason))
+                {
+                    tracing::info!(device.id = %device_id, mqtt.topic = %truncate(topic), reason = refusal.reason, error = %refusal.message, "MQTT message refused (more like it from this device are logged at debug for a minute)");
+                } else {
+                    tracing::debug!(device.id = %device_id, mqtt.topic = %truncate(topic), reason = refusal.reason, error = %refusal.message, "MQTT message refused");
+                }
+            }
+            Outcome::Retry(error) => {
+                if self.log.first_in_a_while("retry") {
+                    tracing::warn!(device.id = %device_id, error = %error, "MQTT message not stored; not acknowledged, the device will send it again");
+                } else {
+                    tracing::debug!(device.id = %device_id, error = %error, "MQTT message not stored");
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn process(&self, device_id: Uuid, topic: &str, payload: &[u8]) -> Outcome {
+        let now = Utc::now();
+        let message = match parse_message(topic, payload, now, &self.limits) {
+            Ok(message) => message,
+            Err(rejection) => {
+                let kind = match rejection {
+                    super::Rejection::UnknownTopic(_) => RefusalKind::Topic,
+                    _ => RefusalKind::Payload,
+                };
+                return Outcome::Refused(Refusal {
+                    reason: rejection.reason(),
+                    kind,
+                    message: rejection.to_string(),
+                });
+            }
+        };
+        let topic_device = match &message {
+            Message::Telemetry { device_id, .. } | Message::Heartbeat { device_id, .. } => {
+                device_id.as_str()
+            }
+        };
+        // The broker lets a device publish only under its own id; checked again here so this
+        // function is safe with any caller.
+        if topic_device != device_id.to_string() {
+            return refused(
+                "topic_not_allowed",
+                RefusalKind::Device,
+                format!("device {device_id} may not publish for `{topic_device}`"),
+            );
+        }
+        match self.directory.device(device_id).await {
+            Ok(DeviceState::Active) => {}
+            Ok(DeviceState::Disabled) => {
+                return refused(
+                    "device_disabled",
+                    RefusalKind::Device,
+                    "the device is disabled".into(),
+                )
+            }
+            Ok(DeviceState::Unknown) => {
+                return refused(
+                    "unknown_device",
+                    RefusalKind::Device,
+                    "no such MQTT device (deleted?)".into(),
+                )
+            }
+            Err(e) => return Outcome::Retry(format!("cannot look the device up: {e}")),
+        }
+        match message {
+            Message::Heartbeat { .. } => {
+                self.status.record_success(device_id, now).await;
+                Outcome::Stored
+            }
+            Message::Telemetry { telemetry, .. } => {
+                let samples = telemetry
+                    .metrics
+                    .into_iter()
+                    .map(|(metric, value)| Sample {
+                        device_id,
+                        metric,
+                        unit: None,
+                        ts: telemetry.ts,
+                        value,
+                    })
+                    .collect();
+                let Some(ingest) = self.gate.handle() else {
+                    return Outcome::Retry(IngestError::Closed.to_string());
+                };
+                let (tx, rx) = oneshot::channel();
+                let queued = ingest
+                    .submit_then(
+                        PROTOCOL,
+                        samples,
+                        Box::new(move |result| {
+                            let _ = tx.send(result);
+                        }),
+                    )
+                    .await;
+                // Not held while waiting: the pipeline ends once no producer holds a handle.
+                drop(ingest);
+                if let Err(e) = queued {
+                    return Outcome::Retry(e.to_string());
+                }
+                let (committed, ()) = tokio::join!(rx, self.status.record_success(device_id, now));
+                match committed {
+                    Ok(Ok(())) => Outcome::Stored,
+                    Ok(Err(e)) => Outcome::Retry(e.to_string()),
+                    Err(_) => Outcome::Retry(IngestError::Closed.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn refused(reason: &'static str, kind: RefusalKind, message: String) -> Outcome {
+    Outcome::Refused(Refusal {
+        reason,
+        kind,
+        message,
+    })
+}
+
+fn truncate(topic: &str) -> String {
+    topic.chars().take(200).collect()
+}
+
+/// Lets one line per key through per interval, so a misbehaving device (or a flood of bad
+/// logins) leaves one INFO line a minute instead of one per message.
+pub struct LogThrottle {
+    interval: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for LogThrottle {
+    fn default() -> Self {
+        LogThrottle::new(Duration::from_secs(60))
+    }
+}
+
+impl LogThrottle {
+    pub fn new(interval: Duration) -> Self {
+        LogThrottle {
+            interval,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn first_in_a_while(&self, key: &str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.len() >= 10_000 {
+            let interval = self.interval;
+            last.retain(|_, at| now.duration_since(*at) < interval);
+        }
+        match last.get(key) {
+            Some(at) if now.duration_since(*at) < self.interval => false,
+            _ => {
+                last.insert(key.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_throttle_lets_one_line_per_key_through_per_interval() {
+        let throttle = LogThrottle::new(Duration::from_millis(50));
+        assert!(throttle.first_in_a_while("a"));
+        assert!(!throttle.first_in_a_while("a"));
+        assert!(throttle.first_in_a_while("b"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(throttle.first_in_a_while("a"));
+    }
+}

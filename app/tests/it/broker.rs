@@ -1,0 +1,932 @@
+//! The embedded MQTT broker (`mqtt.mode = "embedded"`), driven by an independent client
+//! (`mosquitto_pub` / `mosquitto_sub`): devices log in with the credentials ddms issued them,
+//! publish only under their own topics, get their QoS 1 PUBACK only once the readings are in
+//! the database, and cannot disturb one another with bad input.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ddms::store::Role;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::services::{Postgres, Provider};
+
+const PROVISIONING_TOKEN: &str = "broker-test-provisioning-token";
+
+/// ddms with the embedded broker on a free port; `embedded` adds keys to `[mqtt.embedded]`,
+/// `extra` other tables.
+async fn spawn_broker_app(db: Db, embedded: &str, extra: &str) -> TestApp {
+    let config = format!(
+        "[mqtt]\nmode = \"embedded\"\n[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n{embedded}\n\
+         [provisioning]\ntoken = {PROVISIONING_TOKEN:?}\n{extra}"
+    );
+    spawn_app(db, &config).await
+}
+
+#[derive(Clone)]
+struct Device {
+    id: String,
+    password: String,
+}
+
+/// A device created by an admin (`POST /api/devices`), with the credentials it got once.
+async fn create_device(app: &TestApp, admin: &str, name: &str) -> Device {
+    let response = app
+        .post_json(
+            "/api/devices",
+            Some(admin),
+            &json!({ "name": name, "protocol": "mqtt" }),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(body["mqtt"]["username"], id.as_str());
+    Device {
+        id,
+        password: body["mqtt"]["password"].as_str().unwrap().to_string(),
+    }
+}
+
+fn port(app: &TestApp) -> u16 {
+    app.mqtt_addr.expect("embedded broker runs").port()
+}
+
+fn client_args(port: u16, device: &Device, topic: &str) -> Vec<String> {
+    [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-u",
+        &device.id,
+        "-P",
+        &device.password,
+        "-i",
+        &device.id,
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+struct Published {
+    code: i32,
+    output: String,
+}
+
+async fn run_pub(args: Vec<String>) -> Published {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new("mosquitto_pub")
+            .args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mosquitto_pub finishes")
+    .expect("mosquitto_pub is installed");
+    Published {
+        code: output.status.code().unwrap_or(-1),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// One QoS 1 message; `extra` adds mosquitto_pub options (`-V mqttv5`, `-d`, a will…).
+async fn publish(
+    port: u16,
+    device: &Device,
+    topic: &str,
+    payload: &str,
+    extra: &[&str],
+) -> Published {
+    let mut args = client_args(port, device, topic);
+    args.extend(["-m".to_string(), payload.to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_pub(args).await
+}
+
+/// Many QoS 1 messages over one connection (`mosquitto_pub -l`, one message per line): exits 0
+/// only once every message is acknowledged.
+async fn publish_lines(port: u16, device: &Device, topic: &str, lines: &[String]) -> Published {
+    let mut child = Command::new("mosquitto_pub")
+        .args(client_args(port, device, topic))
+        .arg("-l")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_pub is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = lines.join("\n") + "\n";
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("mosquitto_pub -l finishes")
+        .unwrap();
+    Published {
+        code: output.status.code().unwrap_or(-1),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// A connected `mosquitto_pub -l -d`: lines written to it are published at once; its debug
+/// output (CONNACK, PUBACK…) is collected.
+struct LivePublisher {
+    child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl LivePublisher {
+    async fn connect(port: u16, device: &Device, topic: &str) -> LivePublisher {
+        // mosquitto_pub writes its debug lines with stdio: line-buffer them, or a pipe holds
+        // them back until exit.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "-eL", "mosquitto_pub"])
+            .args(client_args(port, device, topic))
+            .args(["-l", "-d"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto_pub is installed");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let publisher = LivePublisher {
+            stdin: child.stdin.take(),
+            child,
+            output,
+        };
+        publisher
+            .wait_for("received CONNACK", Duration::from_secs(10))
+            .await;
+        publisher
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    fn saw(&self, needle: &str) -> bool {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    async fn wait_for(&self, needle: &str, within: Duration) {
+        let started = Instant::now();
+        while !self.saw(needle) {
+            assert!(
+                started.elapsed() < within,
+                "no `{needle}` from mosquitto_pub within {within:?}: {:?}",
+                self.output.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes stdin; mosquitto_pub exits once everything sent is acknowledged.
+    async fn finish(mut self) -> i32 {
+        drop(self.stdin.take());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("mosquitto_pub exits")
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+/// The value of one sample of /metrics (0 when absent): `name` with all of `labels`.
+async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|line| {
+            line.starts_with(name)
+                && line[name.len()..].starts_with(['{', ' '])
+                && labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn rejected(app: &TestApp, reason: &str) -> f64 {
+    metric(
+        app,
+        "ddms_readings_rejected_total",
+        &[("protocol", "mqtt"), ("reason", reason)],
+    )
+    .await
+}
+
+/// Raw readings of one metric of a device over the last day.
+async fn readings(app: &TestApp, viewer: &str, device: &Device, name: &str) -> Vec<Value> {
+    let from = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let to = (Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    let response = app
+        .client
+        .get(app.url(&format!("/api/devices/{}/readings", device.id)))
+        .query(&[
+            ("metric", name),
+            ("from", &from),
+            ("to", &to),
+            ("limit", "100000"),
+        ])
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json::<Vec<Value>>().await.unwrap()
+}
+
+/// `count` telemetry lines with distinct timestamps (an hour ago, 1 ms apart) and `seq` = i.
+fn telemetry_lines(count: usize) -> Vec<String> {
+    let base = Utc::now().timestamp_millis() - 3_600_000;
+    (0..count)
+        .map(|i| {
+            format!(
+                r#"{{"ts": {}, "metrics": {{"seq": {i}}}}}"#,
+                base + i as i64
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_registered_device_publishes_telemetry_and_heartbeats_that_are_stored() {
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
+    let viewer = app.token(Role::Viewer).await;
+    let port = port(&app);
+
+    let ready = app.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["components"]["mqtt"]["status"], "ok", "{ready}");
+    assert_eq!(ready["components"]["mqtt"]["mode"], "embedded");
+
+    let response = app
+        .client
+        .post(app.url("/api/devices/register"))
+        .header("X-Provisioning-Token", PROVISIONING_TOKEN)
+        .json(&json!({ "name": "greenhouse-3" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let registered: Value = response.json().await.unwrap();
+    let device = Device {
+        id: registered["device_id"].as_str().unwrap().to_string(),
+        password: registered["mqtt"]["password"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(registered["mqtt"]["username"], device.id.as_str());
+    assert_eq!(registered["mqtt"]["tls"], false);
+
+    let sent = publish(
+        port,
+        &device,
+        &format!("devices/{}/telemetry", device.id),
+        r#"{"metrics": {"temperature": 21.5, "humidity": 40}}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(sent.code, 0, "{}", sent.output);
+    // Acknowledged means committed: no waiting here.
+    let latest: Value = app
+        .get_with_token(&format!("/api/devices/{}/latest", device.id), &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest["temperature"]["value"], 21.5, "{latest}");
+    assert_eq!(latest["humidity"]["value"], 40.0, "{latest}");
+    let id: Uuid = device.id.parse().unwrap();
+    let seen_after_telemetry = app.status.get(id).await.unwrap().last_seen_at.unwrap();
+
+    // A flat object of numbers is telemetry too.
+    let sent = publish(
+        port,
+        &device,
+        &format!("devices/{}/telemetry", device.id),
+        r#"{"pressure": 1013}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(sent.code, 0, "{}", sent.output);
+    assert_eq!(readings(&app, &viewer, &device, "pressure").await.len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let sent = publish(
+        port,
+        &device,
+        &format!("devices/{}/heartbeat", device.id),
+        r#"{"uptime_s": 3600, "rssi": -67}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(sent.code, 0, "{}", sent.output);
+    let status = app.status.get(id).await.unwrap();
+    assert_eq!(status.status, ddms::store::Status::Online);
+    assert!(status.last_seen_at.unwrap() > seen_after_telemetry);
+    let shown: Value = app
+        .get_with_token(&format!("/api/devices/{}", device.id), &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"]["status"], "online", "{shown}");
+
+    assert_eq!(
+        metric(
+            &app,
+            "ddms_readings_ingested_total",
+            &[("protocol", "mqtt")]
+        )
+        .await,
+        3.0
+    );
+
+    // A graceful stop lets connected devices go and closes the broker's port.
+    let idle =
+        LivePublisher::connect(port, &device, &format!("devices/{}/telemetry", device.id)).await;
+    // Earlier clients' disconnects may still be on their way.
+    let started = Instant::now();
+    while metric(&app, "ddms_mqtt_connections", &[]).await != 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "connections gauge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr: SocketAddr = app.mqtt_addr.unwrap();
+    let stopping = Instant::now();
+    app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the broker still accepts connections after stop"
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn connections_with_wrong_credentials_another_client_id_or_none_are_refused() {
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
+    let admin = app.token(Role::Admin).await;
+    let port = port(&app);
+    let device = create_device(&app, &admin, "sensor-a").await;
+    let topic = format!("devices/{}/telemetry", device.id);
+    let wrong = Device {
+        password: "not-the-password".into(),
+        ..device.clone()
+    };
+
+    // mosquitto_pub exits with the CONNACK return code.
+    let refused = publish(port, &wrong, &topic, r#"{"t": 1}"#, &[]).await;
+    assert_eq!(
+        refused.code, 4,
+        "v3.1.1 bad username or password: {}",
+        refused.output
+    );
+    let refused = publish(port, &wrong, &topic, r#"{"t": 1}"#, &["-V", "mqttv5"]).await;
+    assert_eq!(
+        refused.code, 134,
+        "v5 bad username or password: {}",
+        refused.output
+    );
+    let unknown = Device {
+        id: Uuid::new_v4().to_string(),
+        password: device.password.clone(),
+    };
+    let refused = publish(port, &unknown, &topic, r#"{"t": 1}"#, &[]).await;
+    assert_eq!(refused.code, 4, "unknown username: {}", refused.output);
+
+    // The right password with another client id: it could take over that client's session.
+    let mut args = client_args(port, &device, &topic);
+    let id_at = args.iter().position(|a| a == "-i").unwrap();
+    args[id_at + 1] = "someone-else".into();
+    args.extend(["-m".into(), r#"{"t": 1}"#.into()]);
+    let refused = run_pub(args).await;
+    assert_eq!(refused.code, 5, "client id ≠ username: {}", refused.output);
+
+    let anonymous = run_pub(vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-q".into(),
+        "1".into(),
+        "-t".into(),
+        topic.clone(),
+        "-m".into(),
+        r#"{"t": 1}"#.into(),
+    ])
+    .await;
+    assert_eq!(anonymous.code, 5, "anonymous: {}", anonymous.output);
+
+    let refused_by = |reason: &'static str| {
+        let app = &app;
+        async move {
+            metric(
+                app,
+                "ddms_mqtt_connects_refused_total",
+                &[("reason", reason)],
+            )
+            .await
+        }
+    };
+    assert_eq!(refused_by("bad_credentials").await, 3.0);
+    assert_eq!(refused_by("client_id_mismatch").await, 1.0);
+    assert_eq!(refused_by("anonymous").await, 1.0);
+
+    // None of it stored anything; the right credentials still work.
+    let sent = publish(port, &device, &topic, r#"{"t": 7}"#, &[]).await;
+    assert_eq!(sent.code, 0, "{}", sent.output);
+    let viewer = app.token(Role::Viewer).await;
+    let stored = readings(&app, &viewer, &device, "t").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["value"], 7.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_cannot_publish_into_another_devices_topics_nor_subscribe() {
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let port = port(&app);
+    let mallory = create_device(&app, &admin, "mallory").await;
+    let victim = create_device(&app, &admin, "victim").await;
+    let victims_topic = format!("devices/{}/telemetry", victim.id);
+
+    // MQTT 3.1.1 has no negative PUBACK: the message is acknowledged and dropped.
+    let spoof = publish(port, &mallory, &victims_topic, r#"{"t": 666}"#, &["-d"]).await;
+    assert_eq!(spoof.code, 0, "{}", spoof.output);
+    assert!(spoof.output.contains("received PUBACK"), "{}", spoof.output);
+    // MQTT 5 says so: PUBACK 135 Not authorized.
+    let spoof = publish(
+        port,
+        &mallory,
+        &format!("devices/{}/heartbeat", victim.id),
+        "{}",
+        &["-d", "-V", "mqttv5"],
+    )
+    .await;
+    assert!(spoof.output.contains("RC:135"), "{}", spoof.output);
+    // Outside devices/ altogether, retained or not.
+    let spoof = publish(port, &mallory, "alerts/all", r#"{"t": 1}"#, &["-r"]).await;
+    assert_eq!(spoof.code, 0, "{}", spoof.output);
+
+    assert!(readings(&app, &viewer, &victim, "t").await.is_empty());
+    assert_eq!(rejected(&app, "topic_not_allowed").await, 3.0);
+
+    // Devices may not subscribe (SUBACK 0x80 = failure).
+    let subscribed = tokio::time::timeout(
+        Duration::from_secs(10),
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-u",
+                &mallory.id,
+                "-P",
+                &mallory.password,
+                "-i",
+                &mallory.id,
+                "-t",
+                "devices/#",
+                "-d",
+                "-W",
+                "2",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let output = String::from_utf8_lossy(&subscribed.stdout).to_string()
+        + &String::from_utf8_lossy(&subscribed.stderr);
+    assert!(output.contains("Subscribed (mid: 1): 128"), "{output}");
+    assert_eq!(
+        metric(&app, "ddms_mqtt_subscriptions_refused_total", &[]).await,
+        1.0
+    );
+
+    // The victim itself is unaffected.
+    let sent = publish(port, &victim, &victims_topic, r#"{"t": 1}"#, &[]).await;
+    assert_eq!(sent.code, 0, "{}", sent.output);
+    assert_eq!(readings(&app, &viewer, &victim, "t").await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_last_will_on_another_devices_topic_refuses_the_connection() {
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
+    let admin = app.token(Role::Admin).await;
+    let port = port(&app);
+    let mallory = create_device(&app, &admin, "mallory").await;
+    let victim = create_device(&app, &admin, "victim").await;
+    let own = format!("devices/{}/telemetry", mallory.id);
+
+    let refused = publish(
+        port,
+        &mallory,
+        &own,
+        r#"{"t": 1}"#,
+        &[
+            "--will-topic",
+            &format!("devices/{}/heartbeat", victim.id),
+            "--will-payload",
+            "{}",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 5, "{}", refused.output);
+    assert_eq!(
+        metric(
+            &app,
+            "ddms_mqtt_connects_refused_total",
+            &[("reason", "will_topic_not_allowed")]
+        )
+        .await,
+        1.0
+    );
+    // A will on its own topics is fine.
+    let accepted = publish(
+        port,
+        &mallory,
+        &own,
+        r#"{"t": 1}"#,
+        &[
+            "--will-topic",
+            &format!("devices/{}/heartbeat", mallory.id),
+            "--will-payload",
+            "{}",
+        ],
+    )
+    .await;
+    assert_eq!(accepted.code, 0, "{}", accepted.output);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refused_input_is_counted_by_reason_while_a_good_device_is_unaffected() {
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let port = port(&app);
+    let good = create_device(&app, &admin, "good").await;
+    let bad = create_device(&app, &admin, "bad").await;
+    let bad_topic = format!("devices/{}/telemetry", bad.id);
+
+    let lines = telemetry_lines(200);
+    let good_run = tokio::spawn({
+        let good = good.clone();
+        async move {
+            publish_lines(
+                port,
+                &good,
+                &format!("devices/{}/telemetry", good.id),
+                &lines,
+            )
+            .await
+        }
+    });
+
+    let oversized = format!(r#"{{"t": 1, "pad": "{}"}}"#, "x".repeat(70 * 1024));
+    let cases: Vec<(String, String, &str, &str)> = vec![
+        (
+            bad_topic.clone(),
+            "{not json".into(),
+            "malformed_json",
+            "RC:153",
+        ),
+        (bad_topic.clone(), oversized, "oversized", "RC:153"),
+        (
+            bad_topic.clone(),
+            r#"{"t": "hot"}"#.into(),
+            "non_numeric",
+            "RC:153",
+        ),
+        (
+            bad_topic.clone(),
+            r#"{"ts": "2999-01-01T00:00:00Z", "t": 1}"#.into(),
+            "future_timestamp",
+            "RC:153",
+        ),
+        (
+            format!("devices/{}/status", bad.id),
+            r#"{"t": 1}"#.into(),
+            "unknown_topic",
+            "RC:144",
+        ),
+    ];
+    for (topic, payload, reason, v5_code) in &cases {
+        // MQTT 3.1.1: acknowledged (so not resent forever) and dropped.
+        let sent = publish(port, &bad, topic, payload, &[]).await;
+        assert_eq!(sent.code, 0, "{reason}: {}", sent.output);
+        // MQTT 5: the PUBACK's reason code says why.
+        let sent = publish(port, &bad, topic, payload, &["-V", "mqttv5", "-d"]).await;
+        assert!(sent.output.contains(v5_code), "{reason}: {}", sent.output);
+        assert_eq!(rejected(&app, reason).await, 2.0, "{reason}");
+    }
+
+    // A disabled device may stay connected; what it sends is refused.
+    let mut live_bad = LivePublisher::connect(port, &bad, &bad_topic).await;
+    let disable = app
+        .put_json(
+            &format!("/api/devices/{}", bad.id),
+            &admin,
+            &json!({ "name": "bad", "protocol": "mqtt", "enabled": false }),
+        )
+        .await;
+    assert_eq!(disable.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    live_bad.send(r#"{"t": 5}"#).await;
+    live_bad
+        .wait_for("received PUBACK (Mid: 1", Duration::from_secs(10))
+        .await;
+    assert_eq!(rejected(&app, "device_disabled").await, 1.0);
+
+    // A device deleted while connected: what it still sends is refused, and it cannot log in again.
+    assert_eq!(
+        app.delete(&format!("/api/devices/{}", bad.id), &admin)
+            .await
+            .status(),
+        204
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    live_bad.send(r#"{"t": 6}"#).await;
+    live_bad
+        .wait_for("received PUBACK (Mid: 2", Duration::from_secs(10))
+        .await;
+    assert_eq!(live_bad.finish().await, 0);
+    assert_eq!(rejected(&app, "unknown_device").await, 1.0);
+    let again = publish(port, &bad, &bad_topic, r#"{"t": 1}"#, &[]).await;
+    assert_eq!(again.code, 4, "{}", again.output);
+
+    let good_done = good_run.await.unwrap();
+    assert_eq!(good_done.code, 0, "{}", good_done.output);
+    let stored = readings(&app, &viewer, &good, "seq").await;
+    assert_eq!(stored.len(), 200, "every good reading is stored");
+    assert_eq!(
+        metric(
+            &app,
+            "ddms_readings_ingested_total",
+            &[("protocol", "mqtt")]
+        )
+        .await,
+        200.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_qos1_publish_is_acknowledged_its_reading_is_in_the_store_for_1000_messages() {
+    let app = spawn_broker_app(Db::Sqlite, "", "").await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let port = port(&app);
+    let mut devices = Vec::new();
+    for i in 0..10 {
+        devices.push(create_device(&app, &admin, &format!("fleet-{i}")).await);
+    }
+    let started = Instant::now();
+    let runs = devices.iter().map(|device| {
+        let app = &app;
+        let viewer = &viewer;
+        async move {
+            let sent = publish_lines(
+                port,
+                device,
+                &format!("devices/{}/telemetry", device.id),
+                &telemetry_lines(100),
+            )
+            .await;
+            assert_eq!(sent.code, 0, "{}", sent.output);
+            // mosquitto_pub exits once every PUBACK arrived: all 100 must be stored by now.
+            let stored = readings(app, viewer, device, "seq").await;
+            assert_eq!(stored.len(), 100, "device {}", device.id);
+        }
+    });
+    futures::future::join_all(runs).await;
+    eprintln!(
+        "1000 QoS 1 messages from 10 devices stored in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_puback_waits_for_the_database_and_comes_once_the_reading_is_committed() {
+    // Its own PostgreSQL server: this test stops it.
+    let server: &'static Postgres = Box::leak(Box::new(
+        Postgres::start(Provider::from_env().await).await.unwrap(),
+    ));
+    let app = spawn_broker_app(Db::PostgresOn(server), "", "[http]\nshutdown_timeout = 2\n").await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let port = port(&app);
+    let device = create_device(&app, &admin, "patient").await;
+    let topic = format!("devices/{}/telemetry", device.id);
+
+    let mut live = LivePublisher::connect(port, &device, &topic).await;
+    live.send(r#"{"metrics": {"t": 1}}"#).await;
+    live.wait_for("received PUBACK (Mid: 1", Duration::from_secs(10))
+        .await;
+
+    server.stop().await.unwrap();
+    live.send(r#"{"metrics": {"t": 2}}"#).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !live.saw("received PUBACK (Mid: 2"),
+        "acknowledged while the database was down: {:?}",
+        live.output.lock().unwrap()
+    );
+
+    server.restart().await.unwrap();
+    live.wait_for("received PUBACK (Mid: 2", Duration::from_secs(30))
+        .await;
+    let stored = readings(&app, &viewer, &device, "t").await;
+    let values: Vec<f64> = stored
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, vec![1.0, 2.0]);
+
+    // Shutting down while a commit cannot happen: the message is not acknowledged either, and
+    // the stop still ends (the writer gives up after http.shutdown_timeout).
+    server.stop().await.unwrap();
+    live.send(r#"{"metrics": {"t": 3}}"#).await;
+    live.wait_for("sending PUBLISH (d0, q1, r0, m3", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !live.saw("received PUBACK (Mid: 3"),
+        "acknowledged without a commit: {:?}",
+        live.output.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn devices_connect_over_tls_with_certificates_made_for_the_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ddms test CA");
+    let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let mut server_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server_params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    let cert_path = dir.path().join("broker.crt");
+    let key_path = dir.path().join("broker.key");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, server_cert.pem()).unwrap();
+    std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
+
+    let app = spawn_broker_app(
+        Db::Sqlite,
+        &format!(
+            "tls_listen = \"127.0.0.1:0\"\n[mqtt.embedded.tls]\ncert = {:?}\nkey = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        "",
+    )
+    .await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let tls_port = app.mqtts_addr.expect("TLS listener").port();
+    let response = app
+        .post_json(
+            "/api/devices",
+            Some(&admin),
+            &json!({ "name": "secure", "protocol": "mqtt" }),
+        )
+        .await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["mqtt"]["tls"], true,
+        "credentials point at the TLS listener"
+    );
+    let device = Device {
+        id: body["id"].as_str().unwrap().to_string(),
+        password: body["mqtt"]["password"].as_str().unwrap().to_string(),
+    };
+    let topic = format!("devices/{}/telemetry", device.id);
+    let cafile = ca_path.display().to_string();
+
+    let sent = publish(
+        tls_port,
+        &device,
+        &topic,
+        r#"{"t": 1}"#,
+        &["--cafile", &cafile],
+    )
+    .await;
+    assert_eq!(sent.code, 0, "{}", sent.output);
+    assert_eq!(readings(&app, &viewer, &device, "t").await.len(), 1);
+    // The ACL holds over TLS too.
+    let other = create_device(&app, &admin, "other").await;
+    let spoof = publish(
+        tls_port,
+        &device,
+        &format!("devices/{}/telemetry", other.id),
+        r#"{"t": 2}"#,
+        &["--cafile", &cafile],
+    )
+    .await;
+    assert_eq!(spoof.code, 0, "{}", spoof.output);
+    assert!(readings(&app, &viewer, &other, "t").await.is_empty());
+    // Plain MQTT on the TLS port gets nowhere.
+    let plain = publish(tls_port, &device, &topic, r#"{"t": 3}"#, &["-k", "5"]).await;
+    assert_ne!(plain.code, 0, "{}", plain.output);
+    assert_eq!(readings(&app, &viewer, &device, "t").await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_port_in_use_is_a_start_up_error_that_names_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ddms::config::from_toml(&format!(
+        "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nmode = \"embedded\"\n\
+         [mqtt.embedded]\nlisten = \"{addr}\"\n",
+        dir.path().display().to_string()
+    ))
+    .unwrap();
+    let error = match ddms::server::Server::build(config).await {
+        Ok(_) => panic!("built while {addr} is taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("mqtt.embedded.listen"), "{error}");
+    assert!(error.contains(&addr.to_string()), "{error}");
+}
