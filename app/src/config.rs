@@ -33,7 +33,7 @@ pub struct Config {
     pub profile: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     Blue,
@@ -269,7 +269,12 @@ impl Loader {
                     .split("__")
                     .filter(|key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        key != "profile" && key != "config" && !key.starts_with("test_")
+                        // DDMS_RELEASE_* configure `ddms release`, which passes its
+                        // environment on to the `ddms migrate` and `ddms serve` it starts.
+                        key != "profile"
+                            && key != "config"
+                            && !key.starts_with("test_")
+                            && !key.starts_with("release_")
                     })
                     .global(),
             );
