@@ -25,7 +25,9 @@ use super::lock::DeployLock;
 use super::nginx::render_upstream;
 use super::probe::{excerpt, Probe};
 use super::service::ServiceManager;
-use super::state::{DeployRecord, HostState, Outcome, ReleaseMeta, Step, StepRecord, StepResult};
+use super::state::{
+    active_slot, DeployRecord, HostState, Outcome, ReleaseMeta, Step, StepRecord, StepResult,
+};
 use super::{other, write_atomic, Host, Layout, ReleaseError, ServiceManagerKind};
 use crate::config::Slot;
 
@@ -35,6 +37,10 @@ const WATCH_PROBE_EVERY: Duration = Duration::from_millis(500);
 const WATCH_METRICS_EVERY: Duration = Duration::from_secs(2);
 /// How long nginx may take after the reload to answer from the new slot.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The new slot must answer every check through nginx for this long, and this many times,
+/// before the switch counts as done (old workers stop accepting within milliseconds).
+const ROUTE_SETTLE: Duration = Duration::from_millis(500);
+const ROUTE_SETTLE_ANSWERS: u32 = 5;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a deploy must stop early.
@@ -268,6 +274,8 @@ struct Progress {
     switched: bool,
     /// The watch passed: the release stays, whatever fails after.
     watched: bool,
+    /// The upstream include before the switch.
+    previous_upstream: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -297,7 +305,7 @@ impl Ctx<'_> {
             Ok(resolved) => resolved,
             Err(e) => return (Outcome::Aborted, Some(e)),
         };
-        let active = state.active_slot;
+        let active = active_slot(self.host, &state);
         let idle = active.map(other).unwrap_or(Slot::Blue);
         let from_release = active.and_then(|slot| self.layout.slot_release(slot));
         record.release = Some(meta.name.clone());
@@ -324,6 +332,12 @@ impl Ctx<'_> {
             {
                 rec.detail(format!("{} is already live in slot {active}", meta.name));
                 record.to_slot = Some(active);
+                // Converge: a leftover of an interrupted deploy in the idle slot goes.
+                if self.manager.is_active(idle).await.unwrap_or(false) {
+                    if let Err(e) = rec.run(Step::StopIdle, self.manager.stop(idle)).await {
+                        return (Outcome::Failed, Some(e));
+                    }
+                }
                 return (Outcome::Unchanged, None);
             }
         }
@@ -332,6 +346,7 @@ impl Ctx<'_> {
             started: false,
             switched: false,
             watched: false,
+            previous_upstream: None,
         };
         let result = self
             .advance(rec, &mut state, &meta, active, idle, &mut progress, plan)
@@ -410,6 +425,7 @@ impl Ctx<'_> {
         let upstream = render_upstream(idle, self.host.port(idle), &meta.name);
         // Not interruptible: once nginx is asked to reload, the way back must know.
         rec.run_final(Step::Switch, async {
+            progress.previous_upstream = self.host.nginx.current()?;
             self.host.nginx.apply(&upstream).await?;
             progress.switched = true;
             state.active_slot = Some(idle);
@@ -417,10 +433,11 @@ impl Ctx<'_> {
         })
         .await?;
 
-        let routed = rec.run(Step::Route, self.wait_routed(idle)).await?;
+        let (first, settled) = rec.run(Step::Route, self.wait_routed(idle)).await?;
         rec.detail(format!(
-            "nginx answered from slot {idle} {} ms after the reload",
-            routed.as_millis()
+            "nginx answered from slot {idle} {} ms after the reload, only from it after {} ms",
+            first.as_millis(),
+            settled.as_millis()
         ));
 
         let watched = rec.run(Step::Watch, self.watch(idle)).await?;
@@ -465,9 +482,15 @@ impl Ctx<'_> {
                                 .nginx
                                 .apply(&render_upstream(old, self.host.port(old), release))
                                 .await?;
+                            self.wait_routed(old).await?;
                         }
-                        // First deploy: there is no previous slot to send traffic to.
-                        _ => {}
+                        // First deploy: no previous release to send traffic to; put the
+                        // include back as it was.
+                        _ => {
+                            if let Some(previous) = &progress.previous_upstream {
+                                self.host.nginx.apply(previous).await?;
+                            }
+                        }
                     }
                     state.active_slot = active;
                     state.save(&self.layout)
@@ -646,29 +669,47 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// After the reload: new connections through nginx reach the new slot.
-    async fn wait_routed(&self, slot: Slot) -> Result<Duration, ReleaseError> {
+    /// After the reload: new connections through nginx reach the new slot, consistently.
+    /// `nginx -s reload` returns before the new workers run, and the old workers accept
+    /// connections until they get to their shutdown; one answer from the new slot is not yet
+    /// the end of the switch. Returns (first answer, settled) after the reload.
+    async fn wait_routed(&self, slot: Slot) -> Result<(Duration, Duration), ReleaseError> {
         let started = Instant::now();
         let base = self.host.public_url.as_str().trim_end_matches('/');
         let want = slot.to_string();
+        let mut first: Option<Duration> = None;
+        let mut streak: Option<Instant> = None;
+        let mut answers = 0u32;
         loop {
             let last = match self.probe.version(base).await {
                 Ok(info) if info.slot.as_deref() == Some(want.as_str()) => {
-                    return Ok(started.elapsed())
+                    first.get_or_insert(started.elapsed());
+                    let since = *streak.get_or_insert_with(Instant::now);
+                    answers += 1;
+                    if answers >= ROUTE_SETTLE_ANSWERS && since.elapsed() >= ROUTE_SETTLE {
+                        return Ok((first.unwrap_or_default(), started.elapsed()));
+                    }
+                    String::new()
                 }
-                Ok(info) => format!(
-                    "nginx still answers from slot {}",
-                    info.slot.as_deref().unwrap_or("none")
-                ),
-                Err(e) => e,
+                Ok(info) => {
+                    (streak, answers) = (None, 0);
+                    format!(
+                        "nginx still answers from slot {}",
+                        info.slot.as_deref().unwrap_or("none")
+                    )
+                }
+                Err(e) => {
+                    (streak, answers) = (None, 0);
+                    e
+                }
             };
             if started.elapsed() >= ROUTE_TIMEOUT {
                 return Err(ReleaseError::Unhealthy(format!(
-                    "nginx did not route to slot {slot} within {} s: {last}",
+                    "nginx did not route to slot {slot} consistently within {} s: {last}",
                     ROUTE_TIMEOUT.as_secs()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

@@ -289,9 +289,12 @@ pub struct SlotStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// Where traffic goes: the nginx include's slot, else the state file's.
     pub active_slot: Option<Slot>,
-    /// The slot the nginx upstream include points at (should equal `active_slot`).
+    /// The slot the nginx upstream include points at.
     pub upstream_slot: Option<Slot>,
+    /// The slot the state file names (equals `upstream_slot` unless a deploy died mid-switch).
+    pub recorded_active_slot: Option<Slot>,
     pub slots: BTreeMap<Slot, SlotStatus>,
     pub last_known_good: Option<String>,
     pub previous_known_good: Option<String>,
@@ -301,6 +304,25 @@ pub struct Status {
     pub service_manager: String,
 }
 
+/// The slot traffic goes to: the one the nginx include points at (the truth, should a deploy
+/// have died between the reload and saving the state), else the one the state file names.
+pub fn active_slot(host: &Host, state: &HostState) -> Option<Slot> {
+    let upstream = upstream_slot(host);
+    match (upstream, state.active_slot) {
+        (Some(upstream), Some(recorded)) if upstream != recorded => {
+            tracing::warn!(upstream = %upstream, recorded = %recorded, "the nginx upstream and the state file disagree on the active slot; following nginx");
+            Some(upstream)
+        }
+        (Some(upstream), _) => Some(upstream),
+        (None, recorded) => recorded,
+    }
+}
+
+fn upstream_slot(host: &Host) -> Option<Slot> {
+    let port = host.nginx.current_port()?;
+    SLOTS.into_iter().find(|slot| host.port(*slot) == port)
+}
+
 /// `ddms release status`: reads state, links, the lock and the deploy log, and asks each slot's
 /// `/ready`.
 pub async fn status(host: &Host) -> Result<Status, ReleaseError> {
@@ -308,6 +330,7 @@ pub async fn status(host: &Host) -> Result<Status, ReleaseError> {
     let state = HostState::load(&layout)?;
     let manager = host.manager();
     let probe = Probe::new(Duration::from_secs(2));
+    let active = active_slot(host, &state);
     let mut slots = BTreeMap::new();
     for slot in SLOTS {
         let running = manager.is_active(slot).await.unwrap_or(false);
@@ -321,20 +344,17 @@ pub async fn status(host: &Host) -> Result<Status, ReleaseError> {
             SlotStatus {
                 release: layout.slot_release(slot),
                 port: host.port(slot),
-                active: state.active_slot == Some(slot),
+                active: active == Some(slot),
                 running,
                 ready,
                 health,
             },
         );
     }
-    let upstream_slot = host
-        .nginx
-        .current_port()
-        .and_then(|port| SLOTS.into_iter().find(|slot| host.port(*slot) == port));
     Ok(Status {
-        active_slot: state.active_slot,
-        upstream_slot,
+        active_slot: active,
+        upstream_slot: upstream_slot(host),
+        recorded_active_slot: state.active_slot,
         slots,
         last_known_good: state.last_known_good,
         previous_known_good: state.previous_known_good,

@@ -8,4 +8,5 @@ mod brokers;
 mod cli;
 mod devices;
 mod readiness;
+mod release;
 mod storage;
