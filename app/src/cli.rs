@@ -52,7 +52,7 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Host-side blue-green release management (does not read ddms.toml itself).
-    Release(ReleaseArgs),
+    Release(Box<ReleaseArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -321,7 +321,7 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             command: Command::Release(args),
             ..
-        } => return run_release(config, args),
+        } => return run_release(config, *args),
         cli => cli,
     };
     let loader = Loader {

@@ -688,6 +688,19 @@ mod tests {
     }
 
     #[test]
+    fn release_tooling_variables_are_not_configuration_keys() {
+        Jail::expect_with(|jail| {
+            // `ddms release` passes its environment to the `ddms migrate` and `ddms serve` it runs.
+            jail.set_env("DDMS_RELEASE_ROOT", "/srv/staging");
+            jail.set_env("DDMS_RELEASE_WATCH", "10");
+            load().expect("DDMS_RELEASE_* are not unknown keys");
+            jail.set_env("DDMS_RELEASED", "x");
+            assert!(load().is_err(), "only the DDMS_RELEASE_ prefix is reserved");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         Jail::expect_with(|jail| {
             jail.create_file("ddms.toml", "[default.http]\nlisten_addr = \"x\"\n")?;

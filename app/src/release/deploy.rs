@@ -139,8 +139,10 @@ impl Recorder {
             StepResult::Ok
         };
         match &error {
-            Some(e) => tracing::warn!(step = ?name, duration_ms, error = %e, "release step failed"),
-            None => tracing::info!(step = ?name, duration_ms, "release step done"),
+            Some(e) => {
+                tracing::warn!(step = %name, duration_ms, error = %e, "{name} failed")
+            }
+            None => tracing::info!(step = %name, duration_ms, "{name} done"),
         }
         self.steps.push(StepRecord {
             name,
@@ -153,8 +155,8 @@ impl Recorder {
     /// Adds a detail to the last step (what it found, how long nginx took, …).
     fn detail(&mut self, text: impl Into<String>) {
         let text = text.into();
-        tracing::info!(detail = %text, "release step detail");
         if let Some(last) = self.steps.last_mut() {
+            tracing::info!(step = %last.name, "{}: {text}", last.name);
             last.detail = Some(match last.detail.take() {
                 Some(existing) => format!("{existing}; {text}"),
                 None => text,
@@ -314,17 +316,6 @@ impl Ctx<'_> {
         record.from_slot = active;
         record.from_release = from_release.clone();
         record.to_slot = Some(idle);
-        rec.detail(format!(
-            "{} ({}) → slot {idle}; active: {}",
-            meta.name,
-            meta.version_output,
-            match (&active, &from_release) {
-                (Some(slot), Some(release)) => format!("{slot} running {release}"),
-                (Some(slot), None) => format!("{slot}"),
-                _ => "none (first deploy)".to_string(),
-            }
-        ));
-
         if let Some(active) = active {
             if from_release.as_deref() == Some(meta.name.as_str())
                 && self.manager.is_active(active).await.unwrap_or(false)
@@ -341,6 +332,17 @@ impl Ctx<'_> {
                 return (Outcome::Unchanged, None);
             }
         }
+
+        rec.detail(format!(
+            "{} ({}) → slot {idle}; active: {}",
+            meta.name,
+            meta.version_output,
+            match (&active, &from_release) {
+                (Some(slot), Some(release)) => format!("{slot} running {release}"),
+                (Some(slot), None) => format!("{slot}"),
+                _ => "none (first deploy)".to_string(),
+            }
+        ));
 
         let mut progress = Progress {
             started: false,

@@ -136,6 +136,30 @@ async fn install_refuses_a_tampered_or_truncated_artifact_and_leaves_nothing_beh
     assert_eq!(files_under(&releases), ["v1"]);
 }
 
+/// Reads an SSE stream to its end: (what came, how it ended, when).
+async fn read_event_stream(url: String, token: String) -> (String, Result<(), String>, Instant) {
+    let client = crate::support::release::insecure_client_without_timeout();
+    let mut response = match client.get(&url).bearer_auth(&token).send().await {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => {
+            return (
+                String::new(),
+                Err(response.status().to_string()),
+                Instant::now(),
+            )
+        }
+        Err(e) => return (String::new(), Err(format!("{e:?}")), Instant::now()),
+    };
+    let mut text = String::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) => return (text, Ok(()), Instant::now()),
+            Err(e) => return (text, Err(format!("{e:?}")), Instant::now()),
+        }
+    }
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -173,11 +197,31 @@ async fn activating_a_release_while_clients_read_through_nginx_drops_no_request_
     let token = host.viewer_token().await;
     let fresh = Load::start(&host, &token, false);
     let kept_alive = Load::start(&host, &token, true);
+    let stream = tokio::spawn(read_event_stream(
+        host.public_url("/api/stream"),
+        token.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
     let run = host.deploy(v2).await;
     let elapsed = started.elapsed();
+    // The live stream opened before the switch stayed on the old slot through the reload and
+    // ended cleanly when that slot stopped, having told the client to come back within 1 s.
+    let (text, end, ended) = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the event stream ends once the old slot stops")
+        .unwrap();
+    assert!(end.is_ok(), "the stream broke instead of ending: {end:?}");
+    assert!(
+        text.starts_with("retry: 1000") || text.contains("\nretry: 1000"),
+        "{text:?}"
+    );
+    let stream_lived = ended - started;
+    assert!(
+        stream_lived < elapsed,
+        "the stream outlived the deploy: {stream_lived:?} vs {elapsed:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (during_v2, during_v2_kept) = (fresh.take(), kept_alive.take());
     let record = run.json();
@@ -224,8 +268,9 @@ async fn activating_a_release_while_clients_read_through_nginx_drops_no_request_
     );
     assert_eq!(host.serving_slot().await.as_deref(), Some(v2_slot.as_str()));
     println!(
-        "install + activate v2: {} ms (switch {} ms, route {} ms: {}); {} requests on fresh and {} on kept-alive connections, none failed, {} sent twice after an idle connection closed",
+        "install + activate v2: {} ms, the live stream ended cleanly after {} ms (switch {} ms, route {} ms: {}); {} requests on fresh and {} on kept-alive connections, none failed, {} sent twice after an idle connection closed",
         elapsed.as_millis(),
+        stream_lived.as_millis(),
         run.step_ms("switch"),
         run.step_ms("route"),
         record["steps"][8]["detail"],
@@ -532,4 +577,60 @@ async fn prune_keeps_the_newest_releases_but_never_the_active_or_last_known_good
     let run = host.release(&["rollback"]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["release"], "v1");
+}
+
+#[tokio::test]
+async fn a_deploy_cancelled_with_sigterm_switches_back_and_frees_the_lock_at_once() {
+    let artifacts = artifacts();
+    let mut host = ReleaseHost::start().await.unwrap();
+    let (v1, v2) = (&artifacts.good[0], &artifacts.good[1]);
+    let v1_slot = host.deploy(v1).await.json()["to_slot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(host.install(v2).await.code, 0);
+
+    // A CI job cancelled while its deploy watches the new slot.
+    host.set("--watch", "120");
+    host.set("--lock-ttl", "120");
+    let deploy = host.command(&["activate", "v2"]).spawn().unwrap();
+    let pid = deploy.id().unwrap();
+    let upstream = host.root.join("etc/nginx/ddms/ddms-upstream.conf");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&upstream)
+        .unwrap()
+        .contains(&format!("127.0.0.1:{} ", host.port(&v1_slot)))
+    {
+        assert!(Instant::now() < deadline, "the deploy never switched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(60), deploy.wait_with_output())
+        .await
+        .expect("the cancelled deploy ends")
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let record: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(record["result"], "rolled_back", "{record}");
+    assert_eq!(record["error"], "interrupted by SIGTERM");
+    let steps = step_names(&record);
+    assert!(
+        steps.ends_with(&[
+            "watch:failed".to_string(),
+            "switch_back:ok".to_string(),
+            "stop_new:ok".to_string()
+        ]),
+        "{steps:?}"
+    );
+    // No lock left behind: the next deploy need not wait for the lease to run out.
+    let status = host.status().await;
+    assert_eq!(status["lock"], Value::Null, "{status}");
+    assert_eq!(status["active_slot"], v1_slot.as_str());
+    assert_eq!(host.serving_slot().await.as_deref(), Some(v1_slot.as_str()));
+    host.set("--watch", "3");
+    let run = host.release(&["activate", "v2"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }

@@ -347,7 +347,7 @@ impl ReleaseHost {
                  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/site.conf;\n}}\n"
             ),
         )?;
-        let nginx = Command::new("nginx")
+        let nginx = Command::new(nginx_bin())
             .arg("-p")
             .arg(&nginx_dir)
             .arg("-c")
@@ -415,7 +415,9 @@ impl ReleaseHost {
             .args(["--service-manager", "direct"])
             .args(["--blue-port", &self.blue_port.to_string()])
             .args(["--green-port", &self.green_port.to_string()])
-            .args(["--nginx-bin", "nginx", "--nginx-prefix"])
+            .arg("--nginx-bin")
+            .arg(nginx_bin())
+            .arg("--nginx-prefix")
             .arg(&self.nginx_dir)
             .arg("--nginx-conf")
             .arg(self.nginx_dir.join("nginx.conf"))
@@ -551,6 +553,24 @@ impl Drop for ReleaseHost {
         let _ = self.nginx.kill();
         let _ = self.nginx.wait();
     }
+}
+
+/// Debian's nginx; `/usr/sbin` is not on every user's PATH.
+pub fn nginx_bin() -> PathBuf {
+    let debian = PathBuf::from("/usr/sbin/nginx");
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("nginx")
+    }
+}
+
+/// For long-lived streams.
+pub fn insecure_client_without_timeout() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
 }
 
 pub fn insecure_client() -> reqwest::Client {
