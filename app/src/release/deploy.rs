@@ -263,6 +263,18 @@ async fn transition(host: &Host, plan: Plan, abort: &Abort) -> DeployRecord {
     record
 }
 
+/// Where `rollback` goes: the last known good release when the live one is not it (a deploy
+/// that never finished its watch), else the known-good release before it.
+fn rollback_target(state: &HostState, live: Option<String>) -> Result<String, ReleaseError> {
+    match (&state.last_known_good, &state.previous_known_good) {
+        (Some(good), _) if live.as_ref() != Some(good) => Ok(good.clone()),
+        (_, Some(previous)) => Ok(previous.clone()),
+        _ => Err(ReleaseError::NoRollbackTarget(
+            "no earlier known-good release is recorded".into(),
+        )),
+    }
+}
+
 struct Ctx<'a> {
     host: &'a Host,
     layout: Layout,
@@ -291,23 +303,22 @@ impl Ctx<'_> {
         let resolved = rec
             .run(Step::Resolve, async {
                 let state = HostState::load(&self.layout)?;
+                let active = active_slot(self.host, &state);
                 let name = match plan {
                     Plan::Activate(name) => name.clone(),
-                    Plan::Rollback => state.previous_known_good.clone().ok_or_else(|| {
-                        ReleaseError::NoRollbackTarget(
-                            "no previous known-good release is recorded".into(),
-                        )
-                    })?,
+                    Plan::Rollback => rollback_target(
+                        &state,
+                        active.and_then(|slot| self.layout.slot_release(slot)),
+                    )?,
                 };
                 let meta = ReleaseMeta::load(&self.layout, &name)?;
-                Ok((state, meta))
+                Ok((state, meta, active))
             })
             .await;
-        let (mut state, meta) = match resolved {
+        let (mut state, meta, active) = match resolved {
             Ok(resolved) => resolved,
             Err(e) => return (Outcome::Aborted, Some(e)),
         };
-        let active = active_slot(self.host, &state);
         let idle = active.map(other).unwrap_or(Slot::Blue);
         let from_release = active.and_then(|slot| self.layout.slot_release(slot));
         record.release = Some(meta.name.clone());
@@ -783,5 +794,30 @@ impl Ctx<'_> {
             }
             tokio::time::sleep(WATCH_PROBE_EVERY).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_goes_to_the_last_good_release_unless_it_is_the_live_one() {
+        let state = HostState {
+            last_known_good: Some("v2".into()),
+            previous_known_good: Some("v1".into()),
+            ..HostState::default()
+        };
+        assert_eq!(rollback_target(&state, Some("v2".into())).unwrap(), "v1");
+        // v3 went live but its deploy died before the watch passed.
+        assert_eq!(rollback_target(&state, Some("v3".into())).unwrap(), "v2");
+        let first = HostState {
+            last_known_good: Some("v1".into()),
+            ..HostState::default()
+        };
+        assert!(matches!(
+            rollback_target(&first, Some("v1".into())),
+            Err(ReleaseError::NoRollbackTarget(_))
+        ));
     }
 }

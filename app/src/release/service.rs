@@ -178,9 +178,12 @@ pub fn serve_alive(pid: i32) -> bool {
     if matches!(state, Some("Z" | "X") | None) {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"serve"))
-        .unwrap_or(false)
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        // Empty while the exec that started it is still setting up its arguments.
+        Ok(cmdline) if cmdline.is_empty() => true,
+        Ok(cmdline) => cmdline.split(|b| *b == 0).any(|arg| arg == b"serve"),
+        Err(_) => false,
+    }
 }
 
 /// `KEY=VALUE` lines; blank lines and `#` comments skipped, surrounding quotes removed.
