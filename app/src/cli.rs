@@ -51,7 +51,9 @@ pub enum Command {
     /// Manage API tokens for scripts.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Host-side blue-green release management (does not read ddms.toml itself).
+    /// Host-side blue-green release management. Reads no ddms.toml itself: `--config` names
+    /// the one the release's `ddms migrate` (and, with the direct service manager, `ddms
+    /// serve`) uses, by default <root>/etc/ddms/ddms.toml.
     Release(Box<ReleaseArgs>),
 }
 
@@ -119,6 +121,7 @@ pub struct HostArgs {
         default_value = "auto"
     )]
     pub service_manager: release::ServiceManagerKind,
+    /// Slot blue listens on 127.0.0.1:PORT (its env file, the nginx upstream, the checks).
     #[arg(
         long,
         global = true,
@@ -127,6 +130,7 @@ pub struct HostArgs {
         default_value_t = 8081
     )]
     pub blue_port: u16,
+    /// Slot green listens on 127.0.0.1:PORT.
     #[arg(
         long,
         global = true,

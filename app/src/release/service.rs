@@ -231,10 +231,16 @@ impl ServiceManager for Direct {
             .current_dir(&state_dir)
             .envs(parse_env_file(&env_text))
             .env("DDMS_SLOT", slot.to_string())
-            .env("DDMS_CONFIG", &self.app_config)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        // Like `ddms migrate` in the deploy: the host's configuration file when there is one,
+        // else defaults and environment (containers configured by environment alone).
+        if self.app_config.exists() {
+            command.env("DDMS_CONFIG", &self.app_config);
+        } else {
+            command.env_remove("DDMS_CONFIG");
+        }
         // Its own process group: a Ctrl-C or a hangup of the deploying shell does not reach
         // it, and `stop` signals the whole group.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
