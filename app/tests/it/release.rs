@@ -268,12 +268,13 @@ async fn activating_a_release_while_clients_read_through_nginx_drops_no_request_
     );
     assert_eq!(host.serving_slot().await.as_deref(), Some(v2_slot.as_str()));
     println!(
-        "install + activate v2: {} ms, the live stream ended cleanly after {} ms (switch {} ms, route {} ms: {}); {} requests on fresh and {} on kept-alive connections, none failed, {} sent twice after an idle connection closed",
+        "install + activate v2: {} ms, the live stream ended cleanly after {} ms (switch {} ms, route {} ms: {}; stop_old {} ms); {} requests on fresh and {} on kept-alive connections, none failed, {} sent twice after an idle connection closed",
         elapsed.as_millis(),
         stream_lived.as_millis(),
         run.step_ms("switch"),
         run.step_ms("route"),
         record["steps"][8]["detail"],
+        run.step_ms("stop_old"),
         during_v2.ok,
         during_v2_kept.ok,
         during_v2_kept.retried.len()
