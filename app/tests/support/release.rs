@@ -267,7 +267,7 @@ impl ReleaseHost {
         // Before anything runs: kills the slots and nginx and removes the root when the host is
         // dropped or the test process ends.
         let reaper = Reaper::spawn(
-            r#"for f in "$1"/var/lib/ddms/*.pid; do [ -f "$f" ] && kill -KILL -- "-$(cat "$f")" 2>/dev/null; done
+            r#"for f in "$1"/var/lib/ddms/*.pid; do [ -f "$f" ] && kill -KILL "-$(cat "$f")" 2>/dev/null; done
                [ -f "$1/nginx/nginx.pid" ] && kill -TERM "$(cat "$1/nginx/nginx.pid")" 2>/dev/null
                sleep 1; rm -rf "$1""#,
             &[root.clone().into()],
@@ -550,7 +550,9 @@ impl ReleaseHost {
 
 impl Drop for ReleaseHost {
     fn drop(&mut self) {
-        let _ = self.nginx.kill();
+        // SIGTERM, not SIGKILL: the master takes its workers down with it.
+        let master = nix::unistd::Pid::from_raw(self.nginx.id() as i32);
+        let _ = nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGTERM);
         let _ = self.nginx.wait();
     }
 }
