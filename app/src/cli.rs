@@ -4,12 +4,14 @@ use std::io::{IsTerminal, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{generate_api_token, hash_api_token, hash_password, random_secret};
 use crate::config::{Config, ConfigError, Loader, Overrides};
+use crate::release;
 use crate::server::{shutdown_signal, Server};
 use crate::store::{self, NewApiToken, NewAuditEntry, NewUser, Role, StoreError};
 
@@ -49,6 +51,228 @@ pub enum Command {
     /// Manage API tokens for scripts.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Host-side blue-green release management. Reads no ddms.toml itself: `--config` names
+    /// the one the release's `ddms migrate` (and, with the direct service manager, `ddms
+    /// serve`) uses, by default <root>/etc/ddms/ddms.toml.
+    Release(Box<ReleaseArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    #[command(subcommand)]
+    pub command: ReleaseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Verify an artifact against its published SHA-256 and unpack it into
+    /// <root>/opt/ddms/releases/<name>/ (name: the tarball's top directory less `ddms-` and
+    /// `-<arch>-linux`, i.e. the version). Prints the release's metadata as JSON.
+    Install {
+        /// The release tarball (`cargo xtask build`).
+        artifact: PathBuf,
+        /// The published checksum in sha256sum format (default: ARTIFACT.sha256).
+        #[arg(long, value_name = "FILE")]
+        checksum: Option<PathBuf>,
+    },
+    /// Blue-green switch to an installed release: lock, migrate, start the idle slot, wait for
+    /// /ready, check /api/version, switch nginx, watch, stop the old slot; on any failure
+    /// switch back and exit non-zero. Appends one JSON record to deploys.jsonl and prints it.
+    Activate {
+        /// An installed release (see `ddms release status`).
+        release: String,
+    },
+    /// Back to the previous known-good release, through the same gates (no migrations).
+    Rollback,
+    /// Active slot, release and health per slot, lock holder, last deploy, as JSON.
+    Status,
+    /// Remove all but the N newest releases; never one a slot points at, the last known good
+    /// one or the rollback target.
+    Prune {
+        #[arg(long, value_name = "N")]
+        keep: usize,
+    },
+}
+
+/// Host options of `ddms release`. Defaults follow the contract's host layout; each can also
+/// be set with a `DDMS_RELEASE_*` variable (ignored by the application's own configuration).
+/// The global `--config` (or `DDMS_CONFIG`) names the ddms.toml the release's `ddms migrate`
+/// and, with the direct service manager, `ddms serve` use (default <root>/etc/ddms/ddms.toml).
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Prefix for every host path (/opt/ddms, /etc/ddms, /var/lib/ddms, the nginx include).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "DDMS_RELEASE_ROOT",
+        default_value = "/"
+    )]
+    pub root: PathBuf,
+    /// systemd (`ddms@<slot>` units), direct (a built-in supervisor), or auto (systemd when
+    /// /run/systemd/system exists).
+    #[arg(
+        long,
+        global = true,
+        value_name = "KIND",
+        env = "DDMS_RELEASE_SERVICE_MANAGER",
+        default_value = "auto"
+    )]
+    pub service_manager: release::ServiceManagerKind,
+    /// Slot blue listens on 127.0.0.1:PORT (its env file, the nginx upstream, the checks).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PORT",
+        env = "DDMS_RELEASE_BLUE_PORT",
+        default_value_t = 8081
+    )]
+    pub blue_port: u16,
+    /// Slot green listens on 127.0.0.1:PORT.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PORT",
+        env = "DDMS_RELEASE_GREEN_PORT",
+        default_value_t = 8082
+    )]
+    pub green_port: u16,
+    /// The upstream include to rewrite [default: <root>/etc/nginx/ddms/ddms-upstream.conf].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DDMS_RELEASE_NGINX_UPSTREAM"
+    )]
+    pub nginx_upstream: Option<PathBuf>,
+    /// The nginx binary for `-t` and `-s reload`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "DDMS_RELEASE_NGINX",
+        default_value = "nginx"
+    )]
+    pub nginx_bin: PathBuf,
+    /// Passed to nginx as `-c FILE`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DDMS_RELEASE_NGINX_CONF"
+    )]
+    pub nginx_conf: Option<PathBuf>,
+    /// Passed to nginx as `-p DIR`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "DDMS_RELEASE_NGINX_PREFIX"
+    )]
+    pub nginx_prefix: Option<PathBuf>,
+    /// nginx's public side, for the post-switch checks (http or https; the certificate is not
+    /// verified, the check talks to the local nginx).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "DDMS_RELEASE_PUBLIC_URL",
+        default_value = "https://127.0.0.1/"
+    )]
+    pub public_url: url::Url,
+    /// Seconds a started slot has to become ready.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "DDMS_RELEASE_READY_TIMEOUT",
+        default_value_t = 60
+    )]
+    pub ready_timeout: u64,
+    /// Seconds traffic is watched after the switch before the old slot stops.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "DDMS_RELEASE_WATCH",
+        default_value_t = 30
+    )]
+    pub watch: u64,
+    /// Seconds a stopping slot may drain before it is killed (direct service manager;
+    /// systemd uses the unit's TimeoutStopSec).
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "DDMS_RELEASE_DRAIN_TIMEOUT",
+        default_value_t = 40
+    )]
+    pub drain_timeout: u64,
+    /// Seconds `ddms migrate` may run.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "DDMS_RELEASE_MIGRATE_TIMEOUT",
+        default_value_t = 600
+    )]
+    pub migrate_timeout: u64,
+    /// Seconds of the deploy lock's lease (renewed every third of it while a deploy runs; a
+    /// killed deploy's lock is free after it).
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "DDMS_RELEASE_LOCK_TTL",
+        default_value_t = 60
+    )]
+    pub lock_ttl: u64,
+    /// Largest share of 5xx answers the new slot may give during the watch (0.01 = 1 %).
+    #[arg(
+        long,
+        global = true,
+        value_name = "RATIO",
+        env = "DDMS_RELEASE_MAX_5XX_RATIO",
+        default_value_t = 0.01
+    )]
+    pub max_5xx_ratio: f64,
+    /// Who deploys, for the record [default: $SUDO_USER, else $USER].
+    #[arg(long, global = true, value_name = "NAME", env = "DDMS_RELEASE_ACTOR")]
+    pub actor: Option<String>,
+}
+
+impl HostArgs {
+    pub fn into_host(self, app_config: Option<PathBuf>) -> release::Host {
+        let mut host = release::Host::new(self.root);
+        let layout = host.layout();
+        host.app_config = app_config.unwrap_or_else(|| layout.etc_dir().join("ddms.toml"));
+        host.service_manager = self.service_manager;
+        host.blue_port = self.blue_port;
+        host.green_port = self.green_port;
+        host.nginx = release::Nginx {
+            bin: self.nginx_bin,
+            conf: self.nginx_conf,
+            prefix: self.nginx_prefix,
+            upstream: self
+                .nginx_upstream
+                .unwrap_or_else(|| layout.default_upstream()),
+        };
+        host.public_url = self.public_url;
+        host.gates = release::Gates {
+            ready_timeout: Duration::from_secs(self.ready_timeout),
+            watch: Duration::from_secs(self.watch),
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            migrate_timeout: Duration::from_secs(self.migrate_timeout),
+            lock_ttl: Duration::from_secs(self.lock_ttl.max(1)),
+            max_5xx_ratio: self.max_5xx_ratio,
+        };
+        if let Some(actor) = self.actor {
+            host.actor = actor;
+        }
+        host
+    }
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +322,15 @@ fn parse_role(s: &str) -> Result<Role, String> {
 const EXIT_CONFIG: u8 = 2;
 
 pub fn run(cli: Cli) -> ExitCode {
+    // Release management runs before (and without) the application's configuration.
+    let cli = match cli {
+        Cli {
+            config,
+            command: Command::Release(args),
+            ..
+        } => return run_release(config, *args),
+        cli => cli,
+    };
     let loader = Loader {
         file: cli.config.clone(),
         overrides: Overrides {
@@ -148,7 +381,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 crate::telemetry::init_minimal();
                 create_token(config, name, role).await
             }
-            Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
+            Command::Config(ConfigCommand::Check) | Command::Release(_) => {
+                unreachable!("handled above")
+            }
         }
     });
     match result {
@@ -158,6 +393,116 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_release(app_config: Option<PathBuf>, args: ReleaseArgs) -> ExitCode {
+    crate::telemetry::init_progress();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ddms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let host = args.host.into_host(app_config);
+    runtime.block_on(async move {
+        let fail = |e: release::ReleaseError| {
+            eprintln!("ddms: {e}");
+            ExitCode::from(e.exit_code())
+        };
+        match args.command {
+            ReleaseCommand::Install { artifact, checksum } => {
+                match release::install(&host.layout(), &artifact, checksum.as_deref()).await {
+                    Ok(installed) => print_json(&installed, false),
+                    Err(e) => fail(e),
+                }
+            }
+            ReleaseCommand::Activate { release: name } => {
+                let abort = abort_on_signals();
+                finish_deploy(release::activate(&host, &name, &abort).await)
+            }
+            ReleaseCommand::Rollback => {
+                let abort = abort_on_signals();
+                finish_deploy(release::rollback(&host, &abort).await)
+            }
+            ReleaseCommand::Status => match release::status(&host).await {
+                Ok(status) => print_json(&status, true),
+                Err(e) => fail(e),
+            },
+            ReleaseCommand::Prune { keep } => match release::prune(&host, keep).await {
+                Ok(report) => print_json(&report, false),
+                Err(e) => fail(e),
+            },
+        }
+    })
+}
+
+fn print_json(value: &impl serde::Serialize, pretty: bool) -> ExitCode {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    };
+    println!("{}", text.expect("serializes"));
+    ExitCode::SUCCESS
+}
+
+/// Prints the deploy record (one JSON line) and maps its result to the exit status: 0 when the
+/// release is live, 3 when another deploy holds the lock, 1 otherwise (aborted, rolled back,
+/// failed).
+fn finish_deploy(record: release::DeployRecord) -> ExitCode {
+    println!("{}", serde_json::to_string(&record).expect("serializes"));
+    match record.result {
+        outcome if outcome.is_success() => ExitCode::SUCCESS,
+        release::Outcome::Refused => {
+            eprintln!("ddms: {}", record.error.as_deref().unwrap_or("refused"));
+            ExitCode::from(3)
+        }
+        outcome => {
+            eprintln!(
+                "ddms: deploy {}: {}",
+                serde_json::to_value(outcome)
+                    .expect("serializes")
+                    .as_str()
+                    .unwrap_or("failed"),
+                record.error.as_deref().unwrap_or("unknown error")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP (a cancelled CI job, a dropped SSH session) stop a deploy at
+/// the next step; it then switches back and releases its lock instead of leaving them behind.
+fn abort_on_signals() -> release::Abort {
+    use tokio::signal::unix::{signal, SignalKind};
+    let abort = release::Abort::new();
+    for (kind, name) in [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ] {
+        match signal(kind) {
+            Ok(mut stream) => {
+                let abort = abort.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        tracing::warn!(
+                            signal = name,
+                            "signal received: stopping the deploy and restoring the previous state"
+                        );
+                        abort.trigger(name);
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(signal = name, error = %e, "cannot listen for the signal"),
+        }
+    }
+    abort
 }
 
 async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {

@@ -34,7 +34,7 @@ pub struct Config {
     pub profile: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     Blue,
@@ -333,7 +333,12 @@ impl Loader {
                     .split("__")
                     .filter(|key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        key != "profile" && key != "config" && !key.starts_with("test_")
+                        // DDMS_RELEASE_* configure `ddms release`, which passes its
+                        // environment on to the `ddms migrate` and `ddms serve` it starts.
+                        key != "profile"
+                            && key != "config"
+                            && !key.starts_with("test_")
+                            && !key.starts_with("release_")
                     })
                     .global(),
             );
@@ -849,6 +854,19 @@ mod tests {
             let err = load().unwrap_err().to_string();
             assert!(err.contains("log.format"), "{err}");
             assert!(err.contains("ddms.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn release_tooling_variables_are_not_configuration_keys() {
+        Jail::expect_with(|jail| {
+            // `ddms release` passes its environment to the `ddms migrate` and `ddms serve` it runs.
+            jail.set_env("DDMS_RELEASE_ROOT", "/srv/staging");
+            jail.set_env("DDMS_RELEASE_WATCH", "10");
+            load().expect("DDMS_RELEASE_* are not unknown keys");
+            jail.set_env("DDMS_RELEASED", "x");
+            assert!(load().is_err(), "only the DDMS_RELEASE_ prefix is reserved");
             Ok(())
         });
     }

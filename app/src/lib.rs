@@ -10,6 +10,7 @@ pub mod http;
 pub mod ingest;
 pub mod modbus;
 pub mod mqtt;
+pub mod release;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -54,6 +54,21 @@ pub fn init_minimal() {
         .try_init();
 }
 
+/// Logging for `ddms release`: its progress at `info`, human-readable, to stderr (stdout
+/// carries the JSON result). `RUST_LOG` wins when set.
+pub fn init_progress() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new("ddms=info,warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_quiet_libraries;

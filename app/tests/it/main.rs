@@ -12,4 +12,5 @@ mod devices;
 mod modbus;
 mod mqtt;
 mod readiness;
+mod release;
 mod storage;

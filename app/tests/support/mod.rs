@@ -1,4 +1,5 @@
 //! Shared by every integration test: throwaway services and the ddms under test.
 
 pub mod app;
+pub mod release;
 pub mod services;

@@ -656,7 +656,7 @@ fn is_port_conflict(err: &anyhow::Error) -> bool {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago and not handed out before by this process.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     for _ in 0..20 {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
@@ -1077,13 +1077,13 @@ fn system_user(name: &str) -> Result<(u32, u32)> {
 
 /// A `sh` that runs a cleanup script once its stdin reaches EOF, i.e. when this
 /// value is dropped or the test process exits, however it exits.
-struct Reaper {
+pub struct Reaper {
     stdin: Option<ChildStdin>,
     child: Option<Child>,
 }
 
 impl Reaper {
-    fn spawn(script: &str, args: &[OsString]) -> Result<Reaper> {
+    pub fn spawn(script: &str, args: &[OsString]) -> Result<Reaper> {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!("trap '' INT HUP; cat >/dev/null; {script}"))

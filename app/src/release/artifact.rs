@@ -1,0 +1,382 @@
+//! `ddms release install ARTIFACT`: verify the tarball against its published SHA-256, unpack it
+//! into a temp directory inside `releases/`, check it, and rename it into place atomically.
+//! Any failure removes the temp directory: a refused artifact leaves nothing behind.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::state::{valid_release_name, ReleaseMeta, META_FILE};
+use super::{Layout, ReleaseError};
+
+const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Installed {
+    pub release: String,
+    pub path: PathBuf,
+    /// False when the same artifact was installed before (nothing changed).
+    pub installed: bool,
+    #[serde(flatten)]
+    pub meta: ReleaseMeta,
+}
+
+/// Installs `artifact`, checked against `checksum` (default: `<artifact>.sha256`).
+pub async fn install(
+    layout: &Layout,
+    artifact: &Path,
+    checksum: Option<&Path>,
+) -> Result<Installed, ReleaseError> {
+    let checksum = checksum
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| sibling_with_suffix(artifact, ".sha256"));
+    let expected = published_digest(artifact, &checksum)?;
+    let actual = {
+        let artifact = artifact.to_path_buf();
+        tokio::task::spawn_blocking(move || sha256_file(&artifact))
+            .await
+            .expect("hashing does not panic")?
+    };
+    if actual != expected {
+        return Err(ReleaseError::ChecksumMismatch {
+            artifact: artifact.to_path_buf(),
+            expected,
+            actual,
+        });
+    }
+
+    let releases = layout.releases_dir();
+    std::fs::create_dir_all(&releases).map_err(ReleaseError::io(&releases))?;
+    let temp = TempDir(releases.join(format!(".install-{}", uuid::Uuid::new_v4().simple())));
+    std::fs::create_dir(&temp.0).map_err(ReleaseError::io(&temp.0))?;
+
+    let top = {
+        let (artifact, dest) = (artifact.to_path_buf(), temp.0.clone());
+        tokio::task::spawn_blocking(move || unpack(&artifact, &dest))
+            .await
+            .expect("unpacking does not panic")?
+    };
+    let unpacked = temp.0.join(&top);
+    let invalid = |reason: String| ReleaseError::InvalidArtifact {
+        path: artifact.to_path_buf(),
+        reason,
+    };
+    let binary = unpacked.join("ddms");
+    if !binary.is_file() {
+        return Err(invalid(format!("no `{top}/ddms` binary")));
+    }
+    let version_output = binary_version(&binary).await.map_err(invalid)?;
+    let (version, git_sha) = parse_version_output(&version_output).ok_or_else(|| {
+        invalid(format!(
+            "`ddms --version` printed `{version_output}`, not `ddms <version> (git <sha>)`"
+        ))
+    })?;
+    if let Ok(recorded) = std::fs::read_to_string(unpacked.join("VERSION")) {
+        if recorded.trim() != version_output {
+            return Err(invalid(format!(
+                "VERSION says `{}` but the binary says `{version_output}`",
+                recorded.trim()
+            )));
+        }
+    }
+    let name = release_name(&top);
+    if !valid_release_name(&name) {
+        return Err(invalid(format!("`{name}` is not a usable release name")));
+    }
+    let meta = ReleaseMeta {
+        name: name.clone(),
+        version_output,
+        version,
+        git_sha,
+        digest: format!("sha256:{actual}"),
+        artifact: artifact
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        installed_at: Utc::now(),
+    };
+
+    let dest = layout.release_dir(&name);
+    if dest.exists() {
+        return match ReleaseMeta::load(layout, &name) {
+            Ok(existing) if existing.digest == meta.digest => Ok(Installed {
+                release: name,
+                path: dest,
+                installed: false,
+                meta: existing,
+            }),
+            Ok(existing) => Err(ReleaseError::ReleaseConflict {
+                name,
+                existing: format!(
+                    "{}, {}, installed {}",
+                    existing.artifact, existing.digest, existing.installed_at
+                ),
+            }),
+            Err(_) => Err(ReleaseError::ReleaseConflict {
+                name,
+                existing: "a directory without release metadata".into(),
+            }),
+        };
+    }
+    let meta_path = unpacked.join(META_FILE);
+    let mut json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+    json.push(b'\n');
+    std::fs::write(&meta_path, json).map_err(ReleaseError::io(&meta_path))?;
+    // rename(2) into a name that does not exist is atomic; a racing install of the same name
+    // fails here instead of mixing two trees.
+    std::fs::rename(&unpacked, &dest).map_err(ReleaseError::io(&dest))?;
+    if let Ok(dir) = std::fs::File::open(&releases) {
+        let _ = dir.sync_all();
+    }
+    drop(temp);
+    Ok(Installed {
+        release: name,
+        path: dest,
+        installed: true,
+        meta,
+    })
+}
+
+/// Removes the directory when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sibling_with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The hex digest the checksum file gives for `artifact` (`sha256sum` format: `<hex>  <name>`,
+/// or `<hex> *<name>`; a file with one line may name the artifact differently).
+fn published_digest(artifact: &Path, checksum: &Path) -> Result<String, ReleaseError> {
+    let text = match std::fs::read_to_string(checksum) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ReleaseError::ChecksumMissing {
+                artifact: artifact.to_path_buf(),
+                checksum: checksum.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(ReleaseError::io(checksum)(e)),
+    };
+    let invalid = |reason: String| ReleaseError::ChecksumInvalid {
+        path: checksum.to_path_buf(),
+        reason,
+    };
+    let entries: Vec<(String, String)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let (hex, name) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let name = name.trim_start().trim_start_matches('*');
+            (hex.to_ascii_lowercase(), name.to_string())
+        })
+        .collect();
+    let artifact_name = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let entry = match entries.as_slice() {
+        [] => return Err(invalid("empty".into())),
+        [only] => only.clone(),
+        many => many
+            .iter()
+            .find(|(_, name)| {
+                Path::new(name).file_name().map(|n| n.to_string_lossy())
+                    == Some(artifact_name.as_str().into())
+            })
+            .cloned()
+            .ok_or_else(|| invalid(format!("no line for {artifact_name}")))?,
+    };
+    if entry.0.len() != 64 || !entry.0.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(format!("`{}` is not a SHA-256 digest", entry.0)));
+    }
+    Ok(entry.0)
+}
+
+fn sha256_file(path: &Path) -> Result<String, ReleaseError> {
+    let mut file = std::fs::File::open(path).map_err(ReleaseError::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(ReleaseError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Unpacks a `.tar.gz` whose entries all live under one top directory, which it returns.
+/// Only directories and regular files are accepted: no links, devices, absolute paths or `..`.
+fn unpack(artifact: &Path, dest: &Path) -> Result<String, ReleaseError> {
+    let invalid = |reason: String| ReleaseError::InvalidArtifact {
+        path: artifact.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(artifact).map_err(ReleaseError::io(artifact))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    archive.set_preserve_permissions(false);
+    archive.set_overwrite(false);
+    let mut top: Option<String> = None;
+    let entries = archive
+        .entries()
+        .map_err(|e| invalid(format!("not a tar.gz archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| invalid(format!("unreadable archive: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| invalid(format!("bad entry name: {e}")))?
+            .into_owned();
+        let mut components = path.components();
+        let first = match components.next() {
+            Some(Component::Normal(first)) => first.to_string_lossy().into_owned(),
+            Some(Component::CurDir) => match components.next() {
+                Some(Component::Normal(first)) => first.to_string_lossy().into_owned(),
+                _ => continue,
+            },
+            _ => {
+                return Err(invalid(format!(
+                    "entry `{}` escapes the archive",
+                    path.display()
+                )))
+            }
+        };
+        if components.any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(invalid(format!(
+                "entry `{}` escapes the archive",
+                path.display()
+            )));
+        }
+        match &top {
+            None => top = Some(first),
+            Some(top) if *top == first => {}
+            Some(top) => {
+                return Err(invalid(format!(
+                    "entries under both `{top}/` and `{first}/`; expected one top directory"
+                )))
+            }
+        }
+        let kind = entry.header().entry_type();
+        if !(kind.is_dir() || kind.is_file()) {
+            return Err(invalid(format!(
+                "entry `{}` is a {kind:?}; only files and directories are accepted",
+                path.display()
+            )));
+        }
+        let unpacked = entry
+            .unpack_in(dest)
+            .map_err(|e| invalid(format!("cannot unpack `{}`: {e}", path.display())))?;
+        if !unpacked {
+            return Err(invalid(format!(
+                "entry `{}` escapes the archive",
+                path.display()
+            )));
+        }
+    }
+    let top = top.ok_or_else(|| invalid("the archive is empty".into()))?;
+    if !dest.join(&top).is_dir() {
+        return Err(invalid(format!("`{top}` is not a directory")));
+    }
+    Ok(top)
+}
+
+/// Runs `<binary> --version`.
+async fn binary_version(binary: &Path) -> Result<String, String> {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("--version")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(VERSION_TIMEOUT, command.output())
+        .await
+        .map_err(|_| "`ddms --version` did not finish".to_string())?
+        .map_err(|e| format!("cannot run `ddms --version`: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`ddms --version` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// `ddms 0.1.0 (git abc1234)` → (`0.1.0`, `abc1234`).
+pub fn parse_version_output(text: &str) -> Option<(String, String)> {
+    let rest = text.trim().strip_prefix("ddms ")?;
+    let (version, rest) = rest.split_once(' ')?;
+    let sha = rest.trim().strip_prefix("(git ")?.strip_suffix(')')?;
+    Some((version.to_string(), sha.to_string()))
+}
+
+/// The release name from the tarball's top directory: `ddms-0.1.0-x86_64-linux` → `0.1.0`
+/// (the contract's `/opt/ddms/releases/<version>/`); other names are taken as they are, less a
+/// leading `ddms-`.
+pub fn release_name(top: &str) -> String {
+    let name = top.strip_prefix("ddms-").unwrap_or(top);
+    let suffix = format!("-{}-linux", std::env::consts::ARCH);
+    name.strip_suffix(&suffix).unwrap_or(name).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_names_come_from_the_top_directory() {
+        let arch = std::env::consts::ARCH;
+        assert_eq!(release_name(&format!("ddms-0.1.0-{arch}-linux")), "0.1.0");
+        assert_eq!(release_name("ddms-v2"), "v2");
+        assert_eq!(release_name("custom"), "custom");
+    }
+
+    #[test]
+    fn version_output_splits_into_version_and_commit() {
+        assert_eq!(
+            parse_version_output("ddms 0.1.0 (git 1a2b3c4)\n"),
+            Some(("0.1.0".into(), "1a2b3c4".into()))
+        );
+        assert_eq!(parse_version_output("other 1.0"), None);
+    }
+
+    #[test]
+    fn checksum_files_are_read_in_sha256sum_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("ddms-1.tar.gz");
+        let sum = dir.path().join("SHA256SUMS");
+        let hex = "ab".repeat(32);
+        std::fs::write(
+            &sum,
+            format!("{}  other.tar.gz\n{hex} *ddms-1.tar.gz\n", "cd".repeat(32)),
+        )
+        .unwrap();
+        assert_eq!(published_digest(&artifact, &sum).unwrap(), hex);
+        std::fs::write(&sum, "not-a-digest  ddms-1.tar.gz\n").unwrap();
+        assert!(matches!(
+            published_digest(&artifact, &sum),
+            Err(ReleaseError::ChecksumInvalid { .. })
+        ));
+        assert!(matches!(
+            published_digest(&artifact, &dir.path().join("missing")),
+            Err(ReleaseError::ChecksumMissing { .. })
+        ));
+    }
+}
