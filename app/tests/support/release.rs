@@ -635,7 +635,11 @@ impl Load {
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(600) {
                     n += 1;
-                    let url = if n.is_multiple_of(2) { &version } else { &devices };
+                    let url = if n.is_multiple_of(2) {
+                        &version
+                    } else {
+                        &devices
+                    };
                     let mut result = client.get(url).bearer_auth(&token).send().await;
                     if keep_alive {
                         if let Err(e) = &result {
