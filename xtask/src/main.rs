@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod certs;
+mod deploy;
 mod images;
 mod smoke;
 mod test;
@@ -29,6 +30,19 @@ tasks:
                       many simulated Modbus devices polled by a release ddms; JSON in target/bench/
   build               release tarball (binary, ops/, example config, docs) and its .sha256
   smoke               build the release, verify and unpack it, run README command 1 against it
+  deploy --env E [--version V] [--artifact PATH] [--inventory FILE] [--batch N] [--report FILE]
+                      upload the release to the environment's hosts (Ansible inventory, else
+                      `terraform output`) over ssh and run `ddms release install` + `activate`
+                      host by host; on a failure roll back the hosts this run switched; JSON
+                      report (default target/deploy/). DDMS_RELEASE_* variables are passed on
+  rollback --env E [--inventory FILE] [--batch N] [--report FILE]
+                      `ddms release rollback` on every host
+  status --env E [--inventory FILE]
+                      `ddms release status` of every host as one JSON; exit 1 unless each host
+                      has exactly one active slot that runs and is ready
+  provision --env E [--inventory FILE] [--auto-approve] [-- ANSIBLE-PLAYBOOK-ARGS]
+                      terraform apply in terraform/envs/E (unless an Ansible inventory is
+                      given or exists), inventory from its outputs, ansible-playbook site.yml
   certs [--out DIR] [--host NAME]... [--device ID]... [--days N] [--force]
                       TLS material: a CA, server certificates for the dashboard and the broker,
                       device client certificates; existing files are kept unless --force
@@ -59,6 +73,16 @@ fn main() -> Result<()> {
         Some("build") => build::run(&sh, flag("--locked")).map(|_| ()),
         Some("smoke") => smoke::run(&sh, false),
         Some("certs") => certs::run(&certs::parse(&args[1..])?),
+        Some(task @ ("deploy" | "rollback" | "status")) => {
+            let options = deploy::parse(task, &args[1..])?;
+            let code = match task {
+                "deploy" => deploy::deploy(&sh, &options)?,
+                "rollback" => deploy::rollback(&sh, &options)?,
+                _ => deploy::status(&sh, &options)?,
+            };
+            std::process::exit(code)
+        }
+        Some("provision") => deploy::provision(&sh, &deploy::parse("provision", &args[1..])?),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

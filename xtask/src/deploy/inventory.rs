@@ -1,0 +1,436 @@
+//! Which hosts an environment has: an Ansible YAML inventory (group `ddms`) or the Terraform
+//! output `ddms_hosts`. Pure parsing here; `resolve` picks the source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_yaml::{Mapping, Value};
+
+/// The inventory group whose hosts run ddms.
+pub const GROUP: &str = "ddms";
+
+/// One host to deploy to, reached with system OpenSSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    /// The inventory name (used in reports).
+    pub name: String,
+    /// Where ssh connects (`ansible_host`, else the name).
+    pub address: String,
+    pub port: u16,
+    /// `ansible_user`; None leaves it to ssh's own configuration.
+    pub user: Option<String>,
+    /// `ansible_ssh_private_key_file`.
+    pub key: Option<PathBuf>,
+    /// `ansible_ssh_common_args` and `ansible_ssh_extra_args`, split on whitespace.
+    pub ssh_args: Vec<String>,
+}
+
+/// Where the hosts came from, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "snake_case")]
+pub enum Source {
+    Ansible(PathBuf),
+    Terraform(PathBuf),
+}
+
+/// Hosts of group `ddms` in an Ansible YAML inventory, in file order. The group may sit at the
+/// top level or under any `children:`; its child groups' hosts count too. Variables apply from
+/// `all` down to the host (the nearer wins). A relative key path is taken from `base_dir`, as
+/// Ansible takes it from where it runs; callers pass the inventory's directory.
+pub fn from_ansible_yaml(text: &str, base_dir: &Path) -> Result<Vec<Host>> {
+    let doc: Value = serde_yaml::from_str(text).context("the inventory is not valid YAML")?;
+    let top = doc
+        .as_mapping()
+        .context("the inventory must be a YAML mapping of groups")?;
+    let all_vars = top
+        .get("all")
+        .and_then(|all| all.get("vars"))
+        .and_then(Value::as_mapping)
+        .cloned()
+        .unwrap_or_default();
+    let Some((group, inherited)) = find_group(top, GROUP, &all_vars) else {
+        bail!("the inventory has no group `{GROUP}`");
+    };
+    let mut hosts: Vec<(String, Mapping)> = Vec::new();
+    collect_hosts(group, &inherited, &mut hosts);
+    if hosts.is_empty() {
+        bail!("group `{GROUP}` of the inventory has no hosts");
+    }
+    hosts
+        .into_iter()
+        .map(|(name, vars)| host_from_vars(name, &vars, base_dir))
+        .collect()
+}
+
+/// Depth-first search for group `name` among `groups` (a mapping of group name → group),
+/// carrying the variables of the groups above it.
+fn find_group<'a>(groups: &'a Mapping, name: &str, vars: &Mapping) -> Option<(&'a Value, Mapping)> {
+    for (key, group) in groups {
+        let vars = merged(vars, group.get("vars"));
+        if key.as_str() == Some(name) {
+            return Some((group, vars));
+        }
+        if let Some(children) = group.get("children").and_then(Value::as_mapping) {
+            if let Some(found) = find_group(children, name, &vars) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+fn collect_hosts(group: &Value, vars: &Mapping, out: &mut Vec<(String, Mapping)>) {
+    if let Some(hosts) = group.get("hosts").and_then(Value::as_mapping) {
+        for (name, host_vars) in hosts {
+            let Some(name) = scalar(name) else { continue };
+            let vars = merged(vars, Some(host_vars));
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, existing)) => *existing = merged(existing, Some(&Value::Mapping(vars))),
+                None => out.push((name, vars)),
+            }
+        }
+    }
+    if let Some(children) = group.get("children").and_then(Value::as_mapping) {
+        for child in children.values() {
+            let vars = merged(vars, child.get("vars"));
+            collect_hosts(child, &vars, out);
+        }
+    }
+}
+
+fn merged(base: &Mapping, over: Option<&Value>) -> Mapping {
+    let mut out = base.clone();
+    if let Some(Value::Mapping(over)) = over {
+        for (k, v) in over {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// A YAML scalar as text (`ansible_port: 2222` and `ansible_port: "2222"` alike).
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn host_from_vars(name: String, vars: &Mapping, base_dir: &Path) -> Result<Host> {
+    let get = |key: &str| vars.get(key).and_then(scalar);
+    let port = match get("ansible_port").or_else(|| get("ansible_ssh_port")) {
+        Some(port) => port
+            .parse()
+            .with_context(|| format!("host `{name}`: ansible_port `{port}` is not a port"))?,
+        None => 22,
+    };
+    let key = get("ansible_ssh_private_key_file")
+        .or_else(|| get("ansible_private_key_file"))
+        .map(|k| base_dir.join(k));
+    let ssh_args = ["ansible_ssh_common_args", "ansible_ssh_extra_args"]
+        .iter()
+        .filter_map(|k| get(k))
+        .flat_map(|args| {
+            args.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(Host {
+        address: get("ansible_host").unwrap_or_else(|| name.clone()),
+        user: get("ansible_user").or_else(|| get("ansible_ssh_user")),
+        port,
+        key,
+        ssh_args,
+        name,
+    })
+}
+
+/// Hosts from `terraform output -json`: output `ddms_hosts`, a list of
+/// `{name, address, ssh_user, ssh_port}`. Terraform has no key file to give: `key` (e.g. from
+/// `DDMS_DEPLOY_SSH_KEY`) applies to every host, else ssh's own configuration decides.
+pub fn from_terraform_json(text: &str, key: Option<&Path>) -> Result<Vec<Host>> {
+    #[derive(serde::Deserialize)]
+    struct Output {
+        value: Vec<TfHost>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TfHost {
+        name: String,
+        address: String,
+        ssh_user: Option<String>,
+        ssh_port: Option<u16>,
+    }
+    let outputs: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(text).context("`terraform output -json` is not a JSON object")?;
+    let Some(output) = outputs.get("ddms_hosts") else {
+        bail!("terraform has no output `ddms_hosts` (apply the environment first)");
+    };
+    let output: Output = serde_json::from_value(output.clone())
+        .context("output `ddms_hosts` must be a list of {name, address, ssh_user, ssh_port}")?;
+    if output.value.is_empty() {
+        bail!("terraform output `ddms_hosts` is empty");
+    }
+    Ok(output
+        .value
+        .into_iter()
+        .map(|h| Host {
+            name: h.name,
+            address: h.address,
+            port: h.ssh_port.unwrap_or(22),
+            user: h.ssh_user,
+            key: key.map(Path::to_path_buf),
+            ssh_args: Vec::new(),
+        })
+        .collect())
+}
+
+/// An Ansible YAML inventory for `hosts` (group `ddms`), as `provision` writes it from the
+/// Terraform outputs.
+pub fn to_ansible_yaml(hosts: &[Host]) -> String {
+    let mut out = format!(
+        "# Written by `cargo xtask provision` from the Terraform outputs.\n{GROUP}:\n  hosts:\n"
+    );
+    for host in hosts {
+        out.push_str(&format!("    {}:\n", yaml_str(&host.name)));
+        out.push_str(&format!(
+            "      ansible_host: {}\n",
+            yaml_str(&host.address)
+        ));
+        out.push_str(&format!("      ansible_port: {}\n", host.port));
+        if let Some(user) = &host.user {
+            out.push_str(&format!("      ansible_user: {}\n", yaml_str(user)));
+        }
+        if let Some(key) = &host.key {
+            out.push_str(&format!(
+                "      ansible_ssh_private_key_file: {}\n",
+                yaml_str(&key.display().to_string())
+            ));
+        }
+    }
+    out
+}
+
+/// A double-quoted YAML string (JSON strings are valid YAML).
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The hosts of environment `env`: `--inventory FILE`, else `ansible/inventories/<env>/hosts.yml`,
+/// else `terraform output -json` in `terraform/envs/<env>`.
+pub fn resolve(
+    root: &Path,
+    env: &str,
+    inventory: Option<&Path>,
+    terraform_output: impl FnOnce(&Path) -> Result<String>,
+) -> Result<(Vec<Host>, Source)> {
+    let ansible = inventory
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("ansible/inventories").join(env).join("hosts.yml"));
+    if inventory.is_some() || ansible.exists() {
+        let text = std::fs::read_to_string(&ansible)
+            .with_context(|| format!("read inventory {}", ansible.display()))?;
+        let base = ansible.parent().unwrap_or(Path::new("."));
+        let hosts = from_ansible_yaml(&text, base)
+            .with_context(|| format!("inventory {}", ansible.display()))?;
+        return Ok((hosts, Source::Ansible(ansible)));
+    }
+    let tf_dir = root.join("terraform/envs").join(env);
+    if !tf_dir.is_dir() {
+        bail!(
+            "no inventory for environment `{env}`: neither {} nor {} exists (or pass --inventory)",
+            ansible.display(),
+            tf_dir.display()
+        );
+    }
+    let text = terraform_output(&tf_dir)?;
+    let key = std::env::var_os("DDMS_DEPLOY_SSH_KEY").map(PathBuf::from);
+    let hosts = from_terraform_json(&text, key.as_deref())
+        .with_context(|| format!("terraform outputs of {}", tf_dir.display()))?;
+    Ok((hosts, Source::Terraform(tf_dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, address: &str, port: u16, user: Option<&str>) -> Host {
+        Host {
+            name: name.into(),
+            address: address.into(),
+            port,
+            user: user.map(str::to_string),
+            key: None,
+            ssh_args: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ansible_group_under_all_children_gives_its_hosts_in_file_order_with_inherited_vars() {
+        let text = r#"
+all:
+  vars:
+    ansible_user: deploy
+    ansible_ssh_common_args: "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+  children:
+    db:
+      hosts:
+        db1: { ansible_host: 10.0.0.9 }
+    ddms:
+      vars:
+        ansible_ssh_private_key_file: keys/id_ed25519
+      hosts:
+        web2:
+          ansible_host: 10.0.0.2
+          ansible_port: 2222
+        web1:
+          ansible_host: 10.0.0.1
+          ansible_user: root
+          ansible_port: "22"
+"#;
+        let hosts = from_ansible_yaml(text, Path::new("/inv")).unwrap();
+        let args: Vec<String> = [
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            hosts,
+            vec![
+                Host {
+                    key: Some("/inv/keys/id_ed25519".into()),
+                    ssh_args: args.clone(),
+                    ..host("web2", "10.0.0.2", 2222, Some("deploy"))
+                },
+                Host {
+                    key: Some("/inv/keys/id_ed25519".into()),
+                    ssh_args: args,
+                    ..host("web1", "10.0.0.1", 22, Some("root"))
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn ansible_group_at_top_level_with_child_groups_and_absolute_key() {
+        let text = r#"
+ddms:
+  hosts:
+    a.example.org:
+  children:
+    canary:
+      vars: { ansible_port: 2200 }
+      hosts:
+        b.example.org:
+          ansible_ssh_private_key_file: /abs/key
+"#;
+        let hosts = from_ansible_yaml(text, Path::new("/inv")).unwrap();
+        assert_eq!(
+            hosts,
+            vec![
+                host("a.example.org", "a.example.org", 22, None),
+                Host {
+                    key: Some("/abs/key".into()),
+                    ..host("b.example.org", "b.example.org", 2200, None)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn ansible_inventory_without_the_group_or_hosts_is_an_error_naming_it() {
+        let no_group = "all:\n  children:\n    web:\n      hosts:\n        a:\n";
+        let err = from_ansible_yaml(no_group, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("no group `ddms`"), "{err}");
+        let empty = "ddms:\n  hosts: {}\n";
+        let err = from_ansible_yaml(empty, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("has no hosts"), "{err}");
+        let bad_port = "ddms:\n  hosts:\n    a:\n      ansible_port: ssh\n";
+        let err = from_ansible_yaml(bad_port, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("not a port"), "{err}");
+    }
+
+    #[test]
+    fn terraform_output_ddms_hosts_becomes_hosts_with_the_shared_key() {
+        let text = r#"{
+  "backup_bucket": {"sensitive": false, "type": "string", "value": "b"},
+  "ddms_hosts": {
+    "sensitive": false,
+    "type": ["list", ["object", {"address": "string", "name": "string", "ssh_port": "number", "ssh_user": "string"}]],
+    "value": [
+      {"name": "ddms-staging-1", "address": "203.0.113.10", "ssh_user": "admin", "ssh_port": 22},
+      {"name": "ddms-staging-2", "address": "203.0.113.11", "ssh_user": "admin", "ssh_port": 2222}
+    ]
+  }
+}"#;
+        let hosts = from_terraform_json(text, Some(Path::new("/k"))).unwrap();
+        assert_eq!(
+            hosts,
+            vec![
+                Host {
+                    key: Some("/k".into()),
+                    ..host("ddms-staging-1", "203.0.113.10", 22, Some("admin"))
+                },
+                Host {
+                    key: Some("/k".into()),
+                    ..host("ddms-staging-2", "203.0.113.11", 2222, Some("admin"))
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn terraform_output_without_ddms_hosts_is_an_error() {
+        let err = from_terraform_json("{}", None).unwrap_err();
+        assert!(err.to_string().contains("no output `ddms_hosts`"), "{err}");
+        let empty = r#"{"ddms_hosts": {"value": []}}"#;
+        assert!(from_terraform_json(empty, None).is_err());
+    }
+
+    #[test]
+    fn inventory_written_from_terraform_reads_back_as_the_same_hosts() {
+        let hosts = vec![
+            Host {
+                key: Some("/k/id".into()),
+                ..host("h1", "192.0.2.1", 22, Some("admin"))
+            },
+            host("h: 2", "192.0.2.2", 2222, None),
+        ];
+        let text = to_ansible_yaml(&hosts);
+        assert_eq!(from_ansible_yaml(&text, Path::new("/x")).unwrap(), hosts);
+    }
+
+    #[test]
+    fn resolve_prefers_the_environment_ansible_inventory_over_terraform() {
+        let dir = std::env::temp_dir().join(format!("xtask-inv-{}", std::process::id()));
+        let inv = dir.join("ansible/inventories/staging");
+        std::fs::create_dir_all(&inv).unwrap();
+        std::fs::write(inv.join("hosts.yml"), "ddms:\n  hosts:\n    s1:\n").unwrap();
+        let (hosts, source) = resolve(&dir, "staging", None, |_| {
+            panic!("terraform must not be asked when an Ansible inventory exists")
+        })
+        .unwrap();
+        assert_eq!(hosts, vec![host("s1", "s1", 22, None)]);
+        assert_eq!(source, Source::Ansible(inv.join("hosts.yml")));
+
+        std::fs::create_dir_all(dir.join("terraform/envs/production")).unwrap();
+        let (hosts, source) = resolve(&dir, "production", None, |_| {
+            Ok(r#"{"ddms_hosts": {"value": [{"name": "p1", "address": "192.0.2.7", "ssh_user": "admin", "ssh_port": 22}]}}"#.into())
+        })
+        .unwrap();
+        assert_eq!(hosts[0].address, "192.0.2.7");
+        assert_eq!(
+            source,
+            Source::Terraform(dir.join("terraform/envs/production"))
+        );
+        assert!(resolve(&dir, "nowhere", None, |_| unreachable!()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,736 @@
+//! `cargo xtask deploy | rollback | status | provision`: the fleet side of a release. Hosts
+//! come from the environment's inventory (`inventory.rs`); each host is driven over system
+//! OpenSSH (`ssh.rs`) through its own `ddms release` state machine, which does the blue-green
+//! work. This module only orders hosts, undoes what a failed run switched, and reports
+//! (`report.rs`).
+
+pub mod inventory;
+pub mod report;
+mod ssh;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+use xshell::{cmd, Shell};
+
+use inventory::Host;
+use report::{HostReport, Report, Step};
+
+/// Options shared by the four commands.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub env: String,
+    pub inventory: Option<PathBuf>,
+    pub version: Option<String>,
+    pub artifact: Option<PathBuf>,
+    pub batch: usize,
+    pub report: Option<PathBuf>,
+    /// provision: pass `-auto-approve` to `terraform apply`.
+    pub auto_approve: bool,
+    /// provision: extra arguments for ansible-playbook (after `--`).
+    pub playbook_args: Vec<String>,
+}
+
+pub fn parse(task: &str, args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        batch: 1,
+        ..Options::default()
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--env" => options.env = value("--env")?,
+            "--inventory" => options.inventory = Some(value("--inventory")?.into()),
+            "--report" => options.report = Some(value("--report")?.into()),
+            "--batch" => {
+                options.batch = value("--batch")?
+                    .parse()
+                    .context("--batch must be a whole number")?
+            }
+            "--version" if task == "deploy" => options.version = Some(value("--version")?),
+            "--artifact" if task == "deploy" => {
+                options.artifact = Some(value("--artifact")?.into())
+            }
+            "--auto-approve" if task == "provision" => options.auto_approve = true,
+            "--" if task == "provision" => {
+                options.playbook_args = args.by_ref().cloned().collect();
+            }
+            other => bail!("unknown argument `{other}` for {task}"),
+        }
+    }
+    ensure!(!options.env.is_empty(), "{task} needs --env ENV");
+    ensure!(
+        options
+            .env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')),
+        "--env may only hold letters, digits, '-' and '_'"
+    );
+    ensure!(options.batch >= 1, "--batch must be at least 1");
+    Ok(options)
+}
+
+fn hosts(sh: &Shell, options: &Options) -> Result<(Vec<Host>, inventory::Source)> {
+    inventory::resolve(
+        &crate::project_root(),
+        &options.env,
+        options.inventory.as_deref(),
+        |dir| {
+            cmd!(sh, "terraform -chdir={dir} output -json")
+                .quiet()
+                .read()
+                .context("terraform output -json")
+        },
+    )
+}
+
+/// Who deploys, for the report and the hosts' records.
+fn actor() -> String {
+    ["DDMS_RELEASE_ACTOR", "GITHUB_ACTOR", "USER"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The environment every remote `ddms release` gets: our `DDMS_RELEASE_*` variables (gates,
+/// ports, paths: how a test shortens the watch) and the actor.
+fn remote_env(actor: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DDMS_RELEASE_") && k != "DDMS_RELEASE_ACTOR")
+        .collect();
+    env.sort();
+    env.push(("DDMS_RELEASE_ACTOR".into(), actor.into()));
+    env
+}
+
+fn target_dir(sh: &Shell) -> Result<PathBuf> {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => crate::build::target_dir(sh),
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP set this to the signal's number; the run stops after the
+/// current batch and rolls back what it switched.
+fn watch_signals() -> Result<Arc<AtomicUsize>> {
+    let caught = Arc::new(AtomicUsize::new(0));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register_usize(signal, caught.clone(), signal as usize)
+            .context("install signal handler")?;
+    }
+    Ok(caught)
+}
+
+fn signal_name(number: usize) -> String {
+    match number as i32 {
+        signal_hook::consts::SIGINT => "SIGINT".into(),
+        signal_hook::consts::SIGTERM => "SIGTERM".into(),
+        signal_hook::consts::SIGHUP => "SIGHUP".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}
+
+fn file_stamp() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The artifact to deploy: `--artifact`, else `cargo xtask build`'s for `--version`, else a
+/// fresh `cargo xtask build`.
+fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf)> {
+    let tarball = match (&options.artifact, &options.version) {
+        (Some(path), _) => path.clone(),
+        (None, Some(version)) => {
+            let name = format!("ddms-{version}-{}-linux.tar.gz", std::env::consts::ARCH);
+            let path = target_dir(sh)?.join("dist").join(name);
+            ensure!(
+                path.exists(),
+                "no artifact for version {version} at {}: run `cargo xtask build` or pass --artifact",
+                path.display()
+            );
+            path
+        }
+        (None, None) => crate::build::run(sh, false)?.tarball,
+    };
+    let mut checksum = tarball.clone().into_os_string();
+    checksum.push(".sha256");
+    let checksum = PathBuf::from(checksum);
+    ensure!(
+        tarball.is_file(),
+        "artifact {} not found",
+        tarball.display()
+    );
+    ensure!(
+        checksum.is_file(),
+        "the artifact's published checksum {} is missing",
+        checksum.display()
+    );
+    Ok((tarball, checksum))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("read {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The release name `ddms release install` derives from a tarball name.
+fn release_name(tarball: &Path) -> String {
+    let file = tarball
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let stem = file.strip_suffix(".tar.gz").unwrap_or(file);
+    let stem = stem.strip_prefix("ddms-").unwrap_or(stem);
+    let suffix = format!("-{}-linux", std::env::consts::ARCH);
+    stem.strip_suffix(&suffix).unwrap_or(stem).to_string()
+}
+
+/// The last line of `stdout` that is a JSON object (a record or status).
+fn last_json(stdout: &str) -> Option<serde_json::Value> {
+    stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(serde_json::Value::is_object)
+}
+
+fn step(name: &str, outcome: &ssh::Outcome) -> Step {
+    Step {
+        name: name.into(),
+        duration_ms: outcome.duration.as_millis() as u64,
+        ok: outcome.ok(),
+        detail: (!outcome.ok()).then(|| outcome.reason()),
+    }
+}
+
+fn failed_step(name: &str, started: Instant, e: &anyhow::Error) -> Step {
+    Step {
+        name: name.into(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ok: false,
+        detail: Some(format!("{e:#}")),
+    }
+}
+
+/// Runs one remote step, recording it; false when it did not succeed.
+fn remote_step(
+    report: &mut HostReport,
+    name: &str,
+    f: impl FnOnce() -> Result<ssh::Outcome>,
+) -> Option<ssh::Outcome> {
+    let started = Instant::now();
+    match f() {
+        Ok(outcome) => {
+            report.steps.push(step(name, &outcome));
+            eprintln!(
+                "deploy: {}: {name} {} ({:.1} s)",
+                report.name,
+                if outcome.ok() { "ok" } else { "FAILED" },
+                outcome.duration.as_secs_f64()
+            );
+            Some(outcome)
+        }
+        Err(e) => {
+            report.steps.push(failed_step(name, started, &e));
+            report.error = Some(format!("{name}: {e:#}"));
+            report.result = report::RunResult::Failed;
+            None
+        }
+    }
+}
+
+/// Upload, install and activate on one host.
+fn deploy_host(
+    host: &Host,
+    env: &[(String, String)],
+    tarball: &Path,
+    checksum: &Path,
+) -> HostReport {
+    let mut report = HostReport::new(&host.name, &host.address);
+    let file_name = tarball
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("artifact.tar.gz")
+        .to_string();
+    let upload = remote_step(&mut report, "upload", || {
+        let mkdir = ssh::run(host, &[], &ssh::mkdir_script())?;
+        if !mkdir.ok() {
+            return Ok(mkdir);
+        }
+        let mut copy = ssh::upload(host, &[tarball, checksum], ssh::UPLOAD_DIR)?;
+        copy.duration += mkdir.duration;
+        Ok(copy)
+    });
+    let Some(upload) = upload else { return report };
+    if !upload.ok() {
+        report.result = report::RunResult::Aborted;
+        report.error = Some(format!("upload: {}", upload.reason()));
+        return report;
+    }
+    let Some(install) = remote_step(&mut report, "install", || {
+        ssh::run(host, env, &ssh::install_script(&file_name))
+    }) else {
+        return report;
+    };
+    let installed = last_json(&install.stdout);
+    let release = installed
+        .as_ref()
+        .and_then(|i| i.get("release"))
+        .and_then(|r| r.as_str())
+        .map(str::to_string);
+    let Some(release) = release.filter(|_| install.ok()) else {
+        report.result = report::RunResult::Aborted;
+        report.error = Some(format!("install refused: {}", install.reason()));
+        return report;
+    };
+    let Some(activate) = remote_step(&mut report, "activate", || {
+        ssh::run(host, env, &ssh::activate_script(&release))
+    }) else {
+        return report;
+    };
+    report.record = last_json(&activate.stdout);
+    report.result = report::host_result(activate.code, report.record.as_ref());
+    if report.result != report::RunResult::Ok {
+        report.error = Some(
+            report
+                .record
+                .as_ref()
+                .and_then(|r| r.get("error"))
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| activate.reason()),
+        );
+    }
+    report
+}
+
+/// `ddms release rollback` on one host, into `report`.
+fn rollback_host(host: &Host, env: &[(String, String)], report: &mut HostReport) -> bool {
+    let Some(outcome) = remote_step(report, "rollback", || {
+        ssh::run(host, env, &ssh::rollback_script())
+    }) else {
+        return false;
+    };
+    let record = last_json(&outcome.stdout);
+    let ok = report::host_result(outcome.code, record.as_ref()) == report::RunResult::Ok;
+    if !ok {
+        report.error = Some(format!(
+            "rollback failed: {}",
+            record
+                .as_ref()
+                .and_then(|r| r.get("error"))
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| outcome.reason())
+        ));
+    }
+    report.rollback_record = record;
+    ok
+}
+
+/// Runs `f` for every host of `batch` at once, in threads; results in host order.
+fn per_host<T: Send>(batch: &[Host], f: impl Fn(&Host) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = batch.iter().map(|host| scope.spawn(|| f(host))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("host thread panicked"))
+            .collect()
+    })
+}
+
+/// `cargo xtask deploy`: returns the exit status (0 ok, 3 refused, 1 otherwise).
+pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
+    let caught = watch_signals()?;
+    let started_at = now_rfc3339();
+    let started = Instant::now();
+    let (hosts, source) = hosts(sh, options)?;
+    let (tarball, checksum) = artifact(sh, options)?;
+    let digest = sha256_file(&tarball)?;
+    let published = std::fs::read_to_string(&checksum)?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    let actor = actor();
+    let env = remote_env(&actor);
+    let mut reports: Vec<HostReport> = hosts
+        .iter()
+        .map(|h| HostReport::new(&h.name, &h.address))
+        .collect();
+    let mut error = None;
+    eprintln!(
+        "deploy: {} to {} host(s) of `{}` in batches of {}",
+        tarball.display(),
+        hosts.len(),
+        options.env,
+        options.batch
+    );
+    if published != digest {
+        // Never ship what does not match its published checksum; the hosts would refuse it too.
+        error = Some(format!(
+            "{} has sha256 {digest}, but {} publishes {published}: refusing to deploy it",
+            tarball.display(),
+            checksum.display()
+        ));
+    } else {
+        let mut failed = false;
+        for (index, batch) in hosts.chunks(options.batch).enumerate() {
+            if caught.load(Ordering::SeqCst) != 0 {
+                break;
+            }
+            let done = per_host(batch, |host| deploy_host(host, &env, &tarball, &checksum));
+            let first = index * options.batch;
+            for (offset, report) in done.into_iter().enumerate() {
+                failed |= report.result != report::RunResult::Ok;
+                reports[first + offset] = report;
+            }
+            if failed {
+                break;
+            }
+        }
+        let interrupted = caught.load(Ordering::SeqCst) != 0;
+        if failed || interrupted {
+            // Undo what this run switched, newest first.
+            let failing: Vec<String> = reports
+                .iter()
+                .filter(|r| !matches!(r.result, report::RunResult::Ok | report::RunResult::Skipped))
+                .map(|r| r.name.clone())
+                .collect();
+            let why = if interrupted {
+                format!(
+                    "interrupted by {}",
+                    signal_name(caught.load(Ordering::SeqCst))
+                )
+            } else {
+                format!("{} failed", failing.join(", "))
+            };
+            for (host, report) in hosts.iter().zip(reports.iter_mut()).rev() {
+                if !report.switched() {
+                    continue;
+                }
+                eprintln!("deploy: {}: rolling back ({why})", host.name);
+                if rollback_host(host, &env, report) {
+                    report.result = report::RunResult::RolledBack;
+                    report.error = Some(format!("rolled back: {why}"));
+                } else {
+                    report.result = report::RunResult::Failed;
+                }
+            }
+        }
+    }
+    let signal = caught.load(Ordering::SeqCst);
+    let interrupted_by = (signal != 0).then(|| signal_name(signal));
+    let result = if error.is_some() {
+        report::RunResult::Aborted
+    } else {
+        report::overall(&reports, interrupted_by.is_some())
+    };
+    let error = error.or_else(|| {
+        let summary = report::summary(&reports);
+        match (&interrupted_by, summary) {
+            (Some(signal), Some(s)) => Some(format!("interrupted by {signal}; {s}")),
+            (Some(signal), None) => Some(format!("interrupted by {signal}")),
+            (None, summary) => summary,
+        }
+    });
+    let release = reports
+        .iter()
+        .find_map(|r| {
+            r.record
+                .as_ref()?
+                .get("release")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .or_else(|| Some(release_name(&tarball)));
+    let report = Report {
+        command: "deploy".into(),
+        env: options.env.clone(),
+        actor,
+        inventory: serde_json::to_value(&source)?,
+        release,
+        artifact: Some(tarball.display().to_string()),
+        artifact_sha256: Some(digest),
+        batch: options.batch,
+        started_at,
+        finished_at: now_rfc3339(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        result,
+        interrupted_by,
+        error,
+        hosts: reports,
+    };
+    finish(sh, options, &report)
+}
+
+/// `cargo xtask rollback`: every host back to its previous known-good release.
+pub fn rollback(sh: &Shell, options: &Options) -> Result<i32> {
+    let started_at = now_rfc3339();
+    let started = Instant::now();
+    let (hosts, source) = hosts(sh, options)?;
+    let actor = actor();
+    let env = remote_env(&actor);
+    let mut reports = Vec::new();
+    for batch in hosts.chunks(options.batch) {
+        reports.extend(per_host(batch, |host| {
+            let mut report = HostReport::new(&host.name, &host.address);
+            rollback_host(host, &env, &mut report);
+            let code = report.steps.last().filter(|s| s.ok).map(|_| 0).or(Some(1));
+            report.record = report.rollback_record.take();
+            report.result = report::host_result(code, report.record.as_ref());
+            report
+        }));
+    }
+    let result = report::overall(&reports, false);
+    let report = Report {
+        command: "rollback".into(),
+        env: options.env.clone(),
+        actor,
+        inventory: serde_json::to_value(&source)?,
+        release: None,
+        artifact: None,
+        artifact_sha256: None,
+        batch: options.batch,
+        started_at,
+        finished_at: now_rfc3339(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        result,
+        interrupted_by: None,
+        error: report::summary(&reports),
+        hosts: reports,
+    };
+    finish(sh, options, &report)
+}
+
+/// Writes the report (`--report`, else `<target>/deploy/<env>-<command>-<time>.json`), prints
+/// it, and gives the exit status.
+fn finish(sh: &Shell, options: &Options, report: &Report) -> Result<i32> {
+    let path = match &options.report {
+        Some(path) => path.clone(),
+        None => target_dir(sh)?.join("deploy").join(format!(
+            "{}-{}-{}.json",
+            options.env,
+            report.command,
+            file_stamp()
+        )),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(&path, format!("{json}\n"))
+        .with_context(|| format!("write report {}", path.display()))?;
+    println!("{json}");
+    let result = serde_json::to_value(report.result)?;
+    eprintln!(
+        "{}: {} — report {}",
+        report.command,
+        result.as_str().unwrap_or("?"),
+        path.display()
+    );
+    Ok(report::exit_code(report.result))
+}
+
+/// Why a host's `ddms release status` is not "exactly one active slot, running and ready".
+pub fn status_problem(status: &serde_json::Value) -> Option<String> {
+    let Some(slots) = status.get("slots").and_then(|s| s.as_object()) else {
+        return Some("no slots in the status".into());
+    };
+    let active: Vec<(&String, &serde_json::Value)> = slots
+        .iter()
+        .filter(|(_, s)| s.get("active").and_then(|a| a.as_bool()) == Some(true))
+        .collect();
+    let [(name, slot)] = active.as_slice() else {
+        return Some(format!("{} active slots", active.len()));
+    };
+    let flag = |key: &str| slot.get(key).and_then(|v| v.as_bool()) == Some(true);
+    if !flag("running") {
+        return Some(format!("active slot {name} is not running"));
+    }
+    if !flag("ready") {
+        let health = slot.get("health").and_then(|h| h.as_str()).unwrap_or("?");
+        return Some(format!("active slot {name} is not ready: {health}"));
+    }
+    None
+}
+
+/// `cargo xtask status`: every host's `ddms release status`; exit 1 unless each host has
+/// exactly one active slot that runs and is ready.
+pub fn status(sh: &Shell, options: &Options) -> Result<i32> {
+    let (hosts, source) = hosts(sh, options)?;
+    let results = per_host(&hosts, |host| ssh::run(host, &[], &ssh::status_script()));
+    let mut all_ok = true;
+    let mut entries = Vec::new();
+    for (host, result) in hosts.iter().zip(results) {
+        let (status, problem) = match result {
+            Ok(out) => match serde_json::from_str::<serde_json::Value>(&out.stdout) {
+                Ok(status) if out.ok() => {
+                    let problem = status_problem(&status);
+                    (Some(status), problem)
+                }
+                _ => (None, Some(out.reason())),
+            },
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        all_ok &= problem.is_none();
+        entries.push(serde_json::json!({
+            "name": host.name,
+            "address": host.address,
+            "ok": problem.is_none(),
+            "problem": problem,
+            "status": status,
+        }));
+    }
+    let out = serde_json::json!({
+        "env": options.env,
+        "inventory": source,
+        "ok": all_ok,
+        "hosts": entries,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+/// `cargo xtask provision`: Terraform apply (unless an Ansible inventory is given or exists for
+/// the environment) → inventory from its outputs → `ansible-playbook site.yml`.
+pub fn provision(sh: &Shell, options: &Options) -> Result<()> {
+    let root = crate::project_root();
+    let existing = options.inventory.clone().unwrap_or_else(|| {
+        root.join("ansible/inventories")
+            .join(&options.env)
+            .join("hosts.yml")
+    });
+    let inventory = if options.inventory.is_some() || existing.exists() {
+        existing
+    } else {
+        let dir = root.join("terraform/envs").join(&options.env);
+        ensure!(
+            dir.is_dir(),
+            "no Ansible inventory and no Terraform environment {}",
+            dir.display()
+        );
+        let approve = options.auto_approve.then_some("-auto-approve");
+        cmd!(sh, "terraform -chdir={dir} init -input=false").run()?;
+        cmd!(sh, "terraform -chdir={dir} apply -input=false {approve...}").run()?;
+        let outputs = cmd!(sh, "terraform -chdir={dir} output -json")
+            .quiet()
+            .read()?;
+        let key = std::env::var_os("DDMS_DEPLOY_SSH_KEY").map(PathBuf::from);
+        let hosts = inventory::from_terraform_json(&outputs, key.as_deref())?;
+        let path = target_dir(sh)?
+            .join("deploy")
+            .join(format!("{}-inventory.yml", options.env));
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        std::fs::write(&path, inventory::to_ansible_yaml(&hosts))?;
+        eprintln!("provision: inventory written to {}", path.display());
+        path
+    };
+    let site = root.join("ansible/site.yml");
+    let args = &options.playbook_args;
+    cmd!(sh, "ansible-playbook -i {inventory} {site} {args...}").run()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_and_refuse_what_does_not_fit() {
+        let o = parse(
+            "deploy",
+            &args(&["--env", "staging", "--version", "0.2.0", "--batch", "2"]),
+        )
+        .unwrap();
+        assert_eq!((o.env.as_str(), o.batch), ("staging", 2));
+        assert_eq!(o.version.as_deref(), Some("0.2.0"));
+        assert!(parse("deploy", &args(&["--version", "1"])).is_err());
+        assert!(parse("deploy", &args(&["--env", "a/b"])).is_err());
+        assert!(parse("deploy", &args(&["--env", "a", "--batch", "0"])).is_err());
+        assert!(parse("status", &args(&["--env", "a", "--version", "1"])).is_err());
+        let p = parse("provision", &args(&["--env", "e", "--", "--check", "-v"])).unwrap();
+        assert_eq!(p.playbook_args, args(&["--check", "-v"]));
+    }
+
+    #[test]
+    fn release_names_follow_ddms_release_install() {
+        let arch = std::env::consts::ARCH;
+        let built = format!("/d/ddms-0.2.0-{arch}-linux.tar.gz");
+        assert_eq!(release_name(Path::new(&built)), "0.2.0");
+        assert_eq!(
+            release_name(Path::new("ddms-v3-never-ready.tar.gz")),
+            "v3-never-ready"
+        );
+    }
+
+    #[test]
+    fn the_record_is_the_last_json_line() {
+        let out = "noise\n{\"result\": \"ok\", \"n\": 1}\n\n";
+        assert_eq!(last_json(out), Some(json!({"result": "ok", "n": 1})));
+        assert_eq!(last_json("no json\n[1]\n"), None);
+    }
+
+    #[test]
+    fn status_is_healthy_only_with_one_active_running_ready_slot() {
+        let slot = |active: bool, running: bool, ready: bool| json!({"active": active, "running": running, "ready": ready, "health": "x"});
+        let status = |blue, green| json!({"slots": {"blue": blue, "green": green}});
+        assert_eq!(
+            status_problem(&status(slot(true, true, true), slot(false, false, false))),
+            None
+        );
+        // The idle slot may still run (an old slot draining is not traffic).
+        assert_eq!(
+            status_problem(&status(slot(false, true, true), slot(true, true, true))),
+            None
+        );
+        assert_eq!(
+            status_problem(&status(slot(false, true, true), slot(false, true, true))).unwrap(),
+            "0 active slots"
+        );
+        assert_eq!(
+            status_problem(&status(slot(true, true, true), slot(true, true, true))).unwrap(),
+            "2 active slots"
+        );
+        assert!(
+            status_problem(&status(slot(true, true, false), slot(false, false, false)))
+                .unwrap()
+                .contains("not ready")
+        );
+        assert!(status_problem(&json!({})).is_some());
+    }
+}
