@@ -1,13 +1,15 @@
 //! `cargo xtask bench <name>`: performance targets as runnable measurements. Each benchmark
 //! prints its figures and writes JSON under `target/bench/`; the drivers are examples of the
-//! `ddms` crate (`app/examples/bench_*.rs`), so heavy dependencies stay out of xtask.
+//! `ddms` crate (`app/examples/bench_*.rs`) or, for `deploy`, of xtask itself
+//! (`xtask/examples/bench_deploy.rs`, sharing the end-to-end harness), so heavy dependencies
+//! stay out of xtask's everyday tasks.
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("which benchmark? one of: ingest, modbus");
+        bail!("which benchmark? one of: ingest, modbus, deploy");
     };
     let rest = &args[1..];
     match name.as_str() {
@@ -37,6 +39,17 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
             cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}`; one of: ingest, modbus"),
+        "deploy" => {
+            // The fleet's releases wrap the release binary found beside the driver.
+            cmd!(sh, "cargo build --release -p ddms --bin ddms").run()?;
+            cmd!(sh, "cargo build --release -p xtask --example bench_deploy").run()?;
+            let target = crate::build::target_dir(sh)?;
+            let driver = target.join("release/examples/bench_deploy");
+            let xtask = std::env::current_exe()?;
+            let out = target.join("bench/deploy.json");
+            cmd!(sh, "{driver} --xtask {xtask} --out {out} {rest...}").run()?;
+            Ok(())
+        }
+        other => bail!("unknown benchmark `{other}`; one of: ingest, modbus, deploy"),
     }
 }

@@ -28,6 +28,9 @@ tasks:
                       MQTT → Mosquitto → ddms → PostgreSQL vs a raw COPY; JSON in target/bench/
   bench modbus [--devices N] [--interval-ms I] [--seconds S] [--dead-fraction F]
                       many simulated Modbus devices polled by a release ddms; JSON in target/bench/
+  bench deploy [--switches N] [--rate R] [--min-requests M]
+                      blue-green switches under load on the Docker e2e fleet: switch time,
+                      per-host deploy time, failed requests; JSON in target/bench/
   build               release tarball (binary, ops/, example config, docs) and its .sha256
   smoke               build the release, verify and unpack it, run README command 1 against it
   deploy --env E [--version V] [--artifact PATH] [--inventory FILE] [--batch N] [--report FILE]
