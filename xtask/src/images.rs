@@ -6,7 +6,10 @@
 //! * `ddms-test/base:bookworm`: a `debootstrap --variant=minbase` Debian root file system,
 //!   slimmed down and imported with `docker import`;
 //! * `ddms-test/postgres:15` and `ddms-test/mosquitto:2`: `docker build` of
-//!   `ops/test-images/{postgres,mosquitto}` on top of the base.
+//!   `ops/test-images/{postgres,mosquitto}` on top of the base;
+//! * `ddms-test/host:bookworm` (sshd, python3, nginx, tini) and `ddms-test/dbhost:bookworm`
+//!   (the host plus PostgreSQL and Mosquitto): the hosts of the end-to-end tests
+//!   (`xtask/tests/e2e`), which Ansible provisions over ssh.
 //!
 //! Every image carries a label with a digest of its inputs (for the derived images this
 //! includes the id of the base image they were built on), so re-running the build only
@@ -30,6 +33,10 @@ pub const POSTGRES_IMAGE: (&str, &str) = ("ddms-test/postgres", "15");
 pub const MOSQUITTO_IMAGE: (&str, &str) = ("ddms-test/mosquitto", "2");
 /// The Debian base both test images are built on.
 pub const BASE_IMAGE: (&str, &str) = ("ddms-test/base", "bookworm");
+/// A Debian "server" (sshd, python3, sudo, nginx, tini) for the ssh-driven end-to-end tests.
+pub const HOST_IMAGE: (&str, &str) = ("ddms-test/host", "bookworm");
+/// [`HOST_IMAGE`] with PostgreSQL 15 and Mosquitto preinstalled: the database host.
+pub const DBHOST_IMAGE: (&str, &str) = ("ddms-test/dbhost", "bookworm");
 
 /// Label holding the digest of an image's inputs.
 const DIGEST_LABEL: &str = "org.ddms.test-images.input-digest";
@@ -72,22 +79,39 @@ const SLIM_DIRS: [&str; 6] = [
 /// An image built with `docker build` from a directory of `ops/test-images`.
 struct DerivedImage {
     image: (&'static str, &'static str),
+    /// The image it is built on: [`BASE_IMAGE`], or one built earlier in [`DERIVED_IMAGES`].
+    parent: (&'static str, &'static str),
     /// Directory under `ops/test-images`; it is the build context.
     dir: &'static str,
     /// Every file of the build context, all of which feed the digest.
     files: &'static [&'static str],
 }
 
-const DERIVED_IMAGES: [DerivedImage; 2] = [
+/// In build order: a parent comes before the images built on it.
+const DERIVED_IMAGES: [DerivedImage; 4] = [
     DerivedImage {
         image: POSTGRES_IMAGE,
+        parent: BASE_IMAGE,
         dir: "postgres",
         files: &["Dockerfile", "docker-entrypoint.sh"],
     },
     DerivedImage {
         image: MOSQUITTO_IMAGE,
+        parent: BASE_IMAGE,
         dir: "mosquitto",
         files: &["Dockerfile", "mosquitto.conf"],
+    },
+    DerivedImage {
+        image: HOST_IMAGE,
+        parent: BASE_IMAGE,
+        dir: "host",
+        files: &["Dockerfile", "docker-entrypoint.sh"],
+    },
+    DerivedImage {
+        image: DBHOST_IMAGE,
+        parent: HOST_IMAGE,
+        dir: "dbhost",
+        files: &["Dockerfile"],
     },
 ];
 
@@ -155,8 +179,17 @@ pub fn build_local_images(sh: &Shell, force: bool) -> Result<()> {
     for image in &DERIVED_IMAGES {
         let context = dir.join(image.dir);
         let reference = image_ref(image.image);
+        let parent_ref = image_ref(image.parent);
+        // The parent's id is an input: a rebuilt parent rebuilds everything built on it.
+        let parent_id = if image.parent == BASE_IMAGE {
+            base_id.clone()
+        } else {
+            docker
+                .image_id(sh, &parent_ref)?
+                .ok_or_else(|| anyhow!("{parent_ref} is missing; it is built before {reference}"))?
+        };
         let mut inputs = Inputs::new(image.dir);
-        inputs.add("base image id", &base_id);
+        inputs.add("base image id", &parent_id);
         for file in image.files {
             inputs.add(file, read(&context.join(file))?);
         }
@@ -168,7 +201,7 @@ pub fn build_local_images(sh: &Shell, force: bool) -> Result<()> {
         }
         println!("images: building {reference} from {}", context.display());
         let t = Instant::now();
-        docker.build(sh, &reference, &context, &base_ref, &digest, &base_id)?;
+        docker.build(sh, &reference, &context, &parent_ref, &digest, &parent_id)?;
         report.push(Step::built(&reference, &digest, t.elapsed(), String::new()));
         rebuilt_any = true;
     }
@@ -886,5 +919,7 @@ mod tests {
         assert_eq!(image_ref(POSTGRES_IMAGE), "ddms-test/postgres:15");
         assert_eq!(image_ref(MOSQUITTO_IMAGE), "ddms-test/mosquitto:2");
         assert_eq!(image_ref(BASE_IMAGE), "ddms-test/base:bookworm");
+        assert_eq!(image_ref(HOST_IMAGE), "ddms-test/host:bookworm");
+        assert_eq!(image_ref(DBHOST_IMAGE), "ddms-test/dbhost:bookworm");
     }
 }

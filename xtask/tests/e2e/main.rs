@@ -1,0 +1,12 @@
+//! End-to-end tests on Debian hosts in Docker containers, driven like real hosts: over ssh,
+//! by `ansible-playbook` and `ddms release`. Every test here needs Docker (and the images
+//! `cargo xtask images` builds), so every name contains `container`: `cargo xtask test` skips
+//! them loudly when no engine answers.
+
+mod support;
+
+mod harness;
+
+mod deploy;
+mod fleet;
+mod traffic;

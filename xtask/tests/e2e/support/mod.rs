@@ -1,0 +1,47 @@
+//! The end-to-end harness: Debian "hosts" in Docker containers reached over ssh
+//! ([`cluster`]), release tarballs of the real `ddms` binary and of misbehaving wrappers around
+//! it ([`release`]), and `ansible-playbook` runs with their PLAY RECAP parsed ([`ansible`]).
+//!
+//! The API is shared with other end-to-end tests (the deploy scenarios): add to it, do not
+//! rename.
+
+// Each test uses only part of the harness.
+#![allow(dead_code)]
+
+pub mod ansible;
+pub mod cluster;
+pub mod release;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+
+/// The workspace root (the parent of the xtask crate).
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command to completion and fails with its output unless it exits 0.
+pub fn run(command: &mut Command) -> Result<Output> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+/// The last `n` lines of a text, for failure messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
