@@ -52,8 +52,14 @@ fn parse() -> Result<Options> {
             other => bail!("unknown argument `{other}`"),
         }
     }
-    ensure!(options.switches >= 1 && options.rate > 0.0, "nothing to measure");
-    ensure!(options.xtask.is_file(), "--xtask must name the xtask binary");
+    ensure!(
+        options.switches >= 1 && options.rate > 0.0,
+        "nothing to measure"
+    );
+    ensure!(
+        options.xtask.is_file(),
+        "--xtask must name the xtask binary"
+    );
     Ok(options)
 }
 
@@ -90,7 +96,8 @@ fn main() -> Result<()> {
         .display()
         .to_string();
     let per_host = options.rate / fleet.targets.len() as f64;
-    let traffic = traffic::Traffic::start(&fleet.targets, &fleet.ca_pem, &fleet.token, per_host, 0)?;
+    let traffic =
+        traffic::Traffic::start(&fleet.targets, &fleet.ca_pem, &fleet.token, per_host, 0)?;
     let env = [
         ("DDMS_RELEASE_WATCH", "2"),
         ("DDMS_RELEASE_DRAIN_TIMEOUT", "15"),
@@ -117,8 +124,10 @@ fn main() -> Result<()> {
                 .unwrap_or(0);
             switch_ms.push(switch);
             host_deploy_ms.push(deploy);
-            hosts.push(json!({"host": host, "switch_ms": switch, "deploy_ms": deploy,
-                              "ready_ms": step_ms(record, &["ready"]), "result": entry["result"]}));
+            hosts.push(
+                json!({"host": host, "switch_ms": switch, "deploy_ms": deploy,
+                              "ready_ms": step_ms(record, &["ready"]), "result": entry["result"]}),
+            );
         }
         let stats = traffic.stats();
         say(format!(
@@ -148,9 +157,20 @@ fn main() -> Result<()> {
         "deploy_problems": problems,
         "runs": runs,
     });
-    println!("\nbench deploy: {} switches on {} hosts at {:.0} requests/s offered", i, HOSTS.len(), options.rate);
-    println!("  switch time (ready → traffic moved), ms: {}", result["switch_ms"]);
-    println!("  per-host deploy time (upload + install + activate), ms: {}", result["host_deploy_ms"]);
+    println!(
+        "\nbench deploy: {} switches on {} hosts at {:.0} requests/s offered",
+        i,
+        HOSTS.len(),
+        options.rate
+    );
+    println!(
+        "  switch time (ready → traffic moved), ms: {}",
+        result["switch_ms"]
+    );
+    println!(
+        "  per-host deploy time (upload + install + activate), ms: {}",
+        result["host_deploy_ms"]
+    );
     println!(
         "  requests: {} sent, {} ok, {} failed {:?}",
         stats.sent, stats.ok, stats.failed, stats.by_kind

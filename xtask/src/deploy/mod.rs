@@ -95,7 +95,7 @@ fn hosts(sh: &Shell, options: &Options) -> Result<(Vec<Host>, inventory::Source)
 
 /// Who deploys, for the report and the hosts' records.
 fn actor() -> String {
-    ["DDMS_RELEASE_ACTOR", "GITHUB_ACTOR", "USER"]
+    ["DDMS_RELEASE_ACTOR", "GITHUB_ACTOR", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| "unknown".into())

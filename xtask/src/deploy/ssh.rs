@@ -75,20 +75,22 @@ fn common_options(cmd: &mut Command, host: &Host) {
 }
 
 /// Runs `script` with `sh` on `host` (through `sudo -n` when the ssh user is not root), with
-/// `env` set. Standard error is echoed line by line with the host's name; standard output is
-/// collected. Standard input stays open until the command ends (see the module comment).
+/// `env` exported — after the host's own `/etc/ddms/release.env` (KEY=VALUE lines, e.g. the
+/// `DDMS_RELEASE_*` options its provisioning chose), so what the caller sets wins. Standard
+/// error is echoed line by line with the host's name; standard output is collected. Standard
+/// input stays open until the command ends (see the module comment).
 pub fn run(host: &Host, env: &[(String, String)], script: &str) -> Result<Outcome> {
+    let mut full = String::from(HOST_ENV);
+    for (key, value) in env {
+        full.push_str(&format!("export {key}={}\n", quote(value)));
+    }
+    full.push_str(script);
     let mut remote = String::new();
     if host.user.as_deref().is_some_and(|u| u != "root") {
         remote.push_str("sudo -n ");
     }
-    remote.push_str("env");
-    for (key, value) in env {
-        remote.push(' ');
-        remote.push_str(&quote(&format!("{key}={value}")));
-    }
-    remote.push_str(" sh -c ");
-    remote.push_str(&quote(script));
+    remote.push_str("sh -c ");
+    remote.push_str(&quote(&full));
 
     let mut cmd = Command::new("ssh");
     common_options(&mut cmd, host);
@@ -162,6 +164,10 @@ pub fn upload(host: &Host, files: &[&Path], dir: &str) -> Result<Outcome> {
 pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r#"'\''"#))
 }
+
+/// The host's own release options, when its provisioning wrote them.
+const HOST_ENV: &str =
+    "if [ -r /etc/ddms/release.env ]; then set -a; . /etc/ddms/release.env; set +a; fi\n";
 
 /// Where artifacts are uploaded on a host (then `ddms release install` copies them into the
 /// release tree).

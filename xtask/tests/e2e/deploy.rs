@@ -40,15 +40,38 @@ fn deploy_container_scenarios_under_load_rollback_lock_prune_tamper() -> Result<
         }
         outcomes.push(Outcome { name, result });
     };
-    scenario("v2 under load: 0 failed requests, streams move, no missed event", &v2_under_load);
-    scenario("v3 never ready: no traffic to it, non-zero exit, v2 serves on", &v3_never_ready);
-    scenario("v4 unhealthy after the switch: every host rolls back in the watch", &v4_unhealthy);
-    scenario("a later host fails: the run rolls back the hosts it switched", &later_host_fails);
-    scenario("deploy SIGKILLed: the next one gets the lock after the TTL", &killed_deploy);
-    scenario("prune keeps active and last known good; tampered artifact refused", &prune_and_tamper);
+    scenario(
+        "v2 under load: 0 failed requests, streams move, no missed event",
+        &v2_under_load,
+    );
+    scenario(
+        "v3 never ready: no traffic to it, non-zero exit, v2 serves on",
+        &v3_never_ready,
+    );
+    scenario(
+        "v4 unhealthy after the switch: every host rolls back in the watch",
+        &v4_unhealthy,
+    );
+    scenario(
+        "a later host fails: the run rolls back the hosts it switched",
+        &later_host_fails,
+    );
+    scenario(
+        "deploy SIGKILLed: the next one gets the lock after the TTL",
+        &killed_deploy,
+    );
+    scenario(
+        "prune keeps active and last known good; tampered artifact refused",
+        &prune_and_tamper,
+    );
     let failed: Vec<String> = outcomes
         .iter()
-        .filter_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e:#}", o.name)))
+        .filter_map(|o| {
+            o.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {e:#}", o.name))
+        })
         .collect();
     say(format!(
         "{} of {} scenarios passed in {:.0} s",
@@ -56,7 +79,11 @@ fn deploy_container_scenarios_under_load_rollback_lock_prune_tamper() -> Result<
         outcomes.len(),
         started.elapsed().as_secs_f64()
     ));
-    ensure!(failed.is_empty(), "failed scenarios:\n{}", failed.join("\n\n"));
+    ensure!(
+        failed.is_empty(),
+        "failed scenarios:\n{}",
+        failed.join("\n\n")
+    );
     Ok(())
 }
 
@@ -126,7 +153,10 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
     let slots = serving_slots(fleet)?;
     for (host, (_, to_slot)) in &switches {
         if slots.get(host) != Some(to_slot) {
-            problems.push(format!("{host} serves slot {:?}, not {to_slot}", slots.get(host)));
+            problems.push(format!(
+                "{host} serves slot {:?}, not {to_slot}",
+                slots.get(host)
+            ));
         }
     }
     let (moved, stream_problems) = check_streams(fleet, &sse, &switches)?;
@@ -230,7 +260,13 @@ fn check_streams(
 fn v3_never_ready(fleet: &Fleet) -> Result<String> {
     let v3 = artifact(fleet, "v3", Kind::NeverReady)?;
     let before = serving_slots(fleet)?;
-    let traffic = Traffic::start(&fleet.targets, &fleet.ca_pem, &fleet.token, RATE_PER_HOST, 0)?;
+    let traffic = Traffic::start(
+        &fleet.targets,
+        &fleet.ca_pem,
+        &fleet.token,
+        RATE_PER_HOST,
+        0,
+    )?;
     std::thread::sleep(Duration::from_secs(2));
     let mut env = FAST.to_vec();
     env.retain(|(k, _)| *k != "DDMS_RELEASE_READY_TIMEOUT");
@@ -259,7 +295,10 @@ fn v3_never_ready(fleet: &Fleet) -> Result<String> {
     }
     let second = host_record(&report, HOSTS[1])?;
     if second["result"] != "skipped" {
-        problems.push(format!("{} was not skipped: {}", HOSTS[1], second["result"]));
+        problems.push(format!(
+            "{} was not skipped: {}",
+            HOSTS[1], second["result"]
+        ));
     }
     let after = serving_slots(fleet)?;
     if after != before {
@@ -289,14 +328,20 @@ fn v4_unhealthy(fleet: &Fleet) -> Result<String> {
         problems.push("deploy exited 0".into());
     }
     if report["result"] != "rolled_back" {
-        problems.push(format!("report result {} (want rolled_back)", report["result"]));
+        problems.push(format!(
+            "report result {} (want rolled_back)",
+            report["result"]
+        ));
     }
     let mut figures = Vec::new();
     for host in HOSTS {
         let entry = host_record(&report, host)?;
         let record = &entry["record"];
         if entry["result"] != "rolled_back" || record["result"] != "rolled_back" {
-            problems.push(format!("{host}: {} / record {}", entry["result"], record["result"]));
+            problems.push(format!(
+                "{host}: {} / record {}",
+                entry["result"], record["result"]
+            ));
             continue;
         }
         if entry["error"].as_str().is_none_or(str::is_empty) {
@@ -311,7 +356,10 @@ fn v4_unhealthy(fleet: &Fleet) -> Result<String> {
                 if ms > watch * 1000 {
                     problems.push(format!("{host}: the watch failed only after {ms} ms"));
                 }
-                figures.push(format!("{host} rolled back {ms} ms into the watch ({})", entry["error"]));
+                figures.push(format!(
+                    "{host} rolled back {ms} ms into the watch ({})",
+                    entry["error"]
+                ));
             }
             other => problems.push(format!("{host}: watch step {other:?}")),
         }
@@ -335,8 +383,12 @@ fn later_host_fails(fleet: &Fleet) -> Result<String> {
     let holder = fleet.cluster.host(HOSTS[1]).clone();
     let blocking = release_tarball(fleet.cluster.dir(), "v5-blocker", Kind::NeverReady)?;
     fleet.cluster.ssh_ok(HOSTS[1], "mkdir -p /var/tmp/e2e")?;
-    fleet.cluster.scp_to(HOSTS[1], &blocking.tarball, "/var/tmp/e2e/")?;
-    fleet.cluster.scp_to(HOSTS[1], &blocking.checksum, "/var/tmp/e2e/")?;
+    fleet
+        .cluster
+        .scp_to(HOSTS[1], &blocking.tarball, "/var/tmp/e2e/")?;
+    fleet
+        .cluster
+        .scp_to(HOSTS[1], &blocking.checksum, "/var/tmp/e2e/")?;
     fleet::host_ddms(
         &fleet.cluster,
         HOSTS[1],
@@ -356,9 +408,10 @@ fn later_host_fails(fleet: &Fleet) -> Result<String> {
     let mut blocker = blocker.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let lock = fleet
-            .cluster
-            .ssh_ok(HOSTS[1], "cat /var/lib/ddms/deploy.lock 2>/dev/null || true")?;
+        let lock = fleet.cluster.ssh_ok(
+            HOSTS[1],
+            "cat /var/lib/ddms/deploy.lock 2>/dev/null || true",
+        )?;
         if lock.contains("blocker") {
             break;
         }
@@ -375,14 +428,23 @@ fn later_host_fails(fleet: &Fleet) -> Result<String> {
             problems.push("deploy exited 0".into());
         }
         if report["result"] != "rolled_back" {
-            problems.push(format!("report result {} (want rolled_back)", report["result"]));
+            problems.push(format!(
+                "report result {} (want rolled_back)",
+                report["result"]
+            ));
         }
         let first = host_record(&report, HOSTS[0])?;
         if first["record"]["result"] != "ok" || first["result"] != "rolled_back" {
-            problems.push(format!("{}: {} record {}", HOSTS[0], first["result"], first["record"]["result"]));
+            problems.push(format!(
+                "{}: {} record {}",
+                HOSTS[0], first["result"], first["record"]["result"]
+            ));
         }
         if first["rollback_record"]["result"] != "ok" {
-            problems.push(format!("{} rollback: {}", HOSTS[0], first["rollback_record"]));
+            problems.push(format!(
+                "{} rollback: {}",
+                HOSTS[0], first["rollback_record"]
+            ));
         }
         let second = host_record(&report, HOSTS[1])?;
         if second["result"] != "refused" {
@@ -395,10 +457,7 @@ fn later_host_fails(fleet: &Fleet) -> Result<String> {
         ensure!(problems.is_empty(), "{}", problems.join("\n"));
         Ok(format!(
             "exit {code}; {} switched to v5 then rolled back ({}); {} refused: {}",
-            HOSTS[0],
-            first["error"],
-            HOSTS[1],
-            second["error"]
+            HOSTS[0], first["error"], HOSTS[1], second["error"]
         ))
     })();
     let _ = blocker.wait();
@@ -428,9 +487,10 @@ fn killed_deploy(fleet: &Fleet) -> Result<String> {
     // killed: the whole process group at once.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let lock = fleet
-            .cluster
-            .ssh_ok(HOSTS[0], "cat /var/lib/ddms/deploy.lock 2>/dev/null || true")?;
+        let lock = fleet.cluster.ssh_ok(
+            HOSTS[0],
+            "cat /var/lib/ddms/deploy.lock 2>/dev/null || true",
+        )?;
         if lock.contains("e2e-killed") {
             break;
         }
@@ -471,8 +531,16 @@ fn killed_deploy(fleet: &Fleet) -> Result<String> {
     for host in status["hosts"].as_array().context("status hosts")? {
         let slots = host["status"]["slots"].as_object().context("slots")?;
         let active = slots.values().filter(|s| s["active"] == true).count();
-        ensure!(active == 1, "{}: {active} active slots: {host}", host["name"]);
-        ensure!(host["status"]["lock"].is_null(), "lock left: {}", host["status"]["lock"]);
+        ensure!(
+            active == 1,
+            "{}: {active} active slots: {host}",
+            host["name"]
+        );
+        ensure!(
+            host["status"]["lock"].is_null(),
+            "lock left: {}",
+            host["status"]["lock"]
+        );
     }
     Ok(format!(
         "killed the host-side deploy (pids {}); attempts after the kill (elapsed, exit, result): {attempts:?}; status: one active slot per host",
@@ -490,9 +558,16 @@ fn nix_kill_group(pgid: i32) -> Result<()> {
 
 fn prune_and_tamper(fleet: &Fleet) -> Result<String> {
     let host = HOSTS[0];
-    let status: Value = serde_json::from_str(&fleet::host_ddms(&fleet.cluster, host, "release status")?)?;
-    let lkg = status["last_known_good"].as_str().context("no last_known_good")?.to_string();
-    let active_slot = status["active_slot"].as_str().context("no active slot")?.to_string();
+    let status: Value =
+        serde_json::from_str(&fleet::host_ddms(&fleet.cluster, host, "release status")?)?;
+    let lkg = status["last_known_good"]
+        .as_str()
+        .context("no last_known_good")?
+        .to_string();
+    let active_slot = status["active_slot"]
+        .as_str()
+        .context("no active slot")?
+        .to_string();
     let active = status["slots"][&active_slot]["release"]
         .as_str()
         .context("active slot release")?
@@ -505,7 +580,8 @@ fn prune_and_tamper(fleet: &Fleet) -> Result<String> {
             .find(|l| !l.trim().is_empty())
             .context("prune printed nothing")?,
     )?;
-    let status: Value = serde_json::from_str(&fleet::host_ddms(&fleet.cluster, host, "release status")?)?;
+    let status: Value =
+        serde_json::from_str(&fleet::host_ddms(&fleet.cluster, host, "release status")?)?;
     let releases: Vec<&str> = status["releases"]
         .as_array()
         .context("releases")?
@@ -536,7 +612,9 @@ fn prune_and_tamper(fleet: &Fleet) -> Result<String> {
     let (code, report) = fleet.deploy(&["--artifact", &tampered.display().to_string()], &FAST)?;
     ensure!(code != 0, "a tampered artifact deployed: {report}");
     ensure!(
-        report["error"].as_str().is_some_and(|e| e.contains("sha256")),
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sha256")),
         "report: {report}"
     );
     ensure!(
@@ -549,7 +627,9 @@ fn prune_and_tamper(fleet: &Fleet) -> Result<String> {
     fleet
         .cluster
         .ssh_ok(host, "mkdir -p /var/tmp/ddms-deploy")?;
-    fleet.cluster.scp_to(host, &tampered, "/var/tmp/ddms-deploy/")?;
+    fleet
+        .cluster
+        .scp_to(host, &tampered, "/var/tmp/ddms-deploy/")?;
     fleet.cluster.scp_to(
         host,
         &tampered_dir.join(good.checksum.file_name().unwrap()),
@@ -563,11 +643,17 @@ fn prune_and_tamper(fleet: &Fleet) -> Result<String> {
             fleet::LKG_DDMS
         ),
     )?;
-    ensure!(!refused.status.success(), "the host installed a tampered artifact");
-    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
-    let after: Value = serde_json::from_str(&fleet::host_ddms(&fleet.cluster, host, "release status")?)?;
     ensure!(
-        !after["releases"].as_array().is_some_and(|r| r.iter().any(|r| r == "v7")),
+        !refused.status.success(),
+        "the host installed a tampered artifact"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+    let after: Value =
+        serde_json::from_str(&fleet::host_ddms(&fleet.cluster, host, "release status")?)?;
+    ensure!(
+        !after["releases"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == "v7")),
         "v7 appeared on the host: {}",
         after["releases"]
     );

@@ -49,16 +49,21 @@ impl Fleet {
         let first = release_tarball(&dir, first, Kind::Good)?;
         let certs = dir.join("certs");
         let mut certs_cmd = Command::new(xtask);
-        certs_cmd.arg("certs").arg("--out").arg(&certs);
-        for host in cluster.ddms_hosts() {
-            certs_cmd.args(["--host", &host.ip, "--host", &host.name]);
+        certs_cmd
+            .args(["certs", "--days", "2", "--out"])
+            .arg(&certs);
+        for host in cluster.hosts() {
+            certs_cmd.args(["--host", &host.ip]);
         }
         run(&mut certs_cmd)?;
         let inventory = dir.join("hosts.yml");
-        cluster.write_inventory(&inventory, &json!({}))?;
-        let vars = site_vars(&first, &certs);
+        cluster.write_inventory(&inventory, &inventory_vars(&certs)?)?;
+        let release = json!({
+            "ddms_release": first.release,
+            "ddms_artifact_src": first.tarball.display().to_string(),
+        });
         say("ansible-playbook site.yml");
-        let play = ansible_playbook("site.yml", &inventory, &vars, &[])?;
+        let play = ansible_playbook("site.yml", &inventory, &release, &[])?;
         ensure!(
             play.code == 0 && play.all_ok(),
             "site.yml failed (exit {}):\n{}\n{}",
@@ -146,10 +151,10 @@ impl Fleet {
     /// `cargo xtask deploy --env e2e --inventory … ARGS` with `env` set; the exit status and the
     /// report.
     pub fn deploy(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(i32, Value)> {
-        let report = self.cluster.dir().join(format!(
-            "report-{}.json",
-            uuid_like()
-        ));
+        let report = self
+            .cluster
+            .dir()
+            .join(format!("report-{}.json", uuid_like()));
         let mut cmd = self.xtask_command("deploy", env);
         cmd.args(args).arg("--report").arg(&report);
         let output = cmd.stdin(Stdio::null()).output()?;
@@ -211,14 +216,39 @@ impl Fleet {
     }
 }
 
-/// The extra variables `site.yml` gets: the release to install and the TLS material.
-fn site_vars(first: &Artifact, certs: &Path) -> Value {
-    json!({
-        "ddms_release_artifact": first.tarball.display().to_string(),
-        "ddms_release_checksum": first.checksum.display().to_string(),
-        "nginx_tls_cert_src": certs.join("server.crt").display().to_string(),
-        "nginx_tls_key_src": certs.join("server.key").display().to_string(),
-    })
+/// The inventory variables: secrets made up here (never stored outside the cluster's temp
+/// dir), the TLS files, no apt index refresh (the images have every package), the direct
+/// service manager, and gates the scenarios override per deploy.
+fn inventory_vars(certs: &Path) -> Result<Value> {
+    let file = |name: &str| certs.join(name).display().to_string();
+    Ok(json!({
+        "common_apt_update_cache": false,
+        "postgresql_ddms_password": secret()?,
+        "mosquitto_dynsec_admin_password": secret()?,
+        "mosquitto_ddms_password": secret()?,
+        "mosquitto_tls_cert_src": file("broker.crt"),
+        "mosquitto_tls_key_src": file("broker.key"),
+        "mosquitto_tls_ca_src": file("ca.crt"),
+        // No syslog daemon in the containers.
+        "mosquitto_log_dest": "file /var/log/mosquitto/mosquitto.log",
+        "nginx_tls_cert_src": file("server.crt"),
+        "nginx_tls_key_src": file("server.key"),
+        "ddms_service_manager": "direct",
+        "ddms_watch": 2,
+        "ddms_ready_timeout": 60,
+        "ddms_drain_timeout": 10,
+        "ddms_lock_ttl": 15,
+        "ddms_actor": "e2e-provision",
+    }))
+}
+
+/// A fresh random secret (hex) from the kernel.
+fn secret() -> Result<String> {
+    let mut out = String::new();
+    for _ in 0..2 {
+        out.push_str(&std::fs::read_to_string("/proc/sys/kernel/random/uuid")?);
+    }
+    Ok(out.chars().filter(char::is_ascii_hexdigit).collect())
 }
 
 /// Shell that sets `$ddms` to the host's last known good release's binary.
@@ -261,12 +291,10 @@ pub fn switch_time(record: &Value) -> Result<SystemTime> {
     let started = record["started_at"]
         .as_str()
         .context("record without started_at")?;
-    let started = time::OffsetDateTime::parse(
-        started,
-        &time::format_description::well_known::Rfc3339,
-    )?;
-    let started = SystemTime::UNIX_EPOCH
-        + Duration::from_nanos(started.unix_timestamp_nanos().try_into()?);
+    let started =
+        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)?;
+    let started =
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(started.unix_timestamp_nanos().try_into()?);
     let mut elapsed = 0u64;
     for step in record["steps"].as_array().context("record without steps")? {
         elapsed += step["duration_ms"].as_u64().unwrap_or(0);

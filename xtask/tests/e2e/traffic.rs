@@ -47,6 +47,10 @@ pub fn client(ca_pem: &[u8], token: &str, timeout: Option<Duration>) -> Result<r
 pub struct LoadStats {
     pub sent: u64,
     pub ok: u64,
+    /// Requests sent again, once, because the server closed a kept-alive connection before
+    /// answering (what browsers and most HTTP clients do for an idempotent request; nginx
+    /// closes idle keep-alive connections when it reloads). Counted, not hidden.
+    pub resent_after_keepalive_close: u64,
     pub failed: u64,
     /// Failures by kind (`status 502`, `connect`, `reset/closed`, …).
     pub by_kind: BTreeMap<String, u64>,
@@ -139,12 +143,7 @@ impl Traffic {
                 ..SseLog::default()
             }));
             sse.push(log.clone());
-            tasks.push(runtime.spawn(sse_loop(
-                stream_client.clone(),
-                target,
-                stop.clone(),
-                log,
-            )));
+            tasks.push(runtime.spawn(sse_loop(stream_client.clone(), target, stop.clone(), log)));
         }
         Ok(Traffic {
             runtime,
@@ -231,7 +230,11 @@ async fn load_loop(
         stats.lock().unwrap().sent += 1;
         requests.spawn(async move {
             let _permit = permit;
-            let result = client.get(&url).send().await;
+            let mut result = client.get(&url).send().await;
+            if result.as_ref().is_err_and(closed_before_answer) {
+                stats.lock().unwrap().resent_after_keepalive_close += 1;
+                result = client.get(&url).send().await;
+            }
             let outcome = match result {
                 Ok(response) if response.status().is_success() => {
                     // Read the body: a reset mid-body is a failure too.
@@ -258,7 +261,9 @@ async fn load_loop(
                     *stats.by_kind.entry(kind.clone()).or_default() += 1;
                     if stats.samples.len() < 20 {
                         let now = humantime(SystemTime::now());
-                        stats.samples.push(format!("{now} {host}: {kind}: {detail}"));
+                        stats
+                            .samples
+                            .push(format!("{now} {host}: {kind}: {detail}"));
                     }
                 }
             }
@@ -267,6 +272,19 @@ async fn load_loop(
         while requests.try_join_next().is_some() {}
     }
     while requests.join_next().await.is_some() {}
+}
+
+/// The server closed the connection before any byte of an answer (hyper's "connection closed
+/// before message completed"): on a kept-alive connection, the request was not processed.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(hyper) = s.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Seconds since the epoch with milliseconds, for failure messages.
