@@ -180,3 +180,29 @@ fn tempdir(name: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The playbooks and roles pass ansible-lint with its strictest profile (`production`),
+/// offline (no collections to download: the roles use `ansible.builtin` only). `.ci/run`
+/// installs the pinned ansible-core and ansible-lint.
+#[test]
+fn ansible_passes_ansible_lint_production_profile() {
+    let dir = root().join("ansible");
+    let output = std::process::Command::new("ansible-lint")
+        .args([
+            "--offline",
+            "--profile",
+            "production",
+            "--strict",
+            "--nocolor",
+        ])
+        .current_dir(&dir)
+        .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
+        .output()
+        .expect("ansible-lint is installed (pip install ansible-lint; see .ci/run)");
+    assert!(
+        output.status.success(),
+        "ansible-lint:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

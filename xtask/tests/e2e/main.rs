@@ -6,6 +6,7 @@
 mod support;
 
 mod harness;
+mod provision;
 
 mod deploy;
 mod fleet;
