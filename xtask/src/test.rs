@@ -49,8 +49,19 @@ pub fn run(sh: &Shell, options: Options) -> Result<()> {
         skip.extend(["--skip", "container"]);
     }
     let services = if docker { services } else { "local".into() };
+    // The end-to-end deploy scenarios load each container host with hundreds of requests a
+    // second: they run the release binary (built here instead of in the smoke step below).
+    let e2e_ddms = if docker {
+        cmd!(sh, "cargo build {locked...} --release -p ddms --bin ddms").run()?;
+        Some(crate::build::target_dir(sh)?.join("release/ddms"))
+    } else {
+        None
+    };
     step("unit and integration tests", || {
         let _env = sh.push_env("DDMS_TEST_SERVICES", &services);
+        let _ddms = e2e_ddms
+            .as_ref()
+            .map(|path| sh.push_env("DDMS_E2E_DDMS", path));
         cmd!(sh, "cargo test {locked...} --workspace -- {skip...}").run()?;
         Ok(())
     })?;
