@@ -437,7 +437,8 @@ fn later_host_fails(fleet: &Fleet) -> Result<String> {
 
 fn killed_deploy(fleet: &Fleet) -> Result<String> {
     let v6 = artifact(fleet, "v6", Kind::Good)?;
-    let ttl = 5u64;
+    // Long enough that the next deploy reaches the host while the dead one's lease is valid.
+    let ttl = 20u64;
     let ttl_s = ttl.to_string();
     let mut env = FAST.to_vec();
     env.retain(|(k, _)| *k != "DDMS_RELEASE_WATCH");
@@ -482,6 +483,13 @@ fn killed_deploy(fleet: &Fleet) -> Result<String> {
         "pids=$(pgrep -f '[r]elease activate' || true); [ -n \"$pids\" ] && kill -KILL $pids; echo \"$pids\"",
     )?;
     let killed_at = Instant::now();
+    // The dead deploy's lease is still there, valid until its TTL runs out.
+    let lease = fleet
+        .cluster
+        .ssh_ok(HOSTS[0], "cat /var/lib/ddms/deploy.lock")?;
+    let lease: Value = serde_json::from_str(&lease).context("the lock file")?;
+    ensure!(lease["holder"] == "e2e-killed", "lock: {lease}");
+    let expires = fleet::parse_rfc3339(lease["expires_at"].as_str().context("expires_at")?)?;
     let mut attempts = Vec::new();
     let report = loop {
         let (code, report) = fleet.deploy(&["--artifact", &v6], &env)?;
@@ -496,6 +504,16 @@ fn killed_deploy(fleet: &Fleet) -> Result<String> {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    ensure!(
+        attempts.iter().any(|(_, code, _)| *code == 3),
+        "no deploy was refused while the dead one's lease ran: {attempts:?}"
+    );
+    let record = &host_record(&report, HOSTS[0])?["record"];
+    let took = fleet::parse_rfc3339(record["started_at"].as_str().context("started_at")?)?;
+    ensure!(
+        took >= expires,
+        "the lock was taken at {record} before the lease ended ({lease})"
+    );
     ensure!(report["result"] == "ok", "the next deploy: {report}");
     let (status_code, status) = fleet.status()?;
     ensure!(status_code == 0, "status: {status}");
@@ -514,8 +532,9 @@ fn killed_deploy(fleet: &Fleet) -> Result<String> {
         );
     }
     Ok(format!(
-        "killed the host-side deploy (pids {}); attempts after the kill (elapsed, exit, result): {attempts:?}; status: one active slot per host",
-        killed_remote.trim()
+        "killed xtask and the host-side deploy (pids {}), lease left until {}; attempts after the kill (elapsed, exit, result): {attempts:?}; status: one active slot per host, no lock",
+        killed_remote.split_whitespace().collect::<Vec<_>>().join(" "),
+        lease["expires_at"]
     ))
 }
 

@@ -287,15 +287,20 @@ fn uuid_like() -> String {
     )
 }
 
+/// A time the hosts wrote (RFC 3339).
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("time `{text}`"))?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(t.unix_timestamp_nanos().try_into()?))
+}
+
 /// When traffic moved on a host: the end of the `switch` step of its deploy record.
 pub fn switch_time(record: &Value) -> Result<SystemTime> {
-    let started = record["started_at"]
-        .as_str()
-        .context("record without started_at")?;
-    let started =
-        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)?;
-    let started =
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(started.unix_timestamp_nanos().try_into()?);
+    let started = parse_rfc3339(
+        record["started_at"]
+            .as_str()
+            .context("record without started_at")?,
+    )?;
     let mut elapsed = 0u64;
     for step in record["steps"].as_array().context("record without steps")? {
         elapsed += step["duration_ms"].as_u64().unwrap_or(0);
