@@ -5,5 +5,6 @@
 
 mod support;
 
+mod deploy_playbook;
 mod harness;
 mod provision;
