@@ -177,33 +177,21 @@ pub fn build_local_images(sh: &Shell, force: bool) -> Result<()> {
     // Images built on the base.
     let mut rebuilt_any = rebuilt_base;
     for image in &DERIVED_IMAGES {
-        let context = dir.join(image.dir);
-        let reference = image_ref(image.image);
-        let parent_ref = image_ref(image.parent);
-        // The parent's id is an input: a rebuilt parent rebuilds everything built on it.
         let parent_id = if image.parent == BASE_IMAGE {
             base_id.clone()
         } else {
             docker
-                .image_id(sh, &parent_ref)?
-                .ok_or_else(|| anyhow!("{parent_ref} is missing; it is built before {reference}"))?
+                .image_id(sh, &image_ref(image.parent))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} is missing; it is built before {}",
+                        image_ref(image.parent),
+                        image_ref(image.image)
+                    )
+                })?
         };
-        let mut inputs = Inputs::new(image.dir);
-        inputs.add("base image id", &parent_id);
-        for file in image.files {
-            inputs.add(file, read(&context.join(file))?);
-        }
-        let digest = inputs.digest(sh)?;
-        if !force && docker.label(sh, &reference, DIGEST_LABEL)?.as_deref() == Some(digest.as_str())
-        {
-            report.push(Step::skipped(&reference, &digest));
-            continue;
-        }
-        println!("images: building {reference} from {}", context.display());
-        let t = Instant::now();
-        docker.build(sh, &reference, &context, &parent_ref, &digest, &parent_id)?;
-        report.push(Step::built(&reference, &digest, t.elapsed(), String::new()));
-        rebuilt_any = true;
+        let parent = (image_ref(image.parent), parent_id);
+        rebuilt_any |= build_derived(sh, &docker, &dir, image, &parent, force, &mut report)?;
     }
 
     if rebuilt_any {
@@ -223,6 +211,74 @@ pub fn build_local_images(sh: &Shell, force: bool) -> Result<()> {
         println!("  {step}");
     }
     Ok(())
+}
+
+/// Builds only the end-to-end hosts (`ddms-test/host`, `ddms-test/dbhost`), on an official
+/// Debian image instead of the debootstrapped base: for machines that pull the official service
+/// images (`DDMS_TEST_IMAGES=official`), which have no stand-in for these.
+pub fn build_host_images_on(sh: &Shell, base: &str, force: bool) -> Result<()> {
+    let started = Instant::now();
+    let docker = Docker::connect(sh)?;
+    let dir = images_dir(sh)?;
+    if docker.image_id(sh, base)?.is_none() {
+        cmd!(sh, "docker pull {base}")
+            .run()
+            .with_context(|| format!("pulling {base}"))?;
+    }
+    let mut parent = (
+        base.to_owned(),
+        docker
+            .image_id(sh, base)?
+            .ok_or_else(|| anyhow!("{base} is missing right after it was pulled"))?,
+    );
+    let mut report = Vec::new();
+    for image in DERIVED_IMAGES
+        .iter()
+        .filter(|i| [HOST_IMAGE, DBHOST_IMAGE].contains(&i.image))
+    {
+        build_derived(sh, &docker, &dir, image, &parent, force, &mut report)?;
+        let reference = image_ref(image.image);
+        let id = docker
+            .image_id(sh, &reference)?
+            .ok_or_else(|| anyhow!("{reference} is missing right after it was built"))?;
+        parent = (reference, id);
+    }
+    println!("images: done in {}", secs(started.elapsed()));
+    for step in &report {
+        println!("  {step}");
+    }
+    Ok(())
+}
+
+/// Builds one image of `ops/test-images` on `parent` (reference, id) unless its input digest
+/// label is up to date; whether it was built.
+fn build_derived(
+    sh: &Shell,
+    docker: &Docker,
+    dir: &Path,
+    image: &DerivedImage,
+    (parent_ref, parent_id): &(String, String),
+    force: bool,
+    report: &mut Vec<Step>,
+) -> Result<bool> {
+    let context = dir.join(image.dir);
+    let reference = image_ref(image.image);
+    // The parent's id is an input: a rebuilt parent rebuilds everything built on it.
+    let mut inputs = Inputs::new(image.dir);
+    inputs.add("base image id", parent_id);
+    for file in image.files {
+        inputs.add(file, read(&context.join(file))?);
+    }
+    let digest = inputs.digest(sh)?;
+    if !force && docker.label(sh, &reference, DIGEST_LABEL)?.as_deref() == Some(digest.as_str()) {
+        report.push(Step::skipped(&reference, &digest));
+        return Ok(false);
+    }
+    println!("images: building {reference} from {}", context.display());
+    let t = Instant::now();
+    docker.build(sh, &reference, &context, parent_ref, &digest, parent_id)?;
+    report.push(Step::built(&reference, &digest, t.elapsed(), String::new()));
+    Ok(true)
 }
 
 /// `name:tag`.

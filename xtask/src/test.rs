@@ -41,7 +41,12 @@ pub fn run(sh: &Shell, options: Options) -> Result<()> {
         step("local Docker test images", || {
             images::build_local_images(sh, false)
         })?;
-    } else if !docker {
+    } else if docker {
+        // The end-to-end hosts have no official image: build them on Debian's.
+        step("end-to-end host images (on debian:bookworm-slim)", || {
+            images::build_host_images_on(sh, "debian:bookworm-slim", false)
+        })?;
+    } else {
         eprintln!(
             "xtask: WARNING: no usable Docker engine (or DDMS_TEST_SERVICES=local): the \
              testcontainers path is NOT tested in this run; services come from local processes"

@@ -206,3 +206,49 @@ fn ansible_passes_ansible_lint_production_profile() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every Ansible role has `meta/main.yml` and `defaults/main.yml`, and every variable in its
+/// defaults is documented: a comment above it, or above the group of variables it belongs to
+/// (no blank line in between).
+#[test]
+fn every_ansible_role_documents_its_defaults() {
+    let roles = root().join("ansible/roles");
+    let mut undocumented = Vec::new();
+    let mut count = 0;
+    for entry in fs::read_dir(&roles).unwrap() {
+        let role = entry.unwrap().path();
+        let name = role.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            role.join("meta/main.yml").is_file(),
+            "{name}: meta/main.yml"
+        );
+        let defaults = fs::read_to_string(role.join("defaults/main.yml"))
+            .unwrap_or_else(|e| panic!("{name}: defaults/main.yml: {e}"));
+        count += 1;
+        let lines: Vec<&str> = defaults.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_key = |l: &str| {
+                l.split_once(':').is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+            };
+            if !is_key(line) {
+                continue;
+            }
+            // Walk up over the group's other keys and their indented values to a comment.
+            let documented = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !is_key(l) && !l.starts_with(' '))
+                .is_some_and(|l| l.starts_with('#'));
+            if !documented {
+                undocumented.push(format!("{name}: {line}"));
+            }
+        }
+    }
+    assert_eq!(count, 5, "roles common, postgresql, mosquitto, nginx, ddms");
+    assert!(
+        undocumented.is_empty(),
+        "variables without a comment: {undocumented:#?}"
+    );
+}
