@@ -161,6 +161,21 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
     }
     let (moved, stream_problems) = check_streams(fleet, &sse, &switches)?;
     problems.extend(stream_problems);
+    if !problems.is_empty() {
+        // The hosts' step timings, to tell a slow host from a broken switch.
+        for host in HOSTS {
+            let steps: Vec<String> = host_record(&report, host)?["record"]["steps"]
+                .as_array()
+                .map(|steps| {
+                    steps
+                        .iter()
+                        .map(|s| format!("{} {} ms", s["name"], s["duration_ms"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            problems.push(format!("{host} steps: {}", steps.join(", ")));
+        }
+    }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     let rates: Vec<String> = stats
         .rate_per_host()
