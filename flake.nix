@@ -28,7 +28,7 @@
 
       checks = forAllSystems (pkgs: {
         build = self.packages.${systemOf pkgs}.ddms;
-        nixos = pkgs.testers.runNixOSTest (import ./nix/test.nix { inherit self; });
+        nixos = pkgs.testers.runNixOSTest (import ./nix/test.nix { inherit self pkgs; });
       });
 
       devShells = forAllSystems (pkgs: {

@@ -1,9 +1,7 @@
 # `checks.<system>.nixos`: a VM with `services.ddms` on local PostgreSQL, the embedded broker
 # and nginx with a throwaway certificate; passes when the unit runs and /ready answers 200,
 # directly and through nginx over TLS.
-{ self }:
-
-{ pkgs, ... }:
+{ self, pkgs }:
 
 let
   cert = pkgs.runCommand "ddms-test-cert" { nativeBuildInputs = [ pkgs.openssl ]; } ''
