@@ -233,7 +233,7 @@ listen = "127.0.0.1:1883"
 
 [ingest]
 max_batch = 1000
-max_delay_ms = 50
+max_delay_ms = 0
 channel_capacity = 4096
 
 [devices]
@@ -505,8 +505,8 @@ impl Config {
         if !(1..=100_000).contains(&self.ingest.max_batch) {
             return invalid("ingest.max_batch", "must be between 1 and 100000".into());
         }
-        if !(1..=10_000).contains(&self.ingest.max_delay_ms) {
-            return invalid("ingest.max_delay_ms", "must be between 1 and 10000".into());
+        if self.ingest.max_delay_ms > 10_000 {
+            return invalid("ingest.max_delay_ms", "must be between 0 and 10000".into());
         }
         if self.ingest.channel_capacity == 0 {
             return invalid("ingest.channel_capacity", "must be at least 1".into());

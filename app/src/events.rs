@@ -1,12 +1,37 @@
-//! Live events for `GET /api/stream`: a bounded in-memory buffer with increasing ids, so a client
-//! that reconnects with `Last-Event-ID` gets what it missed (while it is still buffered), plus a
-//! broadcast channel for everyone listening now.
+//! Live events for `GET /api/stream`, backed by the database's event log so that every instance
+//! sharing the database streams the same events under the same ids.
+//!
+//! Producers call [`EventHub::publish`], which only queues the event. The [`run_log`] task
+//! appends queued events to the log (the store's `events` table), tails the log — its own
+//! appends at once, other instances' within [`TAIL_INTERVAL`] — and surfaces what it read into
+//! an in-memory buffer plus a broadcast channel. A client that reconnects with
+//! `Last-Event-ID`, to this instance or another one (blue and green during a deploy), gets
+//! exactly the events after that id: from the buffer, or from the log when the buffer no longer
+//! (or not yet) holds them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{NewEvent, Store, StoreError, StoredEvent};
+
+/// How often the log is read for other instances' events.
+pub const TAIL_INTERVAL: Duration = Duration::from_millis(200);
+/// Events older than this leave the log: long enough to resume across a reconnect or a deploy.
+pub const LOG_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// Most events replayed from the log to one reconnecting client; older ones are reported lost.
+pub const MAX_LOG_REPLAY: u32 = 20_000;
+/// Queued events waiting for the log; beyond this, new events are dropped (and counted).
+const OUTBOX_CAPACITY: usize = 65_536;
+/// Events appended in one transaction.
+const APPEND_BATCH: usize = 1_000;
+/// Events read from the log per query.
+const TAIL_BATCH: u32 = 1_000;
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,16 +53,28 @@ impl EventKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     pub id: u64,
-    pub kind: EventKind,
+    /// The SSE event type (`reading`, `device_status`, …), as stored in the log.
+    pub kind: String,
     pub data: serde_json::Value,
+}
+
+impl From<StoredEvent> for Event {
+    fn from(stored: StoredEvent) -> Self {
+        Event {
+            id: stored.id.max(0) as u64,
+            kind: stored.kind,
+            data: stored.data,
+        }
+    }
 }
 
 struct Inner {
     buffer: VecDeque<Arc<Event>>,
-    next_id: u64,
+    /// The newest id surfaced; `None` until the log has been read once.
+    position: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -45,73 +82,317 @@ pub struct EventHub {
     inner: Arc<Mutex<Inner>>,
     sender: broadcast::Sender<Arc<Event>>,
     capacity: usize,
+    outbox: mpsc::Sender<NewEvent>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// What a (re)connecting subscriber gets: the buffered events after its last id, then a live
-/// receiver that starts exactly where the replay ends.
+/// The receiving end of the hub's queue, handed to [`run_log`].
+pub struct Outbox(mpsc::Receiver<NewEvent>);
+
+/// What a (re)connecting subscriber gets: the events after its last id, then a live receiver
+/// that continues exactly where the replay ends.
 pub struct Subscription {
     pub replay: Vec<Arc<Event>>,
     pub live: broadcast::Receiver<Arc<Event>>,
-    /// The client asked to resume from an id older than the buffer: some events are lost to it.
+    /// Live events up to this id were already replayed or seen elsewhere: skip them.
+    pub skip_through: Option<u64>,
+    /// Some events the client asked for are gone (pruned, or the id is unknown): it should
+    /// reload its state.
     pub gap: bool,
 }
 
+/// A subscription before the log part of its replay was read.
+struct Pending {
+    last: Option<u64>,
+    buffered: Vec<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+    /// Read (after, upto] from the log before the buffered events.
+    from_log: Option<(u64, u64)>,
+    position: Option<u64>,
+}
+
 impl EventHub {
-    pub fn new(capacity: usize) -> Self {
-        // Ids start at the start time in microseconds, so they keep increasing across restarts
-        // of an instance and a stale Last-Event-ID never replays newer events twice.
-        let first_id = chrono::Utc::now().timestamp_micros().max(1) as u64;
+    pub fn new(capacity: usize) -> (Self, Outbox) {
         let (sender, _) = broadcast::channel(capacity.max(16));
-        EventHub {
+        let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
+        let hub = EventHub {
             inner: Arc::new(Mutex::new(Inner {
                 buffer: VecDeque::with_capacity(capacity),
-                next_id: first_id,
+                position: None,
             })),
             sender,
             capacity: capacity.max(1),
+            outbox,
+            dropped: Arc::default(),
+        };
+        (hub, Outbox(receiver))
+    }
+
+    /// Queues an event for the log; it reaches subscribers once the log has it.
+    pub fn publish(&self, kind: EventKind, data: serde_json::Value) {
+        let event = NewEvent {
+            kind: kind.as_str().to_string(),
+            data,
+        };
+        if self.outbox.try_send(event).is_err() {
+            let dropped = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_multiple_of(10_000) {
+                tracing::warn!(
+                    events.dropped = dropped + 1,
+                    "event log queue full or closed; live events dropped"
+                );
+            }
         }
     }
 
-    pub fn publish(&self, kind: EventKind, data: serde_json::Value) -> u64 {
+    /// Events published but dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Hands events read from the log (in id order) to the buffer and the live subscribers.
+    pub fn surface(&self, events: Vec<StoredEvent>) {
         let mut inner = self.inner.lock().expect("event hub lock");
-        let id = inner.next_id;
-        inner.next_id += 1;
-        let event = Arc::new(Event { id, kind, data });
-        if inner.buffer.len() == self.capacity {
-            inner.buffer.pop_front();
+        for stored in events {
+            let event = Arc::new(Event::from(stored));
+            if inner.position.is_some_and(|p| event.id <= p) {
+                continue;
+            }
+            inner.position = Some(event.id);
+            if inner.buffer.len() == self.capacity {
+                inner.buffer.pop_front();
+            }
+            inner.buffer.push_back(event.clone());
+            // Sent under the lock so that replay + live never miss or repeat an event.
+            let _ = self.sender.send(event);
         }
-        inner.buffer.push_back(event.clone());
-        // Sent under the lock so replay + live never miss or repeat an event.
-        let _ = self.sender.send(event);
-        id
     }
 
-    pub fn subscribe(&self, last_event_id: Option<u64>) -> Subscription {
+    /// Marks the log as read up to `id` (at start-up: where live events begin).
+    pub fn start_at(&self, id: u64) {
+        let mut inner = self.inner.lock().expect("event hub lock");
+        if inner.position.is_none_or(|p| p < id) {
+            inner.position = Some(id);
+        }
+    }
+
+    pub fn position(&self) -> Option<u64> {
+        self.inner.lock().expect("event hub lock").position
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    fn begin(&self, last: Option<u64>) -> Pending {
         let inner = self.inner.lock().expect("event hub lock");
         let live = self.sender.subscribe();
-        let Some(last) = last_event_id else {
-            return Subscription {
-                replay: Vec::new(),
-                live,
-                gap: false,
-            };
+        let mut pending = Pending {
+            last,
+            buffered: Vec::new(),
+            live,
+            from_log: None,
+            position: inner.position,
         };
-        let oldest = inner.buffer.front().map(|e| e.id).unwrap_or(inner.next_id);
-        let replay = inner
+        let (Some(last), Some(position)) = (last, inner.position) else {
+            return pending;
+        };
+        if last >= position {
+            return pending;
+        }
+        let oldest = inner.buffer.front().map(|e| e.id);
+        match oldest {
+            Some(oldest) if last + 1 >= oldest => {}
+            // The buffer starts later (or is empty): the log holds (last, oldest - 1].
+            Some(oldest) => pending.from_log = Some((last, oldest - 1)),
+            None => pending.from_log = Some((last, position)),
+        }
+        pending.buffered = inner
             .buffer
             .iter()
             .filter(|e| e.id > last)
             .cloned()
             .collect();
-        Subscription {
-            replay,
-            live,
-            gap: last + 1 < oldest && last < inner.next_id,
-        }
+        pending
     }
 
-    pub fn subscriber_count(&self) -> usize {
-        self.sender.receiver_count()
+    /// Subscribes from `last` (the client's `Last-Event-ID`), reading the log for what the
+    /// buffer does not hold.
+    pub async fn subscribe(&self, store: &dyn Store, last: Option<u64>) -> Subscription {
+        let pending = self.begin(last);
+        let Some(last) = pending.last else {
+            return Subscription {
+                replay: Vec::new(),
+                live: pending.live,
+                skip_through: None,
+                gap: false,
+            };
+        };
+        let mut gap = false;
+        let mut replay = Vec::new();
+        let mut skip_through = None;
+        match pending.position {
+            // Not read the log yet (start-up, database down): nothing to compare with.
+            None => gap = true,
+            Some(position) if last > position => {
+                // Another instance may be slightly ahead of this one; an id beyond the whole
+                // log, though, is not ours (another database, an older id scheme).
+                match store.event_bounds().await {
+                    Ok(Some((_, newest))) if last <= newest.max(0) as u64 => {
+                        skip_through = Some(last)
+                    }
+                    _ => gap = true,
+                }
+            }
+            Some(_) => {}
+        }
+        if let Some((after, upto)) = pending.from_log {
+            match read_log(store, after, upto).await {
+                Ok((events, complete)) => {
+                    gap |= !complete;
+                    replay.extend(events.into_iter().map(Arc::new));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the event log to resume a stream");
+                    gap = true;
+                }
+            }
+        }
+        replay.extend(pending.buffered);
+        Subscription {
+            replay,
+            live: pending.live,
+            skip_through,
+            gap,
+        }
+    }
+}
+
+/// Events (after, upto] from the log; `complete` is false when some are gone (pruned) or too
+/// many to replay.
+async fn read_log(
+    store: &dyn Store,
+    after: u64,
+    upto: u64,
+) -> Result<(Vec<Event>, bool), StoreError> {
+    let oldest = store.event_bounds().await?.map(|(oldest, _)| oldest);
+    let pruned = oldest.is_none_or(|oldest| after + 1 < oldest.max(0) as u64);
+    let events = store
+        .events_after(after as i64, Some(upto as i64), MAX_LOG_REPLAY)
+        .await?;
+    let truncated = events.len() as u32 == MAX_LOG_REPLAY
+        && events.last().is_some_and(|e| (e.id as u64) < upto);
+    Ok((
+        events.into_iter().map(Event::from).collect(),
+        !pruned && !truncated,
+    ))
+}
+
+/// Appends published events to the log and surfaces the log's new events (this instance's and
+/// others'), until `stop`; then appends what is still queued.
+pub async fn run_log(
+    hub: EventHub,
+    Outbox(mut outbox): Outbox,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    // Where live events start: the log's newest id (history is served on request, by resume).
+    while hub.position().is_none() {
+        match store.event_bounds().await {
+            Ok(bounds) => hub.start_at(bounds.map_or(0, |(_, newest)| newest.max(0) as u64)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event log; live events wait");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let mut tail = tokio::time::interval(TAIL_INTERVAL);
+    tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(APPEND_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            received = outbox.recv_many(&mut batch, APPEND_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                append(store.as_ref(), &mut batch, &stop).await;
+                // Our own events go live at once, not at the next tail tick.
+                read_new(&hub, store.as_ref()).await;
+            }
+            _ = tail.tick() => read_new(&hub, store.as_ref()).await,
+            _ = prune.tick() => {
+                let before = chrono::Utc::now() - LOG_RETENTION;
+                match store.prune_events(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(events.pruned = n, "event log pruned"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the event log"),
+                }
+            }
+        }
+    }
+    // Shutdown: what producers published while stopping still goes to the log, so that
+    // clients resuming on another instance see it.
+    outbox.close();
+    while outbox.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+        append(store.as_ref(), &mut batch, &CancellationToken::new()).await;
+    }
+    read_new(&hub, store.as_ref()).await;
+}
+
+async fn append(store: &dyn Store, batch: &mut Vec<NewEvent>, stop: &CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1.. {
+        match store.append_events(batch).await {
+            Ok(()) => break,
+            Err(StoreError::Unavailable(e)) if attempt < 8 => {
+                tracing::warn!(error = %e, "event log unavailable; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = batch.len(), "cannot append to the event log; live events dropped");
+                break;
+            }
+        }
+    }
+    batch.clear();
+}
+
+async fn read_new(hub: &EventHub, store: &dyn Store) {
+    let Some(mut position) = hub.position() else {
+        return;
+    };
+    loop {
+        match store.events_after(position as i64, None, TAIL_BATCH).await {
+            Ok(events) => {
+                let full = events.len() as u32 == TAIL_BATCH;
+                if let Some(last) = events.last() {
+                    position = last.id.max(0) as u64;
+                }
+                hub.surface(events);
+                if !full {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event log");
+                return;
+            }
+        }
     }
 }
 
@@ -120,41 +401,54 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn resume_replays_only_events_after_the_last_id() {
-        let hub = EventHub::new(10);
-        let ids: Vec<u64> = (0..5)
-            .map(|i| hub.publish(EventKind::Reading, json!({ "i": i })))
-            .collect();
-        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
-        let sub = hub.subscribe(Some(ids[2]));
-        let replayed: Vec<u64> = sub.replay.iter().map(|e| e.id).collect();
-        assert_eq!(replayed, &ids[3..]);
-        assert!(!sub.gap);
-    }
-
-    #[test]
-    fn live_events_follow_the_replay_without_gap_or_repeat() {
-        let hub = EventHub::new(10);
-        let first = hub.publish(EventKind::Reading, json!(1));
-        let mut sub = hub.subscribe(Some(first - 1));
-        let next = hub.publish(EventKind::DeviceStatus, json!(2));
-        assert_eq!(sub.replay.len(), 1);
-        assert_eq!(sub.live.try_recv().unwrap().id, next);
-        assert!(sub.live.try_recv().is_err());
-    }
-
-    #[test]
-    fn resuming_from_before_the_buffer_reports_a_gap() {
-        let hub = EventHub::new(3);
-        let first = hub.publish(EventKind::Reading, json!(0));
-        for i in 1..10 {
-            hub.publish(EventKind::Reading, json!(i));
+    fn stored(id: i64) -> StoredEvent {
+        StoredEvent {
+            id,
+            kind: "reading".into(),
+            data: json!({ "i": id }),
         }
-        let sub = hub.subscribe(Some(first));
-        assert!(sub.gap);
-        assert_eq!(sub.replay.len(), 3);
-        let fresh = hub.subscribe(None);
-        assert!(fresh.replay.is_empty() && !fresh.gap);
+    }
+
+    #[test]
+    fn surfaced_events_reach_live_subscribers_once_and_in_order() {
+        let (hub, _outbox) = EventHub::new(10);
+        hub.start_at(0);
+        let pending = hub.begin(None);
+        let mut live = pending.live;
+        hub.surface(vec![stored(1), stored(2)]);
+        hub.surface(vec![stored(2), stored(3)]);
+        let ids: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok().map(|e| e.id)).collect();
+        assert_eq!(ids, [1, 2, 3]);
+    }
+
+    #[test]
+    fn resume_within_the_buffer_replays_only_later_events() {
+        let (hub, _outbox) = EventHub::new(10);
+        hub.start_at(0);
+        hub.surface((1..=5).map(stored).collect());
+        let pending = hub.begin(Some(3));
+        let ids: Vec<u64> = pending.buffered.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [4, 5]);
+        assert_eq!(pending.from_log, None);
+    }
+
+    #[test]
+    fn resume_from_before_the_buffer_reads_the_gap_from_the_log() {
+        let (hub, _outbox) = EventHub::new(3);
+        hub.start_at(0);
+        hub.surface((1..=10).map(stored).collect());
+        let pending = hub.begin(Some(2));
+        assert_eq!(pending.from_log, Some((2, 7)));
+        let ids: Vec<u64> = pending.buffered.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [8, 9, 10]);
+    }
+
+    #[test]
+    fn a_fresh_instance_reads_everything_before_its_start_from_the_log() {
+        let (hub, _outbox) = EventHub::new(3);
+        hub.start_at(40);
+        let pending = hub.begin(Some(25));
+        assert_eq!(pending.from_log, Some((25, 40)));
+        assert!(pending.buffered.is_empty());
     }
 }

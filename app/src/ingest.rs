@@ -47,9 +47,11 @@ struct Submission {
 pub struct IngestConfig {
     /// Submissions the channel holds before producers wait (backpressure).
     pub channel_capacity: usize,
-    /// A batch is committed once it holds this many readings…
+    /// A batch holds at most this many readings.
     pub max_batch: usize,
-    /// …or this long after its first reading arrived.
+    /// How long the writer waits for more readings once the queue has run dry. Zero (the
+    /// default) is group commit: a batch is whatever queued while the previous one committed,
+    /// so batches grow with load and a lone reading is committed at once.
     pub max_delay: Duration,
 }
 
@@ -58,7 +60,7 @@ impl Default for IngestConfig {
         IngestConfig {
             channel_capacity: 4096,
             max_batch: 1000,
-            max_delay: Duration::from_millis(50),
+            max_delay: Duration::ZERO,
         }
     }
 }
@@ -240,14 +242,23 @@ impl BatchWriter {
             pending.push(first);
             let deadline = tokio::time::Instant::now() + self.config.max_delay;
             while readings < self.config.max_batch {
-                match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                    Ok(Some(submission)) => {
-                        self.metrics.channel_depth.dec();
-                        readings += submission.samples.len();
-                        pending.push(submission);
+                let next = match self.receiver.try_recv() {
+                    Ok(submission) => Some(submission),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) if self.config.max_delay.is_zero() => {
+                        None
                     }
-                    Ok(None) | Err(_) => break,
-                }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        tokio::time::timeout_at(deadline, self.receiver.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                };
+                let Some(submission) = next else { break };
+                self.metrics.channel_depth.dec();
+                readings += submission.samples.len();
+                pending.push(submission);
             }
             self.commit(std::mem::take(&mut pending), &abort).await;
             readings = 0;
@@ -286,29 +297,46 @@ impl BatchWriter {
             Err(e) => tracing::error!(readings = total, error = %e, "batch failed"),
         }
         let committed = result.is_ok();
-        let mut per_device: HashMap<Uuid, Vec<serde_json::Value>> = HashMap::new();
-        for submission in submissions {
+        // Live events carry each series' newest reading of the batch: what a live view shows,
+        // at a fraction of the log volume under heavy ingest (history comes from the API).
+        // `oldest_ts` tells how far back the batch reaches for the device (latency probes).
+        let mut newest: HashMap<(Uuid, &str), &Sample> = HashMap::new();
+        let mut oldest: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        for submission in &submissions {
             if committed {
                 self.metrics
                     .ingested
                     .with_label_values(&[submission.protocol])
                     .inc_by(submission.samples.len() as u64);
                 for s in &submission.samples {
-                    per_device
-                        .entry(s.device_id)
-                        .or_default()
-                        .push(serde_json::json!({
-                            "metric": s.metric, "ts": s.ts, "value": s.value, "unit": s.unit,
-                        }));
+                    let entry = newest.entry((s.device_id, s.metric.as_str())).or_insert(s);
+                    if s.ts >= entry.ts {
+                        *entry = s;
+                    }
+                    let first = oldest.entry(s.device_id).or_insert(s.ts);
+                    *first = (*first).min(s.ts);
                 }
             }
-            (submission.on_commit)(result.clone().map(|_| ()));
+        }
+        let mut per_device: HashMap<Uuid, Vec<serde_json::Value>> = HashMap::new();
+        for ((device_id, _), s) in newest {
+            per_device
+                .entry(device_id)
+                .or_default()
+                .push(serde_json::json!({
+                    "metric": s.metric, "ts": s.ts, "value": s.value, "unit": s.unit,
+                }));
         }
         for (device_id, readings) in per_device {
             self.hub.publish(
                 EventKind::Reading,
-                serde_json::json!({ "device_id": device_id, "readings": readings }),
+                serde_json::json!({
+                    "device_id": device_id, "readings": readings, "oldest_ts": oldest.get(&device_id),
+                }),
             );
+        }
+        for submission in submissions {
+            (submission.on_commit)(result.clone().map(|_| ()));
         }
     }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, MqttMode};
-use crate::events::EventHub;
+use crate::events::{EventHub, Outbox};
 use crate::http::{self, AppState, Metrics};
 use crate::ingest::{self, BatchWriter, IngestConfig, IngestHandle, IngestMetrics};
 use crate::modbus::{ModbusMetrics, PollerContext, Supervisor};
@@ -27,6 +27,8 @@ use crate::store::{self, Store};
 
 /// Events kept for `Last-Event-ID` resumption.
 const EVENT_BUFFER: usize = 10_000;
+/// At shutdown, the longest the event log may take to append the last events.
+const EVENT_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Self-registrations allowed per client address per minute.
 const REGISTRATIONS_PER_MINUTE: u32 = 10;
 /// Broker accounts of deleted devices are looked for this often (dynsec).
@@ -57,6 +59,7 @@ pub struct Server {
     mqtt_ingester: Option<Ingester>,
     dynsec: Option<Arc<Dynsec>>,
     broker: Option<EmbeddedBroker>,
+    event_outbox: Outbox,
 }
 
 impl Server {
@@ -86,7 +89,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
         let metrics = Metrics::new(crate::VERSION, crate::GIT_SHA);
-        let events = EventHub::new(EVENT_BUFFER);
+        let (events, event_outbox) = EventHub::new(EVENT_BUFFER);
         let status = StatusBoard::new(
             store.clone(),
             events.clone(),
@@ -205,6 +208,7 @@ impl Server {
             mqtt_ingester,
             dynsec,
             broker,
+            event_outbox,
         })
     }
 
@@ -248,6 +252,7 @@ impl Server {
             mqtt_ingester,
             dynsec,
             broker,
+            event_outbox,
         } = self;
         let config = state.config.clone();
         let stop_http = state.shutdown.clone();
@@ -260,6 +265,14 @@ impl Server {
             stop_producers.clone(),
         ));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
+        // The event log outlives the producers and the writer, whose last events it still appends.
+        let stop_event_log = CancellationToken::new();
+        let event_log = tokio::spawn(crate::events::run_log(
+            state.events.clone(),
+            event_outbox,
+            state.store.clone(),
+            stop_event_log.clone(),
+        ));
         if let Some(dynsec) = dynsec {
             background.spawn(reconcile_accounts(
                 dynsec,
@@ -336,6 +349,13 @@ impl Server {
                 tracing::error!("the ingest pipeline did not flush within http.shutdown_timeout (database down?); unacknowledged MQTT messages will be redelivered");
                 abort_writer.cancel();
             }
+        }
+        stop_event_log.cancel();
+        if tokio::time::timeout(EVENT_LOG_FLUSH_TIMEOUT, event_log)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last live events could not be written to the event log");
         }
         tracing::info!("shutdown complete");
         served

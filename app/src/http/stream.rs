@@ -1,7 +1,7 @@
 //! `GET /api/stream`: Server-Sent Events. One stream carries every device's events (browsers
-//! allow ~6 connections per host). `Last-Event-ID` resumes from the in-memory buffer; streams
-//! end on shutdown with a `retry:` hint so clients reconnect — to another instance during a
-//! deploy — and resume.
+//! allow ~6 connections per host). Ids come from the database's event log, so `Last-Event-ID`
+//! resumes on any instance; streams end on shutdown with a `retry:` hint so clients reconnect —
+//! to another instance during a deploy — and resume there without missing an event.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,7 +22,7 @@ const RETRY: Duration = Duration::from_millis(1000);
 fn to_sse(event: &crate::events::Event) -> Event {
     Event::default()
         .id(event.id.to_string())
-        .event(event.kind.as_str())
+        .event(&event.kind)
         .data(event.data.to_string())
 }
 
@@ -35,7 +35,10 @@ pub async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let subscription = state.events.subscribe(last_event_id);
+    let subscription = state
+        .events
+        .subscribe(state.store.as_ref(), last_event_id)
+        .await;
     let mut preface = vec![Event::default().retry(RETRY).comment("ddms event stream")];
     if subscription.gap {
         // The client missed events that are no longer buffered: it should reload its state.
@@ -46,11 +49,17 @@ pub async fn stream(
         );
     }
     let replay: Vec<Event> = subscription.replay.iter().map(|e| to_sse(e)).collect();
-    let live = BroadcastStream::new(subscription.live).map(|item| match item {
-        Ok(event) => to_sse(&event),
-        Err(BroadcastStreamRecvError::Lagged(missed)) => Event::default().event("reset").data(
-            format!("{{\"reason\":\"client too slow\",\"missed\":{missed}}}"),
-        ),
+    let skip_through = subscription.skip_through.unwrap_or(0);
+    let live = BroadcastStream::new(subscription.live).filter_map(move |item| {
+        futures::future::ready(match item {
+            Ok(event) if event.id <= skip_through => None,
+            Ok(event) => Some(to_sse(&event)),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                Some(Event::default().event("reset").data(format!(
+                    "{{\"reason\":\"client too slow\",\"missed\":{missed}}}"
+                )))
+            }
+        })
     });
     let shutdown = state.shutdown.clone();
     let events = stream::iter(preface)

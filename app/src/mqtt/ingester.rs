@@ -657,12 +657,14 @@ async fn drive_link(
     let mut backoff = BACKOFF_MIN;
     let mut failed_attempts: u64 = 0;
     let mut link_up = false;
+    let mut disconnect_sent = false;
     loop {
         let polled = tokio::select! {
             () = stop.cancelled() => break,
             polled = eventloop.poll() => polled,
         };
         match polled {
+            Ok(Event::Incoming(_)) if disconnect_sent => {}
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = BACKOFF_MIN;
                 failed_attempts = 0;
@@ -698,8 +700,14 @@ async fn drive_link(
                     tracing::debug!("subscribed to device topics");
                 }
             }
-            // Written after every ack queued before it: the session is closed cleanly.
-            Ok(Event::Outgoing(Outgoing::Disconnect)) if closing.load(Ordering::Acquire) => break,
+            // Written after every ack queued before it. Not the end yet: closing our socket
+            // while the broker's publishes sit unread in it would send a TCP reset, and a
+            // reset makes the broker's kernel drop what it has not read yet — our last acks
+            // and the DISCONNECT. So read on (and discard) until the broker closes.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) if closing.load(Ordering::Acquire) => {
+                disconnect_sent = true;
+            }
+
             Ok(_) => {}
             Err(e) => {
                 // Acks still queued belong to the lost connection; the broker redelivers.

@@ -173,6 +173,22 @@ pub trait Store: Send + Sync + 'static {
     async fn put_mqtt_credentials(&self, credentials: &MqttCredentials) -> StoreResult<()>;
     async fn find_mqtt_credentials(&self, username: &str) -> StoreResult<MqttCredentials>;
 
+    /// Appends events to the live event log in one transaction; their ids become visible in
+    /// id order (no later reader can see id n+1 before id n).
+    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()>;
+    /// Events with `after < id <= upto` (no upper bound when `None`), oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        after: i64,
+        upto: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>>;
+    /// (oldest, newest) id still in the log; `None` when it is empty.
+    async fn event_bounds(&self) -> StoreResult<Option<(i64, i64)>>;
+    /// Deletes events created before `before`, keeping at least the newest one so that ids
+    /// keep increasing; returns how many went.
+    async fn prune_events(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
     /// Takes or renews the named leases for `holder` for `ttl`; a lease held by another holder
     /// is taken only once it has expired. Returns the names `holder` now holds.
     async fn acquire_leases(

@@ -252,3 +252,18 @@ pub struct MqttCredentials {
     pub username: String,
     pub secret_hash: String,
 }
+
+/// An event for the live stream, before the log gave it an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// An event as the log holds it: ids increase in commit order, across instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+}

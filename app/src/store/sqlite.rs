@@ -688,4 +688,67 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // SQLite has one writer at a time: ids are visible in id order without more locking.
+        let now = micros(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            sqlx::query("INSERT INTO events (created_at, kind, data) VALUES (?, ?, ?)")
+                .bind(now)
+                .bind(&event.kind)
+                .bind(event.data.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        after: i64,
+        upto: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, data FROM events WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(upto.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    data: json(row, "data")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn event_bounds(&self) -> StoreResult<Option<(i64, i64)>> {
+        let row = sqlx::query("SELECT min(id) AS oldest, max(id) AS newest FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let newest: Option<i64> = row.try_get("newest")?;
+        Ok(oldest.zip(newest))
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "DELETE FROM events WHERE created_at < ? AND id < (SELECT max(id) FROM events)",
+        )
+        .bind(micros(before))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
 }

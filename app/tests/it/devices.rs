@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::services::Provider;
 
 /// Disabled: nothing listens on its port, and these tests drive its status themselves.
 fn boiler() -> Value {
@@ -461,6 +462,65 @@ async fn the_stream_carries_readings_with_ids_and_resumes_after_last_event_id() 
     assert_eq!(replayed[0].0, events[1].0);
     assert_eq!(replayed[1].0, events[2].0);
     app.stop().await;
+}
+
+/// Blue-green in small: a client reads from one instance, which stops; the events it missed —
+/// published by the stopping instance and by the other one — reach it on the other instance
+/// after `Last-Event-ID`, each once and in order.
+#[tokio::test]
+async fn a_stream_resumed_on_another_instance_misses_no_event() {
+    let first = spawn_app(Db::Postgres(Provider::from_env().await), "").await;
+    let second = spawn_app(Db::Url(first.database_url.clone()), "").await;
+    let admin = first.token(Role::Admin).await;
+    let device: Uuid = create(&first, &admin, &boiler()).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sample = |i: i64| Sample {
+        device_id: device,
+        metric: "temperature".into(),
+        unit: None,
+        ts: Utc::now() + chrono::Duration::milliseconds(i),
+        value: i as f64,
+    };
+    let stream = first
+        .client
+        .get(first.url("/api/stream"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    for i in 0..2 {
+        first.ingest.submit("api", vec![sample(i)]).await.unwrap();
+    }
+    let seen = read_events(stream, 2).await;
+    let last_seen = seen[1].0;
+    // The client is gone; both instances keep producing.
+    for i in 2..4 {
+        first.ingest.submit("api", vec![sample(i)]).await.unwrap();
+    }
+    first.stop().await;
+    for i in 4..6 {
+        second.ingest.submit("api", vec![sample(i)]).await.unwrap();
+    }
+    let resumed = second
+        .client
+        .get(second.url("/api/stream"))
+        .bearer_auth(&admin)
+        .header("last-event-id", last_seen.to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(resumed, 4).await;
+    let values: Vec<f64> = replayed
+        .iter()
+        .map(|(_, _, data)| data["readings"][0]["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [2.0, 3.0, 4.0, 5.0], "{replayed:?}");
+    assert!(replayed.iter().all(|(id, _, _)| *id > last_seen));
+    assert!(replayed.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    second.stop().await;
 }
 
 #[tokio::test]

@@ -316,6 +316,9 @@ async fn stream_across_a_ddms_restart(stop: Stop) -> (usize, usize) {
     if stop == Stop::Term {
         assert!(exit.success(), "{exit:?}");
         let logs = ddms.json_logs();
+        for line in logs.iter().filter(|l| l["level"] != "INFO") {
+            println!("ddms (first run): {line}");
+        }
         let said = |text: &str| logs.iter().any(|l| l["message"] == text);
         assert!(said("MQTT ingester stopped"), "{logs:?}");
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::store::{
-    self, DeviceStatus, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice, NewNotification,
-    NewUser, Protocol, Reading, Role, Status, Store, StoreError,
+    self, DeviceStatus, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice, NewEvent,
+    NewNotification, NewUser, Protocol, Reading, Role, Status, Store, StoreError,
 };
 use serde_json::json;
 
@@ -580,6 +580,114 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+async fn the_event_log_keeps_order_reads_ranges_and_prunes_all_but_the_newest(
+    store: Arc<dyn Store>,
+) {
+    assert_eq!(store.event_bounds().await.unwrap(), None);
+    let event = |i: i64| NewEvent {
+        kind: if i % 2 == 0 {
+            "reading"
+        } else {
+            "notification"
+        }
+        .into(),
+        data: json!({ "i": i, "text": "<script>'; DROP TABLE events; --" }),
+    };
+    store
+        .append_events(&(0..5).map(event).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    store.append_events(&[event(5)]).await.unwrap();
+    store.append_events(&[]).await.unwrap();
+    let all = store.events_after(0, None, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.data["i"], i as i64, "append order is id order");
+        assert_eq!(e.kind, event(i as i64).kind);
+        assert_eq!(e.data, event(i as i64).data, "payloads are stored as given");
+    }
+    let (oldest, newest) = store.event_bounds().await.unwrap().unwrap();
+    assert_eq!((oldest, newest), (all[0].id, all[5].id));
+    let middle = store
+        .events_after(all[1].id, Some(all[3].id), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        middle.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [all[2].id, all[3].id],
+        "(after, upto]"
+    );
+    let limited = store.events_after(all[0].id, None, 2).await.unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0].id, all[1].id);
+
+    // Pruning everything keeps the newest event, so the log still knows where it stands.
+    let pruned = store
+        .prune_events(Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 5);
+    assert_eq!(
+        store.event_bounds().await.unwrap(),
+        Some((all[5].id, all[5].id))
+    );
+    store.append_events(&[event(6)]).await.unwrap();
+    let after = store.events_after(all[5].id, None, 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > all[5].id, "ids are never reused");
+    assert_eq!(
+        store
+            .prune_events(Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0,
+        "recent events stay"
+    );
+}
+
+/// Several instances append at once while one tails with "id > last": a row that commits after
+/// a larger id was read would be skipped for good. The tailer must see every event.
+async fn a_tailer_never_skips_events_appended_concurrently(store: Arc<dyn Store>) {
+    const WRITERS: i64 = 4;
+    const EACH: i64 = 150;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let batch: Vec<NewEvent> = (0..1 + i % 3)
+                    .map(|k| NewEvent {
+                        kind: "reading".into(),
+                        data: json!({ "writer": w, "i": i, "k": k }),
+                    })
+                    .collect();
+                store.append_events(&batch).await.unwrap();
+            }
+        }));
+    }
+    let expected: usize = (0..EACH).map(|i| 1 + i as usize % 3).sum::<usize>() * WRITERS as usize;
+    let mut seen = Vec::new();
+    let mut position = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < expected && tokio::time::Instant::now() < deadline {
+        for event in store.events_after(position, None, 50).await.unwrap() {
+            position = event.id;
+            seen.push(event);
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let all = store.events_after(0, None, 10_000).await.unwrap();
+    assert_eq!(all.len(), expected);
+    assert_eq!(
+        seen.iter().map(|e| e.id).collect::<Vec<_>>(),
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "the tailer saw every event, in order"
+    );
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping(Duration::from_secs(2)).await.unwrap();
 }
@@ -634,5 +742,7 @@ conformance_suite!(
     device_status_is_one_row_per_device,
     mqtt_credentials_are_found_by_username_and_replaced,
     leases_have_one_holder_until_expiry_or_release,
+    the_event_log_keeps_order_reads_ranges_and_prunes_all_but_the_newest,
+    a_tailer_never_skips_events_appended_concurrently,
     ping_answers,
 );
