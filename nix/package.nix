@@ -1,9 +1,16 @@
 # ddms, built from this checkout. The git sha comes from the flake (no .git in the Nix store).
-{ lib, rustPlatform, src, gitSha ? "unknown" }:
+{ lib, rustPlatform, rustc, src, gitSha ? "unknown" }:
+
+let
+  workspace = (lib.importTOML ../Cargo.toml).workspace.package;
+in
+# A clear message instead of a compile error deep in a dependency on an older channel.
+assert lib.assertMsg (lib.versionAtLeast rustc.version workspace.rust-version)
+  "ddms needs Rust >= ${workspace.rust-version} (nixpkgs has ${rustc.version}): use nixos-26.05 or newer";
 
 rustPlatform.buildRustPackage {
   pname = "ddms";
-  version = (lib.importTOML ../Cargo.toml).workspace.package.version;
+  inherit (workspace) version;
   inherit src;
   cargoLock.lockFile = ../Cargo.lock;
   cargoBuildFlags = [ "--package" "ddms" ];

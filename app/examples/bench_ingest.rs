@@ -120,7 +120,7 @@ async fn publisher(
     per_second: f64,
     metrics: usize,
     stop: tokio_util::sync::CancellationToken,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let Device {
         id: device_id,
         credentials,
@@ -136,13 +136,21 @@ async fn publisher(
     options.set_keep_alive(Duration::from_secs(30));
     options.set_inflight(200);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    let driver = tokio::spawn(async move {
-        loop {
-            if eventloop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let driver = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
-        }
-    });
+        })
+    };
     let topic = format!("devices/{device_id}/telemetry");
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -167,11 +175,15 @@ async fn publisher(
             .await?;
         sent += 1;
     }
-    // Let the last acknowledgements arrive before the connection goes.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every message queued must be acknowledged before the connection goes (with the embedded
+    // broker a PUBACK means "committed", so a backlog drains here).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = client.disconnect().await;
     driver.abort();
-    Ok(sent)
+    Ok((sent, acked.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -412,12 +424,18 @@ async fn main() -> Result<()> {
     let window = started.elapsed().as_secs_f64();
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
     stop.cancel();
-    let mut sent = 0u64;
+    let (mut sent, mut acked) = (0u64, 0u64);
     for p in publishers {
-        sent += p.await??;
+        let (s, a) = p.await??;
+        sent += s;
+        acked += a;
     }
-    // Everything sent must end up stored exactly once.
-    let expected = sent * args.metrics as u64;
+    ensure!(
+        acked == sent,
+        "only {acked} of {sent} messages were acknowledged within 5 min"
+    );
+    // Every acknowledged message must end up stored exactly once.
+    let expected = acked * args.metrics as u64;
     let rows = ((after - before) as u64).clamp(1, 5_000_000);
     let series = (args.devices * args.metrics) as u64;
     let (stored, copy_rate, baseline) = match args.backend {
@@ -511,13 +529,13 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Waits (up to 2 min) until `count` reaches `expected`; returns the last count.
+/// Waits (up to 5 min) until `count` reaches `expected`; returns the last count.
 async fn wait_for_count<F, Fut>(mut count: F, expected: u64) -> Result<u64>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<i64, sqlx::Error>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let stored = count().await? as u64;
         if stored >= expected || Instant::now() > deadline {

@@ -69,9 +69,10 @@ pub struct ReleaseArgs {
 pub enum ReleaseCommand {
     /// Verify an artifact against its published SHA-256 and unpack it into
     /// <root>/opt/ddms/releases/<name>/ (name: the tarball's top directory less `ddms-` and
-    /// `-<arch>-linux`, i.e. the version). Prints the release's metadata as JSON.
+    /// `-<arch>-linux`, i.e. the version; for cargo-dist's `ddms-<target>/`, the binary's
+    /// version). Prints the release's metadata as JSON.
     Install {
-        /// The release tarball (`cargo xtask build`).
+        /// The release tarball (`cargo xtask build`, or cargo-dist's `ddms-<target>.tar.gz`).
         artifact: PathBuf,
         /// The published checksum in sha256sum format (default: ARTIFACT.sha256).
         #[arg(long, value_name = "FILE")]

@@ -4,6 +4,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+mod infra;
+
 fn root() -> PathBuf {
     crate::project_root()
 }

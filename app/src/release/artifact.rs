@@ -84,7 +84,7 @@ pub async fn install(
             )));
         }
     }
-    let name = release_name(&top);
+    let name = release_name(&top, &version);
     if !valid_release_name(&name) {
         return Err(invalid(format!("`{name}` is not a usable release name")));
     }
@@ -328,10 +328,15 @@ pub fn parse_version_output(text: &str) -> Option<(String, String)> {
 }
 
 /// The release name from the tarball's top directory: `ddms-0.1.0-x86_64-linux` → `0.1.0`
-/// (the contract's `/opt/ddms/releases/<version>/`); other names are taken as they are, less a
-/// leading `ddms-`.
-pub fn release_name(top: &str) -> String {
+/// (the contract's `/opt/ddms/releases/<version>/`). cargo-dist's archives name only the target
+/// (`ddms-x86_64-unknown-linux-gnu`), so theirs is the binary's `version`. Other names are
+/// taken as they are, less a leading `ddms-`.
+pub fn release_name(top: &str, version: &str) -> String {
     let name = top.strip_prefix("ddms-").unwrap_or(top);
+    let triple = name.split('-').collect::<Vec<_>>();
+    if matches!(triple.as_slice(), [_, "unknown", "linux", "gnu" | "musl"]) {
+        return version.to_string();
+    }
     let suffix = format!("-{}-linux", std::env::consts::ARCH);
     name.strip_suffix(&suffix).unwrap_or(name).to_string()
 }
@@ -343,9 +348,21 @@ mod tests {
     #[test]
     fn release_names_come_from_the_top_directory() {
         let arch = std::env::consts::ARCH;
-        assert_eq!(release_name(&format!("ddms-0.1.0-{arch}-linux")), "0.1.0");
-        assert_eq!(release_name("ddms-v2"), "v2");
-        assert_eq!(release_name("custom"), "custom");
+        assert_eq!(
+            release_name(&format!("ddms-0.1.0-{arch}-linux"), "0.1.0"),
+            "0.1.0"
+        );
+        assert_eq!(release_name("ddms-v2", "0.1.0"), "v2");
+        assert_eq!(release_name("custom", "0.1.0"), "custom");
+        // cargo-dist archives: the directory names the target, the binary the version.
+        assert_eq!(
+            release_name("ddms-x86_64-unknown-linux-gnu", "0.2.0"),
+            "0.2.0"
+        );
+        assert_eq!(
+            release_name("ddms-aarch64-unknown-linux-musl", "0.2.0"),
+            "0.2.0"
+        );
     }
 
     #[test]

@@ -71,6 +71,22 @@ impl SqliteStore {
     }
 }
 
+/// Rows per multi-row INSERT: 300 bound values, far below SQLite's limit of 32766.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `head` followed by `rows` copies of `row`, comma-separated.
+fn multi_row_insert(head: &str, row: &str, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (row.len() + 2));
+    sql.push_str(head);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql
+}
+
 fn micros(ts: DateTime<Utc>) -> i64 {
     ts.timestamp_micros()
 }
@@ -315,10 +331,27 @@ impl Store for SqliteStore {
         if readings.is_empty() {
             return Ok(0);
         }
-        // One transaction and one cached prepared statement for the whole batch.
+        // One transaction; full chunks share one cached multi-row statement (each statement is
+        // a round trip to sqlx's SQLite worker thread, so rows per statement is what counts).
         let mut tx = self.pool.begin().await?;
         let mut inserted = 0;
-        for reading in readings {
+        let mut chunks = readings.chunks_exact(ROWS_PER_STATEMENT);
+        let full_chunk_sql = multi_row_insert(
+            "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
+            "(?, ?, ?)",
+            ROWS_PER_STATEMENT,
+        );
+        for chunk in chunks.by_ref() {
+            let mut query = sqlx::query(&full_chunk_sql);
+            for reading in chunk {
+                query = query
+                    .bind(reading.series)
+                    .bind(micros(reading.ts))
+                    .bind(reading.value);
+            }
+            inserted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        for reading in chunks.remainder() {
             inserted += sqlx::query(
                 "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES (?, ?, ?)",
             )
@@ -696,13 +729,21 @@ impl Store for SqliteStore {
         // SQLite has one writer at a time: ids are visible in id order without more locking.
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
-        for event in events {
-            sqlx::query("INSERT INTO events (created_at, kind, data) VALUES (?, ?, ?)")
-                .bind(now)
-                .bind(&event.kind)
-                .bind(event.data.to_string())
-                .execute(&mut *tx)
-                .await?;
+        // Multi-row statements, in order: ids follow the order of `events`.
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let sql = multi_row_insert(
+                "INSERT INTO events (created_at, kind, data) VALUES ",
+                "(?, ?, ?)",
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(now)
+                    .bind(&event.kind)
+                    .bind(event.data.to_string());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

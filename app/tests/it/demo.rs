@@ -27,31 +27,65 @@ async fn demo_token(ddms: &DdmsProcess) -> String {
 
 #[tokio::test]
 async fn serve_demo_shows_live_readings_from_simulated_devices() {
+    demo_runs(&[], 3).await;
+}
+
+/// README command 1 as shipped: the embedded broker is on, so two simulated MQTT devices
+/// register themselves (provisioning token made up for the run), get credentials and publish.
+#[tokio::test]
+async fn serve_demo_with_the_embedded_broker_adds_self_registering_mqtt_devices() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    demo_runs(
+        &[
+            ("DDMS_MQTT__MODE", "embedded"),
+            ("DDMS_MQTT__EMBEDDED__LISTEN", &listen),
+        ],
+        5,
+    )
+    .await;
+}
+
+/// Two runs on one data directory: the demo devices exist once, each reports values, and the
+/// printed token is a viewer's.
+async fn demo_runs(env: &[(&str, &str)], expected_devices: usize) {
     let dir = tempfile::tempdir().unwrap();
     for run in 0..2 {
-        let mut ddms = DdmsProcess::serve_with_args(dir.path(), &["serve", "--demo"], &[])
+        let mut ddms = DdmsProcess::serve_with_args(dir.path(), &["serve", "--demo"], env)
             .await
             .unwrap();
         let token = demo_token(&ddms).await;
         let client = reqwest::Client::new();
-        let devices: Value = client
-            .get(ddms.url("/api/devices"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let devices = devices.as_array().unwrap().clone();
+        // The MQTT devices register themselves once the service answers: give them a moment.
+        let registered = Instant::now() + Duration::from_secs(15);
+        let devices = loop {
+            let devices: Value = client
+                .get(ddms.url("/api/devices"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let devices = devices.as_array().unwrap().clone();
+            if devices.len() >= expected_devices || Instant::now() > registered {
+                break devices;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert_eq!(
             devices.len(),
-            3,
+            expected_devices,
             "run {run}: the demo devices exist once: {devices:?}"
         );
         assert!(devices.iter().all(|d| d["group"] == "demo"));
         // Every demo device reports values within a few poll intervals.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(20);
         for device in &devices {
             let id = device["id"].as_str().unwrap();
             loop {

@@ -48,6 +48,31 @@ fn e2e_container_hosts_answer_ssh_and_install_a_release_tarball() -> Result<()> 
         artifact.version_output.as_str()
     );
 
+    // The misbehaving releases are wrappers that pass the install's version check through
+    // the real binary packed beside them.
+    for (label, kind) in [
+        ("e2e-never-ready", Kind::NeverReady),
+        (
+            "e2e-unhealthy",
+            Kind::UnhealthyAfter(std::time::Duration::from_secs(1)),
+        ),
+    ] {
+        let wrapped = release_tarball(cluster.dir(), label, kind)?;
+        let name = wrapped.tarball.file_name().unwrap().to_string_lossy();
+        cluster.scp_to("ddms1", &wrapped.tarball, "/tmp/")?;
+        cluster.scp_to("ddms1", &wrapped.checksum, "/tmp/")?;
+        let out = cluster.ssh_ok(
+            "ddms1",
+            &format!("/tmp/x/ddms-e2e1/ddms release install /tmp/{name}"),
+        )?;
+        assert!(out.contains(&format!("\"release\":\"{label}\"")), "{out}");
+        let script = cluster.ssh_ok(
+            "ddms1",
+            &format!("head -c 2 /opt/ddms/releases/{label}/ddms"),
+        )?;
+        assert_eq!(script, "#!", "{label} is a wrapper script");
+    }
+
     // A tampered tarball is refused on the host too.
     cluster.ssh_ok(
         "ddms1",

@@ -157,15 +157,23 @@ impl Cluster {
         ]
     }
 
-    /// `ssh root@<host> <cmd>` (the remote shell runs `cmd`); the output, whatever the status.
-    pub fn ssh(&self, host: &str, cmd: &str) -> Result<Output> {
+    /// The `ssh root@<host> <cmd>` command, not started: to spawn it (a deploy that runs while
+    /// load is applied, or one killed midway) or to read its output.
+    pub fn ssh_command(&self, host: &str, cmd: &str) -> Command {
         let host = self.host(host);
-        Command::new("ssh")
+        let mut command = Command::new("ssh");
+        command
             .args(self.ssh_options())
             .args(["-p", &host.ssh_port.to_string()])
             .arg(format!("root@{}", host.ip))
             .arg(cmd)
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// `ssh root@<host> <cmd>` (the remote shell runs `cmd`); the output, whatever the status.
+    pub fn ssh(&self, host: &str, cmd: &str) -> Result<Output> {
+        self.ssh_command(host, cmd)
             .output()
             .context("cannot run ssh")
     }
