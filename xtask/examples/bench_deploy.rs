@@ -67,10 +67,10 @@ fn parse() -> Result<Options> {
 fn summary(values: &[u64]) -> Value {
     let mut v = values.to_vec();
     v.sort_unstable();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     if v.is_empty() {
         return json!(null);
     }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     json!({"n": v.len(), "min": v[0], "median": at(0.5), "p95": at(0.95), "max": v[v.len() - 1]})
 }
 
@@ -122,8 +122,16 @@ fn main() -> Result<()> {
                 .as_array()
                 .map(|s| s.iter().filter_map(|s| s["duration_ms"].as_u64()).sum())
                 .unwrap_or(0);
-            switch_ms.push(switch);
-            host_deploy_ms.push(deploy);
+            // Only hosts whose traffic moved count (not skipped, unchanged or aborted ones).
+            let switched = record["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "switch"));
+            if switched {
+                switch_ms.push(switch);
+                if entry["result"] == "ok" {
+                    host_deploy_ms.push(deploy);
+                }
+            }
             hosts.push(
                 json!({"host": host, "switch_ms": switch, "deploy_ms": deploy,
                               "ready_ms": step_ms(record, &["ready"]), "result": entry["result"]}),
