@@ -14,8 +14,9 @@ use crate::fleet::{self, host_record, say, switch_time, Fleet, HOSTS};
 use crate::support::release::{release_tarball, Kind};
 use crate::traffic::{replay, SseLog, Traffic};
 
-/// API reads per second offered to each host's nginx (the issue asks for at least 200).
-const RATE_PER_HOST: f64 = 210.0;
+/// API reads per second offered to each host's nginx: the issue asks for at least 200 served,
+/// and the generator lags its offer a little on a busy machine.
+const RATE_PER_HOST: f64 = 240.0;
 const SSE_CLIENTS: usize = 20;
 /// How soon after its host's switch every SSE client must be on the new slot.
 const SSE_MOVE_WITHIN: Duration = Duration::from_secs(10);
