@@ -197,6 +197,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// `DDMS_*` variables that belong to the tooling, not to the configuration: `ddms release`
+/// (which passes its environment on to the `ddms migrate` and `ddms serve` it starts),
+/// `cargo xtask deploy`, the test harnesses and `cargo xtask images`.
+const TOOLING_ENV_PREFIXES: [&str; 5] = ["test_", "release_", "deploy_", "e2e_", "debian_"];
+
 /// The built-in defaults, as the lowest layer. Kept as TOML so `ddms.example.toml` can be checked
 /// against the very same keys.
 const DEFAULTS: &str = r#"
@@ -333,12 +338,9 @@ impl Loader {
                     .split("__")
                     .filter(|key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        // DDMS_RELEASE_* configure `ddms release`, which passes its
-                        // environment on to the `ddms migrate` and `ddms serve` it starts.
                         key != "profile"
                             && key != "config"
-                            && !key.starts_with("test_")
-                            && !key.starts_with("release_")
+                            && !TOOLING_ENV_PREFIXES.iter().any(|p| key.starts_with(p))
                     })
                     .global(),
             );
@@ -864,7 +866,10 @@ mod tests {
             // `ddms release` passes its environment to the `ddms migrate` and `ddms serve` it runs.
             jail.set_env("DDMS_RELEASE_ROOT", "/srv/staging");
             jail.set_env("DDMS_RELEASE_WATCH", "10");
-            load().expect("DDMS_RELEASE_* are not unknown keys");
+            jail.set_env("DDMS_DEPLOY_SSH_KEY", "/home/ci/.ssh/id");
+            jail.set_env("DDMS_E2E_DDMS", "/tmp/ddms");
+            jail.set_env("DDMS_DEBIAN_MIRROR", "http://deb.example/debian");
+            load().expect("tooling variables are not unknown keys");
             jail.set_env("DDMS_RELEASED", "x");
             assert!(load().is_err(), "only the DDMS_RELEASE_ prefix is reserved");
             Ok(())
