@@ -30,6 +30,7 @@ struct Outcome {
 
 #[test]
 fn deploy_container_scenarios_under_load_rollback_lock_prune_tamper() -> Result<()> {
+    let _exclusive = crate::support::one_cluster_at_a_time();
     let started = Instant::now();
     let xtask = std::path::PathBuf::from(env!("CARGO_BIN_EXE_xtask"));
     let fleet = Fleet::provision("ddms-e2e-deploy", &xtask, "v1")?;

@@ -14,6 +14,7 @@ use crate::support::{run, tail};
 #[test]
 fn e2e_container_deploy_playbook_rolls_out_host_by_host_and_stops_at_a_release_that_never_gets_ready(
 ) -> Result<()> {
+    let _exclusive = crate::support::one_cluster_at_a_time();
     // No database host: SQLite on each host, MQTT off — this test is about the roll-out.
     let cluster = Cluster::start("ddms-e2e-deploy", &["ddms1", "ddms2"], false)?;
     let dir = cluster.dir();

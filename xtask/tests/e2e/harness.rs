@@ -7,6 +7,7 @@ use crate::support::release::{release_tarball, Kind};
 
 #[test]
 fn e2e_container_hosts_answer_ssh_and_install_a_release_tarball() -> Result<()> {
+    let _exclusive = crate::support::one_cluster_at_a_time();
     let cluster = Cluster::start("ddms-e2e-harness", &["ddms1"], false)?;
     assert_eq!(cluster.hosts().len(), 1);
     assert!(cluster.db_host().is_none());

@@ -14,6 +14,7 @@ use crate::support::{run, tail};
 #[test]
 fn e2e_container_site_playbook_provisions_two_hosts_and_a_second_run_changes_nothing() -> Result<()>
 {
+    let _exclusive = crate::support::one_cluster_at_a_time();
     let cluster = Cluster::start("ddms-e2e-site", &["ddms1", "ddms2"], true)?;
     let dir = cluster.dir();
     let certs = tls_material(&cluster)?;

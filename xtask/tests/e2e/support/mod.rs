@@ -17,6 +17,16 @@ use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
 
+/// One cluster at a time: on a 2-core machine, three clusters of containers (with PostgreSQL,
+/// Mosquitto and ddms in each) provisioning at once time out. Each container test holds this
+/// for its whole run.
+pub fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CLUSTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CLUSTERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The workspace root (the parent of the xtask crate).
 pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
