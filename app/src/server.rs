@@ -179,6 +179,7 @@ impl Server {
             ),
             MqttMode::External | MqttMode::Off => None,
         };
+        http::session::warm_up();
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             instance_id: instance_id(config.slot),
@@ -189,6 +190,7 @@ impl Server {
             register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
                 per_minute,
             ))),
+            security: Arc::new(http::security::Security::new(&config)),
             devices_changed,
             credentials_changed,
             shutdown: CancellationToken::new(),

@@ -1,12 +1,16 @@
 //! The HTTP service: router, shared state, and the middleware every request passes through
-//! (request id → span → metrics and access log → JSON errors → body limit → timeout).
+//! (request id → hardening headers and client address → [CORS] → span → metrics and access
+//! log → JSON errors → body limit → timeout; `/api/*` adds the per-address rate limit).
 
+mod audit;
 mod devices;
 mod error;
 pub mod extract;
 mod metrics;
 mod page;
 mod routes;
+pub mod security;
+pub mod session;
 mod stream;
 
 use std::sync::Arc;
@@ -49,6 +53,8 @@ pub struct AppState {
     pub events: EventHub,
     pub status: StatusBoard,
     pub register_limiter: Arc<IpRateLimiter>,
+    /// Client resolution, API rate limits, login throttling.
+    pub security: Arc<security::Security>,
     /// Woken when devices are created, changed or deleted (pollers re-read their assignment).
     pub devices_changed: Arc<Notify>,
     /// Woken when MQTT credentials change (brokers re-read their credentials).
@@ -70,6 +76,11 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/version", get(routes::version))
         .route("/me", get(routes::me))
+        .route("/auth/login", post(session::login))
+        .route("/auth/logout", post(session::logout))
+        .route("/auth/session", get(session::session))
+        .route("/auth/password", post(session::change_password))
+        .route("/audit", get(audit::list))
         .route("/tokens", post(routes::create_token))
         .route("/devices", get(devices::list).post(devices::create))
         .route("/devices/register", post(devices::register))
@@ -89,7 +100,12 @@ pub fn router(state: AppState) -> Router {
             "/notifications/connection-failures/{id}",
             delete(devices::acknowledge),
         )
-        .route("/stream", get(stream::stream));
+        .route("/stream", get(stream::stream))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::limit_api,
+        ));
+    let cors = security::cors(&state.config);
     Router::new()
         .route("/", get(page::index))
         .route("/assets/live.js", get(page::script))
@@ -104,6 +120,11 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    security::harden,
+                ))
+                .option_layer(cors)
                 .layer(middleware::from_fn(request_span))
                 .layer(middleware::from_fn_with_state(state.clone(), observe))
                 .layer(middleware::from_fn(json_errors))

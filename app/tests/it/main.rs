@@ -13,4 +13,5 @@ mod modbus;
 mod mqtt;
 mod readiness;
 mod release;
+mod security;
 mod storage;
