@@ -2,16 +2,20 @@
 //! (request id → hardening headers and client address → [CORS] → span → metrics and access
 //! log → JSON errors → body limit → timeout; `/api/*` adds the per-address rate limit).
 
+mod admin;
+pub mod api;
 mod audit;
 mod devices;
 mod error;
 pub mod extract;
 mod metrics;
+mod openapi;
 mod page;
 mod routes;
 pub mod security;
 pub mod session;
 mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +24,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -73,38 +77,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit;
     let request_timeout = state.config.http.request_timeout;
-    let api = Router::new()
-        .route("/version", get(routes::version))
-        .route("/me", get(routes::me))
-        .route("/auth/login", post(session::login))
-        .route("/auth/logout", post(session::logout))
-        .route("/auth/session", get(session::session))
-        .route("/auth/password", post(session::change_password))
-        .route("/audit", get(audit::list))
-        .route("/tokens", post(routes::create_token))
-        .route("/devices", get(devices::list).post(devices::create))
-        .route("/devices/register", post(devices::register))
-        .route(
-            "/devices/{id}",
-            get(devices::get)
-                .put(devices::update)
-                .delete(devices::delete),
-        )
-        .route("/devices/{id}/latest", get(devices::latest))
-        .route("/devices/{id}/readings", get(devices::readings))
-        .route(
-            "/notifications/connection-failures",
-            get(devices::connection_failures),
-        )
-        .route(
-            "/notifications/connection-failures/{id}",
-            delete(devices::acknowledge),
-        )
-        .route("/stream", get(stream::stream))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            security::limit_api,
-        ));
+    let api = api::router().layer(middleware::from_fn_with_state(
+        state.clone(),
+        security::limit_api,
+    ));
     let cors = security::cors(&state.config);
     Router::new()
         .route("/", get(page::index))

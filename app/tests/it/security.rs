@@ -635,3 +635,571 @@ async fn cors_is_closed_unless_an_origin_is_configured() {
     assert!(!other.headers().contains_key("access-control-allow-origin"));
     open.stop().await;
 }
+
+/// A CA and a server certificate for `ddms.test` in `dir`; returns (CA PEM, cert path, key path).
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ddms test CA");
+    let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["ddms.test".to_string()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let cert_path = dir.join("server.crt");
+    let key_path = dir.join("server.key");
+    std::fs::write(&cert_path, server_cert.pem()).unwrap();
+    std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
+    (
+        ca.pem(),
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn over_in_process_tls_cookies_are_secure_and_hsts_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(dir.path());
+    let app = spawn_app(
+        Db::Sqlite,
+        &format!("[http.tls]\ncert = {cert:?}\nkey = {key:?}\n"),
+    )
+    .await;
+    add_user(&app, "alice", Role::Admin).await;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .resolve("ddms.test", app.addr)
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://ddms.test:{}{path}", app.addr.port());
+
+    let page = client.get(url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_hardened("page over TLS", page.headers(), true);
+    assert_eq!(
+        page.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+    let login = client
+        .post(url("/api/auth/login"))
+        .json(&json!({ "username": "alice", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    assert_hardened("login over TLS", login.headers(), true);
+    let cookies = set_cookies(login.headers());
+    for name in ["ddms_session", "ddms_csrf"] {
+        let cookie = cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap();
+        assert!(cookie.contains("; Secure"), "{cookie}");
+        assert!(cookie.contains("; SameSite=Strict"), "{cookie}");
+    }
+    let session = Session {
+        secret: cookie_value(&cookies, "ddms_session").unwrap(),
+        csrf: cookie_value(&cookies, "ddms_csrf").unwrap(),
+        set_cookies: cookies,
+    };
+    let created = with_session(client.post(url("/api/devices")), &session, true)
+        .json(&mqtt_device("over-tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let not_found = client.get(url("/nope")).send().await.unwrap();
+    assert_eq!(not_found.status(), 404);
+    assert_hardened("404 over TLS", not_found.headers(), true);
+
+    // Plain HTTP on the TLS port gets no answer a browser would take.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/health", app.addr))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+    // And shutdown is still graceful.
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_forwarded_https_gets_hsts_and_secure_cookies() {
+    let app = spawn_app(Db::Sqlite, "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n").await;
+    add_user(&app, "alice", Role::Viewer).await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-for", "192.0.2.10")
+        .json(&json!({ "username": "alice", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_hardened("forwarded https", response.headers(), true);
+    let cookies = set_cookies(response.headers());
+    assert!(
+        cookies.iter().all(|c| c.contains("; Secure")),
+        "{cookies:?}"
+    );
+    app.stop().await;
+
+    // The same headers from an untrusted peer change nothing.
+    let app = spawn_app(Db::Sqlite, "").await;
+    add_user(&app, "alice", Role::Viewer).await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-proto", "https")
+        .json(&json!({ "username": "alice", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_hardened("spoofed https", response.headers(), false);
+    assert!(set_cookies(response.headers())
+        .iter()
+        .all(|c| !c.contains("Secure")));
+    app.stop().await;
+}
+
+async fn logins_and_device_changes_are_audited(db: Db) {
+    let app = spawn_app(db, "").await;
+    add_user(&app, "alice", Role::Admin).await;
+    add_user(&app, "victor", Role::Viewer).await;
+    assert_eq!(try_login(&app, "ghost", PASSWORD).await.status(), 401);
+    assert_eq!(
+        try_login(&app, "alice", "wrong wrong wrong").await.status(),
+        401
+    );
+    let session = login(&app, "alice").await;
+    let created: Value = with_session(app.client.post(app.url("/api/devices")), &session, true)
+        .json(&mqtt_device("audited"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let updated = with_session(
+        app.client.put(app.url(&format!("/api/devices/{id}"))),
+        &session,
+        true,
+    )
+    .json(&json!({ "name": "audited-renamed", "protocol": "mqtt" }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(updated.status(), 200);
+    let deleted = with_session(
+        app.client.delete(app.url(&format!("/api/devices/{id}"))),
+        &session,
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let group = with_session(app.client.post(app.url("/api/groups")), &session, true)
+        .json(&json!({ "name": "plant-a" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(group.status(), 201);
+
+    let audit: Vec<Value> = with_session(app.client.get(app.url("/api/audit")), &session, false)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let find =
+        |action: &str| -> Vec<&Value> { audit.iter().filter(|e| e["action"] == action).collect() };
+    let failed = find("auth.login_failed");
+    assert_eq!(failed.len(), 2, "{audit:#?}");
+    let ghost = failed
+        .iter()
+        .find(|e| e["detail"]["username"] == "ghost")
+        .expect("the attempted username is recorded");
+    assert_eq!(ghost["detail"]["reason"], "unknown_user");
+    assert_eq!(ghost["remote_addr"], "127.0.0.1");
+    assert!(failed
+        .iter()
+        .any(|e| e["detail"]["reason"] == "wrong_password"));
+    let logins = find("auth.login");
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0]["actor"], "user:alice");
+    for action in [
+        "device.create",
+        "device.update",
+        "device.delete",
+        "group.create",
+    ] {
+        let entries = find(action);
+        assert_eq!(entries.len(), 1, "{action}: {audit:#?}");
+        assert_eq!(entries[0]["actor"], "user:alice", "{action}");
+        assert_eq!(entries[0]["remote_addr"], "127.0.0.1", "{action}");
+        assert!(entries[0]["at"].is_string(), "{action}");
+    }
+    assert_eq!(
+        find("device.update")[0]["detail"]["name"],
+        "audited-renamed"
+    );
+    // Nothing secret in the log.
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(!text.contains(PASSWORD) && !text.contains(&session.secret));
+    // Viewers do not read the audit log.
+    let viewer = login(&app, "victor").await;
+    let refused = with_session(app.client.get(app.url("/api/audit")), &viewer, false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logins_and_device_changes_are_audited_on_sqlite() {
+    logins_and_device_changes_are_audited(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn logins_and_device_changes_are_audited_on_postgres() {
+    logins_and_device_changes_are_audited(postgres().await).await;
+}
+
+async fn hostile_device_names_are_stored_as_given(db: Db) {
+    let app = spawn_app(db, "").await;
+    let admin = app.token(Role::Admin).await;
+    for name in [
+        "Robert'); DROP TABLE devices;--",
+        "<script>alert('x')</script>",
+        "\" OR 1=1 -- <img src=x onerror=alert(1)>",
+    ] {
+        let created = app
+            .post_json(
+                "/api/devices",
+                Some(&admin),
+                &json!({ "name": name, "protocol": "mqtt", "group": name }),
+            )
+            .await;
+        assert_eq!(created.status(), 201, "{name}");
+        let created: Value = created.json().await.unwrap();
+        assert_eq!(created["name"], name);
+        let id = created["id"].as_str().unwrap();
+        let fetched: Value = app
+            .get_with_token(&format!("/api/devices/{id}"), &admin)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(fetched["name"], name);
+        assert_eq!(fetched["group"], name);
+    }
+    let all: Vec<Value> = app
+        .get_with_token("/api/devices", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3, "the table is still there, with every device");
+    let response = app.get_with_token("/api/devices", &admin).await;
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_device_names_are_stored_as_given_on_sqlite() {
+    hostile_device_names_are_stored_as_given(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn hostile_device_names_are_stored_as_given_on_postgres() {
+    hostile_device_names_are_stored_as_given(postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_user_created_with_ddms_user_add_can_log_in() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    let mut child = crate::support::app::ddms_command(dir.path())
+        .args(["user", "add", "--username", "carol", "--role", "admin"])
+        .env("DDMS_DATABASE__URL", &url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let app = spawn_app(Db::Url(url), "").await;
+    let session = login(&app, "carol").await;
+    let me: Value = with_session(
+        app.client.get(app.url("/api/auth/session")),
+        &session,
+        false,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(me["role"], "admin");
+    assert_eq!(me["subject"], "user:carol");
+    app.stop().await;
+}
+
+async fn owners_manage_users_tokens_and_settings(db: Db) {
+    let app = spawn_app(db, "").await;
+    add_user(&app, "olga", Role::Owner).await;
+    add_user(&app, "adam", Role::Admin).await;
+    let owner = login(&app, "olga").await;
+    let admin = login(&app, "adam").await;
+    let send = |method: reqwest::Method, path: &str, session: &Session, body: Option<Value>| {
+        let mut request = with_session(app.client.request(method, app.url(path)), session, true);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    use reqwest::Method as M;
+
+    // Users: created with a generated password, which works once shown.
+    let created = send(
+        M::POST,
+        "/api/users",
+        &owner,
+        Some(json!({"username": "vera", "role": "viewer"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let password = created["password"].as_str().unwrap().to_string();
+    let vera_id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(try_login(&app, "vera", &password).await.status(), 200);
+    let users: Value = send(M::GET, "/api/users", &owner, None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = users.to_string();
+    assert!(
+        !text.contains("argon2") && !text.contains("password"),
+        "{text}"
+    );
+    assert_eq!(users.as_array().unwrap().len(), 3);
+    // Admins do not manage users.
+    assert_eq!(
+        send(M::GET, "/api/users", &admin, None)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Promote, then disable: the disabled user can no longer log in.
+    let promoted = send(
+        M::PATCH,
+        &format!("/api/users/{vera_id}"),
+        &owner,
+        Some(json!({"role": "admin"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(promoted.status(), 200);
+    let vera = {
+        let r = try_login(&app, "vera", &password).await;
+        assert_eq!(r.status(), 200);
+        let cookies = set_cookies(r.headers());
+        Session {
+            secret: cookie_value(&cookies, "ddms_session").unwrap(),
+            csrf: cookie_value(&cookies, "ddms_csrf").unwrap(),
+            set_cookies: cookies,
+        }
+    };
+    let disabled = send(
+        M::PATCH,
+        &format!("/api/users/{vera_id}"),
+        &owner,
+        Some(json!({"disabled": true})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(disabled.status(), 200);
+    assert!(disabled.json::<Value>().await.unwrap()["disabled_at"].is_string());
+    assert_eq!(try_login(&app, "vera", &password).await.status(), 401);
+    assert_eq!(
+        send(M::GET, "/api/me", &vera, None).await.unwrap().status(),
+        401
+    );
+    // The last enabled owner stays.
+    let olga_id = app.store.find_user("olga").await.unwrap().id;
+    let demote = send(
+        M::PATCH,
+        &format!("/api/users/{olga_id}"),
+        &owner,
+        Some(json!({"role": "viewer"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(demote.status(), 409);
+    assert_eq!(
+        send(M::DELETE, &format!("/api/users/{olga_id}"), &owner, None)
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    assert_eq!(
+        send(M::DELETE, &format!("/api/users/{vera_id}"), &owner, None)
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+
+    // Tokens: listed without secrets, revoked tokens stop working.
+    let token: Value = send(
+        M::POST,
+        "/api/tokens",
+        &owner,
+        Some(json!({"name": "script", "role": "viewer"})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let secret = token["token"].as_str().unwrap();
+    assert_eq!(app.get_with_token("/api/me", secret).await.status(), 200);
+    let listed: Value = send(M::GET, "/api/tokens", &owner, None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!listed.to_string().contains(secret));
+    assert_eq!(listed[0]["name"], "script");
+    let revoked = send(
+        M::DELETE,
+        &format!("/api/tokens/{}", token["id"].as_str().unwrap()),
+        &owner,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(app.get_with_token("/api/me", secret).await.status(), 401);
+
+    // Settings: admins read, owners change, every field validated.
+    let settings: Value = send(M::GET, "/api/system/config", &admin, None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["backup_schedule"], "off");
+    assert_eq!(
+        send(
+            M::PUT,
+            "/api/system/config",
+            &admin,
+            Some(json!({"retention_days": 30}))
+        )
+        .await
+        .unwrap()
+        .status(),
+        403
+    );
+    let invalid = send(
+        M::PUT,
+        "/api/system/config",
+        &owner,
+        Some(json!({"retention_days": 0, "offline_after_s": 5, "backup_schedule": "sometimes"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(invalid.status(), 422);
+    let invalid: Value = invalid.json().await.unwrap();
+    let fields: Vec<&str> = invalid["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["retention_days", "offline_after_s", "backup_schedule"]
+    );
+    let changed = send(
+        M::PUT,
+        "/api/system/config",
+        &owner,
+        Some(
+            json!({"retention_days": 30, "offline_after_s": 120, "backup_schedule": "daily 02:30"}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_eq!(
+        changed.json::<Value>().await.unwrap(),
+        json!({"retention_days": 30, "offline_after_s": 120, "backup_schedule": "daily 02:30"})
+    );
+    assert_eq!(
+        app.store.get_setting("retention_days").await.unwrap(),
+        Some(json!(30))
+    );
+    let audit = app.store.list_audit(50).await.unwrap();
+    let settings_entry = audit
+        .iter()
+        .find(|e| e.action == "settings.update")
+        .unwrap();
+    assert_eq!(settings_entry.actor, "user:olga");
+    assert_eq!(settings_entry.detail["retention_days"]["to"], 30);
+    for action in [
+        "user.create",
+        "user.update",
+        "user.delete",
+        "token.create",
+        "token.revoke",
+    ] {
+        assert!(audit.iter().any(|e| e.action == action), "{action} audited");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn owners_manage_users_tokens_and_settings_on_sqlite() {
+    owners_manage_users_tokens_and_settings(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn owners_manage_users_tokens_and_settings_on_postgres() {
+    owners_manage_users_tokens_and_settings(postgres().await).await;
+}
