@@ -293,8 +293,8 @@ attempts_per_minute_per_ip = 30
 attempts_per_minute_per_username = 10
 
 [http.rate_limit]
-requests_per_second = 100
-burst = 200
+requests_per_second = 1000
+burst = 2000
 
 [http.cors]
 allowed_origins = []
