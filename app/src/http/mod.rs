@@ -8,7 +8,6 @@ mod audit;
 mod devices;
 mod error;
 pub mod extract;
-mod login_page;
 mod metrics;
 mod openapi;
 mod page;
@@ -87,8 +86,6 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page::index))
         .route("/assets/live.js", get(page::script))
         .route("/assets/style.css", get(page::style))
-        .route("/login", get(login_page::page))
-        .route("/assets/login.js", get(login_page::script))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
