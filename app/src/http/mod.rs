@@ -92,8 +92,11 @@ pub fn router(state: AppState) -> Router {
         .route("/stream", get(stream::stream));
     Router::new()
         .route("/", get(page::index))
-        .route("/assets/live.js", get(page::script))
-        .route("/assets/style.css", get(page::style))
+        .route("/login", get(page::login))
+        .route("/devices/{id}", get(page::device))
+        .route("/admin/devices", get(page::admin_devices))
+        .route("/notifications", get(page::notifications))
+        .route("/assets/{name}", get(page::asset))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))

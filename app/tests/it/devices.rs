@@ -660,14 +660,26 @@ async fn the_live_page_is_served_with_its_assets_and_no_inline_script() {
         .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let html = page.text().await.unwrap();
-    assert!(html.contains("<script src=\"/assets/live.js\""));
+    assert!(html.contains("<script src=\"/assets/dashboard.js\""));
     assert!(!html.contains("<script>"), "no inline script");
-    let js = app.get("/assets/live.js").await;
+    assert!(!html.contains(" style="), "no inline style");
+    let js = app.get("/assets/common.js").await;
     assert!(js.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/javascript"));
     assert!(js.text().await.unwrap().contains("/api/stream"));
     assert_eq!(app.get("/assets/style.css").await.status(), 200);
+    for page in ["/login", "/devices/x", "/admin/devices", "/notifications"] {
+        let response = app.get(page).await;
+        assert_eq!(response.status(), 200, "{page}");
+        let html = response.text().await.unwrap();
+        for script in html.split("<script src=\"").skip(1) {
+            let src = script.split('"').next().unwrap();
+            assert_eq!(app.get(src).await.status(), 200, "{page} loads {src}");
+        }
+    }
+    let missing = app.get("/assets/nope.js").await;
+    assert_eq!(missing.status(), 404);
     app.stop().await;
 }
