@@ -17,7 +17,7 @@ use crate::auth::{hash_api_token, random_secret};
 use crate::config::MqttMode;
 use crate::modbus::ModbusConfig;
 use crate::store::{
-    Device, DeviceStatus, MqttCredentials, NewAuditEntry, NewDevice, Protocol, RollupStep,
+    Device, DeviceStatus, Group, MqttCredentials, NewAuditEntry, NewDevice, Protocol, RollupStep,
     StoreError,
 };
 
@@ -124,16 +124,19 @@ async fn render(
     device: &Device,
     status: Option<DeviceStatus>,
 ) -> Result<Value, ApiError> {
-    let group = match device.group_id {
-        Some(id) => state
-            .store
-            .list_groups()
-            .await?
-            .into_iter()
-            .find(|g| g.id == id)
-            .map(|g| g.name),
-        None => None,
+    let groups = match device.group_id {
+        Some(_) => state.store.list_groups().await?,
+        None => Vec::new(),
     };
+    Ok(render_with(device, status, &groups))
+}
+
+/// The API shape of a device, its group named from `groups` (one query for a whole list).
+fn render_with(device: &Device, status: Option<DeviceStatus>, groups: &[Group]) -> Value {
+    let group = device
+        .group_id
+        .and_then(|id| groups.iter().find(|g| g.id == id))
+        .map(|g| g.name.clone());
     let mut body = json!({
         "id": device.id,
         "name": device.name,
@@ -150,7 +153,7 @@ async fn render(
     if device.protocol == Protocol::Modbus {
         body["modbus"] = device.config.clone();
     }
-    Ok(body)
+    body
 }
 
 fn not_found(err: StoreError) -> ApiError {
@@ -193,11 +196,14 @@ pub async fn list(
     _auth: Authorized<ViewerRole>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let statuses = state.status.all().await;
-    let mut out = Vec::new();
-    for device in state.store.list_devices().await? {
-        let status = statuses.get(&device.id).cloned();
-        out.push(render(&state, &device, status).await?);
-    }
+    let groups = state.store.list_groups().await?;
+    let out = state
+        .store
+        .list_devices()
+        .await?
+        .iter()
+        .map(|device| render_with(device, statuses.get(&device.id).cloned(), &groups))
+        .collect();
     Ok(Json(out))
 }
 
