@@ -1,30 +1,62 @@
-// Sign in with a username and password: the server sets the session and CSRF cookies.
+// Login page: posts the form as JSON to /api/auth/login. The server answers with two cookies —
+// the session (HttpOnly, unreadable here) and the CSRF token, which common.js sends back as
+// X-CSRF-Token on every state-changing request.
 "use strict";
 
 (() => {
-  const { $, api, show } = ddms;
+  function safeNext() {
+    // Only same-origin paths: an attacker's ?next=https://evil.example must not redirect away.
+    const next = new URLSearchParams(location.search).get("next") || "/";
+    return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+  }
 
-  // Only a path on this site, never another origin (no open redirect).
-  function next() {
-    const target = new URLSearchParams(location.search).get("next") || "/";
-    return target.startsWith("/") && !target.startsWith("//") ? target : "/";
+  function showError(text) {
+    const box = document.getElementById("login-error");
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    const button = document.getElementById("submit");
+    const username = document.getElementById("username").value.trim();
+    const password = document.getElementById("password").value;
+    if (!username || !password) { showError("Enter your username and password."); return; }
+    button.disabled = true;
+    showError("");
+    try {
+      const response = await fetch("/api/auth/login", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        credentials: "same-origin",
+        body: JSON.stringify({ username, password }),
+      });
+      if (response.ok) {
+        // A token from an earlier visit must not shadow the new session.
+        sessionStorage.removeItem("ddms.token");
+        location.assign(safeNext());
+        return;
+      }
+      if (response.status === 429) {
+        const wait = response.headers.get("Retry-After") || "a few";
+        showError("Too many attempts. Try again in " + wait + " seconds.");
+      } else if (response.status === 401) {
+        showError("Wrong username or password.");
+      } else {
+        showError("Sign-in failed (" + response.status + "). Try again.");
+      }
+      document.getElementById("password").value = "";
+      document.getElementById("password").focus();
+    } catch (e) {
+      showError("The server cannot be reached. Check the connection and try again.");
+    } finally {
+      button.disabled = false;
+    }
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    if (ddms.takeToken()) { location.assign(next()); return; }
-    $("login-form").addEventListener("submit", async (event) => {
-      event.preventDefault();
-      show("login-error", false);
-      const f = event.target.elements;
-      try {
-        await api("/api/auth/login", { method: "POST", json: { username: f.username.value, password: f.password.value }, noRedirect: true });
-        location.assign(next());
-      } catch (err) {
-        $("login-error").textContent = err.status === 401 ? "Wrong username or password." : err.message;
-        show("login-error", true);
-        f.password.value = "";
-        f.password.focus();
-      }
-    });
+    // An API token in the fragment (`/#token=…`) signs in without a password.
+    if (ddms.takeToken()) { location.assign(safeNext()); return; }
+    document.getElementById("login-form").addEventListener("submit", submit);
   });
 })();

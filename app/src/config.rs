@@ -67,6 +67,68 @@ pub struct HttpConfig {
     /// How long in-flight requests may finish after SIGTERM before the process exits anyway.
     #[serde(with = "seconds")]
     pub shutdown_timeout: Duration,
+    /// In-process TLS (HTTPS on `listen`) when both are set.
+    pub tls: HttpTlsConfig,
+    pub session: SessionSettings,
+    pub login: LoginThrottle,
+    pub rate_limit: RateLimitSettings,
+    pub cors: CorsSettings,
+    /// Peers (reverse proxies) whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed: the
+    /// client address then comes from the header (audit log, throttling) and `https` there
+    /// counts as TLS (Secure cookies, HSTS).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// PEM certificate chain (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl HttpTlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// A session unused for this long ends.
+    #[serde(with = "seconds")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, however active.
+    #[serde(with = "seconds")]
+    pub absolute_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginThrottle {
+    /// Login attempts allowed per client address per minute (a burst of this many, then one
+    /// more every 60/n seconds).
+    pub attempts_per_minute_per_ip: u32,
+    /// Login attempts allowed per username per minute, from any address.
+    pub attempts_per_minute_per_username: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// `/api/*` requests allowed per second per client address and per credential; 0 = no limit.
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the steady rate.
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins (`https://scada.example.net`) whose pages may call the API; empty = none.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -218,6 +280,24 @@ listen = "127.0.0.1:8080"
 body_limit = 1048576
 request_timeout = 30
 shutdown_timeout = 25
+trusted_proxies = []
+
+[http.tls]
+
+[http.session]
+idle_timeout = 1800
+absolute_timeout = 43200
+
+[http.login]
+attempts_per_minute_per_ip = 30
+attempts_per_minute_per_username = 10
+
+[http.rate_limit]
+requests_per_second = 1000
+burst = 2000
+
+[http.cors]
+allowed_origins = []
 
 [mqtt]
 mode = "embedded"
@@ -504,6 +584,59 @@ impl Config {
         if self.http.body_limit < 1024 {
             return invalid("http.body_limit", "must be at least 1024 bytes".into());
         }
+        let session = &self.http.session;
+        if session.idle_timeout < Duration::from_secs(1) {
+            return invalid(
+                "http.session.idle_timeout",
+                "must be at least 1 second".into(),
+            );
+        }
+        if session.absolute_timeout < session.idle_timeout {
+            return invalid(
+                "http.session.absolute_timeout",
+                "must be at least http.session.idle_timeout".into(),
+            );
+        }
+        if self.http.login.attempts_per_minute_per_ip == 0 {
+            return invalid(
+                "http.login.attempts_per_minute_per_ip",
+                "must be at least 1".into(),
+            );
+        }
+        if self.http.login.attempts_per_minute_per_username == 0 {
+            return invalid(
+                "http.login.attempts_per_minute_per_username",
+                "must be at least 1".into(),
+            );
+        }
+        if self.http.rate_limit.requests_per_second > 0
+            && self.http.rate_limit.burst < self.http.rate_limit.requests_per_second
+        {
+            return invalid(
+                "http.rate_limit.burst",
+                "must be at least http.rate_limit.requests_per_second".into(),
+            );
+        }
+        for origin in &self.http.cors.allowed_origins {
+            let valid = url::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+            });
+            if !valid {
+                return invalid(
+                    "http.cors.allowed_origins",
+                    format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                );
+            }
+        }
+        if self.http.tls.cert.is_some() != self.http.tls.key.is_some() {
+            return invalid(
+                "http.tls.cert",
+                "http.tls.cert and http.tls.key go together".into(),
+            );
+        }
         if !(1..=100_000).contains(&self.ingest.max_batch) {
             return invalid("ingest.max_batch", "must be between 1 and 100000".into());
         }
@@ -619,6 +752,8 @@ impl Config {
             _ => {}
         }
         for (key, path) in [
+            ("http.tls.cert", &self.http.tls.cert),
+            ("http.tls.key", &self.http.tls.key),
             ("mqtt.embedded.tls.cert", &embedded.tls.cert),
             ("mqtt.embedded.tls.key", &embedded.tls.key),
             ("mqtt.tls.ca", &self.mqtt.tls.ca),
@@ -676,6 +811,21 @@ impl Config {
                 "body_limit": self.http.body_limit,
                 "request_timeout": self.http.request_timeout.as_secs(),
                 "shutdown_timeout": self.http.shutdown_timeout.as_secs(),
+                "trusted_proxies": self.http.trusted_proxies.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "tls": { "cert": path(&self.http.tls.cert), "key": path(&self.http.tls.key) },
+                "session": {
+                    "idle_timeout": self.http.session.idle_timeout.as_secs_f64(),
+                    "absolute_timeout": self.http.session.absolute_timeout.as_secs_f64(),
+                },
+                "login": {
+                    "attempts_per_minute_per_ip": self.http.login.attempts_per_minute_per_ip,
+                    "attempts_per_minute_per_username": self.http.login.attempts_per_minute_per_username,
+                },
+                "rate_limit": {
+                    "requests_per_second": self.http.rate_limit.requests_per_second,
+                    "burst": self.http.rate_limit.burst,
+                },
+                "cors": { "allowed_origins": self.http.cors.allowed_origins },
             },
             "mqtt": {
                 "mode": format!("{:?}", self.mqtt.mode).to_lowercase(),
@@ -1048,6 +1198,8 @@ mod tests {
         collect_keys(&defaults, "", &mut missing);
         let documented = [
             "slot",
+            "http.tls.cert",
+            "http.tls.key",
             "database.url",
             "database.url_file",
             "mqtt.embedded.tls_listen",

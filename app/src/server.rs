@@ -52,6 +52,8 @@ pub fn instance_id(slot: Option<crate::config::Slot>) -> String {
 /// A bound, not yet running server. Binding first lets callers (tests) learn the port.
 pub struct Server {
     listener: TcpListener,
+    /// `http.tls.*`: serve HTTPS with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     ingest: IngestHandle,
     writer: BatchWriter,
@@ -88,6 +90,10 @@ impl Server {
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+        let tls = match (&config.http.tls.cert, &config.http.tls.key) {
+            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+            _ => None,
+        };
         let metrics = Metrics::new(crate::VERSION, crate::GIT_SHA);
         let (events, event_outbox) = EventHub::new(EVENT_BUFFER);
         let status = StatusBoard::new(
@@ -179,6 +185,7 @@ impl Server {
             ),
             MqttMode::External | MqttMode::Off => None,
         };
+        http::session::warm_up();
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let state = AppState {
             instance_id: instance_id(config.slot),
@@ -189,6 +196,7 @@ impl Server {
             register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
                 per_minute,
             ))),
+            security: Arc::new(http::security::Security::new(&config)),
             devices_changed,
             credentials_changed,
             shutdown: CancellationToken::new(),
@@ -201,6 +209,7 @@ impl Server {
         };
         Ok(Server {
             listener,
+            tls,
             state,
             ingest,
             writer,
@@ -245,6 +254,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let Server {
             listener,
+            tls,
             state,
             ingest,
             writer,
@@ -306,19 +316,36 @@ impl Server {
         producers.close();
 
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
             http.listen = %addr,
-            url = %format!("http://{addr}/"),
+            url = %format!("{scheme}://{addr}/"),
             db.backend = state.store.backend().name(),
             version = crate::VERSION,
             "ddms is serving"
         );
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop_accepting = stop_http.clone();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-            .into_future();
-        let mut server = tokio::spawn(server);
+        let stopped = async move { stop_accepting.cancelled().await };
+        let mut server = match tls {
+            None => tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            ),
+            Some(tls) => {
+                // `tap_io` only so that `ConnectInfo<SocketAddr>` applies to our listener.
+                let listener = axum::serve::ListenerExt::tap_io(
+                    http::tls::TlsListener::new(listener, tls)?,
+                    |_| {},
+                );
+                tokio::spawn(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .into_future(),
+                )
+            }
+        };
 
         let served = tokio::select! {
             result = &mut server => result.context("HTTP server task failed")?.context("HTTP server failed"),

@@ -1,8 +1,6 @@
 //! Devices, their readings, self-registration and connection-failure notifications.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -12,13 +10,13 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::extract::{AdminRole, Authorized, Principal, ViewerRole};
+use super::security::ClientInfo;
 use super::{ApiError, AppState};
 use crate::auth::{hash_api_token, random_secret};
 use crate::config::MqttMode;
 use crate::modbus::ModbusConfig;
 use crate::store::{
-    Device, DeviceStatus, Group, MqttCredentials, NewAuditEntry, NewDevice, Protocol, RollupStep,
-    StoreError,
+    Device, DeviceStatus, Group, MqttCredentials, NewDevice, Protocol, RollupStep, StoreError,
 };
 
 /// Most points one readings request may return (`limit`), and its default.
@@ -172,23 +170,14 @@ fn conflict_on_name(err: StoreError, name: &str) -> ApiError {
     }
 }
 
-async fn audit(
-    state: &AppState,
-    principal: &Principal,
-    peer: SocketAddr,
-    action: &str,
-    device: &Device,
-) {
-    let entry = NewAuditEntry {
-        actor: principal.subject.clone(),
-        action: action.into(),
-        target: Some(format!("device:{}", device.id)),
-        detail: json!({ "name": device.name, "protocol": device.protocol }),
-        remote_addr: Some(peer.ip().to_string()),
-    };
-    if let Err(e) = state.store.append_audit(&entry).await {
-        tracing::error!(error = %e, "cannot write the audit log");
-    }
+async fn audit(state: &AppState, principal: &Principal, action: &str, device: &Device) {
+    let entry = principal.audit(
+        action,
+        Some(format!("device:{}", device.id)),
+        json!({ "name": device.name, "protocol": device.protocol,
+                "group_id": device.group_id, "enabled": device.enabled }),
+    );
+    super::audit::record(state, entry).await;
 }
 
 pub async fn list(
@@ -276,7 +265,6 @@ async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, A
 
 pub async fn create(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     auth: Authorized<AdminRole>,
     Json(input): Json<DeviceInput>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -290,7 +278,7 @@ pub async fn create(
         Protocol::Mqtt => Some(issue_credentials(&state, &device).await?),
         Protocol::Modbus => None,
     };
-    audit(&state, &auth.principal, peer, "device.create", &device).await;
+    audit(&state, &auth.principal, "device.create", &device).await;
     let mut body = render(&state, &device, None).await?;
     if let Some(mqtt) = mqtt {
         body["mqtt"] = mqtt;
@@ -302,7 +290,6 @@ pub async fn create(
 
 pub async fn update(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
     Json(input): Json<DeviceInput>,
@@ -320,7 +307,7 @@ pub async fn update(
         .update_device(id, &new)
         .await
         .map_err(|e| conflict_on_name(e, &new.name))?;
-    audit(&state, &auth.principal, peer, "device.update", &device).await;
+    audit(&state, &auth.principal, "device.update", &device).await;
     state.devices_changed.notify_waiters();
     Ok(Json(
         render(&state, &device, state.status.get(id).await).await?,
@@ -329,7 +316,6 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
@@ -341,7 +327,7 @@ pub async fn delete(
             tracing::warn!(device.id = %id, error = %e, "cannot remove the device's broker account now; ddms removes it when it next reconciles broker accounts (at start, then every 10 minutes)");
         }
     }
-    audit(&state, &auth.principal, peer, "device.delete", &device).await;
+    audit(&state, &auth.principal, "device.delete", &device).await;
     state.devices_changed.notify_waiters();
     state.credentials_changed.notify_waiters();
     Ok(StatusCode::NO_CONTENT)
@@ -474,11 +460,11 @@ pub struct Registration {
 /// Devices register themselves with the shared provisioning token and get MQTT credentials.
 pub async fn register(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientInfo,
     headers: HeaderMap,
     Json(input): Json<Registration>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if state.register_limiter.check_key(&peer.ip()).is_err() {
+    if state.register_limiter.check_key(&client.ip).is_err() {
         return Err(ApiError::RateLimited { retry_after_s: 60 });
     }
     let Some(expected) = state.config.provisioning.token.as_ref() else {
@@ -490,11 +476,11 @@ pub async fn register(
         .get("x-provisioning-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !constant_time_eq(
+    if !super::security::constant_time_eq(
         given.as_bytes(),
         secrecy::ExposeSecret::expose_secret(expected).as_bytes(),
     ) {
-        tracing::warn!(remote_addr = %peer.ip(), "device registration refused: wrong provisioning token");
+        tracing::warn!(remote_addr = %client.ip, "device registration refused: wrong provisioning token");
         return Err(ApiError::Unauthenticated);
     }
     let new = validate(
@@ -514,21 +500,14 @@ pub async fn register(
         .await
         .map_err(|e| conflict_on_name(e, &new.name))?;
     let mqtt = issue_credentials(&state, &device).await?;
-    let principal = Principal {
-        subject: "provisioning".into(),
-        role: crate::store::Role::Viewer,
-    };
-    audit(&state, &principal, peer, "device.register", &device).await;
+    let principal = Principal::system("provisioning", client.ip);
+    audit(&state, &principal, "device.register", &device).await;
     state.devices_changed.notify_waiters();
     tracing::info!(device.id = %device.id, device.name = %device.name, "device registered itself");
     Ok((
         StatusCode::CREATED,
         Json(json!({ "device_id": device.id, "mqtt": mqtt })),
     ))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn connection_failures(
@@ -546,7 +525,6 @@ pub async fn connection_failures(
 
 pub async fn acknowledge(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
@@ -558,16 +536,12 @@ pub async fn acknowledge(
         Err(StoreError::NotFound) => return Err(ApiError::NotFound("notification".into())),
         other => other?,
     };
-    let entry = NewAuditEntry {
-        actor: auth.principal.subject.clone(),
-        action: "notification.acknowledge".into(),
-        target: Some(format!("notification:{id}")),
-        detail: json!({ "kind": notification.kind, "device_id": notification.device_id }),
-        remote_addr: Some(peer.ip().to_string()),
-    };
-    if let Err(e) = state.store.append_audit(&entry).await {
-        tracing::error!(error = %e, "cannot write the audit log");
-    }
+    let entry = auth.principal.audit(
+        "notification.acknowledge",
+        Some(format!("notification:{id}")),
+        json!({ "kind": notification.kind, "device_id": notification.device_id }),
+    );
+    super::audit::record(&state, entry).await;
     state.events.publish(
         crate::events::EventKind::Notification,
         json!({ "kind": notification.kind, "state": "acknowledged", "notification": notification }),

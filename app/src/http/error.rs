@@ -13,6 +13,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("authentication required")]
     Unauthenticated,
+    /// Wrong username or password (which of the two is not said).
+    #[error("wrong username or password")]
+    LoginFailed,
+    /// A state change with a session cookie but without the matching `X-CSRF-Token`.
+    #[error("missing or wrong X-CSRF-Token header; reload the page")]
+    CsrfFailed,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
@@ -37,7 +43,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated | ApiError::LoginFailed => StatusCode::UNAUTHORIZED,
+            ApiError::CsrfFailed => StatusCode::FORBIDDEN,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -52,6 +59,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthenticated => "unauthenticated",
+            ApiError::LoginFailed => "login_failed",
+            ApiError::CsrfFailed => "csrf_failed",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",

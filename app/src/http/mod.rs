@@ -1,13 +1,21 @@
 //! The HTTP service: router, shared state, and the middleware every request passes through
-//! (request id → span → metrics and access log → JSON errors → body limit → timeout).
+//! (request id → hardening headers and client address → [CORS] → span → metrics and access
+//! log → JSON errors → body limit → timeout; `/api/*` adds the per-address rate limit).
 
+mod admin;
+pub mod api;
+mod audit;
 mod devices;
 mod error;
 pub mod extract;
 mod metrics;
+mod openapi;
 mod page;
 mod routes;
+pub mod security;
+pub mod session;
 mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +24,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -49,6 +57,8 @@ pub struct AppState {
     pub events: EventHub,
     pub status: StatusBoard,
     pub register_limiter: Arc<IpRateLimiter>,
+    /// Client resolution, API rate limits, login throttling.
+    pub security: Arc<security::Security>,
     /// Woken when devices are created, changed or deleted (pollers re-read their assignment).
     pub devices_changed: Arc<Notify>,
     /// Woken when MQTT credentials change (brokers re-read their credentials).
@@ -67,29 +77,11 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit;
     let request_timeout = state.config.http.request_timeout;
-    let api = Router::new()
-        .route("/version", get(routes::version))
-        .route("/me", get(routes::me))
-        .route("/tokens", post(routes::create_token))
-        .route("/devices", get(devices::list).post(devices::create))
-        .route("/devices/register", post(devices::register))
-        .route(
-            "/devices/{id}",
-            get(devices::get)
-                .put(devices::update)
-                .delete(devices::delete),
-        )
-        .route("/devices/{id}/latest", get(devices::latest))
-        .route("/devices/{id}/readings", get(devices::readings))
-        .route(
-            "/notifications/connection-failures",
-            get(devices::connection_failures),
-        )
-        .route(
-            "/notifications/connection-failures/{id}",
-            delete(devices::acknowledge),
-        )
-        .route("/stream", get(stream::stream));
+    let api = api::router().layer(middleware::from_fn_with_state(
+        state.clone(),
+        security::limit_api,
+    ));
+    let cors = security::cors(&state.config);
     Router::new()
         .route("/", get(page::index))
         .route("/login", get(page::login))
@@ -107,6 +99,11 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    security::harden,
+                ))
+                .option_layer(cors)
                 .layer(middleware::from_fn(request_span))
                 .layer(middleware::from_fn_with_state(state.clone(), observe))
                 .layer(middleware::from_fn(json_errors))

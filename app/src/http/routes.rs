@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -12,7 +12,7 @@ use serde_json::json;
 use super::extract::{Authorized, OwnerRole, Principal, ViewerRole};
 use super::{ApiError, AppState};
 use crate::auth::{generate_api_token, hash_api_token};
-use crate::store::{NewApiToken, NewAuditEntry, Role};
+use crate::store::{NewApiToken, Role};
 
 /// Readiness checks answer quickly even when the database hangs.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,7 +117,6 @@ pub struct CreateToken {
 /// Owners create tokens for scripts; the secret is in this response and nowhere else.
 pub async fn create_token(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     auth: Authorized<OwnerRole>,
     Json(body): Json<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -137,16 +136,15 @@ pub async fn create_token(
             role: body.role,
         })
         .await?;
-    state
-        .store
-        .append_audit(&NewAuditEntry {
-            actor: auth.principal.subject.clone(),
-            action: "token.create".into(),
-            target: Some(format!("token:{}", token.name)),
-            detail: json!({ "token_id": token.id, "role": token.role }),
-            remote_addr: Some(peer.ip().to_string()),
-        })
-        .await?;
+    super::audit::record(
+        &state,
+        auth.principal.audit(
+            "token.create",
+            Some(format!("token:{}", token.name)),
+            json!({ "token_id": token.id, "role": token.role }),
+        ),
+    )
+    .await;
     tracing::info!(token.id = %token.id, token.role = %token.role, actor = %auth.principal.subject, "API token created");
     Ok((
         StatusCode::CREATED,

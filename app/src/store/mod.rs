@@ -115,6 +115,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_group(&self, name: &str) -> StoreResult<Group>;
     async fn list_groups(&self) -> StoreResult<Vec<Group>>;
+    /// Deletes a group; its devices stay, without a group.
+    async fn delete_group(&self, id: Uuid) -> StoreResult<()>;
 
     async fn create_device(&self, device: &NewDevice) -> StoreResult<Device>;
     async fn get_device(&self, id: Uuid) -> StoreResult<Device>;
@@ -159,16 +161,51 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
     async fn find_user(&self, username: &str) -> StoreResult<User>;
     async fn count_users(&self) -> StoreResult<u64>;
+    async fn get_user(&self, id: Uuid) -> StoreResult<User>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User>;
+    /// Deletes a user and (by cascade) their sessions.
+    async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
+
+    async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
+    /// The session with this id hash, joined with its user.
+    async fn find_session(&self, id_hash: &str) -> StoreResult<SessionRecord>;
+    /// Records activity (the idle timeout counts from the last one).
+    async fn touch_session(&self, id_hash: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Returns whether there was such a session.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool>;
+    async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
+    /// Deletes sessions past their absolute end or idle since before `idle_before`.
+    async fn prune_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
 
     async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken>;
     /// Looks up a live (not revoked) token by the hash of its secret and records its use.
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken>;
+    /// Every token, revoked ones included (newest first); never their hashes.
+    async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>>;
+    /// Revokes a token (kept for the record); `NotFound` when there is no live token `id`.
+    async fn revoke_api_token(&self, id: Uuid) -> StoreResult<ApiToken>;
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>>;
     async fn put_setting(&self, key: &str, value: &serde_json::Value) -> StoreResult<()>;
 
+    /// The audit log is append-only: there is deliberately no method to change or delete an
+    /// entry.
     async fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// The newest `limit` entries, newest first.
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        self.list_audit_before(None, limit).await
+    }
+    /// Like [`Store::list_audit`], only entries with an id below `before` (paging).
+    async fn list_audit_before(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>>;
 
     /// Opens a notification unless one of the same kind is already open for the device; returns
     /// the open one either way.

@@ -204,6 +204,46 @@ pub struct User {
     pub password_hash: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Set when an owner disabled the user: no login, no session.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
+}
+
+/// What an owner may change about a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub role: Option<Role>,
+    /// `Some(true)` disables, `Some(false)` enables again.
+    pub disabled: Option<bool>,
+    pub password_hash: Option<String>,
+}
+
+/// A login session as stored: only hashes of the cookie's secret and of the CSRF token.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id_hash: String,
+    pub user_id: Uuid,
+    pub csrf_hash: String,
+    pub created_at: DateTime<Utc>,
+    /// The absolute end of the session, however active it is.
+    pub expires_at: DateTime<Utc>,
+    pub remote_addr: Option<String>,
+}
+
+/// A stored session with its user as it is now (role changes apply at once).
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id_hash: String,
+    pub user: User,
+    pub csrf_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +260,7 @@ pub struct ApiToken {
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]

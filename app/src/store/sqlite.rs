@@ -178,6 +178,7 @@ fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
         password_hash: row.try_get("password_hash")?,
         role: role(row)?,
         created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
     })
 }
 
@@ -188,9 +189,12 @@ fn token_from_row(row: &SqliteRow) -> StoreResult<ApiToken> {
         role: role(row)?,
         created_at: row.try_get("created_at")?,
         last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
+const USER_COLUMNS: &str = "id, username, password_hash, role, created_at, disabled_at";
+const TOKEN_COLUMNS: &str = "id, name, role, created_at, last_used_at, revoked_at";
 const DEVICE_COLUMNS: &str =
     "id, name, protocol, group_id, config, enabled, created_at, updated_at";
 const NOTIFICATION_COLUMNS: &str =
@@ -261,6 +265,17 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn delete_group(&self, id: Uuid) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM device_groups WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     async fn create_device(&self, device: &NewDevice) -> StoreResult<Device> {
@@ -538,10 +553,10 @@ impl Store for SqliteStore {
     }
 
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "INSERT INTO users (id, username, password_hash, role, created_at) \
-             VALUES (?, ?, ?, ?, ?) RETURNING id, username, password_hash, role, created_at",
-        )
+             VALUES (?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}"
+        ))
         .bind(Uuid::now_v7().to_string())
         .bind(&user.username)
         .bind(&user.password_hash)
@@ -553,9 +568,9 @@ impl Store for SqliteStore {
     }
 
     async fn find_user(&self, username: &str) -> StoreResult<User> {
-        let row = sqlx::query(
-            "SELECT id, username, password_hash, role, created_at FROM users WHERE username = ?",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = ?"
+        ))
         .bind(username)
         .fetch_one(&self.pool)
         .await?;
@@ -569,11 +584,152 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
-        let row = sqlx::query(
-            "INSERT INTO api_tokens (id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) \
-             RETURNING id, name, role, created_at, last_used_at",
+    async fn get_user(&self, id: Uuid) -> StoreResult<User> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        user_from_row(&row)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User> {
+        let disabled_at: Option<Option<DateTime<Utc>>> = change.disabled.map(|d| d.then(Utc::now));
+        let row = sqlx::query(&format!(
+            "UPDATE users SET role = coalesce(?, role), password_hash = coalesce(?, password_hash), \
+             disabled_at = CASE WHEN ? THEN ? ELSE disabled_at END \
+             WHERE id = ? RETURNING {USER_COLUMNS}"
+        ))
+        .bind(change.role.map(Role::as_str))
+        .bind(change.password_hash.as_deref())
+        .bind(disabled_at.is_some())
+        .bind(disabled_at.flatten())
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        user_from_row(&row)
+    }
+
+    async fn delete_user(&self, id: Uuid) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn create_session(&self, session: &NewSession) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, last_seen_at, \
+             expires_at, remote_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(&session.id_hash)
+        .bind(session.user_id.to_string())
+        .bind(&session.csrf_hash)
+        .bind(session.created_at)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .bind(&session.remote_addr)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, id_hash: &str) -> StoreResult<SessionRecord> {
+        let row = sqlx::query(
+            "SELECT s.id_hash, s.csrf_token, s.created_at AS s_created_at, s.last_seen_at, \
+             s.expires_at, u.id, u.username, u.password_hash, u.role, u.created_at, u.disabled_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",
+        )
+        .bind(id_hash)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(SessionRecord {
+            id_hash: row.try_get("id_hash")?,
+            user: user_from_row(&row)?,
+            csrf_hash: row.try_get("csrf_token")?,
+            created_at: row.try_get("s_created_at")?,
+            last_seen_at: row.try_get("last_seen_at")?,
+            expires_at: row.try_get("expires_at")?,
+        })
+    }
+
+    async fn touch_session(&self, id_hash: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
+            .bind(at)
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .bind(user_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        // Timestamps are RFC 3339 text written by one encoder: they compare as text.
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at < ?")
+            .bind(now)
+            .bind(idle_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_api_token(&self, id: Uuid) -> StoreResult<ApiToken> {
+        let row = sqlx::query(&format!(
+            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL \
+             RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(Utc::now())
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        token_from_row(&row)
+    }
+
+    async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO api_tokens (id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) \
+             RETURNING {TOKEN_COLUMNS}"
+        ))
         .bind(Uuid::now_v7().to_string())
         .bind(&token.name)
         .bind(&token.token_hash)
@@ -585,10 +741,10 @@ impl Store for SqliteStore {
     }
 
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ? AND revoked_at IS NULL \
-             RETURNING id, name, role, created_at, last_used_at",
-        )
+             RETURNING {TOKEN_COLUMNS}"
+        ))
         .bind(Utc::now())
         .bind(token_hash)
         .fetch_one(&self.pool)
@@ -636,11 +792,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+    async fn list_audit_before(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
         let rows = sqlx::query(
             "SELECT id, at, actor, action, target, detail, remote_addr FROM audit_log \
-             ORDER BY id DESC LIMIT ?",
+             WHERE id < ? ORDER BY id DESC LIMIT ?",
         )
+        .bind(before.unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

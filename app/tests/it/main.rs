@@ -12,6 +12,8 @@ mod demo;
 mod devices;
 mod modbus;
 mod mqtt;
+mod openapi;
 mod readiness;
 mod release;
+mod security;
 mod storage;

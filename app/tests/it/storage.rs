@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::store::{
     self, DeviceStatus, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice, NewEvent,
-    NewNotification, NewUser, Protocol, Reading, Role, RollupStep, Status, Store, StoreError,
+    NewNotification, NewSession, NewUser, Protocol, Reading, Role, RollupStep, Status, Store,
+    StoreError, UserChange,
 };
 use serde_json::json;
 
@@ -822,6 +823,250 @@ async fn a_tailer_never_skips_events_appended_concurrently(store: Arc<dyn Store>
     );
 }
 
+async fn users_are_listed_changed_disabled_and_deleted(store: Arc<dyn Store>) {
+    let new = |name: &str, role| NewUser {
+        username: name.into(),
+        password_hash: format!("hash-of-{name}"),
+        role,
+    };
+    let ada = store.create_user(&new("ada", Role::Owner)).await.unwrap();
+    let bob = store.create_user(&new("bob", Role::Viewer)).await.unwrap();
+    assert!(ada.disabled_at.is_none());
+    let names: Vec<String> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["ada", "bob"]);
+    assert_eq!(store.get_user(bob.id).await.unwrap().username, "bob");
+
+    let promoted = store
+        .update_user(
+            bob.id,
+            &UserChange {
+                role: Some(Role::Admin),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(promoted.role, Role::Admin);
+    assert_eq!(
+        promoted.password_hash, "hash-of-bob",
+        "unchanged fields stay"
+    );
+    let disabled = store
+        .update_user(
+            bob.id,
+            &UserChange {
+                disabled: Some(true),
+                password_hash: Some("new".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(disabled.is_disabled());
+    assert_eq!(disabled.password_hash, "new");
+    assert_eq!(disabled.role, Role::Admin);
+    assert!(store.find_user("bob").await.unwrap().is_disabled());
+    let enabled = store
+        .update_user(
+            bob.id,
+            &UserChange {
+                disabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!enabled.is_disabled());
+    assert!(matches!(
+        store
+            .update_user(uuid::Uuid::now_v7(), &UserChange::default())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    store.delete_user(bob.id).await.unwrap();
+    assert!(matches!(
+        store.get_user(bob.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_user(bob.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.count_users().await.unwrap(), 1);
+}
+
+async fn sessions_are_found_by_hash_touched_pruned_and_end_with_their_user(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&NewUser {
+            username: "ada".into(),
+            password_hash: "h".into(),
+            role: Role::Admin,
+        })
+        .await
+        .unwrap();
+    let session = |id: &str, created: DateTime<Utc>, expires: DateTime<Utc>| NewSession {
+        id_hash: id.into(),
+        user_id: user.id,
+        csrf_hash: format!("csrf-{id}"),
+        created_at: created,
+        expires_at: expires,
+        remote_addr: Some("192.0.2.1".into()),
+    };
+    let now = Utc::now();
+    let hour = chrono::Duration::hours(1);
+    store
+        .create_session(&session("live", now, now + hour))
+        .await
+        .unwrap();
+    store
+        .create_session(&session("idle", now - hour, now + hour))
+        .await
+        .unwrap();
+    store
+        .create_session(&session(
+            "over",
+            now - hour,
+            now - chrono::Duration::seconds(1),
+        ))
+        .await
+        .unwrap();
+    let found = store.find_session("live").await.unwrap();
+    assert_eq!(found.user.id, user.id);
+    assert_eq!(found.user.role, Role::Admin);
+    assert_eq!(found.csrf_hash, "csrf-live");
+    assert!((found.last_seen_at - now).num_milliseconds().abs() < 1000);
+    assert!((found.expires_at - (now + hour)).num_milliseconds().abs() < 1000);
+    assert!(matches!(
+        store.find_session("nope").await,
+        Err(StoreError::NotFound)
+    ));
+    // A role change shows in the session at once (it is read with the user).
+    store
+        .update_user(
+            user.id,
+            &UserChange {
+                role: Some(Role::Viewer),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_session("live").await.unwrap().user.role,
+        Role::Viewer
+    );
+    let later = now + chrono::Duration::seconds(5);
+    store.touch_session("live", later).await.unwrap();
+    let touched = store.find_session("live").await.unwrap().last_seen_at;
+    assert!((touched - later).num_milliseconds().abs() < 1000);
+    // Pruning: past its absolute end ("over") or idle since before the cut ("idle").
+    let pruned = store
+        .prune_sessions(Utc::now(), now - chrono::Duration::minutes(30))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    assert!(store.find_session("live").await.is_ok());
+    assert!(store.delete_session("live").await.unwrap());
+    assert!(!store.delete_session("live").await.unwrap());
+    store
+        .create_session(&session("a", now, now + hour))
+        .await
+        .unwrap();
+    store
+        .create_session(&session("b", now, now + hour))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user_sessions(user.id).await.unwrap(), 2);
+    store
+        .create_session(&session("c", now, now + hour))
+        .await
+        .unwrap();
+    store.delete_user(user.id).await.unwrap();
+    assert!(
+        matches!(store.find_session("c").await, Err(StoreError::NotFound)),
+        "sessions go with their user"
+    );
+}
+
+async fn tokens_are_listed_and_revoked(store: Arc<dyn Store>) {
+    let token = store
+        .create_api_token(&NewApiToken {
+            name: "ci".into(),
+            token_hash: "abc".into(),
+            role: Role::Admin,
+        })
+        .await
+        .unwrap();
+    assert!(token.revoked_at.is_none());
+    let listed = store.list_api_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "ci");
+    let revoked = store.revoke_api_token(token.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(matches!(
+        store.authenticate_api_token("abc").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(
+        matches!(
+            store.revoke_api_token(token.id).await,
+            Err(StoreError::NotFound)
+        ),
+        "once"
+    );
+    assert!(
+        store.list_api_tokens().await.unwrap()[0]
+            .revoked_at
+            .is_some(),
+        "kept for the record"
+    );
+}
+
+async fn deleting_a_group_keeps_its_devices(store: Arc<dyn Store>) {
+    let group = store.create_group("plant-a").await.unwrap();
+    let mut device = modbus_device("d");
+    device.group_id = Some(group.id);
+    let device = store.create_device(&device).await.unwrap();
+    store.delete_group(group.id).await.unwrap();
+    assert!(store.list_groups().await.unwrap().is_empty());
+    assert_eq!(store.get_device(device.id).await.unwrap().group_id, None);
+    assert!(matches!(
+        store.delete_group(group.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn the_audit_log_pages_newest_first(store: Arc<dyn Store>) {
+    for i in 0..5 {
+        store
+            .append_audit(&NewAuditEntry {
+                actor: "user:ada".into(),
+                action: format!("a{i}"),
+                target: None,
+                detail: json!({ "i": i }),
+                remote_addr: None,
+            })
+            .await
+            .unwrap();
+    }
+    let first = store.list_audit_before(None, 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["a4", "a3"]
+    );
+    let next = store.list_audit_before(Some(first[1].id), 2).await.unwrap();
+    assert_eq!(
+        next.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["a2", "a1"]
+    );
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping(Duration::from_secs(2)).await.unwrap();
 }
@@ -881,4 +1126,9 @@ conformance_suite!(
     the_event_log_keeps_order_reads_ranges_and_prunes_all_but_the_newest,
     a_tailer_never_skips_events_appended_concurrently,
     ping_answers,
+    users_are_listed_changed_disabled_and_deleted,
+    sessions_are_found_by_hash_touched_pruned_and_end_with_their_user,
+    tokens_are_listed_and_revoked,
+    deleting_a_group_keeps_its_devices,
+    the_audit_log_pages_newest_first,
 );

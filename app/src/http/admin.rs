@@ -1,0 +1,485 @@
+//! Administration for the pages: users and API tokens (owner), runtime settings (admin reads,
+//! owner changes), device groups (admin changes). Every change is audited.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::audit;
+use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
+use super::{ApiError, AppState};
+use crate::auth::{hash_password, random_secret};
+use crate::store::{NewUser, Role, StoreError, User, UserChange};
+
+fn validation(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Validation {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(what.into()),
+        other => other.into(),
+    }
+}
+
+fn user_json(user: &User) -> Value {
+    json!({
+        "id": user.id, "username": user.username, "role": user.role,
+        "created_at": user.created_at, "disabled_at": user.disabled_at,
+    })
+}
+
+// ---------------------------------------------------------------------------------- users
+
+pub async fn list_users(
+    State(state): State<AppState>,
+    _auth: Authorized<OwnerRole>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let users = state.store.list_users().await?;
+    Ok(Json(users.iter().map(user_json).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserInput {
+    username: String,
+    role: Role,
+    /// Unset: a password is generated and returned once.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn check_username(username: &str) -> Result<(), ApiError> {
+    if username.is_empty() || username.chars().count() > 64 {
+        return Err(validation("username", "must be 1 to 64 characters"));
+    }
+    if username
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(validation(
+            "username",
+            "must not contain spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+async fn hash(field: &str, password: String) -> Result<String, ApiError> {
+    let field = field.to_string();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| validation(&field, e.to_string()))
+}
+
+pub async fn create_user(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    Json(input): Json<NewUserInput>,
+) -> Result<impl IntoResponse, ApiError> {
+    let username = input.username.trim().to_string();
+    check_username(&username)?;
+    let generated = input.password.is_none();
+    let password = input.password.unwrap_or_else(|| random_secret(20));
+    let password_hash = hash("password", password.clone()).await?;
+    let user = state
+        .store
+        .create_user(&NewUser {
+            username: username.clone(),
+            password_hash,
+            role: input.role,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                ApiError::Conflict(format!("a user named `{username}` already exists"))
+            }
+            other => other.into(),
+        })?;
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "user.create",
+            Some(format!("user:{}", user.username)),
+            json!({ "user_id": user.id, "role": user.role }),
+        ),
+    )
+    .await;
+    let mut body = user_json(&user);
+    if generated {
+        body["password"] = json!(password);
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    disabled: Option<bool>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Refuses a change that would leave no enabled owner: nobody could administer ddms then
+/// (short of `ddms user add` on the host).
+async fn keep_an_owner(state: &AppState, changing: &User) -> Result<(), ApiError> {
+    if changing.role != Role::Owner || changing.is_disabled() {
+        return Ok(());
+    }
+    let owners = state
+        .store
+        .list_users()
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::Owner && !u.is_disabled())
+        .count();
+    if owners <= 1 {
+        return Err(ApiError::Conflict(
+            "this is the last enabled owner; make another user owner first".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn update_user(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    Path(id): Path<Uuid>,
+    Json(input): Json<UserUpdate>,
+) -> Result<Json<Value>, ApiError> {
+    let existing = state.store.get_user(id).await.map_err(not_found("user"))?;
+    let demoted = input.role.is_some_and(|r| r != Role::Owner);
+    if demoted || input.disabled == Some(true) {
+        keep_an_owner(&state, &existing).await?;
+    }
+    let password_hash = match input.password {
+        Some(p) => Some(hash("password", p).await?),
+        None => None,
+    };
+    let reset = password_hash.is_some();
+    let user = state
+        .store
+        .update_user(
+            id,
+            &UserChange {
+                role: input.role,
+                disabled: input.disabled,
+                password_hash,
+            },
+        )
+        .await
+        .map_err(not_found("user"))?;
+    // Sessions read the user's role at every request; a disabled user or a new password
+    // ends them outright.
+    if reset || input.disabled == Some(true) {
+        state.store.delete_user_sessions(id).await?;
+    }
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "user.update",
+            Some(format!("user:{}", user.username)),
+            json!({ "user_id": id, "role": input.role, "disabled": input.disabled,
+                    "password_reset": reset }),
+        ),
+    )
+    .await;
+    Ok(Json(user_json(&user)))
+}
+
+pub async fn delete_user(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let existing = state.store.get_user(id).await.map_err(not_found("user"))?;
+    keep_an_owner(&state, &existing).await?;
+    state
+        .store
+        .delete_user(id)
+        .await
+        .map_err(not_found("user"))?;
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "user.delete",
+            Some(format!("user:{}", existing.username)),
+            json!({ "user_id": id, "role": existing.role }),
+        ),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --------------------------------------------------------------------------------- tokens
+
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    _auth: Authorized<OwnerRole>,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = state.store.list_api_tokens().await?;
+    Ok(Json(
+        serde_json::to_value(tokens).map_err(|e| ApiError::Internal(e.into()))?,
+    ))
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let token = state
+        .store
+        .revoke_api_token(id)
+        .await
+        .map_err(not_found("token"))?;
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "token.revoke",
+            Some(format!("token:{}", token.name)),
+            json!({ "token_id": token.id, "role": token.role }),
+        ),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------------- settings
+
+/// Runtime settings: stored in the database (shared by every instance), changed by owners.
+pub const RETENTION_DAYS: &str = "retention_days";
+pub const OFFLINE_AFTER_S: &str = "offline_after_s";
+pub const BACKUP_SCHEDULE: &str = "backup_schedule";
+
+async fn current_settings(state: &AppState) -> Result<Value, ApiError> {
+    let stored = |key: &'static str| async move { state.store.get_setting(key).await };
+    Ok(json!({
+        RETENTION_DAYS: stored(RETENTION_DAYS).await?.unwrap_or(Value::Null),
+        OFFLINE_AFTER_S: stored(OFFLINE_AFTER_S).await?
+            .unwrap_or_else(|| json!(state.config.mqtt.offline_after.as_secs())),
+        BACKUP_SCHEDULE: stored(BACKUP_SCHEDULE).await?.unwrap_or_else(|| json!("off")),
+    }))
+}
+
+pub async fn get_settings(
+    State(state): State<AppState>,
+    _auth: Authorized<AdminRole>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(current_settings(&state).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    /// Days of readings kept; `null` keeps everything.
+    #[serde(default, deserialize_with = "some_or_null")]
+    retention_days: Option<Option<u32>>,
+    #[serde(default)]
+    offline_after_s: Option<u32>,
+    #[serde(default)]
+    backup_schedule: Option<String>,
+}
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`).
+fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+/// `off`, `hourly`, `daily HH:MM` or `weekly <mon…sun> HH:MM` (UTC).
+pub fn valid_backup_schedule(schedule: &str) -> bool {
+    let time = |t: &str| {
+        t.split_once(':').is_some_and(|(h, m)| {
+            h.len() == 2
+                && m.len() == 2
+                && h.parse::<u8>().is_ok_and(|h| h < 24)
+                && m.parse::<u8>().is_ok_and(|m| m < 60)
+        })
+    };
+    let parts: Vec<&str> = schedule.split_whitespace().collect();
+    match parts.as_slice() {
+        ["off"] | ["hourly"] => true,
+        ["daily", t] => time(t),
+        ["weekly", day, t] => {
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].contains(day) && time(t)
+        }
+        _ => false,
+    }
+}
+
+pub async fn put_settings(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    Json(input): Json<SettingsUpdate>,
+) -> Result<Json<Value>, ApiError> {
+    let mut errors = Vec::new();
+    let mut changes: Vec<(&'static str, Value)> = Vec::new();
+    if let Some(days) = input.retention_days {
+        match days {
+            Some(d) if !(1..=36_500).contains(&d) => errors.push((
+                RETENTION_DAYS.to_string(),
+                "must be between 1 and 36500 days, or null to keep everything".to_string(),
+            )),
+            _ => changes.push((RETENTION_DAYS, json!(days))),
+        }
+    }
+    if let Some(seconds) = input.offline_after_s {
+        if (10..=86_400).contains(&seconds) {
+            changes.push((OFFLINE_AFTER_S, json!(seconds)));
+        } else {
+            errors.push((
+                OFFLINE_AFTER_S.to_string(),
+                "must be between 10 and 86400 seconds".to_string(),
+            ));
+        }
+    }
+    if let Some(schedule) = input.backup_schedule {
+        let schedule = schedule.trim().to_lowercase();
+        if valid_backup_schedule(&schedule) {
+            changes.push((BACKUP_SCHEDULE, json!(schedule)));
+        } else {
+            errors.push((
+                BACKUP_SCHEDULE.to_string(),
+                "must be `off`, `hourly`, `daily HH:MM` or `weekly mon..sun HH:MM` (UTC)"
+                    .to_string(),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let before = current_settings(&state).await?;
+    for (key, value) in &changes {
+        state.store.put_setting(key, value).await?;
+    }
+    let detail: serde_json::Map<String, Value> = changes
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!({ "from": before[*k], "to": v })))
+        .collect();
+    audit::record(
+        &state,
+        auth.principal
+            .audit("settings.update", None, Value::Object(detail)),
+    )
+    .await;
+    Ok(Json(current_settings(&state).await?))
+}
+
+// --------------------------------------------------------------------------------- groups
+
+pub async fn list_groups(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let devices = state.store.list_devices().await?;
+    let groups = state.store.list_groups().await?;
+    Ok(Json(
+        groups
+            .iter()
+            .map(|g| {
+                let count = devices.iter().filter(|d| d.group_id == Some(g.id)).count();
+                json!({ "id": g.id, "name": g.name, "created_at": g.created_at, "devices": count })
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    name: String,
+}
+
+pub async fn create_group(
+    State(state): State<AppState>,
+    auth: Authorized<AdminRole>,
+    Json(input): Json<NewGroup>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(validation("name", "must be 1 to 100 characters"));
+    }
+    let group = state.store.create_group(name).await.map_err(|e| match e {
+        StoreError::Conflict(_) => ApiError::Conflict(format!("a group named `{name}` exists")),
+        other => other.into(),
+    })?;
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "group.create",
+            Some(format!("group:{}", group.id)),
+            json!({ "name": group.name }),
+        ),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "id": group.id, "name": group.name, "created_at": group.created_at, "devices": 0 }),
+        ),
+    ))
+}
+
+/// Deletes a group; its devices stay, without a group.
+pub async fn delete_group(
+    State(state): State<AppState>,
+    auth: Authorized<AdminRole>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let group = state
+        .store
+        .list_groups()
+        .await?
+        .into_iter()
+        .find(|g| g.id == id)
+        .ok_or_else(|| ApiError::NotFound("group".into()))?;
+    state
+        .store
+        .delete_group(id)
+        .await
+        .map_err(not_found("group"))?;
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "group.delete",
+            Some(format!("group:{id}")),
+            json!({ "name": group.name }),
+        ),
+    )
+    .await;
+    state.devices_changed.notify_waiters();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_backup_schedule;
+
+    #[test]
+    fn backup_schedules_are_off_hourly_daily_or_weekly() {
+        for ok in ["off", "hourly", "daily 02:00", "weekly sun 23:59"] {
+            assert!(valid_backup_schedule(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "daily",
+            "daily 24:00",
+            "daily 2:00",
+            "weekly sunday 01:00",
+            "* * * * *",
+        ] {
+            assert!(!valid_backup_schedule(bad), "{bad}");
+        }
+    }
+}

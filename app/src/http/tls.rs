@@ -1,0 +1,124 @@
+//! In-process TLS for the HTTP service (`http.tls.cert` / `http.tls.key`): a listener for
+//! `axum::serve` that hands over connections once their TLS handshake is done. Handshakes run
+//! in their own tasks (bounded by a timeout), so a slow or silent client never holds up the
+//! accept loop; `axum::serve`'s graceful shutdown works unchanged.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Finished handshakes waiting for `axum::serve` to take them.
+const READY_QUEUE: usize = 64;
+
+/// The server's rustls configuration from PEM files (ring, TLS 1.2 and 1.3, HTTP/1.1).
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {} (http.tls.cert)", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} (http.tls.cert) is not PEM certificates", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{} (http.tls.cert) holds no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+        format!(
+            "cannot read a PEM private key from {} (http.tls.key)",
+            key.display()
+        )
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("http.tls.cert and http.tls.key do not form a usable certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP connections and yields them once TLS is established.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+    acceptor_task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, ready) = mpsc::channel(READY_QUEUE);
+        let acceptor_task = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client.ip = %peer.ip(), error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out")
+                        }
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            ready,
+            local_addr,
+            acceptor_task,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    /// `axum::serve` drops its listener when it stops accepting (graceful shutdown): so does
+    /// the accept loop, and the port closes.
+    fn drop(&mut self) {
+        self.acceptor_task.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ended (aborted): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
