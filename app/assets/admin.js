@@ -133,7 +133,7 @@
         : await api("/api/devices", { method: "POST", json: body });
       show("device-form", false);
       if (result && result.mqtt) showCredentials(result.mqtt);
-      await load();
+      await Promise.all([load(), loadGroups()]);
     } catch (err) {
       if (err.status === 422 || err.status === 409 || err.status === 400) showErrors(err);
       else { $("form-error").textContent = err.message; show("form-error", true); }
@@ -161,8 +161,6 @@
     try {
       devices = await api("/api/devices");
     } catch (err) { state("list", "error", err.message); return; }
-    const groups = [...new Set(devices.map((d) => d.group).filter(Boolean))].sort();
-    $("group-names").replaceChildren(...groups.map((g) => el("option", { value: g })));
     $("device-rows").replaceChildren(...devices.map((device) => {
       const edit = el("button", { type: "button", text: "Edit" });
       const del = el("button", { type: "button", class: "danger", text: "Delete" });
@@ -184,7 +182,36 @@
     }
   }
 
+  async function loadGroups() {
+    let groups;
+    try { groups = await api("/api/groups"); } catch (err) { state("groups", "error", err.message); return; }
+    $("group-names").replaceChildren(...groups.map((g) => el("option", { value: g.name })));
+    $("group-rows").replaceChildren(...groups.map((g) => {
+      const del = el("button", { type: "button", class: "danger", text: "Delete" });
+      del.addEventListener("click", async () => {
+        if (!confirm("Delete group " + g.name + "? Its devices stay, without a group.")) return;
+        try { await api("/api/groups/" + encodeURIComponent(g.id), { method: "DELETE" }); } catch (err) { ddms.pageError(err); }
+        await Promise.all([loadGroups(), load()]);
+      });
+      return el("tr", { "data-group": g.id }, el("td", { text: g.name }), el("td", { text: String(g.devices) }), el("td", {}, del));
+    }));
+    state("groups", groups.length ? "content" : "empty");
+  }
+
   ddms.start(async () => {
+    $("group-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      show("group-form-error", false);
+      try {
+        await api("/api/groups", { method: "POST", json: { name: event.target.elements.name.value.trim() } });
+        event.target.reset();
+      } catch (err) {
+        $("group-form-error").textContent = err.message;
+        show("group-form-error", true);
+      }
+      await loadGroups();
+    });
+    if (!ddms.can("admin")) show("group-form", false);
     if (!ddms.can("admin")) {
       for (const id of ["new-modbus", "new-mqtt"]) show(id, false);
       ddms.pageError(new Error("Managing devices needs the admin role."));
@@ -195,6 +222,6 @@
     $("cancel").addEventListener("click", () => show("device-form", false));
     $("credentials-close").addEventListener("click", () => show("credentials", false));
     $("device-form").addEventListener("submit", save);
-    await load();
+    await Promise.all([load(), loadGroups()]);
   });
 })();

@@ -49,6 +49,24 @@ const NOTIFICATIONS: Page = Page {
     script: "notifications.js",
     body: include_str!("../../assets/pages/notifications.html"),
 };
+const SETTINGS: Page = Page {
+    id: "settings",
+    title: "Settings",
+    script: "settings.js",
+    body: include_str!("../../assets/pages/settings.html"),
+};
+const USERS: Page = Page {
+    id: "users",
+    title: "Users and tokens",
+    script: "users.js",
+    body: include_str!("../../assets/pages/users.html"),
+};
+const AUDIT: Page = Page {
+    id: "audit",
+    title: "Audit log",
+    script: "audit.js",
+    body: include_str!("../../assets/pages/audit.html"),
+};
 const LOGIN: Page = Page {
     id: "login",
     title: "Sign in",
@@ -78,6 +96,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../assets/notifications.js"),
     ),
     ("login.js", JS, include_str!("../../assets/login.js")),
+    ("settings.js", JS, include_str!("../../assets/settings.js")),
+    ("users.js", JS, include_str!("../../assets/users.js")),
+    ("audit.js", JS, include_str!("../../assets/audit.js")),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 
@@ -86,6 +107,9 @@ const NAV: &[(&str, &str, &str, &str)] = &[
     ("dashboard", "/", "Dashboard", "viewer"),
     ("notifications", "/notifications", "Notifications", "viewer"),
     ("admin-devices", "/admin/devices", "Devices", "admin"),
+    ("audit", "/admin/audit", "Audit log", "admin"),
+    ("users", "/admin/users", "Users and tokens", "owner"),
+    ("settings", "/admin/settings", "Settings", "owner"),
 ];
 
 fn render(page: &Page) -> Response {
@@ -155,6 +179,18 @@ pub async fn admin_devices() -> Response {
 
 pub async fn notifications() -> Response {
     render(&NOTIFICATIONS)
+}
+
+pub async fn settings() -> Response {
+    render(&SETTINGS)
+}
+
+pub async fn users() -> Response {
+    render(&USERS)
+}
+
+pub async fn audit() -> Response {
+    render(&AUDIT)
 }
 
 pub async fn login() -> Response {
