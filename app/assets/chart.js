@@ -71,7 +71,8 @@ class TimeChart {
   localX(e) { return e.clientX - this.canvas.getBoundingClientRect().left; }
 
   down(e) {
-    this.canvas.setPointerCapture(e.pointerId);
+    // Keeps the gesture when a finger leaves the canvas (not possible for every pointer).
+    try { this.canvas.setPointerCapture(e.pointerId); } catch (_) { /* fine without */ }
     this.pointers.set(e.pointerId, this.localX(e));
     clearTimeout(this.notifyTimer);
   }
@@ -144,6 +145,9 @@ class TimeChart {
       canvas.height = Math.round(height * dpr);
     }
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    // The view in the DOM, for tests and tools (the canvas itself is pixels).
+    canvas.dataset.from = String(Math.round(this.t0));
+    canvas.dataset.to = String(Math.round(this.t1));
     ctx.clearRect(0, 0, width, height);
     this.left = 64; this.right = 12;
     const top = 12, bottom = 28;

@@ -124,6 +124,7 @@
       onView(t0, t1) {
         // Panned away from now: stop following live readings until a range is chosen again.
         follow = t1 >= Date.now() - 5e3;
+        for (const b of document.querySelectorAll("[data-range]")) b.setAttribute("aria-pressed", "false");
         loadChart(t0, t1);
       },
     });
