@@ -9,7 +9,7 @@ use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("which benchmark? one of: ingest, modbus, deploy");
+        bail!("which benchmark? one of: ingest, modbus, sse, api, deploy");
     };
     let rest = &args[1..];
     match name.as_str() {
@@ -39,6 +39,19 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
             cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
             Ok(())
         }
+        "sse" | "api" => {
+            cmd!(
+                sh,
+                "cargo build --release -p ddms --bin ddms --example bench_web"
+            )
+            .run()?;
+            let target = crate::build::target_dir(sh)?;
+            let ddms = target.join("release/ddms");
+            let driver = target.join("release/examples/bench_web");
+            let out = target.join(format!("bench/{name}.json"));
+            cmd!(sh, "{driver} {name} --ddms {ddms} --out {out} {rest...}").run()?;
+            Ok(())
+        }
         "deploy" => {
             // The fleet's releases wrap the release binary found beside the driver.
             cmd!(sh, "cargo build --release -p ddms --bin ddms").run()?;
@@ -50,6 +63,6 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
             cmd!(sh, "{driver} --xtask {xtask} --out {out} {rest...}").run()?;
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}`; one of: ingest, modbus, deploy"),
+        other => bail!("unknown benchmark `{other}`; one of: ingest, modbus, sse, api, deploy"),
     }
 }

@@ -75,6 +75,58 @@ fn no_ignored_or_should_panic_tests() {
     );
 }
 
+/// The dashboard's scripts never parse server data as HTML, and its pages carry no inline
+/// script, style or event handler (the CSP forbids them; this keeps them from creeping in).
+#[test]
+fn dashboard_assets_insert_text_only_and_have_nothing_inline() {
+    let mut files = Vec::new();
+    for dir in ["app/assets", "app/assets/pages"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    assert!(
+        files.len() > 5,
+        "the dashboard assets are where this test looks"
+    );
+    let mut offences = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.strip_prefix(root()).unwrap().display().to_string();
+        let forbidden: &[&str] = match path.extension().and_then(|e| e.to_str()) {
+            Some("js") => &[
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+                "new Function",
+            ],
+            Some("html") => &[
+                "<script>",
+                "<script ",
+                "<style",
+                " style=",
+                " onclick",
+                " onload",
+                " onerror",
+                " onsubmit",
+                "javascript:",
+            ],
+            _ => &[],
+        };
+        for needle in forbidden {
+            if text.contains(needle) {
+                offences.push(format!("{name}: {needle}"));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "{offences:#?}");
+}
+
 #[test]
 fn later_folders_say_what_will_live_there() {
     for dir in ["ops", "terraform", "ansible", "nix", "migrations"] {

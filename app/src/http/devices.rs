@@ -15,10 +15,17 @@ use super::{ApiError, AppState};
 use crate::auth::{hash_api_token, random_secret};
 use crate::config::MqttMode;
 use crate::modbus::ModbusConfig;
-use crate::store::{Device, DeviceStatus, MqttCredentials, NewDevice, Protocol, StoreError};
+use crate::store::{
+    Device, DeviceStatus, Group, MqttCredentials, NewDevice, Protocol, RollupStep, StoreError,
+};
 
-/// Longest range one readings request may cover, and most points it may return.
+/// Most points one readings request may return (`limit`), and its default.
 const MAX_POINTS: u32 = 100_000;
+const DEFAULT_POINTS: u32 = 20_000;
+/// Longest range one readings request may cover, per step.
+const MAX_RAW_DAYS: i64 = 7;
+const MAX_1M_DAYS: i64 = 31;
+const MAX_1H_DAYS: i64 = 731;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,16 +122,19 @@ async fn render(
     device: &Device,
     status: Option<DeviceStatus>,
 ) -> Result<Value, ApiError> {
-    let group = match device.group_id {
-        Some(id) => state
-            .store
-            .list_groups()
-            .await?
-            .into_iter()
-            .find(|g| g.id == id)
-            .map(|g| g.name),
-        None => None,
+    let groups = match device.group_id {
+        Some(_) => state.store.list_groups().await?,
+        None => Vec::new(),
     };
+    Ok(render_with(device, status, &groups))
+}
+
+/// The API shape of a device, its group named from `groups` (one query for a whole list).
+fn render_with(device: &Device, status: Option<DeviceStatus>, groups: &[Group]) -> Value {
+    let group = device
+        .group_id
+        .and_then(|id| groups.iter().find(|g| g.id == id))
+        .map(|g| g.name.clone());
     let mut body = json!({
         "id": device.id,
         "name": device.name,
@@ -141,7 +151,7 @@ async fn render(
     if device.protocol == Protocol::Modbus {
         body["modbus"] = device.config.clone();
     }
-    Ok(body)
+    body
 }
 
 fn not_found(err: StoreError) -> ApiError {
@@ -175,11 +185,14 @@ pub async fn list(
     _auth: Authorized<ViewerRole>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let statuses = state.status.all().await;
-    let mut out = Vec::new();
-    for device in state.store.list_devices().await? {
-        let status = statuses.get(&device.id).cloned();
-        out.push(render(&state, &device, status).await?);
-    }
+    let groups = state.store.list_groups().await?;
+    let out = state
+        .store
+        .list_devices()
+        .await?
+        .iter()
+        .map(|device| render_with(device, statuses.get(&device.id).cloned(), &groups))
+        .collect();
     Ok(Json(out))
 }
 
@@ -345,43 +358,95 @@ pub struct ReadingsQuery {
     limit: Option<u32>,
 }
 
+/// What one step may cover: a request for a longer range is refused (400), so no request can
+/// make the database scan or the server serialise without bound.
+fn max_range(step: Option<RollupStep>) -> chrono::Duration {
+    match step {
+        None => chrono::Duration::days(MAX_RAW_DAYS),
+        Some(RollupStep::Minute) => chrono::Duration::days(MAX_1M_DAYS),
+        Some(RollupStep::Hour) => chrono::Duration::days(MAX_1H_DAYS),
+    }
+}
+
 pub async fn readings(
     State(state): State<AppState>,
     _auth: Authorized<ViewerRole>,
     Path(id): Path<Uuid>,
     Query(query): Query<ReadingsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    state.store.get_device(id).await.map_err(not_found)?;
     let metric = query
         .metric
         .ok_or_else(|| ApiError::BadRequest("query parameter `metric` is required".into()))?;
-    match query.step.as_deref() {
-        None | Some("raw") => {}
+    let step = match query.step.as_deref() {
+        None | Some("raw") => None,
+        Some("1m") => Some(RollupStep::Minute),
+        Some("1h") => Some(RollupStep::Hour),
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "step `{other}` is not available; use step=raw"
+                "step `{other}` is not available; use raw, 1m or 1h"
             )))
         }
-    }
+    };
     let to = query.to.unwrap_or_else(Utc::now);
     let from = query.from.unwrap_or(to - chrono::Duration::hours(1));
     if from >= to {
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));
     }
-    let limit = query.limit.unwrap_or(10_000);
+    let step_name = step.map_or("raw", RollupStep::as_str);
+    let longest = max_range(step);
+    if to - from > longest {
+        let hint = match step {
+            None => "; use step=1m or step=1h for longer ranges",
+            Some(RollupStep::Minute) => "; use step=1h for longer ranges",
+            Some(RollupStep::Hour) => "",
+        };
+        return Err(ApiError::BadRequest(format!(
+            "step={step_name} covers at most {} days per request (asked for {:.1} days){hint}",
+            longest.num_days(),
+            (to - from).num_seconds() as f64 / 86_400.0
+        )));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_POINTS);
     if limit == 0 || limit > MAX_POINTS {
         return Err(ApiError::BadRequest(format!(
             "`limit` must be between 1 and {MAX_POINTS}"
         )));
     }
-    let latest = state.store.latest_readings(id).await?;
-    let Some(series) = latest.iter().find(|l| l.metric == metric).map(|l| l.series) else {
+    state.store.get_device(id).await.map_err(not_found)?;
+    let Some(series) = state.store.find_series(id, &metric).await? else {
         return Ok(Json(json!([])));
     };
-    let points = state.store.query_readings(series, from, to, limit).await?;
-    Ok(Json(
-        serde_json::to_value(points).map_err(|e| ApiError::Internal(e.into()))?,
-    ))
+    // One more than allowed tells "exactly at the limit" from "cut off": a cut-off answer would
+    // look like a gap in the data, so it is refused instead.
+    let too_many = || {
+        ApiError::BadRequest(format!(
+            "more than {limit} points with step={step_name} between `from` and `to`; narrow the \
+             range, raise `limit` (at most {MAX_POINTS}) or use a coarser step"
+        ))
+    };
+    let body = match step {
+        None => {
+            let points = state
+                .store
+                .query_readings(series, from, to, limit + 1)
+                .await?;
+            if points.len() > limit as usize {
+                return Err(too_many());
+            }
+            serde_json::to_value(points)
+        }
+        Some(step) => {
+            let buckets = state
+                .store
+                .query_rollups(series, step, from, to, limit + 1)
+                .await?;
+            if buckets.len() > limit as usize {
+                return Err(too_many());
+            }
+            serde_json::to_value(buckets)
+        }
+    };
+    Ok(Json(body.map_err(|e| ApiError::Internal(e.into()))?))
 }
 
 #[derive(Debug, Deserialize)]

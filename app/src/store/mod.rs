@@ -131,8 +131,11 @@ pub trait Store: Send + Sync + 'static {
         metric: &str,
         unit: Option<&str>,
     ) -> StoreResult<SeriesId>;
+    /// The series of a device's metric, if it has readings (or had).
+    async fn find_series(&self, device_id: Uuid, metric: &str) -> StoreResult<Option<SeriesId>>;
     /// Inserts a batch in one transaction; readings already stored for (series, ts) are ignored.
-    /// Returns how many were new.
+    /// The new ones (only those) are added to the 1-minute and 1-hour rollups in the same
+    /// transaction. Returns how many were new.
     async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64>;
     /// Readings of one series with `from <= ts < to`, oldest first, at most `limit`.
     async fn query_readings(
@@ -142,6 +145,16 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<Point>>;
+    /// Rollup buckets of one series overlapping `[from, to)` (buckets starting at or after the
+    /// bucket holding `from`, and before `to`), oldest first, at most `limit`.
+    async fn query_rollups(
+        &self,
+        series: SeriesId,
+        step: RollupStep,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Bucket>>;
     /// The newest reading of every series of a device.
     async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>>;
 

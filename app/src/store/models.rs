@@ -78,6 +78,64 @@ pub struct Point {
     pub value: f64,
 }
 
+/// Width of a rollup bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupStep {
+    Minute,
+    Hour,
+}
+
+impl RollupStep {
+    pub fn micros(self) -> i64 {
+        match self {
+            RollupStep::Minute => 60_000_000,
+            RollupStep::Hour => 3_600_000_000,
+        }
+    }
+
+    /// The start of the bucket holding `ts`.
+    pub fn bucket(self, ts: DateTime<Utc>) -> DateTime<Utc> {
+        let us = ts.timestamp_micros();
+        let start = us - us.rem_euclid(self.micros());
+        DateTime::from_timestamp_micros(start).unwrap_or(ts)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollupStep::Minute => "1m",
+            RollupStep::Hour => "1h",
+        }
+    }
+}
+
+/// One rollup bucket: the readings of a series with `ts <= reading < ts + step`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Start of the bucket.
+    pub ts: DateTime<Utc>,
+    /// The average, so a client that plots `value` works for raw and rollup steps alike.
+    pub value: f64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub count: u64,
+}
+
+impl Bucket {
+    pub fn from_sums(ts: DateTime<Utc>, min: f64, max: f64, sum: f64, count: i64) -> Self {
+        let count = count.max(0) as u64;
+        let avg = if count == 0 { 0.0 } else { sum / count as f64 };
+        Bucket {
+            ts,
+            value: avg,
+            min,
+            max,
+            avg,
+            count,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LatestReading {
     pub series: SeriesId,

@@ -53,6 +53,19 @@ impl PostgresStore {
     }
 }
 
+/// The CTE that folds the statement's new readings (`new`) into one rollup table.
+fn rollup_upsert(table: &str, width: &str) -> String {
+    format!(
+        "INSERT INTO {table} AS r (series_id, bucket, min, max, sum, count) \
+         SELECT series_id, date_bin('{width}', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, \
+                min(value), max(value), sum(value), count(*) \
+         FROM new GROUP BY 1, 2 ORDER BY 1, 2 \
+         ON CONFLICT (series_id, bucket) DO UPDATE SET \
+           min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max), \
+           sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count"
+    )
+}
+
 fn role(s: String) -> StoreResult<Role> {
     s.parse().map_err(StoreError::Corrupt)
 }
@@ -285,12 +298,14 @@ impl Store for PostgresStore {
     async fn delete_device(&self, id: Uuid) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         // Readings carry no foreign key (partitioned table), so they go explicitly.
-        sqlx::query(
-            "DELETE FROM readings WHERE series_id IN (SELECT id FROM series WHERE device_id = $1)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        for table in ["readings", "readings_1m", "readings_1h"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE series_id IN (SELECT id FROM series WHERE device_id = $1)"
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let deleted = sqlx::query("DELETE FROM devices WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -322,6 +337,16 @@ impl Store for PostgresStore {
         Ok(id)
     }
 
+    async fn find_series(&self, device_id: Uuid, metric: &str) -> StoreResult<Option<SeriesId>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM series WHERE device_id = $1 AND metric = $2")
+                .bind(device_id)
+                .bind(metric)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
         if readings.is_empty() {
             return Ok(0);
@@ -329,18 +354,62 @@ impl Store for PostgresStore {
         let series: Vec<i64> = readings.iter().map(|r| r.series).collect();
         let ts: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
         let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-        // One statement, three array parameters: far cheaper than a multi-row VALUES list.
-        let result = sqlx::query(
-            "INSERT INTO readings (series_id, ts, value) \
-             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::float8[]) \
-             ON CONFLICT DO NOTHING",
-        )
+        // One statement, three array parameters: far cheaper than a multi-row VALUES list. The
+        // rollups add what RETURNING yields — only the rows that were new — in the same
+        // statement, so they are exactly as durable as the readings. Buckets are upserted in
+        // key order, so two instances writing the same series cannot deadlock.
+        let result: i64 = sqlx::query_scalar(&format!(
+            "WITH new AS ( \
+               INSERT INTO readings (series_id, ts, value) \
+               SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::float8[]) \
+               ON CONFLICT DO NOTHING RETURNING series_id, ts, value), \
+             m AS ({}), h AS ({}) \
+             SELECT count(*) FROM new",
+            rollup_upsert("readings_1m", "1 minute"),
+            rollup_upsert("readings_1h", "1 hour"),
+        ))
         .bind(&series)
         .bind(&ts)
         .bind(&values)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        Ok(result.max(0) as u64)
+    }
+
+    async fn query_rollups(
+        &self,
+        series: SeriesId,
+        step: RollupStep,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Bucket>> {
+        let table = match step {
+            RollupStep::Minute => "readings_1m",
+            RollupStep::Hour => "readings_1h",
+        };
+        let sql = format!(
+            "SELECT bucket, min, max, sum, count FROM {table} \
+             WHERE series_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(series)
+            .bind(step.bucket(from))
+            .bind(to)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Bucket::from_sums(
+                    row.try_get("bucket")?,
+                    row.try_get("min")?,
+                    row.try_get("max")?,
+                    row.try_get("sum")?,
+                    row.try_get("count")?,
+                ))
+            })
+            .collect()
     }
 
     async fn query_readings(

@@ -87,6 +87,33 @@ fn multi_row_insert(head: &str, row: &str, rows: usize) -> String {
     sql
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Agg {
+    min: f64,
+    max: f64,
+    sum: f64,
+    count: i64,
+}
+
+/// New readings `(series, ts µs, value)` folded into buckets of `width` µs, sorted by key.
+fn aggregate(readings: &[(i64, i64, f64)], width: i64) -> Vec<((i64, i64), Agg)> {
+    let mut buckets: std::collections::BTreeMap<(i64, i64), Agg> = Default::default();
+    for &(series, ts, value) in readings {
+        let key = (series, ts - ts.rem_euclid(width));
+        let agg = buckets.entry(key).or_insert(Agg {
+            min: value,
+            max: value,
+            sum: 0.0,
+            count: 0,
+        });
+        agg.min = agg.min.min(value);
+        agg.max = agg.max.max(value);
+        agg.sum += value;
+        agg.count += 1;
+    }
+    buckets.into_iter().collect()
+}
+
 fn micros(ts: DateTime<Utc>) -> i64 {
     ts.timestamp_micros()
 }
@@ -306,12 +333,14 @@ impl Store for SqliteStore {
 
     async fn delete_device(&self, id: Uuid) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "DELETE FROM readings WHERE series_id IN (SELECT id FROM series WHERE device_id = ?)",
-        )
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+        for table in ["readings", "readings_1m", "readings_1h"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE series_id IN (SELECT id FROM series WHERE device_id = ?)"
+            ))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         let deleted = sqlx::query("DELETE FROM devices WHERE id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -342,20 +371,32 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
+    async fn find_series(&self, device_id: Uuid, metric: &str) -> StoreResult<Option<SeriesId>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM series WHERE device_id = ? AND metric = ?")
+                .bind(device_id.to_string())
+                .bind(metric)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
         if readings.is_empty() {
             return Ok(0);
         }
         // One transaction; full chunks share one cached multi-row statement (each statement is
         // a round trip to sqlx's SQLite worker thread, so rows per statement is what counts).
+        // RETURNING yields only the rows that were inserted, not the ignored duplicates: those
+        // are what the rollups add.
         let mut tx = self.pool.begin().await?;
-        let mut inserted = 0;
-        let mut chunks = readings.chunks_exact(ROWS_PER_STATEMENT);
+        let mut new = Vec::with_capacity(readings.len());
         let full_chunk_sql = multi_row_insert(
             "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
             "(?, ?, ?)",
             ROWS_PER_STATEMENT,
-        );
+        ) + " RETURNING series_id, ts, value";
+        let mut chunks = readings.chunks_exact(ROWS_PER_STATEMENT);
         for chunk in chunks.by_ref() {
             let mut query = sqlx::query(&full_chunk_sql);
             for reading in chunk {
@@ -364,21 +405,101 @@ impl Store for SqliteStore {
                     .bind(micros(reading.ts))
                     .bind(reading.value);
             }
-            inserted += query.execute(&mut *tx).await?.rows_affected();
+            new.extend(query.fetch_all(&mut *tx).await?);
         }
-        for reading in chunks.remainder() {
-            inserted += sqlx::query(
-                "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES (?, ?, ?)",
-            )
-            .bind(reading.series)
-            .bind(micros(reading.ts))
-            .bind(reading.value)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let remainder = chunks.remainder();
+        if !remainder.is_empty() {
+            let sql = multi_row_insert(
+                "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
+                "(?, ?, ?)",
+                remainder.len(),
+            ) + " RETURNING series_id, ts, value";
+            let mut query = sqlx::query(&sql);
+            for reading in remainder {
+                query = query
+                    .bind(reading.series)
+                    .bind(micros(reading.ts))
+                    .bind(reading.value);
+            }
+            new.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let mut inserted = Vec::with_capacity(new.len());
+        for row in &new {
+            let ts: i64 = row.try_get("ts")?;
+            inserted.push((
+                row.try_get::<i64, _>("series_id")?,
+                ts,
+                row.try_get("value")?,
+            ));
+        }
+        for (table, step) in [
+            ("readings_1m", RollupStep::Minute),
+            ("readings_1h", RollupStep::Hour),
+        ] {
+            let buckets = aggregate(&inserted, step.micros());
+            for chunk in buckets.chunks(ROWS_PER_STATEMENT) {
+                let sql = multi_row_insert(
+                    &format!(
+                        "INSERT INTO {table} (series_id, bucket, min, max, sum, count) VALUES "
+                    ),
+                    "(?, ?, ?, ?, ?, ?)",
+                    chunk.len(),
+                ) + &format!(
+                    " ON CONFLICT (series_id, bucket) DO UPDATE SET \
+                     min = min({table}.min, excluded.min), max = max({table}.max, excluded.max), \
+                     sum = {table}.sum + excluded.sum, count = {table}.count + excluded.count"
+                );
+                let mut query = sqlx::query(&sql);
+                for ((series, bucket), agg) in chunk {
+                    query = query
+                        .bind(series)
+                        .bind(bucket)
+                        .bind(agg.min)
+                        .bind(agg.max)
+                        .bind(agg.sum)
+                        .bind(agg.count);
+                }
+                query.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(inserted.len() as u64)
+    }
+
+    async fn query_rollups(
+        &self,
+        series: SeriesId,
+        step: RollupStep,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Bucket>> {
+        let table = match step {
+            RollupStep::Minute => "readings_1m",
+            RollupStep::Hour => "readings_1h",
+        };
+        let sql = format!(
+            "SELECT bucket, min, max, sum, count FROM {table} \
+             WHERE series_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(series)
+            .bind(micros(step.bucket(from)))
+            .bind(micros(to))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Bucket::from_sums(
+                    from_micros(row.try_get("bucket")?)?,
+                    row.try_get("min")?,
+                    row.try_get("max")?,
+                    row.try_get("sum")?,
+                    row.try_get("count")?,
+                ))
+            })
+            .collect()
     }
 
     async fn query_readings(

@@ -231,6 +231,99 @@ async fn latest_and_raw_readings_come_back_oldest_first() {
 }
 
 #[tokio::test]
+async fn rollup_steps_give_min_max_avg_count_and_ranges_and_point_counts_are_bounded() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let device = create(&app, &admin, &boiler()).await;
+    let id: Uuid = device["id"].as_str().unwrap().parse().unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    // Two minutes at one reading every 2 s: values 0..59 in each minute's order.
+    let samples: Vec<Sample> = (0..60)
+        .map(|i| Sample {
+            device_id: id,
+            metric: "temperature".into(),
+            unit: None,
+            ts: t0 + chrono::Duration::seconds(2 * i),
+            value: (i % 30) as f64,
+        })
+        .collect();
+    app.ingest.submit("api", samples).await.unwrap();
+    let get = |query: String| {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.get_with_token(
+                &format!("/api/devices/{id}/readings?metric=temperature&{query}"),
+                admin,
+            )
+            .await
+        }
+    };
+    let minutes: Value = get("from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z&step=1m".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        minutes,
+        json!([
+            {"ts": "2026-11-22T10:00:00Z", "value": 14.5, "min": 0.0, "max": 29.0, "avg": 14.5, "count": 30},
+            {"ts": "2026-11-22T10:01:00Z", "value": 14.5, "min": 0.0, "max": 29.0, "avg": 14.5, "count": 30},
+        ])
+    );
+    let hours: Value = get("from=2026-11-22T10:30:00Z&to=2026-11-22T12:00:00Z&step=1h".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        hours[0]["ts"], "2026-11-22T10:00:00Z",
+        "the bucket overlapping `from`"
+    );
+    assert_eq!(hours[0]["count"], 60);
+
+    let message = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        body["error"]["message"].as_str().unwrap().to_string()
+    };
+    let raw_month =
+        message(get("from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z&step=raw".into()).await)
+            .await;
+    assert!(
+        raw_month.contains("step=raw covers at most 7 days"),
+        "{raw_month}"
+    );
+    let minute_year =
+        message(get("from=2025-11-01T00:00:00Z&to=2026-11-01T00:00:00Z&step=1m".into()).await)
+            .await;
+    assert!(minute_year.contains("use step=1h"), "{minute_year}");
+    let too_many =
+        message(get("from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z&limit=59".into()).await)
+            .await;
+    assert!(too_many.contains("more than 59 points"), "{too_many}");
+    let exactly: Value = get("from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z&limit=60".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exactly.as_array().unwrap().len(), 60);
+    let bad_step = message(get("step=5m".into()).await).await;
+    assert!(bad_step.contains("use raw, 1m or 1h"), "{bad_step}");
+    let unknown: Value = app
+        .get_with_token(
+            &format!("/api/devices/{id}/readings?metric=nope&step=1h"),
+            &admin,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unknown, json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn self_registration_needs_the_provisioning_token_and_is_rate_limited() {
     let app = spawn_app(Db::Sqlite, "[provisioning]\ntoken = \"prov-secret-42\"\n").await;
     let register = |token: &'static str, name: String| {
@@ -567,14 +660,26 @@ async fn the_live_page_is_served_with_its_assets_and_no_inline_script() {
         .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let html = page.text().await.unwrap();
-    assert!(html.contains("<script src=\"/assets/live.js\""));
+    assert!(html.contains("<script src=\"/assets/dashboard.js\""));
     assert!(!html.contains("<script>"), "no inline script");
-    let js = app.get("/assets/live.js").await;
+    assert!(!html.contains(" style="), "no inline style");
+    let js = app.get("/assets/common.js").await;
     assert!(js.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/javascript"));
     assert!(js.text().await.unwrap().contains("/api/stream"));
     assert_eq!(app.get("/assets/style.css").await.status(), 200);
+    for page in ["/login", "/devices/x", "/admin/devices", "/notifications"] {
+        let response = app.get(page).await;
+        assert_eq!(response.status(), 200, "{page}");
+        let html = response.text().await.unwrap();
+        for script in html.split("<script src=\"").skip(1) {
+            let src = script.split('"').next().unwrap();
+            assert_eq!(app.get(src).await.status(), 200, "{page} loads {src}");
+        }
+    }
+    let missing = app.get("/assets/nope.js").await;
+    assert_eq!(missing.status(), 404);
     app.stop().await;
 }

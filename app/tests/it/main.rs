@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod broker;
 mod brokers;
+mod browser;
 mod cli;
 mod demo;
 mod devices;

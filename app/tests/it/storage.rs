@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::store::{
     self, DeviceStatus, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice, NewEvent,
-    NewNotification, NewSession, NewUser, Protocol, Reading, Role, Status, Store, StoreError,
-    UserChange,
+    NewNotification, NewSession, NewUser, Protocol, Reading, Role, RollupStep, Status, Store,
+    StoreError, UserChange,
 };
 use serde_json::json;
 
@@ -195,6 +195,140 @@ async fn range_queries_return_oldest_first_within_bounds(store: Arc<dyn Store>) 
         .await
         .unwrap();
     assert_eq!(wide.len(), 7);
+}
+
+/// 2026-09-01T10:00:00Z plus `secs`: on a whole hour, so bucket boundaries are easy to name.
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 9, 1, 10, 0, 0).unwrap() + chrono::Duration::seconds(secs)
+}
+
+async fn rollups_summarise_new_readings_per_minute_and_hour(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let other = store.ensure_series(device.id, "u", None).await.unwrap();
+    assert_eq!(
+        store.find_series(device.id, "t").await.unwrap(),
+        Some(series)
+    );
+    assert_eq!(store.find_series(device.id, "nope").await.unwrap(), None);
+    // One reading a second for 3 minutes (more rows than one SQLite statement carries), value
+    // = seconds into its minute, plus a reading of another series in the same minutes.
+    let mut batch: Vec<Reading> = (0..180)
+        .map(|s| Reading {
+            series,
+            ts: at(s),
+            value: (s % 60) as f64,
+        })
+        .collect();
+    batch.push(Reading {
+        series: other,
+        ts: at(5),
+        value: 1000.0,
+    });
+    assert_eq!(store.insert_readings(&batch).await.unwrap(), 181);
+    let minutes = store
+        .query_rollups(series, RollupStep::Minute, at(0), at(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(minutes.len(), 3);
+    for (i, bucket) in minutes.iter().enumerate() {
+        assert_eq!(
+            bucket.ts,
+            at(60 * i as i64),
+            "buckets start on the minute, oldest first"
+        );
+        assert_eq!((bucket.min, bucket.max, bucket.count), (0.0, 59.0, 60));
+        assert_eq!(bucket.avg, 29.5);
+        assert_eq!(bucket.value, bucket.avg);
+    }
+    let hours = store
+        .query_rollups(series, RollupStep::Hour, at(0), at(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(hours.len(), 1);
+    assert_eq!((hours[0].ts, hours[0].count), (at(0), 180));
+
+    // Redelivered readings (the first value wins) and a mix of old and new: only the new count.
+    let mut again = batch.clone();
+    again[0].value = -500.0;
+    assert_eq!(store.insert_readings(&again).await.unwrap(), 0);
+    let mut mixed = batch[..30].to_vec();
+    mixed.push(Reading {
+        series,
+        ts: at(60) + chrono::Duration::milliseconds(500),
+        value: 100.0,
+    });
+    assert_eq!(store.insert_readings(&mixed).await.unwrap(), 1);
+    let minutes = store
+        .query_rollups(series, RollupStep::Minute, at(0), at(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!((minutes[0].min, minutes[0].count), (0.0, 60));
+    assert_eq!((minutes[1].max, minutes[1].count), (100.0, 61));
+    assert_eq!(minutes[1].avg, (29.5 * 60.0 + 100.0) / 61.0);
+
+    // A bucket that starts before `from` still overlaps the range; `to` is exclusive.
+    let window = store
+        .query_rollups(series, RollupStep::Minute, at(90), at(120), 100)
+        .await
+        .unwrap();
+    assert_eq!(window.iter().map(|b| b.ts).collect::<Vec<_>>(), [at(60)]);
+    let limited = store
+        .query_rollups(series, RollupStep::Minute, at(0), at(3600), 2)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    let others = store
+        .query_rollups(other, RollupStep::Hour, at(0), at(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (others.len(), others[0].max, others[0].count),
+        (1, 1000.0, 1)
+    );
+
+    store.delete_device(device.id).await.unwrap();
+    assert!(store
+        .query_rollups(series, RollupStep::Hour, at(0), at(3600), 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn concurrent_writers_of_the_same_readings_count_them_once(store: Arc<dyn Store>) {
+    // Blue and green (or a retry racing its original) storing the same readings at once.
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let batch: Vec<Reading> = (0..600)
+        .map(|s| Reading {
+            series,
+            ts: at(s),
+            value: 1.0,
+        })
+        .collect();
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            let batch = batch.clone();
+            tokio::spawn(async move { store.insert_readings(&batch).await.unwrap() })
+        })
+        .collect();
+    let mut total = 0;
+    for writer in writers {
+        total += writer.await.unwrap();
+    }
+    assert_eq!(total, 600, "each reading is new to exactly one writer");
+    let hours = store
+        .query_rollups(series, RollupStep::Hour, at(0), at(3600), 10)
+        .await
+        .unwrap();
+    assert_eq!((hours.len(), hours[0].count, hours[0].avg), (1, 600, 1.0));
+    let minutes = store
+        .query_rollups(series, RollupStep::Minute, at(0), at(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(minutes.len(), 10);
+    assert!(minutes.iter().all(|b| b.count == 60));
 }
 
 async fn sub_second_timestamps_keep_microseconds(store: Arc<dyn Store>) {
@@ -977,6 +1111,8 @@ conformance_suite!(
     series_are_created_once_per_device_and_metric,
     duplicate_readings_are_ignored,
     range_queries_return_oldest_first_within_bounds,
+    rollups_summarise_new_readings_per_minute_and_hour,
+    concurrent_writers_of_the_same_readings_count_them_once,
     sub_second_timestamps_keep_microseconds,
     latest_readings_give_the_newest_per_metric,
     deleting_a_device_deletes_its_readings,

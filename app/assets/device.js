@@ -1,0 +1,163 @@
+// Device page: live metrics and a history chart (raw for short ranges, 1-minute / 1-hour
+// rollups with a min–max band for long ones).
+"use strict";
+
+(() => {
+  const { $, el, api, state, stream, formatValue, formatTime, show } = ddms;
+  const id = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
+  const RANGES = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+  let device = null;
+  let latest = {};
+  let chart = null;
+  let metric = null;
+  let step = "raw";
+  let follow = true;
+  let loadSeq = 0;
+
+  // Raw readings for up to 3 hours, 1-minute buckets up to 3 days, 1-hour buckets beyond.
+  function stepFor(span) {
+    if (span <= 3 * 3600e3) return "raw";
+    if (span <= 3 * 86400e3) return "1m";
+    return "1h";
+  }
+
+  function renderHeader() {
+    $("device-name").textContent = device.name;
+    document.title = device.name + " — ddms";
+    const s = (device.status && device.status.status) || "unknown";
+    $("device-status").replaceChildren(el("span", { class: "status " + s, "data-status": s, text: s }));
+    $("device-protocol").textContent = device.protocol;
+    $("device-group").textContent = device.group || "none";
+    $("device-error-text").textContent = (device.status && device.status.last_error) || "no error";
+    $("device-edit").href = "/admin/devices#edit=" + encodeURIComponent(device.id);
+  }
+
+  function renderMetrics() {
+    const names = Object.keys(latest).sort();
+    $("metrics").replaceChildren(...names.map((name) =>
+      el("div", { class: "card", "data-metric": name },
+        el("div", { class: "card-label", text: name }),
+        el("div", { class: "card-value metric-value", text: formatValue(latest[name].value, latest[name].unit) }),
+        el("div", { class: "card-time muted", text: formatTime(latest[name].ts) }))));
+    show("metrics-empty", names.length === 0);
+    const select = $("metric");
+    const current = select.value;
+    select.replaceChildren(...names.map((name) => el("option", { value: name, text: name })));
+    if (names.includes(current)) select.value = current;
+    if (!metric && names.length) metric = names[0];
+    if (metric) select.value = metric;
+  }
+
+  function chartState(which, message) {
+    for (const s of ["loading", "empty", "error"]) show("chart-" + s, s === which);
+    if (which === "error") $("chart-error").textContent = message;
+  }
+
+  async function loadChart(t0, t1) {
+    if (!metric) { chartState("empty"); return; }
+    const seq = ++loadSeq;
+    step = stepFor(t1 - t0);
+    chartState("loading");
+    const query = (s) => "/api/devices/" + encodeURIComponent(id) + "/readings?metric=" + encodeURIComponent(metric) +
+      "&from=" + new Date(t0).toISOString() + "&to=" + new Date(t1).toISOString() + "&step=" + s;
+    let data;
+    try {
+      try {
+        data = await api(query(step));
+      } catch (err) {
+        // A busy series can have more raw readings than one request returns: use buckets.
+        if (err.status !== 400 || step === "1h") throw err;
+        step = step === "raw" ? "1m" : "1h";
+        data = await api(query(step));
+      }
+    } catch (err) {
+      if (seq === loadSeq) chartState("error", err.message);
+      return;
+    }
+    if (seq !== loadSeq) return;
+    const points = data.map((p) => (step === "raw"
+      ? { t: Date.parse(p.ts), v: p.value }
+      : { t: Date.parse(p.ts) + (step === "1m" ? 30e3 : 1800e3), v: p.avg, min: p.min, max: p.max }));
+    const gap = step === "raw" ? medianGap(points) * 5 : (step === "1m" ? 60e3 : 3600e3) * 2.5;
+    chart.setData(points, gap, (latest[metric] || {}).unit);
+    chart.setView(t0, t1);
+    $("chart-step").textContent = step === "raw"
+      ? "Raw readings (" + points.length + ")."
+      : (step === "1m" ? "1-minute" : "1-hour") + " averages with min–max band (" + points.length + " buckets).";
+    chartState(points.length ? null : "empty");
+  }
+
+  function medianGap(points) {
+    if (points.length < 3) return 3600e3;
+    const gaps = [];
+    for (let i = 1; i < points.length; i++) gaps.push(points[i].t - points[i - 1].t);
+    gaps.sort((a, b) => a - b);
+    return Math.max(1000, gaps[Math.floor(gaps.length / 2)]);
+  }
+
+  function selectRange(name) {
+    for (const b of document.querySelectorAll("[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === name));
+    show("custom-range", name === "custom");
+    if (name === "custom") return;
+    follow = true;
+    const t1 = Date.now();
+    loadChart(t1 - RANGES[name], t1);
+  }
+
+  function localInput(t) {
+    const d = new Date(t - new Date(t).getTimezoneOffset() * 60e3);
+    return d.toISOString().slice(0, 16);
+  }
+
+  ddms.start(async () => {
+    try {
+      device = await api("/api/devices/" + encodeURIComponent(id));
+      latest = await api("/api/devices/" + encodeURIComponent(id) + "/latest");
+    } catch (err) {
+      state("device", err.status === 404 || err.status === 400 ? "empty" : "error", err.message);
+      return;
+    }
+    state("device", "content");
+    renderHeader();
+    renderMetrics();
+    chart = new TimeChart($("chart"), {
+      onView(t0, t1) {
+        // Panned away from now: stop following live readings until a range is chosen again.
+        follow = t1 >= Date.now() - 5e3;
+        for (const b of document.querySelectorAll("[data-range]")) b.setAttribute("aria-pressed", "false");
+        loadChart(t0, t1);
+      },
+    });
+    $("metric").addEventListener("change", () => { metric = $("metric").value; loadChart(chart.t0, chart.t1); });
+    for (const b of document.querySelectorAll("[data-range]")) b.addEventListener("click", () => selectRange(b.dataset.range));
+    $("custom-from").value = localInput(Date.now() - 86400e3);
+    $("custom-to").value = localInput(Date.now());
+    $("custom-range").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const t0 = new Date($("custom-from").value).getTime();
+      const t1 = new Date($("custom-to").value).getTime();
+      if (!(t0 < t1)) { chartState("error", "“From” must be before “To”."); return; }
+      follow = false;
+      loadChart(t0, t1);
+    });
+    selectRange("1h");
+    stream({
+      reading(data) {
+        if (data.device_id !== id) return;
+        for (const r of data.readings) {
+          const current = latest[r.metric];
+          if (!current || current.ts <= r.ts) latest[r.metric] = r;
+          if (r.metric === metric && step === "raw") chart.append({ t: Date.parse(r.ts), v: r.value }, follow);
+        }
+        renderMetrics();
+        if (!metric) selectRange("1h");
+      },
+      device_status(data) {
+        if (data.device_id !== id) return;
+        device.status = data;
+        renderHeader();
+      },
+      reset() { selectRange("1h"); },
+    });
+  });
+})();

@@ -1,0 +1,611 @@
+//! `cargo xtask bench sse` and `cargo xtask bench api`: the dashboard's side of one `ddms`
+//! instance (release binary, SQLite, nothing else installed) while it ingests.
+//!
+//! Ingest load in both: `--devices` simulated Modbus devices (ddms' own simulator, in this
+//! process) with two registers each, polled every `--interval-ms`.
+//!
+//! * `sse`: `--clients` concurrent `/api/stream` clients (plain TCP, HTTP/1.1, like browsers'
+//!   EventSource) held open for `--seconds`. Every tenth client parses its events; event lag =
+//!   arrival time − the poll time the `reading` event carries (`oldest_ts`), i.e. device poll →
+//!   commit → event log → fan-out → socket. Reported: p50/p99/max lag, events per probe, resets
+//!   (a client too slow for the broadcast buffer) and clients that lost their stream.
+//! * `api`: `--rate` requests/s of mixed reads (device list, one device, latest values, history
+//!   raw 1 h, 1-minute rollups over 24 h, 1-hour rollups over 7 d and 30 d, open notifications)
+//!   sent open-loop for `--seconds` — each request leaves at its scheduled time, whether or not
+//!   earlier ones have answered, and its latency counts from that time (no coordinated
+//!   omission). `--history-devices` devices get 30 days of one-per-minute readings first
+//!   (through the store, which maintains the rollups as ddms does), so history queries read
+//!   real amounts of data.
+//!
+//! Usage: bench_web sse|api --ddms PATH [--devices N] [--interval-ms I] [--seconds S]
+//!        [--clients N] [--rate R] [--history-devices N] [--out FILE]
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use chrono::{DateTime, Utc};
+use ddms::modbus::register_map::{RegisterKind, RegisterSpec, ValueType};
+use ddms::modbus::simulator::{ModbusSimulator, SimulatedRegister, Waveform};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Sse,
+    Api,
+}
+
+struct Args {
+    mode: Mode,
+    ddms: String,
+    devices: usize,
+    interval_ms: u64,
+    seconds: u64,
+    clients: usize,
+    rate: u64,
+    history_devices: usize,
+    out: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mode = match it.next().as_deref() {
+        Some("sse") => Mode::Sse,
+        Some("api") => Mode::Api,
+        other => bail!("first argument must be sse or api, not {other:?}"),
+    };
+    let mut args = Args {
+        mode,
+        ddms: String::new(),
+        devices: 100,
+        interval_ms: 1000,
+        seconds: 30,
+        clients: 1000,
+        rate: 500,
+        history_devices: 20,
+        out: String::new(),
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--ddms" => args.ddms = value()?,
+            "--devices" => args.devices = value()?.parse()?,
+            "--interval-ms" => args.interval_ms = value()?.parse()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--clients" => args.clients = value()?.parse()?,
+            "--rate" => args.rate = value()?.parse()?,
+            "--history-devices" => args.history_devices = value()?.parse()?,
+            "--out" => args.out = value()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    ensure!(!args.ddms.is_empty(), "--ddms PATH is required");
+    ensure!(
+        args.devices > 0 && args.rate > 0 && args.clients > 0,
+        "sizes must be positive"
+    );
+    if args.out.is_empty() {
+        args.out = format!(
+            "target/bench/{}.json",
+            if mode == Mode::Sse { "sse" } else { "api" }
+        );
+    }
+    Ok(args)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn registers() -> Vec<SimulatedRegister> {
+    let mut temperature =
+        RegisterSpec::new("temperature", RegisterKind::Holding, 0, ValueType::F32);
+    temperature.unit = Some("°C".into());
+    vec![
+        SimulatedRegister::new(
+            temperature,
+            Waveform::Sine {
+                mean: 50.0,
+                amplitude: 10.0,
+                period: Duration::from_secs(60),
+            },
+        ),
+        SimulatedRegister::new(
+            RegisterSpec::new("pressure", RegisterKind::Input, 10, ValueType::U16),
+            Waveform::Ramp {
+                from: 100.0,
+                to: 400.0,
+                period: Duration::from_secs(90),
+            },
+        ),
+    ]
+}
+
+/// Lets this process and the ddms child hold one socket per client.
+fn raise_fd_limit(needed: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = needed.max(soft).min(hard);
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+    }
+}
+
+struct Instance {
+    child: tokio::process::Child,
+    base: String,
+    addr: std::net::SocketAddr,
+    token: String,
+    database_url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_ddms(ddms: &str) -> Result<Instance> {
+    let dir = tempfile::tempdir()?;
+    let database_url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    let env = |cmd: &mut tokio::process::Command| {
+        for (key, _) in std::env::vars() {
+            if key.starts_with("DDMS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.current_dir(dir.path())
+            .env("DDMS_LOG__LEVEL", "warn")
+            .env("DDMS_MQTT__MODE", "off")
+            .env("DDMS_DATABASE__URL", &database_url);
+    };
+    let mut token_cmd = tokio::process::Command::new(ddms);
+    env(&mut token_cmd);
+    let out = token_cmd
+        .args(["token", "create", "--name", "bench", "--role", "admin"])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut serve = tokio::process::Command::new(ddms);
+    env(&mut serve);
+    let child = serve
+        .args(["serve", "--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        ensure!(Instant::now() < deadline, "ddms did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Instance {
+        child,
+        base,
+        addr,
+        token,
+        database_url,
+        _dir: dir,
+    })
+}
+
+/// Starts the simulators and creates one polled device for each; returns the device ids.
+async fn ingest_load(
+    instance: &Instance,
+    devices: usize,
+    interval_ms: u64,
+) -> Result<(Vec<ModbusSimulator>, Vec<String>)> {
+    let client = reqwest::Client::new();
+    let specs: Vec<RegisterSpec> = registers().into_iter().map(|r| r.spec).collect();
+    let mut simulators = Vec::with_capacity(devices);
+    let mut ids = Vec::with_capacity(devices);
+    for i in 0..devices {
+        let simulator = ModbusSimulator::start(registers()).await?;
+        let body = json!({
+            "name": format!("bench-{i:05}"), "protocol": "modbus", "group": format!("line-{}", i % 5),
+            "modbus": {"host": "127.0.0.1", "port": simulator.port(), "unit_id": 1,
+                       "poll_interval_ms": interval_ms, "registers": specs},
+        });
+        let response = client
+            .post(format!("{}/api/devices", instance.base))
+            .bearer_auth(&instance.token)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 201,
+            "create device: {}",
+            response.text().await?
+        );
+        let created: Value = response.json().await?;
+        ids.push(created["id"].as_str().context("device id")?.to_string());
+        simulators.push(simulator);
+    }
+    Ok((simulators, ids))
+}
+
+async fn ingested(client: &reqwest::Client, base: &str) -> f64 {
+    let Ok(response) = client.get(format!("{base}/metrics")).send().await else {
+        return f64::NAN;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ddms_readings_ingested_total{protocol=\"modbus\"} "))
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
+#[derive(Default)]
+struct SseStats {
+    lags_ms: Mutex<Vec<f64>>,
+    events: AtomicU64,
+    resets: AtomicU64,
+    connected: AtomicUsize,
+    lost: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// One EventSource-like client: reads its stream until `stop`; a probe parses the events.
+async fn sse_client(
+    addr: std::net::SocketAddr,
+    token: String,
+    probe: bool,
+    measure_from: Instant,
+    stop: Instant,
+    stats: Arc<SseStats>,
+) {
+    let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await else {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let request = format!(
+        "GET /api/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    );
+    if socket.write_all(request.as_bytes()).await.is_err() {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut pending = String::new();
+    let mut ok = false;
+    loop {
+        let read = tokio::time::timeout_at(stop.into(), socket.read(&mut buffer)).await;
+        let n = match read {
+            Err(_) => break, // the measured window is over
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                if ok {
+                    stats.lost.fetch_add(1, Ordering::Relaxed);
+                    stats.connected.fetch_sub(1, Ordering::Relaxed);
+                } else {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Ok(Ok(n)) => n,
+        };
+        if !ok {
+            if !buffer[..n].starts_with(b"HTTP/1.1 200") {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            ok = true;
+            stats.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        if !probe {
+            continue;
+        }
+        let now = Utc::now();
+        let measuring = Instant::now() >= measure_from;
+        pending.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            if block.contains("event: reset") || block.contains("event:reset") {
+                stats.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(at) = block.find("\"oldest_ts\":\"") {
+                let rest = &block[at + 13..];
+                if let Some(ts) = rest
+                    .split('"')
+                    .next()
+                    .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                {
+                    if measuring {
+                        stats.events.fetch_add(1, Ordering::Relaxed);
+                        let lag = (now - ts).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+                        stats.lags_ms.lock().unwrap().push(lag);
+                    }
+                }
+            }
+        }
+    }
+    stats.connected.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
+    let stats = Arc::new(SseStats::default());
+    let ramp = Duration::from_secs(5 + args.clients as u64 / 1000 * 2);
+    let measure_from = Instant::now() + ramp;
+    let stop = measure_from + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        tasks.push(tokio::spawn(sse_client(
+            instance.addr,
+            instance.token.clone(),
+            i % 10 == 0,
+            measure_from,
+            stop,
+            stats.clone(),
+        )));
+        if i % 100 == 99 {
+            // Connect in waves, as a fleet of dashboards would after a restart, not all at once.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let client = reqwest::Client::new();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let connected_at_start = stats.connected.load(Ordering::Relaxed);
+    let ingested_before = ingested(&client, &instance.base).await;
+    let t0 = Instant::now();
+    tokio::time::sleep_until(stop.into()).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let ingested_after = ingested(&client, &instance.base).await;
+    let connected_at_end = stats.connected.load(Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut lags = stats.lags_ms.lock().unwrap().clone();
+    lags.sort_by(|a, b| a.total_cmp(b));
+    let probes = args.clients.div_ceil(10);
+    Ok(json!({
+        "benchmark": "sse",
+        "clients": args.clients,
+        "connected_at_start": connected_at_start,
+        "connected_at_end": connected_at_end,
+        "failed_to_connect": stats.failed.load(Ordering::Relaxed),
+        "streams_lost": stats.lost.load(Ordering::Relaxed),
+        "devices": args.devices,
+        "interval_ms": args.interval_ms,
+        "seconds": elapsed,
+        "readings_ingested_per_s": (ingested_after - ingested_before) / elapsed,
+        "probe_clients": probes,
+        "events_per_probe_per_s": stats.events.load(Ordering::Relaxed) as f64 / probes as f64 / elapsed,
+        "deliveries_per_s_all_clients": stats.events.load(Ordering::Relaxed) as f64 / probes as f64 / elapsed * args.clients as f64,
+        "resets": stats.resets.load(Ordering::Relaxed),
+        "lag_p50_ms": percentile(&lags, 0.5),
+        "lag_p99_ms": percentile(&lags, 0.99),
+        "lag_max_ms": percentile(&lags, 1.0),
+        "lag_samples": lags.len(),
+        "targets": {"clients": ">= 1000 (goal 5000)", "lag_p99_ms": "< 250"},
+    }))
+}
+
+/// 30 days of one reading a minute per metric for the first `n` devices, written through the
+/// store (which keeps the rollups, as ddms' writer does) beside the running instance.
+async fn seed_history(instance: &Instance, ids: &[String], n: usize) -> Result<()> {
+    let store = ddms::store::connect(
+        &instance.database_url.clone().into(),
+        2,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let now = Utc::now();
+    for id in ids.iter().take(n) {
+        let device: uuid::Uuid = id.parse()?;
+        for metric in ["temperature", "pressure"] {
+            let series = store.ensure_series(device, metric, None).await?;
+            let readings: Vec<ddms::store::Reading> = (1..=30 * 1440)
+                .map(|m| ddms::store::Reading {
+                    series,
+                    ts: now - chrono::Duration::minutes(m) - chrono::Duration::seconds(30),
+                    value: 50.0 + 10.0 * (m as f64 / 60.0).sin(),
+                })
+                .collect();
+            for chunk in readings.chunks(5000) {
+                store.insert_readings(chunk).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn bench_api(args: &Args, instance: &Instance, ids: &[String]) -> Result<Value> {
+    let started = Instant::now();
+    seed_history(instance, ids, args.history_devices.min(ids.len())).await?;
+    println!(
+        "bench api: seeded 30 days of history for {} devices in {:.1} s",
+        args.history_devices.min(ids.len()),
+        started.elapsed().as_secs_f64()
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let history: Vec<String> = ids
+        .iter()
+        .take(args.history_devices.max(1))
+        .cloned()
+        .collect();
+    let total = args.rate * args.seconds;
+    let latencies: Arc<Mutex<Vec<(usize, f64, u16)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let kinds = [
+        "devices",
+        "device",
+        "latest",
+        "latest",
+        "raw_1h",
+        "rollup_1m_24h",
+        "rollup_1h_7d",
+        "rollup_1h_30d",
+        "notifications",
+        "device",
+    ];
+    let ingested_before = ingested(&client, &instance.base).await;
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = t0 + Duration::from_secs_f64(i as f64 / args.rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let kind = i as usize % kinds.len();
+        let id = &ids[i as usize % ids.len()];
+        let hid = &history[i as usize % history.len()];
+        let now = Utc::now();
+        let range = |hours: i64| {
+            format!(
+                "from={}&to={}",
+                (now - chrono::Duration::hours(hours))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        };
+        let path = match kinds[kind] {
+            "devices" => "/api/devices".to_string(),
+            "device" => format!("/api/devices/{id}"),
+            "latest" => format!("/api/devices/{id}/latest"),
+            "raw_1h" => format!(
+                "/api/devices/{hid}/readings?metric=temperature&step=raw&{}",
+                range(1)
+            ),
+            "rollup_1m_24h" => format!(
+                "/api/devices/{hid}/readings?metric=temperature&step=1m&{}",
+                range(24)
+            ),
+            "rollup_1h_7d" => format!(
+                "/api/devices/{hid}/readings?metric=pressure&step=1h&{}",
+                range(24 * 7)
+            ),
+            "rollup_1h_30d" => format!(
+                "/api/devices/{hid}/readings?metric=temperature&step=1h&{}",
+                range(24 * 30)
+            ),
+            _ => "/api/notifications/connection-failures".to_string(),
+        };
+        let url = format!("{}{path}", instance.base);
+        let client = client.clone();
+        let token = instance.token.clone();
+        let latencies = latencies.clone();
+        tasks.push(tokio::spawn(async move {
+            let status = match client.get(url).bearer_auth(token).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let _ = response.bytes().await;
+                    status
+                }
+                Err(_) => 0,
+            };
+            // From the scheduled start, not from when the request got going.
+            let ms = at.elapsed().as_secs_f64() * 1000.0;
+            latencies.lock().unwrap().push((kind, ms, status));
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let ingested_after = ingested(&client, &instance.base).await;
+    let samples = latencies.lock().unwrap().clone();
+    let mut all: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let errors = samples.iter().filter(|s| s.2 != 200).count();
+    let mut per_kind = serde_json::Map::new();
+    for (k, name) in kinds.iter().enumerate() {
+        if per_kind.contains_key(*name) {
+            continue;
+        }
+        let mut v: Vec<f64> = samples
+            .iter()
+            .filter(|s| kinds[s.0] == *name)
+            .map(|s| s.1)
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let _ = k;
+        per_kind.insert(
+            name.to_string(),
+            json!({"n": v.len(), "p50_ms": percentile(&v, 0.5), "p99_ms": percentile(&v, 0.99)}),
+        );
+    }
+    Ok(json!({
+        "benchmark": "api",
+        "rate_offered": args.rate,
+        "requests": samples.len(),
+        "served_per_s": samples.len() as f64 / elapsed,
+        "errors": errors,
+        "devices": args.devices,
+        "history_devices": args.history_devices,
+        "readings_ingested_per_s": (ingested_after - ingested_before) / elapsed,
+        "p50_ms": percentile(&all, 0.5),
+        "p99_ms": percentile(&all, 0.99),
+        "max_ms": percentile(&all, 1.0),
+        "by_kind": per_kind,
+        "targets": {"rate": ">= 500 requests/s", "p99_ms": "< 25"},
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    raise_fd_limit(args.clients as u64 * 2 + 4096);
+    let name = if args.mode == Mode::Sse { "sse" } else { "api" };
+    let mut instance = start_ddms(&args.ddms).await?;
+    let (simulators, ids) = ingest_load(&instance, args.devices, args.interval_ms).await?;
+    println!(
+        "bench {name}: {} Modbus devices polled every {} ms",
+        args.devices, args.interval_ms
+    );
+    tokio::time::sleep(Duration::from_millis(2 * args.interval_ms + 500)).await;
+    let summary = match args.mode {
+        Mode::Sse => bench_sse(&args, &instance).await?,
+        Mode::Api => bench_api(&args, &instance, &ids).await?,
+    };
+    let _ = instance.child.start_kill();
+    let _ = instance.child.wait().await;
+    drop(simulators);
+    if let Some(parent) = std::path::Path::new(&args.out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&summary)?)?;
+    println!("bench {name}: {summary}");
+    match args.mode {
+        Mode::Sse => println!(
+            "bench sse: {} clients ({} still connected at the end, {} lost), {:.0} readings/s ingested, event lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} resets",
+            args.clients,
+            summary["connected_at_end"],
+            summary["streams_lost"],
+            summary["readings_ingested_per_s"].as_f64().unwrap_or(f64::NAN),
+            summary["lag_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            summary["lag_p99_ms"].as_f64().unwrap_or(f64::NAN),
+            summary["lag_max_ms"].as_f64().unwrap_or(f64::NAN),
+            summary["resets"],
+        ),
+        Mode::Api => println!(
+            "bench api: {:.0} requests/s served of {} offered, {} errors, {:.0} readings/s ingested, latency p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+            summary["served_per_s"].as_f64().unwrap_or(f64::NAN),
+            args.rate,
+            summary["errors"],
+            summary["readings_ingested_per_s"].as_f64().unwrap_or(f64::NAN),
+            summary["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            summary["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            summary["max_ms"].as_f64().unwrap_or(f64::NAN),
+        ),
+    }
+    println!("bench {name}: wrote {}", args.out);
+    Ok(())
+}
