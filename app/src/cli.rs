@@ -55,6 +55,19 @@ pub enum Command {
     /// the one the release's `ddms migrate` (and, with the direct service manager, `ddms
     /// serve`) uses, by default <root>/etc/ddms/ddms.toml.
     Release(Box<ReleaseArgs>),
+    /// Ask this instance's own `/ready` (on `http.listen`) and exit 0 when it answers 200, 1
+    /// otherwise: the container image's HEALTHCHECK (the image has no shell and no curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Ask `/health` (the process serves) instead of `/ready`.
+    #[arg(long)]
+    pub live: bool,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +367,9 @@ pub fn run(cli: Cli) -> ExitCode {
         eprintln!("configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if let Command::Healthcheck(args) = &cli.command {
+        return healthcheck(&config, args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -382,7 +398,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 crate::telemetry::init_minimal();
                 create_token(config, name, role).await
             }
-            Command::Config(ConfigCommand::Check) | Command::Release(_) => {
+            Command::Config(ConfigCommand::Check)
+            | Command::Release(_)
+            | Command::Healthcheck(_) => {
                 unreachable!("handled above")
             }
         }
@@ -440,6 +458,38 @@ fn run_release(app_config: Option<PathBuf>, args: ReleaseArgs) -> ExitCode {
             },
         }
     })
+}
+
+/// Prints the probe's answer (Docker keeps it in the container's health log) and exits 0 only
+/// on a 200.
+fn healthcheck(config: &Config, args: &HealthcheckArgs) -> ExitCode {
+    use crate::healthcheck::{probe, url, Check};
+    let check = if args.live { Check::Live } else { Check::Ready };
+    let url = url(config.http.listen, check);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ddms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(probe(&url, Duration::from_secs(args.timeout.max(1)))) {
+        Ok((200, body)) => {
+            println!("{url}: 200 {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{url}: {status} {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("ddms healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_json(value: &impl serde::Serialize, pretty: bool) -> ExitCode {

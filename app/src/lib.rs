@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod healthcheck;
 pub mod http;
 pub mod ingest;
 pub mod modbus;

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod certs;
 mod deploy;
+mod image;
 mod images;
 mod smoke;
 mod test;
@@ -32,6 +33,9 @@ tasks:
   bench deploy [--switches N] [--rate R] [--min-requests M]
                       blue-green switches under load on the Docker e2e fleet: switch time,
                       per-host deploy time, failed requests; JSON in target/bench/
+  image [--repository NAME] [--locked]
+                      the container image of ops/container/: a static ddms (crt-static glibc)
+                      on scratch, tagged NAME:<version> and NAME:latest (default NAME: ddms)
   build               release tarball (binary, ops/, example config, docs) and its .sha256
   smoke               build the release, verify and unpack it, run README command 1 against it
   deploy --env E [--version V] [--artifact PATH] [--inventory FILE] [--batch N] [--report FILE]
@@ -74,6 +78,7 @@ fn main() -> Result<()> {
         ),
         Some("images") => images::build_local_images(&sh, flag("--force")),
         Some("bench") => bench::run(&sh, &args[1..]),
+        Some("image") => image::run(&sh, &image::parse(&args[1..])?).map(|_| ()),
         Some("build") => build::run(&sh, flag("--locked")).map(|_| ()),
         Some("smoke") => smoke::run(&sh, false),
         Some("certs") => certs::run(&certs::parse(&args[1..])?),

@@ -284,6 +284,54 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
 }
 
 #[tokio::test]
+async fn healthcheck_exits_0_while_the_instance_is_ready_and_1_when_nothing_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ddms = DdmsProcess::serve(dir.path(), &[]).await.unwrap();
+    let listen = ddms.addr.to_string();
+    // What the image does: the same DDMS_* environment as the server, a wildcard listen
+    // address probed on loopback.
+    let wildcard = format!("0.0.0.0:{}", ddms.addr.port());
+    for (env_listen, args) in [
+        (&listen, &["healthcheck"][..]),
+        (&wildcard, &["healthcheck", "--live"][..]),
+    ] {
+        let env = [
+            ("DDMS_HTTP__LISTEN", env_listen.as_str()),
+            ("DDMS_MQTT__MODE", "off"),
+        ];
+        let (code, out, err) = run(dir.path(), args, &env, "").await;
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains(": 200 {"), "{args:?}: {out}");
+    }
+    let (_, ready, _) = run(
+        dir.path(),
+        &["healthcheck"],
+        &[
+            ("DDMS_HTTP__LISTEN", listen.as_str()),
+            ("DDMS_MQTT__MODE", "off"),
+        ],
+        "",
+    )
+    .await;
+    assert!(ready.contains("/ready: 200"), "{ready}");
+
+    ddms.signal(Signal::SIGTERM);
+    assert_eq!(
+        ddms.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(0)
+    );
+    let (code, out, err) = run(
+        dir.path(),
+        &["healthcheck", "--timeout", "2"],
+        &[("DDMS_HTTP__LISTEN", listen.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ddms healthcheck:"), "{out}");
+}
+
+#[tokio::test]
 async fn every_log_line_of_a_request_carries_its_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let (_, viewer, _) = run(

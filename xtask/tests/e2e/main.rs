@@ -5,6 +5,7 @@
 
 mod support;
 
+mod container_image;
 mod deploy_playbook;
 mod harness;
 mod provision;

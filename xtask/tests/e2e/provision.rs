@@ -53,6 +53,7 @@ fn e2e_container_site_playbook_provisions_two_hosts_and_a_second_run_changes_not
         let idle = if active[0] == "blue" { "green" } else { "blue" };
         assert_eq!(status["slots"][idle]["running"], false, "{status:#}");
         assert_eq!(status["last_known_good"], "v1", "{status:#}");
+        assert_release_env(&cluster, &host.name)?;
     }
     if mqtt_external() {
         // /ready needs the broker; the broker's log says who connected, over TLS, as whom.
@@ -87,6 +88,40 @@ fn e2e_container_site_playbook_provisions_two_hosts_and_a_second_run_changes_not
         let deploys = cluster.ssh_ok(&host.name, "wc -l < /var/lib/ddms/deploys.jsonl")?;
         assert_eq!(deploys.trim(), "1", "{}", host.name);
     }
+    Ok(())
+}
+
+/// The role wrote the host's `ddms release` options where `cargo xtask deploy` loads them:
+/// root-owned, world-readable (no secrets), the inventory's gates, sourced as `xtask` does.
+fn assert_release_env(cluster: &Cluster, host: &str) -> Result<()> {
+    let file = "/etc/ddms/release.env";
+    let mode = cluster.ssh_ok(host, &format!("stat -c '%a %U:%G' {file}"))?;
+    assert_eq!(mode.trim(), "644 root:root", "{host}: {file}");
+    let sourced = cluster.ssh_ok(
+        host,
+        &format!("env -i sh -c 'set -a; . {file}; set +a; env' | grep '^DDMS_' | sort"),
+    )?;
+    for expected in [
+        "DDMS_CONFIG=/etc/ddms/ddms.toml",
+        "DDMS_RELEASE_SERVICE_MANAGER=direct",
+        "DDMS_RELEASE_WATCH=2",
+        "DDMS_RELEASE_READY_TIMEOUT=60",
+        "DDMS_RELEASE_DRAIN_TIMEOUT=10",
+        "DDMS_RELEASE_LOCK_TTL=15",
+        "DDMS_RELEASE_MAX_5XX_RATIO=0.01",
+        "DDMS_RELEASE_BLUE_PORT=8081",
+        "DDMS_RELEASE_GREEN_PORT=8082",
+    ] {
+        assert!(
+            sourced.lines().any(|l| l == expected),
+            "{host}: {file} lacks {expected}:\n{sourced}"
+        );
+    }
+    // Who deploys is the deploying machine's to say, not the host's.
+    assert!(
+        !sourced.contains("DDMS_RELEASE_ACTOR"),
+        "{host}:\n{sourced}"
+    );
     Ok(())
 }
 
