@@ -101,6 +101,9 @@ pub struct SseLog {
 /// Load generator and SSE clients running on their own runtime until [`Traffic::stop`].
 pub struct Traffic {
     runtime: tokio::runtime::Runtime,
+    /// The SSE clients' own runtime: a load generator lagging on a busy machine must not delay
+    /// when they notice a stream's end (that is what the scenarios time).
+    sse_runtime: tokio::runtime::Runtime,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<LoadStats>>,
     sse: Vec<Arc<Mutex<SseLog>>>,
@@ -125,6 +128,10 @@ impl Traffic {
             .worker_threads(2)
             .enable_all()
             .build()?;
+        let sse_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(LoadStats::default()));
         let api = {
@@ -132,7 +139,7 @@ impl Traffic {
             client(ca_pem, token, Some(Duration::from_secs(10)))?
         };
         let stream_client = {
-            let _guard = runtime.enter();
+            let _guard = sse_runtime.enter();
             client(ca_pem, token, None)?
         };
         let mut tasks = Vec::new();
@@ -155,10 +162,16 @@ impl Traffic {
                 ..SseLog::default()
             }));
             sse.push(log.clone());
-            tasks.push(runtime.spawn(sse_loop(stream_client.clone(), target, stop.clone(), log)));
+            tasks.push(sse_runtime.spawn(sse_loop(
+                stream_client.clone(),
+                target,
+                stop.clone(),
+                log,
+            )));
         }
         Ok(Traffic {
             runtime,
+            sse_runtime,
             stop,
             stats,
             sse,
@@ -193,6 +206,7 @@ impl Traffic {
         stats.elapsed = elapsed;
         let sse = self.sse.iter().map(|l| l.lock().unwrap().clone()).collect();
         self.runtime.shutdown_timeout(Duration::from_secs(1));
+        self.sse_runtime.shutdown_timeout(Duration::from_secs(1));
         (stats, sse)
     }
 }
