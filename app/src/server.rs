@@ -1,6 +1,7 @@
 //! `ddms serve`: wires the store, the ingest pipeline, background tasks and the HTTP service,
-//! and shuts them down in order on SIGTERM/SIGINT: stop accepting and end live streams, let
-//! in-flight requests finish, stop producers, flush the pipeline, exit.
+//! and shuts them down in order on SIGTERM/SIGINT: end live streams, keep answering while
+//! requests still arrive (at most 5 s: a proxy's old workers after a blue-green switch), stop
+//! accepting, let in-flight requests finish, stop producers, flush the pipeline, exit.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -324,9 +325,14 @@ impl Server {
             version = crate::VERSION,
             "ddms is serving"
         );
+        let metrics = state.metrics.clone();
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stop_accepting = stop_http.clone();
-        let stopped = async move { stop_accepting.cancelled().await };
+        // Its own token: live streams end first (`stop_http`), the listener closes later.
+        let stop_accepting = CancellationToken::new();
+        let stopped = {
+            let stop_accepting = stop_accepting.clone();
+            async move { stop_accepting.cancelled().await }
+        };
         let mut server = match tls {
             None => tokio::spawn(
                 axum::serve(listener, app)
@@ -350,8 +356,15 @@ impl Server {
         let served = tokio::select! {
             result = &mut server => result.context("HTTP server task failed")?.context("HTTP server failed"),
             () = shutdown => {
-                tracing::info!(timeout_s = config.http.shutdown_timeout.as_secs(), "shutting down: no new connections, finishing in-flight requests");
+                // Live streams end first (with a retry hint), so their clients reconnect to the
+                // new slot. Then keep answering while requests still arrive: after a blue-green
+                // switch, nginx's old workers finish their connections' requests on this slot,
+                // and a closed port would turn them into 502s.
+                tracing::info!("shutting down: live streams ended; serving until requests stop arriving");
                 stop_http.cancel();
+                let waited = wait_for_quiet(&metrics, config.http.shutdown_timeout).await;
+                tracing::info!(waited_ms = waited.as_millis() as u64, timeout_s = config.http.shutdown_timeout.as_secs(), "shutting down: no new connections, finishing in-flight requests");
+                stop_accepting.cancel();
                 match tokio::time::timeout(config.http.shutdown_timeout, &mut server).await {
                     Ok(result) => result.context("HTTP server task failed")?.context("HTTP server failed"),
                     Err(_) => {
@@ -363,6 +376,7 @@ impl Server {
             }
         };
         stop_http.cancel();
+        stop_accepting.cancel();
         stop_producers.cancel();
         producers.wait().await;
         background.close();
@@ -386,6 +400,26 @@ impl Server {
         }
         tracing::info!("shutdown complete");
         served
+    }
+}
+
+/// At shutdown, how long without a new request counts as "requests stopped arriving".
+const QUIET_BEFORE_CLOSING: Duration = Duration::from_millis(250);
+/// At shutdown, the longest the port stays open for late requests.
+const MAX_LAME_DUCK: Duration = Duration::from_secs(5);
+
+/// Waits until no request has arrived for [`QUIET_BEFORE_CLOSING`], at most [`MAX_LAME_DUCK`]
+/// (and never longer than `limit`); returns how long it waited.
+async fn wait_for_quiet(metrics: &Metrics, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let limit = MAX_LAME_DUCK.min(limit);
+    loop {
+        let quiet_for = metrics.since_last_request();
+        if quiet_for >= QUIET_BEFORE_CLOSING || started.elapsed() >= limit {
+            return started.elapsed();
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        tokio::time::sleep((QUIET_BEFORE_CLOSING - quiet_for).min(left)).await;
     }
 }
 

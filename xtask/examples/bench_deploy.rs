@@ -5,6 +5,9 @@
 //! time (ready → traffic moved, from the hosts' records), per-host deploy time and failed
 //! requests, and writes them as JSON.
 //!
+//! `--load-only S`: no deploys, only the load for S seconds, with where the CPU went (each
+//! container and this load generator): to find what caps the served rate.
+//!
 //! An example of the xtask crate so the test harness (`tests/e2e/`) and its dev-dependencies
 //! are shared without becoming dependencies of everyday xtask tasks.
 
@@ -28,6 +31,7 @@ struct Options {
     switches: usize,
     rate: f64,
     min_requests: u64,
+    load_only: Option<u64>,
     xtask: PathBuf,
     out: PathBuf,
 }
@@ -37,6 +41,7 @@ fn parse() -> Result<Options> {
         switches: 20,
         rate: 500.0,
         min_requests: 100_000,
+        load_only: None,
         xtask: PathBuf::new(),
         out: PathBuf::from("deploy.json"),
     };
@@ -47,6 +52,7 @@ fn parse() -> Result<Options> {
             "--switches" => options.switches = value()?.parse()?,
             "--rate" => options.rate = value()?.parse()?,
             "--min-requests" => options.min_requests = value()?.parse()?,
+            "--load-only" => options.load_only = Some(value()?.parse()?),
             "--xtask" => options.xtask = value()?.into(),
             "--out" => options.out = value()?.into(),
             other => bail!("unknown argument `{other}`"),
@@ -98,6 +104,9 @@ fn main() -> Result<()> {
     let per_host = options.rate / fleet.targets.len() as f64;
     let traffic =
         traffic::Traffic::start(&fleet.targets, &fleet.ca_pem, &fleet.token, per_host, 0)?;
+    if let Some(seconds) = options.load_only {
+        return load_only(&fleet, traffic, &options, seconds);
+    }
     let env = [
         ("DDMS_RELEASE_WATCH", "2"),
         ("DDMS_RELEASE_DRAIN_TIMEOUT", "15"),
@@ -153,6 +162,14 @@ fn main() -> Result<()> {
     }
     std::thread::sleep(Duration::from_secs(2));
     let (stats, _) = traffic.stop();
+    let diagnostics: Vec<String> = if stats.failed > 0 {
+        HOSTS.iter().map(|h| fleet.diagnostics(h)).collect()
+    } else {
+        Vec::new()
+    };
+    for d in &diagnostics {
+        say(d);
+    }
     let result = json!({
         "switches": i,
         "rate_offered": options.rate,
@@ -160,9 +177,12 @@ fn main() -> Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
         "requests": {"sent": stats.sent, "ok": stats.ok, "failed": stats.failed,
                      "failed_by_kind": stats.by_kind, "first_failures": stats.samples},
+        "latency_ms": {"p50": stats.latency_quantile(0.5), "p99": stats.latency_quantile(0.99),
+                       "max": stats.latency_quantile(1.0)},
         "switch_ms": summary(&switch_ms),
         "host_deploy_ms": summary(&host_deploy_ms),
         "deploy_problems": problems,
+        "diagnostics": diagnostics,
         "runs": runs,
     });
     println!(
@@ -182,6 +202,83 @@ fn main() -> Result<()> {
     println!(
         "  requests: {} sent, {} ok, {} failed {:?}",
         stats.sent, stats.ok, stats.failed, stats.by_kind
+    );
+    if let Some(dir) = options.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&options.out, serde_json::to_string_pretty(&result)?)?;
+    println!("  JSON: {}", options.out.display());
+    Ok(())
+}
+
+/// CPU seconds this process has used (user + system), from /proc.
+fn own_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// Load without deploys: the served rate per host and where the CPU went.
+fn load_only(
+    fleet: &Fleet,
+    traffic: traffic::Traffic,
+    options: &Options,
+    seconds: u64,
+) -> Result<()> {
+    let cpu_before = own_cpu_seconds()?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds / 2));
+    let containers: Vec<String> = fleet
+        .cluster
+        .hosts()
+        .iter()
+        .map(|h| h.container.clone())
+        .collect();
+    let docker_stats = std::process::Command::new("docker")
+        .args(["stats", "--no-stream", "--format", "{{.Name}} {{.CPUPerc}}"])
+        .args(&containers)
+        .output()?;
+    let docker_stats = String::from_utf8_lossy(&docker_stats.stdout).to_string();
+    std::thread::sleep(Duration::from_secs(seconds - seconds / 2));
+    let (stats, _) = traffic.stop();
+    let generator_cpu = (own_cpu_seconds()? - cpu_before) / started.elapsed().as_secs_f64();
+    let rates = stats.rate_per_host();
+    let result = json!({
+        "load_only_seconds": seconds,
+        "rate_offered": options.rate,
+        "served_per_host": rates,
+        "requests": {"sent": stats.sent, "ok": stats.ok, "failed": stats.failed,
+                     "failed_by_kind": stats.by_kind, "first_failures": stats.samples,
+                     "resent_after_keepalive_close": stats.resent_after_keepalive_close},
+        "latency_ms": {"p50": stats.latency_quantile(0.5), "p99": stats.latency_quantile(0.99),
+                       "max": stats.latency_quantile(1.0)},
+        "max_in_flight_per_host": stats.max_in_flight,
+        "generator_cpu_cores": generator_cpu,
+        "container_cpu": docker_stats.lines().collect::<Vec<_>>(),
+    });
+    println!(
+        "\nbench deploy --load-only {seconds}: {:.0} requests/s offered",
+        options.rate
+    );
+    println!("  served per host: {rates:.0?}");
+    println!(
+        "  requests: {} sent, {} ok, {} failed {:?}",
+        stats.sent, stats.ok, stats.failed, stats.by_kind
+    );
+    println!(
+        "  latency ms: p50 {:?}, p99 {:?}, max {:?}; at most {} in flight to a host",
+        stats.latency_quantile(0.5),
+        stats.latency_quantile(0.99),
+        stats.latency_quantile(1.0),
+        stats.max_in_flight
+    );
+    println!("  load generator CPU: {generator_cpu:.2} cores");
+    println!(
+        "  containers (docker stats):\n    {}",
+        docker_stats.trim().replace('\n', "\n    ")
     );
     if let Some(dir) = options.out.parent() {
         std::fs::create_dir_all(dir)?;

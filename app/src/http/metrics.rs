@@ -1,7 +1,9 @@
 //! Prometheus metrics of the HTTP layer and the process, in a per-instance registry (so tests
 //! running several servers in one process do not mix their figures).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -12,6 +14,9 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// When the last request arrived, in ms since `created` (shutdown waits for a quiet spell).
+    created: Instant,
+    last_request_ms: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -59,7 +64,21 @@ impl Metrics {
             registry,
             requests,
             latency,
+            created: Instant::now(),
+            last_request_ms: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Notes that a request arrived now.
+    pub fn request_arrived(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.last_request_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long ago the last request arrived (since start when none did).
+    pub fn since_last_request(&self) -> Duration {
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        self.created.elapsed().saturating_sub(last)
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

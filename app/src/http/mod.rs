@@ -145,6 +145,7 @@ async fn request_span(request: Request, next: Next) -> Response {
 /// label set), plus one access-log line.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    state.metrics.request_arrived();
     let method = request.method().clone();
     let route = request
         .extensions()

@@ -28,7 +28,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         Err(e) => json!({ "status": "error", "backend": backend, "error": e.to_string() }),
     };
     let migrations = if database["status"] == "ok" {
-        match tokio::time::timeout(READY_CHECK_TIMEOUT, state.store.migration_status()).await {
+        match tokio::time::timeout(READY_CHECK_TIMEOUT, state.store.probe_migrations()).await {
             Ok(Ok(status)) if status.is_current() => {
                 json!({ "status": "ok", "applied": status.applied.len() })
             }

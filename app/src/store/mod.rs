@@ -5,6 +5,7 @@
 mod models;
 mod postgres;
 mod sqlite;
+mod token_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 pub use models::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use token_cache::{LAST_USE_RESOLUTION, TOKEN_CACHE_TTL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -109,6 +111,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self, timeout: Duration) -> StoreResult<()>;
     async fn migrate(&self) -> StoreResult<MigrationStatus>;
     async fn migration_status(&self) -> StoreResult<MigrationStatus>;
+    /// [`Store::migration_status`] for readiness probes: once every migration this binary
+    /// knows is applied it stays applied (migrations are expand-only and never undone), so a
+    /// current status is remembered and the database is not asked again.
+    async fn probe_migrations(&self) -> StoreResult<MigrationStatus>;
     /// Makes sure reading partitions exist from yesterday to `days_ahead` days ahead; returns how
     /// many were created. A no-op on backends without partitions.
     async fn ensure_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32>;
@@ -183,7 +189,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<u64>;
 
     async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken>;
-    /// Looks up a live (not revoked) token by the hash of its secret and records its use.
+    /// Looks up a live (not revoked) token by the hash of its secret and records its use, both
+    /// coarsely (`token_cache`): a lookup is reused in process for [`TOKEN_CACHE_TTL`] (so a
+    /// revocation takes that long to be seen) and `last_used_at` is written at most once per
+    /// [`LAST_USE_RESOLUTION`].
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken>;
     /// Every token, revoked ones included (newest first); never their hashes.
     async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>>;
@@ -249,6 +258,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<String>>;
     /// Gives up leases at once (graceful shutdown), so another instance takes over immediately.
     async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()>;
+}
+
+/// A remembered current [`MigrationStatus`] (see [`Store::probe_migrations`]).
+#[derive(Debug, Default)]
+struct CurrentMigrations(std::sync::OnceLock<MigrationStatus>);
+
+impl CurrentMigrations {
+    async fn get_or_check(
+        &self,
+        check: impl std::future::Future<Output = StoreResult<MigrationStatus>>,
+    ) -> StoreResult<MigrationStatus> {
+        if let Some(status) = self.0.get() {
+            return Ok(status.clone());
+        }
+        let status = check.await?;
+        if status.is_current() {
+            let _ = self.0.set(status.clone());
+        }
+        Ok(status)
+    }
 }
 
 /// Runs a health query with a deadline: a database that hangs is as unavailable as one that

@@ -1,6 +1,6 @@
 //! PostgreSQL backend: pooled, readings range-partitioned by day.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Days, NaiveTime, Utc};
@@ -20,6 +20,8 @@ fn lenient_migrator() -> Migrator {
     migrator
 }
 
+/// Connections of the probe pool (probes are short; more would only hold server slots).
+const PROBE_CONNECTIONS: u32 = 2;
 /// Serialises partition maintenance across instances (blue and green share the database).
 const PARTITION_LOCK_KEY: i64 = 0x6464_6d73_7061_7274; // "ddmspart"
 /// Serialises appends to the event log (see `append_events`).
@@ -27,6 +29,11 @@ const EVENT_LOG_LOCK_KEY: i64 = 0x6464_6d73_6576_6e74; // "ddmsevnt"
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Readiness probes' own connections: a busy main pool must not make `/ready` time out
+    /// (the blue-green watch would roll back a healthy, merely loaded release).
+    probe: PgPool,
+    migrations: CurrentMigrations,
+    tokens: token_cache::TokenCache,
 }
 
 impl PostgresStore {
@@ -44,8 +51,17 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(connect_timeout)
-            .connect_lazy_with(options);
-        Ok(PostgresStore { pool })
+            .connect_lazy_with(options.clone());
+        let probe = PgPoolOptions::new()
+            .max_connections(PROBE_CONNECTIONS)
+            .acquire_timeout(connect_timeout)
+            .connect_lazy_with(options.application_name("ddms-probe"));
+        Ok(PostgresStore {
+            pool,
+            probe,
+            migrations: CurrentMigrations::default(),
+            tokens: Default::default(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -133,7 +149,11 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self, timeout: Duration) -> StoreResult<()> {
-        bounded(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await
+        bounded(timeout, sqlx::query("SELECT 1").execute(&self.probe)).await
+    }
+
+    async fn probe_migrations(&self) -> StoreResult<MigrationStatus> {
+        self.migrations.get_or_check(self.migration_status()).await
     }
 
     async fn migrate(&self) -> StoreResult<MigrationStatus> {
@@ -144,13 +164,13 @@ impl Store for PostgresStore {
     async fn migration_status(&self) -> StoreResult<MigrationStatus> {
         let exists: bool =
             sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.probe)
                 .await?;
         let applied = if exists {
             sqlx::query_scalar(
                 "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&self.probe)
             .await?
         } else {
             Vec::new()
@@ -627,6 +647,8 @@ impl Store for PostgresStore {
         .bind(id)
         .fetch_one(&self.pool)
         .await?;
+        // This instance refuses the token at once; others within the cache's TTL.
+        self.tokens.forget(id);
         token_from_row(&row)
     }
 
@@ -645,15 +667,27 @@ impl Store for PostgresStore {
     }
 
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
+        if let Some(token) = self.tokens.get(token_hash, Instant::now()) {
+            return Ok(token);
+        }
         let row = sqlx::query(&format!(
-            "UPDATE api_tokens SET last_used_at = now() \
-             WHERE token_hash = $1 AND revoked_at IS NULL \
-             RETURNING {TOKEN_COLUMNS}"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
         ))
         .bind(token_hash)
         .fetch_one(&self.pool)
         .await?;
-        token_from_row(&row)
+        let mut token = token_from_row(&row)?;
+        if token_cache::last_use_is_stale(token.last_used_at, Utc::now()) {
+            token.last_used_at = sqlx::query_scalar(
+                "UPDATE api_tokens SET last_used_at = now() WHERE id = $1 RETURNING last_used_at",
+            )
+            .bind(token.id)
+            .fetch_optional(&self.pool)
+            .await?
+            .or(token.last_used_at);
+        }
+        self.tokens.put(token_hash, token.clone(), Instant::now());
+        Ok(token)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {

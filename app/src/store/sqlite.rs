@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -27,6 +27,8 @@ fn lenient_migrator() -> Migrator {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    migrations: CurrentMigrations,
+    tokens: token_cache::TokenCache,
 }
 
 impl SqliteStore {
@@ -63,7 +65,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {path}: {e}")))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            migrations: CurrentMigrations::default(),
+            tokens: Default::default(),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -208,6 +214,10 @@ impl Store for SqliteStore {
 
     async fn ping(&self, timeout: Duration) -> StoreResult<()> {
         bounded(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await
+    }
+
+    async fn probe_migrations(&self) -> StoreResult<MigrationStatus> {
+        self.migrations.get_or_check(self.migration_status()).await
     }
 
     async fn migrate(&self) -> StoreResult<MigrationStatus> {
@@ -722,6 +732,8 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .fetch_one(&self.pool)
         .await?;
+        // This instance refuses the token at once; others within the cache's TTL.
+        self.tokens.forget(id);
         token_from_row(&row)
     }
 
@@ -741,15 +753,29 @@ impl Store for SqliteStore {
     }
 
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
+        if let Some(token) = self.tokens.get(token_hash, Instant::now()) {
+            return Ok(token);
+        }
         let row = sqlx::query(&format!(
-            "UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ? AND revoked_at IS NULL \
-             RETURNING {TOKEN_COLUMNS}"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL"
         ))
-        .bind(Utc::now())
         .bind(token_hash)
         .fetch_one(&self.pool)
         .await?;
-        token_from_row(&row)
+        let mut token = token_from_row(&row)?;
+        let now = Utc::now();
+        if token_cache::last_use_is_stale(token.last_used_at, now) {
+            token.last_used_at = sqlx::query_scalar(
+                "UPDATE api_tokens SET last_used_at = ? WHERE id = ? RETURNING last_used_at",
+            )
+            .bind(now)
+            .bind(token.id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .or(token.last_used_at);
+        }
+        self.tokens.put(token_hash, token.clone(), Instant::now());
+        Ok(token)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {

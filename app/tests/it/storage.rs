@@ -10,6 +10,7 @@ use ddms::store::{
     NewNotification, NewSession, NewUser, Protocol, Reading, Role, RollupStep, Status, Store,
     StoreError, UserChange,
 };
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::support::app::{database_url, Db};
@@ -1069,6 +1070,78 @@ async fn the_audit_log_pages_newest_first(store: Arc<dyn Store>) {
 
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping(Duration::from_secs(2)).await.unwrap();
+}
+
+/// Runs one statement on its own connection, as another process would.
+async fn execute_elsewhere(url: &str, sql: &str) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
+/// Two instances on one database, as blue and green are: a token's use is written once per
+/// resolution, not per request, and a revocation made elsewhere is seen within the cache TTL.
+async fn token_use_is_recorded_coarsely_and_revocation_is_seen_within_the_cache_ttl(db: Db) {
+    let (url, _dir) = database_url(&db).await;
+    let url: secrecy::SecretString = url.into();
+    let blue = store::connect(&url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    blue.migrate().await.unwrap();
+    let green = store::connect(&url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    blue.create_api_token(&NewApiToken {
+        name: "ci".into(),
+        token_hash: "abc".into(),
+        role: Role::Admin,
+    })
+    .await
+    .unwrap();
+    let first = blue.authenticate_api_token("abc").await.unwrap();
+    assert!(first.last_used_at.is_some(), "the first use is recorded");
+    // The other instance has no cached lookup: it reads the row, and finds the use recent
+    // enough not to write it again.
+    let seen = green.authenticate_api_token("abc").await.unwrap();
+    assert_eq!(seen.last_used_at, first.last_used_at);
+
+    execute_elsewhere(
+        url.expose_secret(),
+        "UPDATE api_tokens SET revoked_at = created_at WHERE token_hash = 'abc'",
+    )
+    .await;
+    let fresh = store::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        fresh.authenticate_api_token("abc").await,
+        Err(StoreError::NotFound)
+    ));
+    tokio::time::sleep(store::TOKEN_CACHE_TTL).await;
+    for instance in [&blue, &green] {
+        assert!(matches!(
+            instance.authenticate_api_token("abc").await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn sqlite_token_use_is_recorded_coarsely_and_revocation_is_seen_within_the_cache_ttl() {
+    token_use_is_recorded_coarsely_and_revocation_is_seen_within_the_cache_ttl(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_token_use_is_recorded_coarsely_and_revocation_is_seen_within_the_cache_ttl() {
+    token_use_is_recorded_coarsely_and_revocation_is_seen_within_the_cache_ttl(Db::Postgres(
+        Provider::Local,
+    ))
+    .await;
 }
 
 /// Instantiates every check above once per backend.

@@ -202,16 +202,28 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// The release name `ddms release install` derives from a tarball name.
-fn release_name(tarball: &Path) -> String {
-    let file = tarball
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let stem = file.strip_suffix(".tar.gz").unwrap_or(file);
-    let stem = stem.strip_prefix("ddms-").unwrap_or(stem);
-    let suffix = format!("-{}-linux", std::env::consts::ARCH);
-    stem.strip_suffix(&suffix).unwrap_or(stem).to_string()
+/// The release name a host's `ddms release install` printed (its JSON line's `release`): the
+/// host decides it from the archive's contents (a cargo-dist archive's file name names only
+/// the target), so it is never guessed from the file name here.
+fn installed_release(stdout: &str) -> Option<String> {
+    last_json(stdout)?
+        .get("release")?
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+}
+
+/// The run's release: what the hosts' activation records or, failing those, their installs
+/// named; `None` when no host got as far as installing it.
+fn run_release(reports: &[HostReport]) -> Option<String> {
+    let recorded = reports.iter().find_map(|r| {
+        r.record
+            .as_ref()?
+            .get("release")?
+            .as_str()
+            .map(str::to_string)
+    });
+    recorded.or_else(|| reports.iter().find_map(|r| r.release.clone()))
 }
 
 /// The last line of `stdout` that is a JSON object (a record or status).
@@ -301,17 +313,13 @@ fn deploy_host(
     }) else {
         return report;
     };
-    let installed = last_json(&install.stdout);
-    let release = installed
-        .as_ref()
-        .and_then(|i| i.get("release"))
-        .and_then(|r| r.as_str())
-        .map(str::to_string);
+    let release = installed_release(&install.stdout);
     let Some(release) = release.filter(|_| install.ok()) else {
         report.result = report::RunResult::Aborted;
         report.error = Some(format!("install refused: {}", install.reason()));
         return report;
     };
+    report.release = Some(release.clone());
     let Some(activate) = remote_step(&mut report, "activate", || {
         ssh::run(host, env, &ssh::activate_script(&release))
     }) else {
@@ -463,16 +471,7 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
             (None, summary) => summary,
         }
     });
-    let release = reports
-        .iter()
-        .find_map(|r| {
-            r.record
-                .as_ref()?
-                .get("release")?
-                .as_str()
-                .map(str::to_string)
-        })
-        .or_else(|| Some(release_name(&tarball)));
+    let release = run_release(&reports);
     let report = Report {
         command: "deploy".into(),
         env: options.env.clone(),
@@ -688,14 +687,26 @@ mod tests {
     }
 
     #[test]
-    fn release_names_follow_ddms_release_install() {
-        let arch = std::env::consts::ARCH;
-        let built = format!("/d/ddms-0.2.0-{arch}-linux.tar.gz");
-        assert_eq!(release_name(Path::new(&built)), "0.2.0");
+    fn the_release_name_is_what_the_host_install_printed_not_the_file_name() {
+        // A cargo-dist archive (`ddms-x86_64-unknown-linux-gnu.tar.gz`): the host names the
+        // release after the binary's version.
+        let out = "unpacking ddms-x86_64-unknown-linux-gnu.tar.gz\n\
+                   {\"release\": \"0.2.0\", \"path\": \"/opt/ddms/releases/0.2.0\"}\n";
+        assert_eq!(installed_release(out).as_deref(), Some("0.2.0"));
+        assert_eq!(installed_release("checksum mismatch\n"), None);
+        assert_eq!(installed_release("{\"release\": \"\"}"), None);
+
+        let mut installed = HostReport::new("h1", "10.0.0.1");
+        installed.release = Some("0.2.0".into());
+        let nothing = HostReport::new("h2", "10.0.0.2");
         assert_eq!(
-            release_name(Path::new("ddms-v3-never-ready.tar.gz")),
-            "v3-never-ready"
+            run_release(&[nothing.clone(), installed.clone()]).as_deref(),
+            Some("0.2.0")
         );
+        assert_eq!(run_release(std::slice::from_ref(&nothing)), None);
+        // An activation record, when there is one, has the last word.
+        installed.record = Some(json!({"release": "0.2.0-rc1", "result": "ok"}));
+        assert_eq!(run_release(&[installed]).as_deref(), Some("0.2.0-rc1"));
     }
 
     #[test]

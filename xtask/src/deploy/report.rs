@@ -39,6 +39,9 @@ pub struct HostReport {
     pub address: String,
     pub result: RunResult,
     pub steps: Vec<Step>,
+    /// The release name the host's `ddms release install` gave the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
     /// The host's deploy record of this run's activate (or of the rollback command).
     pub record: Option<serde_json::Value>,
     /// The host's record of the rollback this run did after a later host failed.
@@ -54,6 +57,7 @@ impl HostReport {
             address: address.to_string(),
             result: RunResult::Skipped,
             steps: Vec::new(),
+            release: None,
             record: None,
             rollback_record: None,
             error: None,

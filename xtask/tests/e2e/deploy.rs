@@ -17,8 +17,8 @@ use crate::traffic::{replay, SseLog, Traffic};
 /// API reads per second offered to each host's nginx: the issue asks for at least 200 served,
 /// and the generator lags its offer a little on a busy machine.
 const RATE_PER_HOST: f64 = 240.0;
-/// The least served rate per host the scenarios accept (issue 4 asks for 200: not yet met here).
-const MIN_SERVED_PER_HOST: f64 = 150.0;
+/// The least served rate per host the scenarios accept (issue 4's number).
+const MIN_SERVED_PER_HOST: f64 = 200.0;
 const SSE_CLIENTS: usize = 20;
 /// How soon after its host's switch every SSE client must be on the new slot.
 const SSE_MOVE_WITHIN: Duration = Duration::from_secs(10);
@@ -122,9 +122,6 @@ fn load_problems(traffic: &crate::traffic::LoadStats) -> Vec<String> {
             traffic.failed, traffic.sent, traffic.by_kind, traffic.samples
         ));
     }
-    // The issue asks for >= 200 served per host; on this 2-core machine, with both hosts, the
-    // database and this debug-built client sharing the cores, about 185/s get through (the cap
-    // is not yet understood — see the issue note). Asserted here: the load stayed substantial.
     for (host, rate) in traffic.rate_per_host() {
         if rate < MIN_SERVED_PER_HOST {
             problems.push(format!("{host} got only {rate:.0} requests/s"));
@@ -133,8 +130,23 @@ fn load_problems(traffic: &crate::traffic::LoadStats) -> Vec<String> {
     problems
 }
 
+/// Release `name` under the file name cargo-dist gives its archives, which names the target,
+/// not the release (the host names the release from the archive's contents).
+fn cargo_dist_named(fleet: &Fleet, name: &str) -> Result<String> {
+    let built = release_tarball(fleet.cluster.dir(), name, Kind::Good)?;
+    let dir = fleet.cluster.dir().join(format!("dist-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    let tarball = dir.join("ddms-x86_64-unknown-linux-gnu.tar.gz");
+    std::fs::copy(&built.tarball, &tarball)?;
+    std::fs::copy(
+        &built.checksum,
+        dir.join("ddms-x86_64-unknown-linux-gnu.tar.gz.sha256"),
+    )?;
+    Ok(tarball.display().to_string())
+}
+
 fn v2_under_load(fleet: &Fleet) -> Result<String> {
-    let v2 = artifact(fleet, "v2", Kind::Good)?;
+    let v2 = cargo_dist_named(fleet, "v2")?;
     let traffic = Traffic::start(
         &fleet.targets,
         &fleet.ca_pem,
@@ -149,6 +161,16 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
     let (stats, sse) = traffic.stop();
     ensure!(code == 0, "deploy exited {code}: {}", report["error"]);
     ensure!(report["result"] == "ok", "report: {report}");
+    // The release is named as the hosts' install named it, not after the file.
+    ensure!(
+        report["release"] == "v2",
+        "report release: {}",
+        report["release"]
+    );
+    for host in HOSTS {
+        let release = &host_record(&report, host)?["release"];
+        ensure!(release == "v2", "{host} installed release {release}");
+    }
 
     let mut problems = load_problems(&stats);
     let mut switches = BTreeMap::new();
@@ -182,6 +204,11 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
                 .unwrap_or_default();
             problems.push(format!("{host} steps: {}", steps.join(", ")));
         }
+        if stats.failed > 0 {
+            for host in HOSTS {
+                problems.push(fleet.diagnostics(host));
+            }
+        }
     }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     let rates: Vec<String> = stats
@@ -190,9 +217,11 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
         .map(|(h, r)| format!("{h} {r:.0}/s"))
         .collect();
     Ok(format!(
-        "{} requests, 0 failed ({}); {} SSE clients on the new slot at most {:.1} s after their host's switch; {} events each on average, none missed",
+        "{} requests, 0 failed ({}; latency p50 {:?} ms, p99 {:?} ms); {} SSE clients on the new slot at most {:.1} s after their host's switch; {} events each on average, none missed",
         stats.ok,
         rates.join(", "),
+        stats.latency_quantile(0.5),
+        stats.latency_quantile(0.99),
         sse.len(),
         moved.as_secs_f64(),
         sse.iter().map(|c| c.ids.len()).sum::<usize>() / sse.len().max(1)

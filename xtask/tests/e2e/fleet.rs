@@ -217,6 +217,23 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// What a host's nginx and ddms slots complained about lately (for failure messages).
+    pub fn diagnostics(&self, host: &str) -> String {
+        let script = "echo '-- nginx error.log'; tail -n 15 /var/log/nginx/error.log 2>&1; \
+                      for f in /var/lib/ddms/blue.log /var/lib/ddms/green.log; do \
+                      echo \"-- $f (all but request lines)\"; \
+                      grep -v '\"request completed\"' \"$f\" 2>/dev/null | tail -n 12; done";
+        match self.cluster.ssh(host, script) {
+            Ok(output) => format!(
+                "{host}:\n{}",
+                String::from_utf8_lossy(&output.stdout).trim_end()
+            ),
+            Err(e) => format!("{host}: no diagnostics: {e:#}"),
+        }
+    }
+}
+
 /// The inventory variables: secrets made up here (never stored outside the cluster's temp
 /// dir), the TLS files, no apt index refresh (the images have every package), the direct
 /// service manager, and gates the scenarios override per deploy.

@@ -58,6 +58,10 @@ pub struct LoadStats {
     pub samples: Vec<String>,
     /// Requests answered per host.
     pub per_host: BTreeMap<String, u64>,
+    /// Milliseconds from send to the end of the body, of every answered request.
+    pub latency_ms: Vec<u32>,
+    /// The most requests in flight at once (to one host).
+    pub max_in_flight: usize,
     pub elapsed: Duration,
 }
 
@@ -69,6 +73,14 @@ impl LoadStats {
             .iter()
             .map(|(h, n)| (h.clone(), *n as f64 / secs))
             .collect()
+    }
+
+    /// The `q` quantile (0..=1) of the answered requests' latency, in milliseconds.
+    pub fn latency_quantile(&self, q: f64) -> Option<u32> {
+        let mut sorted = self.latency_ms.clone();
+        sorted.sort_unstable();
+        let last = sorted.len().checked_sub(1)?;
+        Some(sorted[(last as f64 * q.clamp(0.0, 1.0)).round() as usize])
     }
 }
 
@@ -89,6 +101,9 @@ pub struct SseLog {
 /// Load generator and SSE clients running on their own runtime until [`Traffic::stop`].
 pub struct Traffic {
     runtime: tokio::runtime::Runtime,
+    /// The SSE clients' own runtime: a load generator lagging on a busy machine must not delay
+    /// when they notice a stream's end (that is what the scenarios time).
+    sse_runtime: tokio::runtime::Runtime,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<LoadStats>>,
     sse: Vec<Arc<Mutex<SseLog>>>,
@@ -113,6 +128,10 @@ impl Traffic {
             .worker_threads(2)
             .enable_all()
             .build()?;
+        let sse_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(LoadStats::default()));
         let api = {
@@ -120,7 +139,7 @@ impl Traffic {
             client(ca_pem, token, Some(Duration::from_secs(10)))?
         };
         let stream_client = {
-            let _guard = runtime.enter();
+            let _guard = sse_runtime.enter();
             client(ca_pem, token, None)?
         };
         let mut tasks = Vec::new();
@@ -143,10 +162,16 @@ impl Traffic {
                 ..SseLog::default()
             }));
             sse.push(log.clone());
-            tasks.push(runtime.spawn(sse_loop(stream_client.clone(), target, stop.clone(), log)));
+            tasks.push(sse_runtime.spawn(sse_loop(
+                stream_client.clone(),
+                target,
+                stop.clone(),
+                log,
+            )));
         }
         Ok(Traffic {
             runtime,
+            sse_runtime,
             stop,
             stats,
             sse,
@@ -181,6 +206,7 @@ impl Traffic {
         stats.elapsed = elapsed;
         let sse = self.sse.iter().map(|l| l.lock().unwrap().clone()).collect();
         self.runtime.shutdown_timeout(Duration::from_secs(1));
+        self.sse_runtime.shutdown_timeout(Duration::from_secs(1));
         (stats, sse)
     }
 }
@@ -205,6 +231,9 @@ fn failure_kind(e: &reqwest::Error) -> String {
     }
 }
 
+/// Requests in flight to one host at most; past it the generator waits (and lags its offer).
+const MAX_IN_FLIGHT: usize = 512;
+
 async fn load_loop(
     client: reqwest::Client,
     target: Target,
@@ -216,20 +245,26 @@ async fn load_loop(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     // A late tick is sent at once: the offered rate is kept, not the spacing.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut requests = tokio::task::JoinSet::new();
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        let busy = MAX_IN_FLIGHT - in_flight.available_permits();
         let client = client.clone();
         let url = url.clone();
         let stats = stats.clone();
         let host = target.host.clone();
-        stats.lock().unwrap().sent += 1;
+        {
+            let mut stats = stats.lock().unwrap();
+            stats.sent += 1;
+            stats.max_in_flight = stats.max_in_flight.max(busy);
+        }
         requests.spawn(async move {
             let _permit = permit;
+            let sent = Instant::now();
             let mut result = client.get(&url).send().await;
             if result.as_ref().is_err_and(closed_before_answer) {
                 stats.lock().unwrap().resent_after_keepalive_close += 1;
@@ -254,6 +289,9 @@ async fn load_loop(
             match outcome {
                 Ok(()) => {
                     stats.ok += 1;
+                    stats
+                        .latency_ms
+                        .push(sent.elapsed().as_millis().min(u32::MAX as u128) as u32);
                     *stats.per_host.entry(host).or_default() += 1;
                 }
                 Err((kind, detail)) => {
