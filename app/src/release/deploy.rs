@@ -435,7 +435,12 @@ impl Ctx<'_> {
         rec.run(Step::Version, self.check_version(idle, meta))
             .await?;
 
-        let upstream = render_upstream(idle, self.host.port(idle), &meta.name);
+        let upstream = render_upstream(
+            idle,
+            self.host.port(idle),
+            self.host.port(other(idle)),
+            &meta.name,
+        );
         // Not interruptible: once nginx is asked to reload, the way back must know.
         rec.run_final(Step::Switch, async {
             progress.previous_upstream = self.host.nginx.current()?;
@@ -493,7 +498,12 @@ impl Ctx<'_> {
                             self.wait_ready(old).await?;
                             self.host
                                 .nginx
-                                .apply(&render_upstream(old, self.host.port(old), release))
+                                .apply(&render_upstream(
+                                    old,
+                                    self.host.port(old),
+                                    self.host.port(other(old)),
+                                    release,
+                                ))
                                 .await?;
                             self.wait_routed(old).await?;
                         }
@@ -736,6 +746,9 @@ impl Ctx<'_> {
             .join("ready")
             .map_err(|e| ReleaseError::Invalid(format!("--public-url: {e}")))?
             .to_string();
+        // The slot's own `/ready` too: through nginx, a failing slot would be masked by the
+        // backup server (the old slot, still running during the watch).
+        let slot_ready_url = format!("{}/ready", slot_url.trim_end_matches('/'));
         let (base_all, base_5xx) = self
             .probe
             .request_counts(&slot_url)
@@ -752,22 +765,25 @@ impl Ctx<'_> {
                     started.elapsed().as_millis()
                 )));
             }
-            match self.probe.get(&ready_url).await {
-                Ok((200, _)) => probes += 1,
-                Ok((code, body)) => {
-                    return Err(ReleaseError::Unhealthy(format!(
-                        "{ready_url} answered {code} {} ms into the watch: {}",
-                        started.elapsed().as_millis(),
-                        excerpt(&body)
-                    )))
-                }
-                Err(e) => {
-                    return Err(ReleaseError::Unhealthy(format!(
-                        "{e} ({} ms into the watch)",
-                        started.elapsed().as_millis()
-                    )))
+            for url in [&ready_url, &slot_ready_url] {
+                match self.probe.get(url).await {
+                    Ok((200, _)) => {}
+                    Ok((code, body)) => {
+                        return Err(ReleaseError::Unhealthy(format!(
+                            "{url} answered {code} {} ms into the watch: {}",
+                            started.elapsed().as_millis(),
+                            excerpt(&body)
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(ReleaseError::Unhealthy(format!(
+                            "{e} ({} ms into the watch)",
+                            started.elapsed().as_millis()
+                        )))
+                    }
                 }
             }
+            probes += 1;
             let done = started.elapsed() >= gates.watch;
             if done || last_metrics.elapsed() >= WATCH_METRICS_EVERY {
                 last_metrics = Instant::now();

@@ -25,12 +25,17 @@ pub struct Nginx {
     pub upstream: PathBuf,
 }
 
-/// The upstream include pointing at one slot.
-pub fn render_upstream(slot: Slot, port: u16, release: &str) -> String {
+/// The upstream include: the active slot, and the other slot as `backup`. nginx sends a
+/// request to the backup only when the active slot refuses or fails it (`proxy_next_upstream`).
+/// That covers the end of a switch: nginx's old workers, whose configuration still names the
+/// old slot as active, finish requests they accepted before the reload — under load, seconds
+/// of them — and once the old slot has stopped, those go to its backup: the new active slot.
+pub fn render_upstream(slot: Slot, port: u16, standby_port: u16, release: &str) -> String {
     format!(
-        "# Written by `ddms release`: the active slot only (blue = 8081, green = 8082 by default).\n\
-         # Active: {slot} (release {release}).\n\
-         upstream ddms {{\n    server 127.0.0.1:{port} max_fails=0;\n    keepalive 32;\n}}\n"
+        "# Written by `ddms release`: the active slot, the other one as backup (blue = 8081,\n\
+         # green = 8082 by default). Active: {slot} (release {release}).\n\
+         upstream ddms {{\n    server 127.0.0.1:{port} max_fails=0;\n    \
+         server 127.0.0.1:{standby_port} max_fails=0 backup;\n    keepalive 32;\n}}\n"
     )
 }
 
@@ -109,10 +114,11 @@ impl Nginx {
     }
 }
 
+/// The active (first non-backup) server's port.
 fn parse_port(text: &str) -> Option<u16> {
     text.lines()
         .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
+        .filter(|line| !line.starts_with('#') && !line.contains(" backup"))
         .find_map(|line| {
             let rest = line.strip_prefix("server")?.trim_start();
             let addr = rest.split([' ', ';']).next()?;
@@ -125,11 +131,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rendered_upstream_names_the_slot_port_only() {
-        let text = render_upstream(Slot::Green, 8082, "0.2.0");
+    fn the_rendered_upstream_names_the_active_port_first_and_the_other_as_backup() {
+        let text = render_upstream(Slot::Green, 8082, 8081, "0.2.0");
         assert_eq!(parse_port(&text), Some(8082));
-        assert_eq!(text.matches("server ").count(), 1, "{text}");
+        assert_eq!(text.matches("server ").count(), 2, "{text}");
+        assert!(
+            text.contains("server 127.0.0.1:8081 max_fails=0 backup;"),
+            "{text}"
+        );
         let shipped = include_str!("../../../ops/nginx/ddms-upstream.conf");
         assert_eq!(parse_port(shipped), Some(8081));
+        assert!(shipped.contains("127.0.0.1:8082 max_fails=0 backup;"));
     }
 }

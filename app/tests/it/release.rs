@@ -493,7 +493,7 @@ async fn a_killed_activate_leaves_a_lock_that_the_next_activate_takes_after_the_
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&upstream)
         .unwrap()
-        .contains(&format!("127.0.0.1:{} ", host.port(&v1_slot)))
+        .contains(&format!("127.0.0.1:{} max_fails=0;", host.port(&v1_slot)))
     {
         assert!(Instant::now() < deadline, "the deploy never switched");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -600,7 +600,7 @@ async fn a_deploy_cancelled_with_sigterm_switches_back_and_frees_the_lock_at_onc
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&upstream)
         .unwrap()
-        .contains(&format!("127.0.0.1:{} ", host.port(&v1_slot)))
+        .contains(&format!("127.0.0.1:{} max_fails=0;", host.port(&v1_slot)))
     {
         assert!(Instant::now() < deadline, "the deploy never switched");
         tokio::time::sleep(Duration::from_millis(50)).await;

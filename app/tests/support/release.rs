@@ -156,7 +156,7 @@ fn build_artifacts(dir: &Path) -> Result<Artifacts> {
          \x20 \"$REAL\" \"$@\" &\n\
          \x20 child=$!\n\
          \x20 port=${DDMS_HTTP__LISTEN##*:}\n\
-         \x20 until grep -q \"127.0.0.1:$port \" \"$UPSTREAM\" 2>/dev/null; do sleep 0.1; done\n\
+         \x20 until grep -q \"127.0.0.1:$port max_fails=0;\" \"$UPSTREAM\" 2>/dev/null; do sleep 0.1; done\n\
          \x20 sleep 1\n\
          \x20 kill -KILL $child\n\
          \x20 exit 1\n\

@@ -85,7 +85,7 @@ pub fn release_tarball(dir: &Path, version: &str, kind: Kind) -> Result<Artifact
              \x20 child=$!\n\
              \x20 port=${{DDMS_HTTP__LISTEN##*:}}\n\
              \x20 upstream=${{DDMS_RELEASE_NGINX_UPSTREAM:-/etc/nginx/ddms/ddms-upstream.conf}}\n\
-             \x20 until grep -q \"127.0.0.1:$port \" \"$upstream\" 2>/dev/null; do sleep 0.1; done\n\
+             \x20 until grep -q \"127.0.0.1:$port max_fails=0;\" \"$upstream\" 2>/dev/null; do sleep 0.1; done\n\
              \x20 sleep {}\n\
              \x20 kill -KILL $child\n\
              \x20 exit 1\n\
