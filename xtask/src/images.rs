@@ -37,6 +37,8 @@ pub const BASE_IMAGE: (&str, &str) = ("ddms-test/base", "bookworm");
 pub const HOST_IMAGE: (&str, &str) = ("ddms-test/host", "bookworm");
 /// [`HOST_IMAGE`] with PostgreSQL 15 and Mosquitto preinstalled: the database host.
 pub const DBHOST_IMAGE: (&str, &str) = ("ddms-test/dbhost", "bookworm");
+/// [`HOST_IMAGE`] with systemd as PID 1: the host of the systemd service-manager tests.
+pub const SYSTEMD_HOST_IMAGE: (&str, &str) = ("ddms-test/systemd-host", "bookworm");
 
 /// Label holding the digest of an image's inputs.
 const DIGEST_LABEL: &str = "org.ddms.test-images.input-digest";
@@ -88,7 +90,7 @@ struct DerivedImage {
 }
 
 /// In build order: a parent comes before the images built on it.
-const DERIVED_IMAGES: [DerivedImage; 4] = [
+const DERIVED_IMAGES: [DerivedImage; 5] = [
     DerivedImage {
         image: POSTGRES_IMAGE,
         parent: BASE_IMAGE,
@@ -112,6 +114,12 @@ const DERIVED_IMAGES: [DerivedImage; 4] = [
         parent: HOST_IMAGE,
         dir: "dbhost",
         files: &["Dockerfile"],
+    },
+    DerivedImage {
+        image: SYSTEMD_HOST_IMAGE,
+        parent: HOST_IMAGE,
+        dir: "systemd-host",
+        files: &["Dockerfile", "ddms-test-ssh-keys.service"],
     },
 ];
 
@@ -225,23 +233,25 @@ pub fn build_host_images_on(sh: &Shell, base: &str, force: bool) -> Result<()> {
             .run()
             .with_context(|| format!("pulling {base}"))?;
     }
-    let mut parent = (
-        base.to_owned(),
-        docker
-            .image_id(sh, base)?
-            .ok_or_else(|| anyhow!("{base} is missing right after it was pulled"))?,
-    );
+    let base_id = docker
+        .image_id(sh, base)?
+        .ok_or_else(|| anyhow!("{base} is missing right after it was pulled"))?;
     let mut report = Vec::new();
     for image in DERIVED_IMAGES
         .iter()
-        .filter(|i| [HOST_IMAGE, DBHOST_IMAGE].contains(&i.image))
+        .filter(|i| [HOST_IMAGE, DBHOST_IMAGE, SYSTEMD_HOST_IMAGE].contains(&i.image))
     {
+        // The host image goes on `base`; the others on the host image built just before.
+        let parent = if image.parent == BASE_IMAGE {
+            (base.to_owned(), base_id.clone())
+        } else {
+            let reference = image_ref(image.parent);
+            let id = docker
+                .image_id(sh, &reference)?
+                .ok_or_else(|| anyhow!("{reference} is missing; it is built first"))?;
+            (reference, id)
+        };
         build_derived(sh, &docker, &dir, image, &parent, force, &mut report)?;
-        let reference = image_ref(image.image);
-        let id = docker
-            .image_id(sh, &reference)?
-            .ok_or_else(|| anyhow!("{reference} is missing right after it was built"))?;
-        parent = (reference, id);
     }
     println!("images: done in {}", secs(started.elapsed()));
     for step in &report {
@@ -977,5 +987,9 @@ mod tests {
         assert_eq!(image_ref(BASE_IMAGE), "ddms-test/base:bookworm");
         assert_eq!(image_ref(HOST_IMAGE), "ddms-test/host:bookworm");
         assert_eq!(image_ref(DBHOST_IMAGE), "ddms-test/dbhost:bookworm");
+        assert_eq!(
+            image_ref(SYSTEMD_HOST_IMAGE),
+            "ddms-test/systemd-host:bookworm"
+        );
     }
 }

@@ -25,7 +25,7 @@ tasks:
                       answers), unit + integration tests, tidy, and README command 1 smoke run
   ci                  what CI runs: `test` with --locked dependencies
   images [--force]    build the local Docker test images (debootstrap → postgres, mosquitto,
-                      host, dbhost)
+                      host, dbhost, systemd-host)
   bench ingest [--seconds S] [--devices N] [--rate MSGS_PER_S] [--metrics PER_MSG]
                       MQTT → Mosquitto → ddms → PostgreSQL vs a raw COPY; JSON in target/bench/
   bench modbus [--devices N] [--interval-ms I] [--seconds S] [--dead-fraction F]

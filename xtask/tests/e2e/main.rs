@@ -9,6 +9,7 @@ mod container_image;
 mod deploy_playbook;
 mod harness;
 mod provision;
+mod systemd;
 
 mod deploy;
 mod fleet;

@@ -126,7 +126,7 @@ fn assert_release_env(cluster: &Cluster, host: &str) -> Result<()> {
 }
 
 /// Every host of the cluster is in the recap with failed=0 and unreachable=0.
-fn assert_provisioned(run: &PlaybookRun, cluster: &Cluster) -> Result<()> {
+pub(crate) fn assert_provisioned(run: &PlaybookRun, cluster: &Cluster) -> Result<()> {
     for host in cluster.hosts() {
         let recap = run.recap.get(&host.name);
         ensure!(
@@ -141,19 +141,19 @@ fn assert_provisioned(run: &PlaybookRun, cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-struct Certs {
+pub(crate) struct Certs {
     dir: std::path::PathBuf,
 }
 
 impl Certs {
-    fn file(&self, name: &str) -> String {
+    pub(crate) fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 }
 
 /// A CA and the dashboard's and broker's certificates for every host's address, by
 /// `cargo xtask certs` (this crate's own binary).
-fn tls_material(cluster: &Cluster) -> Result<Certs> {
+pub(crate) fn tls_material(cluster: &Cluster) -> Result<Certs> {
     let dir = cluster.dir().join("certs");
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
     command.args(["certs", "--days", "2", "--out"]).arg(&dir);
@@ -177,7 +177,7 @@ fn secret() -> Result<String> {
 
 /// The inventory variables of the test environment: secrets made up here, the TLS files, no
 /// apt index refresh (the images have every package), the direct service manager, short gates.
-fn provisioning_vars(certs: &Certs) -> Value {
+pub(crate) fn provisioning_vars(certs: &Certs) -> Value {
     let secret = || secret().expect("random secret");
     let mqtt = if mqtt_external() { "external" } else { "off" };
     json!({
@@ -210,7 +210,7 @@ fn mqtt_external() -> bool {
 
 /// `GET https://<ip><path>` with curl, verifying nginx's certificate against the test CA:
 /// (status, body).
-fn https_get(certs: &Certs, ip: &str, path: &str) -> Result<(u16, String)> {
+pub(crate) fn https_get(certs: &Certs, ip: &str, path: &str) -> Result<(u16, String)> {
     let output = Command::new("curl")
         .args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
         .arg(Path::new(&certs.file("ca.crt")))

@@ -18,6 +18,22 @@ use super::run;
 
 pub const HOST_IMAGE: &str = "ddms-test/host:bookworm";
 pub const DBHOST_IMAGE: &str = "ddms-test/dbhost:bookworm";
+/// The host image with systemd as PID 1 ([`Cluster::start_with_systemd`]).
+pub const SYSTEMD_HOST_IMAGE: &str = "ddms-test/systemd-host:bookworm";
+/// What systemd needs to run as a container's PID 1 on this engine (cgroup v1, and no
+/// `--privileged`: it fails where the engine's own root lacks a capability): mount and
+/// namespace rights for the units' sandboxing, the host's cgroup tree, a fresh /run.
+const SYSTEMD_RUN_ARGS: [&str; 9] = [
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cgroupns=host",
+    "--volume",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+];
 /// The name of the database host, in the inventory group `db`.
 pub const DB_HOST: &str = "db1";
 /// Label on every container and network of a cluster; its value is the owning test's pid.
@@ -52,6 +68,21 @@ impl Cluster {
     /// host named [`DB_HOST`] (group `db`); returns once every sshd accepts the cluster's key.
     /// `name_prefix` starts every container's and the network's name.
     pub fn start(name_prefix: &str, hosts: &[&str], with_db: bool) -> Result<Cluster> {
+        Self::start_hosts(name_prefix, hosts, with_db, false)
+    }
+
+    /// Like [`Cluster::start`], with systemd as PID 1 on the ddms hosts
+    /// ([`SYSTEMD_HOST_IMAGE`]); the database host is the usual one.
+    pub fn start_with_systemd(name_prefix: &str, hosts: &[&str], with_db: bool) -> Result<Cluster> {
+        Self::start_hosts(name_prefix, hosts, with_db, true)
+    }
+
+    fn start_hosts(
+        name_prefix: &str,
+        hosts: &[&str],
+        with_db: bool,
+        systemd: bool,
+    ) -> Result<Cluster> {
         ensure!(
             !hosts.contains(&DB_HOST),
             "`{DB_HOST}` is the database host's name"
@@ -80,15 +111,26 @@ impl Cluster {
             network: id.clone(),
             hosts: Vec::new(),
         };
+        let host_image = if systemd {
+            SYSTEMD_HOST_IMAGE
+        } else {
+            HOST_IMAGE
+        };
         let wanted = hosts
             .iter()
-            .map(|name| (*name, HOST_IMAGE, "ddms"))
+            .map(|name| (*name, host_image, "ddms"))
             .chain(with_db.then_some((DB_HOST, DBHOST_IMAGE, "db")));
         for (name, image, group) in wanted {
             let container = format!("{id}-{name}");
+            let extra: &[&str] = if image == SYSTEMD_HOST_IMAGE {
+                &SYSTEMD_RUN_ARGS
+            } else {
+                &[]
+            };
             run(Command::new("docker")
                 .args(["run", "--detach", "--name", &container, "--hostname", name])
                 .args(["--network", &id, "--label", &label])
+                .args(extra)
                 .args([
                     "--env",
                     &format!("DDMS_TEST_SSH_PUBKEY={}", public_key.trim()),
