@@ -53,6 +53,10 @@ impl From<sqlx::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How precisely `api_tokens.last_used_at` follows a token's use: at most one write a minute
+/// per token instead of one per request.
+pub const TOKEN_USE_RESOLUTION: chrono::Duration = chrono::Duration::seconds(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -183,7 +187,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<u64>;
 
     async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken>;
-    /// Looks up a live (not revoked) token by the hash of its secret and records its use.
+    /// Looks up a live (not revoked) token by the hash of its secret and records its use (to
+    /// within [`TOKEN_USE_RESOLUTION`]).
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken>;
     /// Every token, revoked ones included (newest first); never their hashes.
     async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>>;

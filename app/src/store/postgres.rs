@@ -645,15 +645,28 @@ impl Store for PostgresStore {
     }
 
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
+        // A read first; the use is recorded at most once a minute (a row update per API
+        // request would cost a WAL record and a dead tuple each).
         let row = sqlx::query(&format!(
-            "UPDATE api_tokens SET last_used_at = now() \
-             WHERE token_hash = $1 AND revoked_at IS NULL \
-             RETURNING {TOKEN_COLUMNS}"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
         ))
         .bind(token_hash)
         .fetch_one(&self.pool)
         .await?;
-        token_from_row(&row)
+        let mut token = token_from_row(&row)?;
+        let now = Utc::now();
+        if token
+            .last_used_at
+            .is_none_or(|at| now - at >= TOKEN_USE_RESOLUTION)
+        {
+            sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+                .bind(token.id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            token.last_used_at = Some(now);
+        }
+        Ok(token)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {

@@ -741,15 +741,28 @@ impl Store for SqliteStore {
     }
 
     async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
+        // A read first: SQLite has one writer, and a write per API request would queue every
+        // request behind the ingest batches. The use is recorded at most once a minute.
         let row = sqlx::query(&format!(
-            "UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ? AND revoked_at IS NULL \
-             RETURNING {TOKEN_COLUMNS}"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL"
         ))
-        .bind(Utc::now())
         .bind(token_hash)
         .fetch_one(&self.pool)
         .await?;
-        token_from_row(&row)
+        let mut token = token_from_row(&row)?;
+        let now = Utc::now();
+        if token
+            .last_used_at
+            .is_none_or(|at| now - at >= TOKEN_USE_RESOLUTION)
+        {
+            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(token.id.to_string())
+                .execute(&self.pool)
+                .await?;
+            token.last_used_at = Some(now);
+        }
+        Ok(token)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
