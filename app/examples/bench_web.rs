@@ -341,7 +341,7 @@ async fn sse_client(
 
 async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
     let stats = Arc::new(SseStats::default());
-    let ramp = Duration::from_secs(5 + args.clients as u64 / 1000 * 2);
+    let ramp = Duration::from_secs(5 + args.clients as u64 / 500 * 2);
     let measure_from = Instant::now() + ramp;
     let stop = measure_from + Duration::from_secs(args.seconds);
     let mut tasks = Vec::with_capacity(args.clients);
@@ -354,9 +354,10 @@ async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
             stop,
             stats.clone(),
         )));
-        if i % 100 == 99 {
-            // Connect in waves, as a fleet of dashboards would after a restart, not all at once.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if i % 50 == 49 {
+            // Connect in waves, as a fleet of dashboards would after a restart, and under the
+            // per-credential API rate limit (default 1000/s): every client uses one token.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let client = reqwest::Client::new();
@@ -364,10 +365,12 @@ async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
     let connected_at_start = stats.connected.load(Ordering::Relaxed);
     let ingested_before = ingested(&client, &instance.base).await;
     let t0 = Instant::now();
+    // Counted just before the window closes: at `stop` every client ends its stream.
+    tokio::time::sleep_until((stop - Duration::from_millis(300)).into()).await;
+    let connected_at_end = stats.connected.load(Ordering::Relaxed);
     tokio::time::sleep_until(stop.into()).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let ingested_after = ingested(&client, &instance.base).await;
-    let connected_at_end = stats.connected.load(Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
     }

@@ -59,6 +59,24 @@ pub struct Event {
     /// The SSE event type (`reading`, `device_status`, …), as stored in the log.
     pub kind: String,
     pub data: serde_json::Value,
+    /// The event as SSE text, made once for all subscribers: with thousands of streams,
+    /// serialising it per client would cost more than sending it.
+    #[serde(skip)]
+    wire: std::sync::OnceLock<axum::body::Bytes>,
+}
+
+impl Event {
+    /// `id:`, `event:` and `data:` lines and the blank line that ends an SSE event.
+    pub fn wire(&self) -> axum::body::Bytes {
+        self.wire
+            .get_or_init(|| {
+                axum::body::Bytes::from(format!(
+                    "id: {}\nevent: {}\ndata: {}\n\n",
+                    self.id, self.kind, self.data
+                ))
+            })
+            .clone()
+    }
 }
 
 impl From<StoredEvent> for Event {
@@ -67,6 +85,7 @@ impl From<StoredEvent> for Event {
             id: stored.id.max(0) as u64,
             kind: stored.kind,
             data: stored.data,
+            wire: std::sync::OnceLock::new(),
         }
     }
 }
