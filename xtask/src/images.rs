@@ -376,20 +376,20 @@ impl std::fmt::Display for Step {
         match self.built_in {
             None => write!(
                 f,
-                "{:<28} skipped (up to date, inputs {digest})",
+                "{:<32} skipped (up to date, inputs {digest})",
                 self.image
             ),
             Some(took) if self.detail.is_empty() => {
                 write!(
                     f,
-                    "{:<28} built in {} (inputs {digest})",
+                    "{:<32} built in {} (inputs {digest})",
                     self.image,
                     secs(took)
                 )
             }
             Some(took) => write!(
                 f,
-                "{:<28} built in {}, {} (inputs {digest})",
+                "{:<32} built in {}, {} (inputs {digest})",
                 self.image,
                 secs(took),
                 self.detail

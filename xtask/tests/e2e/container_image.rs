@@ -3,7 +3,8 @@
 //! healthchecks, a device that publishes over MQTT, a non-root static binary, a clean stop.
 //!
 //! The official `postgres:15` and `eclipse-mosquitto:2` cannot be pulled here: the compose
-//! file takes its images from variables, and this test names the local stand-ins.
+//! file takes its images from variables, and this test names the local stand-ins (unless
+//! `DDMS_TEST_IMAGES=official`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -61,18 +62,25 @@ fn e2e_container_compose_stack_serves_ingests_over_mqtt_tls_as_non_root_and_stop
 
     let http_port = free_port()?;
     let mqtt_port = free_port()?;
-    let stack = Stack::up(
-        &dir.path().join("compose-logs"),
-        &[
-            ("DDMS_IMAGE", image.as_str()),
+    let http_publish = format!("127.0.0.1:{http_port}");
+    let mqtt_publish = format!("127.0.0.1:{mqtt_port}");
+    let secrets_dir = secrets.display().to_string();
+    let tls_dir = tls.display().to_string();
+    let mut env = vec![
+        ("DDMS_IMAGE", image.as_str()),
+        ("HTTP_PUBLISH", &http_publish),
+        ("MQTT_PUBLISH", &mqtt_publish),
+        ("SECRETS_DIR", &secrets_dir),
+        ("TLS_DIR", &tls_dir),
+    ];
+    // Where the official images can be pulled, the compose file's defaults are used as they are.
+    if std::env::var("DDMS_TEST_IMAGES").map_or(true, |v| v != "official") {
+        env.extend([
             ("POSTGRES_IMAGE", POSTGRES_IMAGE),
             ("MOSQUITTO_IMAGE", MOSQUITTO_IMAGE),
-            ("HTTP_PUBLISH", &format!("127.0.0.1:{http_port}")),
-            ("MQTT_PUBLISH", &format!("127.0.0.1:{mqtt_port}")),
-            ("SECRETS_DIR", &secrets.display().to_string()),
-            ("TLS_DIR", &tls.display().to_string()),
-        ],
-    )?;
+        ]);
+    }
+    let stack = Stack::up(&dir.path().join("compose-logs"), &env)?;
     let base = format!("http://127.0.0.1:{http_port}");
 
     // Ready through the published port: PostgreSQL and Mosquitto reached by their service
