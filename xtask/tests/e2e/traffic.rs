@@ -26,6 +26,16 @@ pub struct Target {
 
 /// An HTTPS client that trusts only `ca_pem` and sends `token`.
 pub fn client(ca_pem: &[u8], token: &str, timeout: Option<Duration>) -> Result<reqwest::Client> {
+    client_with(ca_pem, token, timeout, None)
+}
+
+/// [`client`] keeping at most `idle` idle connections per host (reqwest's default: no limit).
+fn client_with(
+    ca_pem: &[u8],
+    token: &str,
+    timeout: Option<Duration>,
+    idle: Option<usize>,
+) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -38,6 +48,9 @@ pub fn client(ca_pem: &[u8], token: &str, timeout: Option<Duration>) -> Result<r
         .connect_timeout(Duration::from_secs(5));
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
+    }
+    if let Some(idle) = idle {
+        builder = builder.pool_max_idle_per_host(idle);
     }
     Ok(builder.build()?)
 }
@@ -138,6 +151,11 @@ impl Traffic {
             let _guard = runtime.enter();
             client(ca_pem, token, Some(Duration::from_secs(10)))?
         };
+        // Keeps no idle connection: every request on it opens a new one.
+        let fresh = {
+            let _guard = runtime.enter();
+            client_with(ca_pem, token, Some(Duration::from_secs(10)), Some(0))?
+        };
         let stream_client = {
             let _guard = sse_runtime.enter();
             client(ca_pem, token, None)?
@@ -147,6 +165,7 @@ impl Traffic {
             for target in targets {
                 tasks.push(runtime.spawn(load_loop(
                     api.clone(),
+                    fresh.clone(),
                     target.clone(),
                     rate,
                     stop.clone(),
@@ -236,6 +255,7 @@ const MAX_IN_FLIGHT: usize = 512;
 
 async fn load_loop(
     client: reqwest::Client,
+    fresh: reqwest::Client,
     target: Target,
     rate: f64,
     stop: Arc<AtomicBool>,
@@ -254,6 +274,7 @@ async fn load_loop(
         };
         let busy = MAX_IN_FLIGHT - in_flight.available_permits();
         let client = client.clone();
+        let fresh = fresh.clone();
         let url = url.clone();
         let stats = stats.clone();
         let host = target.host.clone();
@@ -267,8 +288,10 @@ async fn load_loop(
             let sent = Instant::now();
             let mut result = client.get(&url).send().await;
             if result.as_ref().is_err_and(closed_before_answer) {
+                // Once, on a new connection: after nginx reloads, the other pooled connections
+                // to its old workers are about to close too.
                 stats.lock().unwrap().resent_after_keepalive_close += 1;
-                result = client.get(&url).send().await;
+                result = fresh.get(&url).send().await;
             }
             let outcome = match result {
                 Ok(response) if response.status().is_success() => {
