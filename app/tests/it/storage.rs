@@ -1009,7 +1009,10 @@ async fn tokens_are_listed_and_revoked(store: Arc<dyn Store>) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "ci");
     // A lookup first, so the in-process lookup cache holds the token: revoking must drop it.
-    assert_eq!(store.authenticate_api_token("abc").await.unwrap().id, token.id);
+    assert_eq!(
+        store.authenticate_api_token("abc").await.unwrap().id,
+        token.id
+    );
     let revoked = store.revoke_api_token(token.id).await.unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(matches!(
