@@ -274,6 +274,9 @@ in
     })
 
     (mkIf cfg.nginx.enable {
+      # nginx terminates TLS here: ddms believes its X-Forwarded-For/-Proto (client addresses
+      # in the audit log and throttles, Secure cookies, HSTS).
+      services.ddms.settings.http.trusted_proxies = mkDefault [ "127.0.0.1" "::1" ];
       services.nginx = {
         enable = true;
         # Mozilla's intermediate profile (TLS 1.2 and 1.3), as ops/nginx/ddms.conf.

@@ -1121,6 +1121,57 @@ mod tests {
     }
 
     #[test]
+    fn web_security_settings_are_checked_and_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("server.crt");
+        std::fs::write(&cert, "x").unwrap();
+        let only_cert = format!("[http.tls]\ncert = {:?}\n", cert.display().to_string());
+        for (text, key) in [
+            (
+                "[http.session]\nidle_timeout = 0\n",
+                "http.session.idle_timeout",
+            ),
+            (
+                "[http.session]\nidle_timeout = 600\nabsolute_timeout = 60\n",
+                "http.session.absolute_timeout",
+            ),
+            (
+                "[http.login]\nattempts_per_minute_per_ip = 0\n",
+                "http.login.attempts_per_minute_per_ip",
+            ),
+            (
+                "[http.rate_limit]\nrequests_per_second = 10\nburst = 5\n",
+                "http.rate_limit.burst",
+            ),
+            (
+                "[http.cors]\nallowed_origins = [\"https://a.example/path\"]\n",
+                "http.cors.allowed_origins",
+            ),
+            (
+                "[http.cors]\nallowed_origins = [\"*\"]\n",
+                "http.cors.allowed_origins",
+            ),
+            (only_cert.as_str(), "http.tls.cert"),
+            (
+                "[http]\ntrusted_proxies = [\"nginx\"]\n",
+                "http.trusted_proxies",
+            ),
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = from_toml(
+            "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n\
+             [http.cors]\nallowed_origins = [\"https://scada.example.net:8443\"]\n\
+             [http.rate_limit]\nrequests_per_second = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.trusted_proxies.len(), 2);
+        assert!(!config.http.tls.enabled());
+        assert_eq!(config.http.session.idle_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
     fn modbus_settings_out_of_range_name_their_key() {
         for (text, key) in [
             ("[modbus]\nlease_ttl_s = 0\n", "modbus.lease_ttl_s"),

@@ -122,3 +122,37 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local_addr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::server_config;
+
+    #[test]
+    fn a_certificate_and_its_key_make_a_server_config_and_junk_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ddms.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path, junk) = (
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+            dir.path().join("junk.pem"),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let config = server_config(&cert_path, &key_path).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let err = format!("{:#}", server_config(&junk, &key_path).unwrap_err());
+        assert!(err.contains("http.tls.cert"), "{err}");
+        let err = format!("{:#}", server_config(&cert_path, &junk).unwrap_err());
+        assert!(err.contains("http.tls.key"), "{err}");
+        // A key that is not the certificate's.
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&key_path, other.serialize_pem()).unwrap();
+        let err = format!("{:#}", server_config(&cert_path, &key_path).unwrap_err());
+        assert!(err.contains("do not form"), "{err}");
+    }
+}
