@@ -336,6 +336,16 @@ mod tests {
             .args(["-c", "sleep 30; exit 0", "ddms", "serve"])
             .spawn()
             .unwrap();
+        // A child that has not finished its exec has an empty cmdline, which counts as
+        // running (see `serve_alive`): wait for both execs before judging them.
+        for pid in [other.id(), serve.id()] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         assert!(!serve_alive(other.id() as i32));
         assert!(serve_alive(serve.id() as i32));
         serve.kill().unwrap();
