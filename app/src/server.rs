@@ -23,6 +23,8 @@ use crate::modbus::{ModbusMetrics, PollerContext, Supervisor};
 use crate::mqtt::broker::{BrokerContext, EmbeddedBroker};
 use crate::mqtt::dynsec::Dynsec;
 use crate::mqtt::{BrokerConnection, Ingester, IngesterSettings, Limits};
+use crate::retention::RetentionMetrics;
+use crate::settings::{RuntimeSettings, Settings};
 use crate::status::StatusBoard;
 use crate::store::{self, Store};
 
@@ -106,6 +108,7 @@ impl Server {
         if let Err(e) = status.load().await {
             tracing::warn!(error = %e, "cannot load device statuses; starting with none");
         }
+        let settings = Settings::load(store.clone(), RuntimeSettings::defaults(&config)).await;
         let (ingest, writer) = ingest::pipeline(
             store.clone(),
             events.clone(),
@@ -154,7 +157,7 @@ impl Server {
                     client_id,
                     credentials,
                     shared_subscription: config.mqtt.shared_subscription,
-                    offline_after: config.mqtt.offline_after,
+                    runtime: settings.subscribe(),
                     limits: Limits::default(),
                     drain_timeout: MQTT_DRAIN_TIMEOUT.min(config.http.shutdown_timeout),
                 },
@@ -194,6 +197,7 @@ impl Server {
             metrics,
             events,
             status,
+            settings,
             register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
                 per_minute,
             ))),
@@ -275,6 +279,17 @@ impl Server {
             config.database.partitions_ahead_days,
             stop_producers.clone(),
         ));
+        background.spawn(crate::settings::follow(
+            state.settings.clone(),
+            stop_producers.clone(),
+        ));
+        background.spawn(crate::retention::run(
+            state.store.clone(),
+            state.settings.clone(),
+            state.instance_id.clone(),
+            RetentionMetrics::register(state.metrics.registry()),
+            stop_producers.clone(),
+        ));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
         // The event log outlives the producers and the writer, whose last events it still appends.
         let stop_event_log = CancellationToken::new();
@@ -313,6 +328,12 @@ impl Server {
         // writer runs until after producers end), and takes its ingest handle away first.
         if let Some(broker) = broker {
             producers.spawn(broker.run(stop_producers.clone()));
+            background.spawn(crate::mqtt::silence::watch(
+                state.store.clone(),
+                state.status.clone(),
+                state.settings.subscribe(),
+                stop_producers.clone(),
+            ));
         }
         producers.close();
 

@@ -258,19 +258,13 @@ pub async fn revoke_token(
 
 // ------------------------------------------------------------------------------- settings
 
-/// Runtime settings: stored in the database (shared by every instance), changed by owners.
-pub const RETENTION_DAYS: &str = "retention_days";
-pub const OFFLINE_AFTER_S: &str = "offline_after_s";
-pub const BACKUP_SCHEDULE: &str = "backup_schedule";
+/// Runtime settings: stored in the database (shared by every instance), changed by owners,
+/// acted on by [`crate::settings`]'s followers (retention, the silence checks, backups).
+pub use crate::settings::{BACKUP_SCHEDULE, OFFLINE_AFTER_S, RETENTION_DAYS};
 
+/// Read from the store, so that a change another instance made shows (and applies) at once.
 async fn current_settings(state: &AppState) -> Result<Value, ApiError> {
-    let stored = |key: &'static str| async move { state.store.get_setting(key).await };
-    Ok(json!({
-        RETENTION_DAYS: stored(RETENTION_DAYS).await?.unwrap_or(Value::Null),
-        OFFLINE_AFTER_S: stored(OFFLINE_AFTER_S).await?
-            .unwrap_or_else(|| json!(state.config.mqtt.offline_after.as_secs())),
-        BACKUP_SCHEDULE: stored(BACKUP_SCHEDULE).await?.unwrap_or_else(|| json!("off")),
-    }))
+    Ok(state.settings.refresh().await?.to_json())
 }
 
 pub async fn get_settings(
@@ -360,9 +354,7 @@ pub async fn put_settings(
         return Err(ApiError::Invalid(errors));
     }
     let before = current_settings(&state).await?;
-    for (key, value) in &changes {
-        state.store.put_setting(key, value).await?;
-    }
+    let after = state.settings.store(&changes).await?.to_json();
     let detail: serde_json::Map<String, Value> = changes
         .iter()
         .map(|(k, v)| (k.to_string(), json!({ "from": before[*k], "to": v })))
@@ -373,7 +365,7 @@ pub async fn put_settings(
             .audit("settings.update", None, Value::Object(detail)),
     )
     .await;
-    Ok(Json(current_settings(&state).await?))
+    Ok(Json(after))
 }
 
 // --------------------------------------------------------------------------------- groups

@@ -56,6 +56,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub events: EventHub,
     pub status: StatusBoard,
+    /// Runtime settings (retention, offline threshold, backup schedule) as they apply now.
+    pub settings: crate::settings::Settings,
     pub register_limiter: Arc<IpRateLimiter>,
     /// Client resolution, API rate limits, login throttling.
     pub security: Arc<security::Security>,

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use super::{parse_message, BrokerConnection, Limits, Message};
 use crate::ingest::{IngestHandle, Sample};
+use crate::settings::RuntimeSettings;
 use crate::status::StatusBoard;
 use crate::store::{Protocol, Status, Store, StoreError};
 
@@ -61,7 +62,8 @@ pub struct IngesterSettings {
     pub client_id: String,
     pub credentials: Option<(String, SecretString)>,
     pub shared_subscription: bool,
-    pub offline_after: Duration,
+    /// `offline_after` comes from here: owners change it at run time.
+    pub runtime: watch::Receiver<RuntimeSettings>,
     pub limits: Limits,
     /// At shutdown, how long to wait for the acks of messages already submitted.
     pub drain_timeout: Duration,
@@ -188,6 +190,14 @@ enum Resolution {
     Dropped,
 }
 
+/// Silence is checked four times per `offline_after`, within bounds.
+fn silence_check(offline_after: Duration) -> tokio::time::Interval {
+    let every = (offline_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 pub struct Ingester {
     settings: IngesterSettings,
     store: Arc<dyn Store>,
@@ -280,10 +290,8 @@ impl Ingester {
             cancel: cancel.clone(),
         };
         work.reload_devices().await;
-        let check_every = (self.settings.offline_after / 4)
-            .clamp(Duration::from_millis(250), Duration::from_secs(15));
-        let mut offline_check = tokio::time::interval(check_every);
-        offline_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut runtime = self.settings.runtime.clone();
+        let mut offline_check = silence_check(runtime.borrow_and_update().offline_after);
         let mut refresh = tokio::time::interval(DEVICE_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.reset();
@@ -308,6 +316,9 @@ impl Ingester {
                 }
                 _ = refresh.tick() => work.reload_devices().await,
                 _ = offline_check.tick() => work.check_silence().await,
+                Ok(()) = runtime.changed() => {
+                    offline_check = silence_check(runtime.borrow_and_update().offline_after);
+                }
             }
         }
 
@@ -563,7 +574,7 @@ impl Work<'_> {
         let Some(connected_since) = self.connected_since else {
             return;
         };
-        let offline_after = self.ingester.settings.offline_after;
+        let offline_after = self.ingester.settings.runtime.borrow().offline_after;
         let now = Instant::now();
         let mut due = Vec::new();
         for (&id, &enabled) in &self.devices {

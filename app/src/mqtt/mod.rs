@@ -17,6 +17,7 @@ pub mod dynsec;
 pub mod inbound;
 pub mod ingester;
 pub mod payload;
+pub mod silence;
 pub mod simulator;
 
 use async_trait::async_trait;

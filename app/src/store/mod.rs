@@ -163,6 +163,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Bucket>>;
     /// The newest reading of every series of a device.
     async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>>;
+    /// Deletes readings older than `before` and the rollup buckets that lie wholly before it
+    /// (retention). Works in small steps so that ingest is never locked out for long.
+    async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts>;
 
     async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
     async fn find_user(&self, username: &str) -> StoreResult<User>;

@@ -78,6 +78,17 @@ pub struct Point {
     pub value: f64,
 }
 
+/// What one retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneCounts {
+    /// Raw readings deleted row by row.
+    pub readings: u64,
+    /// Whole daily partitions dropped (PostgreSQL); their rows are not counted one by one.
+    pub partitions: u64,
+    pub rollups_1m: u64,
+    pub rollups_1h: u64,
+}
+
 /// Width of a rollup bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RollupStep {

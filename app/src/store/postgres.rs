@@ -432,6 +432,61 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
+        let mut counts = PruneCounts::default();
+        // Whole days go as partitions: dropping a table costs nothing per row and leaves no
+        // dead tuples to vacuum.
+        let partitions: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'readings'::regclass AND c.relname ~ '^readings_p[0-9]{8}$' \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for name in partitions {
+            let Ok(day) = chrono::NaiveDate::parse_from_str(&name["readings_p".len()..], "%Y%m%d")
+            else {
+                continue;
+            };
+            let end = (day + Days::new(1)).and_time(NaiveTime::MIN).and_utc();
+            if end > before {
+                break;
+            }
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PARTITION_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+            // Dropping a partition locks the parent briefly; rather skip a run than queue
+            // every insert behind a long query.
+            sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            counts.partitions += 1;
+        }
+        // The day the cutoff falls in, and anything in the default partition.
+        counts.readings = sqlx::query("DELETE FROM readings WHERE ts < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        counts.rollups_1m = sqlx::query("DELETE FROM readings_1m WHERE bucket < $1")
+            .bind(RollupStep::Minute.bucket(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        counts.rollups_1h = sqlx::query("DELETE FROM readings_1h WHERE bucket < $1")
+            .bind(RollupStep::Hour.bucket(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(counts)
+    }
+
     async fn query_readings(
         &self,
         series: SeriesId,

@@ -512,6 +512,56 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
+        // One series and at most one day per statement: each DELETE is a short write
+        // transaction on the primary key, so the ingest writer waits milliseconds, not the
+        // length of the whole purge.
+        const STEP_US: i64 = 86_400_000_000;
+        let cutoff = micros(before);
+        let mut counts = PruneCounts::default();
+        let series: Vec<i64> = sqlx::query_scalar("SELECT id FROM series ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        for id in series {
+            let oldest: Option<i64> =
+                sqlx::query_scalar("SELECT min(ts) FROM readings WHERE series_id = ?")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let Some(mut from) = oldest else { continue };
+            while from < cutoff {
+                let to = from.saturating_add(STEP_US).min(cutoff);
+                counts.readings +=
+                    sqlx::query("DELETE FROM readings WHERE series_id = ? AND ts >= ? AND ts < ?")
+                        .bind(id)
+                        .bind(from)
+                        .bind(to)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                from = to;
+            }
+            for (step, table) in [
+                (RollupStep::Minute, "readings_1m"),
+                (RollupStep::Hour, "readings_1h"),
+            ] {
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE series_id = ? AND bucket < ?"
+                ))
+                .bind(id)
+                .bind(micros(step.bucket(before)))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                match step {
+                    RollupStep::Minute => counts.rollups_1m += deleted,
+                    RollupStep::Hour => counts.rollups_1h += deleted,
+                }
+            }
+        }
+        Ok(counts)
+    }
+
     async fn query_readings(
         &self,
         series: SeriesId,

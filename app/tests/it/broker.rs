@@ -930,3 +930,95 @@ async fn a_broker_port_in_use_is_a_start_up_error_that_names_the_key() {
     assert!(error.contains("mqtt.embedded.listen"), "{error}");
     assert!(error.contains(&addr.to_string()), "{error}");
 }
+
+async fn device_status(app: &TestApp, token: &str, device: &Device) -> Value {
+    let body: Value = app
+        .get_with_token(&format!("/api/devices/{}", device.id), token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["status"].clone()
+}
+
+#[tokio::test]
+async fn the_offline_threshold_set_at_run_time_marks_silent_devices_offline_and_spares_talking_ones(
+) {
+    // The configured threshold (an hour) would never fire within the test; the owner's
+    // setting (10 s, the least allowed) does, without a restart.
+    let app = spawn_app(
+        Db::Sqlite,
+        "[mqtt]\nmode = \"embedded\"\noffline_after = 3600\n[mqtt.embedded]\n\
+         listen = \"127.0.0.1:0\"\n[devices]\nfailure_threshold = 1\n",
+    )
+    .await;
+    let owner = app.token(Role::Owner).await;
+    let silent = create_device(&app, &owner, "silent-1").await;
+    let talking = create_device(&app, &owner, "talking-1").await;
+    let port = port(&app);
+    let talk = {
+        let talking = talking.clone();
+        tokio::spawn(async move {
+            loop {
+                let sent = publish(
+                    port,
+                    &talking,
+                    &format!("devices/{}/telemetry", talking.id),
+                    r#"{"metrics": {"t": 1.5}}"#,
+                    &[],
+                )
+                .await;
+                assert_eq!(sent.code, 0, "{}", sent.output);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        device_status(&app, &owner, &silent).await["status"],
+        "unknown"
+    );
+
+    let response = app
+        .put_json(
+            "/api/system/config",
+            &owner,
+            &json!({ "offline_after_s": 10 }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let settings: Value = response.json().await.unwrap();
+    assert_eq!(settings["offline_after_s"], 10);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = device_status(&app, &owner, &silent).await;
+        if status["status"] == "offline" || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status["status"], "offline", "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no message for"),
+        "{status}"
+    );
+    let open: Value = app
+        .get_with_token("/api/notifications/connection-failures", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let open = open.as_array().unwrap();
+    assert_eq!(open.len(), 1, "only the silent device: {open:?}");
+    assert_eq!(open[0]["device_id"], silent.id.as_str());
+    assert_eq!(
+        device_status(&app, &owner, &talking).await["status"],
+        "online"
+    );
+    talk.abort();
+    app.stop().await;
+}

@@ -16,4 +16,5 @@ mod openapi;
 mod readiness;
 mod release;
 mod security;
+mod settings;
 mod storage;

@@ -607,6 +607,88 @@ async fn partitions_are_created_ahead_idempotently(store: Arc<dyn Store>) {
     );
 }
 
+async fn retention_drops_old_readings_and_the_rollup_buckets_wholly_before_the_cutoff(
+    store: Arc<dyn Store>,
+) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    let now = RollupStep::Hour.bucket(Utc::now());
+    // Daily partitions for the last week (PostgreSQL), so whole days can go as tables.
+    store
+        .ensure_partitions(now - chrono::Duration::days(6), 6)
+        .await
+        .unwrap();
+    // One reading every 20 minutes for 6 days, the newest 5 minutes before `now`.
+    let readings: Vec<Reading> = (0..6 * 72)
+        .map(|i| Reading {
+            series,
+            ts: now - chrono::Duration::minutes(5 + 20 * i),
+            value: i as f64,
+        })
+        .collect();
+    store.insert_readings(&readings).await.unwrap();
+    let before = now - chrono::Duration::days(2) + chrono::Duration::minutes(30);
+    let old = readings.iter().filter(|r| r.ts < before).count() as u64;
+    let kept = readings.len() as u64 - old;
+
+    let counts = store.prune_readings(before).await.unwrap();
+    let everything = (
+        now - chrono::Duration::days(30),
+        now + chrono::Duration::hours(1),
+    );
+    let left = store
+        .query_readings(series, everything.0, everything.1, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(left.len() as u64, kept);
+    assert!(left.iter().all(|p| p.ts >= before));
+    match store.backend() {
+        store::Backend::Postgres => {
+            // The days wholly before the cutoff went as partitions, the rest row by row.
+            assert!(counts.partitions >= 3, "{counts:?}");
+            assert!(counts.readings < old, "{counts:?}");
+        }
+        store::Backend::Sqlite => {
+            assert_eq!((counts.partitions, counts.readings), (0, old), "{counts:?}")
+        }
+    }
+    for (step, deleted) in [
+        (RollupStep::Minute, counts.rollups_1m),
+        (RollupStep::Hour, counts.rollups_1h),
+    ] {
+        let buckets = store
+            .query_rollups(series, step, everything.0, everything.1, 10_000)
+            .await
+            .unwrap();
+        assert!(deleted > 0, "{step:?}: {counts:?}");
+        assert!(
+            buckets.iter().all(|b| b.ts >= step.bucket(before)),
+            "{step:?}"
+        );
+        // The bucket the cutoff falls in stays: part of its readings are still kept.
+        assert_eq!(
+            buckets.iter().map(|b| b.count).sum::<u64>(),
+            kept + readings
+                .iter()
+                .filter(|r| r.ts < before && r.ts >= step.bucket(before))
+                .count() as u64,
+            "{step:?}"
+        );
+    }
+    let again = store.prune_readings(before).await.unwrap();
+    assert_eq!(again, store::PruneCounts::default());
+    // New readings for a pruned day land (in the default partition) and go next time.
+    store
+        .insert_readings(&[Reading {
+            series,
+            ts: now - chrono::Duration::days(5),
+            value: 1.0,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.prune_readings(before).await.unwrap().readings, 1);
+}
+
 async fn device_status_is_one_row_per_device(store: Arc<dyn Store>) {
     let device = store.create_device(&modbus_device("d")).await.unwrap();
     let mut status = DeviceStatus {
@@ -1198,6 +1280,7 @@ conformance_suite!(
     settings_and_audit_log_round_trip,
     notifications_open_once_and_clear_or_acknowledge,
     partitions_are_created_ahead_idempotently,
+    retention_drops_old_readings_and_the_rollup_buckets_wholly_before_the_cutoff,
     device_status_is_one_row_per_device,
     mqtt_credentials_are_found_by_username_and_replaced,
     leases_have_one_holder_until_expiry_or_release,

@@ -1,0 +1,140 @@
+//! Runtime settings act without a restart: `retention_days` set through the API prunes old
+//! readings (and their rollups) at once, on every backend. (The offline threshold's test is
+//! with the embedded broker's, in `broker.rs`.)
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ddms::store::{NewDevice, Protocol, Reading, Role, RollupStep};
+use serde_json::{json, Value};
+
+use crate::support::app::{spawn_app, Db};
+use crate::support::services::Provider;
+
+async fn retention_set_through_the_api_prunes_old_readings_at_once(db: Db) {
+    let app = spawn_app(db, "").await;
+    let owner = app.token(Role::Owner).await;
+    let admin = app.token(Role::Admin).await;
+    let device = app
+        .store
+        .create_device(&NewDevice {
+            name: "kept-or-not".into(),
+            protocol: Protocol::Mqtt,
+            group_id: None,
+            config: json!({}),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    let series = app.store.ensure_series(device.id, "t", None).await.unwrap();
+    let now = Utc::now();
+    let days_ago = |d: i64| now - chrono::Duration::days(d);
+    let readings: Vec<Reading> = [20, 10, 4, 2, 0]
+        .iter()
+        .map(|d| Reading {
+            series,
+            ts: days_ago(*d) - chrono::Duration::minutes(1),
+            value: *d as f64,
+        })
+        .collect();
+    app.store.insert_readings(&readings).await.unwrap();
+
+    // Only owners change settings; an out-of-range value is a field error and changes nothing.
+    let denied = app
+        .put_json(
+            "/api/system/config",
+            &admin,
+            &json!({ "retention_days": 3 }),
+        )
+        .await;
+    assert_eq!(denied.status(), 403);
+    let invalid = app
+        .put_json(
+            "/api/system/config",
+            &owner,
+            &json!({ "retention_days": 0 }),
+        )
+        .await;
+    assert_eq!(invalid.status(), 422);
+    let settings: Value = app
+        .get_with_token("/api/system/config", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["retention_days"], Value::Null, "{settings}");
+    let range = (days_ago(60), now + chrono::Duration::hours(1));
+    assert_eq!(
+        app.store
+            .query_readings(series, range.0, range.1, 100)
+            .await
+            .unwrap()
+            .len(),
+        5,
+        "nothing pruned while retention is off"
+    );
+
+    let response = app
+        .put_json(
+            "/api/system/config",
+            &owner,
+            &json!({ "retention_days": 3 }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let left = loop {
+        let left = app
+            .store
+            .query_readings(series, range.0, range.1, 100)
+            .await
+            .unwrap();
+        if left.len() < 5 || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let values: Vec<f64> = left.iter().map(|p| p.value).collect();
+    assert_eq!(values, [2.0, 0.0], "readings older than 3 days are gone");
+    let hours = app
+        .store
+        .query_rollups(series, RollupStep::Hour, range.0, range.1, 100)
+        .await
+        .unwrap();
+    assert_eq!(hours.len(), 2, "and so are their rollups: {hours:?}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ddms_retention_deleted_total{what=\"readings\"}")),
+        "{metrics}"
+    );
+    let audit: Value = app
+        .get_with_token("/api/audit", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let entry = audit
+        .as_array()
+        .expect("audit list")
+        .iter()
+        .find(|e| e["action"] == "settings.update")
+        .cloned()
+        .expect("the change is audited");
+    assert_eq!(entry["detail"]["retention_days"]["to"], 3, "{entry}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_retention_set_through_the_api_prunes_old_readings_at_once() {
+    retention_set_through_the_api_prunes_old_readings_at_once(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_retention_set_through_the_api_prunes_old_readings_at_once() {
+    retention_set_through_the_api_prunes_old_readings_at_once(Db::Postgres(
+        Provider::from_env().await,
+    ))
+    .await;
+}
