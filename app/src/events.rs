@@ -32,6 +32,8 @@ const APPEND_BATCH: usize = 1_000;
 /// Events read from the log per query.
 const TAIL_BATCH: u32 = 1_000;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest [`fan_out_linger`].
+pub const MAX_FAN_OUT_LINGER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -309,6 +311,19 @@ async fn read_log(
     ))
 }
 
+/// How long the log task gathers events before the next fan-out: nothing with few streams,
+/// growing to [`MAX_FAN_OUT_LINGER`] at 5,000 — so each stream gets at most ~20 writes a second
+/// however busy the devices are, and the added lag stays well below what a person notices.
+pub fn fan_out_linger(subscribers: usize) -> Duration {
+    const PER_SUBSCRIBER: Duration = Duration::from_micros(10);
+    if subscribers < 100 {
+        return Duration::ZERO;
+    }
+    PER_SUBSCRIBER
+        .saturating_mul(subscribers.min(u32::MAX as usize) as u32)
+        .min(MAX_FAN_OUT_LINGER)
+}
+
 /// Appends published events to the log and surfaces the log's new events (this instance's and
 /// others'), until `stop`; then appends what is still queued.
 pub async fn run_log(
@@ -348,6 +363,15 @@ pub async fn run_log(
                 append(store.as_ref(), &mut batch, &stop).await;
                 // Our own events go live at once, not at the next tail tick.
                 read_new(&hub, store.as_ref()).await;
+                // Every fan-out costs one socket write per subscriber. With thousands of
+                // streams, the next events gather for a moment and go out in one write each.
+                let linger = fan_out_linger(hub.subscriber_count());
+                if !linger.is_zero() {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(linger) => {}
+                    }
+                }
             }
             _ = tail.tick() => read_new(&hub, store.as_ref()).await,
             _ = prune.tick() => {
@@ -426,6 +450,15 @@ mod tests {
             kind: "reading".into(),
             data: json!({ "i": id }),
         }
+    }
+
+    #[test]
+    fn fan_out_waits_only_with_many_streams_and_never_long() {
+        assert_eq!(fan_out_linger(0), Duration::ZERO);
+        assert_eq!(fan_out_linger(99), Duration::ZERO);
+        assert_eq!(fan_out_linger(1_000), Duration::from_millis(10));
+        assert_eq!(fan_out_linger(5_000), MAX_FAN_OUT_LINGER);
+        assert_eq!(fan_out_linger(usize::MAX), MAX_FAN_OUT_LINGER);
     }
 
     #[test]
