@@ -1,6 +1,8 @@
 // A small time-series chart on a canvas: a line of values and, for rollups, a band from min to
 // max. Drag (mouse or one finger) pans, the wheel or a pinch zooms around the pointer; when a
 // gesture ends the owner is told the new view so it can load data at a fitting resolution.
+// Hovering with a mouse, or tapping, marks the nearest point and describes it in the readout
+// element (text, so screen readers and tests see it too).
 "use strict";
 
 class TimeChart {
@@ -8,6 +10,10 @@ class TimeChart {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d");
     this.onView = (options && options.onView) || (() => {});
+    this.readout = options && options.readout;
+    this.describe = (options && options.describe) || ((p) => new Date(p.t).toLocaleString() + ": " + p.v);
+    this.hoverT = null;
+    this.tap = null;
     this.points = [];
     this.gapMs = Infinity;
     this.unit = "";
@@ -23,6 +29,9 @@ class TimeChart {
     for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
       canvas.addEventListener(type, (e) => this.up(e));
     }
+    canvas.addEventListener("pointerleave", (e) => {
+      if (e.pointerType === "mouse") this.setHover(null);
+    });
     canvas.addEventListener("wheel", (e) => this.wheel(e), { passive: false });
     new ResizeObserver(() => this.draw()).observe(canvas);
   }
@@ -53,6 +62,33 @@ class TimeChart {
     this.draw();
   }
 
+  // A live reading in a rollup view: folded into the bucket it falls in (buckets of `widthMs`,
+  // aligned to the epoch as the server's are), or the start of the next bucket.
+  addToBucket(t, v, widthMs, follow) {
+    const center = Math.floor(t / widthMs) * widthMs + widthMs / 2;
+    const last = this.points[this.points.length - 1];
+    if (last && last.t === center && last.count) {
+      last.v = (last.v * last.count + v) / (last.count + 1);
+      last.count += 1;
+      last.min = Math.min(last.min, v);
+      last.max = Math.max(last.max, v);
+      this.draw();
+      return;
+    }
+    this.append({ t: center, v, min: v, max: v, count: 1 }, follow);
+  }
+
+  setHover(t) {
+    this.hoverT = t;
+    this.draw();
+  }
+
+  nearest(t, visible) {
+    let best = null;
+    for (const p of visible) if (!best || Math.abs(p.t - t) < Math.abs(best.t - t)) best = p;
+    return best;
+  }
+
   timeAt(x) {
     const w = this.plotWidth();
     return this.t0 + ((x - this.left) / w) * (this.t1 - this.t0);
@@ -74,11 +110,17 @@ class TimeChart {
     // Keeps the gesture when a finger leaves the canvas (not possible for every pointer).
     try { this.canvas.setPointerCapture(e.pointerId); } catch (_) { /* fine without */ }
     this.pointers.set(e.pointerId, this.localX(e));
+    // A tap (down and up without moving) marks a point, as hovering does with a mouse.
+    this.tap = this.pointers.size === 1 ? { id: e.pointerId, x: this.localX(e) } : null;
     clearTimeout(this.notifyTimer);
   }
 
   move(e) {
-    if (!this.pointers.has(e.pointerId)) return;
+    if (!this.pointers.has(e.pointerId)) {
+      if (e.pointerType === "mouse") this.setHover(this.timeAt(this.localX(e)));
+      return;
+    }
+    if (this.tap && Math.abs(this.localX(e) - this.tap.x) > 6) this.tap = null;
     const x = this.localX(e);
     const span = this.t1 - this.t0;
     if (this.pointers.size === 1) {
@@ -99,6 +141,12 @@ class TimeChart {
 
   up(e) {
     if (!this.pointers.delete(e.pointerId)) return;
+    if (this.tap && this.tap.id === e.pointerId && e.type === "pointerup") {
+      this.tap = null;
+      this.setHover(this.timeAt(this.localX(e)));
+      return;
+    }
+    this.tap = null;
     if (this.pointers.size === 0) this.notify();
   }
 
@@ -148,6 +196,8 @@ class TimeChart {
     // The view in the DOM, for tests and tools (the canvas itself is pixels).
     canvas.dataset.from = String(Math.round(this.t0));
     canvas.dataset.to = String(Math.round(this.t1));
+    const newest = this.points[this.points.length - 1];
+    canvas.dataset.newest = newest ? JSON.stringify(newest) : "";
     ctx.clearRect(0, 0, width, height);
     this.left = 64; this.right = 12;
     const top = 12, bottom = 28;
@@ -214,9 +264,21 @@ class TimeChart {
       r.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.v)) : ctx.moveTo(x(p.t), y(p.v))));
       ctx.stroke();
     }
+    const marked = this.hoverT === null ? null : this.nearest(this.hoverT, visible);
+    if (marked) {
+      ctx.strokeStyle = "#111827";
+      ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.moveTo(x(marked.t), top); ctx.lineTo(x(marked.t), top + plotH); ctx.stroke();
+      ctx.fillStyle = "#111827";
+      ctx.beginPath(); ctx.arc(x(marked.t), y(marked.v), 4, 0, 2 * Math.PI); ctx.fill();
+    }
     ctx.restore();
     ctx.strokeStyle = "#9ca3af";
     ctx.lineWidth = 1;
     ctx.strokeRect(this.left, top, plotW, plotH);
+    if (this.readout) {
+      const text = marked ? this.describe(marked) : "";
+      if (this.readout.textContent !== text) this.readout.textContent = text;
+    }
   }
 }

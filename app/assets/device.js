@@ -77,7 +77,7 @@
     if (seq !== loadSeq) return;
     const points = data.map((p) => (step === "raw"
       ? { t: Date.parse(p.ts), v: p.value }
-      : { t: Date.parse(p.ts) + (step === "1m" ? 30e3 : 1800e3), v: p.avg, min: p.min, max: p.max }));
+      : { t: Date.parse(p.ts) + (step === "1m" ? 30e3 : 1800e3), v: p.avg, min: p.min, max: p.max, count: p.count }));
     const gap = step === "raw" ? medianGap(points) * 5 : (step === "1m" ? 60e3 : 3600e3) * 2.5;
     chart.setData(points, gap, (latest[metric] || {}).unit);
     chart.setView(t0, t1);
@@ -121,6 +121,15 @@
     renderHeader();
     renderMetrics();
     chart = new TimeChart($("chart"), {
+      readout: $("chart-readout"),
+      describe(p) {
+        const unit = (latest[metric] || {}).unit;
+        if (p.min === undefined) return formatTime(p.t) + ": " + formatValue(p.v, unit);
+        const width = step === "1m" ? 60e3 : 3600e3;
+        return formatTime(p.t - width / 2) + " (" + (step === "1m" ? "1 minute" : "1 hour") + "): avg " +
+          formatValue(p.v, unit) + ", min " + formatValue(p.min, unit) + ", max " + formatValue(p.max, unit) +
+          " (" + p.count + " readings)";
+      },
       onView(t0, t1) {
         // Panned away from now: stop following live readings until a range is chosen again.
         follow = t1 >= Date.now() - 5e3;
@@ -147,7 +156,9 @@
         for (const r of data.readings) {
           const current = latest[r.metric];
           if (!current || current.ts <= r.ts) latest[r.metric] = r;
-          if (r.metric === metric && step === "raw") chart.append({ t: Date.parse(r.ts), v: r.value }, follow);
+          if (r.metric !== metric) continue;
+          if (step === "raw") chart.append({ t: Date.parse(r.ts), v: r.value }, follow);
+          else chart.addToBucket(Date.parse(r.ts), r.value, step === "1m" ? 60e3 : 3600e3, follow);
         }
         renderMetrics();
         if (!metric) selectRange("1h");

@@ -294,7 +294,7 @@ pub struct ServeArgs {
     /// Overrides `http.listen`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Also run simulated devices (group `demo`) and print a signed-in URL of the live page.
+    /// Also run simulated devices (group `demo`) and print a signed-in URL of the dashboard.
     #[arg(long)]
     pub demo: bool,
 }
@@ -581,7 +581,7 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         }
         // To the terminal, not the log: the URL carries a (viewer) token.
         eprintln!(
-            "\nddms demo: simulated devices are running. Open the live page at\n\n    http://{}/#token={}\n",
+            "\nddms demo: simulated devices are running. Open the dashboard at\n\n    http://{}/#token={}\n",
             server.local_addr(),
             demo.viewer_token
         );

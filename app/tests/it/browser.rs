@@ -978,3 +978,151 @@ async fn the_history_chart_pans_with_a_drag_and_zooms_with_a_pinch_and_the_wheel
     browser.close().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_history_chart_describes_the_point_under_a_tap_or_the_mouse_and_folds_live_readings_into_rollups(
+) {
+    use fantoccini::actions::{InputSource, MouseActions, PointerAction, TouchActions};
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let device = create_device(&app, &admin, json!({"name": "kiln-3", "protocol": "mqtt"})).await;
+    history(&app, device, "temperature", 90).await;
+    let browser = Browser::start().await;
+    browser
+        .open_with_token(&app, &format!("/devices/{device}"), &admin)
+        .await;
+    browser
+        .wait_js(
+            "document.getElementById('chart-step').textContent.startsWith('Raw readings')",
+            Duration::from_secs(10),
+        )
+        .await;
+    let rect = browser
+        .js("const r = document.getElementById('chart').getBoundingClientRect(); return [r.left, r.top, r.width, r.height];")
+        .await;
+    let [left, top, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
+    let readout = "document.getElementById('chart-readout').textContent";
+
+    // A tap marks the nearest reading: its time and value, with the unit.
+    let tap = TouchActions::new("finger".into())
+        .then(PointerAction::MoveTo {
+            duration: None,
+            x: left + width * 0.5,
+            y: top + height / 2.0,
+        })
+        .then(PointerAction::Down { button: 0 })
+        .then(PointerAction::Up { button: 0 });
+    browser.client.perform_actions(tap).await.unwrap();
+    let tapped = browser
+        .wait_js(
+            &format!("/: \\d+\\.\\d\\d °C$/.test({readout}) && {readout}"),
+            Duration::from_secs(5),
+        )
+        .await;
+    // The mouse marks the point under it as it moves, another one further right.
+    let hover = MouseActions::new("mouse".into()).then(PointerAction::MoveTo {
+        duration: None,
+        x: left + width * 0.9,
+        y: top + height / 2.0,
+    });
+    browser.client.perform_actions(hover).await.unwrap();
+    let hovered = browser
+        .wait_js(
+            &format!("{readout} !== {tapped} && / °C$/.test({readout}) && {readout}"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_ne!(tapped, hovered);
+
+    // The 24 h view shows 1-minute buckets; live readings fold into the newest one (or start
+    // the next), without a reload.
+    browser.click("[data-range=\"24h\"]").await;
+    browser
+        .wait_js(
+            "document.getElementById('chart-step').textContent.startsWith('1-minute averages')",
+            Duration::from_secs(10),
+        )
+        .await;
+    // (Clicking the range button took the mouse off the chart: point at it again.)
+    let hover = MouseActions::new("mouse".into()).then(PointerAction::MoveTo {
+        duration: None,
+        x: left + width * 0.8,
+        y: top + height / 2.0,
+    });
+    browser.client.perform_actions(hover).await.unwrap();
+    let described = browser
+        .wait_js(
+            &format!("/avg .* min .* max .*readings\\)$/.test({readout}) && {readout}"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        described.as_str().unwrap().contains("(1 minute)"),
+        "{described}"
+    );
+    let before: Value = serde_json::from_str(
+        browser
+            .js("return document.getElementById('chart').dataset.newest;")
+            .await
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let now = Utc::now();
+    let minute = now - chrono::Duration::milliseconds(now.timestamp_millis().rem_euclid(60_000));
+    let at = |s: i64| minute + chrono::Duration::milliseconds(s * 10);
+    let center = (minute.timestamp_millis() + 30_000) as f64;
+    let same_bucket = before["t"].as_f64() == Some(center);
+    let count = before["count"].as_u64().unwrap();
+    // A `reading` event carries each series' newest reading of a batch: one at a time here.
+    for (i, value, min, max, expected) in [
+        (
+            1,
+            1000.0,
+            if same_bucket { "n.min" } else { "1000" },
+            1000.0,
+            if same_bucket { count + 1 } else { 1 },
+        ),
+        (
+            2,
+            -1000.0,
+            "-1000",
+            1000.0,
+            if same_bucket { count + 2 } else { 2 },
+        ),
+    ] {
+        app.ingest
+            .submit(
+                "api",
+                vec![Sample {
+                    device_id: device,
+                    metric: "temperature".into(),
+                    unit: Some("°C".into()),
+                    ts: at(i),
+                    value,
+                }],
+            )
+            .await
+            .unwrap();
+        browser
+            .wait_js(
+                &format!(
+                    "(() => {{ const n = JSON.parse(document.getElementById('chart').dataset.newest); \
+                     return n.t === {center} && n.count === {expected} && n.max === {max} && n.min === {min}; }})()"
+                ),
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+    let after: Value = serde_json::from_str(
+        browser
+            .js("return document.getElementById('chart').dataset.newest;")
+            .await
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(after["t"].as_f64(), Some(center), "{before} → {after}");
+    browser.close().await;
+    app.stop().await;
+}
