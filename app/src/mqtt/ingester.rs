@@ -190,14 +190,6 @@ enum Resolution {
     Dropped,
 }
 
-/// Silence is checked four times per `offline_after`, within bounds.
-fn silence_check(offline_after: Duration) -> tokio::time::Interval {
-    let every = (offline_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval
-}
-
 pub struct Ingester {
     settings: IngesterSettings,
     store: Arc<dyn Store>,
@@ -291,7 +283,8 @@ impl Ingester {
         };
         work.reload_devices().await;
         let mut runtime = self.settings.runtime.clone();
-        let mut offline_check = silence_check(runtime.borrow_and_update().offline_after);
+        let mut offline_check =
+            super::silence::check_interval(runtime.borrow_and_update().offline_after);
         let mut refresh = tokio::time::interval(DEVICE_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.reset();
@@ -317,7 +310,7 @@ impl Ingester {
                 _ = refresh.tick() => work.reload_devices().await,
                 _ = offline_check.tick() => work.check_silence().await,
                 Ok(()) = runtime.changed() => {
-                    offline_check = silence_check(runtime.borrow_and_update().offline_after);
+                    offline_check = super::silence::check_interval(runtime.borrow_and_update().offline_after);
                 }
             }
         }

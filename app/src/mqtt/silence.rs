@@ -41,7 +41,16 @@ pub fn due_silent(
         .collect()
 }
 
-/// Checks four times per `offline_after` (within bounds) until `cancel`.
+/// Silence is checked four times per `offline_after`, within bounds (here and by the external
+/// broker's ingester).
+pub fn check_interval(offline_after: Duration) -> tokio::time::Interval {
+    let every = (offline_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// Checks every [`check_interval`] until `cancel`.
 pub async fn watch(
     store: Arc<dyn Store>,
     status: StatusBoard,
@@ -50,20 +59,13 @@ pub async fn watch(
 ) {
     let listening_since = Utc::now();
     let mut last_failure: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
-    let every = |offline_after: Duration| {
-        let mut interval = tokio::time::interval(
-            (offline_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(15)),
-        );
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval
-    };
-    let mut check = every(runtime.borrow_and_update().offline_after);
+    let mut check = check_interval(runtime.borrow_and_update().offline_after);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = check.tick() => {}
             Ok(()) = runtime.changed() => {
-                check = every(runtime.borrow_and_update().offline_after);
+                check = check_interval(runtime.borrow_and_update().offline_after);
                 continue;
             }
         }
