@@ -51,6 +51,9 @@ pub enum Command {
     /// Manage API tokens for scripts.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Back up the database; list, check and restore backups (backup.dir and S3).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Host-side blue-green release management. Reads no ddms.toml itself: `--config` names
     /// the one the release's `ddms migrate` (and, with the direct service manager, `ddms
     /// serve`) uses, by default <root>/etc/ddms/ddms.toml.
@@ -328,6 +331,29 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write a backup archive now: a consistent snapshot of the database, into backup.dir and,
+    /// with backup.s3.bucket, to S3. Prints it as JSON.
+    Create,
+    /// The archives in backup.dir and in S3, newest first, as JSON.
+    List,
+    /// Check an archive against its manifest: checksums, row counts, SQLite's integrity check.
+    Verify {
+        /// An archive's name (see `list`) or path.
+        backup: String,
+    },
+    /// Load an archive into the configured database, all or nothing (verified first). The
+    /// database must be empty unless --force. Stop the service first.
+    Restore {
+        /// An archive's name (see `list`) or path.
+        backup: String,
+        /// Replace what the database holds.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
@@ -397,6 +423,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Token(TokenCommand::Create { name, role }) => {
                 crate::telemetry::init_minimal();
                 create_token(config, name, role).await
+            }
+            Command::Backup(command) => {
+                crate::telemetry::init_minimal();
+                backup(config, command).await
             }
             Command::Config(ConfigCommand::Check)
             | Command::Release(_)
@@ -736,6 +766,75 @@ async fn create_token(config: Config, name: String, role: Role) -> anyhow::Resul
     // Only the secret on stdout, so scripts can capture it; the rest goes to stderr.
     eprintln!("created {role} token `{name}` (shown once):");
     println!("{secret}");
+    Ok(())
+}
+
+async fn backup(config: Config, command: BackupCommand) -> anyhow::Result<()> {
+    use crate::backup::{Backups, Trigger};
+    let store = open_migrated(&config).await?;
+    let backups = std::sync::Arc::new(Backups::new(store.clone(), &config)?);
+    match command {
+        BackupCommand::Create => {
+            let info = backups.create(Trigger::Cli).await?;
+            store
+                .append_audit(&NewAuditEntry {
+                    actor: "cli".into(),
+                    action: "backup.create".into(),
+                    target: Some(format!("backup:{}", info.name)),
+                    detail: serde_json::json!({ "trigger": "cli", "bytes": info.bytes }),
+                    remote_addr: None,
+                })
+                .await?;
+            eprintln!(
+                "backup {} written to {} ({} bytes)",
+                info.name,
+                backups.dir().display(),
+                info.bytes
+            );
+            print_json(&info, false);
+        }
+        BackupCommand::List => {
+            let listing = backups.list().await?;
+            if let Some(error) = &listing.s3_error {
+                eprintln!("ddms: cannot list the S3 copies: {error}");
+            }
+            print_json(&listing, true);
+            anyhow::ensure!(listing.s3_error.is_none(), "the S3 listing failed");
+        }
+        BackupCommand::Verify { backup } => {
+            let verified = backups.verify(&backup).await?;
+            let manifest = &verified.manifest;
+            let rows: u64 = manifest.snapshot.tables.iter().map(|t| t.rows).sum();
+            eprintln!(
+                "backup {} is intact: {} database of {}, {} tables, {rows} rows",
+                manifest.name,
+                manifest.snapshot.backend,
+                manifest.created_at.to_rfc3339(),
+                manifest.snapshot.tables.len()
+            );
+            print_json(manifest, true);
+        }
+        BackupCommand::Restore { backup, force } => {
+            let manifest = backups.restore(&backup, force).await?;
+            let rows: u64 = manifest.snapshot.tables.iter().map(|t| t.rows).sum();
+            store
+                .append_audit(&NewAuditEntry {
+                    actor: "cli".into(),
+                    action: "backup.restore".into(),
+                    target: Some(format!("backup:{}", manifest.name)),
+                    detail: serde_json::json!({ "replaced": force, "rows": rows }),
+                    remote_addr: None,
+                })
+                .await?;
+            println!(
+                "restored backup {} ({} of {}): {} tables, {rows} rows",
+                manifest.name,
+                manifest.snapshot.backend,
+                manifest.created_at.to_rfc3339(),
+                manifest.snapshot.tables.len()
+            );
+        }
+    }
     Ok(())
 }
 

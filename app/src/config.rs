@@ -28,6 +28,7 @@ pub struct Config {
     pub ingest: IngestSettings,
     pub devices: DeviceSettings,
     pub modbus: ModbusSettings,
+    pub backup: BackupConfig,
     pub log: LogConfig,
     /// The profile the values were selected with (not a key of its own).
     #[serde(skip)]
@@ -245,6 +246,35 @@ impl ModbusSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where archives are written (and kept); unset: `<data_dir>/backups`.
+    pub dir: Option<PathBuf>,
+    /// Archives kept, in the directory and in S3 each; older ones are deleted.
+    pub keep: usize,
+    pub s3: BackupS3Config,
+}
+
+/// An S3 bucket (or an S3-compatible store) every archive is also uploaded to; off while
+/// `bucket` is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupS3Config {
+    pub bucket: Option<String>,
+    /// Key prefix of the archives (`ddms/` puts them under `ddms/ddms-backup-….tar.gz`).
+    pub prefix: String,
+    pub region: String,
+    /// An S3-compatible endpoint (MinIO, Ceph, Garage); unset: AWS.
+    pub endpoint: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), as most S3-compatible stores want.
+    pub force_path_style: bool,
+    /// Unset: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub secret_access_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `pretty` or `json`; unset means pretty on a terminal in the default/dev profiles, else json.
     pub format: Option<LogFormat>,
@@ -327,6 +357,14 @@ failure_threshold = 3
 [modbus]
 lease_ttl_s = 15
 request_timeout_ms = 2000
+
+[backup]
+keep = 7
+
+[backup.s3]
+prefix = "ddms/"
+region = "us-east-1"
+force_path_style = false
 
 [log]
 level = "info"
@@ -469,6 +507,12 @@ impl Loader {
             "provisioning.token",
             &mut config.provisioning.token,
             &config.provisioning.token_file,
+        )?;
+        resolve_secret_file(
+            &figment,
+            "backup.s3.secret_access_key",
+            &mut config.backup.s3.secret_access_key,
+            &config.backup.s3.secret_access_key_file,
         )?;
         config.validate(&figment)?;
         Ok(config)
@@ -766,7 +810,40 @@ impl Config {
                 }
             }
         }
+        if self.backup.keep == 0 {
+            return invalid("backup.keep", "must be at least 1".into());
+        }
+        let s3 = &self.backup.s3;
+        if s3.bucket.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return invalid("backup.s3.bucket", "must not be empty".into());
+        }
+        if let Some(endpoint) = &s3.endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => {
+                    return invalid(
+                        "backup.s3.endpoint",
+                        format!("`{endpoint}` is not an http:// or https:// URL"),
+                    )
+                }
+            }
+        }
+        if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+            return invalid(
+                "backup.s3.access_key_id",
+                "set it together with backup.s3.secret_access_key (or its _file), or neither"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The directory backups are written to.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups"))
     }
 
     /// The database URL in effect (the SQLite default lives in `data_dir`).
@@ -862,6 +939,20 @@ impl Config {
             "modbus": {
                 "lease_ttl_s": self.modbus.lease_ttl_s,
                 "request_timeout_ms": self.modbus.request_timeout_ms,
+            },
+            "backup": {
+                "dir": self.backup_dir().display().to_string(),
+                "keep": self.backup.keep,
+                "s3": {
+                    "bucket": self.backup.s3.bucket,
+                    "prefix": self.backup.s3.prefix,
+                    "region": self.backup.s3.region,
+                    "endpoint": self.backup.s3.endpoint,
+                    "force_path_style": self.backup.s3.force_path_style,
+                    "access_key_id": self.backup.s3.access_key_id,
+                    "secret_access_key": secret(&self.backup.s3.secret_access_key),
+                    "secret_access_key_file": path(&self.backup.s3.secret_access_key_file),
+                },
             },
             "log": { "format": self.log.format, "level": self.log.level },
         });
@@ -1269,6 +1360,12 @@ mod tests {
             "mqtt.dynsec.password_file",
             "provisioning.token",
             "provisioning.token_file",
+            "backup.dir",
+            "backup.s3.bucket",
+            "backup.s3.endpoint",
+            "backup.s3.access_key_id",
+            "backup.s3.secret_access_key",
+            "backup.s3.secret_access_key_file",
             "log.format",
         ];
         missing.extend(documented.iter().map(|k| k.to_string()));

@@ -2,6 +2,7 @@
 //! command line and calls [`cli::run`].
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -191,8 +191,13 @@ impl Server {
         };
         http::session::warm_up();
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
+        let backups = crate::backup::Backups::new(store.clone(), &config)
+            .context("backup configuration")?
+            .with_metrics(metrics.registry());
+        backups.clean_leftovers();
         let state = AppState {
             instance_id: instance_id(config.slot),
+            backups: Arc::new(backups),
             store,
             metrics,
             events,
@@ -288,6 +293,12 @@ impl Server {
             state.settings.clone(),
             state.instance_id.clone(),
             RetentionMetrics::register(state.metrics.registry()),
+            stop_producers.clone(),
+        ));
+        background.spawn(crate::backup::run_schedule(
+            state.backups.clone(),
+            state.settings.clone(),
+            state.instance_id.clone(),
             stop_producers.clone(),
         ));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));

@@ -293,23 +293,7 @@ fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<
 
 /// `off`, `hourly`, `daily HH:MM` or `weekly <mon…sun> HH:MM` (UTC).
 pub fn valid_backup_schedule(schedule: &str) -> bool {
-    let time = |t: &str| {
-        t.split_once(':').is_some_and(|(h, m)| {
-            h.len() == 2
-                && m.len() == 2
-                && h.parse::<u8>().is_ok_and(|h| h < 24)
-                && m.parse::<u8>().is_ok_and(|m| m < 60)
-        })
-    };
-    let parts: Vec<&str> = schedule.split_whitespace().collect();
-    match parts.as_slice() {
-        ["off"] | ["hourly"] => true,
-        ["daily", t] => time(t),
-        ["weekly", day, t] => {
-            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].contains(day) && time(t)
-        }
-        _ => false,
-    }
+    schedule.parse::<crate::backup::Schedule>().is_ok()
 }
 
 pub async fn put_settings(

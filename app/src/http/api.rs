@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::routing::{on, MethodFilter};
 use axum::Router;
 
-use super::{admin, audit, devices, openapi, routes as base, session, stream, AppState};
+use super::{admin, audit, backups, devices, openapi, routes as base, session, stream, AppState};
 
 struct Table {
     router: Router<AppState>,
@@ -50,6 +50,8 @@ fn table() -> Table {
     .add(M::DELETE, "/tokens/{id}", admin::revoke_token)
     .add(M::GET, "/system/config", admin::get_settings)
     .add(M::PUT, "/system/config", admin::put_settings)
+    .add(M::POST, "/system/backup", backups::trigger)
+    .add(M::GET, "/system/backups", backups::list)
     .add(M::GET, "/audit", audit::list)
     .add(M::GET, "/groups", admin::list_groups)
     .add(M::POST, "/groups", admin::create_group)

@@ -5,6 +5,7 @@
 mod admin;
 pub mod api;
 mod audit;
+mod backups;
 mod devices;
 mod error;
 pub mod extract;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub events: EventHub,
     pub status: StatusBoard,
+    /// Backups of the database (`POST /api/system/backup`, the schedule).
+    pub backups: Arc<crate::backup::Backups>,
     /// Runtime settings (retention, offline threshold, backup schedule) as they apply now.
     pub settings: crate::settings::Settings,
     pub register_limiter: Arc<IpRateLimiter>,

@@ -977,6 +977,32 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn export_snapshot(&self, dir: &std::path::Path) -> StoreResult<Snapshot> {
+        snapshot::postgres_export(&self.pool, dir).await
+    }
+
+    async fn import_snapshot(
+        &self,
+        dir: &std::path::Path,
+        snapshot: &Snapshot,
+        replace: bool,
+    ) -> StoreResult<()> {
+        if let Some((oldest, newest)) = snapshot.readings_span {
+            // Daily partitions for the loaded readings (at most the newest year's; older
+            // ones land in the default partition), as ingest would have created them.
+            let start = oldest.max(newest - chrono::Duration::days(366));
+            let days = (newest - start).num_days().max(0) as u32;
+            // `ensure_partitions` starts the day before the one it is given.
+            self.ensure_partitions(start + chrono::Duration::days(1), days)
+                .await?;
+        }
+        snapshot::postgres_import(&self.pool, dir, snapshot, replace).await
+    }
+
+    async fn tables_outside_snapshots(&self) -> StoreResult<Vec<String>> {
+        snapshot::postgres_unlisted_tables(&self.pool).await
+    }
+
     async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());

@@ -1080,6 +1080,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn export_snapshot(&self, dir: &std::path::Path) -> StoreResult<Snapshot> {
+        snapshot::sqlite_export(&self.pool, dir).await
+    }
+
+    async fn import_snapshot(
+        &self,
+        dir: &std::path::Path,
+        snapshot: &Snapshot,
+        replace: bool,
+    ) -> StoreResult<()> {
+        snapshot::sqlite_import(&self.pool, dir, snapshot, replace).await
+    }
+
+    async fn tables_outside_snapshots(&self) -> StoreResult<Vec<String>> {
+        snapshot::sqlite_unlisted_tables(&self.pool).await
+    }
+
     async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());

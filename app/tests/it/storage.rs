@@ -48,6 +48,21 @@ async fn migrations_are_current_and_idempotent(store: Arc<dyn Store>) {
     assert_eq!(again.applied, status.applied);
 }
 
+/// Backups hold every table but those left out on purpose: a migration that adds a table
+/// must add it to `SNAPSHOT_TABLES` (or to `NOT_IN_SNAPSHOTS`, with the reason).
+async fn every_table_is_in_backups_or_left_out_on_purpose(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.tables_outside_snapshots().await.unwrap(),
+        Vec::<String>::new()
+    );
+    // Partitions are created ahead; they stay part of `readings`.
+    store.ensure_partitions(Utc::now(), 2).await.unwrap();
+    assert_eq!(
+        store.tables_outside_snapshots().await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
 async fn devices_round_trip_with_groups_and_json_config(store: Arc<dyn Store>) {
     let group = store.create_group("plant-a").await.unwrap();
     let mut new = modbus_device("boiler-1");
@@ -1266,6 +1281,7 @@ macro_rules! conformance_suite {
 
 conformance_suite!(
     migrations_are_current_and_idempotent,
+    every_table_is_in_backups_or_left_out_on_purpose,
     devices_round_trip_with_groups_and_json_config,
     duplicate_device_name_is_a_conflict,
     series_are_created_once_per_device_and_metric,
