@@ -1,4 +1,4 @@
-// Settings (owner): retention, offline threshold, backup schedule.
+// Settings (owner): retention, offline threshold, backup schedule; backups (list, back up now).
 "use strict";
 
 (() => {
@@ -45,16 +45,70 @@
     }
   }
 
+  function size(bytes) {
+    if (bytes >= 1 << 30) return (bytes / (1 << 30)).toFixed(1) + " GiB";
+    if (bytes >= 1 << 20) return (bytes / (1 << 20)).toFixed(1) + " MiB";
+    if (bytes >= 1 << 10) return (bytes / (1 << 10)).toFixed(1) + " KiB";
+    return bytes + " B";
+  }
+
+  let polling = null;
+
+  function renderBackups(data) {
+    const rows = data.backups.map((b) => el("tr", { "data-backup": b.name },
+      el("td", { class: "mono", text: b.name }),
+      el("td", { text: ddms.formatTime(b.created_at) }),
+      el("td", { text: size(b.bytes) }),
+      el("td", { text: b.locations.join(", ") })));
+    $("backup-rows").replaceChildren(...rows);
+    const due = data.next_due ? "next due " + ddms.formatTime(data.next_due) : "no backup scheduled";
+    const s3 = data.s3 ? " Copies go to S3 bucket " + data.s3.bucket + "." : "";
+    $("backups-summary").textContent = "Schedule: " + data.schedule + " (" + due + ")." + s3;
+    const running = data.running !== null;
+    $("backup-now").disabled = running;
+    $("backup-progress").textContent = running ? "Writing " + data.running + "…" : "";
+    const problems = [];
+    if (data.last && !data.last.ok) problems.push("The last backup (" + data.last.name + ") failed: " + data.last.error);
+    if (data.s3 && data.s3.error) problems.push("The S3 copies cannot be listed: " + data.s3.error);
+    $("backup-failed").textContent = problems.join(" ");
+    show("backup-failed", problems.length > 0);
+    state("backups", rows.length ? "content" : "empty");
+    if (running && polling === null) polling = setTimeout(() => { polling = null; loadBackups(); }, 1000);
+  }
+
+  async function loadBackups() {
+    try {
+      renderBackups(await api("/api/system/backups"));
+    } catch (err) { state("backups", "error", err.message); }
+  }
+
+  async function backUpNow() {
+    $("backup-now").disabled = true;
+    show("backup-failed", false);
+    try {
+      const started = await api("/api/system/backup", { method: "POST", json: {} });
+      $("backup-progress").textContent = "Writing " + started.name + "…";
+    } catch (err) {
+      $("backup-failed").textContent = err.message;
+      show("backup-failed", true);
+    }
+    await loadBackups();
+  }
+
   ddms.start(async () => {
     if (!ddms.can("owner")) {
       $("settings-empty").textContent = "Only owners change settings.";
       state("settings", "empty");
       return;
     }
+    show("backups-section", true);
+    $("backup-now").addEventListener("click", backUpNow);
+    const backups = loadBackups();
     try {
       fill(await api("/api/system/config"));
-    } catch (err) { state("settings", "error", err.message); return; }
-    state("settings", "content");
-    $("settings-content").addEventListener("submit", save);
+      state("settings", "content");
+      $("settings-content").addEventListener("submit", save);
+    } catch (err) { state("settings", "error", err.message); }
+    await backups;
   });
 })();

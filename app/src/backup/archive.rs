@@ -65,7 +65,9 @@ pub fn unpack(archive: &Path, into: &Path) -> Result<Vec<u8>, String> {
     let mut tar = tar::Archive::new(GzDecoder::new(io::BufReader::new(file)));
     std::fs::create_dir_all(into.join(DATA)).map_err(|e| e.to_string())?;
     let mut manifest = None;
-    let entries = tar.entries().map_err(|e| format!("not a tar.gz archive: {e}"))?;
+    let entries = tar
+        .entries()
+        .map_err(|e| format!("not a tar.gz archive: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("unreadable archive: {e}"))?;
         let path = entry

@@ -90,9 +90,9 @@ pub fn is_archive_name(name: &str) -> bool {
 
 fn created_at_of(name: &str) -> Option<DateTime<Utc>> {
     let time = name.strip_prefix(NAME_PREFIX)?.strip_suffix(NAME_SUFFIX)?;
-    NaiveDateTime::parse_from_str(time, NAME_TIME)
-        .ok()
-        .map(|t| t.and_utc())
+    let at = NaiveDateTime::parse_from_str(time, NAME_TIME).ok()?.and_utc();
+    // Exactly our format (the parser would also take other precisions), so names sort by time.
+    (archive_name(at) == name).then_some(at)
 }
 
 fn archive_name(at: DateTime<Utc>) -> String {
@@ -175,7 +175,10 @@ struct BackupMetrics {
 impl BackupMetrics {
     fn register(registry: &Registry) -> BackupMetrics {
         let runs = IntCounterVec::new(
-            Opts::new("ddms_backup_runs_total", "Backups this instance ran, by result"),
+            Opts::new(
+                "ddms_backup_runs_total",
+                "Backups this instance ran, by result",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -295,8 +298,12 @@ impl Backups {
                 continue;
             };
             match removed {
-                Ok(()) => tracing::info!(path = %path.display(), "removed an interrupted backup's leftovers"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted backup's leftovers"),
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed an interrupted backup's leftovers")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted backup's leftovers")
+                }
             }
         }
     }
@@ -346,7 +353,9 @@ impl Backups {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "backup written"
             ),
-            Err(e) => tracing::error!(backup = %run.name, trigger = ?run.trigger, error = %e, "backup failed"),
+            Err(e) => {
+                tracing::error!(backup = %run.name, trigger = ?run.trigger, error = %e, "backup failed")
+            }
         }
         if let Some(metrics) = &self.metrics {
             metrics
@@ -394,8 +403,8 @@ impl Backups {
         let bytes = blocking(move || {
             let mut files = Vec::new();
             for path in &snapshot.files {
-                let (sha256, bytes) =
-                    archive::hash_file(&data.join(path)).map_err(io(format!("cannot read {path}")))?;
+                let (sha256, bytes) = archive::hash_file(&data.join(path))
+                    .map_err(io(format!("cannot read {path}")))?;
                 files.push(ArchivedFile {
                     path: path.clone(),
                     bytes,
@@ -455,8 +464,12 @@ impl Backups {
                     remote.sort_by(|a, b| b.name.cmp(&a.name));
                     for archive in remote.iter().skip(self.keep) {
                         match s3.delete(&archive.name).await {
-                            Ok(()) => tracing::info!(backup = %archive.name, "old backup deleted from S3"),
-                            Err(e) => tracing::warn!(error = %e, "cannot delete an old backup from S3"),
+                            Ok(()) => {
+                                tracing::info!(backup = %archive.name, "old backup deleted from S3")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot delete an old backup from S3")
+                            }
                         }
                     }
                 }
@@ -519,7 +532,8 @@ impl Backups {
             .unwrap_or_else(|| which.to_string());
         let unpacked = scratch.path().join(UNPACKED);
         let manifest = {
-            let (archive_path, unpacked, name) = (archive_path.clone(), unpacked.clone(), name.clone());
+            let (archive_path, unpacked, name) =
+                (archive_path.clone(), unpacked.clone(), name.clone());
             blocking(move || {
                 let bytes = archive::unpack(&archive_path, &unpacked).map_err(damaged(&name))?;
                 let manifest: Manifest = serde_json::from_slice(&bytes)
@@ -536,7 +550,9 @@ impl Backups {
             .await?
         };
         let data = archive::data_dir(&unpacked);
-        check_tables(&manifest, &data).await.map_err(damaged(&name))?;
+        check_tables(&manifest, &data)
+            .await
+            .map_err(damaged(&name))?;
         Ok(Verified {
             manifest,
             unpacked: scratch,
@@ -580,11 +596,7 @@ impl Backups {
                 backend.name()
             )));
         }
-        let status = self
-            .store
-            .migrate()
-            .await
-            .map_err(BackupError::Store)?;
+        let status = self.store.migrate().await.map_err(BackupError::Store)?;
         // Once migrated, every migration this binary knows is applied: any other is newer.
         if let Some(newer) = manifest
             .snapshot
@@ -642,7 +654,10 @@ fn check_files(manifest: &Manifest, data: &Path) -> Result<(), String> {
     {
         return Err(format!("the manifest lists no checksum for {missing}"));
     }
-    for entry in std::fs::read_dir(data).map_err(|e| e.to_string())?.flatten() {
+    for entry in std::fs::read_dir(data)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !listed.contains(&name.as_str()) {
             return Err(format!("data/{name} is not in the manifest"));
@@ -769,8 +784,12 @@ pub async fn run_schedule(
             result = backups.run(run) => result,
         };
         let detail = match &result {
-            Ok(info) => serde_json::json!({ "trigger": "schedule", "schedule": schedule.to_string(), "bytes": info.bytes, "ok": true }),
-            Err(e) => serde_json::json!({ "trigger": "schedule", "schedule": schedule.to_string(), "ok": false, "error": e.to_string() }),
+            Ok(info) => {
+                serde_json::json!({ "trigger": "schedule", "schedule": schedule.to_string(), "bytes": info.bytes, "ok": true })
+            }
+            Err(e) => {
+                serde_json::json!({ "trigger": "schedule", "schedule": schedule.to_string(), "ok": false, "error": e.to_string() })
+            }
         };
         let entry = NewAuditEntry {
             actor: "schedule".into(),

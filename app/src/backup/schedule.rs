@@ -94,8 +94,9 @@ impl Schedule {
                 let ahead = (7 + day.num_days_from_monday() as i64
                     - after.weekday().num_days_from_monday() as i64)
                     % 7;
-                let candidate =
-                    (after.date_naive() + Duration::days(ahead)).and_time(time).and_utc();
+                let candidate = (after.date_naive() + Duration::days(ahead))
+                    .and_time(time)
+                    .and_utc();
                 Some(if candidate > after {
                     candidate
                 } else {
@@ -120,7 +121,13 @@ mod tests {
 
     #[test]
     fn schedules_parse_and_print_back() {
-        for text in ["off", "hourly", "daily 02:30", "weekly sun 23:59", "daily 00:00"] {
+        for text in [
+            "off",
+            "hourly",
+            "daily 02:30",
+            "weekly sun 23:59",
+            "daily 00:00",
+        ] {
             assert_eq!(text.parse::<Schedule>().unwrap().to_string(), text);
         }
         for bad in [

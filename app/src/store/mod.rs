@@ -271,8 +271,12 @@ pub trait Store: Send + Sync + 'static {
     /// Loads a snapshot of this backend from `dir`, all or nothing, into a migrated database
     /// that is empty (else `Conflict`) or, with `replace`, whose contents it replaces. A row
     /// count that differs from the snapshot's is `Corrupt` and rolls the load back.
-    async fn import_snapshot(&self, dir: &Path, snapshot: &Snapshot, replace: bool)
-        -> StoreResult<()>;
+    async fn import_snapshot(
+        &self,
+        dir: &Path,
+        snapshot: &Snapshot,
+        replace: bool,
+    ) -> StoreResult<()>;
     /// Tables of the schema that snapshots neither hold nor leave out on purpose (a test keeps
     /// this empty).
     async fn tables_outside_snapshots(&self) -> StoreResult<Vec<String>>;

@@ -121,9 +121,8 @@ fn count_mismatch(table: &str, expected: u64, loaded: u64) -> StoreError {
 // ------------------------------------------------------------------------------------ SQLite
 
 fn path_str(path: &Path) -> StoreResult<&str> {
-    path.to_str().ok_or_else(|| {
-        StoreError::Unavailable(format!("{} is not a UTF-8 path", path.display()))
-    })
+    path.to_str()
+        .ok_or_else(|| StoreError::Unavailable(format!("{} is not a UTF-8 path", path.display())))
 }
 
 async fn sqlite_columns(
@@ -249,11 +248,10 @@ async fn sqlite_load(
         }
     } else {
         for name in SNAPSHOT_TABLES {
-            let any: bool = sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM main.\"{name}\")"
-            ))
-            .fetch_one(&mut *tx)
-            .await?;
+            let any: bool =
+                sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM main.\"{name}\")"))
+                    .fetch_one(&mut *tx)
+                    .await?;
             if any {
                 return Err(not_empty(name));
             }
@@ -283,10 +281,7 @@ fn copy_file(table: &str) -> String {
     format!("{table}.copy")
 }
 
-async fn postgres_columns(
-    conn: &mut sqlx::PgConnection,
-    table: &str,
-) -> StoreResult<Vec<String>> {
+async fn postgres_columns(conn: &mut sqlx::PgConnection, table: &str) -> StoreResult<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT column_name::text FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
@@ -302,11 +297,10 @@ pub(super) async fn postgres_export(pool: &PgPool, dir: &Path) -> StoreResult<Sn
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let migrations: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let migrations: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?;
     let mut tables = Vec::new();
     let mut files = Vec::new();
     for name in SNAPSHOT_TABLES {
@@ -465,7 +459,9 @@ pub(super) async fn postgres_import(
 fn unlisted(names: Vec<String>) -> Vec<String> {
     names
         .into_iter()
-        .filter(|n| !SNAPSHOT_TABLES.contains(&n.as_str()) && !NOT_IN_SNAPSHOTS.contains(&n.as_str()))
+        .filter(|n| {
+            !SNAPSHOT_TABLES.contains(&n.as_str()) && !NOT_IN_SNAPSHOTS.contains(&n.as_str())
+        })
         .collect()
 }
 

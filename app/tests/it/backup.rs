@@ -70,7 +70,10 @@ async fn populate(store: &dyn Store) {
         .ensure_series(device.id, "temperature", Some("°C"))
         .await
         .unwrap();
-    let humidity = store.ensure_series(mqtt.id, "humidity", None).await.unwrap();
+    let humidity = store
+        .ensure_series(mqtt.id, "humidity", None)
+        .await
+        .unwrap();
     let now = Utc::now();
     let mut readings: Vec<Reading> = (0..300)
         .map(|i| Reading {
@@ -201,7 +204,13 @@ async fn contents(store: &dyn Store) -> Value {
         .into_iter()
         .map(|e| json!({"id": e.id, "kind": e.kind, "data": e.data}))
         .collect();
-    let credentials = match store.list_devices().await.unwrap().iter().find(|d| d.protocol == Protocol::Mqtt) {
+    let credentials = match store
+        .list_devices()
+        .await
+        .unwrap()
+        .iter()
+        .find(|d| d.protocol == Protocol::Mqtt)
+    {
         Some(d) => store
             .find_mqtt_credentials(&format!("device-{}", d.id))
             .await
@@ -257,13 +266,16 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
     assert_eq!(listing.backups[0].bytes, info.bytes);
     let status = backups_of_source.status();
     assert_eq!(status.running, None);
-    assert!(status.last.as_ref().is_some_and(|l| l.ok && l.name == info.name));
+    assert!(status
+        .last
+        .as_ref()
+        .is_some_and(|l| l.ok && l.name == info.name));
     // Nothing but the archive is left in the directory.
     let left: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, [info.name.clone()]);
+    assert_eq!(left, std::slice::from_ref(&info.name));
 
     let verified = backups_of_source.verify(&info.name).await.unwrap();
     let readings = verified
@@ -275,7 +287,12 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
         .unwrap();
     assert_eq!(readings.rows, 301, "{:?}", verified.manifest.snapshot);
     assert!(
-        !verified.manifest.snapshot.tables.iter().any(|t| t.name == "leases"),
+        !verified
+            .manifest
+            .snapshot
+            .tables
+            .iter()
+            .any(|t| t.name == "leases"),
         "leases are not backed up"
     );
 
@@ -306,7 +323,10 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
             restored_series.extend(target.find_series(d.id, metric).await.unwrap());
         }
     }
-    let new_series = target.ensure_series(device.id, "pressure", None).await.unwrap();
+    let new_series = target
+        .ensure_series(device.id, "pressure", None)
+        .await
+        .unwrap();
     assert!(!restored_series.contains(&new_series), "{new_series:?}");
     let stored = target
         .insert_readings(&[Reading {
@@ -337,7 +357,10 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
 
     // A database with contents is refused, and stays as it was…
     let before = contents(target.as_ref()).await;
-    let err = backups_of_target.restore(&info.name, false).await.unwrap_err();
+    let err = backups_of_target
+        .restore(&info.name, false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, BackupError::NotEmpty(_)), "{err}");
     assert!(err.to_string().contains("--force"), "{err}");
     assert_eq!(contents(target.as_ref()).await, before);
@@ -399,7 +422,8 @@ fn rewrite_archive(from: &Path, to: &Path, change: impl Fn(&str, Vec<u8>) -> Vec
         header.set_size(bytes.len() as u64);
         header.set_mode(0o600);
         header.set_cksum();
-        out.append_data(&mut header, &name, bytes.as_slice()).unwrap();
+        out.append_data(&mut header, &name, bytes.as_slice())
+            .unwrap();
     }
     out.into_inner().unwrap().finish().unwrap().flush().unwrap();
 }
@@ -523,7 +547,11 @@ async fn damaged_archives_are_refused_before_anything_is_restored(db: Db) {
         assert!(err.to_string().contains(says), "{path}: {err}");
         let err = backups_of_target.restore(&path, false).await.unwrap_err();
         assert!(matches!(err, BackupError::Damaged { .. }), "{path}: {err}");
-        assert_eq!(row_count(target.as_ref()).await, 0, "{path}: nothing restored");
+        assert_eq!(
+            row_count(target.as_ref()).await,
+            0,
+            "{path}: nothing restored"
+        );
     }
     // The untouched archive still restores.
     backups_of_target
@@ -569,12 +597,25 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
     let target_arg = target.display().to_string();
     let (ok, _, stderr) = ddms(
         work.path(),
-        &["--data-dir", &source_arg, "user", "add", "--username", "olga", "--role", "owner"],
+        &[
+            "--data-dir",
+            &source_arg,
+            "user",
+            "add",
+            "--username",
+            "olga",
+            "--role",
+            "owner",
+        ],
     )
     .await;
     assert!(ok, "{stderr}");
 
-    let (ok, stdout, stderr) = ddms(work.path(), &["--data-dir", &source_arg, "backup", "create"]).await;
+    let (ok, stdout, stderr) = ddms(
+        work.path(),
+        &["--data-dir", &source_arg, "backup", "create"],
+    )
+    .await;
     assert!(ok, "{stderr}");
     let created: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
     let name = created["name"].as_str().unwrap().to_string();
@@ -582,13 +623,17 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
     assert!(archive.is_file(), "{stdout}");
     assert_eq!(created["locations"], json!(["local"]));
 
-    let (ok, stdout, stderr) = ddms(work.path(), &["--data-dir", &source_arg, "backup", "list"]).await;
+    let (ok, stdout, stderr) =
+        ddms(work.path(), &["--data-dir", &source_arg, "backup", "list"]).await;
     assert!(ok, "{stderr}");
     let listing: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listing["backups"][0]["name"], json!(name), "{listing}");
 
-    let (ok, stdout, stderr) =
-        ddms(work.path(), &["--data-dir", &source_arg, "backup", "verify", &name]).await;
+    let (ok, stdout, stderr) = ddms(
+        work.path(),
+        &["--data-dir", &source_arg, "backup", "verify", &name],
+    )
+    .await;
     assert!(ok, "{stderr}");
     assert!(stderr.contains("is intact"), "{stderr}");
     let manifest: Value = serde_json::from_str(&stdout).unwrap();
@@ -602,7 +647,10 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
     )
     .await;
     assert!(ok, "{stderr}");
-    assert!(stdout.contains(&format!("restored backup {name}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("restored backup {name}")),
+        "{stdout}"
+    );
     let restored = store::connect(
         &format!("sqlite://{}", target.join("ddms.db").display()).into(),
         2,
@@ -639,10 +687,20 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
     )
     .await;
     assert!(!ok);
-    assert!(stderr.contains("not empty") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = ddms(
         work.path(),
-        &["--data-dir", &target_arg, "backup", "restore", "--force", &archive_arg],
+        &[
+            "--data-dir",
+            &target_arg,
+            "backup",
+            "restore",
+            "--force",
+            &archive_arg,
+        ],
     )
     .await;
     assert!(ok, "{stderr}");
@@ -652,7 +710,13 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
     std::fs::write(&garbage, b"not gzip").unwrap();
     let (ok, _, stderr) = ddms(
         work.path(),
-        &["--data-dir", &target_arg, "backup", "verify", &garbage.display().to_string()],
+        &[
+            "--data-dir",
+            &target_arg,
+            "backup",
+            "verify",
+            &garbage.display().to_string(),
+        ],
     )
     .await;
     assert!(!ok);
@@ -666,13 +730,27 @@ async fn owners_trigger_and_list_backups_through_the_api_and_the_trigger_is_audi
     let admin = app.token(Role::Admin).await;
     let viewer = app.token(Role::Viewer).await;
     for token in [&admin, &viewer] {
-        let denied = app.post_json("/api/system/backup", Some(token), &json!({})).await;
+        let denied = app
+            .post_json("/api/system/backup", Some(token), &json!({}))
+            .await;
         assert_eq!(denied.status(), 403);
-        assert_eq!(app.get_with_token("/api/system/backups", token).await.status(), 403);
+        assert_eq!(
+            app.get_with_token("/api/system/backups", token)
+                .await
+                .status(),
+            403
+        );
     }
-    assert_eq!(app.post_json("/api/system/backup", None, &json!({})).await.status(), 401);
+    assert_eq!(
+        app.post_json("/api/system/backup", None, &json!({}))
+            .await
+            .status(),
+        401
+    );
 
-    let started = app.post_json("/api/system/backup", Some(&owner), &json!({})).await;
+    let started = app
+        .post_json("/api/system/backup", Some(&owner), &json!({}))
+        .await;
     assert_eq!(started.status(), 202);
     let started: Value = started.json().await.unwrap();
     let name = started["name"].as_str().unwrap().to_string();
@@ -722,7 +800,11 @@ async fn owners_trigger_and_list_backups_through_the_api_and_the_trigger_is_audi
 
     // A schedule shows when the next backup is due.
     let response = app
-        .put_json("/api/system/config", &owner, &json!({"backup_schedule": "daily 02:30"}))
+        .put_json(
+            "/api/system/config",
+            &owner,
+            &json!({"backup_schedule": "daily 02:30"}),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let listing: Value = app
@@ -734,6 +816,75 @@ async fn owners_trigger_and_list_backups_through_the_api_and_the_trigger_is_audi
     let due: DateTime<Utc> = serde_json::from_value(listing["next_due"].clone()).unwrap();
     assert_eq!(due.format("%H:%M:%S").to_string(), "02:30:00");
     assert!(due > Utc::now() && due <= Utc::now() + chrono::Duration::days(1));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_backup_runs_when_due_and_is_audited() {
+    use chrono::{DurationRound, Timelike};
+    let app = spawn_app(Db::Sqlite, "").await;
+    let owner = app.token(Role::Owner).await;
+    // The first whole minute at least 10 s away (a daily schedule due then): 10 to 70 s.
+    let due = (Utc::now() + chrono::Duration::seconds(10))
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap()
+        + chrono::Duration::minutes(1);
+    let schedule = format!("daily {:02}:{:02}", due.hour(), due.minute());
+    let response = app
+        .put_json(
+            "/api/system/config",
+            &owner,
+            &json!({ "backup_schedule": schedule }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let listing: Value = app
+        .get_with_token("/api/system/backups", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listing["next_due"], json!(due), "{listing}");
+    assert_eq!(listing["backups"], json!([]), "nothing before it is due");
+
+    let deadline = Instant::now() + (due - Utc::now()).to_std().unwrap() + Duration::from_secs(30);
+    let listing = loop {
+        let listing: Value = app
+            .get_with_token("/api/system/backups", &owner)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !listing["last"].is_null() || Instant::now() > deadline {
+            break listing;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(listing["last"]["trigger"], "schedule", "{listing}");
+    assert_eq!(listing["last"]["ok"], true, "{listing}");
+    let name = listing["last"]["name"].as_str().unwrap().to_string();
+    let created: DateTime<Utc> =
+        serde_json::from_value(listing["backups"][0]["created_at"].clone()).unwrap();
+    assert!(created >= due, "not before it was due: {created} < {due}");
+    assert_eq!(listing["backups"][0]["name"], json!(name));
+    // Tomorrow's is next.
+    assert_eq!(
+        listing["next_due"],
+        json!(due + chrono::Duration::days(1)),
+        "{listing}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entry = loop {
+        let audit = app.store.list_audit(20).await.unwrap();
+        if let Some(entry) = audit.into_iter().find(|e| e.action == "backup.create") {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "the scheduled backup is audited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(entry.actor, "schedule");
+    assert_eq!(entry.target, Some(format!("backup:{name}")));
+    assert_eq!(entry.detail["schedule"], json!(schedule));
     app.stop().await;
 }
 
@@ -823,7 +974,10 @@ async fn backups_are_uploaded_to_s3_pruned_to_the_newest_and_restored_from_there
     keys.sort();
     assert_eq!(
         keys,
-        [format!("site-a/{}", names[1]), format!("site-a/{}", names[2])]
+        [
+            format!("site-a/{}", names[1]),
+            format!("site-a/{}", names[2])
+        ]
     );
     let listing = backups_of_source.list().await.unwrap();
     assert_eq!(listing.s3_error, None);

@@ -755,6 +755,28 @@ async fn an_owner_logs_in_sees_readings_live_over_event_source_and_changes_setti
         app.store.get_setting("backup_schedule").await.unwrap(),
         Some(json!("daily 02:30"))
     );
+    // Back up now: the archive is listed once written, with the session's CSRF token sent.
+    browser
+        .wait_js(
+            "!document.getElementById('backups-empty').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.click("#backup-now").await;
+    let archive = browser
+        .wait_js(
+            "document.querySelector('#backup-rows [data-backup]')?.dataset.backup",
+            Duration::from_secs(20),
+        )
+        .await;
+    let archive = archive.as_str().unwrap().to_string();
+    assert!(archive.starts_with("ddms-backup-"), "{archive}");
+    let audit = app.store.list_audit(20).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "backup.create"
+            && e.target.as_deref() == Some(&format!("backup:{archive}"))),
+        "{audit:?}"
+    );
     browser.screenshots("settings").await;
 
     // Users and tokens: a new token is shown once; the audit log lists the changes.
@@ -829,7 +851,7 @@ async fn a_viewer_with_a_session_sees_no_settings_and_every_write_is_refused() {
         .await;
     assert_eq!(
         browser
-            .js("return document.getElementById('settings-content').hidden;")
+            .js("return document.getElementById('settings-content').hidden && document.getElementById('backups-section').hidden;")
             .await,
         json!(true)
     );
