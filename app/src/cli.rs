@@ -772,7 +772,7 @@ async fn create_token(config: Config, name: String, role: Role) -> anyhow::Resul
 async fn backup(config: Config, command: BackupCommand) -> anyhow::Result<()> {
     use crate::backup::{Backups, Trigger};
     let store = open_migrated(&config).await?;
-    let backups = std::sync::Arc::new(Backups::new(store.clone(), &config)?);
+    let backups = std::sync::Arc::new(Backups::new(store.clone(), &config).await);
     match command {
         BackupCommand::Create => {
             let info = backups.create(Trigger::Cli).await?;

@@ -192,7 +192,7 @@ impl Server {
         http::session::warm_up();
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let backups = crate::backup::Backups::new(store.clone(), &config)
-            .context("backup configuration")?
+            .await
             .with_metrics(metrics.registry());
         backups.clean_leftovers();
         let state = AppState {

@@ -5,7 +5,8 @@
 //! consistent database snapshot ([`crate::store::snapshot`]); the manifest lists each file's
 //! size and SHA-256 and each table's row count, which `verify` checks and `restore` checks
 //! again after loading. Archives are written to a temporary name and renamed when complete,
-//! kept in `backup.dir` (the newest `backup.keep`) and, with `backup.s3.bucket`, uploaded.
+//! kept in `backup.dir` (the newest `backup.keep`) and, with `backup.s3.bucket`, uploaded
+//! (where the bucket's lifecycle rule decides how long they stay).
 
 mod archive;
 pub mod s3;
@@ -90,7 +91,9 @@ pub fn is_archive_name(name: &str) -> bool {
 
 fn created_at_of(name: &str) -> Option<DateTime<Utc>> {
     let time = name.strip_prefix(NAME_PREFIX)?.strip_suffix(NAME_SUFFIX)?;
-    let at = NaiveDateTime::parse_from_str(time, NAME_TIME).ok()?.and_utc();
+    let at = NaiveDateTime::parse_from_str(time, NAME_TIME)
+        .ok()?
+        .and_utc();
     // Exactly our format (the parser would also take other precisions), so names sort by time.
     (archive_name(at) == name).then_some(at)
 }
@@ -253,15 +256,15 @@ impl Drop for Run {
 }
 
 impl Backups {
-    pub fn new(store: Arc<dyn Store>, config: &Config) -> Result<Backups, BackupError> {
-        Ok(Backups {
+    pub async fn new(store: Arc<dyn Store>, config: &Config) -> Backups {
+        Backups {
             store,
             dir: config.backup_dir(),
             keep: config.backup.keep,
-            s3: S3Store::from_config(&config.backup.s3)?,
+            s3: S3Store::from_config(&config.backup.s3).await,
             status: Mutex::new(BackupStatus::default()),
             metrics: None,
-        })
+        }
     }
 
     /// Exports `ddms_backup_*` metrics to `registry` (the serving process).
@@ -449,31 +452,13 @@ impl Backups {
         })
     }
 
-    /// Keeps the newest `keep` archives in the directory and in S3 each.
+    /// Keeps the newest `keep` archives in the directory (S3 keeps copies by its lifecycle).
     async fn prune(&self) {
         let local = local_archives(&self.dir).unwrap_or_default();
         for (name, _) in local.iter().skip(self.keep) {
             match tokio::fs::remove_file(self.dir.join(name)).await {
                 Ok(()) => tracing::info!(backup = %name, "old backup deleted"),
                 Err(e) => tracing::warn!(backup = %name, error = %e, "cannot delete an old backup"),
-            }
-        }
-        if let Some(s3) = &self.s3 {
-            match s3.list().await {
-                Ok(mut remote) => {
-                    remote.sort_by(|a, b| b.name.cmp(&a.name));
-                    for archive in remote.iter().skip(self.keep) {
-                        match s3.delete(&archive.name).await {
-                            Ok(()) => {
-                                tracing::info!(backup = %archive.name, "old backup deleted from S3")
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot delete an old backup from S3")
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot list the S3 backups to prune them"),
             }
         }
     }

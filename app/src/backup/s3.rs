@@ -1,4 +1,5 @@
-//! The S3 copy of the backup archives (`backup.s3`): upload, list, download, delete.
+//! The S3 copy of the backup archives (`backup.s3`): upload, list, download. Never delete:
+//! how long copies are kept is the bucket's lifecycle rule (and ddms' role may not delete).
 
 use std::path::Path;
 
@@ -29,50 +30,33 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// `None` when no bucket is configured.
-    pub fn from_config(config: &BackupS3Config) -> Result<Option<S3Store>, S3Error> {
-        let Some(bucket) = config.bucket.clone() else {
-            return Ok(None);
-        };
-        let credentials = match (&config.access_key_id, &config.secret_access_key) {
-            (Some(id), Some(secret)) => {
-                Credentials::new(id, secret.expose_secret(), None, None, "ddms.toml")
-            }
-            _ => match (
-                std::env::var("AWS_ACCESS_KEY_ID"),
-                std::env::var("AWS_SECRET_ACCESS_KEY"),
-            ) {
-                (Ok(id), Ok(secret)) => Credentials::new(
-                    id,
-                    secret,
-                    std::env::var("AWS_SESSION_TOKEN").ok(),
-                    None,
-                    "environment",
-                ),
-                _ => {
-                    return Err(S3Error {
-                        bucket,
-                        message: "no credentials: set backup.s3.access_key_id and \
-                                  backup.s3.secret_access_key, or AWS_ACCESS_KEY_ID and \
-                                  AWS_SECRET_ACCESS_KEY"
-                            .into(),
-                    })
-                }
-            },
-        };
-        let mut builder = aws_sdk_s3::Config::builder()
-            .behavior_version_latest()
-            .region(Region::new(config.region.clone()))
-            .credentials_provider(credentials)
-            .force_path_style(config.force_path_style);
+    /// `None` when no bucket is configured. Credentials: the configured key pair, else the
+    /// AWS default chain (environment, profile files, web identity, ECS, the EC2 instance
+    /// role the Terraform module `backup_bucket` grants).
+    pub async fn from_config(config: &BackupS3Config) -> Option<S3Store> {
+        let bucket = config.bucket.clone()?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()));
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                id,
+                secret.expose_secret(),
+                None,
+                None,
+                "ddms.toml",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint.trim_end_matches('/'));
         }
-        Ok(Some(S3Store {
+        Some(S3Store {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket,
             prefix: config.prefix.clone(),
-        }))
+        })
     }
 
     pub fn bucket(&self) -> &str {
@@ -159,17 +143,6 @@ impl S3Store {
         file.flush()
             .await
             .map_err(|e| self.error(&format!("cannot write {}", into.display()), e))?;
-        Ok(())
-    }
-
-    pub async fn delete(&self, name: &str) -> Result<(), S3Error> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.key(name))
-            .send()
-            .await
-            .map_err(|e| self.error(&format!("cannot delete {name}"), e))?;
         Ok(())
     }
 }

@@ -29,14 +29,14 @@ async fn open(db: &Db) -> (Arc<dyn Store>, tempfile::TempDir) {
     (store, dir)
 }
 
-fn backups(store: &Arc<dyn Store>, backup_dir: &Path, extra_toml: &str) -> Arc<Backups> {
+async fn backups(store: &Arc<dyn Store>, backup_dir: &Path) -> Arc<Backups> {
     let config = ddms::config::from_toml(&format!(
-        "data_dir = {data:?}\n{extra_toml}\n[backup]\ndir = {dir:?}\n",
+        "data_dir = {data:?}\n[backup]\ndir = {dir:?}\n",
         data = backup_dir.display().to_string(),
         dir = backup_dir.display().to_string(),
     ))
     .expect("backup test config");
-    Arc::new(Backups::new(store.clone(), &config).expect("backups"))
+    Arc::new(Backups::new(store.clone(), &config).await)
 }
 
 /// Something in every table, with values that test the formats: quotes, tabs, newlines and
@@ -249,7 +249,7 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
     populate(source.as_ref()).await;
     let expected = contents(source.as_ref()).await;
     let dir = tempfile::tempdir().unwrap();
-    let backups_of_source = backups(&source, dir.path(), "");
+    let backups_of_source = backups(&source, dir.path()).await;
 
     // One run at a time.
     let claim = backups_of_source.begin(Trigger::Cli).unwrap();
@@ -298,7 +298,7 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
 
     // Into a fresh database of the same backend: the same contents.
     let (target, _target_dir) = open(&db).await;
-    let backups_of_target = backups(&target, dir.path(), "");
+    let backups_of_target = backups(&target, dir.path()).await;
     let manifest = backups_of_target.restore(&info.name, false).await.unwrap();
     assert_eq!(manifest.name, info.name);
     assert_eq!(contents(target.as_ref()).await, expected);
@@ -370,7 +370,8 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
 
     // A backup of one backend is refused by the other, which stays empty.
     let (foreign, _foreign_dir) = open(&other).await;
-    let err = backups(&foreign, dir.path(), "")
+    let err = backups(&foreign, dir.path())
+        .await
         .restore(&info.name, false)
         .await
         .unwrap_err();
@@ -437,14 +438,15 @@ async fn damaged_archives_are_refused_before_anything_is_restored(db: Db) {
     let (source, _source_dir) = open(&db).await;
     populate(source.as_ref()).await;
     let dir = tempfile::tempdir().unwrap();
-    let info = backups(&source, dir.path(), "")
+    let info = backups(&source, dir.path())
+        .await
         .create(Trigger::Cli)
         .await
         .unwrap();
     let original = dir.path().join(&info.name);
     let (target, _target_dir) = open(&db).await;
     let scratch = tempfile::tempdir().unwrap();
-    let backups_of_target = backups(&target, scratch.path(), "");
+    let backups_of_target = backups(&target, scratch.path()).await;
     let data_file = match target.backend() {
         store::Backend::Sqlite => "data/ddms.sqlite",
         store::Backend::Postgres => "data/readings.copy",
@@ -945,7 +947,7 @@ impl Drop for S3Server {
 }
 
 #[tokio::test]
-async fn backups_are_uploaded_to_s3_pruned_to_the_newest_and_restored_from_there() {
+async fn backups_are_uploaded_to_s3_and_restored_from_there_when_the_disk_is_lost() {
     let s3 = S3Server::start().await;
     s3.create_bucket("plant-backups").await;
     let s3_config = format!(
@@ -962,23 +964,19 @@ async fn backups_are_uploaded_to_s3_pruned_to_the_newest_and_restored_from_there
         data = dir.path().display().to_string(),
     ))
     .unwrap();
-    let backups_of_source = Arc::new(Backups::new(source.clone(), &config).unwrap());
+    let backups_of_source = Arc::new(Backups::new(source.clone(), &config).await);
     let mut names = Vec::new();
     for _ in 0..3 {
         let info = backups_of_source.create(Trigger::Cli).await.unwrap();
         assert_eq!(info.locations.len(), 2, "{info:?}");
         names.push(info.name);
     }
-    // The newest two are kept, in the directory and in the bucket.
+    // The directory keeps the newest two; the bucket keeps every copy (its lifecycle rule
+    // expires them: ddms' role may not delete).
     let mut keys = s3.keys("plant-backups").await;
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            format!("site-a/{}", names[1]),
-            format!("site-a/{}", names[2])
-        ]
-    );
+    let expected_keys: Vec<String> = names.iter().map(|n| format!("site-a/{n}")).collect();
+    assert_eq!(keys, expected_keys);
     let listing = backups_of_source.list().await.unwrap();
     assert_eq!(listing.s3_error, None);
     let listed: Vec<(String, Value)> = listing
@@ -991,6 +989,7 @@ async fn backups_are_uploaded_to_s3_pruned_to_the_newest_and_restored_from_there
         [
             (names[2].clone(), json!(["local", "s3"])),
             (names[1].clone(), json!(["local", "s3"])),
+            (names[0].clone(), json!(["s3"])),
         ]
     );
 
@@ -1008,9 +1007,42 @@ async fn backups_are_uploaded_to_s3_pruned_to_the_newest_and_restored_from_there
         data = empty_dir.path().display().to_string(),
     ))
     .unwrap();
-    let backups_of_target = Backups::new(target.clone(), &config).unwrap();
+    let backups_of_target = Backups::new(target.clone(), &config).await;
     backups_of_target.restore(&names[2], false).await.unwrap();
     assert_eq!(contents(target.as_ref()).await, expected);
+
+    // The binary, configured through the environment, with credentials from the AWS default
+    // chain (here its environment variables) rather than from ddms.toml.
+    let cli_data = tempfile::tempdir().unwrap();
+    let output = ddms_command(cli_data.path())
+        .args([
+            "--data-dir",
+            &cli_data.path().display().to_string(),
+            "backup",
+            "create",
+        ])
+        .env("DDMS_BACKUP__S3__BUCKET", "plant-backups")
+        .env("DDMS_BACKUP__S3__PREFIX", "from-cli/")
+        .env("DDMS_BACKUP__S3__ENDPOINT", &s3.endpoint)
+        .env("DDMS_BACKUP__S3__FORCE_PATH_STYLE", "true")
+        .env("AWS_ACCESS_KEY_ID", "cli-key")
+        .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(created["locations"], json!(["local", "s3"]));
+    assert!(s3
+        .keys("plant-backups")
+        .await
+        .contains(&format!("from-cli/{}", created["name"].as_str().unwrap())));
 
     // A bucket that does not exist: the backup fails with the store's answer, and the local
     // copy stays.
@@ -1020,7 +1052,7 @@ async fn backups_are_uploaded_to_s3_pruned_to_the_newest_and_restored_from_there
         data = empty_dir.path().display().to_string(),
     ))
     .unwrap();
-    let failing = Arc::new(Backups::new(source.clone(), &config).unwrap());
+    let failing = Arc::new(Backups::new(source.clone(), &config).await);
     let err = failing.create(Trigger::Cli).await.unwrap_err();
     assert!(matches!(err, BackupError::S3(_)), "{err}");
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
