@@ -31,7 +31,13 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 
 /// Writes the archive to `target` and syncs it to disk; returns its size.
 pub fn write(target: &Path, manifest: &[u8], data_dir: &Path, files: &[String]) -> io::Result<u64> {
-    let file = File::create(target)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Owner-only: the archive holds password, token and device-secret hashes.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)?;
     let mut tar = tar::Builder::new(GzEncoder::new(
         BufWriter::with_capacity(1 << 20, file),
         Compression::default(),

@@ -384,9 +384,15 @@ impl Backups {
 
     async fn write(&self, run: &Run) -> Result<BackupInfo, BackupError> {
         let dir = self.dir.clone();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io(format!("cannot create {}", dir.display())))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Owner-only, like the archives in it.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io(format!("cannot create {}", dir.display())))?;
+        }
         let staging = tempfile::Builder::new()
             .prefix(".staging-")
             .tempdir_in(&dir)

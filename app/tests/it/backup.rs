@@ -258,7 +258,14 @@ async fn a_backup_restores_the_same_contents_and_refuses_a_non_empty_database(db
         Err(BackupError::Busy(_))
     ));
     let info = backups_of_source.run(claim).await.unwrap();
-    assert!(dir.path().join(&info.name).is_file());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(&info.name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the archive is for its owner only");
+    }
     assert!(info.bytes > 0);
     let listing = backups_of_source.list().await.unwrap();
     assert_eq!(listing.backups.len(), 1);
