@@ -200,7 +200,23 @@ impl Store for PostgresStore {
                 continue;
             }
             // Rows that landed in the default partition for this day move into the new one, so
-            // attaching it never fails on a constraint violation.
+            // attaching it never fails on a constraint violation. ATTACH locks the parent only
+            // against other DDL: a query planned before it would scan the default partition
+            // without the new one, and, reading after the commit, miss the moved rows. So
+            // while rows move, nothing reads or writes `readings` (normally partitions exist
+            // days ahead and nothing moves).
+            let must_move: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM readings_default WHERE ts >= $1 AND ts < $2)",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await?;
+            if must_move {
+                sqlx::query("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let create = format!(
                 "CREATE TABLE {name} (LIKE readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
             );

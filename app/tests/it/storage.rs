@@ -568,6 +568,62 @@ async fn notifications_open_once_and_clear_or_acknowledge(store: Arc<dyn Store>)
     ));
 }
 
+/// Readings that reached PostgreSQL's default partition move when their day's partition is
+/// created; a query running meanwhile must see each of them, in one partition or the other.
+async fn readers_never_miss_readings_that_move_into_a_new_partition(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    for round in 0..8 {
+        // Days far ahead: no partition exists for them yet.
+        let day = Utc::now() + chrono::Duration::days(100 + round * 4);
+        let readings: Vec<Reading> = (0..50)
+            .map(|i| Reading {
+                series,
+                ts: day + chrono::Duration::seconds(i),
+                value: i as f64,
+            })
+            .collect();
+        assert_eq!(store.insert_readings(&readings).await.unwrap(), 50);
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut fewest = usize::MAX;
+                    let mut reads = 0;
+                    while !stop.load(Ordering::Relaxed) || reads == 0 {
+                        let seen = store
+                            .query_readings(
+                                series,
+                                day - chrono::Duration::hours(1),
+                                day + chrono::Duration::hours(1),
+                                1000,
+                            )
+                            .await
+                            .unwrap()
+                            .len();
+                        fewest = fewest.min(seen);
+                        reads += 1;
+                    }
+                    fewest
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.ensure_partitions(day, 0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            assert_eq!(
+                reader.await.unwrap(),
+                50,
+                "round {round}: a reader missed readings"
+            );
+        }
+    }
+}
+
 async fn partitions_are_created_ahead_idempotently(store: Arc<dyn Store>) {
     let device = store.create_device(&modbus_device("d")).await.unwrap();
     let series = store.ensure_series(device.id, "t", None).await.unwrap();
@@ -1296,6 +1352,7 @@ conformance_suite!(
     settings_and_audit_log_round_trip,
     notifications_open_once_and_clear_or_acknowledge,
     partitions_are_created_ahead_idempotently,
+    readers_never_miss_readings_that_move_into_a_new_partition,
     retention_drops_old_readings_and_the_rollup_buckets_wholly_before_the_cutoff,
     device_status_is_one_row_per_device,
     mqtt_credentials_are_found_by_username_and_replaced,
