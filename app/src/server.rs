@@ -1,7 +1,8 @@
 //! `ddms serve`: wires the store, the ingest pipeline, background tasks and the HTTP service,
 //! and shuts them down in order on SIGTERM/SIGINT: end live streams, keep answering while
 //! requests still arrive (at most 5 s: a proxy's old workers after a blue-green switch), stop
-//! accepting, let in-flight requests finish, stop producers, flush the pipeline, exit.
+//! accepting, let in-flight requests finish, stop producers, let a backup in progress finish,
+//! flush the pipeline, exit.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -358,6 +359,7 @@ impl Server {
             "ddms is serving"
         );
         let metrics = state.metrics.clone();
+        let backups = state.backups.clone();
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         // Its own token: live streams end first (`stop_http`), the listener closes later.
         let stop_accepting = CancellationToken::new();
@@ -413,6 +415,7 @@ impl Server {
         producers.wait().await;
         background.close();
         background.wait().await;
+        backups.finish(config.http.shutdown_timeout).await;
         // Last producer handle gone: the writer commits what is queued, then ends.
         drop(ingest);
         let flush = tokio::time::timeout(config.http.shutdown_timeout, writer);

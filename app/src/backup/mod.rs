@@ -230,6 +230,8 @@ pub struct Backups {
     s3: Option<S3Store>,
     status: Mutex<BackupStatus>,
     metrics: Option<BackupMetrics>,
+    /// Runs started in the background ([`Backups::spawn`]), waited for at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The claim on the one backup that may run at a time; given back when dropped.
@@ -264,6 +266,42 @@ impl Backups {
             s3: S3Store::from_config(&config.backup.s3).await,
             status: Mutex::new(BackupStatus::default()),
             metrics: None,
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// Runs the claimed backup in a task of its own (a big database takes longer than a
+    /// request may); `then` gets the outcome. [`Backups::finish`] waits for it.
+    pub fn spawn<F>(
+        self: &Arc<Self>,
+        run: Run,
+        then: impl FnOnce(Result<BackupInfo, BackupError>) -> F + Send + 'static,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let backups = self.clone();
+        self.tasks.spawn(async move {
+            let result = backups.run(run).await;
+            then(result).await;
+        });
+    }
+
+    /// At shutdown: lets a backup in progress complete, for at most `timeout` (a stopped
+    /// one leaves only leftovers that the next start removes).
+    pub async fn finish(&self, timeout: Duration) {
+        self.tasks.close();
+        if self.tasks.is_empty() {
+            return;
+        }
+        tracing::info!("shutting down: waiting for the backup in progress");
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "the backup in progress did not finish in time; it is abandoned"
+            );
         }
     }
 
@@ -770,28 +808,28 @@ pub async fn run_schedule(
             }
         };
         let name = run.name().to_string();
-        let result = tokio::select! {
-            () = cancel.cancelled() => return,
-            result = backups.run(run) => result,
-        };
-        let detail = match &result {
-            Ok(info) => {
-                serde_json::json!({ "trigger": "schedule", "schedule": schedule.to_string(), "bytes": info.bytes, "ok": true })
+        let store = backups.store.clone();
+        let schedule = schedule.to_string();
+        backups.spawn(run, move |result| async move {
+            let detail = match &result {
+                Ok(info) => serde_json::json!({
+                    "trigger": "schedule", "schedule": schedule, "bytes": info.bytes, "ok": true,
+                }),
+                Err(e) => serde_json::json!({
+                    "trigger": "schedule", "schedule": schedule, "ok": false, "error": e.to_string(),
+                }),
+            };
+            let entry = NewAuditEntry {
+                actor: "schedule".into(),
+                action: "backup.create".into(),
+                target: Some(format!("backup:{name}")),
+                detail,
+                remote_addr: None,
+            };
+            if let Err(e) = store.append_audit(&entry).await {
+                tracing::warn!(error = %e, "cannot audit the scheduled backup");
             }
-            Err(e) => {
-                serde_json::json!({ "trigger": "schedule", "schedule": schedule.to_string(), "ok": false, "error": e.to_string() })
-            }
-        };
-        let entry = NewAuditEntry {
-            actor: "schedule".into(),
-            action: "backup.create".into(),
-            target: Some(format!("backup:{name}")),
-            detail,
-            remote_addr: None,
-        };
-        if let Err(e) = backups.store.append_audit(&entry).await {
-            tracing::warn!(error = %e, "cannot audit the scheduled backup");
-        }
+        });
     }
 }
 

@@ -33,10 +33,7 @@ pub async fn trigger(
     )
     .await;
     // Longer than a request may take on a big database: the outcome is in the list (and logs).
-    let backups = state.backups.clone();
-    tokio::spawn(async move {
-        let _ = backups.run(run).await;
-    });
+    state.backups.spawn(run, |_| async {});
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "name": name, "status": "running" })),

@@ -897,6 +897,92 @@ async fn a_scheduled_backup_runs_when_due_and_is_audited() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_backup_in_progress_completes_before_the_process_exits_on_sigterm() {
+    use crate::support::app::DdmsProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, token, stderr) = ddms(
+        dir.path(),
+        &["token", "create", "--name", "ops", "--role", "owner"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let token = token.trim().to_string();
+    {
+        // Enough data that the backup outlasts the rest of the shutdown (about half a
+        // second): 60 MB that do not compress, to write and to upload.
+        let store = store::connect(
+            &format!("sqlite://{}", dir.path().join("data/ddms.db").display()).into(),
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let filler: String = (0..60_000_000 / 16)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                format!("{state:016x}")
+            })
+            .collect();
+        store
+            .put_setting("test_filler", &json!(filler))
+            .await
+            .unwrap();
+    }
+    // The off-host copy is the last step: it too must be done when the process exits.
+    let s3 = S3Server::start().await;
+    s3.create_bucket("plant-backups").await;
+    let mut process = DdmsProcess::serve(
+        dir.path(),
+        &[
+            ("DDMS_BACKUP__S3__BUCKET", "plant-backups"),
+            ("DDMS_BACKUP__S3__ENDPOINT", &s3.endpoint),
+            ("DDMS_BACKUP__S3__FORCE_PATH_STYLE", "true"),
+            ("AWS_ACCESS_KEY_ID", "key"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )
+    .await
+    .unwrap();
+    let response = reqwest::Client::new()
+        .post(process.url("/api/system/backup"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let started: Value = response.json().await.unwrap();
+    let name = started["name"].as_str().unwrap().to_string();
+    process.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = process.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}");
+    let backups_dir = dir.path().join("data/backups");
+    let left: Vec<String> = std::fs::read_dir(&backups_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        std::slice::from_ref(&name),
+        "the archive, complete, and nothing else"
+    );
+    assert_eq!(s3.keys("plant-backups").await, [format!("ddms/{name}")]);
+    let (ok, _, stderr) = ddms(dir.path(), &["backup", "verify", &name]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        process
+            .json_logs()
+            .iter()
+            .any(|l| l["message"] == "shutting down: waiting for the backup in progress"),
+        "{:?}",
+        process.json_logs()
+    );
+}
+
 /// moto's S3 server on a free port, stopped when dropped.
 struct S3Server {
     child: tokio::process::Child,
