@@ -703,15 +703,13 @@ async fn add_user(config: Config, username: String, role: Role) -> anyhow::Resul
         Err(StoreError::Conflict(_)) => anyhow::bail!("user `{username}` already exists"),
         other => other?,
     };
-    store
-        .append_audit(&NewAuditEntry {
-            actor: "cli".into(),
-            action: "user.create".into(),
-            target: Some(format!("user:{}", user.username)),
-            detail: serde_json::json!({ "role": user.role }),
-            remote_addr: None,
-        })
-        .await?;
+    audit_cli(
+        store.as_ref(),
+        "user.create",
+        format!("user:{}", user.username),
+        serde_json::json!({ "role": user.role }),
+    )
+    .await?;
     if generated {
         println!(
             "created {role} `{}`; password (shown once): {password}",
@@ -721,6 +719,24 @@ async fn add_user(config: Config, username: String, role: Role) -> anyhow::Resul
         println!("created {role} `{}`", user.username);
     }
     Ok(())
+}
+
+/// The audit entry of a one-shot command (actor `cli`, no address).
+async fn audit_cli(
+    store: &dyn store::Store,
+    action: &str,
+    target: String,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
+    store
+        .append_audit(&NewAuditEntry {
+            actor: "cli".into(),
+            action: action.into(),
+            target: Some(target),
+            detail,
+            remote_addr: None,
+        })
+        .await
 }
 
 fn read_or_generate_password() -> anyhow::Result<(String, bool)> {
@@ -754,15 +770,13 @@ async fn create_token(config: Config, name: String, role: Role) -> anyhow::Resul
             role,
         })
         .await?;
-    store
-        .append_audit(&NewAuditEntry {
-            actor: "cli".into(),
-            action: "token.create".into(),
-            target: Some(format!("token:{name}")),
-            detail: serde_json::json!({ "token_id": token.id, "role": role }),
-            remote_addr: None,
-        })
-        .await?;
+    audit_cli(
+        store.as_ref(),
+        "token.create",
+        format!("token:{name}"),
+        serde_json::json!({ "token_id": token.id, "role": role }),
+    )
+    .await?;
     // Only the secret on stdout, so scripts can capture it; the rest goes to stderr.
     eprintln!("created {role} token `{name}` (shown once):");
     println!("{secret}");
@@ -776,15 +790,13 @@ async fn backup(config: Config, command: BackupCommand) -> anyhow::Result<()> {
     match command {
         BackupCommand::Create => {
             let info = backups.create(Trigger::Cli).await?;
-            store
-                .append_audit(&NewAuditEntry {
-                    actor: "cli".into(),
-                    action: "backup.create".into(),
-                    target: Some(format!("backup:{}", info.name)),
-                    detail: serde_json::json!({ "trigger": "cli", "bytes": info.bytes }),
-                    remote_addr: None,
-                })
-                .await?;
+            audit_cli(
+                store.as_ref(),
+                "backup.create",
+                format!("backup:{}", info.name),
+                serde_json::json!({ "trigger": "cli", "bytes": info.bytes }),
+            )
+            .await?;
             eprintln!(
                 "backup {} written to {} ({} bytes)",
                 info.name,
@@ -804,35 +816,19 @@ async fn backup(config: Config, command: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::Verify { backup } => {
             let verified = backups.verify(&backup).await?;
             let manifest = &verified.manifest;
-            let rows: u64 = manifest.snapshot.tables.iter().map(|t| t.rows).sum();
-            eprintln!(
-                "backup {} is intact: {} database of {}, {} tables, {rows} rows",
-                manifest.name,
-                manifest.snapshot.backend,
-                manifest.created_at.to_rfc3339(),
-                manifest.snapshot.tables.len()
-            );
+            eprintln!("backup {} is intact: {}", manifest.name, manifest.summary());
             print_json(manifest, true);
         }
         BackupCommand::Restore { backup, force } => {
             let manifest = backups.restore(&backup, force).await?;
-            let rows: u64 = manifest.snapshot.tables.iter().map(|t| t.rows).sum();
-            store
-                .append_audit(&NewAuditEntry {
-                    actor: "cli".into(),
-                    action: "backup.restore".into(),
-                    target: Some(format!("backup:{}", manifest.name)),
-                    detail: serde_json::json!({ "replaced": force, "rows": rows }),
-                    remote_addr: None,
-                })
-                .await?;
-            println!(
-                "restored backup {} ({} of {}): {} tables, {rows} rows",
-                manifest.name,
-                manifest.snapshot.backend,
-                manifest.created_at.to_rfc3339(),
-                manifest.snapshot.tables.len()
-            );
+            audit_cli(
+                store.as_ref(),
+                "backup.restore",
+                format!("backup:{}", manifest.name),
+                serde_json::json!({ "replaced": force, "rows": manifest.rows() }),
+            )
+            .await?;
+            println!("restored backup {} ({})", manifest.name, manifest.summary());
         }
     }
     Ok(())

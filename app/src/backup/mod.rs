@@ -120,6 +120,24 @@ pub struct Manifest {
     pub files: Vec<ArchivedFile>,
 }
 
+impl Manifest {
+    /// Rows in all tables.
+    pub fn rows(&self) -> u64 {
+        self.snapshot.tables.iter().map(|t| t.rows).sum()
+    }
+
+    /// "sqlite database of <time>, 15 tables, 1234 rows".
+    pub fn summary(&self) -> String {
+        format!(
+            "{} database of {}, {} tables, {} rows",
+            self.snapshot.backend,
+            self.created_at.to_rfc3339(),
+            self.snapshot.tables.len(),
+            self.rows()
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Location {
