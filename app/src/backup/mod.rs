@@ -619,9 +619,8 @@ impl Backups {
             return Ok(local);
         }
         if let Some(s3) = &self.s3 {
-            if s3.list().await?.iter().any(|a| a.name == which) {
-                let into = scratch.join(which);
-                s3.download(which, &into).await?;
+            let into = scratch.join(which);
+            if s3.download(which, &into).await? {
                 return Ok(into);
             }
         }

@@ -124,15 +124,20 @@ impl S3Store {
         Ok(archives)
     }
 
-    pub async fn download(&self, name: &str, into: &Path) -> Result<(), S3Error> {
-        let object = self
+    /// Downloads an archive; `false` when the bucket has no such one.
+    pub async fn download(&self, name: &str, into: &Path) -> Result<bool, S3Error> {
+        let object = match self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(name))
             .send()
             .await
-            .map_err(|e| self.error(&format!("cannot download {name}"), e))?;
+        {
+            Ok(object) => object,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(false),
+            Err(e) => return Err(self.error(&format!("cannot download {name}"), e)),
+        };
         let mut body = object.body.into_async_read();
         let mut file = tokio::fs::File::create(into)
             .await
@@ -143,6 +148,6 @@ impl S3Store {
         file.flush()
             .await
             .map_err(|e| self.error(&format!("cannot write {}", into.display()), e))?;
-        Ok(())
+        Ok(true)
     }
 }

@@ -29,6 +29,26 @@ async fn open(db: &Db) -> (Arc<dyn Store>, tempfile::TempDir) {
     (store, dir)
 }
 
+/// A store on an existing SQLite file (a data directory the binary under test uses).
+async fn open_sqlite_file(path: &Path) -> Arc<dyn Store> {
+    store::connect(
+        &format!("sqlite://{}", path.display()).into(),
+        2,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+/// `GET /api/system/backups` as the owner.
+async fn backup_listing(app: &crate::support::app::TestApp, owner: &str) -> Value {
+    app.get_with_token("/api/system/backups", owner)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn backups(store: &Arc<dyn Store>, backup_dir: &Path) -> Arc<Backups> {
     let config = ddms::config::from_toml(&format!(
         "data_dir = {data:?}\n[backup]\ndir = {dir:?}\n",
@@ -660,13 +680,7 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
         stdout.contains(&format!("restored backup {name}")),
         "{stdout}"
     );
-    let restored = store::connect(
-        &format!("sqlite://{}", target.join("ddms.db").display()).into(),
-        2,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let restored = open_sqlite_file(&target.join("ddms.db")).await;
     assert_eq!(restored.find_user("olga").await.unwrap().role, Role::Owner);
     let actions: Vec<String> = restored
         .list_audit(10)
@@ -677,13 +691,7 @@ async fn the_cli_creates_lists_verifies_and_restores_backups() {
         .collect();
     // The restored log (the backup's own entry came after its snapshot) and the restore.
     assert_eq!(actions, ["backup.restore", "user.create"]);
-    let source_store = store::connect(
-        &format!("sqlite://{}", source.join("ddms.db").display()).into(),
-        2,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let source_store = open_sqlite_file(&source.join("ddms.db")).await;
     let created_entry = source_store.list_audit(1).await.unwrap().remove(0);
     assert_eq!(created_entry.action, "backup.create");
     assert_eq!(created_entry.actor, "cli");
@@ -765,12 +773,7 @@ async fn owners_trigger_and_list_backups_through_the_api_and_the_trigger_is_audi
     let name = started["name"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     let listing = loop {
-        let listing: Value = app
-            .get_with_token("/api/system/backups", &owner)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let listing = backup_listing(&app, &owner).await;
         if listing["last"]["name"] == json!(name) || Instant::now() > deadline {
             break listing;
         }
@@ -816,12 +819,7 @@ async fn owners_trigger_and_list_backups_through_the_api_and_the_trigger_is_audi
         )
         .await;
     assert_eq!(response.status(), 200);
-    let listing: Value = app
-        .get_with_token("/api/system/backups", &owner)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listing = backup_listing(&app, &owner).await;
     let due: DateTime<Utc> = serde_json::from_value(listing["next_due"].clone()).unwrap();
     assert_eq!(due.format("%H:%M:%S").to_string(), "02:30:00");
     assert!(due > Utc::now() && due <= Utc::now() + chrono::Duration::days(1));
@@ -847,23 +845,13 @@ async fn a_scheduled_backup_runs_when_due_and_is_audited() {
         )
         .await;
     assert_eq!(response.status(), 200);
-    let listing: Value = app
-        .get_with_token("/api/system/backups", &owner)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listing = backup_listing(&app, &owner).await;
     assert_eq!(listing["next_due"], json!(due), "{listing}");
     assert_eq!(listing["backups"], json!([]), "nothing before it is due");
 
     let deadline = Instant::now() + (due - Utc::now()).to_std().unwrap() + Duration::from_secs(30);
     let listing = loop {
-        let listing: Value = app
-            .get_with_token("/api/system/backups", &owner)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let listing = backup_listing(&app, &owner).await;
         if !listing["last"].is_null() || Instant::now() > deadline {
             break listing;
         }
@@ -911,13 +899,7 @@ async fn a_backup_in_progress_completes_before_the_process_exits_on_sigterm() {
     {
         // Enough data that the backup outlasts the rest of the shutdown (about half a
         // second): 60 MB that do not compress, to write and to upload.
-        let store = store::connect(
-            &format!("sqlite://{}", dir.path().join("data/ddms.db").display()).into(),
-            2,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let store = open_sqlite_file(&dir.path().join("data/ddms.db")).await;
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let filler: String = (0..60_000_000 / 16)
             .map(|_| {
@@ -1101,6 +1083,14 @@ async fn backups_are_uploaded_to_s3_and_restored_from_there_when_the_disk_is_los
     ))
     .unwrap();
     let backups_of_target = Backups::new(target.clone(), &config).await;
+    let err = backups_of_target
+        .verify("ddms-backup-20200101T000000.000Z.tar.gz")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BackupError::NotFound(_)),
+        "in neither place: {err}"
+    );
     backups_of_target.restore(&names[2], false).await.unwrap();
     assert_eq!(contents(target.as_ref()).await, expected);
 
