@@ -140,7 +140,7 @@ fn host_from_vars(name: String, vars: &Mapping, base_dir: &Path) -> Result<Host>
                 .collect::<Vec<_>>()
         })
         .collect();
-    Ok(Host {
+    checked(Host {
         address: get("ansible_host").unwrap_or_else(|| name.clone()),
         user: get("ansible_user").or_else(|| get("ansible_ssh_user")),
         port,
@@ -148,6 +148,35 @@ fn host_from_vars(name: String, vars: &Mapping, base_dir: &Path) -> Result<Host>
         ssh_args,
         name,
     })
+}
+
+/// Refuses a host whose address or user ssh and scp could read as an option (`-oProxyCommand=…`
+/// runs a command here): they are passed after `--` as well, but such a name is a mistake or
+/// an attack either way.
+fn checked(host: Host) -> Result<Host> {
+    let name = &host.name;
+    if host.address.is_empty() || host.address.starts_with('-') {
+        bail!(
+            "host `{name}`: address `{}` is not a host name (it must not be empty or start with '-')",
+            host.address.escape_debug()
+        );
+    }
+    if let Some(user) = &host.user {
+        if user.is_empty() || user.starts_with('-') {
+            bail!(
+                "host `{name}`: user `{}` is not a user name (it must not be empty or start with '-')",
+                user.escape_debug()
+            );
+        }
+        // `@` would shift where ssh splits user from host.
+        if user.contains('@') {
+            bail!(
+                "host `{name}`: user `{}` must not contain '@'",
+                user.escape_debug()
+            );
+        }
+    }
+    Ok(host)
 }
 
 /// Hosts from `terraform output -json`: output `ddms_hosts`, a list of
@@ -175,18 +204,20 @@ pub fn from_terraform_json(text: &str, key: Option<&Path>) -> Result<Vec<Host>> 
     if output.value.is_empty() {
         bail!("terraform output `ddms_hosts` is empty");
     }
-    Ok(output
+    output
         .value
         .into_iter()
-        .map(|h| Host {
-            name: h.name,
-            address: h.address,
-            port: h.ssh_port.unwrap_or(22),
-            user: h.ssh_user,
-            key: key.map(Path::to_path_buf),
-            ssh_args: Vec::new(),
+        .map(|h| {
+            checked(Host {
+                name: h.name,
+                address: h.address,
+                port: h.ssh_port.unwrap_or(22),
+                user: h.ssh_user,
+                key: key.map(Path::to_path_buf),
+                ssh_args: Vec::new(),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// An Ansible YAML inventory for `hosts` (group `ddms`), as `provision` writes it from the
@@ -384,6 +415,47 @@ ddms:
                 },
             ]
         );
+    }
+
+    #[test]
+    fn hosts_and_users_that_ssh_would_read_as_options_are_refused() {
+        for (yaml, needle) in [
+            (
+                "ddms:\n  hosts:\n    \"-oProxyCommand=touch /tmp/x\":\n",
+                "address `-oProxyCommand=touch /tmp/x`",
+            ),
+            (
+                "ddms:\n  hosts:\n    a:\n      ansible_host: -oProxyCommand=x\n",
+                "host `a`: address `-oProxyCommand=x`",
+            ),
+            (
+                "ddms:\n  hosts:\n    a:\n      ansible_user: -oProxyCommand=x\n",
+                "host `a`: user `-oProxyCommand=x`",
+            ),
+            (
+                "ddms:\n  hosts:\n    a:\n      ansible_ssh_user: \"-F/tmp/c\"\n",
+                "user `-F/tmp/c`",
+            ),
+            ("ddms:\n  hosts:\n    a:\n      ansible_user: x@y\n", "'@'"),
+        ] {
+            let err = from_ansible_yaml(yaml, Path::new(".")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{yaml}: {err:#}");
+        }
+        let tf = |address: &str, user: &str| {
+            format!(
+                r#"{{"ddms_hosts": {{"value": [{{"name": "t", "address": "{address}", "ssh_user": "{user}"}}]}}}}"#
+            )
+        };
+        let err = from_terraform_json(&tf("-oProxyCommand=x", "admin"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must not be empty or start with '-'"),
+            "{err}"
+        );
+        let err = from_terraform_json(&tf("192.0.2.1", "-lroot"), None).unwrap_err();
+        assert!(err.to_string().contains("user `-lroot`"), "{err}");
+        // A '-' inside a name is fine.
+        assert!(from_terraform_json(&tf("web-1.example.org", "ops-admin"), None).is_ok());
     }
 
     #[test]

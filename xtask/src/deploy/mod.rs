@@ -102,14 +102,37 @@ fn actor() -> String {
 }
 
 /// The environment every remote `ddms release` gets: our `DDMS_RELEASE_*` variables (gates,
-/// ports, paths: how a test shortens the watch) and the actor.
-fn remote_env(actor: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("DDMS_RELEASE_") && k != "DDMS_RELEASE_ACTOR")
-        .collect();
+/// ports, paths: how a test shortens the watch) and the actor. A name that is not
+/// `[A-Z0-9_]+` or a value that is not UTF-8 is refused rather than dropped: the operator
+/// meant it for the hosts.
+fn remote_env(actor: &str) -> Result<Vec<(String, String)>> {
+    forwarded_env(std::env::vars_os(), actor)
+}
+
+fn forwarded_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    actor: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for (key, value) in vars {
+        let key = key.to_string_lossy().into_owned();
+        if !key.starts_with("DDMS_RELEASE_") || key == "DDMS_RELEASE_ACTOR" {
+            continue;
+        }
+        ensure!(
+            ssh::valid_env_name(&key),
+            "cannot forward environment variable `{}` to the hosts: names may only hold A-Z, \
+             0-9 and '_'",
+            key.escape_debug()
+        );
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("environment variable {key} is not UTF-8"))?;
+        env.push((key, value));
+    }
     env.sort();
     env.push(("DDMS_RELEASE_ACTOR".into(), actor.into()));
-    env
+    Ok(env)
 }
 
 fn target_dir(sh: &Shell) -> Result<PathBuf> {
@@ -192,7 +215,22 @@ fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf)> {
         "the artifact's published checksum {} is missing",
         checksum.display()
     );
+    ensure!(
+        artifact_file_name(&tarball).is_some(),
+        "artifact file name {:?}: only letters, digits, '.', '_', '-' and '+' (not first) are \
+         accepted, as it becomes part of remote paths",
+        tarball.file_name().unwrap_or_default()
+    );
     Ok((tarball, checksum))
+}
+
+/// The artifact's file name, when it is safe to use on the hosts.
+fn artifact_file_name(tarball: &Path) -> Option<String> {
+    tarball
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| ssh::valid_artifact_name(n))
+        .map(str::to_string)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -280,25 +318,28 @@ fn remote_step(
     }
 }
 
-/// Upload, install and activate on one host.
-fn deploy_host(
-    host: &Host,
-    env: &[(String, String)],
-    tarball: &Path,
-    checksum: &Path,
-) -> HostReport {
+/// Upload, install and activate on one host. `sha256` is the artifact's digest, checked here
+/// against its published checksum: the host checks its private copy against it.
+fn deploy_host(host: &Host, env: &[(String, String)], tarball: &Path, sha256: &str) -> HostReport {
     let mut report = HostReport::new(&host.name, &host.address);
-    let file_name = tarball
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("artifact.tar.gz")
-        .to_string();
+    let file_name = artifact_file_name(tarball).unwrap_or_default();
+    let mut upload_dir = String::new();
     let upload = remote_step(&mut report, "upload", || {
-        let mkdir = ssh::run(host, &[], &ssh::mkdir_script())?;
+        let mkdir = ssh::run_as(host, ssh::As::LoginUser, &[], &ssh::upload_dir_script())?;
         if !mkdir.ok() {
             return Ok(mkdir);
         }
-        let mut copy = ssh::upload(host, &[tarball, checksum], ssh::UPLOAD_DIR)?;
+        upload_dir = ssh::parse_upload_dir(&mkdir.stdout)?;
+        let mut copy = ssh::upload(host, &[tarball], &upload_dir)?;
+        if !copy.ok() {
+            // Best effort: a failed upload should not leave a partial artifact behind.
+            let _ = ssh::run_as(
+                host,
+                ssh::As::LoginUser,
+                &[],
+                &ssh::remove_upload_dir_script(&upload_dir),
+            );
+        }
         copy.duration += mkdir.duration;
         Ok(copy)
     });
@@ -309,7 +350,11 @@ fn deploy_host(
         return report;
     }
     let Some(install) = remote_step(&mut report, "install", || {
-        ssh::run(host, env, &ssh::install_script(&file_name))
+        ssh::run(
+            host,
+            env,
+            &ssh::install_script(&upload_dir, &file_name, sha256),
+        )
     }) else {
         return report;
     };
@@ -390,7 +435,7 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
         .unwrap_or_default()
         .to_lowercase();
     let actor = actor();
-    let env = remote_env(&actor);
+    let env = remote_env(&actor)?;
     let mut reports: Vec<HostReport> = hosts
         .iter()
         .map(|h| HostReport::new(&h.name, &h.address))
@@ -416,7 +461,7 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
             if caught.load(Ordering::SeqCst) != 0 {
                 break;
             }
-            let done = per_host(batch, |host| deploy_host(host, &env, &tarball, &checksum));
+            let done = per_host(batch, |host| deploy_host(host, &env, &tarball, &digest));
             let first = index * options.batch;
             for (offset, report) in done.into_iter().enumerate() {
                 failed |= report.result != report::RunResult::Ok;
@@ -498,7 +543,7 @@ pub fn rollback(sh: &Shell, options: &Options) -> Result<i32> {
     let started = Instant::now();
     let (hosts, source) = hosts(sh, options)?;
     let actor = actor();
-    let env = remote_env(&actor);
+    let env = remote_env(&actor)?;
     let mut reports = Vec::new();
     for batch in hosts.chunks(options.batch) {
         reports.extend(per_host(batch, |host| {
@@ -707,6 +752,38 @@ mod tests {
         // An activation record, when there is one, has the last word.
         installed.record = Some(json!({"release": "0.2.0-rc1", "result": "ok"}));
         assert_eq!(run_release(&[installed]).as_deref(), Some("0.2.0-rc1"));
+    }
+
+    #[test]
+    fn only_well_named_release_variables_are_forwarded() {
+        let vars = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Vec<(std::ffi::OsString, std::ffi::OsString)>>()
+                .into_iter()
+        };
+        let env = forwarded_env(
+            vars(&[
+                ("PATH", "/bin"),
+                ("DDMS_RELEASE_WATCH", "3"),
+                ("DDMS_RELEASE_ACTOR", "spoofed"),
+                ("DDMS_RELEASE_NOTE", "it's $(id)\nok"),
+            ]),
+            "ci",
+        )
+        .unwrap();
+        assert_eq!(
+            env,
+            [
+                ("DDMS_RELEASE_NOTE", "it's $(id)\nok"),
+                ("DDMS_RELEASE_WATCH", "3"),
+                ("DDMS_RELEASE_ACTOR", "ci"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let err = forwarded_env(vars(&[("DDMS_RELEASE_X;id;Y", "1")]), "ci").unwrap_err();
+        assert!(err.to_string().contains("`DDMS_RELEASE_X;id;Y`"), "{err}");
+        assert!(forwarded_env(vars(&[("DDMS_RELEASE_x", "1")]), "ci").is_err());
     }
 
     #[test]

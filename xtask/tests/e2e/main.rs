@@ -12,5 +12,6 @@ mod provision;
 mod systemd;
 
 mod deploy;
+mod deploy_upload;
 mod fleet;
 mod traffic;
