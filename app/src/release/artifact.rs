@@ -1,8 +1,10 @@
-//! `ddms release install ARTIFACT`: verify the tarball against its published SHA-256, unpack it
-//! into a temp directory inside `releases/`, check it, and rename it into place atomically.
+//! `ddms release install ARTIFACT`: copy the tarball into a private temp directory inside
+//! `releases/` while hashing it, verify the copy against the published SHA-256, unpack the
+//! copy, check it (only now is anything from it run), and rename it into place atomically.
 //! Any failure removes the temp directory: a refused artifact leaves nothing behind.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,9 +38,23 @@ pub async fn install(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| sibling_with_suffix(artifact, ".sha256"));
     let expected = published_digest(artifact, &checksum)?;
+
+    let releases = layout.releases_dir();
+    std::fs::create_dir_all(&releases).map_err(ReleaseError::io(&releases))?;
+    let temp = TempDir(releases.join(format!(".install-{}", uuid::Uuid::new_v4().simple())));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&temp.0)
+        .map_err(ReleaseError::io(&temp.0))?;
+
+    // The artifact is read exactly once, into a private copy; the checksum is taken of the
+    // copy and everything after (unpacking, `ddms --version`) reads only the copy. Reading the
+    // path twice would let whoever can change it between the reads (its owner, a FIFO, a
+    // swap in a shared upload directory) get unchecked bytes unpacked and run as root.
+    let copy = temp.0.join(PRIVATE_COPY);
     let actual = {
-        let artifact = artifact.to_path_buf();
-        tokio::task::spawn_blocking(move || sha256_file(&artifact))
+        let (artifact, copy) = (artifact.to_path_buf(), copy.clone());
+        tokio::task::spawn_blocking(move || copy_and_hash(&artifact, &copy))
             .await
             .expect("hashing does not panic")?
     };
@@ -50,14 +66,9 @@ pub async fn install(
         });
     }
 
-    let releases = layout.releases_dir();
-    std::fs::create_dir_all(&releases).map_err(ReleaseError::io(&releases))?;
-    let temp = TempDir(releases.join(format!(".install-{}", uuid::Uuid::new_v4().simple())));
-    std::fs::create_dir(&temp.0).map_err(ReleaseError::io(&temp.0))?;
-
     let top = {
-        let (artifact, dest) = (artifact.to_path_buf(), temp.0.clone());
-        tokio::task::spawn_blocking(move || unpack(&artifact, &dest))
+        let (copy, dest, shown) = (copy.clone(), temp.0.clone(), artifact.to_path_buf());
+        tokio::task::spawn_blocking(move || unpack(&copy, &dest, &shown))
             .await
             .expect("unpacking does not panic")?
     };
@@ -206,25 +217,55 @@ fn published_digest(artifact: &Path, checksum: &Path) -> Result<String, ReleaseE
     Ok(entry.0)
 }
 
-fn sha256_file(path: &Path) -> Result<String, ReleaseError> {
-    let mut file = std::fs::File::open(path).map_err(ReleaseError::io(path))?;
+/// The private copy of the artifact inside the install's temp directory. Its leading dot keeps
+/// it apart from the archive's top directory (which [`unpack`] never lets start with one
+/// without failing on the name clash).
+const PRIVATE_COPY: &str = ".artifact.tar.gz";
+
+/// Copies `from` (a regular file) to a new file `to` (mode 0600) in one pass, returning the
+/// SHA-256 of exactly the bytes written.
+fn copy_and_hash(from: &Path, to: &Path) -> Result<String, ReleaseError> {
+    let not_a_file = || ReleaseError::InvalidArtifact {
+        path: from.to_path_buf(),
+        reason: "not a regular file".into(),
+    };
+    // Checked before opening too: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(from)
+        .map_err(ReleaseError::io(from))?
+        .is_file()
+    {
+        return Err(not_a_file());
+    }
+    let mut source = std::fs::File::open(from).map_err(ReleaseError::io(from))?;
+    if !source.metadata().map_err(ReleaseError::io(from))?.is_file() {
+        return Err(not_a_file());
+    }
+    let mut copy = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(ReleaseError::io(to))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buffer).map_err(ReleaseError::io(path))?;
+        let n = source.read(&mut buffer).map_err(ReleaseError::io(from))?;
         if n == 0 {
             break;
         }
         hasher.update(&buffer[..n]);
+        copy.write_all(&buffer[..n]).map_err(ReleaseError::io(to))?;
     }
+    copy.flush().map_err(ReleaseError::io(to))?;
     Ok(hex::encode(hasher.finalize()))
 }
 
 /// Unpacks a `.tar.gz` whose entries all live under one top directory, which it returns.
 /// Only directories and regular files are accepted: no links, devices, absolute paths or `..`.
-fn unpack(artifact: &Path, dest: &Path) -> Result<String, ReleaseError> {
+/// `shown` is the path errors name (the artifact the operator gave, not its private copy).
+fn unpack(artifact: &Path, dest: &Path, shown: &Path) -> Result<String, ReleaseError> {
     let invalid = |reason: String| ReleaseError::InvalidArtifact {
-        path: artifact.to_path_buf(),
+        path: shown.to_path_buf(),
         reason,
     };
     let file = std::fs::File::open(artifact).map_err(ReleaseError::io(artifact))?;

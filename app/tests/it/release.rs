@@ -635,3 +635,121 @@ async fn a_deploy_cancelled_with_sigterm_switches_back_and_frees_the_lock_at_onc
     let run = host.release(&["activate", "v2"]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }
+
+/// The artifact is read once, into a private copy that is checked and then unpacked: a path
+/// whose contents change between the check and the unpacking — here a FIFO that gives the
+/// genuine bytes to its first reader and a tampered archive to the next, as a local user
+/// swapping the file would — never gets a binary run or installed.
+#[tokio::test]
+async fn install_never_runs_or_installs_anything_but_the_bytes_it_checked() {
+    let artifacts = artifacts();
+    let host = ReleaseHost::start().await.unwrap();
+    let good = &artifacts.good[0];
+    let work = tempfile::tempdir().unwrap();
+    let releases = host.root.join("opt/ddms/releases");
+
+    // A release whose binary leaves a marker whenever anything runs it, then acts as ddms.
+    let marker = work.path().join("tampered-binary-ran");
+    let script = work.path().join("marking-ddms");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            crate::support::app::ddms_bin().display()
+        ),
+    )
+    .unwrap();
+    let evil_dir = work.path().join("evil");
+    std::fs::create_dir_all(&evil_dir).unwrap();
+    let evil = crate::support::release::pack_release(&evil_dir, "v9", &script).unwrap();
+
+    let fifo = work.path().join("ddms-v9.tar.gz");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::copy(&good.checksum, work.path().join("ddms-v9.tar.gz.sha256")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (fifo, stop) = (fifo.clone(), stop.clone());
+        let contents = vec![
+            std::fs::read(&good.tarball).unwrap(),
+            std::fs::read(&evil.tarball).unwrap(),
+        ];
+        std::thread::spawn(move || serve_to_successive_readers(&fifo, contents, &stop))
+    };
+    let run = host.install_path(&fifo, None).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(!marker.exists(), "the tampered binary ran: {run:?}");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("not a regular file") && run.stderr.contains("nothing was installed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        files_under(&releases).is_empty(),
+        "{:?}",
+        files_under(&releases)
+    );
+}
+
+/// Writes `contents[i]` to the i-th reader that opens `fifo`, each only after the previous
+/// reader closed it; gives up when `stop` is set.
+fn serve_to_successive_readers(
+    fifo: &std::path::Path,
+    contents: Vec<Vec<u8>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let stopped = || stop.load(std::sync::atomic::Ordering::SeqCst);
+    for bytes in contents {
+        // A non-blocking open for writing fails (ENXIO) until a reader has the FIFO open.
+        let mut file = loop {
+            if stopped() {
+                return;
+            }
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(fifo)
+            {
+                Ok(file) => break file,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .unwrap();
+        if file.write_all(&bytes).is_err() {
+            return;
+        }
+        drop(file);
+        // The next bytes are for the next reader: wait until this one has let go.
+        while fifo_open_anywhere(fifo) {
+            if stopped() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Whether any process has `path` open.
+fn fifo_open_anywhere(path: &std::path::Path) -> bool {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        std::fs::read_dir(p.path().join("fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+            })
+            .unwrap_or(false)
+    })
+}
