@@ -64,13 +64,37 @@ pub fn write(target: &Path, manifest: &[u8], data_dir: &Path, files: &[String]) 
     Ok(file.metadata()?.len())
 }
 
+/// The most a manifest may hold. Real ones are a few KiB (one line per table and file).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// The most an archive may unpack to, whatever its manifest declares: a guard against an
+/// archive (from S3 or handed to `ddms backup restore`) that fills the disk.
+pub const MAX_UNPACKED_BYTES: u64 = 256 << 30;
+
+/// What [`unpack`] needs of the manifest: each data file's declared size.
+#[derive(serde::Deserialize)]
+struct Declared {
+    files: Vec<DeclaredFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeclaredFile {
+    path: String,
+    bytes: u64,
+}
+
 /// Unpacks an archive into `into` (`manifest.json` and `data/`), refusing any entry that is
 /// not a plain file at one of those places. Returns the manifest's bytes.
+///
+/// Bounded before anything large is written, so a decompression bomb fails fast with a clear
+/// error: the manifest comes first and holds at most [`MAX_MANIFEST_BYTES`]; every data entry
+/// must be listed in it, once, with exactly its declared size; and the declared sizes together
+/// must stay under [`MAX_UNPACKED_BYTES`] and fit in the free space where `into` is.
 pub fn unpack(archive: &Path, into: &Path) -> Result<Vec<u8>, String> {
     let file = File::open(archive).map_err(|e| format!("cannot open it: {e}"))?;
     let mut tar = tar::Archive::new(GzDecoder::new(io::BufReader::new(file)));
     std::fs::create_dir_all(into.join(DATA)).map_err(|e| e.to_string())?;
-    let mut manifest = None;
+    let mut manifest: Option<(Vec<u8>, Declared)> = None;
+    let mut unpacked = std::collections::HashSet::new();
     let entries = tar
         .entries()
         .map_err(|e| format!("not a tar.gz archive: {e}"))?;
@@ -84,23 +108,85 @@ pub fn unpack(archive: &Path, into: &Path) -> Result<Vec<u8>, String> {
         if !entry.header().entry_type().is_file() {
             return Err(format!("unexpected entry `{path}` (not a file)"));
         }
-        let target = match path.split_once('/') {
-            None if path == MANIFEST => into.join(MANIFEST),
+        let size = entry.size();
+        let name = match path.split_once('/') {
+            None if path == MANIFEST => None,
             Some((DATA, name))
                 if !name.is_empty() && !name.contains('/') && name != "." && name != ".." =>
             {
-                into.join(DATA).join(name)
+                Some(name.to_string())
             }
             _ => return Err(format!("unexpected entry `{path}`")),
         };
+        let Some(name) = name else {
+            if manifest.is_some() {
+                return Err(format!("{MANIFEST} appears twice"));
+            }
+            if size > MAX_MANIFEST_BYTES {
+                return Err(format!(
+                    "its {MANIFEST} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may hold"
+                ));
+            }
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("unreadable archive: {e}"))?;
+            let declared: Declared =
+                serde_json::from_slice(&bytes).map_err(|e| format!("unreadable manifest: {e}"))?;
+            check_declared_total(&declared, into)?;
+            std::fs::write(into.join(MANIFEST), &bytes).map_err(|e| e.to_string())?;
+            manifest = Some((bytes, declared));
+            continue;
+        };
+        let Some((_, declared)) = &manifest else {
+            return Err(format!("`{path}` comes before {MANIFEST}"));
+        };
+        let Some(expected) = declared.files.iter().find(|f| f.path == name) else {
+            return Err(format!("data/{name} is not in the manifest"));
+        };
+        if size != expected.bytes {
+            return Err(format!(
+                "data/{name} is {size} bytes in the archive; the manifest says {} bytes",
+                expected.bytes
+            ));
+        }
+        if !unpacked.insert(name.clone()) {
+            return Err(format!("data/{name} appears twice"));
+        }
+        let target = into.join(DATA).join(&name);
         let mut out = File::create(&target).map_err(|e| e.to_string())?;
+        // The tar reader stops at the entry's size, which was just bounded.
         io::copy(&mut entry, &mut out).map_err(|e| format!("unreadable archive: {e}"))?;
         out.flush().map_err(|e| e.to_string())?;
-        if path == MANIFEST {
-            manifest = Some(std::fs::read(&target).map_err(|e| e.to_string())?);
+    }
+    manifest
+        .map(|(bytes, _)| bytes)
+        .ok_or_else(|| format!("it has no {MANIFEST}"))
+}
+
+/// The declared sizes together are under [`MAX_UNPACKED_BYTES`] and fit where they go.
+fn check_declared_total(declared: &Declared, into: &Path) -> Result<(), String> {
+    let total = declared
+        .files
+        .iter()
+        .try_fold(0u64, |sum, f| sum.checked_add(f.bytes))
+        .unwrap_or(u64::MAX);
+    if total > MAX_UNPACKED_BYTES {
+        return Err(format!(
+            "its manifest declares {total} bytes of data, more than the {MAX_UNPACKED_BYTES} a backup may unpack to"
+        ));
+    }
+    if let Ok(stat) = nix::sys::statvfs::statvfs(into) {
+        let free =
+            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        if total > free {
+            return Err(format!(
+                "its manifest declares {total} bytes of data, but only {free} bytes are free in {}",
+                into.display()
+            ));
         }
     }
-    manifest.ok_or_else(|| format!("it has no {MANIFEST}"))
+    Ok(())
 }
 
 /// The unpacked data directory of [`unpack`].
