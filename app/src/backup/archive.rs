@@ -177,8 +177,7 @@ fn check_declared_total(declared: &Declared, into: &Path) -> Result<(), String> 
         ));
     }
     if let Ok(stat) = nix::sys::statvfs::statvfs(into) {
-        let free =
-            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        let free = stat.blocks_available().saturating_mul(stat.fragment_size());
         if total > free {
             return Err(format!(
                 "its manifest declares {total} bytes of data, but only {free} bytes are free in {}",
