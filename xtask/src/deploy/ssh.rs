@@ -336,11 +336,14 @@ name={name}
 want={want}
 fail() {{ echo "$*" >&2; exit 1; }}
 priv=$(mktemp -d /var/tmp/ddms-install.XXXXXXXXXX) || fail "cannot create a private directory under /var/tmp"
-trap 'rm -rf -- "$priv" "$up"' EXIT
+# The upload directory is removed too, but only once it proved to be the ssh user's own.
+ours=""
+trap 'rm -rf -- "$priv"; [ -z "$ours" ] || rm -rf -- "$up"' EXIT
 [ ! -L "$priv" ] && [ "$(stat -c %u:%a "$priv")" = "0:700" ] || fail "$priv is not a root-owned private directory"
 uploader="${{SUDO_UID:-0}}"
 [ -d "$up" ] && [ ! -L "$up" ] || fail "upload directory $up is missing or not a directory"
 [ "$(stat -c %u:%a "$up")" = "$uploader:700" ] || fail "upload directory $up is not owned by uid $uploader with mode 0700: refusing it"
+ours=1
 [ -f "$up/$name" ] && [ ! -L "$up/$name" ] || fail "$up/$name is not a regular file"
 # From here on only the private copy is used: whatever happens in the upload directory
 # afterwards cannot change what is checked, unpacked, run or installed.

@@ -1,7 +1,7 @@
 //! How `cargo xtask deploy` gets an artifact onto a host: through a non-root ssh user with
 //! passwordless sudo, and past a local user of the host who tries to swap the artifact (and its
-//! checksum) between the upload and root's install. One unprovisioned host: these are the
-//! upload and install steps; activation is the deploy scenarios' business (`deploy.rs`).
+//! checksum) between the upload and root's install. One unprovisioned host for the upload and
+//! install steps, and a provisioned fleet for a whole deploy through the sudo user.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -27,14 +27,7 @@ fn deploy_upload_container_sudo_user_deploys_and_a_local_user_cannot_swap_the_ar
     let genuine_sha = sha256_of(ddms_binary()?)?;
 
     // (b) A non-root ssh user with passwordless sudo (as cloud images have).
-    cluster.ssh_ok(
-        HOST,
-        "set -e; useradd -m -s /bin/sh deployer; usermod -p '*' deployer; \
-         install -d -m 0700 -o deployer -g deployer ~deployer/.ssh; \
-         install -m 0600 -o deployer -g deployer /root/.ssh/authorized_keys ~deployer/.ssh/; \
-         echo 'deployer ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deployer; \
-         chmod 0440 /etc/sudoers.d/deployer",
-    )?;
+    cluster.ssh_ok(HOST, ADD_SUDO_USER)?;
     let up1 = release_tarball(&dir, "up1", Kind::Good)?;
     let report = deploy(&cluster, "deployer", &up1)?;
     let host = upload_and_install_ok(&report).context("deploy as `deployer` with sudo")?;
@@ -100,6 +93,80 @@ fn deploy_upload_container_sudo_user_deploys_and_a_local_user_cannot_swap_the_ar
     no_leftovers(&cluster)?;
     Ok(())
 }
+
+/// A whole deploy (upload, install, activate with its watch) to a provisioned fleet through a
+/// non-root ssh user with passwordless sudo, then `cargo xtask status` through the same user.
+#[test]
+fn deploy_upload_container_a_sudo_user_deploys_to_a_provisioned_fleet() -> Result<()> {
+    let _exclusive = crate::support::one_cluster_at_a_time();
+    let xtask = std::path::PathBuf::from(env!("CARGO_BIN_EXE_xtask"));
+    let fleet = crate::fleet::Fleet::provision("ddms-e2e-sudo", &xtask, "v1")?;
+    for host in crate::fleet::HOSTS {
+        fleet.cluster.ssh_ok(host, ADD_SUDO_USER)?;
+    }
+    let v2 = release_tarball(fleet.cluster.dir(), "v2", Kind::Good)?;
+    let inventory = fleet.cluster.dir().join("hosts-deployer.yml");
+    fleet
+        .cluster
+        .write_inventory(&inventory, &json!({ "ansible_user": "deployer" }))?;
+    let report_path = fleet.cluster.dir().join("report-deployer-v2.json");
+    let output = Command::new(&xtask)
+        .args(["deploy", "--env", "e2e", "--inventory"])
+        .arg(&inventory)
+        .arg("--artifact")
+        .arg(&v2.tarball)
+        .arg("--report")
+        .arg(&report_path)
+        .envs([
+            ("DDMS_RELEASE_WATCH", "3"),
+            ("DDMS_RELEASE_READY_TIMEOUT", "30"),
+            ("DDMS_RELEASE_DRAIN_TIMEOUT", "15"),
+        ])
+        .stdin(Stdio::null())
+        .output()?;
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).with_context(|| {
+            format!(
+                "no report:\n{}",
+                crate::support::tail(&String::from_utf8_lossy(&output.stderr), 40)
+            )
+        })?)?;
+    ensure!(
+        output.status.success() && report["result"] == "ok",
+        "deploy through sudo: {report}"
+    );
+    for host in crate::fleet::HOSTS {
+        let record = crate::fleet::host_record(&report, host)?;
+        ensure!(record["release"] == "v2", "{host}: {record}");
+        ensure!(record["record"]["result"] == "ok", "{host}: {record}");
+    }
+    let status = Command::new(&xtask)
+        .args(["status", "--env", "e2e", "--inventory"])
+        .arg(&inventory)
+        .output()?;
+    ensure!(
+        status.status.success(),
+        "status through sudo: {}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for host in crate::fleet::HOSTS {
+        let left = fleet.cluster.ssh_ok(
+            host,
+            "ls -d /tmp/ddms-upload.* /var/tmp/ddms-install.* 2>/dev/null || true",
+        )?;
+        ensure!(left.trim().is_empty(), "{host}: left behind: {left}");
+    }
+    Ok(())
+}
+
+/// A user `deployer` that logs in with the cluster's key and may run anything through
+/// passwordless sudo (as cloud images set up their default user).
+const ADD_SUDO_USER: &str = "set -e; useradd -m -s /bin/sh deployer; usermod -p '*' deployer; \
+     install -d -m 0700 -o deployer -g deployer ~deployer/.ssh; \
+     install -m 0600 -o deployer -g deployer /root/.ssh/authorized_keys ~deployer/.ssh/; \
+     echo 'deployer ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deployer; \
+     chmod 0440 /etc/sudoers.d/deployer";
 
 /// Swaps whatever artifact it can reach, as the unprivileged user `mallory`: in the old fixed
 /// upload path (her symlink's target), and in any of the deploy's temp directories it can
