@@ -592,6 +592,25 @@ mod tests {
             String::from_utf8(out.stdout).unwrap(),
             bin.join("ddms").display().to_string()
         );
+
+        // A state file naming a path rather than a release (whoever could write it) picks
+        // nothing outside releases/.
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::copy(bin.join("ddms"), elsewhere.join("ddms")).unwrap();
+        std::fs::write(
+            root.join("var/lib/ddms/release-state.json"),
+            "{\n  \"last_known_good\": \"../../../elsewhere\"\n}\n",
+        )
+        .unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{FIND_DDMS}\nprintf %s \"$ddms\""))
+            .env("DDMS_RELEASE_ROOT", format!("{}/", root.display()))
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
