@@ -348,7 +348,7 @@ impl DevicePoller {
                     register,
                     &words[offset..offset + usize::from(register.width())],
                 ),
-                Answer::Bits(bits) => Ok(decode_bit(register, bits[offset])),
+                Answer::Bits(bits) => decode_bit(register, bits[offset]),
             };
             match value {
                 Ok(value) => report.samples.push(Sample {
@@ -460,6 +460,12 @@ pub async fn run(
                 .register_errors
                 .with_label_values(&[error.problem.label().as_str()])
                 .inc();
+            // A value the device sent that can never be a reading is a refused reading too.
+            if let RegisterProblem::Invalid(e) = &error.problem {
+                if let Some(reason) = e.rejection_reason() {
+                    context.ingest.metrics().reject(PROTOCOL, reason);
+                }
+            }
         }
         if !report.samples.is_empty() {
             let submitted = context.ingest.submit_then(
