@@ -471,8 +471,16 @@ pub async fn run(
             let submitted = context.ingest.submit_then(
                 PROTOCOL,
                 report.samples,
-                Box::new(move |result| {
-                    if let Err(e) = result {
+                // The writer holds readings while the database is unavailable and retries; what
+                // reaches here failed for good and is counted there (`ddms_readings_rejected_total`
+                // when refused, `ddms_readings_failed_total` when given up at shutdown). A poller
+                // retrying would only queue the same readings again.
+                Box::new(move |result| match result {
+                    Ok(()) => {}
+                    Err(e) if e.is_refusal() => {
+                        tracing::warn!(device.id = %device_id, error = %e, "Modbus readings refused");
+                    }
+                    Err(e) => {
                         tracing::warn!(device.id = %device_id, error = %e, "Modbus readings were not stored");
                     }
                 }),

@@ -1027,7 +1027,8 @@ impl Store for PostgresStore {
         if let Some((oldest, newest)) = snapshot.readings_span {
             // Daily partitions for the loaded readings (at most the newest year's; older
             // ones land in the default partition), as ingest would have created them.
-            let start = oldest.max(newest - chrono::Duration::days(366));
+            let year_before = newest.checked_sub_signed(chrono::Duration::days(366));
+            let start = year_before.map_or(oldest, |year_before| oldest.max(year_before));
             let days = (newest - start).num_days().max(0) as u32;
             // `ensure_partitions` starts the day before the one it is given.
             self.ensure_partitions(start + chrono::Duration::days(1), days)

@@ -326,6 +326,48 @@ async fn a_deleted_device_s_readings_never_reach_another_device(setup: Setup) {
     );
 }
 
+/// While the database is unavailable the writer holds the batch; readings it finally gives up
+/// on (shutdown) fail with a retryable error and are counted, never dropped silently.
+#[tokio::test]
+async fn readings_given_up_at_shutdown_fail_retryably_and_are_counted() {
+    // Nothing listens on port 1: every connection attempt fails at once.
+    let store = store::connect(
+        &"postgres://ddms@127.0.0.1:1/ddms".to_string().into(),
+        2,
+        Duration::from_millis(200),
+    )
+    .await
+    .expect("lazy pool");
+    let mut pipeline = pipeline(&store, IngestConfig::default());
+    let device = Uuid::now_v7();
+    let result = pipeline
+        .queue(vec![
+            sample(device, "t", 1, 1.0),
+            sample(device, "t", 2, 2.0),
+        ])
+        .await;
+    pipeline.start();
+    // Held, not failed: wait until the writer has retried a few times, then shut it down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pipeline.metrics.channel_depth.get() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer took nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pipeline.abort.cancel();
+    let result = result.await.unwrap();
+    assert!(
+        matches!(&result, Err(IngestError::Store(_))),
+        "retryable: {result:?}"
+    );
+    assert_eq!(
+        pipeline.metrics.failed.with_label_values(&["test"]).get(),
+        2
+    );
+}
+
 macro_rules! ingest_suite {
     ($($check:ident),* $(,)?) => {
         mod sqlite {

@@ -169,6 +169,17 @@ async fn duplicate_readings_are_ignored(store: Arc<dyn Store>) {
     assert_eq!(store.insert_readings(&[]).await.unwrap(), 0);
 }
 
+/// The batch writer caches series ids, so an id must never come back for another series
+/// (SQLite handed out the highest deleted id again before migration 0007).
+async fn series_ids_are_never_reused_after_a_device_is_deleted(store: Arc<dyn Store>) {
+    let gone = store.create_device(&modbus_device("gone")).await.unwrap();
+    let old = store.ensure_series(gone.id, "t", None).await.unwrap();
+    store.delete_device(gone.id).await.unwrap();
+    let heir = store.create_device(&modbus_device("heir")).await.unwrap();
+    let new = store.ensure_series(heir.id, "t", None).await.unwrap();
+    assert!(new > old, "series id {old} was handed out again");
+}
+
 async fn range_queries_return_oldest_first_within_bounds(store: Arc<dyn Store>) {
     let device = store.create_device(&modbus_device("d")).await.unwrap();
     let series = store.ensure_series(device.id, "t", None).await.unwrap();
@@ -1403,6 +1414,7 @@ conformance_suite!(
     duplicate_device_name_is_a_conflict,
     series_are_created_once_per_device_and_metric,
     duplicate_readings_are_ignored,
+    series_ids_are_never_reused_after_a_device_is_deleted,
     range_queries_return_oldest_first_within_bounds,
     rollups_summarise_new_readings_per_minute_and_hour,
     concurrent_writers_of_the_same_readings_count_them_once,
