@@ -12,6 +12,8 @@ use figment::{Figment, Profile};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::ingest::MAX_SERIES_PER_DEVICE;
+
 /// Profiles named in the contract; any other value of `DDMS_PROFILE` is refused.
 pub const PROFILES: &[&str] = &["default", "dev", "staging", "production"];
 
@@ -215,6 +217,9 @@ pub struct IngestSettings {
     pub max_delay_ms: u64,
     /// Submissions queued for the batch writer before producers wait.
     pub channel_capacity: usize,
+    /// Series (metrics) one device may have; readings that would create more are refused
+    /// (`reason="series_quota"`). See `docs/limits.md`.
+    pub max_series_per_device: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +355,7 @@ listen = "127.0.0.1:1883"
 max_batch = 1000
 max_delay_ms = 0
 channel_capacity = 4096
+max_series_per_device = 1000
 
 [devices]
 failure_threshold = 3
@@ -690,6 +696,12 @@ impl Config {
         if self.ingest.channel_capacity == 0 {
             return invalid("ingest.channel_capacity", "must be at least 1".into());
         }
+        if !(1..=MAX_SERIES_PER_DEVICE).contains(&self.ingest.max_series_per_device) {
+            return invalid(
+                "ingest.max_series_per_device",
+                format!("must be between 1 and {MAX_SERIES_PER_DEVICE}"),
+            );
+        }
         if self.devices.failure_threshold == 0 {
             return invalid("devices.failure_threshold", "must be at least 1".into());
         }
@@ -934,6 +946,7 @@ impl Config {
                 "max_batch": self.ingest.max_batch,
                 "max_delay_ms": self.ingest.max_delay_ms,
                 "channel_capacity": self.ingest.channel_capacity,
+                "max_series_per_device": self.ingest.max_series_per_device,
             },
             "devices": { "failure_threshold": self.devices.failure_threshold },
             "modbus": {

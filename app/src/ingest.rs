@@ -15,7 +15,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::events::{EventHub, EventKind};
-use crate::store::{Reading, SeriesId, Store, StoreError};
+
+pub mod limits;
+mod series;
+mod split;
+
+use crate::store::Store;
+pub use series::{MAX_CACHED_SERIES, MAX_SERIES_PER_DEVICE};
+pub use split::{SERIES_QUOTA, STORE_REFUSED};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -30,8 +37,26 @@ pub struct Sample {
 pub enum IngestError {
     #[error("the ingest pipeline has shut down")]
     Closed,
+    /// Not stored this time (the database stayed unavailable until shutdown): sending the
+    /// readings again may succeed.
     #[error("readings could not be stored: {0}")]
     Store(String),
+    /// Can never be stored as sent (a value out of range, readings the database refuses for
+    /// good): sending them again would fail the same way. Counted in
+    /// `ddms_readings_rejected_total` with `reason`.
+    #[error("readings refused ({reason}): {message}")]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl IngestError {
+    /// Whether the submission is settled for good although not stored: a producer should
+    /// drop it (an MQTT message is acknowledged), not send it again.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, IngestError::Refused { .. })
+    }
 }
 
 /// Called once the submission's readings are committed (or definitively failed).
@@ -53,6 +78,8 @@ pub struct IngestConfig {
     /// default) is group commit: a batch is whatever queued while the previous one committed,
     /// so batches grow with load and a lone reading is committed at once.
     pub max_delay: Duration,
+    /// Series one device may have; readings that would create more are refused.
+    pub max_series_per_device: usize,
 }
 
 impl Default for IngestConfig {
@@ -61,6 +88,7 @@ impl Default for IngestConfig {
             channel_capacity: 4096,
             max_batch: 1000,
             max_delay: Duration::ZERO,
+            max_series_per_device: 1000,
         }
     }
 }
@@ -69,6 +97,7 @@ impl Default for IngestConfig {
 pub struct IngestMetrics {
     pub ingested: IntCounterVec,
     pub rejected: IntCounterVec,
+    pub failed: IntCounterVec,
     batch_size: Histogram,
     commit_seconds: Histogram,
     pub channel_depth: IntGauge,
@@ -90,6 +119,15 @@ impl IngestMetrics {
                 "Messages or readings refused, by protocol and reason",
             ),
             &["protocol", "reason"],
+        )
+        .expect("valid metric");
+        let failed = IntCounterVec::new(
+            Opts::new(
+                "ddms_readings_failed_total",
+                "Readings given up because the database stayed unavailable until shutdown (MQTT \
+                 messages among them are redelivered; Modbus readings are lost), by protocol",
+            ),
+            &["protocol"],
         )
         .expect("valid metric");
         let batch_size = Histogram::with_opts(
@@ -116,6 +154,7 @@ impl IngestMetrics {
         for collector in [
             Box::new(ingested.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejected.clone()),
+            Box::new(failed.clone()),
             Box::new(batch_size.clone()),
             Box::new(commit_seconds.clone()),
             Box::new(channel_depth.clone()),
@@ -125,6 +164,7 @@ impl IngestMetrics {
         IngestMetrics {
             ingested,
             rejected,
+            failed,
             batch_size,
             commit_seconds,
             channel_depth,
@@ -198,7 +238,8 @@ pub struct BatchWriter {
     hub: EventHub,
     metrics: IngestMetrics,
     config: IngestConfig,
-    series: HashMap<(Uuid, String), SeriesId>,
+    series: series::SeriesResolver,
+    device_changes: Option<Arc<tokio::sync::Notify>>,
 }
 
 pub fn pipeline(
@@ -219,12 +260,20 @@ pub fn pipeline(
             hub,
             metrics,
             config,
-            series: HashMap::new(),
+            series: series::SeriesResolver::new(config.max_series_per_device),
+            device_changes: None,
         },
     )
 }
 
 impl BatchWriter {
+    /// Forgets the cached series of deleted devices whenever `changed` is notified (the API
+    /// notifies it after every device change).
+    pub fn forgetting_deleted_devices(mut self, changed: Arc<tokio::sync::Notify>) -> Self {
+        self.device_changes = Some(changed);
+        self
+    }
+
     /// Runs until every [`IngestHandle`] is dropped and the channel is drained: shutdown stops
     /// the producers first, so whatever they submitted is still committed. `abort` gives up on
     /// a database that stays unreachable (the submissions fail; MQTT messages stay unacknowledged
@@ -232,10 +281,23 @@ impl BatchWriter {
     pub async fn run(mut self, abort: CancellationToken) {
         let mut pending: Vec<Submission> = Vec::new();
         let mut readings = 0usize;
+        // Enabled at once, so a change notified while a batch commits is not missed.
+        let changes = self.device_changes.clone().unwrap_or_default();
+        let mut changed = Box::pin(changes.clone().notified_owned());
+        changed.as_mut().enable();
         loop {
-            let first = match self.receiver.recv().await {
-                Some(submission) => submission,
-                None => break,
+            let first = tokio::select! {
+                biased;
+                () = &mut changed => {
+                    changed = Box::pin(changes.clone().notified_owned());
+                    changed.as_mut().enable();
+                    self.forget_deleted_devices().await;
+                    continue;
+                }
+                received = self.receiver.recv() => match received {
+                    Some(submission) => submission,
+                    None => break,
+                },
             };
             self.metrics.channel_depth.dec();
             readings += first.samples.len();
@@ -268,55 +330,62 @@ impl BatchWriter {
 
     async fn commit(&mut self, submissions: Vec<Submission>, abort: &CancellationToken) {
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let result = loop {
-            match self.try_commit(&submissions).await {
-                Ok(result) => break Ok(result),
-                Err(StoreError::Unavailable(e)) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "database unavailable; holding the batch");
-                    tokio::select! {
-                        () = abort.cancelled() => break Err(IngestError::Store(e)),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "batch could not be stored");
-                    break Err(IngestError::Store(e.to_string()));
-                }
-            }
-        };
-        let total: usize = submissions.iter().map(|s| s.samples.len()).sum();
-        match &result {
-            Ok(_) => {
-                self.metrics.batch_size.observe(total as f64);
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            Err(e) => tracing::error!(readings = total, error = %e, "batch failed"),
-        }
-        let committed = result.is_ok();
+        let settled = self.store_isolating(&submissions, abort).await;
+        let mut stored = 0usize;
         // Live events carry each series' newest reading of the batch: what a live view shows,
         // at a fraction of the log volume under heavy ingest (history comes from the API).
         // `oldest_ts` tells how far back the batch reaches for the device (latency probes).
         let mut newest: HashMap<(Uuid, &str), &Sample> = HashMap::new();
         let mut oldest: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
-        for submission in &submissions {
-            if committed {
-                self.metrics
-                    .ingested
-                    .with_label_values(&[submission.protocol])
-                    .inc_by(submission.samples.len() as u64);
-                for s in &submission.samples {
-                    let entry = newest.entry((s.device_id, s.metric.as_str())).or_insert(s);
-                    if s.ts >= entry.ts {
-                        *entry = s;
-                    }
-                    let first = oldest.entry(s.device_id).or_insert(s.ts);
-                    *first = (*first).min(s.ts);
+        for (submission, fate) in submissions.iter().zip(&settled) {
+            let readings = submission.samples.len() as u64;
+            match &fate.result {
+                Ok(()) => {}
+                Err(IngestError::Refused { reason, .. }) => {
+                    self.metrics
+                        .rejected
+                        .with_label_values(&[submission.protocol, reason])
+                        .inc_by(readings);
+                    continue;
+                }
+                Err(_) => {
+                    self.metrics
+                        .failed
+                        .with_label_values(&[submission.protocol])
+                        .inc_by(readings);
+                    continue;
                 }
             }
+            let kept = submission
+                .samples
+                .iter()
+                .zip(&fate.kept)
+                .filter_map(|(s, kept)| kept.then_some(s));
+            let mut count = 0;
+            for s in kept {
+                count += 1;
+                let entry = newest.entry((s.device_id, s.metric.as_str())).or_insert(s);
+                if s.ts >= entry.ts {
+                    *entry = s;
+                }
+                let first = oldest.entry(s.device_id).or_insert(s.ts);
+                *first = (*first).min(s.ts);
+            }
+            self.metrics
+                .ingested
+                .with_label_values(&[submission.protocol])
+                .inc_by(count);
+            stored += count as usize;
+        }
+        let total: usize = submissions.iter().map(|s| s.samples.len()).sum();
+        if stored > 0 {
+            self.metrics.batch_size.observe(stored as f64);
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if stored < total {
+            tracing::debug!(readings = total, stored, "batch partly stored");
         }
         let mut per_device: HashMap<Uuid, Vec<serde_json::Value>> = HashMap::new();
         for ((device_id, _), s) in newest {
@@ -335,34 +404,26 @@ impl BatchWriter {
                 }),
             );
         }
-        for submission in submissions {
-            (submission.on_commit)(result.clone().map(|_| ()));
+        for (submission, fate) in submissions.into_iter().zip(settled) {
+            (submission.on_commit)(fate.result);
         }
     }
 
-    async fn try_commit(&mut self, submissions: &[Submission]) -> Result<u64, StoreError> {
-        let mut batch = Vec::with_capacity(submissions.iter().map(|s| s.samples.len()).sum());
-        for submission in submissions {
-            for sample in &submission.samples {
-                let key = (sample.device_id, sample.metric.clone());
-                let series = match self.series.get(&key) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self
-                            .store
-                            .ensure_series(sample.device_id, &sample.metric, sample.unit.as_deref())
-                            .await?;
-                        self.series.insert(key, id);
-                        id
-                    }
-                };
-                batch.push(Reading {
-                    series,
-                    ts: sample.ts,
-                    value: sample.value,
-                });
+    async fn forget_deleted_devices(&mut self) {
+        match self.store.list_devices().await {
+            Ok(devices) => {
+                let existing = devices.iter().map(|d| d.id).collect();
+                self.series.retain_devices(&existing);
+            }
+            Err(e) => {
+                // Unsure which devices remain: forget them all (the cache refills on use).
+                tracing::warn!(error = %e, "cannot list devices; clearing the series cache");
+                self.series.clear();
             }
         }
-        self.store.insert_readings(&batch).await
+        tracing::debug!(
+            cached = self.series.cached(),
+            "series cache updated after a device change"
+        );
     }
 }

@@ -66,7 +66,10 @@ pub async fn run_once(
     {
         return Ok(None);
     }
-    let before = Utc::now() - chrono::Duration::days(i64::from(days));
+    // Checked: a setting written to the database by hand could reach past chrono's range.
+    let before = Utc::now()
+        .checked_sub_signed(chrono::Duration::days(i64::from(days)))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
     let result = store.prune_readings(before).await;
     if let Err(e) = store.release_leases(&names, holder).await {
         tracing::warn!(error = %e, "cannot release the retention lease; it expires on its own");

@@ -118,10 +118,12 @@ impl Server {
                 channel_capacity: config.ingest.channel_capacity,
                 max_batch: config.ingest.max_batch,
                 max_delay: Duration::from_millis(config.ingest.max_delay_ms),
+                max_series_per_device: config.ingest.max_series_per_device,
             },
         );
         let modbus_metrics = ModbusMetrics::register(metrics.registry());
         let devices_changed = Arc::new(Notify::new());
+        let writer = writer.forgetting_deleted_devices(devices_changed.clone());
         let mut mqtt_ingester = None;
         let mut mqtt_connected = None;
         let mut dynsec = None;

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -368,6 +368,19 @@ fn max_range(step: Option<RollupStep>) -> chrono::Duration {
     }
 }
 
+/// Times a query may name: years 1 to 9999, the range of RFC 3339 and of every backend (chrono
+/// parses years up to ±262143, PostgreSQL refuses most of those).
+fn supported_time(parameter: &str, time: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let earliest = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).single();
+    let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single();
+    match (earliest, latest) {
+        (Some(earliest), Some(latest)) if (earliest..=latest).contains(&time) => Ok(time),
+        _ => Err(ApiError::BadRequest(format!(
+            "`{parameter}` must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        ))),
+    }
+}
+
 pub async fn readings(
     State(state): State<AppState>,
     _auth: Authorized<ViewerRole>,
@@ -387,8 +400,12 @@ pub async fn readings(
             )))
         }
     };
-    let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - chrono::Duration::hours(1));
+    let to = supported_time("to", query.to.unwrap_or_else(Utc::now))?;
+    // Checked: `to` near the earliest time chrono holds would overflow (a panic, before).
+    let default_from = to
+        .checked_sub_signed(chrono::Duration::hours(1))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let from = supported_time("from", query.from.unwrap_or(default_from))?;
     if from >= to {
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));
     }

@@ -1,6 +1,7 @@
 //! Turning the words or bit of one register into a reading: raw value × scale + offset.
 
 use super::register_map::{RegisterSpec, ValueType, WordOrder};
+use crate::ingest::limits::{check_value, MAX_ABS_VALUE};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
@@ -16,13 +17,27 @@ pub enum DecodeError {
     /// A float register holding NaN or an infinity: a reading must be a finite number.
     #[error("{metric}: the device sent {raw}, not a finite number")]
     NotFinite { metric: String, raw: f64 },
-    #[error("{metric}: {raw} × {scale} + {offset} is not a finite number")]
+    /// Scaled, the value is infinite or beyond the reading range
+    /// ([`crate::ingest::limits::MAX_ABS_VALUE`]).
+    #[error("{metric}: {raw} × {scale} + {offset} is not a finite number within ±{max:e}", max = MAX_ABS_VALUE)]
     ScaledOutOfRange {
         metric: String,
         raw: f64,
         scale: f64,
         offset: f64,
     },
+}
+
+impl DecodeError {
+    /// The `reason` label of `ddms_readings_rejected_total` for a value the device sent that
+    /// cannot be a reading; `None` for a register map that does not fit the answer.
+    pub fn rejection_reason(&self) -> Option<&'static str> {
+        match self {
+            DecodeError::NotFinite { .. } => Some("not_finite"),
+            DecodeError::ScaledOutOfRange { .. } => Some("value_out_of_range"),
+            DecodeError::WrongWordCount { .. } | DecodeError::BitReadAsWords { .. } => None,
+        }
+    }
 }
 
 /// Decodes a number from exactly [`RegisterSpec::width`] words, as received (each word in the
@@ -59,15 +74,17 @@ pub fn decode(register: &RegisterSpec, words: &[u16]) -> Result<f64, DecodeError
     scaled(register, raw)
 }
 
-/// Decodes a coil or discrete input: 1.0 for on, 0.0 for off, then scale and offset.
-pub fn decode_bit(register: &RegisterSpec, bit: bool) -> f64 {
+/// Decodes a coil or discrete input: 1.0 for on, 0.0 for off, then scale and offset (checked
+/// like any other reading: a register map written before scale and offset were bounded may
+/// still hold huge ones).
+pub fn decode_bit(register: &RegisterSpec, bit: bool) -> Result<f64, DecodeError> {
     let raw = if bit { 1.0 } else { 0.0 };
-    raw * register.scale + register.offset
+    scaled(register, raw)
 }
 
 fn scaled(register: &RegisterSpec, raw: f64) -> Result<f64, DecodeError> {
     let value = raw * register.scale + register.offset;
-    if value.is_finite() {
+    if check_value(value).is_ok() {
         Ok(value)
     } else {
         Err(DecodeError::ScaledOutOfRange {
@@ -207,11 +224,13 @@ mod tests {
             (F64, Cdab, &[0xFAAD, 0x6D5C, 0x4A45, 0x4093], 1234.5678),
             (F64, Dcba, &[0xADFA, 0x5C6D, 0x454A, 0x9340], 1234.5678),
         ];
+        // The raw value: 64-bit cases lie beyond the reading range, which `decode` refuses.
         for &(value_type, layout, words, expected) in cases {
-            let decoded = decode(&register(value_type, layout), words);
+            let spec = register(value_type, layout);
+            let decoded = raw_value(value_type, words, spec.word_order, spec.byte_swap);
             assert_eq!(
                 decoded,
-                Ok(expected),
+                Some(expected),
                 "{value_type} {layout:?} {words:04X?}"
             );
         }
@@ -259,7 +278,11 @@ mod tests {
                 offset,
                 ..RegisterSpec::new("pump", RegisterKind::Coil, 0, ValueType::Bool)
             };
-            assert_eq!(decode_bit(&spec, bit), expected, "{scale} {offset} {bit}");
+            assert_eq!(
+                decode_bit(&spec, bit),
+                Ok(expected),
+                "{scale} {offset} {bit}"
+            );
         }
     }
 
@@ -305,6 +328,41 @@ mod tests {
                 "{value_type} {words:04X?}: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn values_beyond_the_reading_range_are_errors_for_words_and_bits() {
+        // A register map stored before scale and offset were bounded may hold huge ones.
+        let huge_scale = RegisterSpec {
+            scale: 1.7e308,
+            ..RegisterSpec::new("pump", RegisterKind::Coil, 0, ValueType::Bool)
+        };
+        let err = decode_bit(&huge_scale, true).unwrap_err();
+        assert_eq!(err.rejection_reason(), Some("value_out_of_range"));
+        assert_eq!(decode_bit(&huge_scale, false), Ok(0.0));
+        let huge_offset = RegisterSpec {
+            offset: f64::MAX,
+            ..RegisterSpec::new("pump", RegisterKind::Coil, 0, ValueType::Bool)
+        };
+        assert!(decode_bit(&huge_offset, false).is_err());
+
+        let f64_1e308 = 1e308_f64.to_bits().to_be_bytes();
+        let words: Vec<u16> = f64_1e308
+            .chunks(2)
+            .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+            .collect();
+        let spec = RegisterSpec::new("m", RegisterKind::Holding, 0, ValueType::F64);
+        let err = decode(&spec, &words).unwrap_err();
+        assert_eq!(err.rejection_reason(), Some("value_out_of_range"));
+        // A u64 counter beyond the range is refused; scaled into it, it is a reading.
+        let u64_max = [0xFFFF; 4];
+        let counter = RegisterSpec::new("m", RegisterKind::Holding, 0, ValueType::U64);
+        assert!(decode(&counter, &u64_max).is_err());
+        let scaled = RegisterSpec {
+            scale: 1e-6,
+            ..counter
+        };
+        assert!(decode(&scaled, &u64_max).is_ok());
     }
 
     #[test]

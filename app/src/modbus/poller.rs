@@ -348,7 +348,7 @@ impl DevicePoller {
                     register,
                     &words[offset..offset + usize::from(register.width())],
                 ),
-                Answer::Bits(bits) => Ok(decode_bit(register, bits[offset])),
+                Answer::Bits(bits) => decode_bit(register, bits[offset]),
             };
             match value {
                 Ok(value) => report.samples.push(Sample {
@@ -460,13 +460,27 @@ pub async fn run(
                 .register_errors
                 .with_label_values(&[error.problem.label().as_str()])
                 .inc();
+            // A value the device sent that can never be a reading is a refused reading too.
+            if let RegisterProblem::Invalid(e) = &error.problem {
+                if let Some(reason) = e.rejection_reason() {
+                    context.ingest.metrics().reject(PROTOCOL, reason);
+                }
+            }
         }
         if !report.samples.is_empty() {
             let submitted = context.ingest.submit_then(
                 PROTOCOL,
                 report.samples,
-                Box::new(move |result| {
-                    if let Err(e) = result {
+                // The writer holds readings while the database is unavailable and retries; what
+                // reaches here failed for good and is counted there (`ddms_readings_rejected_total`
+                // when refused, `ddms_readings_failed_total` when given up at shutdown). A poller
+                // retrying would only queue the same readings again.
+                Box::new(move |result| match result {
+                    Ok(()) => {}
+                    Err(e) if e.is_refusal() => {
+                        tracing::warn!(device.id = %device_id, error = %e, "Modbus readings refused");
+                    }
+                    Err(e) => {
                         tracing::warn!(device.id = %device_id, error = %e, "Modbus readings were not stored");
                     }
                 }),

@@ -19,7 +19,10 @@ pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_MAX_GAP: u16 = 8;
 pub const POLL_INTERVAL_MS: RangeInclusive<u64> = 100..=86_400_000;
 pub const MAX_REGISTERS: usize = 1000;
-pub const MAX_METRIC_CHARS: usize = 100;
+pub use crate::ingest::limits::{MAX_METRIC_CHARS, MAX_UNIT_CHARS};
+/// The largest magnitude of `scale` and `offset`: a coil's "on" (1 × scale + offset) must be a
+/// reading the pipeline accepts; see [`crate::ingest::limits::MAX_ABS_VALUE`].
+pub const MAX_ABS_SCALE_OR_OFFSET: f64 = crate::ingest::limits::MAX_ABS_VALUE;
 
 /// The JSON key the configuration sits under in a device; every field path starts with it.
 const ROOT: &str = "modbus";
@@ -412,7 +415,7 @@ impl Checker {
         };
         let scale = match optional(object, "scale") {
             None => Some(1.0),
-            Some(value) => self.finite(value, &field("scale")).and_then(|scale| {
+            Some(value) => self.bounded(value, &field("scale")).and_then(|scale| {
                 if scale == 0.0 {
                     // A zero scale would turn every reading into the offset, hiding the device.
                     self.error(&field("scale"), "must not be zero");
@@ -423,11 +426,20 @@ impl Checker {
         };
         let offset = match optional(object, "offset") {
             None => Some(0.0),
-            Some(value) => self.finite(value, &field("offset")),
+            Some(value) => self.bounded(value, &field("offset")),
         };
         let unit = match optional(object, "unit") {
             None => Some(None),
-            Some(value) => self.string(value, &field("unit")).map(Some),
+            Some(value) => self.string(value, &field("unit")).and_then(|unit| {
+                if unit.chars().count() > MAX_UNIT_CHARS {
+                    self.error(
+                        &field("unit"),
+                        format!("must be at most {MAX_UNIT_CHARS} characters"),
+                    );
+                    return None;
+                }
+                Some(Some(unit))
+            }),
         };
 
         if let (Some(kind), Some(value_type)) = (kind, value_type) {
@@ -545,11 +557,17 @@ impl Checker {
         }
     }
 
-    fn finite(&mut self, value: &Value, field: &str) -> Option<f64> {
+    /// A finite number within ±[`MAX_ABS_SCALE_OR_OFFSET`].
+    fn bounded(&mut self, value: &Value, field: &str) -> Option<f64> {
         match value.as_f64() {
-            Some(number) if number.is_finite() => Some(number),
+            Some(number) if number.is_finite() && number.abs() <= MAX_ABS_SCALE_OR_OFFSET => {
+                Some(number)
+            }
             _ => {
-                self.error(field, "must be a finite number");
+                self.error(
+                    field,
+                    format!("must be a finite number from -{MAX_ABS_SCALE_OR_OFFSET:e} to {MAX_ABS_SCALE_OR_OFFSET:e}"),
+                );
                 None
             }
         }
@@ -694,6 +712,9 @@ mod tests {
             ("/registers/0/metric", json!("m".repeat(100))),
             ("/registers/0/scale", json!(-0.001)),
             ("/registers/0/offset", json!(-273.15)),
+            ("/registers/0/scale", json!(1e15)),
+            ("/registers/0/offset", json!(-1e15)),
+            ("/registers/0/unit", json!("°".repeat(32))),
         ];
         for (pointer, value) in cases {
             let result = ModbusConfig::from_json(&example_with(pointer, value.clone()));
@@ -734,6 +755,9 @@ mod tests {
             ("/registers/0/scale", json!(0), "modbus.registers[0].scale", "must not be zero"),
             ("/registers/0/scale", json!("x10"), "modbus.registers[0].scale", "finite number"),
             ("/registers/0/offset", json!(true), "modbus.registers[0].offset", "finite number"),
+            ("/registers/0/scale", json!(1.7e308), "modbus.registers[0].scale", "from -1e15 to 1e15"),
+            ("/registers/0/offset", json!(-2e15), "modbus.registers[0].offset", "from -1e15 to 1e15"),
+            ("/registers/0/unit", json!("u".repeat(33)), "modbus.registers[0].unit", "at most 32 characters"),
             ("/registers/0/unit", json!(1), "modbus.registers[0].unit", "must be a string"),
             ("/colour", json!("red"), "modbus.colour", "unknown field"),
             ("/registers/0/adress", json!(3), "modbus.registers[0].adress", "unknown field"),

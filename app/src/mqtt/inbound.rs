@@ -38,6 +38,8 @@ pub struct Refusal {
     pub reason: &'static str,
     pub kind: RefusalKind,
     pub message: String,
+    /// Already counted in `ddms_readings_rejected_total` (by the batch writer).
+    pub counted: bool,
 }
 
 /// What was wrong, for the MQTT v5 reason code.
@@ -87,7 +89,9 @@ impl Inbound {
         match &outcome {
             Outcome::Stored => {}
             Outcome::Refused(refusal) => {
-                self.metrics.reject(PROTOCOL, refusal.reason);
+                if !refusal.counted {
+                    self.metrics.reject(PROTOCOL, refusal.reason);
+                }
                 if self
                     .log
                     .first_in_a_while(&format!("{device_id}/{}", refusal.reason))
@@ -121,6 +125,7 @@ impl Inbound {
                     reason: rejection.reason(),
                     kind,
                     message: rejection.to_string(),
+                    counted: false,
                 });
             }
         };
@@ -194,6 +199,15 @@ impl Inbound {
                 let (committed, ()) = tokio::join!(rx, self.status.record_success(device_id, now));
                 match committed {
                     Ok(Ok(())) => Outcome::Stored,
+                    // Refused for good by the writer: acknowledge, sending it again would fail.
+                    Ok(Err(IngestError::Refused { reason, message })) => {
+                        Outcome::Refused(Refusal {
+                            reason,
+                            kind: RefusalKind::Payload,
+                            message,
+                            counted: true,
+                        })
+                    }
                     Ok(Err(e)) => Outcome::Retry(e.to_string()),
                     Err(_) => Outcome::Retry(IngestError::Closed.to_string()),
                 }
@@ -207,6 +221,7 @@ fn refused(reason: &'static str, kind: RefusalKind, message: String) -> Outcome 
         reason,
         kind,
         message,
+        counted: false,
     })
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{parse_message, BrokerConnection, Limits, Message};
-use crate::ingest::{IngestHandle, Sample};
+use crate::ingest::{IngestError, IngestHandle, Sample};
 use crate::settings::RuntimeSettings;
 use crate::status::StatusBoard;
 use crate::store::{Protocol, Status, Store, StoreError};
@@ -457,7 +457,15 @@ impl Work<'_> {
         let submit = self.ingester.ingest.submit_then(
             PROTOCOL,
             samples,
-            Box::new(move |result| guard.finish(result.is_ok())),
+            // Readings the writer refused for good are acknowledged (and were counted there):
+            // redelivering them would only fail again.
+            Box::new(move |result| {
+                guard.finish(
+                    result
+                        .as_ref()
+                        .map_or_else(IngestError::is_refusal, |()| true),
+                )
+            }),
         );
         // Waiting here is the backpressure: the link stops reading, the broker queues.
         tokio::select! {

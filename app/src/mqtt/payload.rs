@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::Value;
 
+use crate::ingest::limits::{check_value, SampleProblem};
+
 /// Bounds on what a device may send.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -72,6 +74,11 @@ pub enum Rejection {
     NotAnObject,
     #[error("metric `{0}` is not a number")]
     NonNumeric(String),
+    #[error("metric `{metric}`: {problem}")]
+    OutOfRange {
+        metric: String,
+        problem: SampleProblem,
+    },
     #[error("metric name `{0}` is invalid (1-100 characters: letters, digits, _ . - /)")]
     InvalidMetricName(String),
     #[error("no metrics in the message")]
@@ -95,6 +102,7 @@ impl Rejection {
             Rejection::MalformedJson(_) => "malformed_json",
             Rejection::NotAnObject => "not_an_object",
             Rejection::NonNumeric(_) => "non_numeric",
+            Rejection::OutOfRange { problem, .. } => problem.reason(),
             Rejection::InvalidMetricName(_) => "invalid_metric_name",
             Rejection::NoMetrics => "no_metrics",
             Rejection::TooManyMetrics { .. } => "too_many_metrics",
@@ -201,8 +209,19 @@ fn parse_telemetry(
                 name.chars().take(100).collect(),
             ));
         }
-        let Some(number) = value.as_f64().filter(|v| v.is_finite()) else {
+        let Some(number) = value.as_f64() else {
             return Err(Rejection::NonNumeric(name));
+        };
+        // One message's value out of range would overflow the rollups' sums for the batch it
+        // shares with every other device: refuse the message here, with the reason.
+        let number = match check_value(number) {
+            Ok(number) => number,
+            Err(problem) => {
+                return Err(Rejection::OutOfRange {
+                    metric: name,
+                    problem,
+                })
+            }
         };
         parsed.insert(name, number);
     }
@@ -282,6 +301,21 @@ mod tests {
             }
             other => panic!("{payload}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn values_beyond_the_reading_range_are_refused_with_the_metric() {
+        let err = parse("devices/d1/telemetry", r#"{"big": 1e308}"#).unwrap_err();
+        assert_eq!(err.reason(), "value_out_of_range");
+        assert!(err.to_string().contains("`big`"), "{err}");
+        let err = parse(
+            "devices/d1/telemetry",
+            r#"{"metrics": {"ok": 1, "neg": -2e15}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "value_out_of_range");
+        let t = telemetry(r#"{"edge": 1e15, "low": -1e15}"#);
+        assert_eq!(t.metrics["edge"], 1e15);
     }
 
     #[test]

@@ -56,6 +56,49 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the same write may succeed later: the database is unreachable, busy or in a
+    /// passing state (a deadlock victim, a failover, a partition being attached). Anything else
+    /// fails the same way every time, so the batch writer isolates the submission that causes
+    /// it instead of holding everyone's readings.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| transient_code(&code, db.message())),
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
+/// PostgreSQL SQLSTATEs are five characters; SQLite codes are (extended) result numbers.
+fn transient_code(code: &str, message: &str) -> bool {
+    if let Ok(sqlite) = code.parse::<u32>() {
+        if code.len() != 5 {
+            // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL (primary code, low byte).
+            return matches!(sqlite & 0xff, 5 | 6 | 10 | 13);
+        }
+    }
+    let class = code.get(..2).unwrap_or_default();
+    // 08 connection, 40 rollback (deadlock, serialization), 53 resources, 57 operator
+    // intervention (shutdown, statement timeout), 58 system error; 55P03 lock not available;
+    // 25006 read-only transaction (a failover in progress).
+    matches!(class, "08" | "40" | "53" | "57" | "58")
+        || code == "55P03"
+        || code == "25006"
+        // A row routed to the default partition while the day's partition was attached (an
+        // older release creates partitions without the lock that orders them after inserts).
+        || (code == "23514" && message.contains("partition constraint"))
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +185,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<SeriesId>;
     /// The series of a device's metric, if it has readings (or had).
     async fn find_series(&self, device_id: Uuid, metric: &str) -> StoreResult<Option<SeriesId>>;
+    /// Every series of a device: (metric, id, unit).
+    async fn device_series(
+        &self,
+        device_id: Uuid,
+    ) -> StoreResult<Vec<(String, SeriesId, Option<String>)>>;
     /// Inserts a batch in one transaction; readings already stored for (series, ts) are ignored.
     /// The new ones (only those) are added to the 1-minute and 1-hour rollups in the same
     /// transaction. Returns how many were new.

@@ -199,12 +199,21 @@ impl Store for PostgresStore {
                 tx.rollback().await?;
                 continue;
             }
+            // Inserts wait until the partition is attached. ATTACH locks the parent only
+            // against other DDL, so an insert already routed to the default partition would
+            // write there after the move (ATTACH then fails: "updated partition constraint
+            // for default partition would be violated"), or, waiting on the default
+            // partition's lock, fail after the commit with "new row … violates partition
+            // constraint" (23514). SHARE ROW EXCLUSIVE waits for running inserts and holds new
+            // ones (which, once they run, see the new partition), while reads go on.
+            sqlx::query("LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
             // Rows that landed in the default partition for this day move into the new one, so
-            // attaching it never fails on a constraint violation. ATTACH locks the parent only
-            // against other DDL: a query planned before it would scan the default partition
-            // without the new one, and, reading after the commit, miss the moved rows. So
-            // while rows move, nothing reads or writes `readings` (normally partitions exist
-            // days ahead and nothing moves).
+            // attaching it never fails on a constraint violation. A query planned before the
+            // ATTACH would scan the default partition without the new one, and, reading after
+            // the commit, miss the moved rows. So while rows move, nothing reads `readings`
+            // either (normally partitions exist days ahead and nothing moves).
             let must_move: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM readings_default WHERE ts >= $1 AND ts < $2)",
             )
@@ -379,6 +388,18 @@ impl Store for PostgresStore {
                 .bind(device_id)
                 .bind(metric)
                 .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn device_series(
+        &self,
+        device_id: Uuid,
+    ) -> StoreResult<Vec<(String, SeriesId, Option<String>)>> {
+        Ok(
+            sqlx::query_as("SELECT metric, id, unit FROM series WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_all(&self.pool)
                 .await?,
         )
     }
@@ -1006,7 +1027,8 @@ impl Store for PostgresStore {
         if let Some((oldest, newest)) = snapshot.readings_span {
             // Daily partitions for the loaded readings (at most the newest year's; older
             // ones land in the default partition), as ingest would have created them.
-            let start = oldest.max(newest - chrono::Duration::days(366));
+            let year_before = newest.checked_sub_signed(chrono::Duration::days(366));
+            let start = year_before.map_or(oldest, |year_before| oldest.max(year_before));
             let days = (newest - start).num_days().max(0) as u32;
             // `ensure_partitions` starts the day before the one it is given.
             self.ensure_partitions(start + chrono::Duration::days(1), days)

@@ -391,6 +391,18 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn device_series(
+        &self,
+        device_id: Uuid,
+    ) -> StoreResult<Vec<(String, SeriesId, Option<String>)>> {
+        Ok(
+            sqlx::query_as("SELECT metric, id, unit FROM series WHERE device_id = ?")
+                .bind(device_id.to_string())
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
         if readings.is_empty() {
             return Ok(0);

@@ -230,6 +230,56 @@ async fn latest_and_raw_readings_come_back_oldest_first() {
     app.stop().await;
 }
 
+/// `to=-262143-01-01T00:30:00Z` once panicked (the default `from` is `to` − 1 h, before the
+/// first time chrono can hold); times outside years 1–9999 are a 400 naming the parameter.
+#[tokio::test]
+async fn times_outside_the_supported_range_are_a_400_naming_the_parameter() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let device = create(&app, &admin, &boiler()).await;
+    let id: Uuid = device["id"].as_str().unwrap().parse().unwrap();
+    let cases = [
+        ("to=-262143-01-01T00:30:00Z", "to"),
+        (
+            "from=-262143-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "from",
+        ),
+        ("to=%2B262142-06-01T00:00:00Z", "to"),
+        ("from=0000-12-31T23:00:00Z&to=0001-01-01T00:30:00Z", "from"),
+    ];
+    for (query, field) in cases {
+        let response = app
+            .get_with_token(
+                &format!("/api/devices/{id}/readings?metric=temperature&{query}"),
+                &admin,
+            )
+            .await;
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{field}`")) && message.contains("9999"),
+            "{query}: {message}"
+        );
+    }
+    // The edges themselves are fine.
+    let edge = app
+        .get_with_token(
+            &format!("/api/devices/{id}/readings?metric=temperature&to=0001-01-01T00:30:00Z"),
+            &admin,
+        )
+        .await;
+    assert_eq!(edge.status(), 400, "`from` defaults to before year 1");
+    let fine = app
+        .get_with_token(
+            &format!("/api/devices/{id}/readings?metric=temperature&from=9999-12-31T22:00:00Z&to=9999-12-31T23:00:00Z"),
+            &admin,
+        )
+        .await;
+    assert_eq!(fine.status(), 200);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn rollup_steps_give_min_max_avg_count_and_ranges_and_point_counts_are_bounded() {
     let app = spawn_app(Db::Sqlite, "").await;

@@ -568,6 +568,68 @@ async fn bad_messages_are_refused_and_counted_while_a_good_device_is_unaffected(
     app.stop().await;
 }
 
+/// `{"big": 1e308}` twice in one minute once overflowed PostgreSQL's rollup sum: every batch
+/// holding it failed, its messages stayed unacknowledged, the poison came back forever. Now the
+/// poison is refused (counted, acknowledged) and a good device streaming meanwhile is stored.
+#[tokio::test]
+async fn a_value_beyond_the_reading_range_is_refused_while_a_good_device_is_stored() {
+    let provider = Provider::from_env().await;
+    let broker = Mosquitto::start(provider, BROKER_TUNING).await.unwrap();
+    let app = spawn_app(
+        Db::Postgres(provider),
+        &mqtt_toml(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            "ddms-poison",
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&app.url("/ready")).await;
+    let (good, _) = create_mqtt_device(&app, "good").await;
+    let (poisoner, _) = create_mqtt_device(&app, "poisoner").await;
+    let port = broker.port();
+    let base = base_ms();
+    let publisher = Publisher::start(port, good, 500, 500, base);
+    publisher.wait_acked(100).await;
+    let topic = format!("devices/{poisoner}/telemetry");
+    for _ in 0..2 {
+        assert!(publish(port, &topic, br#"{"big": 1e308}"#, None).await);
+    }
+    publisher.finish().await;
+    wait_for_rows(app.store.as_ref(), good, 500, Duration::from_secs(60)).await;
+    assert_exactly_once(&readings(app.store.as_ref(), good, "seq").await, 500, base);
+
+    let started = Instant::now();
+    let text = loop {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let refused = metric(
+            &text,
+            "ddms_readings_rejected_total",
+            "protocol=\"mqtt\",reason=\"value_out_of_range\"",
+        );
+        if refused == 2.0 {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the poison was not refused twice: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Acknowledged: refused messages are dropped, not redelivered into the next batches.
+    assert_eq!(
+        metric(&text, "ddms_mqtt_messages_total", "outcome=\"rejected\""),
+        2.0
+    );
+    assert!(app
+        .store
+        .latest_readings(poisoner)
+        .await
+        .unwrap()
+        .is_empty());
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_clears_it() {
     let broker = Mosquitto::start(Provider::from_env().await, "")

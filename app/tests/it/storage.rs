@@ -169,6 +169,17 @@ async fn duplicate_readings_are_ignored(store: Arc<dyn Store>) {
     assert_eq!(store.insert_readings(&[]).await.unwrap(), 0);
 }
 
+/// The batch writer caches series ids, so an id must never come back for another series
+/// (SQLite handed out the highest deleted id again before migration 0007).
+async fn series_ids_are_never_reused_after_a_device_is_deleted(store: Arc<dyn Store>) {
+    let gone = store.create_device(&modbus_device("gone")).await.unwrap();
+    let old = store.ensure_series(gone.id, "t", None).await.unwrap();
+    store.delete_device(gone.id).await.unwrap();
+    let heir = store.create_device(&modbus_device("heir")).await.unwrap();
+    let new = store.ensure_series(heir.id, "t", None).await.unwrap();
+    assert!(new > old, "series id {old} was handed out again");
+}
+
 async fn range_queries_return_oldest_first_within_bounds(store: Arc<dyn Store>) {
     let device = store.create_device(&modbus_device("d")).await.unwrap();
     let series = store.ensure_series(device.id, "t", None).await.unwrap();
@@ -621,6 +632,67 @@ async fn readers_never_miss_readings_that_move_into_a_new_partition(store: Arc<d
                 "round {round}: a reader missed readings"
             );
         }
+    }
+}
+
+/// Inserts for a day whose partition is being created at that moment neither fail (PostgreSQL
+/// once refused them with "violates partition constraint" of the default partition) nor make
+/// the creation fail, nor lose a reading — over many rounds, since it is a race.
+async fn inserts_never_fail_while_partitions_are_created(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    for round in 0..40i64 {
+        // Three days far ahead, none partitioned yet; `ensure_partitions(day, 0)` creates all
+        // three while the writers insert into each of them.
+        let day = Utc::now() + chrono::Duration::days(200 + round * 5);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..3i64)
+            .map(|writer| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut inserted = 0u64;
+                    let mut batch = 0i64;
+                    while !stop.load(Ordering::Relaxed) || batch == 0 {
+                        let readings: Vec<Reading> = (-1..=1i64)
+                            .map(|d| Reading {
+                                series,
+                                ts: day
+                                    + chrono::Duration::days(d)
+                                    + chrono::Duration::milliseconds(batch * 10 + writer),
+                                value: 1.0,
+                            })
+                            .collect();
+                        inserted += store
+                            .insert_readings(&readings)
+                            .await
+                            .unwrap_or_else(|e| panic!("round {round}: insert failed: {e}"));
+                        batch += 1;
+                    }
+                    inserted
+                })
+            })
+            .collect();
+        store
+            .ensure_partitions(day, 0)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: creating partitions failed: {e}"));
+        stop.store(true, Ordering::Relaxed);
+        let mut inserted = 0;
+        for writer in writers {
+            inserted += writer.await.unwrap();
+        }
+        let stored = store
+            .query_readings(
+                series,
+                day - chrono::Duration::days(2),
+                day + chrono::Duration::days(2),
+                1_000_000,
+            )
+            .await
+            .unwrap()
+            .len() as u64;
+        assert_eq!(stored, inserted, "round {round}: readings went missing");
     }
 }
 
@@ -1342,6 +1414,7 @@ conformance_suite!(
     duplicate_device_name_is_a_conflict,
     series_are_created_once_per_device_and_metric,
     duplicate_readings_are_ignored,
+    series_ids_are_never_reused_after_a_device_is_deleted,
     range_queries_return_oldest_first_within_bounds,
     rollups_summarise_new_readings_per_minute_and_hour,
     concurrent_writers_of_the_same_readings_count_them_once,
@@ -1353,6 +1426,7 @@ conformance_suite!(
     notifications_open_once_and_clear_or_acknowledge,
     partitions_are_created_ahead_idempotently,
     readers_never_miss_readings_that_move_into_a_new_partition,
+    inserts_never_fail_while_partitions_are_created,
     retention_drops_old_readings_and_the_rollup_buckets_wholly_before_the_cutoff,
     device_status_is_one_row_per_device,
     mqtt_credentials_are_found_by_username_and_replaced,
