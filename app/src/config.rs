@@ -716,7 +716,7 @@ impl Config {
                 Some(u) if !(u.starts_with("mqtt://") || u.starts_with("mqtts://")) => {
                     return invalid(
                         "mqtt.url",
-                        format!("`{u}` must start with mqtt:// or mqtts://"),
+                        format!("`{}` must start with mqtt:// or mqtts://", redact_url(u)),
                     );
                 }
                 Some(_) => {}
@@ -823,7 +823,10 @@ impl Config {
                 _ => {
                     return invalid(
                         "backup.s3.endpoint",
-                        format!("`{endpoint}` is not an http:// or https:// URL"),
+                        format!(
+                            "`{}` is not an http:// or https:// URL",
+                            crate::redact::redact_endpoint(endpoint)
+                        ),
                     )
                 }
             }
@@ -911,7 +914,7 @@ impl Config {
                     "tls_listen": self.mqtt.embedded.tls_listen.map(|a| a.to_string()),
                     "tls": { "cert": path(&self.mqtt.embedded.tls.cert), "key": path(&self.mqtt.embedded.tls.key) },
                 },
-                "url": self.mqtt.url,
+                "url": self.mqtt.url.as_deref().map(redact_url),
                 "tls": { "ca": path(&self.mqtt.tls.ca), "cert": path(&self.mqtt.tls.cert), "key": path(&self.mqtt.tls.key) },
                 "username": self.mqtt.username,
                 "password": secret(&self.mqtt.password),
@@ -947,7 +950,7 @@ impl Config {
                     "bucket": self.backup.s3.bucket,
                     "prefix": self.backup.s3.prefix,
                     "region": self.backup.s3.region,
-                    "endpoint": self.backup.s3.endpoint,
+                    "endpoint": self.backup.s3.endpoint.as_deref().map(crate::redact::redact_endpoint),
                     "force_path_style": self.backup.s3.force_path_style,
                     "access_key_id": self.backup.s3.access_key_id,
                     "secret_access_key": secret(&self.backup.s3.secret_access_key),
@@ -973,17 +976,7 @@ fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// Hides the password of a URL (`postgres://ddms:[redacted]@db/ddms`).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string().replace("%5Bredacted%5D", "[redacted]")
-        }
-        Ok(_) => url.to_string(),
-        Err(_) => "[unparseable url redacted]".into(),
-    }
-}
+pub use crate::redact::redact_url;
 
 impl fmt::Display for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
