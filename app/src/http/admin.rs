@@ -25,8 +25,13 @@ fn validation(field: &str, message: impl Into<String>) -> ApiError {
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
         StoreError::NotFound => ApiError::NotFound(what.into()),
+        StoreError::Conflict(reason) if reason == crate::store::LAST_OWNER => last_owner(),
         other => other.into(),
     }
+}
+
+fn last_owner() -> ApiError {
+    ApiError::Conflict("this is the last enabled owner; make another user owner first".into())
 }
 
 fn user_json(user: &User) -> Value {
@@ -144,10 +149,10 @@ async fn keep_an_owner(state: &AppState, changing: &User) -> Result<(), ApiError
         .into_iter()
         .filter(|u| u.role == Role::Owner && !u.is_disabled())
         .count();
+    // The quick answer; the store checks again in the transaction of the change (two
+    // owners demoting each other at once both pass here).
     if owners <= 1 {
-        return Err(ApiError::Conflict(
-            "this is the last enabled owner; make another user owner first".into(),
-        ));
+        return Err(last_owner());
     }
     Ok(())
 }

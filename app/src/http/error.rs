@@ -128,8 +128,15 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => ApiError::NotFound("resource".into()),
-            StoreError::Conflict(msg) => ApiError::Conflict(msg),
-            StoreError::Unavailable(msg) => ApiError::Unavailable(msg),
+            // The database's own words name tables, constraints and values: logged, not sent.
+            StoreError::Conflict(detail) => {
+                tracing::info!(error = %detail, "request conflicts with stored data");
+                ApiError::Conflict("the change conflicts with existing data".into())
+            }
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; try again later".into())
+            }
             other => ApiError::Internal(other.into()),
         }
     }
@@ -150,5 +157,25 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         s if s.is_server_error() => "internal",
         _ => "bad_request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_text_stays_out_of_api_answers() {
+        let raw = "duplicate key value violates unique constraint \"users_username_key\"";
+        let conflict = ApiError::from(StoreError::Conflict(raw.into()));
+        assert_eq!(conflict.status(), StatusCode::CONFLICT);
+        assert!(!conflict.to_string().contains("constraint"), "{conflict}");
+        let raw = "error connecting to server: Connection refused (os error 111) at 10.0.0.5:5432";
+        let unavailable = ApiError::from(StoreError::Unavailable(raw.into()));
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !unavailable.to_string().contains("10.0.0.5"),
+            "{unavailable}"
+        );
     }
 }

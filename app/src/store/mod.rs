@@ -56,6 +56,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The conflict of a change that would leave no enabled owner (nobody could administer ddms).
+pub const LAST_OWNER: &str = "it would leave no enabled owner";
+/// Enabled owners; a user change or deletion that brings this to 0 is rolled back.
+const ENABLED_OWNERS: &str =
+    "SELECT count(*) FROM users WHERE role = 'owner' AND disabled_at IS NULL";
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +181,12 @@ pub trait Store: Send + Sync + 'static {
     async fn count_users(&self) -> StoreResult<u64>;
     async fn get_user(&self, id: Uuid) -> StoreResult<User>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Refused with [`StoreError::Conflict`] ([`LAST_OWNER`]) when it would leave no enabled
+    /// owner; checked in the same transaction as the change, so concurrent changes cannot
+    /// both pass.
     async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User>;
     /// Deletes a user and (by cascade) their sessions.
+    /// Refused like [`Store::update_user`] when it would leave no enabled owner.
     async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
 
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;

@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod demo;
 mod devices;
+mod hardening;
 mod modbus;
 mod mqtt;
 mod openapi;
