@@ -68,6 +68,17 @@ pub struct HttpConfig {
     /// How long in-flight requests may finish after SIGTERM before the process exits anyway.
     #[serde(with = "seconds")]
     pub shutdown_timeout: Duration,
+    /// Connections served at once; beyond, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after connecting (or
+    /// after its previous response) is closed: slow clients and idle keep-alives alike.
+    #[serde(with = "seconds")]
+    pub header_read_timeout: Duration,
+    /// Live event streams (`GET /api/stream`) open at once; beyond, 503 with `Retry-After`.
+    pub max_streams: usize,
+    /// How often an open stream re-checks its credentials (revoked elsewhere, user disabled).
+    #[serde(with = "seconds")]
+    pub stream_recheck_interval: Duration,
     /// In-process TLS (HTTPS on `listen`) when both are set.
     pub tls: HttpTlsConfig,
     pub session: SessionSettings,
@@ -114,6 +125,9 @@ pub struct LoginThrottle {
     pub attempts_per_minute_per_ip: u32,
     /// Login attempts allowed per username per minute, from any address.
     pub attempts_per_minute_per_username: u32,
+    /// Password hashes (logins, password changes) computed at once, ~19 MiB each; beyond, 503
+    /// with `Retry-After`. 0 = twice the CPUs.
+    pub max_concurrent_hashes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,6 +324,10 @@ listen = "127.0.0.1:8080"
 body_limit = 1048576
 request_timeout = 30
 shutdown_timeout = 25
+max_connections = 16384
+header_read_timeout = 10
+max_streams = 10000
+stream_recheck_interval = 30
 trusted_proxies = []
 
 [http.tls]
@@ -321,6 +339,7 @@ absolute_timeout = 43200
 [http.login]
 attempts_per_minute_per_ip = 30
 attempts_per_minute_per_username = 10
+max_concurrent_hashes = 0
 
 [http.rate_limit]
 requests_per_second = 1000
@@ -625,6 +644,21 @@ impl Config {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());
         }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1".into());
+        }
+        if self.http.header_read_timeout.is_zero() {
+            return invalid(
+                "http.header_read_timeout",
+                "must be more than 0 seconds".into(),
+            );
+        }
+        if self.http.stream_recheck_interval.is_zero() {
+            return invalid(
+                "http.stream_recheck_interval",
+                "must be more than 0 seconds".into(),
+            );
+        }
         if self.http.body_limit < 1024 {
             return invalid("http.body_limit", "must be at least 1024 bytes".into());
         }
@@ -891,6 +925,10 @@ impl Config {
                 "body_limit": self.http.body_limit,
                 "request_timeout": self.http.request_timeout.as_secs(),
                 "shutdown_timeout": self.http.shutdown_timeout.as_secs(),
+                "max_connections": self.http.max_connections,
+                "header_read_timeout": self.http.header_read_timeout.as_secs_f64(),
+                "max_streams": self.http.max_streams,
+                "stream_recheck_interval": self.http.stream_recheck_interval.as_secs_f64(),
                 "trusted_proxies": self.http.trusted_proxies.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "tls": { "cert": path(&self.http.tls.cert), "key": path(&self.http.tls.key) },
                 "session": {
@@ -900,6 +938,7 @@ impl Config {
                 "login": {
                     "attempts_per_minute_per_ip": self.http.login.attempts_per_minute_per_ip,
                     "attempts_per_minute_per_username": self.http.login.attempts_per_minute_per_username,
+                    "max_concurrent_hashes": self.http.login.max_concurrent_hashes,
                 },
                 "rate_limit": {
                     "requests_per_second": self.http.rate_limit.requests_per_second,

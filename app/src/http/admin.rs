@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::audit;
 use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
+use super::revocation::Ended;
 use super::{ApiError, AppState};
 use crate::auth::{hash_password, random_secret};
 use crate::store::{NewUser, Role, StoreError, User, UserChange};
@@ -189,6 +190,10 @@ pub async fn update_user(
     // ends them outright.
     if reset || input.disabled == Some(true) {
         state.store.delete_user_sessions(id).await?;
+        state.security.revocations.announce(Ended::UserSessions {
+            user_id: id,
+            except: None,
+        });
     }
     audit::record(
         &state,
@@ -215,6 +220,10 @@ pub async fn delete_user(
         .delete_user(id)
         .await
         .map_err(not_found("user"))?;
+    state.security.revocations.announce(Ended::UserSessions {
+        user_id: id,
+        except: None,
+    });
     audit::record(
         &state,
         auth.principal.audit(
@@ -249,6 +258,7 @@ pub async fn revoke_token(
         .revoke_api_token(id)
         .await
         .map_err(not_found("token"))?;
+    state.security.revocations.announce(Ended::Token(token.id));
     audit::record(
         &state,
         auth.principal.audit(

@@ -35,6 +35,12 @@ pub enum ApiError {
     RateLimited { retry_after_s: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too much work of one kind in flight (password hashing, live streams); try again soon.
+    #[error("{reason}; retry in {retry_after_s} s")]
+    Busy {
+        reason: &'static str,
+        retry_after_s: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -50,7 +56,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Validation { .. } | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,6 +73,7 @@ impl ApiError {
             ApiError::Validation { .. } | ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy { .. } => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -113,7 +120,7 @@ impl IntoResponse for ApiError {
                 response = (self.status(), axum::Json(body)).into_response();
                 response.headers_mut().extend(headers);
             }
-            ApiError::RateLimited { retry_after_s } => {
+            ApiError::RateLimited { retry_after_s } | ApiError::Busy { retry_after_s, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }

@@ -523,6 +523,11 @@ impl Work<'_> {
                     if self.unknown.len() > 10_000 {
                         self.unknown
                             .retain(|_, at| at.elapsed() < UNKNOWN_DEVICE_TTL);
+                        // Ids come from topics anyone allowed to publish may invent: when all
+                        // are recent, forget them (only a cache of lookups is lost).
+                        if self.unknown.len() > 10_000 {
+                            self.unknown.clear();
+                        }
                     }
                     self.unknown.insert(id, Instant::now());
                     return Resolution::Refused("unknown_device");

@@ -197,6 +197,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns whether there was such a session.
     async fn delete_session(&self, id_hash: &str) -> StoreResult<bool>;
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
+    /// Ends every session of the user except `keep` (by its id hash).
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: &str) -> StoreResult<u64>;
     /// Deletes sessions past their absolute end or idle since before `idle_before`.
     async fn prune_sessions(
         &self,

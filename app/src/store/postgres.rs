@@ -692,6 +692,15 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn prune_sessions(
         &self,
         now: DateTime<Utc>,

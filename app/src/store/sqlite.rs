@@ -754,6 +754,15 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id_hash <> ?")
+            .bind(user_id.to_string())
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn prune_sessions(
         &self,
         now: DateTime<Utc>,
