@@ -5,9 +5,17 @@
 
 (() => {
   function safeNext() {
-    // Only same-origin paths: an attacker's ?next=https://evil.example must not redirect away.
+    // Only this site: an attacker's ?next= must not redirect away. Resolved the way the browser
+    // will resolve it (tabs and newlines dropped, backslashes read as slashes), so no prefix
+    // check can be fooled by `/\t/evil.example`; anything else goes to the home page.
     const next = new URLSearchParams(location.search).get("next") || "/";
-    return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+    try {
+      const url = new URL(next, location.origin);
+      if (url.origin === location.origin) return url.pathname + url.search + url.hash;
+    } catch (_) {
+      // Not a URL at all.
+    }
+    return "/";
   }
 
   function showError(text) {

@@ -70,6 +70,17 @@ pub struct HttpConfig {
     /// How long in-flight requests may finish after SIGTERM before the process exits anyway.
     #[serde(with = "seconds")]
     pub shutdown_timeout: Duration,
+    /// Connections served at once; beyond, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after connecting (or
+    /// after its previous response) is closed: slow clients and idle keep-alives alike.
+    #[serde(with = "seconds")]
+    pub header_read_timeout: Duration,
+    /// Live event streams (`GET /api/stream`) open at once; beyond, 503 with `Retry-After`.
+    pub max_streams: usize,
+    /// How often an open stream re-checks its credentials (revoked elsewhere, user disabled).
+    #[serde(with = "seconds")]
+    pub stream_recheck_interval: Duration,
     /// In-process TLS (HTTPS on `listen`) when both are set.
     pub tls: HttpTlsConfig,
     pub session: SessionSettings,
@@ -116,6 +127,9 @@ pub struct LoginThrottle {
     pub attempts_per_minute_per_ip: u32,
     /// Login attempts allowed per username per minute, from any address.
     pub attempts_per_minute_per_username: u32,
+    /// Password hashes (logins, password changes) computed at once, ~19 MiB each; beyond, 503
+    /// with `Retry-After`. 0 = twice the CPUs.
+    pub max_concurrent_hashes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +329,10 @@ listen = "127.0.0.1:8080"
 body_limit = 1048576
 request_timeout = 30
 shutdown_timeout = 25
+max_connections = 16384
+header_read_timeout = 10
+max_streams = 10000
+stream_recheck_interval = 30
 trusted_proxies = []
 
 [http.tls]
@@ -326,6 +344,7 @@ absolute_timeout = 43200
 [http.login]
 attempts_per_minute_per_ip = 30
 attempts_per_minute_per_username = 10
+max_concurrent_hashes = 0
 
 [http.rate_limit]
 requests_per_second = 1000
@@ -631,6 +650,21 @@ impl Config {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());
         }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1".into());
+        }
+        if self.http.header_read_timeout.is_zero() {
+            return invalid(
+                "http.header_read_timeout",
+                "must be more than 0 seconds".into(),
+            );
+        }
+        if self.http.stream_recheck_interval.is_zero() {
+            return invalid(
+                "http.stream_recheck_interval",
+                "must be more than 0 seconds".into(),
+            );
+        }
         if self.http.body_limit < 1024 {
             return invalid("http.body_limit", "must be at least 1024 bytes".into());
         }
@@ -728,7 +762,7 @@ impl Config {
                 Some(u) if !(u.starts_with("mqtt://") || u.starts_with("mqtts://")) => {
                     return invalid(
                         "mqtt.url",
-                        format!("`{u}` must start with mqtt:// or mqtts://"),
+                        format!("`{}` must start with mqtt:// or mqtts://", redact_url(u)),
                     );
                 }
                 Some(_) => {}
@@ -835,7 +869,10 @@ impl Config {
                 _ => {
                     return invalid(
                         "backup.s3.endpoint",
-                        format!("`{endpoint}` is not an http:// or https:// URL"),
+                        format!(
+                            "`{}` is not an http:// or https:// URL",
+                            crate::redact::redact_endpoint(endpoint)
+                        ),
                     )
                 }
             }
@@ -900,6 +937,10 @@ impl Config {
                 "body_limit": self.http.body_limit,
                 "request_timeout": self.http.request_timeout.as_secs(),
                 "shutdown_timeout": self.http.shutdown_timeout.as_secs(),
+                "max_connections": self.http.max_connections,
+                "header_read_timeout": self.http.header_read_timeout.as_secs_f64(),
+                "max_streams": self.http.max_streams,
+                "stream_recheck_interval": self.http.stream_recheck_interval.as_secs_f64(),
                 "trusted_proxies": self.http.trusted_proxies.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "tls": { "cert": path(&self.http.tls.cert), "key": path(&self.http.tls.key) },
                 "session": {
@@ -909,6 +950,7 @@ impl Config {
                 "login": {
                     "attempts_per_minute_per_ip": self.http.login.attempts_per_minute_per_ip,
                     "attempts_per_minute_per_username": self.http.login.attempts_per_minute_per_username,
+                    "max_concurrent_hashes": self.http.login.max_concurrent_hashes,
                 },
                 "rate_limit": {
                     "requests_per_second": self.http.rate_limit.requests_per_second,
@@ -923,7 +965,7 @@ impl Config {
                     "tls_listen": self.mqtt.embedded.tls_listen.map(|a| a.to_string()),
                     "tls": { "cert": path(&self.mqtt.embedded.tls.cert), "key": path(&self.mqtt.embedded.tls.key) },
                 },
-                "url": self.mqtt.url,
+                "url": self.mqtt.url.as_deref().map(redact_url),
                 "tls": { "ca": path(&self.mqtt.tls.ca), "cert": path(&self.mqtt.tls.cert), "key": path(&self.mqtt.tls.key) },
                 "username": self.mqtt.username,
                 "password": secret(&self.mqtt.password),
@@ -960,7 +1002,7 @@ impl Config {
                     "bucket": self.backup.s3.bucket,
                     "prefix": self.backup.s3.prefix,
                     "region": self.backup.s3.region,
-                    "endpoint": self.backup.s3.endpoint,
+                    "endpoint": self.backup.s3.endpoint.as_deref().map(crate::redact::redact_endpoint),
                     "force_path_style": self.backup.s3.force_path_style,
                     "access_key_id": self.backup.s3.access_key_id,
                     "secret_access_key": secret(&self.backup.s3.secret_access_key),
@@ -986,17 +1028,7 @@ fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// Hides the password of a URL (`postgres://ddms:[redacted]@db/ddms`).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string().replace("%5Bredacted%5D", "[redacted]")
-        }
-        Ok(_) => url.to_string(),
-        Err(_) => "[unparseable url redacted]".into(),
-    }
-}
+pub use crate::redact::redact_url;
 
 impl fmt::Display for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

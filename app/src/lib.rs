@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod modbus;
 pub mod mqtt;
+pub mod redact;
 pub mod release;
 pub mod retention;
 pub mod server;

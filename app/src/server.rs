@@ -4,7 +4,7 @@
 //! accepting, let in-flight requests finish, stop producers, let a backup in progress finish,
 //! flush the pipeline, exit.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ const EVENT_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const REGISTRATIONS_PER_MINUTE: u32 = 10;
 /// Broker accounts of deleted devices are looked for this often (dynsec).
 const ACCOUNT_RECONCILE_INTERVAL: Duration = Duration::from_secs(600);
+/// Rate limiters drop idle client keys this often.
+const LIMITER_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// At shutdown, the longest the MQTT ingester waits for the acks of submitted messages.
 const MQTT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -198,6 +200,9 @@ impl Server {
             .await
             .with_metrics(metrics.registry());
         backups.clean_leftovers();
+        let security = http::security::Security::new(&config);
+        security.hashing.register(metrics.registry());
+        let security = Arc::new(security);
         let state = AppState {
             instance_id: instance_id(config.slot),
             backups: Arc::new(backups),
@@ -206,10 +211,10 @@ impl Server {
             events,
             status,
             settings,
-            register_limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
+            register_limiter: Arc::new(http::IpRateLimiter::new(governor::Quota::per_minute(
                 per_minute,
             ))),
-            security: Arc::new(http::security::Security::new(&config)),
+            security,
             devices_changed,
             credentials_changed,
             shutdown: CancellationToken::new(),
@@ -313,6 +318,7 @@ impl Server {
             state.store.clone(),
             stop_event_log.clone(),
         ));
+        background.spawn(prune_limiters(state.clone(), stop_producers.clone()));
         if let Some(dynsec) = dynsec {
             background.spawn(reconcile_accounts(
                 dynsec,
@@ -362,31 +368,28 @@ impl Server {
         );
         let metrics = state.metrics.clone();
         let backups = state.backups.clone();
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let limits = http::serve::ServeLimits {
+            max_connections: config.http.max_connections,
+            header_read_timeout: config.http.header_read_timeout,
+        };
+        let app = http::router(state);
         // Its own token: live streams end first (`stop_http`), the listener closes later.
         let stop_accepting = CancellationToken::new();
-        let stopped = {
-            let stop_accepting = stop_accepting.clone();
-            async move { stop_accepting.cancelled().await }
-        };
         let mut server = match tls {
-            None => tokio::spawn(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .into_future(),
-            ),
-            Some(tls) => {
-                // `tap_io` only so that `ConnectInfo<SocketAddr>` applies to our listener.
-                let listener = axum::serve::ListenerExt::tap_io(
-                    http::tls::TlsListener::new(listener, tls)?,
-                    |_| {},
-                );
-                tokio::spawn(
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped)
-                        .into_future(),
-                )
-            }
+            None => tokio::spawn(http::serve::serve(
+                listener,
+                app,
+                limits,
+                metrics.clone(),
+                stop_accepting.clone(),
+            )),
+            Some(tls) => tokio::spawn(http::serve::serve(
+                http::tls::TlsListener::new(listener, tls, config.http.max_connections)?,
+                app,
+                limits,
+                metrics.clone(),
+                stop_accepting.clone(),
+            )),
         };
 
         let served = tokio::select! {
@@ -480,6 +483,21 @@ async fn maintain_partitions(store: Arc<dyn Store>, days_ahead: u32, cancel: Can
             }
             Err(e) => tracing::warn!(error = %e, "cannot create reading partitions; will retry"),
         }
+    }
+}
+
+/// Drops idle client keys from the rate limiters every [`LIMITER_PRUNE_INTERVAL`], so their
+/// memory follows the clients of the last minutes, not every client ever seen.
+async fn prune_limiters(state: AppState, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(LIMITER_PRUNE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        state.security.prune();
+        state.register_limiter.prune();
     }
 }
 

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::audit;
 use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
+use super::revocation::Ended;
 use super::{ApiError, AppState};
 use crate::auth::{hash_password, random_secret};
 use crate::store::{NewUser, Role, StoreError, User, UserChange};
@@ -25,8 +26,13 @@ fn validation(field: &str, message: impl Into<String>) -> ApiError {
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
         StoreError::NotFound => ApiError::NotFound(what.into()),
+        StoreError::Conflict(reason) if reason == crate::store::LAST_OWNER => last_owner(),
         other => other.into(),
     }
+}
+
+fn last_owner() -> ApiError {
+    ApiError::Conflict("this is the last enabled owner; make another user owner first".into())
 }
 
 fn user_json(user: &User) -> Value {
@@ -144,10 +150,10 @@ async fn keep_an_owner(state: &AppState, changing: &User) -> Result<(), ApiError
         .into_iter()
         .filter(|u| u.role == Role::Owner && !u.is_disabled())
         .count();
+    // The quick answer; the store checks again in the transaction of the change (two
+    // owners demoting each other at once both pass here).
     if owners <= 1 {
-        return Err(ApiError::Conflict(
-            "this is the last enabled owner; make another user owner first".into(),
-        ));
+        return Err(last_owner());
     }
     Ok(())
 }
@@ -184,6 +190,10 @@ pub async fn update_user(
     // ends them outright.
     if reset || input.disabled == Some(true) {
         state.store.delete_user_sessions(id).await?;
+        state.security.revocations.announce(Ended::UserSessions {
+            user_id: id,
+            except: None,
+        });
     }
     audit::record(
         &state,
@@ -210,6 +220,10 @@ pub async fn delete_user(
         .delete_user(id)
         .await
         .map_err(not_found("user"))?;
+    state.security.revocations.announce(Ended::UserSessions {
+        user_id: id,
+        except: None,
+    });
     audit::record(
         &state,
         auth.principal.audit(
@@ -244,6 +258,7 @@ pub async fn revoke_token(
         .revoke_api_token(id)
         .await
         .map_err(not_found("token"))?;
+    state.security.revocations.announce(Ended::Token(token.id));
     audit::record(
         &state,
         auth.principal.audit(

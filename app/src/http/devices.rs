@@ -511,11 +511,30 @@ pub async fn register(
         },
     )
     .await?;
-    let device = state
-        .store
-        .create_device(&new)
-        .await
-        .map_err(|e| conflict_on_name(e, &new.name))?;
+    let device = match state.store.create_device(&new).await {
+        Ok(device) => device,
+        // Every device holds the provisioning token: a 409 would tell any of them which names
+        // exist. A taken name gets a random suffix instead, and the answer says which it is.
+        Err(StoreError::Conflict(_)) => {
+            let suffix = Uuid::new_v4().simple().to_string();
+            let base: String = new.name.chars().take(100 - 9).collect();
+            let renamed = NewDevice {
+                name: format!("{base}-{}", &suffix[..8]),
+                ..new
+            };
+            state
+                .store
+                .create_device(&renamed)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => {
+                        ApiError::Conflict("registration failed; try again".into())
+                    }
+                    other => other.into(),
+                })?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mqtt = issue_credentials(&state, &device).await?;
     let principal = Principal::system("provisioning", client.ip);
     audit(&state, &principal, "device.register", &device).await;
@@ -523,7 +542,7 @@ pub async fn register(
     tracing::info!(device.id = %device.id, device.name = %device.name, "device registered itself");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "device_id": device.id, "mqtt": mqtt })),
+        Json(json!({ "device_id": device.id, "name": device.name, "mqtt": mqtt })),
     ))
 }
 

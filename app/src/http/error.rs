@@ -35,6 +35,12 @@ pub enum ApiError {
     RateLimited { retry_after_s: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too much work of one kind in flight (password hashing, live streams); try again soon.
+    #[error("{reason}; retry in {retry_after_s} s")]
+    Busy {
+        reason: &'static str,
+        retry_after_s: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -50,7 +56,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Validation { .. } | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,6 +73,7 @@ impl ApiError {
             ApiError::Validation { .. } | ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy { .. } => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -113,7 +120,7 @@ impl IntoResponse for ApiError {
                 response = (self.status(), axum::Json(body)).into_response();
                 response.headers_mut().extend(headers);
             }
-            ApiError::RateLimited { retry_after_s } => {
+            ApiError::RateLimited { retry_after_s } | ApiError::Busy { retry_after_s, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
@@ -128,8 +135,15 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => ApiError::NotFound("resource".into()),
-            StoreError::Conflict(msg) => ApiError::Conflict(msg),
-            StoreError::Unavailable(msg) => ApiError::Unavailable(msg),
+            // The database's own words name tables, constraints and values: logged, not sent.
+            StoreError::Conflict(detail) => {
+                tracing::info!(error = %detail, "request conflicts with stored data");
+                ApiError::Conflict("the change conflicts with existing data".into())
+            }
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; try again later".into())
+            }
             other => ApiError::Internal(other.into()),
         }
     }
@@ -150,5 +164,25 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         s if s.is_server_error() => "internal",
         _ => "bad_request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_text_stays_out_of_api_answers() {
+        let raw = "duplicate key value violates unique constraint \"users_username_key\"";
+        let conflict = ApiError::from(StoreError::Conflict(raw.into()));
+        assert_eq!(conflict.status(), StatusCode::CONFLICT);
+        assert!(!conflict.to_string().contains("constraint"), "{conflict}");
+        let raw = "error connecting to server: Connection refused (os error 111) at 10.0.0.5:5432";
+        let unavailable = ApiError::from(StoreError::Unavailable(raw.into()));
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !unavailable.to_string().contains("10.0.0.5"),
+            "{unavailable}"
+        );
     }
 }

@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::revocation::Credential;
 use super::security::ClientInfo;
 use super::session::{self, SESSION_COOKIE};
 use super::{ApiError, AppState};
@@ -33,6 +34,9 @@ pub struct Principal {
     pub user_id: Option<Uuid>,
     #[serde(skip)]
     pub session: Option<SessionInfo>,
+    /// The token or session the request came with (live streams watch it end).
+    #[serde(skip)]
+    pub credential: Option<Credential>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +58,7 @@ impl Principal {
             addr,
             user_id: None,
             session: None,
+            credential: None,
         }
     }
 
@@ -147,6 +152,10 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
                 addr: client.ip,
                 user_id: None,
                 session: None,
+                credential: Some(Credential::Token {
+                    id: found.id,
+                    hash: hash_api_token(token),
+                }),
             }),
             Err(StoreError::NotFound) => {
                 tracing::info!("request refused: unknown or revoked API token");

@@ -6,14 +6,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+/// The `method` label of a request: the standard methods by name, anything else `other`
+/// (methods are client-chosen tokens; each new one would otherwise be a new series).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    connections_open: IntGauge,
+    connections_open_max: IntGauge,
+    streams_open: IntGauge,
     /// When the last request arrived, in ms since `created` (shutdown waits for a quiet spell).
     created: Instant,
     last_request_ms: Arc<AtomicU64>,
@@ -54,6 +73,22 @@ impl Metrics {
             .register(Box::new(latency.clone()))
             .expect("unique metric");
         registry.register(Box::new(build)).expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("unique metric");
+            gauge
+        };
+        let connections_open = gauge("ddms_http_connections_open", "HTTP connections open now");
+        let connections_open_max = gauge(
+            "ddms_http_connections_open_max",
+            "Most HTTP connections open at once since start",
+        );
+        let streams_open = gauge(
+            "ddms_http_streams_open",
+            "Live event streams (GET /api/stream) open now",
+        );
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -64,6 +99,9 @@ impl Metrics {
             registry,
             requests,
             latency,
+            connections_open,
+            connections_open_max,
+            streams_open,
             created: Instant::now(),
             last_request_ms: Arc::new(AtomicU64::new(0)),
         }
@@ -90,6 +128,21 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        let open = GaugeGuard::raise(&self.connections_open);
+        let now = self.connections_open.get();
+        if now > self.connections_open_max.get() {
+            self.connections_open_max.set(now);
+        }
+        open
+    }
+
+    /// Counts a live stream as open until the returned guard is dropped.
+    pub fn stream_opened(&self) -> GaugeGuard {
+        GaugeGuard::raise(&self.streams_open)
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -102,5 +155,21 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// One unit of a gauge, given back when dropped.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn raise(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -9,11 +9,15 @@ mod backups;
 mod devices;
 mod error;
 pub mod extract;
+mod hashing;
+pub mod keyed_limit;
 mod metrics;
 mod openapi;
 mod page;
+pub mod revocation;
 mod routes;
 pub mod security;
+pub mod serve;
 pub mod session;
 mod stream;
 pub mod tls;
@@ -46,7 +50,7 @@ use crate::store::Store;
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Per-IP limiter for unauthenticated, state-changing endpoints (self-registration).
-pub type IpRateLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+pub type IpRateLimiter = keyed_limit::BoundedLimiter<std::net::IpAddr>;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -151,7 +155,7 @@ async fn request_span(request: Request, next: Next) -> Response {
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     state.metrics.request_arrived();
-    let method = request.method().clone();
+    let method = metrics::method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -162,7 +166,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let status = response.status();
     state
         .metrics
-        .observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+        .observe_request(method, &route, status.as_u16(), elapsed);
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     // Probes and scrapes arrive every few seconds; they are only worth a debug line.
     let probe = matches!(route.as_str(), "/health" | "/ready" | "/metrics");

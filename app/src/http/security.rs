@@ -6,15 +6,20 @@
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
+use tokio::sync::Semaphore;
 
+use super::hashing::PasswordHashing;
+use super::keyed_limit::{client_key, BoundedLimiter};
+use super::revocation::Revocations;
 use super::{ApiError, AppState};
 use crate::config::Config;
 
@@ -24,8 +29,6 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      base-uri 'none'; form-action 'self'";
 /// One year; sent only on responses that came over HTTPS (RFC 6797 ignores it on plain HTTP).
 const HSTS: &str = "max-age=31536000";
-/// A keyed limiter is pruned of idle keys once it holds this many (memory stays bounded).
-const LIMITER_PRUNE_AT: usize = 10_000;
 
 /// The client of one request, resolved once by [`harden`] and kept in the request extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +59,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
 pub struct Security {
     tls: bool,
     trusted_proxies: Vec<IpAddr>,
-    api_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    api_per_credential: Option<DefaultKeyedRateLimiter<String>>,
-    login_per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    login_per_username: DefaultKeyedRateLimiter<String>,
+    api_per_ip: Option<BoundedLimiter<IpAddr>>,
+    api_per_credential: Option<BoundedLimiter<String>>,
+    login_per_ip: BoundedLimiter<IpAddr>,
+    login_per_username: BoundedLimiter<String>,
+    /// Password hashes and verifications allowed at once.
+    pub hashing: PasswordHashing,
+    /// Live streams allowed at once (`http.max_streams`).
+    pub streams: Arc<Semaphore>,
+    /// Credentials ended on this instance: their live streams close.
+    pub revocations: Revocations,
 }
 
 impl Security {
@@ -75,12 +84,15 @@ impl Security {
         Security {
             tls: http.tls.enabled(),
             trusted_proxies: http.trusted_proxies.clone(),
-            api_per_ip: api_quota.map(RateLimiter::keyed),
-            api_per_credential: api_quota.map(RateLimiter::keyed),
-            login_per_ip: RateLimiter::keyed(per_minute(http.login.attempts_per_minute_per_ip)),
-            login_per_username: RateLimiter::keyed(per_minute(
+            api_per_ip: api_quota.map(BoundedLimiter::new),
+            api_per_credential: api_quota.map(BoundedLimiter::new),
+            login_per_ip: BoundedLimiter::new(per_minute(http.login.attempts_per_minute_per_ip)),
+            login_per_username: BoundedLimiter::new(per_minute(
                 http.login.attempts_per_minute_per_username,
             )),
+            hashing: PasswordHashing::new(http.login.max_concurrent_hashes),
+            streams: Arc::new(Semaphore::new(http.max_streams)),
+            revocations: Revocations::default(),
         }
     }
 
@@ -127,7 +139,7 @@ impl Security {
     /// One `/api/*` request from `ip`.
     pub fn check_api_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
         match &self.api_per_ip {
-            Some(limiter) => check(limiter, &ip),
+            Some(limiter) => check(limiter, &client_key(ip)),
             None => Ok(()),
         }
     }
@@ -143,25 +155,30 @@ impl Security {
     /// One login attempt for `username` from `ip`; counted whatever its outcome, before the
     /// password is looked at, so a throttled guess costs the server nothing.
     pub fn check_login(&self, ip: IpAddr, username: &str) -> Result<(), ApiError> {
-        check(&self.login_per_ip, &ip)?;
+        check(&self.login_per_ip, &client_key(ip))?;
         check(&self.login_per_username, &username.to_lowercase())
+    }
+
+    /// Drops idle keys from every limiter (run on a timer: memory stays bounded even when no
+    /// request comes to prune on).
+    pub fn prune(&self) {
+        if let Some(limiter) = &self.api_per_ip {
+            limiter.prune();
+        }
+        if let Some(limiter) = &self.api_per_credential {
+            limiter.prune();
+        }
+        self.login_per_ip.prune();
+        self.login_per_username.prune();
     }
 }
 
-fn check<K: Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-) -> Result<(), ApiError> {
-    if limiter.len() > LIMITER_PRUNE_AT {
-        limiter.retain_recent();
-        limiter.shrink_to_fit();
-    }
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        ApiError::RateLimited {
+fn check<K: Hash + Eq + Clone>(limiter: &BoundedLimiter<K>, key: &K) -> Result<(), ApiError> {
+    limiter
+        .check(key)
+        .map_err(|wait: Duration| ApiError::RateLimited {
             retry_after_s: (wait.as_secs_f64().ceil() as u64).max(1),
-        }
-    })
+        })
 }
 
 /// The outermost layer but the request id: resolves the [`ClientInfo`], and puts the security

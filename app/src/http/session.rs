@@ -22,6 +22,7 @@ use serde_json::json;
 
 use super::audit;
 use super::extract::{Authorized, Principal, SessionInfo, ViewerRole};
+use super::revocation::{Credential, Ended};
 use super::security::{constant_time_eq, ClientInfo};
 use super::{ApiError, AppState};
 use crate::auth::{hash_api_token, hash_password, random_secret, verify_password};
@@ -88,16 +89,23 @@ pub fn warm_up() {
 
 /// Whether `password` matches `stored` (argon2id), on the blocking pool: a verification takes
 /// tens of milliseconds of CPU and must not stall the async workers.
-async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || match stored {
-        Some(hash) => verify_password(&password, &hash),
-        None => {
-            let _ = verify_password(&password, dummy_hash());
-            false
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))
+/// At most `http.login.max_concurrent_hashes` at once (503 beyond): each holds ~19 MiB.
+async fn verify(
+    state: &AppState,
+    password: String,
+    stored: Option<String>,
+) -> Result<bool, ApiError> {
+    state
+        .security
+        .hashing
+        .run(move || match stored {
+            Some(hash) => verify_password(&password, &hash),
+            None => {
+                let _ = verify_password(&password, dummy_hash());
+                false
+            }
+        })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -129,7 +137,12 @@ pub async fn login(
         Err(StoreError::NotFound) => None,
         Err(e) => return Err(e.into()),
     };
-    let matches = verify(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    let matches = verify(
+        &state,
+        password,
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await?;
     let failure = match &user {
         None => Some("unknown_user"),
         Some(_) if !matches => Some("wrong_password"),
@@ -229,6 +242,10 @@ pub async fn logout(
                     return Err(ApiError::CsrfFailed);
                 }
                 state.store.delete_session(&id_hash).await?;
+                state
+                    .security
+                    .revocations
+                    .announce(Ended::Session(id_hash.clone()));
                 audit::record(
                     &state,
                     NewAuditEntry {
@@ -274,7 +291,8 @@ pub struct PasswordChange {
     new_password: String,
 }
 
-/// A logged-in user changes their own password; every other session of theirs ends.
+/// A logged-in user changes their own password; every other session of theirs ends, the one
+/// making the change goes on.
 pub async fn change_password(
     State(state): State<AppState>,
     auth: Authorized<ViewerRole>,
@@ -287,16 +305,18 @@ pub async fn change_password(
     };
     let user = state.store.find_user(&session.username).await?;
     let current: String = body.current_password.chars().take(MAX_PASSWORD).collect();
-    if !verify(current, Some(user.password_hash.clone())).await? {
+    if !verify(&state, current, Some(user.password_hash.clone())).await? {
         return Err(ApiError::Validation {
             field: "current_password".into(),
             message: "is not your current password".into(),
         });
     }
     let new_password = body.new_password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&new_password))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    let hash = state
+        .security
+        .hashing
+        .run(move || hash_password(&new_password))
+        .await?
         .map_err(|e| ApiError::Validation {
             field: "new_password".into(),
             message: e.to_string(),
@@ -311,7 +331,16 @@ pub async fn change_password(
             },
         )
         .await?;
-    state.store.delete_user_sessions(user.id).await?;
+    // The session that changed the password goes on; any other (perhaps the one whose
+    // password leaked) ends.
+    state
+        .store
+        .delete_other_sessions(user.id, &session.id_hash)
+        .await?;
+    state.security.revocations.announce(Ended::UserSessions {
+        user_id: user.id,
+        except: Some(session.id_hash.clone()),
+    });
     audit::record(
         &state,
         auth.principal.audit(
@@ -377,6 +406,10 @@ pub(super) async fn authenticate(
     if let Some(reason) = reason {
         tracing::info!(auth.username = %record.user.username, reason, "session ended");
         state.store.delete_session(&id_hash).await?;
+        state
+            .security
+            .revocations
+            .announce(Ended::Session(id_hash.clone()));
         return Err(ApiError::Unauthenticated);
     }
     if !is_safe(&parts.method) && !csrf_matches(&parts.headers, &record) {
@@ -396,6 +429,10 @@ pub(super) async fn authenticate(
         role: record.user.role,
         addr: client.ip,
         user_id: Some(record.user.id),
+        credential: Some(Credential::Session {
+            id_hash: id_hash.clone(),
+            user_id: record.user.id,
+        }),
         session: Some(SessionInfo {
             id_hash,
             username: record.user.username.clone(),

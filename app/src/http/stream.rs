@@ -3,6 +3,9 @@
 //! resumes on any instance; streams end on shutdown with a `retry:` hint so clients reconnect —
 //! to another instance during a deploy — and resume there without missing an event.
 //!
+//! At most `http.max_streams` streams are open at once (503 beyond), and a stream ends when
+//! the token or session it was opened with ends (see `revocation.rs`).
+//!
 //! The body is written as SSE text directly: each event is rendered once ([`Event::wire`])
 //! and the same bytes go to every subscriber.
 
@@ -18,7 +21,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 
 use super::extract::{Authorized, ViewerRole};
-use super::AppState;
+use super::revocation;
+use super::{ApiError, AppState};
 #[cfg(doc)]
 use crate::events::Event;
 
@@ -27,11 +31,27 @@ const RETRY: Duration = Duration::from_millis(1000);
 /// A comment this often keeps proxies and NATs from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Seconds a client refused for lack of a stream slot is told to wait.
+const BUSY_RETRY_AFTER_S: u64 = 5;
+
 pub async fn stream(
     State(state): State<AppState>,
-    _auth: Authorized<ViewerRole>,
+    auth: Authorized<ViewerRole>,
     headers: HeaderMap,
 ) -> Response {
+    // Each stream holds a connection, a subscription and a re-check timer for hours: bounded.
+    let Ok(slot) = state.security.streams.clone().try_acquire_owned() else {
+        tracing::warn!(
+            limit = state.config.http.max_streams,
+            "live stream refused: http.max_streams reached"
+        );
+        return ApiError::Busy {
+            reason: "too many live streams are open (http.max_streams)",
+            retry_after_s: BUSY_RETRY_AFTER_S,
+        }
+        .into_response();
+    };
+    let open = state.metrics.stream_opened();
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -61,11 +81,31 @@ pub async fn stream(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let keep_alive = IntervalStream::new(interval).map(|_| Bytes::from_static(b":\n\n"));
     let shutdown = state.shutdown.clone();
+    let credential_ended = {
+        let state = state.clone();
+        let every = state.config.http.stream_recheck_interval;
+        async move {
+            match auth.principal.credential {
+                Some(credential) => revocation::ended(state, credential, every).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let end = async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = credential_ended => {}
+        }
+    };
     let events = stream::iter(std::iter::once(Bytes::from(preface)))
         .chain(stream::iter(replay))
         .chain(stream::select(live, keep_alive))
-        .take_until(async move { shutdown.cancelled().await })
-        .map(Ok::<_, Infallible>);
+        .take_until(end)
+        .map(move |bytes| {
+            // The slot and the gauge go when the body does.
+            let _held = (&slot, &open);
+            Ok::<_, Infallible>(bytes)
+        });
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -1,7 +1,7 @@
 //! In-process TLS for the HTTP service (`http.tls.cert` / `http.tls.key`): a listener for
-//! `axum::serve` that hands over connections once their TLS handshake is done. Handshakes run
+//! `serve.rs` that hands over connections once their TLS handshake is done. Handshakes run
 //! in their own tasks (bounded by a timeout), so a slow or silent client never holds up the
-//! accept loop; `axum::serve`'s graceful shutdown works unchanged.
+//! accept loop; graceful shutdown works unchanged.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,13 +12,13 @@ use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Finished handshakes waiting for `axum::serve` to take them.
+/// Finished handshakes waiting for `serve` to take them.
 const READY_QUEUE: usize = 64;
 
 /// The server's rustls configuration from PEM files (ring, TLS 1.2 and 1.3, HTTP/1.1).
@@ -58,12 +58,22 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// At most `max_pending` connections are between accept and hand-over (handshaking or
+    /// waiting for the server to take them): beyond, new ones wait in the listen backlog.
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        max_pending: usize,
+    ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(READY_QUEUE);
+        let pending = Arc::new(Semaphore::new(max_pending.max(1)));
         let acceptor_task = tokio::spawn(async move {
             loop {
+                let Ok(slot) = pending.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -76,6 +86,7 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;
@@ -99,7 +110,7 @@ impl TlsListener {
 }
 
 impl Drop for TlsListener {
-    /// `axum::serve` drops its listener when it stops accepting (graceful shutdown): so does
+    /// `serve` drops its listener when it stops accepting (graceful shutdown): so does
     /// the accept loop, and the port closes.
     fn drop(&mut self) {
         self.acceptor_task.abort();

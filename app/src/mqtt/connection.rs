@@ -52,8 +52,9 @@ impl BrokerConnection {
             .url
             .as_deref()
             .ok_or_else(|| ConnectionError::Url("not set".into()))?;
-        let url =
-            url::Url::parse(raw).map_err(|e| ConnectionError::Url(format!("`{raw}`: {e}")))?;
+        let url = url::Url::parse(raw).map_err(|e| {
+            ConnectionError::Url(format!("`{}`: {e}", crate::redact::redact_url(raw)))
+        })?;
         let tls = match url.scheme() {
             "mqtt" => false,
             "mqtts" => true,
@@ -66,7 +67,12 @@ impl BrokerConnection {
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| ConnectionError::Url(format!("`{raw}` names no host")))?
+            .ok_or_else(|| {
+                ConnectionError::Url(format!(
+                    "`{}` names no host",
+                    crate::redact::redact_url(raw)
+                ))
+            })?
             // IPv6 literals come bracketed; connecting and TLS name checks want them bare.
             .trim_start_matches('[')
             .trim_end_matches(']')

@@ -229,6 +229,10 @@ fn truncate(topic: &str) -> String {
     topic.chars().take(200).collect()
 }
 
+/// Keys a [`LogThrottle`] remembers at most (plus one shared by the keys beyond).
+const LOG_THROTTLE_KEYS: usize = 10_000;
+const LOG_THROTTLE_OVERFLOW: &str = "\0overflow";
+
 /// Lets one line per key through per interval, so a misbehaving device (or a flood of bad
 /// logins) leaves one INFO line a minute instead of one per message.
 pub struct LogThrottle {
@@ -253,9 +257,15 @@ impl LogThrottle {
     pub fn first_in_a_while(&self, key: &str) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if last.len() >= 10_000 {
+        let mut key = key;
+        if last.len() >= LOG_THROTTLE_KEYS && !last.contains_key(key) {
             let interval = self.interval;
             last.retain(|_, at| now.duration_since(*at) < interval);
+            // Keys are outsiders' (usernames of failed logins): a flood of new ones inside one
+            // interval shares one line instead of growing the map.
+            if last.len() >= LOG_THROTTLE_KEYS {
+                key = LOG_THROTTLE_OVERFLOW;
+            }
         }
         match last.get(key) {
             Some(at) if now.duration_since(*at) < self.interval => false,
@@ -279,5 +289,20 @@ mod tests {
         assert!(throttle.first_in_a_while("b"));
         std::thread::sleep(Duration::from_millis(60));
         assert!(throttle.first_in_a_while("a"));
+    }
+
+    #[test]
+    fn log_throttle_memory_stays_bounded_under_a_flood_of_new_keys() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        let mut let_through = 0;
+        for i in 0..(LOG_THROTTLE_KEYS + 5_000) {
+            if throttle.first_in_a_while(&format!("user-{i}")) {
+                let_through += 1;
+            }
+        }
+        let held = throttle.last.lock().unwrap().len();
+        assert!(held <= LOG_THROTTLE_KEYS + 1, "{held} keys held");
+        // Every key up to the cap got its line, then one line for all the rest.
+        assert_eq!(let_through, LOG_THROTTLE_KEYS + 1);
     }
 }

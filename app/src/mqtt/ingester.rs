@@ -404,6 +404,14 @@ impl Work<'_> {
         let ingester = self.ingester;
         let limits = &ingester.settings.limits;
         let metrics = ingester.ingest.metrics();
+        // A retained publish is the broker's stored copy of an old message, handed to every new
+        // subscription — after each reconnect. Live messages arrive without the flag (MQTT
+        // 3.1.1 §3.3.1.3), so refusing flagged ones loses nothing and stores nothing twice.
+        if publish.retain {
+            tracing::debug!(mqtt.topic = %truncate(&publish.topic), "retained MQTT message ignored");
+            metrics.reject(PROTOCOL, "retained");
+            return self.refuse(publish, epoch);
+        }
         let message = match parse_message(&publish.topic, &publish.payload, Utc::now(), limits) {
             Ok(message) => message,
             Err(rejection) => {
@@ -531,6 +539,11 @@ impl Work<'_> {
                     if self.unknown.len() > 10_000 {
                         self.unknown
                             .retain(|_, at| at.elapsed() < UNKNOWN_DEVICE_TTL);
+                        // Ids come from topics anyone allowed to publish may invent: when all
+                        // are recent, forget them (only a cache of lookups is lost).
+                        if self.unknown.len() > 10_000 {
+                            self.unknown.clear();
+                        }
                     }
                     self.unknown.insert(id, Instant::now());
                     return Resolution::Refused("unknown_device");

@@ -99,6 +99,12 @@ fn transient_code(code: &str, message: &str) -> bool {
         || (code == "23514" && message.contains("partition constraint"))
 }
 
+/// The conflict of a change that would leave no enabled owner (nobody could administer ddms).
+pub const LAST_OWNER: &str = "it would leave no enabled owner";
+/// Enabled owners; a user change or deletion that brings this to 0 is rolled back.
+const ENABLED_OWNERS: &str =
+    "SELECT count(*) FROM users WHERE role = 'owner' AND disabled_at IS NULL";
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,8 +229,12 @@ pub trait Store: Send + Sync + 'static {
     async fn count_users(&self) -> StoreResult<u64>;
     async fn get_user(&self, id: Uuid) -> StoreResult<User>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Refused with [`StoreError::Conflict`] ([`LAST_OWNER`]) when it would leave no enabled
+    /// owner; checked in the same transaction as the change, so concurrent changes cannot
+    /// both pass.
     async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User>;
     /// Deletes a user and (by cascade) their sessions.
+    /// Refused like [`Store::update_user`] when it would leave no enabled owner.
     async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
 
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
@@ -235,6 +245,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns whether there was such a session.
     async fn delete_session(&self, id_hash: &str) -> StoreResult<bool>;
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
+    /// Ends every session of the user except `keep` (by its id hash).
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: &str) -> StoreResult<u64>;
     /// Deletes sessions past their absolute end or idle since before `idle_before`.
     async fn prune_sessions(
         &self,

@@ -623,6 +623,7 @@ impl Store for PostgresStore {
     }
 
     async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User> {
+        let (mut tx, owners_before) = lock_owners(&self.pool).await?;
         let row = sqlx::query(&format!(
             "UPDATE users SET role = coalesce($1, role), password_hash = coalesce($2, password_hash), \
              disabled_at = CASE WHEN $3 IS NULL THEN disabled_at \
@@ -633,20 +634,23 @@ impl Store for PostgresStore {
         .bind(change.password_hash.as_deref())
         .bind(change.disabled)
         .bind(id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        user_from_row(&row)
+        let user = user_from_row(&row)?;
+        keep_an_owner(tx, owners_before).await?;
+        Ok(user)
     }
 
     async fn delete_user(&self, id: Uuid) -> StoreResult<()> {
+        let (mut tx, owners_before) = lock_owners(&self.pool).await?;
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        keep_an_owner(tx, owners_before).await
     }
 
     async fn create_session(&self, session: &NewSession) -> StoreResult<()> {
@@ -704,6 +708,15 @@ impl Store for PostgresStore {
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
         let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
+            .bind(user_id)
+            .bind(keep)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
@@ -1114,4 +1127,37 @@ impl Store for PostgresStore {
         .await?;
         Ok(result.rows_affected())
     }
+}
+
+/// A transaction holding row locks on every enabled owner, and how many there are: two
+/// changes to owners run one after the other, and the second sees the first's outcome (READ
+/// COMMITTED re-reads the rows a lock waited for), so both cannot take away "the other" last
+/// owner.
+async fn lock_owners(
+    pool: &PgPool,
+) -> StoreResult<(sqlx::Transaction<'static, sqlx::Postgres>, i64)> {
+    let mut tx = pool.begin().await?;
+    let owners =
+        sqlx::query("SELECT id FROM users WHERE role = 'owner' AND disabled_at IS NULL FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?
+            .len() as i64;
+    Ok((tx, owners))
+}
+
+/// Commits a user change unless it took away the last enabled owner (then rolls it back). A
+/// database that had no owner to begin with is left to its operator.
+async fn keep_an_owner(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    owners_before: i64,
+) -> StoreResult<()> {
+    let owners: i64 = sqlx::query_scalar(ENABLED_OWNERS)
+        .fetch_one(&mut *tx)
+        .await?;
+    if owners_before > 0 && owners == 0 {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(LAST_OWNER.into()));
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -675,6 +675,7 @@ impl Store for SqliteStore {
 
     async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User> {
         let disabled_at: Option<Option<DateTime<Utc>>> = change.disabled.map(|d| d.then(Utc::now));
+        let (mut tx, owners_before) = lock_owners(&self.pool).await?;
         let row = sqlx::query(&format!(
             "UPDATE users SET role = coalesce(?, role), password_hash = coalesce(?, password_hash), \
              disabled_at = CASE WHEN ? THEN ? ELSE disabled_at END \
@@ -685,20 +686,23 @@ impl Store for SqliteStore {
         .bind(disabled_at.is_some())
         .bind(disabled_at.flatten())
         .bind(id.to_string())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        user_from_row(&row)
+        let user = user_from_row(&row)?;
+        keep_an_owner(tx, owners_before).await?;
+        Ok(user)
     }
 
     async fn delete_user(&self, id: Uuid) -> StoreResult<()> {
+        let (mut tx, owners_before) = lock_owners(&self.pool).await?;
         let done = sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        keep_an_owner(tx, owners_before).await
     }
 
     async fn create_session(&self, session: &NewSession) -> StoreResult<()> {
@@ -757,6 +761,15 @@ impl Store for SqliteStore {
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
         let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
             .bind(user_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id_hash <> ?")
+            .bind(user_id.to_string())
+            .bind(keep)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
@@ -1179,4 +1192,34 @@ impl Store for SqliteStore {
         .await?;
         Ok(result.rows_affected())
     }
+}
+
+/// A transaction that holds SQLite's write lock from its start (`BEGIN IMMEDIATE`), so no
+/// other change to users can come between its owner counts; and the owners before it.
+async fn lock_owners(
+    pool: &SqlitePool,
+) -> StoreResult<(sqlx::Transaction<'static, sqlx::Sqlite>, i64)> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let owners: i64 = sqlx::query_scalar(ENABLED_OWNERS)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((tx, owners))
+}
+
+/// Commits a user change unless it took away the last enabled owner (then rolls it back). A
+/// database that had no owner to begin with (users made by `ddms user add` as admins only)
+/// is left to its operator.
+async fn keep_an_owner(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    owners_before: i64,
+) -> StoreResult<()> {
+    let owners: i64 = sqlx::query_scalar(ENABLED_OWNERS)
+        .fetch_one(&mut *tx)
+        .await?;
+    if owners_before > 0 && owners == 0 {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(LAST_OWNER.into()));
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -1148,3 +1148,54 @@ async fn the_history_chart_describes_the_point_under_a_tap_or_the_mouse_and_fold
     browser.close().await;
     app.stop().await;
 }
+
+/// `?next=` after a login never leaves the site, however the URL is disguised (a tab the URL
+/// parser drops, a backslash it reads as a slash, a scheme-relative or absolute URL).
+#[tokio::test]
+async fn a_login_with_a_foreign_next_stays_on_the_site() {
+    let app = spawn_app(Db::Sqlite, "").await;
+    add_user(&app, "ann", Role::Viewer).await;
+    let browser = Browser::start().await;
+    let origin = format!("http://{}", app.addr);
+    for next in [
+        "%2F%09%2Fevil.example",
+        "//evil.example",
+        "https://evil.example",
+        "/%5Cevil.example",
+        "javascript:alert(1)",
+    ] {
+        browser
+            .client
+            .goto(&app.url(&format!("/login?next={next}")))
+            .await
+            .unwrap();
+        browser.type_into("#username", "ann").await;
+        browser.type_into("#password", PASSWORD).await;
+        browser.click("#submit").await;
+        // Wait for the navigation the login starts to land somewhere, then look where.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let landed = loop {
+            let here = browser
+                .js("return [location.origin, location.pathname, document.getElementById('whoami')?.textContent || ''];")
+                .await;
+            let off_site = here[0] != json!(origin);
+            let signed_in = here[2] == json!("user:ann");
+            if off_site || signed_in {
+                break here;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "next={next}: no page after login: {here}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            landed[0],
+            json!(origin),
+            "next={next} left the site: {landed}"
+        );
+        assert_eq!(landed[1], json!("/"), "next={next}: {landed}");
+    }
+    browser.close().await;
+    app.stop().await;
+}

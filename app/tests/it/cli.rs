@@ -482,3 +482,52 @@ async fn user_add_reads_the_password_from_stdin_or_generates_one() {
     let bob = store.find_user("bob").await.unwrap();
     assert!(ddms::auth::verify_password(generated, &bob.password_hash));
 }
+
+#[tokio::test]
+async fn config_check_hides_secrets_in_every_url_it_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "DDMS_DATABASE__URL",
+            "postgres://ddms@db.example/ddms?sslmode=require&password=pg-query-pw-5e1a&sslpassword=pg-key-pw-77c0&application_name=ddms",
+        ),
+        ("DDMS_MQTT__MODE", "external"),
+        (
+            "DDMS_MQTT__URL",
+            "mqtt://ingest:mqtt-url-pw-0d4b@broker.example:1883",
+        ),
+        ("DDMS_BACKUP__S3__BUCKET", "backups"),
+        (
+            "DDMS_BACKUP__S3__ENDPOINT",
+            "https://AKIA-ENDPOINT-KEY:s3-endpoint-pw-9f2c@minio.example:9000/?X-Amz-Security-Token=s3-session-tok-31aa",
+        ),
+    ];
+    let (code, out, err) = run(dir.path(), &["config", "check"], &env, "").await;
+    assert_eq!(code, 0, "{err}");
+    for secret in [
+        "pg-query-pw-5e1a",
+        "pg-key-pw-77c0",
+        "mqtt-url-pw-0d4b",
+        "s3-endpoint-pw-9f2c",
+        "s3-session-tok-31aa",
+        "AKIA-ENDPOINT-KEY",
+    ] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked: {out}{err}"
+        );
+    }
+    let effective: toml::Table = out.parse().unwrap_or_else(|e| panic!("{e}: {out}"));
+    let database_url = effective["database"]["url"].as_str().unwrap();
+    assert!(
+        database_url.contains("sslmode=require") && database_url.contains("application_name=ddms"),
+        "harmless parameters stay: {database_url}"
+    );
+    assert!(
+        effective["backup"]["s3"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .contains("minio.example:9000"),
+        "{out}"
+    );
+}

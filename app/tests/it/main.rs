@@ -12,6 +12,7 @@ mod cli;
 mod demo;
 mod devices;
 mod ingest;
+mod hardening;
 mod modbus;
 mod mqtt;
 mod openapi;

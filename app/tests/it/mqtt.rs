@@ -1167,3 +1167,63 @@ async fn a_simulated_device_registers_itself_and_its_telemetry_is_stored() {
     assert_eq!(status.status, ddms::store::Status::Online);
     app.stop().await;
 }
+
+/// A retained message is the broker's copy of an old one, handed to every new subscription:
+/// ddms refuses it (counted as `retained`) instead of storing an old reading again, with a
+/// new timestamp when the message had none, after every reconnect.
+#[tokio::test]
+async fn a_retained_message_waiting_at_the_broker_is_not_ingested() {
+    let broker = Mosquitto::start(Provider::from_env().await, BROKER_TUNING)
+        .await
+        .unwrap();
+    // The device exists before ddms first connects; the retained message is published then.
+    let first = spawn_app(Db::Postgres(Provider::from_env().await), "").await;
+    let (device, _) = create_mqtt_device(&first, "retained-meter").await;
+    let mut retained = Command::new("mosquitto_pub");
+    retained
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-q",
+            "1",
+            "-r",
+        ])
+        .args([
+            "-t",
+            &format!("devices/{device}/telemetry"),
+            "-m",
+            r#"{"kwh": 7}"#,
+        ]);
+    assert!(retained.status().await.unwrap().success());
+    let app = spawn_app(
+        Db::Url(first.database_url.clone()),
+        &mqtt_toml(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            "ddms-retained",
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&app.url("/ready")).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the retained message is refused and counted",
+        || async {
+            let text = app.get("/metrics").await.text().await.unwrap();
+            metric(
+                &text,
+                "ddms_readings_rejected_total",
+                "protocol=\"mqtt\",reason=\"retained\"",
+            ) == 1.0
+        },
+    )
+    .await;
+    assert!(
+        readings(app.store.as_ref(), device, "kwh").await.is_empty(),
+        "the retained reading was stored"
+    );
+    app.stop().await;
+    first.stop().await;
+}

@@ -44,7 +44,11 @@ async fn ready_turns_503_when_postgres_stops_and_recovers_when_it_returns() {
     assert!(stopped_at.elapsed() < Duration::from_secs(5));
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["components"]["database"]["status"], "error", "{body}");
-    assert!(body["components"]["database"]["error"].as_str().is_some());
+    // A verdict, not the driver's text (hosts, users, file paths) for anonymous callers.
+    assert_eq!(
+        body["components"]["database"]["error"], "database unreachable",
+        "{body}"
+    );
     assert_eq!(
         app.get("/health").await.status(),
         200,
