@@ -31,6 +31,8 @@ pub const STORE_REFUSED: &str = "store_refused";
 /// The `reason` of a reading that would create a series beyond the device's quota.
 pub const SERIES_QUOTA: &str = "series_quota";
 
+const GIVEN_UP: &str = "the writer gave up on the database at shutdown";
+
 /// Back-off while the database is unavailable: 100 ms doubling to 5 s.
 struct Holding {
     backoff: Duration,
@@ -120,6 +122,10 @@ impl BatchWriter {
         submission: &Submission,
         abort: &CancellationToken,
     ) -> Result<(Vec<bool>, Vec<Reading>), IngestError> {
+        if abort.is_cancelled() {
+            // Given up on the database: no more attempts, each could wait a connect timeout.
+            return Err(IngestError::Store(GIVEN_UP.into()));
+        }
         for sample in &submission.samples {
             check_sample(sample).map_err(|problem| {
                 refused(
@@ -172,6 +178,9 @@ impl BatchWriter {
         abort: &CancellationToken,
     ) -> Result<u64, StoreError> {
         let mut holding = Holding::new();
+        if abort.is_cancelled() {
+            return Err(StoreError::Unavailable(GIVEN_UP.into()));
+        }
         loop {
             match self.store.insert_readings(batch).await {
                 Ok(inserted) => return Ok(inserted),

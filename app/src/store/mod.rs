@@ -107,6 +107,31 @@ const ENABLED_OWNERS: &str =
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+#[cfg(test)]
+mod transient_tests {
+    use super::transient_code;
+
+    #[test]
+    fn failures_that_pass_are_told_from_those_that_do_not() {
+        // PostgreSQL: connection, deadlock, too many connections, shutdown, failover, the
+        // partition race; SQLite: busy, busy snapshot (517), locked, disk full.
+        for code in [
+            "08006", "40P01", "40001", "53300", "57P01", "25006", "55P03", "5", "517", "6", "13",
+        ] {
+            assert!(transient_code(code, ""), "{code}");
+        }
+        assert!(transient_code(
+            "23514",
+            "new row for relation \"readings_default\" violates partition constraint"
+        ));
+        // Value out of range, a check constraint, a raised exception, SQLite constraint (1811
+        // from a trigger, 787 foreign key).
+        for code in ["22003", "23514", "23503", "P0001", "1811", "787", "19"] {
+            assert!(!transient_code(code, "other"), "{code}");
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

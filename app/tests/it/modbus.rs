@@ -517,6 +517,59 @@ async fn an_answer_arriving_after_the_timeout_does_not_shift_later_reads() {
     app.stop().await;
 }
 
+/// A device answering 1e308 would have overflowed the rollups' sums (on PostgreSQL failing the
+/// batch for every device): the value is refused, counted and shown as a register error, while
+/// the device's other registers are stored.
+#[tokio::test]
+async fn a_value_beyond_the_reading_range_is_refused_and_counted_while_the_others_read() {
+    use RegisterKind::Holding;
+    let registers = vec![
+        simulated(register("huge", Holding, 0, ValueType::F64), 1e308),
+        simulated(register("fine", Holding, 10, ValueType::U16), 7.0),
+    ];
+    let simulator = ModbusSimulator::start(registers.clone()).await.unwrap();
+    let app = spawn_app(Db::Sqlite, "").await;
+    let admin = app.token(Role::Admin).await;
+    let started = Utc::now();
+    let id = create_device(
+        &app,
+        &admin,
+        &device_body(
+            "overflowing",
+            simulator.addr(),
+            200,
+            register_map(&registers),
+        ),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "several polls", || async {
+        let points = readings(&app, &admin, id, "fine", started).await;
+        (points.len() >= 3).then_some(())
+    })
+    .await;
+    let values = latest(&app, &admin, id).await;
+    assert_eq!(values["fine"]["value"], 7.0);
+    assert!(
+        values.get("huge").is_none(),
+        "nothing stored for it: {values}"
+    );
+    let status = device_status(&app, &admin, id).await;
+    assert_eq!(status["status"], "error", "{status}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains("huge"),
+        "{status}"
+    );
+    let text = metrics_text(&app).await;
+    assert!(
+        metric(
+            &text,
+            "ddms_readings_rejected_total{protocol=\"modbus\",reason=\"value_out_of_range\"}"
+        ) >= 3.0,
+        "{text}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn exceptions_mark_their_registers_while_the_others_still_read() {
     use RegisterKind::{Holding, Input};
