@@ -200,6 +200,8 @@ in
           TimeoutStopSec = 40;
           Restart = "on-failure";
           RestartSec = 2;
+          # Every HTTP connection and live stream holds a descriptor: room for http.max_connections.
+          LimitNOFILE = 65536;
 
           StateDirectory = "ddms";
           StateDirectoryMode = "0750";

@@ -78,12 +78,14 @@ fn check_username(username: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn hash(field: &str, password: String) -> Result<String, ApiError> {
-    let field = field.to_string();
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(|e| validation(&field, e.to_string()))
+/// Within the bound on hashing in flight, like logins (`http.login.max_concurrent_hashes`).
+async fn hash(state: &AppState, field: &str, password: String) -> Result<String, ApiError> {
+    state
+        .security
+        .hashing
+        .run(move || hash_password(&password))
+        .await?
+        .map_err(|e| validation(field, e.to_string()))
 }
 
 pub async fn create_user(
@@ -95,7 +97,7 @@ pub async fn create_user(
     check_username(&username)?;
     let generated = input.password.is_none();
     let password = input.password.unwrap_or_else(|| random_secret(20));
-    let password_hash = hash("password", password.clone()).await?;
+    let password_hash = hash(&state, "password", password.clone()).await?;
     let user = state
         .store
         .create_user(&NewUser {
@@ -170,7 +172,7 @@ pub async fn update_user(
         keep_an_owner(&state, &existing).await?;
     }
     let password_hash = match input.password {
-        Some(p) => Some(hash("password", p).await?),
+        Some(p) => Some(hash(&state, "password", p).await?),
         None => None,
     };
     let reset = password_hash.is_some();

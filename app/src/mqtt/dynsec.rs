@@ -214,7 +214,10 @@ impl BrokerAccounts for Dynsec {
                         "textdescription": MANAGED,
                         "acls": [{ "acltype": "publishClientSend",
                                    "topic": format!("devices/{device_id}/#"), "allow": true }] }),
+                // The account connects only as client id = device id: without that, a device
+                // could take over another's session — or ddms' own — by using its client id.
                 json!({ "command": "createClient", "username": username,
+                        "clientid": username,
                         "password": password.expose_secret(),
                         "textname": "ddms device", "textdescription": MANAGED,
                         "roles": [{ "rolename": role }] }),
@@ -231,10 +234,14 @@ impl BrokerAccounts for Dynsec {
                     json!({ "command": "setClientPassword", "username": username,
                             "password": password.expose_secret() }),
                     json!({ "command": "addClientRole", "username": username, "rolename": role }),
+                    // Accounts made before client ids were bound get theirs now.
+                    json!({ "command": "setClientId", "username": username,
+                            "clientid": username }),
                 ])
                 .await?;
             refused("setClientPassword", &responses[0], &[])?;
             refused("addClientRole", &responses[1], &["already"])?;
+            refused("setClientId", &responses[2], &[])?;
             return Ok(());
         }
         refused("createClient", &responses[1], &[])

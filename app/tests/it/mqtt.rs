@@ -125,8 +125,19 @@ async fn readings(store: &dyn Store, device: Uuid, metric: &str) -> Vec<Point> {
         .unwrap()
 }
 
-/// `mosquitto_pub -q 1`; `Ok` when the broker took the message.
+/// `mosquitto_pub -q 1`; `Ok` when the broker took the message. With a login, the client id
+/// is the username, as devices connect.
 async fn publish(port: u16, topic: &str, payload: &[u8], login: Option<(&str, &str)>) -> bool {
+    publish_as(port, topic, payload, login, login.map(|(user, _)| user)).await
+}
+
+async fn publish_as(
+    port: u16,
+    topic: &str,
+    payload: &[u8],
+    login: Option<(&str, &str)>,
+    client_id: Option<&str>,
+) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
         .args(["-t", topic, "-s"])
@@ -135,6 +146,9 @@ async fn publish(port: u16, topic: &str, payload: &[u8], login: Option<(&str, &s
         .stderr(Stdio::null());
     if let Some((user, password)) = login {
         cmd.args(["-u", user, "-P", password]);
+    }
+    if let Some(id) = client_id {
+        cmd.args(["-i", id]);
     }
     let mut child = cmd.spawn().expect("mosquitto_pub is installed");
     let mut stdin = child.stdin.take().unwrap();
@@ -919,6 +933,21 @@ async fn on_the_shipped_mosquitto_config_a_device_publishes_only_under_its_own_t
         .await,
         "a wrong password is refused"
     );
+    // The right password under another client id (ddms' own, or the neighbour's) is refused:
+    // a device cannot take over another client's session.
+    for impostor in ["ddms-dynsec".to_string(), b.to_string()] {
+        assert!(
+            !publish_as(
+                port,
+                &format!("devices/{a}/telemetry"),
+                br#"{"own": 8}"#,
+                Some((&user, &password)),
+                Some(&impostor),
+            )
+            .await,
+            "device {a} connected as client id {impostor}"
+        );
+    }
 
     // Deleting the device deletes its broker account.
     let admin = app.token(Role::Admin).await;
