@@ -208,17 +208,34 @@ mod tests {
             assert_eq!(notified(&steps), *expected, "{name}");
         }
         // The same sequence as one batch gives the same transitions.
-        let batch: Vec<_> = [(-10, 40.0), (0, 55.0), (30, 55.0), (61, 55.0), (70, 48.0), (80, 44.0)]
-            .iter()
-            .map(|&(s, v)| (t(s), v))
-            .collect();
+        let batch: Vec<_> = [
+            (-10, 40.0),
+            (0, 55.0),
+            (30, 55.0),
+            (61, 55.0),
+            (70, 48.0),
+            (80, 44.0),
+        ]
+        .iter()
+        .map(|&(s, v)| (t(s), v))
+        .collect();
         let (_, steps) = on_readings(&check, 60, Phase::Idle, &batch);
         assert_eq!(
             steps,
             vec![
-                Step::Pending { at: t(0), value: 55.0 },
-                Step::Fire { at: t(61), value: 55.0 },
-                Step::Resolve { at: t(80), value: Some(44.0), was_firing: true },
+                Step::Pending {
+                    at: t(0),
+                    value: 55.0
+                },
+                Step::Fire {
+                    at: t(61),
+                    value: 55.0
+                },
+                Step::Resolve {
+                    at: t(80),
+                    value: Some(44.0),
+                    was_firing: true
+                },
             ]
         );
     }
@@ -233,9 +250,13 @@ mod tests {
         assert!(notified(&steps).is_empty(), "{steps:?}");
         assert_eq!(phase, Phase::Idle);
         // Every drop is recorded, silently.
-        assert!(steps
-            .iter()
-            .any(|s| matches!(s, Step::Resolve { was_firing: false, .. })));
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            Step::Resolve {
+                was_firing: false,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -259,7 +280,10 @@ mod tests {
         assert_eq!(on_tick(60, pending, t(59), 55.0), None);
         assert_eq!(
             on_tick(60, pending, t(60), 55.0),
-            Some(Step::Fire { at: t(60), value: 55.0 })
+            Some(Step::Fire {
+                at: t(60),
+                value: 55.0
+            })
         );
         assert_eq!(on_tick(60, Phase::Firing, t(600), 55.0), None);
         assert_eq!(on_tick(60, Phase::Idle, t(600), 55.0), None);

@@ -182,7 +182,10 @@ impl<'a> Fields<'a> {
                     None
                 }
                 Some(v) if v > MAX_DURATION_S => {
-                    self.error(field, format!("must be at most {MAX_DURATION_S} s (30 days)"));
+                    self.error(
+                        field,
+                        format!("must be at most {MAX_DURATION_S} s (30 days)"),
+                    );
                     None
                 }
                 Some(v) => Some(v),
@@ -231,7 +234,10 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
     if name.is_empty() {
         f.error("name", "required");
     } else if name.chars().count() > MAX_NAME_CHARS {
-        f.error("name", format!("must be at most {MAX_NAME_CHARS} characters"));
+        f.error(
+            "name",
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        );
     }
     let device_id = f.uuid("device_id");
     let group = f.string("group").filter(|g| !g.is_empty());
@@ -244,9 +250,10 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
     let metric = f.string("metric").filter(|m| !m.is_empty());
     match &metric {
         None => f.error("metric", "required"),
-        Some(m) if m.chars().count() > MAX_METRIC_CHARS => {
-            f.error("metric", format!("must be at most {MAX_METRIC_CHARS} characters"))
-        }
+        Some(m) if m.chars().count() > MAX_METRIC_CHARS => f.error(
+            "metric",
+            format!("must be at most {MAX_METRIC_CHARS} characters"),
+        ),
         Some(_) => {}
     }
     let condition_text = f.string("condition");
@@ -316,7 +323,11 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
             threshold_high: threshold_high.filter(|_| band),
             // The clear threshold defaults to the threshold (no hysteresis).
             clear_threshold: if no_data { None } else { clear.or(threshold) },
-            clear_threshold_high: if band { clear_high.or(threshold_high) } else { None },
+            clear_threshold_high: if band {
+                clear_high.or(threshold_high)
+            } else {
+                None
+            },
             for_s: if no_data { 0 } else { for_s },
             repeat_interval_s,
             no_data_s: no_data_s.filter(|_| no_data),
@@ -514,10 +525,7 @@ mod tests {
         let ids: Vec<String> = (0..21).map(|_| Uuid::new_v4().to_string()).collect();
         assert_eq!(fields(with("channels", json!(ids))), ["channels"]);
         let id = Uuid::new_v4().to_string();
-        assert_eq!(
-            fields(with("channels", json!([id, id]))),
-            ["channels[1]"]
-        );
+        assert_eq!(fields(with("channels", json!([id, id]))), ["channels[1]"]);
     }
 
     #[test]
@@ -556,12 +564,20 @@ mod tests {
             fields(band("outside", json!({"clear_threshold_high": 21}))),
             ["clear_threshold_high"]
         );
-        assert!(parse(&band("outside", json!({"clear_threshold": 11, "clear_threshold_high": 19}))).is_ok());
+        assert!(parse(&band(
+            "outside",
+            json!({"clear_threshold": 11, "clear_threshold_high": 19})
+        ))
+        .is_ok());
         assert_eq!(
             fields(band("inside", json!({"clear_threshold": 11}))),
             ["clear_threshold"]
         );
-        assert!(parse(&band("inside", json!({"clear_threshold": 9, "clear_threshold_high": 21}))).is_ok());
+        assert!(parse(&band(
+            "inside",
+            json!({"clear_threshold": 9, "clear_threshold_high": 21})
+        ))
+        .is_ok());
     }
 
     #[test]

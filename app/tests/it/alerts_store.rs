@@ -243,7 +243,10 @@ async fn a_transition_is_written_once_with_its_outbox_rows(store: Arc<dyn Store>
     let wins = [a.unwrap(), b.unwrap()].iter().filter(|w| **w).count();
     assert_eq!(wins, 1);
     let deliveries = store.list_deliveries(None, 100).await.unwrap();
-    let mut keys: Vec<String> = deliveries.iter().map(|d| d.idempotency_key.clone()).collect();
+    let mut keys: Vec<String> = deliveries
+        .iter()
+        .map(|d| d.idempotency_key.clone())
+        .collect();
     keys.sort();
     let mut expected = vec![
         format!("{}:2:{c1}", pending.id),
@@ -405,7 +408,11 @@ async fn silences_and_history_pruning(store: Arc<dyn Store>) {
         store.list_silences(Some(ts(10))).await.unwrap(),
         vec![silence.clone()]
     );
-    assert!(store.list_silences(Some(ts(3600))).await.unwrap().is_empty());
+    assert!(store
+        .list_silences(Some(ts(3600)))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(matches!(
         store
             .create_silence(&NewSilence {

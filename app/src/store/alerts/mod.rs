@@ -292,6 +292,14 @@ pub trait AlertStore: Send + Sync {
         device_id: Option<Uuid>,
         metric: Option<&str>,
     ) -> StoreResult<Option<Alert>>;
+    /// The newest alert (open or resolved) of a rule for a device and metric: its state and
+    /// `last_eval_ts` are where evaluation of new readings starts.
+    async fn latest_alert(
+        &self,
+        rule_id: Uuid,
+        device_id: Option<Uuid>,
+        metric: Option<&str>,
+    ) -> StoreResult<Option<Alert>>;
     /// Every open alert (the evaluation ticker's work list).
     async fn list_open_alerts(&self) -> StoreResult<Vec<Alert>>;
     /// Open alerts first (newest first), then resolved ones (newest first), filtered.

@@ -267,7 +267,12 @@ impl AlertStore for PostgresStore {
         .bind(&channel.name)
         .bind(&channel.kind)
         .bind(&channel.settings)
-        .bind(channel.secret.as_ref().map(|s| s.expose_secret().to_string()))
+        .bind(
+            channel
+                .secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_string()),
+        )
         .bind(channel.allow_private)
         .fetch_one(self.pool())
         .await?;
@@ -311,7 +316,12 @@ impl AlertStore for PostgresStore {
         .bind(&channel.name)
         .bind(&channel.kind)
         .bind(&channel.settings)
-        .bind(channel.secret.as_ref().map(|s| s.expose_secret().to_string()))
+        .bind(
+            channel
+                .secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_string()),
+        )
         .bind(channel.allow_private)
         .bind(id)
         .fetch_one(self.pool())
@@ -348,6 +358,25 @@ impl AlertStore for PostgresStore {
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = $1 \
              AND device_id IS NOT DISTINCT FROM $2 AND metric IS NOT DISTINCT FROM $3 \
              AND state <> 'resolved'"
+        ))
+        .bind(rule_id)
+        .bind(device_id)
+        .bind(metric)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(alert_from_row).transpose()
+    }
+
+    async fn latest_alert(
+        &self,
+        rule_id: Uuid,
+        device_id: Option<Uuid>,
+        metric: Option<&str>,
+    ) -> StoreResult<Option<Alert>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = $1 \
+             AND device_id IS NOT DISTINCT FROM $2 AND metric IS NOT DISTINCT FROM $3 \
+             ORDER BY state <> 'resolved' DESC, created_at DESC, id DESC LIMIT 1"
         ))
         .bind(rule_id)
         .bind(device_id)

@@ -236,15 +236,12 @@ async fn write_rule(
     if insert {
         query = query.bind(micros(now));
     }
-    let done = query
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                StoreError::Conflict("the rule's device or group does not exist".into())
-            }
-            _ => e.into(),
-        })?;
+    let done = query.execute(&mut **tx).await.map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::Conflict("the rule's device or group does not exist".into())
+        }
+        _ => e.into(),
+    })?;
     if done.rows_affected() == 0 {
         return Ok(false);
     }
@@ -350,7 +347,12 @@ impl AlertStore for SqliteStore {
         .bind(&channel.name)
         .bind(&channel.kind)
         .bind(channel.settings.to_string())
-        .bind(channel.secret.as_ref().map(|s| s.expose_secret().to_string()))
+        .bind(
+            channel
+                .secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_string()),
+        )
         .bind(channel.allow_private)
         .bind(now)
         .bind(now)
@@ -394,7 +396,12 @@ impl AlertStore for SqliteStore {
         .bind(&channel.name)
         .bind(&channel.kind)
         .bind(channel.settings.to_string())
-        .bind(channel.secret.as_ref().map(|s| s.expose_secret().to_string()))
+        .bind(
+            channel
+                .secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_string()),
+        )
         .bind(channel.allow_private)
         .bind(micros(Utc::now()))
         .bind(id.to_string())
@@ -435,6 +442,25 @@ impl AlertStore for SqliteStore {
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = ? \
              AND COALESCE(device_id, '') = COALESCE(?, '') AND COALESCE(metric, '') = COALESCE(?, '') \
              AND state <> 'resolved'"
+        ))
+        .bind(rule_id.to_string())
+        .bind(device_id.map(|id| id.to_string()))
+        .bind(metric)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(alert_from_row).transpose()
+    }
+
+    async fn latest_alert(
+        &self,
+        rule_id: Uuid,
+        device_id: Option<Uuid>,
+        metric: Option<&str>,
+    ) -> StoreResult<Option<Alert>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = ? \
+             AND COALESCE(device_id, '') = COALESCE(?, '') AND COALESCE(metric, '') = COALESCE(?, '') \
+             ORDER BY state <> 'resolved' DESC, created_at DESC, id DESC LIMIT 1"
         ))
         .bind(rule_id.to_string())
         .bind(device_id.map(|id| id.to_string()))
@@ -757,12 +783,11 @@ impl AlertStore for SqliteStore {
     async fn prune_alert_history(&self, before: DateTime<Utc>) -> StoreResult<AlertPruneCounts> {
         let before = micros(before);
         let mut tx = self.pool().begin().await?;
-        let alerts =
-            sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?")
-                .bind(before)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let alerts = sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let deliveries = sqlx::query(
             "DELETE FROM deliveries WHERE state IN ('delivered', 'dead') AND created_at < ?",
         )
