@@ -1,16 +1,20 @@
 //! Alerting end to end against real components: the API, the ingest pipeline, the store (SQLite
 //! and a local PostgreSQL), two instances on one database.
-use crate::support::app::{spawn_app, Db, TestApp};
-use crate::support::services::Provider;
+
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::ingest::Sample;
 use ddms::store::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::services::Provider;
+
 fn t(secs: i64) -> DateTime<Utc> {
     // Readings carry their own time: `for` counts in reading time, so the test needs no waits.
     Utc.timestamp_opt(1_790_000_000 + secs, 0).unwrap()
 }
+
 async fn mqtt_device(app: &TestApp, token: &str, name: &str) -> Uuid {
     let response = app
         .post_json(
@@ -23,6 +27,7 @@ async fn mqtt_device(app: &TestApp, token: &str, name: &str) -> Uuid {
     let body: Value = response.json().await.unwrap();
     body["id"].as_str().unwrap().parse().unwrap()
 }
+
 async fn webhook_channel(app: &TestApp, token: &str, url: &str) -> Uuid {
     let response = app
         .post_json(
@@ -38,6 +43,7 @@ async fn webhook_channel(app: &TestApp, token: &str, url: &str) -> Uuid {
     assert!(body.get("secret").is_none());
     body["id"].as_str().unwrap().parse().unwrap()
 }
+
 async fn hot_rule(app: &TestApp, token: &str, device: Uuid, channel: Uuid) -> Uuid {
     let response = app
         .post_json(
@@ -52,6 +58,7 @@ async fn hot_rule(app: &TestApp, token: &str, device: Uuid, channel: Uuid) -> Uu
     let body: Value = response.json().await.unwrap();
     body["id"].as_str().unwrap().parse().unwrap()
 }
+
 async fn submit(app: &TestApp, device: Uuid, secs: i64, value: f64) {
     app.ingest
         .submit(
@@ -67,12 +74,14 @@ async fn submit(app: &TestApp, device: Uuid, secs: i64, value: f64) {
         .await
         .expect("readings stored");
 }
+
 /// The `(event, state)` of every queued notification, in order.
 async fn notifications(app: &TestApp) -> Vec<String> {
     let mut deliveries = app.store.list_deliveries(None, 1000).await.unwrap();
     deliveries.sort_by_key(|d| (d.created_at, d.idempotency_key.clone()));
     deliveries.into_iter().map(|d| d.event).collect()
 }
+
 async fn events(app: &TestApp, token: &str) -> Vec<String> {
     let alerts: Vec<Value> = app
         .get_with_token("/api/alerts", token)
@@ -95,6 +104,7 @@ async fn events(app: &TestApp, token: &str) -> Vec<String> {
     events.sort();
     events.into_iter().map(|(_, _, e)| e).collect()
 }
+
 #[tokio::test]
 async fn bad_rules_are_refused_naming_the_field_and_nothing_is_stored() {
     let app = spawn_app(Db::Sqlite, "").await;
@@ -153,6 +163,7 @@ async fn bad_rules_are_refused_naming_the_field_and_nothing_is_stored() {
     assert!(audit.iter().any(|e| e.action == "alert_rule.create"));
     app.stop().await;
 }
+
 async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
     let app = spawn_app(db, "").await;
     let admin = app.token(Role::Admin).await;
@@ -198,14 +209,17 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
     }
     app.stop().await;
 }
+
 #[tokio::test]
 async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_sqlite() {
     hysteresis_sequence_notifies_firing_and_resolved_once(Db::Sqlite).await;
 }
+
 #[tokio::test]
 async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_postgres_local_process() {
     hysteresis_sequence_notifies_firing_and_resolved_once(Db::Postgres(Provider::Local)).await;
 }
+
 #[tokio::test]
 async fn two_instances_evaluating_the_same_readings_notify_each_transition_once() {
     let first = spawn_app(Db::Postgres(Provider::Local), "").await;
@@ -230,6 +244,7 @@ async fn two_instances_evaluating_the_same_readings_notify_each_transition_once(
     second.stop().await;
     first.stop().await;
 }
+
 #[tokio::test]
 async fn acknowledging_and_silencing() {
     let app = spawn_app(Db::Sqlite, "").await;
