@@ -8,6 +8,7 @@ mod backup;
 mod broker;
 mod brokers;
 mod browser;
+mod channels;
 mod cli;
 mod demo;
 mod devices;

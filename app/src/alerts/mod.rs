@@ -1,0 +1,4 @@
+//! Alerting.
+
+pub mod channels;
+pub mod config;
