@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ddms::alerts::channels::{
     validate, Channel, ChannelKind, Deliverer, GroupedAlert, Message, MessageState, Outcome,
@@ -491,19 +491,231 @@ async fn config_check_shows_the_alerts_section_and_takes_it_from_the_environment
     }
 }
 
-#[allow(dead_code)]
-fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
+/// `tests/support/smtp_receiver.py` (aiosmtpd), killed on drop, with a certificate for
+/// `localhost` from a CA made here.
+struct SmtpReceiver {
+    _child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+    ca_file: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-#[allow(dead_code)]
-async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = probe() {
-            return value;
+const SMTP_USER: &str = "ddms-mailer";
+const SMTP_PASSWORD: &str = "smtp-pw-5c2e9d";
+
+impl SmtpReceiver {
+    async fn start(mode: &str) -> SmtpReceiver {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ddms smtp test CA");
+        let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
+            .unwrap();
+        let (ca_file, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("server.pem"),
+            dir.path().join("server.key"),
+        );
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(&cert, server.pem()).unwrap();
+        std::fs::write(&key, server_key.serialize_pem()).unwrap();
+        let log = dir.path().join("mail.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_receiver.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(&script)
+            .args([&log, Path::new(mode), &cert, &key])
+            .args([SMTP_USER, SMTP_PASSWORD])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("SMTP server starts within 30 s")
+            .unwrap()
+            .expect("SMTP server prints its port; is aiosmtpd==1.4.6 installed (.ci/run)?");
+        SmtpReceiver {
+            _child: child,
+            port: ready.strip_prefix("ready ").unwrap().parse().unwrap(),
+            log,
+            ca_file,
+            _dir: dir,
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    fn mails(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn channel(&self, tls: &str, password: &str) -> Channel {
+        Channel {
+            secret: Some(password.to_string().into()),
+            ..channel(
+                ChannelKind::Email,
+                json!({
+                    "smtp_host": "localhost", "smtp_port": self.port, "tls": tls,
+                    "username": SMTP_USER, "from": "ddms <ddms@example.com>",
+                    "to": ["ops@example.com", "On Call <oncall@example.com>"],
+                }),
+                true,
+            )
+        }
+    }
+
+    fn config(&self) -> AlertsConfig {
+        AlertsConfig {
+            smtp_ca_file: Some(self.ca_file.clone()),
+            ..config(true)
+        }
+    }
+}
+
+#[tokio::test]
+async fn email_is_sent_over_starttls_with_auth_to_a_real_smtp_server() {
+    let smtp = SmtpReceiver::start("starttls").await;
+    let config = smtp.config();
+    config.validate().unwrap();
+    let channel = smtp.channel("starttls", SMTP_PASSWORD);
+    validate(channel.kind, &channel.settings, true, &config).unwrap();
+    let deliverer = Deliverer::new(&config);
+
+    assert_eq!(
+        deliverer.deliver(&channel, &message()).await,
+        Outcome::Delivered
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert_eq!(mail["starttls"], true, "{mail}");
+    assert!(
+        mail["tls_version"].as_str().unwrap().starts_with("TLSv1."),
+        "{mail}"
+    );
+    assert_eq!(mail["authenticated"], true);
+    assert_eq!(mail["login"], SMTP_USER);
+    assert_eq!(mail["mail_from"], "ddms@example.com");
+    assert_eq!(
+        mail["rcpt_tos"],
+        json!(["ops@example.com", "oncall@example.com"])
+    );
+    assert_eq!(
+        mail["subject"],
+        "[ddms] FIRING critical: temperature 55.5 above 50 on boiler-1"
+    );
+    let body = mail["body"].as_str().unwrap();
+    assert!(
+        body.contains("temperature 55.5 above 50 on boiler-1"),
+        "{body}"
+    );
+    assert!(body.contains("Value: 55.5"), "{body}");
+    assert!(
+        body.contains(&format!("Open in ddms: {}", message().link.unwrap())),
+        "{body}"
+    );
+    assert!(mail["headers"]["content-type"]
+        .as_str()
+        .unwrap()
+        .starts_with("text/plain"));
+
+    // The server refuses the password for good.
+    let outcome = deliverer
+        .deliver(&smtp.channel("starttls", "wrong-password"), &message())
+        .await;
+    assert!(matches!(outcome, Outcome::Permanent { .. }), "{outcome:?}");
+    // Without our CA the server's certificate is not trusted: nothing is sent.
+    let untrusting = Deliverer::new(&AlertsConfig {
+        smtp_ca_file: None,
+        ..config.clone()
+    });
+    let outcome = untrusting.deliver(&channel, &message()).await;
+    assert!(
+        matches!(&outcome, Outcome::Retry { reason, .. } if reason.to_lowercase().contains("certificate")),
+        "{outcome:?}"
+    );
+    // Without both allow flags, the relay on loopback is out of reach.
+    let refused = Deliverer::new(&AlertsConfig {
+        allow_private_targets: false,
+        ..smtp.config()
+    })
+    .deliver(&channel, &message())
+    .await;
+    assert!(
+        is_permanent(&refused, "alerts.allow_private_targets"),
+        "{refused:?}"
+    );
+    assert_eq!(smtp.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn email_is_sent_over_implicit_tls() {
+    let smtp = SmtpReceiver::start("tls").await;
+    let deliverer = Deliverer::new(&smtp.config());
+    let mut grouped = oversized_grouped_message();
+    grouped.state = MessageState::Resolved;
+    assert_eq!(
+        deliverer
+            .deliver(&smtp.channel("tls", SMTP_PASSWORD), &grouped)
+            .await,
+        Outcome::Delivered
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails[0]["starttls"], false);
+    assert!(mails[0]["tls_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("TLSv1."));
+    assert_eq!(mails[0]["login"], SMTP_USER);
+    let subject = mails[0]["subject"].as_str().unwrap();
+    assert!(
+        subject.starts_with("[ddms] RESOLVED critical: Ω<&>@everyone"),
+        "{subject}"
+    );
+    assert!(subject.chars().count() <= 200, "{subject}");
+    let body = mails[0]["body"].as_str().unwrap();
+    assert_eq!(
+        body.lines().filter(|l| l.starts_with("- ")).count(),
+        100,
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn starttls_is_required_and_plain_smtp_is_only_for_a_local_relay() {
+    let relay = SmtpReceiver::start("plain").await;
+    let deliverer = Deliverer::new(&relay.config());
+    // The relay offers no STARTTLS: nothing may go out in clear text.
+    let outcome = deliverer
+        .deliver(&relay.channel("starttls", SMTP_PASSWORD), &message())
+        .await;
+    assert_ne!(outcome, Outcome::Delivered);
+    assert!(relay.mails().is_empty());
+
+    let mut plain = relay.channel("none", SMTP_PASSWORD);
+    plain.settings["username"] = Value::Null;
+    let errors = validate(plain.kind, &plain.settings, false, &config(false)).unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.field == "settings.tls"),
+        "{errors:?}"
+    );
+    validate(plain.kind, &plain.settings, true, &relay.config()).unwrap();
+    assert_eq!(
+        deliverer.deliver(&plain, &message()).await,
+        Outcome::Delivered
+    );
+    let mails = relay.mails();
+    assert_eq!(mails[0]["tls_version"], Value::Null);
+    assert_eq!(mails[0]["authenticated"], false);
 }
