@@ -307,9 +307,27 @@ fn tls_mode(mode: EmailTls, host: &str, roots: &ExtraRoots) -> Result<Tls, Outco
     })
 }
 
+/// A Message-ID derived from the idempotency key, so that a retried e-mail is recognisably
+/// the same message (mail stores and clients drop duplicates by it).
+pub fn message_id(idempotency_key: &str) -> String {
+    let left: String = idempotency_key
+        .chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+=".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    format!("<{}@ddms>", left.trim_matches('.'))
+}
+
 fn build_email(settings: &EmailSettings, message: &Message) -> Result<lettre::Message, String> {
     let from: Mailbox = settings.from.parse().map_err(|e| format!("{e}"))?;
     let mut builder = lettre::Message::builder()
+        .message_id(Some(message_id(&message.idempotency_key)))
         .from(from)
         .subject(subject(message))
         .header(ContentType::TEXT_PLAIN);
@@ -388,6 +406,12 @@ mod tests {
         assert!(body.contains("Value: 55.5"), "{body}");
         assert!(subject(&huge()).chars().count() <= SUBJECT_MAX);
         assert!(super::body(&huge()).len() < 64 * 1024);
+    }
+
+    #[test]
+    fn message_id_is_stable_per_idempotency_key() {
+        assert_eq!(message_id("a1:3:c1"), "<a1.3.c1@ddms>");
+        assert_eq!(message_id("a1:3:c1"), message_id("a1:3:c1"));
     }
 
     #[test]
