@@ -10,6 +10,7 @@ mod backup;
 mod broker;
 mod brokers;
 mod browser;
+mod channels;
 mod cli;
 mod demo;
 mod devices;
