@@ -1,14 +1,96 @@
 //! Alerting end to end against real components: the API, the ingest pipeline, the store (SQLite
 //! and a local PostgreSQL), two instances on one database.
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::ingest::Sample;
 use ddms::store::Role;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::services::Provider;
+
+/// The webhook channel's HMAC key; the receiver verifies signatures with it.
+const SECRET: &str = "hmac-key-7d1f";
+/// The receivers listen on loopback.
+const PRIVATE_TARGETS: &str = "[alerts]\nallow_private_targets = true\n";
+
+/// `tests/support/webhook_receiver.py` (an independent Python `http.server`): records every
+/// request as a JSON line with whether its `X-Ddms-Signature` is right. Killed on drop.
+struct Receiver {
+    _child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(&log)
+            .arg(SECRET)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("receiver starts within 30 s")
+            .unwrap()
+            .expect("receiver prints its port");
+        let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
+        Receiver {
+            _child: child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Bodies of every request received so far, in order.
+    fn requests(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect()
+    }
+}
+
+/// Polls `check` until it holds, failing after `limit` (never a fixed sleep as synchronisation).
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the outbox has nothing pending.
+async fn drained(app: &TestApp) {
+    eventually("the outbox to drain", Duration::from_secs(60), || async {
+        app.store.outbox_stats().await.unwrap().pending == 0
+    })
+    .await;
+}
 
 fn t(secs: i64) -> DateTime<Utc> {
     // Readings carry their own time: `for` counts in reading time, so the test needs no waits.
@@ -34,7 +116,7 @@ async fn webhook_channel(app: &TestApp, token: &str, url: &str) -> Uuid {
             "/api/channels",
             Some(token),
             &json!({"name": "ops", "kind": "webhook", "settings": {"url": url},
-                    "secret": "hmac-key", "allow_private": true}),
+                    "secret": SECRET, "allow_private": true}),
         )
         .await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
@@ -165,10 +247,11 @@ async fn bad_rules_are_refused_naming_the_field_and_nothing_is_stored() {
 }
 
 async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
-    let app = spawn_app(db, "").await;
+    let receiver = Receiver::start().await;
+    let app = spawn_app(db, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
-    let channel = webhook_channel(&app, &admin, "http://127.0.0.1:9/hook").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
     hot_rule(&app, &admin, device, channel).await;
     for (secs, value) in [(-10, 40.0), (0, 55.0), (30, 55.0)] {
         submit(&app, device, secs, value).await;
@@ -207,6 +290,25 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
         assert_eq!(d.message["severity"], "critical");
         assert_eq!(d.message["device_name"], "boiler-1");
     }
+    // The receiver got exactly one firing and one resolved, signed with the channel's key.
+    drained(&app).await;
+    let received = receiver.requests();
+    let states: Vec<&str> = received
+        .iter()
+        .map(|r| r["body"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"], "{received:?}");
+    for r in &received {
+        assert_eq!(r["signature_valid"], true, "{r}");
+        assert_eq!(
+            r["headers"]["x-ddms-idempotency-key"], r["body"]["idempotency_key"],
+            "{r}"
+        );
+        assert_eq!(r["body"]["metric"], "temperature");
+    }
+    assert_eq!(received[0]["body"]["value"], 55.0);
+    assert_eq!(received[0]["body"]["threshold"], 50.0);
+    assert_eq!(received[1]["body"]["value"], 44.0);
     app.stop().await;
 }
 
@@ -222,13 +324,14 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_postgres_local
 
 #[tokio::test]
 async fn two_instances_evaluating_the_same_readings_notify_each_transition_once() {
-    let first = spawn_app(Db::Postgres(Provider::Local), "").await;
+    let receiver = Receiver::start().await;
+    let first = spawn_app(Db::Postgres(Provider::Local), PRIVATE_TARGETS).await;
     let admin = first.token(Role::Admin).await;
     let device = mqtt_device(&first, &admin, "boiler-1").await;
-    let channel = webhook_channel(&first, &admin, "http://127.0.0.1:9/hook").await;
+    let channel = webhook_channel(&first, &admin, &receiver.url("/ok")).await;
     hot_rule(&first, &admin, device, channel).await;
     // Started after the rule exists, the second instance loads it at start.
-    let second = spawn_app(Db::Url(first.database_url.clone()), "").await;
+    let second = spawn_app(Db::Url(first.database_url.clone()), PRIVATE_TARGETS).await;
     // Both get every reading, concurrently, as a redelivery to another instance would.
     for (secs, value) in [(0, 55.0), (30, 55.0), (61, 55.0), (70, 48.0), (80, 44.0)] {
         tokio::join!(
@@ -241,16 +344,93 @@ async fn two_instances_evaluating_the_same_readings_notify_each_transition_once(
         events(&first, &admin).await,
         ["pending", "firing", "resolved"]
     );
+    // Both instances run an outbox worker; each notification reaches the receiver once.
+    drained(&first).await;
+    let states: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r["body"]["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"]);
     second.stop().await;
     first.stop().await;
 }
 
+/// Fires `hot_rule` once: for 0 s is not what the rule says, so feed it past its `for`.
+async fn fire(app: &TestApp, device: Uuid) {
+    for (secs, value) in [(0, 55.0), (61, 55.0)] {
+        submit(app, device, secs, value).await;
+    }
+}
+
 #[tokio::test]
-async fn acknowledging_and_silencing() {
-    let app = spawn_app(Db::Sqlite, "").await;
+async fn a_receiver_failing_three_times_still_gets_the_notification_once_more() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
-    let channel = webhook_channel(&app, &admin, "http://127.0.0.1:9/hook").await;
+    let path = "/status/500?times=3";
+    let channel = webhook_channel(&app, &admin, &receiver.url(path)).await;
+    hot_rule(&app, &admin, device, channel).await;
+    fire(&app, device).await;
+    drained(&app).await;
+    let received = receiver.requests();
+    let all = app.store.list_deliveries(None, 10).await.unwrap();
+    assert_eq!(received.len(), 4, "{received:?} {all:?}");
+    let keys: Vec<&Value> = received
+        .iter()
+        .map(|r| &r["body"]["idempotency_key"])
+        .collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let delivered = app
+        .store
+        .list_deliveries(Some(ddms::store::alerts::DeliveryState::Delivered), 10)
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].attempts, 4);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("ddms_alert_deliveries_total{kind=\"webhook\",result=\"retry\"} 3"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_notification_is_a_visible_dead_letter() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/status/404")).await;
+    hot_rule(&app, &admin, device, channel).await;
+    fire(&app, device).await;
+    drained(&app).await;
+    let viewer = app.token(Role::Viewer).await;
+    let dead: Vec<Value> = app
+        .get_with_token("/api/deliveries?state=dead", &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["event"], "firing");
+    assert!(
+        dead[0]["last_error"].as_str().unwrap().contains("404"),
+        "{dead:?}"
+    );
+    assert_eq!(receiver.requests().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledging_and_silencing() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
     hot_rule(&app, &admin, device, channel).await;
     for (secs, value) in [(0, 55.0), (61, 55.0)] {
         submit(&app, device, secs, value).await;
