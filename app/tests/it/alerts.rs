@@ -479,3 +479,149 @@ async fn acknowledging_and_silencing() {
     assert_eq!(bad.status(), 422);
     app.stop().await;
 }
+
+/// The `for` clock is the stored `pending_since`, and a firing alert is not notified again by
+/// the process that takes over: the real binary, killed with SIGKILL while the alert is pending
+/// and again while it fires.
+#[tokio::test]
+async fn after_sigkill_a_pending_alert_fires_on_time_and_a_firing_one_is_not_repeated() {
+    use crate::support::app::DdmsProcess;
+    use nix::sys::signal::Signal;
+
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    // Set up through an in-process instance: device, channel, a rule with for = 3 s, and a
+    // reading that makes the alert pending now.
+    let app = spawn_app(Db::Url(url.clone()), PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    let response = app
+        .post_json(
+            "/api/alert-rules",
+            Some(&admin),
+            &json!({"name": "boiler hot", "device_id": device, "metric": "temperature",
+                    "condition": "above", "threshold": 50, "for_s": 3, "channels": [channel]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    app.ingest
+        .submit(
+            "mqtt",
+            vec![Sample {
+                device_id: device,
+                metric: "temperature".into(),
+                unit: None,
+                ts: Utc::now(),
+                value: 55.0,
+            }],
+        )
+        .await
+        .unwrap();
+    let store = app.store.clone();
+    app.stop().await;
+    let pending = store.list_open_alerts().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, ddms::store::alerts::AlertState::Pending);
+    let pending_since = pending[0].pending_since.unwrap();
+
+    let env = [
+        ("DDMS_DATABASE__URL", url.as_str()),
+        ("DDMS_ALERTS__ALLOW_PRIVATE_TARGETS", "true"),
+        ("DDMS_ALERTS__EVALUATION_INTERVAL", "0.2"),
+    ];
+    // Killed while pending (if it managed to fire first, the next checks still hold).
+    let mut first = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(30)).await;
+    let mut second = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    let firing = |receiver: &Receiver| {
+        receiver
+            .requests()
+            .into_iter()
+            .filter(|r| r["body"]["state"] == "firing")
+            .count()
+    };
+    eventually(
+        "the firing notification",
+        Duration::from_secs(60),
+        || async { firing(&receiver) == 1 },
+    )
+    .await;
+    let alert = store.get_alert(pending[0].id).await.unwrap();
+    assert_eq!(alert.state, ddms::store::alerts::AlertState::Firing);
+    // On time: the condition held for `for_s` from the stored start, whoever noticed.
+    assert_eq!(
+        alert.started_at,
+        Some(pending_since + chrono::Duration::seconds(3))
+    );
+    // Killed while firing: the next process does not announce it again.
+    second.signal(Signal::SIGKILL);
+    second.wait_exit(Duration::from_secs(30)).await;
+    let third = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    let client = reqwest::Client::new();
+    // Its ticker has run once the firing gauge shows the alert.
+    eventually(
+        "the new process's ticker",
+        Duration::from_secs(60),
+        || async {
+            let metrics = client
+                .get(third.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics.contains("ddms_alerts_firing{severity=\"warning\"} 1")
+        },
+    )
+    .await;
+    assert_eq!(firing(&receiver), 1, "{:?}", receiver.requests());
+    let history = store.list_transitions(&[alert.id]).await.unwrap();
+    let events: Vec<&str> = history.iter().map(|t| t.event.as_str()).collect();
+    assert_eq!(events, ["pending", "firing"]);
+    third.signal(Signal::SIGKILL);
+}
+
+/// A receiver that stays down past `alerts.delivery_expiry` (its minimum, 60 s) leaves a dead
+/// letter with the last error; the outbox is empty again.
+#[tokio::test]
+async fn a_receiver_down_past_the_expiry_leaves_a_dead_letter() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(
+        Db::Sqlite,
+        "[alerts]\nallow_private_targets = true\ndelivery_expiry = 60\n",
+    )
+    .await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/status/503")).await;
+    hot_rule(&app, &admin, device, channel).await;
+    fire(&app, device).await;
+    eventually("the dead letter", Duration::from_secs(180), || async {
+        !app.store
+            .list_deliveries(Some(ddms::store::alerts::DeliveryState::Dead), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let viewer = app.token(Role::Viewer).await;
+    let dead: Vec<Value> = app
+        .get_with_token("/api/deliveries?state=dead", &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("expired") && error.contains("503"),
+        "{error}"
+    );
+    assert!(receiver.requests().len() >= 2);
+    assert_eq!(app.store.outbox_stats().await.unwrap().pending, 0);
+    app.stop().await;
+}
