@@ -625,3 +625,107 @@ async fn a_receiver_down_past_the_expiry_leaves_a_dead_letter() {
     assert_eq!(app.store.outbox_stats().await.unwrap().pending, 0);
     app.stop().await;
 }
+
+/// More than `group_threshold` firing notifications of one rule for one channel, due together,
+/// go out as one grouped message; all of them are settled by it.
+#[tokio::test]
+async fn many_alerts_of_one_rule_firing_together_are_sent_as_one_grouped_message() {
+    use ddms::alerts::channels::Deliverer;
+    use ddms::alerts::config::AlertsConfig;
+    use ddms::alerts::metrics::AlertMetrics;
+    use ddms::alerts::OutboxWorker;
+    use ddms::store::alerts::{Alert, AlertChange, AlertState, NewDelivery};
+
+    let receiver = Receiver::start().await;
+    // The app only sets up the rule and channel and stops (its own worker must not get there
+    // first); the worker under test is driven by hand on the same database.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    let app = spawn_app(Db::Url(url), PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        devices.push(mqtt_device(&app, &admin, &format!("boiler-{i}")).await);
+    }
+    let response = app
+        .post_json(
+            "/api/alert-rules",
+            Some(&admin),
+            &json!({"name": "all hot", "metric": "temperature", "condition": "above",
+                    "threshold": 50, "channels": [channel]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let rule: Uuid = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = app.store.clone();
+    app.stop().await;
+
+    let now = Utc::now();
+    for (i, device) in devices.iter().enumerate() {
+        let alert = Alert {
+            id: Uuid::now_v7(),
+            rule_id: rule,
+            device_id: Some(*device),
+            metric: Some("temperature".into()),
+            state: AlertState::Firing,
+            value: Some(51.0 + i as f64),
+            pending_since: None,
+            started_at: Some(now),
+            resolved_at: None,
+            last_notified_at: Some(now),
+            last_eval_ts: Some(now),
+            acknowledged_by: None,
+            acknowledged_at: None,
+            ack_comment: None,
+            seq: 1,
+            created_at: now,
+        };
+        let key = format!("{}:1:{channel}", alert.id);
+        let message = json!({
+            "idempotency_key": key, "alert_id": alert.id, "rule_id": rule, "rule_name": "all hot",
+            "state": "firing", "severity": "warning", "device_id": device,
+            "device_name": format!("boiler-{i}"), "metric": "temperature", "value": alert.value,
+            "threshold": 50.0, "started_at": now, "at": now, "summary": "hot", "link": null,
+            "acknowledged_by": null, "comment": null, "grouped": [],
+        });
+        let change = AlertChange {
+            deliveries: vec![NewDelivery {
+                channel_id: channel,
+                message,
+                expires_at: now + chrono::Duration::hours(1),
+            }],
+            alert,
+            expected_seq: None,
+            event: "firing".into(),
+            from_state: None,
+            at: now,
+            muted: false,
+            actor: None,
+        };
+        assert!(store.apply_alert_change(&change).await.unwrap());
+    }
+    let config = AlertsConfig {
+        allow_private_targets: true,
+        group_threshold: 2,
+        ..AlertsConfig::default()
+    };
+    let worker = OutboxWorker::new(
+        store.clone(),
+        std::sync::Arc::new(Deliverer::new(&config)),
+        config.clone(),
+        AlertMetrics::register(&prometheus::Registry::new()),
+    );
+    assert_eq!(worker.round(Utc::now()).await.unwrap(), 3);
+    let received = receiver.requests();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let body = &received[0]["body"];
+    assert_eq!(body["alert_id"], Value::Null);
+    assert_eq!(body["grouped"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(received[0]["signature_valid"], true);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+}
