@@ -110,9 +110,10 @@ impl OutboxWorker {
         let sends = self.group(live);
         let mut attempts = Vec::with_capacity(sends.len());
         for send in &sends {
-            if !channels.contains_key(&send.channel_id) {
-                let channel = self.channel(send.channel_id).await?;
-                channels.insert(send.channel_id, channel);
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                channels.entry(send.channel_id)
+            {
+                entry.insert(self.channel(send.channel_id).await?);
             }
         }
         for send in sends {
