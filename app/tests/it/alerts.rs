@@ -729,3 +729,64 @@ async fn many_alerts_of_one_rule_firing_together_are_sent_as_one_grouped_message
     assert_eq!(received[0]["signature_valid"], true);
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
 }
+
+/// A no-data rule fires when the device stays silent for `no_data_s` and resolves with its next
+/// reading (the ticker notices both).
+#[tokio::test]
+async fn a_silent_device_fires_a_no_data_alert_that_its_next_reading_resolves() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(
+        Db::Sqlite,
+        "[alerts]\nallow_private_targets = true\nevaluation_interval = 0.2\n",
+    )
+    .await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    let response = app
+        .post_json(
+            "/api/alert-rules",
+            Some(&admin),
+            &json!({"name": "boiler quiet", "device_id": device, "metric": "temperature",
+                    "condition": "no_data", "no_data_s": 1, "channels": [channel]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let states = |receiver: &Receiver| -> Vec<String> {
+        receiver
+            .requests()
+            .iter()
+            .map(|r| r["body"]["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    eventually("the no-data alert", Duration::from_secs(60), || async {
+        states(&receiver) == ["firing"]
+    })
+    .await;
+    app.ingest
+        .submit(
+            "mqtt",
+            vec![Sample {
+                device_id: device,
+                metric: "temperature".into(),
+                unit: None,
+                ts: Utc::now(),
+                value: 20.0,
+            }],
+        )
+        .await
+        .unwrap();
+    eventually("the resolution", Duration::from_secs(60), || async {
+        states(&receiver) == ["firing", "resolved"]
+    })
+    .await;
+    let body = &receiver.requests()[0]["body"];
+    assert!(
+        body["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no temperature data"),
+        "{body}"
+    );
+    app.stop().await;
+}
