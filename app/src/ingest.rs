@@ -240,6 +240,7 @@ pub struct BatchWriter {
     config: IngestConfig,
     series: series::SeriesResolver,
     device_changes: Option<Arc<tokio::sync::Notify>>,
+    alerts: Option<Arc<crate::alerts::Alerting>>,
 }
 
 pub fn pipeline(
@@ -262,6 +263,7 @@ pub fn pipeline(
             config,
             series: series::SeriesResolver::new(config.max_series_per_device),
             device_changes: None,
+            alerts: None,
         },
     )
 }
@@ -271,6 +273,12 @@ impl BatchWriter {
     /// notifies it after every device change).
     pub fn forgetting_deleted_devices(mut self, changed: Arc<tokio::sync::Notify>) -> Self {
         self.device_changes = Some(changed);
+        self
+    }
+
+    /// Evaluates every committed batch against the alert rules before its producers are told.
+    pub fn with_alerts(mut self, alerts: Arc<crate::alerts::Alerting>) -> Self {
+        self.alerts = Some(alerts);
         self
     }
 
@@ -337,6 +345,8 @@ impl BatchWriter {
         // `oldest_ts` tells how far back the batch reaches for the device (latency probes).
         let mut newest: HashMap<(Uuid, &str), &Sample> = HashMap::new();
         let mut oldest: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        // What was stored, for the alert rules (refused readings never reach them).
+        let mut stored_samples: Vec<&Sample> = Vec::new();
         for (submission, fate) in submissions.iter().zip(&settled) {
             let readings = submission.samples.len() as u64;
             match &fate.result {
@@ -364,6 +374,7 @@ impl BatchWriter {
             let mut count = 0;
             for s in kept {
                 count += 1;
+                stored_samples.push(s);
                 let entry = newest.entry((s.device_id, s.metric.as_str())).or_insert(s);
                 if s.ts >= entry.ts {
                     *entry = s;
@@ -403,6 +414,10 @@ impl BatchWriter {
                     "device_id": device_id, "readings": readings, "oldest_ts": oldest.get(&device_id),
                 }),
             );
+        }
+        // Before the acknowledgement: a message is acked only once its alert state is stored.
+        if let Some(alerts) = self.alerts.as_ref().filter(|_| !stored_samples.is_empty()) {
+            alerts.evaluate(stored_samples.into_iter()).await;
         }
         for (submission, fate) in submissions.into_iter().zip(settled) {
             (submission.on_commit)(fate.result);

@@ -123,6 +123,17 @@ impl Server {
                 max_series_per_device: config.ingest.max_series_per_device,
             },
         );
+        let alerts = Arc::new(crate::alerts::Alerting::new(
+            store.clone(),
+            events.clone(),
+            crate::alerts::metrics::AlertMetrics::register(metrics.registry()),
+            config.alerts.clone(),
+            config.http.public_url.as_ref().map(|u| u.to_string()),
+        ));
+        if let Err(e) = alerts.reload().await {
+            tracing::warn!(error = %e, "cannot load alert rules; the ticker will retry");
+        }
+        let writer = writer.with_alerts(alerts.clone());
         let modbus_metrics = ModbusMetrics::register(metrics.registry());
         let devices_changed = Arc::new(Notify::new());
         let writer = writer.forgetting_deleted_devices(devices_changed.clone());
@@ -223,6 +234,7 @@ impl Server {
                 .clone()
                 .map(|d| d as Arc<dyn crate::mqtt::BrokerAccounts>),
             broker_ready,
+            alerts,
             config: Arc::new(config),
         };
         Ok(Server {
@@ -309,6 +321,8 @@ impl Server {
             state.instance_id.clone(),
             stop_producers.clone(),
         ));
+        background.spawn(state.alerts.clone().run(stop_producers.clone()));
+        background.spawn(state.alerts.outbox().run(stop_producers.clone()));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
         // The event log outlives the producers and the writer, whose last events it still appends.
         let stop_event_log = CancellationToken::new();

@@ -3,11 +3,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts;
+mod alerts_store;
 mod api;
 mod backup;
 mod broker;
 mod brokers;
 mod browser;
+mod channels;
 mod cli;
 mod demo;
 mod devices;
