@@ -199,6 +199,7 @@ pub struct BatchWriter {
     metrics: IngestMetrics,
     config: IngestConfig,
     series: HashMap<(Uuid, String), SeriesId>,
+    alerts: Option<Arc<crate::alerts::Alerting>>,
 }
 
 pub fn pipeline(
@@ -220,11 +221,18 @@ pub fn pipeline(
             metrics,
             config,
             series: HashMap::new(),
+            alerts: None,
         },
     )
 }
 
 impl BatchWriter {
+    /// Evaluates every committed batch against the alert rules before its producers are told.
+    pub fn with_alerts(mut self, alerts: Arc<crate::alerts::Alerting>) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
     /// Runs until every [`IngestHandle`] is dropped and the channel is drained: shutdown stops
     /// the producers first, so whatever they submitted is still committed. `abort` gives up on
     /// a database that stays unreachable (the submissions fail; MQTT messages stay unacknowledged
@@ -334,6 +342,12 @@ impl BatchWriter {
                     "device_id": device_id, "readings": readings, "oldest_ts": oldest.get(&device_id),
                 }),
             );
+        }
+        // Before the acknowledgement: a message is acked only once its alert state is stored.
+        if let (true, Some(alerts)) = (committed, &self.alerts) {
+            alerts
+                .evaluate(submissions.iter().flat_map(|s| &s.samples))
+                .await;
         }
         for submission in submissions {
             (submission.on_commit)(result.clone().map(|_| ()));

@@ -1,6 +1,7 @@
 //! ddms — device data monitoring system. The library holds everything; `main.rs` only parses the
 //! command line and calls [`cli::run`].
 
+pub mod alerts;
 pub mod auth;
 pub mod backup;
 pub mod cli;

@@ -120,6 +120,17 @@ impl Server {
                 max_delay: Duration::from_millis(config.ingest.max_delay_ms),
             },
         );
+        let alerts = Arc::new(crate::alerts::Alerting::new(
+            store.clone(),
+            events.clone(),
+            crate::alerts::metrics::AlertMetrics::register(metrics.registry()),
+            crate::alerts::Timing::default(),
+            None,
+        ));
+        if let Err(e) = alerts.reload().await {
+            tracing::warn!(error = %e, "cannot load alert rules; the ticker will retry");
+        }
+        let writer = writer.with_alerts(alerts.clone());
         let modbus_metrics = ModbusMetrics::register(metrics.registry());
         let devices_changed = Arc::new(Notify::new());
         let mut mqtt_ingester = None;
@@ -216,6 +227,7 @@ impl Server {
                 .clone()
                 .map(|d| d as Arc<dyn crate::mqtt::BrokerAccounts>),
             broker_ready,
+            alerts,
             config: Arc::new(config),
         };
         Ok(Server {
@@ -302,6 +314,7 @@ impl Server {
             state.instance_id.clone(),
             stop_producers.clone(),
         ));
+        background.spawn(state.alerts.clone().run(stop_producers.clone()));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
         // The event log outlives the producers and the writer, whose last events it still appends.
         let stop_event_log = CancellationToken::new();

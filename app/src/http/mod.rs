@@ -3,6 +3,7 @@
 //! log → JSON errors → body limit → timeout; `/api/*` adds the per-address rate limit).
 
 mod admin;
+mod alerts;
 pub mod api;
 mod audit;
 mod backups;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub broker_accounts: Option<Arc<dyn crate::mqtt::BrokerAccounts>>,
     /// Whether the embedded MQTT broker accepts connections (`/ready`, mode `embedded`).
     pub broker_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Alert rules, evaluation and acknowledgement.
+    pub alerts: Arc<crate::alerts::Alerting>,
 }
 
 pub fn router(state: AppState) -> Router {

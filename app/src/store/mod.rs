@@ -2,6 +2,7 @@
 //! PostgreSQL (production). The backend is chosen by the database URL's scheme. Both are held to
 //! the same behaviour by one conformance suite (`tests/it/storage.rs`).
 
+pub mod alerts;
 mod models;
 mod postgres;
 pub mod snapshot;
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+pub use alerts::AlertStore;
 pub use models::*;
 pub use postgres::PostgresStore;
 pub use snapshot::{Snapshot, SnapshotTable};
@@ -106,8 +108,9 @@ impl MigrationStatus {
     }
 }
 
+/// Alerting lives in its own trait ([`AlertStore`], `store/alerts/`), reachable from here.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AlertStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Cheap round trip to the database, bounded by `timeout`.

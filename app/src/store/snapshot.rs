@@ -30,6 +30,13 @@ pub const SNAPSHOT_TABLES: &[&str] = &[
     "device_status",
     "mqtt_credentials",
     "events",
+    "channels",
+    "alert_rules",
+    "alert_rule_channels",
+    "alerts",
+    "alert_transitions",
+    "deliveries",
+    "silences",
 ];
 
 /// Tables deliberately left out: who holds which lease says nothing after a restore (and is

@@ -3,6 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts;
+mod alerts_store;
 mod api;
 mod backup;
 mod broker;

@@ -1,0 +1,761 @@
+//! Evaluation: readings from the ingest path ([`Alerting::evaluate`], called by the batch
+//! writer after a commit and before producers are told, so an MQTT message is acknowledged only
+//! once its alert state is stored) and time from a ticker ([`Alerting::run`]: `for` timers,
+//! repeats, no-data rules, gauges). Every transition is stored with the guarded update (see
+//! `store::alerts`): across instances, each is written — and notified — exactly once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::engine::{self, Phase, Step};
+use super::metrics::AlertMetrics;
+use super::rule::{Check, Condition};
+use super::Timing;
+use crate::events::{EventHub, EventKind};
+use crate::ingest::Sample;
+use crate::status::CONNECTION_FAILURE;
+use crate::store::alerts::{Alert, AlertChange, AlertRule, AlertState, NewDelivery};
+use crate::store::{Store, StoreError, StoreResult};
+
+/// A transition lost to another writer is recomputed from the stored state at most this often.
+const MAX_RACE_RETRIES: usize = 3;
+
+#[derive(Debug, Clone)]
+struct DeviceInfo {
+    name: String,
+    group_id: Option<Uuid>,
+}
+
+/// Enabled rules by metric, and the devices they may target: what the ingest path looks up.
+#[derive(Default)]
+struct RuleIndex {
+    threshold_by_metric: HashMap<String, Vec<Arc<AlertRule>>>,
+    no_data: Vec<Arc<AlertRule>>,
+    rules: HashMap<Uuid, Arc<AlertRule>>,
+    devices: HashMap<Uuid, DeviceInfo>,
+}
+
+impl RuleIndex {
+    fn targets(&self, rule: &AlertRule, device_id: Uuid) -> bool {
+        match (rule.rule.device_id, rule.rule.group_id) {
+            (Some(device), _) => device == device_id,
+            (None, Some(group)) => self
+                .devices
+                .get(&device_id)
+                .is_some_and(|d| d.group_id == Some(group)),
+            (None, None) => self.devices.contains_key(&device_id),
+        }
+    }
+}
+
+/// What a transition is about, for its messages.
+struct Subject<'a> {
+    rule: &'a AlertRule,
+    device_id: Option<Uuid>,
+    metric: Option<&'a str>,
+}
+
+pub struct Alerting {
+    store: Arc<dyn Store>,
+    events: EventHub,
+    metrics: AlertMetrics,
+    timing: Timing,
+    public_url: Option<String>,
+    index: RwLock<Arc<RuleIndex>>,
+    rules_changed: Notify,
+}
+
+impl Alerting {
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: EventHub,
+        metrics: AlertMetrics,
+        timing: Timing,
+        public_url: Option<String>,
+    ) -> Self {
+        Alerting {
+            store,
+            events,
+            metrics,
+            timing,
+            public_url,
+            index: RwLock::new(Arc::new(RuleIndex::default())),
+            rules_changed: Notify::new(),
+        }
+    }
+
+    pub fn metrics(&self) -> &AlertMetrics {
+        &self.metrics
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// Rules or devices changed here: reload now (other instances pick it up at their next
+    /// tick).
+    pub fn rules_changed(&self) {
+        self.rules_changed.notify_one();
+    }
+
+    fn index(&self) -> Arc<RuleIndex> {
+        match self.index.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads rules and devices.
+    pub async fn reload(&self) -> StoreResult<()> {
+        let rules = self.store.list_alert_rules().await?;
+        let devices = self.store.list_devices().await?;
+        let mut index = RuleIndex {
+            devices: devices
+                .into_iter()
+                .map(|d| {
+                    (
+                        d.id,
+                        DeviceInfo {
+                            name: d.name,
+                            group_id: d.group_id,
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        for rule in rules.into_iter().filter(|r| r.rule.enabled).map(Arc::new) {
+            index.rules.insert(rule.id, rule.clone());
+            match (rule.rule.kind.as_str(), rule.rule.metric.clone()) {
+                ("no_data", Some(_)) => index.no_data.push(rule),
+                ("threshold", Some(metric)) => index
+                    .threshold_by_metric
+                    .entry(metric)
+                    .or_default()
+                    .push(rule),
+                _ => {}
+            }
+        }
+        match self.index.write() {
+            Ok(mut guard) => *guard = Arc::new(index),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(index),
+        }
+        Ok(())
+    }
+
+    /// Evaluates committed samples against the rules targeting their series. Cheap when no rule
+    /// names a sample's metric (one hash lookup per sample).
+    pub async fn evaluate<'a>(&self, samples: impl Iterator<Item = &'a Sample>) {
+        let index = self.index();
+        if index.threshold_by_metric.is_empty() {
+            return;
+        }
+        let mut series: HashMap<(Uuid, &str), Vec<(DateTime<Utc>, f64)>> = HashMap::new();
+        for sample in samples {
+            if index.threshold_by_metric.contains_key(&sample.metric) {
+                series
+                    .entry((sample.device_id, sample.metric.as_str()))
+                    .or_default()
+                    .push((sample.ts, sample.value));
+            }
+        }
+        for ((device_id, metric), mut readings) in series {
+            readings.sort_by_key(|(ts, _)| *ts);
+            readings.dedup_by_key(|(ts, _)| *ts);
+            let rules = index.threshold_by_metric.get(metric).into_iter().flatten();
+            for rule in rules.filter(|r| index.targets(r, device_id)) {
+                if let Err(e) = self
+                    .evaluate_series(&index, rule, device_id, metric, &readings)
+                    .await
+                {
+                    tracing::warn!(error = %e, rule.id = %rule.id, device.id = %device_id, metric, "alert evaluation failed");
+                }
+            }
+        }
+    }
+
+    async fn evaluate_series(
+        &self,
+        index: &RuleIndex,
+        rule: &AlertRule,
+        device_id: Uuid,
+        metric: &str,
+        readings: &[(DateTime<Utc>, f64)],
+    ) -> StoreResult<()> {
+        let Some(check) = Check::of(&rule.rule) else {
+            return Ok(());
+        };
+        for _ in 0..MAX_RACE_RETRIES {
+            let latest = self
+                .store
+                .latest_alert(rule.id, Some(device_id), Some(metric))
+                .await?;
+            // A redelivered reading (at or before the last one evaluated) changes nothing.
+            let after = latest.as_ref().and_then(|a| a.last_eval_ts);
+            let fresh: Vec<_> = readings
+                .iter()
+                .copied()
+                .filter(|(ts, _)| after.is_none_or(|after| *ts > after))
+                .collect();
+            let Some(&(last_ts, last_value)) = fresh.last() else {
+                return Ok(());
+            };
+            let mut current = latest.filter(|a| a.state != AlertState::Resolved);
+            let phase = phase_of(current.as_ref());
+            let (_, steps) = engine::on_readings(&check, rule.rule.for_s, phase, &fresh);
+            let subject = Subject {
+                rule,
+                device_id: Some(device_id),
+                metric: Some(metric),
+            };
+            let mut lost = false;
+            for step in steps {
+                let change = self
+                    .change_for_step(index, &subject, &check, current.as_ref(), step)
+                    .await?;
+                if !self.apply(&subject, index, &change).await? {
+                    lost = true;
+                    break;
+                }
+                current = Some(change.alert).filter(|a| a.state != AlertState::Resolved);
+            }
+            if lost {
+                continue;
+            }
+            if let Some(open) = current {
+                if open.last_eval_ts.is_none_or(|t| t < last_ts)
+                    && !self
+                        .store
+                        .record_evaluation(open.id, open.seq, last_value, last_ts)
+                        .await?
+                {
+                    continue;
+                }
+            }
+            return Ok(());
+        }
+        tracing::debug!(rule.id = %rule.id, device.id = %device_id, "alert kept changing under evaluation; other instances are on it");
+        Ok(())
+    }
+
+    /// The stored change for one engine step from the alert as it is.
+    async fn change_for_step(
+        &self,
+        index: &RuleIndex,
+        subject: &Subject<'_>,
+        check: &Check,
+        current: Option<&Alert>,
+        step: Step,
+    ) -> StoreResult<AlertChange> {
+        let (alert, event, from) = match (step, current) {
+            (Step::Pending { at, value }, _) => {
+                let mut alert = self.new_alert(subject, AlertState::Pending, Some(value));
+                alert.pending_since = Some(at);
+                alert.last_eval_ts = Some(at);
+                (alert, "pending", None)
+            }
+            (Step::Fire { at, value }, Some(open)) => {
+                let mut alert = next(open);
+                alert.state = AlertState::Firing;
+                alert.value = Some(value);
+                alert.started_at = Some(at);
+                alert.last_notified_at = Some(Utc::now());
+                alert.last_eval_ts = alert.last_eval_ts.max(Some(at));
+                (alert, "firing", Some(open.state))
+            }
+            (Step::Fire { at, value }, None) => {
+                let mut alert = self.new_alert(subject, AlertState::Firing, Some(value));
+                alert.started_at = Some(at);
+                alert.last_notified_at = Some(Utc::now());
+                alert.last_eval_ts = Some(at);
+                (alert, "firing", None)
+            }
+            (Step::Resolve { at, value, .. }, Some(open)) => {
+                let mut alert = next(open);
+                alert.state = AlertState::Resolved;
+                alert.value = value.or(open.value);
+                alert.resolved_at = Some(at);
+                alert.last_eval_ts = alert.last_eval_ts.max(Some(at));
+                (alert, "resolved", Some(open.state))
+            }
+            (Step::Resolve { .. }, None) => {
+                return Err(StoreError::Corrupt(
+                    "the engine resolved an alert that is not open".into(),
+                ))
+            }
+        };
+        let notify = step.notifies();
+        let threshold = alert.value.map(|v| check.threshold_for(v));
+        self.change(index, subject, alert, event, from, notify, threshold, None)
+            .await
+    }
+
+    fn new_alert(&self, subject: &Subject<'_>, state: AlertState, value: Option<f64>) -> Alert {
+        Alert {
+            id: Uuid::now_v7(),
+            rule_id: subject.rule.id,
+            device_id: subject.device_id,
+            metric: subject.metric.map(str::to_string),
+            state,
+            value,
+            pending_since: None,
+            started_at: None,
+            resolved_at: None,
+            last_notified_at: None,
+            last_eval_ts: None,
+            acknowledged_by: None,
+            acknowledged_at: None,
+            ack_comment: None,
+            seq: 1,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// Builds the change with its outbox rows (none when it is not notified or is muted).
+    #[allow(clippy::too_many_arguments)]
+    async fn change(
+        &self,
+        index: &RuleIndex,
+        subject: &Subject<'_>,
+        alert: Alert,
+        event: &str,
+        from: Option<AlertState>,
+        notify: bool,
+        threshold: Option<f64>,
+        actor: Option<String>,
+    ) -> StoreResult<AlertChange> {
+        let muted = notify && self.muted(index, subject).await?;
+        let at = Utc::now();
+        let mut change = AlertChange {
+            expected_seq: (alert.seq > 1).then_some(alert.seq - 1),
+            alert,
+            event: event.into(),
+            from_state: from,
+            at,
+            muted,
+            actor,
+            deliveries: Vec::new(),
+        };
+        if notify && !muted {
+            let message = self.message(index, subject, &change, threshold);
+            let expires_at = at
+                + chrono::Duration::from_std(self.timing.delivery_expiry)
+                    .unwrap_or(chrono::Duration::hours(24));
+            change.deliveries = subject
+                .rule
+                .rule
+                .channels
+                .iter()
+                .map(|channel| {
+                    let mut message = message.clone();
+                    message["idempotency_key"] = json!(change.idempotency_key(*channel));
+                    NewDelivery {
+                        channel_id: *channel,
+                        message,
+                        expires_at,
+                    }
+                })
+                .collect();
+        }
+        Ok(change)
+    }
+
+    /// Under a silence (of the rule, the device or its group) or inhibited (the device has an
+    /// open connection-failure notification: its readings say nothing then).
+    async fn muted(&self, index: &RuleIndex, subject: &Subject<'_>) -> StoreResult<bool> {
+        let now = Utc::now();
+        let group = subject
+            .device_id
+            .and_then(|d| index.devices.get(&d))
+            .and_then(|d| d.group_id);
+        let silenced = self
+            .store
+            .list_silences(Some(now))
+            .await?
+            .iter()
+            .map(|s| &s.silence)
+            .any(|s| {
+                s.starts_at <= now
+                    && s.rule_id.is_none_or(|r| r == subject.rule.id)
+                    && s.device_id.is_none_or(|d| Some(d) == subject.device_id)
+                    && s.group_id.is_none_or(|g| Some(g) == group)
+            });
+        if silenced {
+            return Ok(true);
+        }
+        let Some(device_id) = subject.device_id else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .list_open_notifications(CONNECTION_FAILURE)
+            .await?
+            .iter()
+            .any(|n| n.device_id == Some(device_id)))
+    }
+
+    /// The notification, in the channel senders' `Message` shape.
+    fn message(
+        &self,
+        index: &RuleIndex,
+        subject: &Subject<'_>,
+        change: &AlertChange,
+        threshold: Option<f64>,
+    ) -> Value {
+        let rule = &subject.rule.rule;
+        let alert = &change.alert;
+        let device_name = subject
+            .device_id
+            .and_then(|d| index.devices.get(&d))
+            .map(|d| d.name.clone());
+        let device = device_name.clone().unwrap_or_else(|| "every device".into());
+        let metric = subject.metric.unwrap_or("");
+        let value = alert.value.map(|v| format!("{v}")).unwrap_or_default();
+        let summary = match (change.event.as_str(), Condition::parse(&rule.condition)) {
+            ("resolved", Some(Condition::NoData)) => format!("{metric} data is back on {device}"),
+            ("resolved", _) => format!("resolved: {metric} {value} on {device}"),
+            ("acknowledged", _) => format!(
+                "acknowledged by {}: {} on {device}",
+                alert.acknowledged_by.as_deref().unwrap_or("someone"),
+                rule.name
+            ),
+            (_, Some(Condition::NoData)) => format!(
+                "no {metric} data from {device} for {} s",
+                rule.no_data_s.unwrap_or(0)
+            ),
+            (_, _) => format!(
+                "{metric} {value} {} {} on {device}",
+                rule.condition,
+                threshold.map(|t| t.to_string()).unwrap_or_default()
+            ),
+        };
+        json!({
+            "idempotency_key": "",
+            "alert_id": alert.id,
+            "rule_id": subject.rule.id,
+            "rule_name": rule.name,
+            "state": change.event,
+            "severity": rule.severity,
+            "device_id": subject.device_id,
+            "device_name": device_name,
+            "metric": subject.metric,
+            "value": alert.value,
+            "threshold": threshold,
+            "started_at": alert.started_at,
+            "at": change.at,
+            "summary": summary,
+            "link": self.public_url.as_ref().zip(subject.device_id)
+                .map(|(base, id)| format!("{}/devices/{id}", base.trim_end_matches('/'))),
+            "acknowledged_by": alert.acknowledged_by,
+            "comment": alert.ack_comment,
+            "grouped": [],
+        })
+    }
+
+    /// Stores a change; on success counts it and publishes it live. `Ok(false)`: lost the race.
+    async fn apply(
+        &self,
+        subject: &Subject<'_>,
+        index: &RuleIndex,
+        change: &AlertChange,
+    ) -> StoreResult<bool> {
+        if !self.store.apply_alert_change(change).await? {
+            return Ok(false);
+        }
+        self.metrics
+            .transitions
+            .with_label_values(&[change.event.as_str()])
+            .inc();
+        let alert = &change.alert;
+        tracing::info!(alert.id = %alert.id, rule.id = %subject.rule.id, event = %change.event, muted = change.muted, "alert transition");
+        self.events.publish(
+            EventKind::Alert,
+            json!({
+                "alert_id": alert.id, "rule_id": subject.rule.id, "rule_name": subject.rule.rule.name,
+                "severity": subject.rule.rule.severity, "event": change.event,
+                "state": alert.state, "device_id": alert.device_id,
+                "device_name": alert.device_id.and_then(|d| index.devices.get(&d)).map(|d| d.name.clone()),
+                "metric": alert.metric, "value": alert.value, "at": change.at, "muted": change.muted,
+            }),
+        );
+        Ok(true)
+    }
+
+    /// Acknowledges an open alert (recorded, announced as `acknowledged`). `NotFound` for no
+    /// such alert, `Conflict` when it is resolved or already acknowledged.
+    pub async fn acknowledge(
+        &self,
+        alert_id: Uuid,
+        by: &str,
+        comment: Option<String>,
+    ) -> StoreResult<Alert> {
+        let index = self.index();
+        for _ in 0..MAX_RACE_RETRIES {
+            let open = self.store.get_alert(alert_id).await?;
+            if open.state == AlertState::Resolved {
+                return Err(StoreError::Conflict("the alert is resolved".into()));
+            }
+            if open.acknowledged_at.is_some() {
+                return Err(StoreError::Conflict(
+                    "the alert is already acknowledged".into(),
+                ));
+            }
+            let rule = match index.rules.get(&open.rule_id) {
+                Some(rule) => rule.clone(),
+                None => Arc::new(self.store.get_alert_rule(open.rule_id).await?),
+            };
+            let mut alert = next(&open);
+            alert.acknowledged_by = Some(by.to_string());
+            alert.acknowledged_at = Some(Utc::now());
+            alert.ack_comment = comment.clone();
+            let subject = Subject {
+                rule: &rule,
+                device_id: open.device_id,
+                metric: open.metric.as_deref(),
+            };
+            let threshold = Check::of(&rule.rule)
+                .zip(open.value)
+                .map(|(c, v)| c.threshold_for(v));
+            let notify = open.state == AlertState::Firing;
+            let change = self
+                .change(
+                    &index,
+                    &subject,
+                    alert,
+                    "acknowledged",
+                    Some(open.state),
+                    notify,
+                    threshold,
+                    Some(by.to_string()),
+                )
+                .await?;
+            if self.apply(&subject, &index, &change).await? {
+                return Ok(change.alert);
+            }
+        }
+        Err(StoreError::Conflict(
+            "the alert changed meanwhile; try again".into(),
+        ))
+    }
+
+    /// The ticker: reloads rules, fires pending alerts whose `for` has passed, repeats, runs
+    /// no-data rules, updates gauges. Every instance runs it; the guarded update keeps each
+    /// transition single.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut interval = tokio::time::interval(self.timing.evaluation_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = interval.tick() => {}
+                () = self.rules_changed.notified() => {}
+            }
+            if let Err(e) = self.tick(Utc::now()).await {
+                tracing::warn!(error = %e, "alert evaluation tick failed; will retry");
+            }
+        }
+    }
+
+    pub async fn tick(&self, now: DateTime<Utc>) -> StoreResult<()> {
+        self.reload().await?;
+        let index = self.index();
+        let open = self.store.list_open_alerts().await?;
+        for alert in &open {
+            let Some(rule) = index.rules.get(&alert.rule_id) else {
+                continue;
+            };
+            if let Err(e) = self.tick_alert(&index, rule, alert, now).await {
+                tracing::warn!(error = %e, alert.id = %alert.id, "alert tick failed");
+            }
+        }
+        for rule in &index.no_data {
+            if let Err(e) = self.tick_no_data(&index, rule, &open, now).await {
+                tracing::warn!(error = %e, rule.id = %rule.id, "no-data check failed");
+            }
+        }
+        self.update_gauges(&index).await
+    }
+
+    async fn tick_alert(
+        &self,
+        index: &RuleIndex,
+        rule: &AlertRule,
+        alert: &Alert,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let subject = Subject {
+            rule,
+            device_id: alert.device_id,
+            metric: alert.metric.as_deref(),
+        };
+        let check = Check::of(&rule.rule);
+        let threshold = check.zip(alert.value).map(|(c, v)| c.threshold_for(v));
+        let phase = phase_of(Some(alert));
+        let value = alert.value.unwrap_or(f64::NAN);
+        if let Some(Step::Fire { at, .. }) = engine::on_tick(rule.rule.for_s, phase, now, value) {
+            let mut firing = next(alert);
+            firing.state = AlertState::Firing;
+            // It fired when the condition had held for `for_s`, whenever the tick noticed.
+            let due = alert
+                .pending_since
+                .map(|s| s + chrono::Duration::seconds(rule.rule.for_s));
+            firing.started_at = due.or(Some(at)).map(|d| d.min(at));
+            firing.last_notified_at = Some(now);
+            let change = self
+                .change(
+                    index,
+                    &subject,
+                    firing,
+                    "firing",
+                    Some(alert.state),
+                    true,
+                    threshold,
+                    None,
+                )
+                .await?;
+            self.apply(&subject, index, &change).await?;
+            return Ok(());
+        }
+        let repeat = rule.rule.repeat_interval_s.filter(|r| *r > 0);
+        let last = alert.last_notified_at.or(alert.started_at);
+        if let (AlertState::Firing, Some(repeat), Some(last)) = (alert.state, repeat, last) {
+            if now - last >= chrono::Duration::seconds(repeat) && alert.acknowledged_at.is_none() {
+                let mut again = next(alert);
+                again.last_notified_at = Some(now);
+                let change = self
+                    .change(
+                        index,
+                        &subject,
+                        again,
+                        "repeat",
+                        Some(alert.state),
+                        true,
+                        threshold,
+                        None,
+                    )
+                    .await?;
+                self.apply(&subject, index, &change).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn tick_no_data(
+        &self,
+        index: &RuleIndex,
+        rule: &AlertRule,
+        open: &[Alert],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (Some(metric), Some(silence_s)) = (rule.rule.metric.as_deref(), rule.rule.no_data_s)
+        else {
+            return Ok(());
+        };
+        let explicit = rule.rule.device_id.is_some() || rule.rule.group_id.is_some();
+        for device_id in index.devices.keys().copied() {
+            if !index.targets(rule, device_id) {
+                continue;
+            }
+            let last_seen = self
+                .store
+                .latest_readings(device_id)
+                .await?
+                .into_iter()
+                .find(|r| r.metric == metric)
+                .map(|r| r.ts);
+            // A device that never sent the metric counts as silent only when the rule names it
+            // (or its group); an every-device rule watches series that exist.
+            let since = match last_seen {
+                Some(ts) => ts.max(rule.updated_at),
+                None if explicit => rule.updated_at,
+                None => continue,
+            };
+            let subject = Subject {
+                rule,
+                device_id: Some(device_id),
+                metric: Some(metric),
+            };
+            let current = open.iter().find(|a| {
+                a.rule_id == rule.id
+                    && a.device_id == Some(device_id)
+                    && a.metric.as_deref() == Some(metric)
+            });
+            let silent = engine::no_data_due(since, silence_s, now);
+            let change = match (silent, current) {
+                (true, None) => {
+                    let mut alert = self.new_alert(&subject, AlertState::Firing, None);
+                    alert.started_at = Some(now);
+                    alert.last_notified_at = Some(now);
+                    alert.last_eval_ts = last_seen;
+                    Some((alert, "firing", None))
+                }
+                (false, Some(open)) if last_seen.is_some_and(|t| open.started_at < Some(t)) => {
+                    let mut alert = next(open);
+                    alert.state = AlertState::Resolved;
+                    alert.resolved_at = last_seen;
+                    alert.last_eval_ts = last_seen;
+                    Some((alert, "resolved", Some(open.state)))
+                }
+                _ => None,
+            };
+            if let Some((alert, event, from)) = change {
+                let change = self
+                    .change(index, &subject, alert, event, from, true, None, None)
+                    .await?;
+                self.apply(&subject, index, &change).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_gauges(&self, index: &RuleIndex) -> StoreResult<()> {
+        let open = self.store.list_open_alerts().await?;
+        for severity in ["info", "warning", "critical"] {
+            let firing = open
+                .iter()
+                .filter(|a| a.state == AlertState::Firing)
+                .filter(|a| {
+                    index
+                        .rules
+                        .get(&a.rule_id)
+                        .is_some_and(|r| r.rule.severity == severity)
+                })
+                .count();
+            self.metrics
+                .firing
+                .with_label_values(&[severity])
+                .set(firing as i64);
+        }
+        let stats = self.store.outbox_stats().await?;
+        self.metrics.outbox_depth.set(stats.pending as i64);
+        let age = stats
+            .oldest_pending
+            .map(|t| (Utc::now() - t).num_seconds().max(0))
+            .unwrap_or(0);
+        self.metrics.outbox_oldest_age.set(age);
+        Ok(())
+    }
+}
+
+/// The alert row as the next transition starts it: same alert, `seq` one up.
+fn next(alert: &Alert) -> Alert {
+    let mut next = alert.clone();
+    next.seq = alert.seq + 1;
+    next
+}
+
+fn phase_of(alert: Option<&Alert>) -> Phase {
+    match alert {
+        Some(a) if a.state == AlertState::Firing => Phase::Firing,
+        Some(a) if a.state == AlertState::Pending => Phase::Pending {
+            since: a.pending_since.unwrap_or(a.created_at),
+        },
+        _ => Phase::Idle,
+    }
+}
