@@ -64,16 +64,27 @@ const ddmsAlerts = (() => {
     return text;
   }
 
-  // Each 1-minute bucket becomes two readings: first the extreme on the firing side, then the
-  // other one. So a minute that touches the threshold counts as meeting it, and a pending
-  // condition holds only while even the minute's better extreme still meets it.
-  function bucketReadings(rule, bucket, chk) {
-    const t = Date.parse(bucket.ts);
-    const lo = bucket.min ?? bucket.avg ?? bucket.value;
-    const hi = bucket.max ?? bucket.avg ?? bucket.value;
-    const fireFirst = chk.fires(hi) ? hi : (chk.fires(lo) ? lo : (bucket.avg ?? bucket.value));
-    const other = fireFirst === hi ? lo : hi;
-    return [{ t, v: fireFirst }, { t: t + 59e3, v: other }];
+  // Each 1-minute bucket becomes two readings, its minimum and its maximum, in the order the
+  // series' trend suggests (rising from the previous minute to the next: minimum first). So a
+  // minute that touches the threshold counts as meeting it, a pending condition holds only
+  // while even the minute's better extreme meets it, and the minute a value climbs through the
+  // threshold is not mistaken for a fire and a clear.
+  function bucketReadings(buckets, i) {
+    const b = buckets[i];
+    const avg = (x) => (x ? Number(x.avg ?? x.value) : undefined);
+    const t = Date.parse(b.ts);
+    const lo = Number(b.min ?? b.avg ?? b.value);
+    const hi = Number(b.max ?? b.avg ?? b.value);
+    const prev = avg(buckets[i - 1]);
+    const next = avg(buckets[i + 1]);
+    const here = avg(b);
+    let rising;
+    if (prev !== undefined && next !== undefined) rising = next > prev;
+    else if (next !== undefined) rising = next > here;
+    else if (prev !== undefined) rising = here > prev;
+    else rising = false;
+    const [first, second] = rising ? [lo, hi] : [hi, lo];
+    return [{ t, v: first }, { t: t + 59e3, v: second }];
   }
 
   // The fires the rule would have had over `buckets` (oldest first, as the readings API returns
@@ -98,9 +109,9 @@ const ddmsAlerts = (() => {
     const hold = Math.max(0, Number(rule.for_s) || 0) * 1000;
     let phase = "idle";
     let since = 0;
-    for (const bucket of buckets) {
-      if (bucket.count === 0) continue;
-      for (const { t, v } of bucketReadings(rule, bucket, chk)) {
+    const filled = buckets.filter((b) => b.count !== 0);
+    for (let i = 0; i < filled.length; i++) {
+      for (const { t, v } of bucketReadings(filled, i)) {
         if (!Number.isFinite(v)) continue;
         if (phase === "idle") {
           if (!chk.fires(v)) continue;

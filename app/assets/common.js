@@ -157,7 +157,7 @@ const ddms = (() => {
       banner.hidden = n === 0;
     }
     if (count) {
-      count.textContent = String(n);
+      count.textContent = n ? String(n) : "";
       count.dataset.count = String(n);
       count.hidden = n === 0;
     }
@@ -176,10 +176,17 @@ const ddms = (() => {
   }
 
   function onAlertEvent(data) {
-    const alert = (data && data.alert) || data;
-    if (alert && alert.id) {
-      if (alert.state === "firing") firing.set(alert.id, alert);
-      else firing.delete(alert.id);
+    // An event is a transition: `{alert_id, event, state, severity, at, …}`.
+    const alert = (data && data.alert) || data || {};
+    const id = alert.alert_id || alert.id;
+    if (id) {
+      if (alert.state === "firing") {
+        const known = firing.get(id) || {};
+        firing.set(id, Object.assign({}, known, alert, {
+          id,
+          acknowledged_at: alert.event === "acknowledged" ? alert.at : known.acknowledged_at,
+        }));
+      } else firing.delete(id);
       renderFiring();
     }
     clearTimeout(firingReload);

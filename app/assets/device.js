@@ -39,12 +39,15 @@
 
   async function loadAlertOverlays() {
     const since = new Date(Date.now() - ALERT_HISTORY_MS).toISOString();
-    const [rules, alerts] = await Promise.all([
-      // Viewers may not list rules everywhere: then the chart simply shows no thresholds.
+    // Alerting is an addition to this page: when it cannot be read the chart shows none of it.
+    const [rules, groups, alerts] = await Promise.all([
       api("/api/alert-rules").catch(() => []),
+      api("/api/groups").catch(() => []),
       api("/api/alerts?device_id=" + encodeURIComponent(id) + "&since=" + encodeURIComponent(since)).catch(() => []),
     ]);
-    alertRules = ddms.items(rules, "rules");
+    // Rules name their group by id, devices by name.
+    const groupNames = new Map(ddms.items(groups, "groups").map((g) => [g.id, g.name]));
+    alertRules = ddms.items(rules, "rules").map((r) => Object.assign({ group_name: groupNames.get(r.group_id) }, r));
     deviceAlerts = ddms.items(alerts, "alerts");
     renderOverlays();
   }
@@ -189,8 +192,7 @@
     loadAlertOverlays();
     stream({
       alert(data) {
-        const a = (data && data.alert) || data;
-        if (a && a.device_id && a.device_id !== id) return;
+        if (data && data.device_id && data.device_id !== id) return;
         loadAlertOverlays();
       },
       reading(data) {
