@@ -329,6 +329,17 @@ const ddms = (() => {
 
   function fieldErrors(form, err, summary) {
     clearFieldErrors(form);
+    if (!form.dataset.errorsClear) {
+      // A marked field loses its mark as soon as it is edited.
+      form.dataset.errorsClear = "1";
+      form.addEventListener("input", (event) => {
+        const control = event.target;
+        if (!control.hasAttribute || !control.hasAttribute("aria-invalid")) return;
+        control.removeAttribute("aria-invalid");
+        const note = control.nextElementSibling;
+        if (note && note.classList.contains("dynamic")) note.remove();
+      });
+    }
     const list = err.errors && err.errors.length ? err.errors : [{ field: err.field, message: err.message }];
     const controls = [...form.querySelectorAll("[data-field]")].filter((c) => !c.closest("[hidden]"));
     const unplaced = [];
