@@ -361,7 +361,7 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
 }
 
 #[tokio::test]
-async fn a_viewer_sees_firing_alerts_but_no_acknowledge_or_edit_controls() {
+async fn a_viewer_sees_firing_and_muted_alerts_but_no_acknowledge_or_edit_controls() {
     let app = spawn_app(Db::Sqlite, "").await;
     let admin = app.token(Role::Admin).await;
     let viewer = app.token(Role::Viewer).await;
@@ -372,6 +372,17 @@ async fn a_viewer_sees_firing_alerts_but_no_acknowledge_or_edit_controls() {
             Some(&admin),
             &json!({"name": "kiln over 900", "device_id": device, "metric": "temperature",
                     "condition": "above", "threshold": 900, "severity": "critical"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let rule: Value = response.json().await.unwrap();
+    // Silenced: the alert fires without notifying anyone, and says so.
+    let response = app
+        .post_json(
+            "/api/silences",
+            Some(&admin),
+            &json!({"rule_id": rule["id"], "until": Utc::now() + chrono::Duration::hours(1),
+                    "comment": "kiln maintenance"}),
         )
         .await;
     assert_eq!(response.status(), 201);
@@ -390,6 +401,12 @@ async fn a_viewer_sees_firing_alerts_but_no_acknowledge_or_edit_controls() {
         .text("#list-firing [data-alert]")
         .await
         .contains("kiln over 900"));
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('#list-firing [data-alert] [data-muted]').length;")
+            .await,
+        json!(1)
+    );
     assert_eq!(
         browser
             .js("return document.querySelectorAll('.ack, .ack-form').length;")
