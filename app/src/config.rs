@@ -30,6 +30,8 @@ pub struct Config {
     pub modbus: ModbusSettings,
     pub backup: BackupConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub alerts: crate::alerts::config::AlertsConfig,
     /// The profile the values were selected with (not a key of its own).
     #[serde(skip)]
     pub profile: String,
@@ -78,6 +80,8 @@ pub struct HttpConfig {
     /// client address then comes from the header (audit log, throttling) and `https` there
     /// counts as TLS (Secure cookies, HSTS).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Where users reach ddms (`https://ddms.example.com`): the base of links in notifications.
+    pub public_url: Option<url::Url>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -810,6 +814,14 @@ impl Config {
                 }
             }
         }
+        if let Some(url) = &self.http.public_url {
+            if let Err(message) = crate::alerts::config::check_public_url(url) {
+                return invalid("http.public_url", message);
+            }
+        }
+        if let Err((key, message)) = self.alerts.validate() {
+            return invalid(key, message);
+        }
         if self.backup.keep == 0 {
             return invalid("backup.keep", "must be at least 1".into());
         }
@@ -903,6 +915,7 @@ impl Config {
                     "burst": self.http.rate_limit.burst,
                 },
                 "cors": { "allowed_origins": self.http.cors.allowed_origins },
+                "public_url": self.http.public_url.as_ref().map(url::Url::as_str),
             },
             "mqtt": {
                 "mode": format!("{:?}", self.mqtt.mode).to_lowercase(),
@@ -955,6 +968,7 @@ impl Config {
                 },
             },
             "log": { "format": self.log.format, "level": self.log.level },
+            "alerts": self.alerts.effective(),
         });
         toml::to_string_pretty(&strip_nulls(value)).unwrap_or_else(|e| format!("# {e}"))
     }
@@ -1341,6 +1355,7 @@ mod tests {
         let documented = [
             "slot",
             "http.tls.cert",
+            "http.public_url",
             "http.tls.key",
             "database.url",
             "database.url_file",

@@ -16,6 +16,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::rule::Check;
 
+/// One reading of a series: (time, value).
+pub type TimedValue = (DateTime<Utc>, f64);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Idle,
@@ -58,7 +61,7 @@ pub fn on_readings(
     check: &Check,
     for_s: i64,
     mut phase: Phase,
-    readings: &[(DateTime<Utc>, f64)],
+    readings: &[TimedValue],
 ) -> (Phase, Vec<Step>) {
     let hold = Duration::seconds(for_s.max(0));
     let mut steps = Vec::new();
@@ -168,7 +171,8 @@ mod tests {
     fn hysteresis_and_for_sequence() {
         // Rule: above 50, clear 45, for 60 s.
         let check = above(50.0, 45.0);
-        let cases: &[(&str, &[(i64, f64)], Phase, &[&str])] = &[
+        type Case<'a> = (&'a str, &'a [(i64, f64)], Phase, &'a [&'a str]);
+        let cases: &[Case] = &[
             ("40 does nothing", &[(-10, 40.0)], Phase::Idle, &[]),
             (
                 "55 twice within 60 s is pending, not notified",

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::engine::{self, Phase, Step};
+use super::engine::{self, Phase, Step, TimedValue};
 use super::metrics::AlertMetrics;
 use super::rule::{Check, Condition};
 use super::Timing;
@@ -25,6 +26,10 @@ use crate::store::{Store, StoreError, StoreResult};
 
 /// A transition lost to another writer is recomputed from the stored state at most this often.
 const MAX_RACE_RETRIES: usize = 3;
+/// Resolved alerts (with their history), sent and dead deliveries and expired silences are
+/// kept this long, then pruned (hourly, by every instance: deleting is idempotent).
+pub const HISTORY_RETENTION: chrono::Duration = chrono::Duration::days(90);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 struct DeviceInfo {
@@ -156,7 +161,7 @@ impl Alerting {
         if index.threshold_by_metric.is_empty() {
             return;
         }
-        let mut series: HashMap<(Uuid, &str), Vec<(DateTime<Utc>, f64)>> = HashMap::new();
+        let mut series: HashMap<(Uuid, &str), Vec<TimedValue>> = HashMap::new();
         for sample in samples {
             if index.threshold_by_metric.contains_key(&sample.metric) {
                 series
@@ -186,7 +191,7 @@ impl Alerting {
         rule: &AlertRule,
         device_id: Uuid,
         metric: &str,
-        readings: &[(DateTime<Utc>, f64)],
+        readings: &[TimedValue],
     ) -> StoreResult<()> {
         let Some(check) = Check::of(&rule.rule) else {
             return Ok(());
@@ -550,11 +555,28 @@ impl Alerting {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut interval = tokio::time::interval(self.timing.evaluation_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = interval.tick() => {}
                 () = self.rules_changed.notified() => {}
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                match self
+                    .store
+                    .prune_alert_history(Utc::now() - HISTORY_RETENTION)
+                    .await
+                {
+                    Ok(counts) if counts.alerts + counts.deliveries > 0 => tracing::info!(
+                        alerts.pruned = counts.alerts,
+                        deliveries.pruned = counts.deliveries,
+                        "old alert history pruned"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot prune alert history; will retry"),
+                }
             }
             if let Err(e) = self.tick(Utc::now()).await {
                 tracing::warn!(error = %e, "alert evaluation tick failed; will retry");

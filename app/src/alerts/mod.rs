@@ -2,6 +2,8 @@
 //! with a lifecycle (pending → firing → resolved), and notifications through a durable outbox
 //! (see docs/alerts.md and ARCHITECTURE.md).
 
+pub mod channels;
+pub mod config;
 pub mod engine;
 pub mod evaluator;
 pub mod metrics;

@@ -11,6 +11,7 @@ mod broker;
 mod brokers;
 mod browser;
 mod browser_alerts;
+mod channels;
 mod cli;
 mod demo;
 mod devices;
