@@ -688,7 +688,10 @@ async fn an_owner_logs_in_sees_readings_live_over_event_source_and_changes_setti
         json!([
             "Dashboard",
             "Notifications",
+            "Alerts",
             "Devices",
+            "Alert rules",
+            "Channels",
             "Audit log",
             "Users and tokens",
             "Settings"
