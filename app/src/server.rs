@@ -124,8 +124,8 @@ impl Server {
             store.clone(),
             events.clone(),
             crate::alerts::metrics::AlertMetrics::register(metrics.registry()),
-            crate::alerts::Timing::default(),
-            None,
+            config.alerts.clone(),
+            config.http.public_url.as_ref().map(|u| u.to_string()),
         ));
         if let Err(e) = alerts.reload().await {
             tracing::warn!(error = %e, "cannot load alert rules; the ticker will retry");
@@ -315,6 +315,7 @@ impl Server {
             stop_producers.clone(),
         ));
         background.spawn(state.alerts.clone().run(stop_producers.clone()));
+        background.spawn(state.alerts.outbox().run(stop_producers.clone()));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
         // The event log outlives the producers and the writer, whose last events it still appends.
         let stop_event_log = CancellationToken::new();

@@ -111,6 +111,8 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due_idx ON deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX deliveries_state_idx ON deliveries (state, created_at);
+-- A notification is sent after the earlier ones of its alert to the same channel.
+CREATE INDEX deliveries_alert_idx ON deliveries (alert_id, channel_id);
 
 CREATE TABLE silences (
     id          UUID PRIMARY KEY,

@@ -14,10 +14,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::channels::Deliverer;
+use super::config::AlertsConfig;
 use super::engine::{self, Phase, Step, TimedValue};
 use super::metrics::AlertMetrics;
+use super::outbox::OutboxWorker;
 use super::rule::{Check, Condition};
-use super::Timing;
 use crate::events::{EventHub, EventKind};
 use crate::ingest::Sample;
 use crate::status::CONNECTION_FAILURE;
@@ -70,10 +72,11 @@ pub struct Alerting {
     store: Arc<dyn Store>,
     events: EventHub,
     metrics: AlertMetrics,
-    timing: Timing,
+    config: AlertsConfig,
     public_url: Option<String>,
     index: RwLock<Arc<RuleIndex>>,
     rules_changed: Notify,
+    deliverer: Arc<Deliverer>,
 }
 
 impl Alerting {
@@ -81,17 +84,18 @@ impl Alerting {
         store: Arc<dyn Store>,
         events: EventHub,
         metrics: AlertMetrics,
-        timing: Timing,
+        config: AlertsConfig,
         public_url: Option<String>,
     ) -> Self {
         Alerting {
             store,
             events,
             metrics,
-            timing,
             public_url,
             index: RwLock::new(Arc::new(RuleIndex::default())),
             rules_changed: Notify::new(),
+            deliverer: Arc::new(Deliverer::new(&config)),
+            config,
         }
     }
 
@@ -99,14 +103,32 @@ impl Alerting {
         &self.metrics
     }
 
-    pub fn timing(&self) -> &Timing {
-        &self.timing
+    /// Sends messages (the outbox worker, channel tests).
+    pub fn deliverer(&self) -> &Arc<Deliverer> {
+        &self.deliverer
     }
 
-    /// Rules or devices changed here: reload now (other instances pick it up at their next
-    /// tick).
-    pub fn rules_changed(&self) {
-        self.rules_changed.notify_one();
+    /// This instance's outbox worker.
+    pub fn outbox(&self) -> OutboxWorker {
+        OutboxWorker::new(
+            self.store.clone(),
+            self.deliverer.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    pub fn config(&self) -> &AlertsConfig {
+        &self.config
+    }
+
+    /// Rules or channels changed here: reload now, so the next reading is judged by them
+    /// (other instances pick the change up at their next tick).
+    pub async fn rules_changed(&self) {
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "cannot reload alert rules; the ticker will retry");
+            self.rules_changed.notify_one();
+        }
     }
 
     fn index(&self) -> Arc<RuleIndex> {
@@ -350,7 +372,7 @@ impl Alerting {
         if notify && !muted {
             let message = self.message(index, subject, &change, threshold);
             let expires_at = at
-                + chrono::Duration::from_std(self.timing.delivery_expiry)
+                + chrono::Duration::from_std(self.config.delivery_expiry)
                     .unwrap_or(chrono::Duration::hours(24));
             change.deliveries = subject
                 .rule
@@ -553,7 +575,7 @@ impl Alerting {
     /// no-data rules, updates gauges. Every instance runs it; the guarded update keeps each
     /// transition single.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut interval = tokio::time::interval(self.timing.evaluation_interval);
+        let mut interval = tokio::time::interval(self.config.evaluation_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {

@@ -7,32 +7,8 @@ pub mod config;
 pub mod engine;
 pub mod evaluator;
 pub mod metrics;
+pub mod outbox;
 pub mod rule;
 
-use std::time::Duration;
-
 pub use evaluator::Alerting;
-
-/// The timing knobs of alerting (`[alerts]` in the configuration).
-#[derive(Debug, Clone)]
-pub struct Timing {
-    /// How often the ticker runs: `for` timers, repeats, no-data rules, gauges.
-    pub evaluation_interval: Duration,
-    /// Undelivered notifications are dead-lettered after this.
-    pub delivery_expiry: Duration,
-    /// More than this many firing notifications of one rule for one channel within
-    /// `group_window` go out as one grouped message.
-    pub group_threshold: u32,
-    pub group_window: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            evaluation_interval: Duration::from_secs(5),
-            delivery_expiry: Duration::from_secs(24 * 3600),
-            group_threshold: 5,
-            group_window: Duration::from_secs(60),
-        }
-    }
-}
+pub use outbox::OutboxWorker;

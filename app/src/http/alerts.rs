@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use super::extract::{AdminRole, Authorized, ViewerRole};
 use super::{ApiError, AppState};
+use crate::alerts::channels::{
+    self, Channel, ChannelKind, Message, MessageState, Outcome, Severity,
+};
 use crate::alerts::rule;
 use crate::store::alerts::{
     AlertFilter, AlertRule, AlertState, ChannelInfo, DeliveryState, NewChannel, NewSilence,
@@ -147,7 +150,7 @@ pub async fn create_rule(
         json!({ "name": created.rule.name }),
     )
     .await;
-    state.alerts.rules_changed();
+    state.alerts.rules_changed().await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -176,7 +179,7 @@ pub async fn update_rule(
         json!({ "name": updated.rule.name }),
     )
     .await;
-    state.alerts.rules_changed();
+    state.alerts.rules_changed().await;
     Ok(Json(updated))
 }
 
@@ -191,7 +194,7 @@ pub async fn delete_rule(
         .await
         .map_err(not_found("alert rule"))?;
     audit(&state, &auth.principal, "alert_rule.delete", id, json!({})).await;
-    state.alerts.rules_changed();
+    state.alerts.rules_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -284,7 +287,7 @@ pub async fn update_channel(
         json!({ "name": updated.name, "secret_changed": channel.secret.is_some() }),
     )
     .await;
-    state.alerts.rules_changed();
+    state.alerts.rules_changed().await;
     Ok(Json(updated))
 }
 
@@ -299,7 +302,7 @@ pub async fn delete_channel(
         .await
         .map_err(not_found("channel"))?;
     audit(&state, &auth.principal, "channel.delete", id, json!({})).await;
-    state.alerts.rules_changed();
+    state.alerts.rules_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -545,25 +548,59 @@ pub async fn list_deliveries(
     )))
 }
 
-/// The channel kind's own checks (settings, URL, SSRF guard) belong to the channel senders.
+/// The channel kind's own checks (settings, URL scheme, SSRF guard for literal addresses,
+/// headers, e-mail addresses) — every problem named by its field.
 fn check_channel(
-    _state: &AppState,
+    state: &AppState,
     kind: &str,
     settings: &Value,
-    _allow_private: bool,
+    allow_private: bool,
 ) -> Result<(), ApiError> {
-    if !matches!(kind, "webhook" | "discord" | "slack" | "email") {
-        return Err(invalid("kind", "must be webhook, discord, slack or email"));
-    }
-    if !settings.is_object() {
-        return Err(invalid("settings", "must be an object"));
-    }
-    Ok(())
+    let kind: ChannelKind = serde_json::from_value(json!(kind))
+        .map_err(|_| invalid("kind", "must be webhook, discord, slack or email"))?;
+    channels::validate(kind, settings, allow_private, &state.config.alerts).map_err(|errors| {
+        ApiError::Invalid(errors.into_iter().map(|e| (e.field, e.message)).collect())
+    })
 }
 
 /// Sends a `test` message through the channel now and reports the outcome.
-async fn send_test(_state: &AppState, _channel: &ChannelInfo) -> Result<Value, ApiError> {
-    Err(ApiError::Unavailable(
-        "channel senders are not available in this build".into(),
-    ))
+async fn send_test(state: &AppState, info: &ChannelInfo) -> Result<Value, ApiError> {
+    let kind: ChannelKind =
+        serde_json::from_value(json!(info.kind)).map_err(|e| ApiError::Internal(e.into()))?;
+    let channel = Channel {
+        id: info.id,
+        name: info.name.clone(),
+        kind,
+        settings: info.settings.clone(),
+        secret: state.store.channel_secret(info.id).await?,
+        allow_private: info.allow_private,
+    };
+    let now = Utc::now();
+    let message = Message {
+        idempotency_key: format!("test:{}:{}", info.id, Uuid::now_v7()),
+        alert_id: None,
+        rule_id: None,
+        rule_name: "channel test".into(),
+        state: MessageState::Test,
+        severity: Severity::Info,
+        device_id: None,
+        device_name: None,
+        metric: None,
+        value: None,
+        threshold: None,
+        started_at: None,
+        at: now,
+        summary: format!("test message from ddms to channel {}", info.name),
+        link: state.config.http.public_url.as_ref().map(|u| u.to_string()),
+        acknowledged_by: None,
+        comment: None,
+        grouped: Vec::new(),
+    };
+    Ok(
+        match state.alerts.deliverer().deliver(&channel, &message).await {
+            Outcome::Delivered => json!({ "outcome": "delivered", "reason": null }),
+            Outcome::Retry { reason, .. } => json!({ "outcome": "retry", "reason": reason }),
+            Outcome::Permanent { reason } => json!({ "outcome": "permanent", "reason": reason }),
+        },
+    )
 }

@@ -1,14 +1,96 @@
 //! Alerting end to end against real components: the API, the ingest pipeline, the store (SQLite
 //! and a local PostgreSQL), two instances on one database.
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::ingest::Sample;
 use ddms::store::Role;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::services::Provider;
+
+/// The webhook channel's HMAC key; the receiver verifies signatures with it.
+const SECRET: &str = "hmac-key-7d1f";
+/// The receivers listen on loopback.
+const PRIVATE_TARGETS: &str = "[alerts]\nallow_private_targets = true\n";
+
+/// `tests/support/webhook_receiver.py` (an independent Python `http.server`): records every
+/// request as a JSON line with whether its `X-Ddms-Signature` is right. Killed on drop.
+struct Receiver {
+    _child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(&log)
+            .arg(SECRET)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("receiver starts within 30 s")
+            .unwrap()
+            .expect("receiver prints its port");
+        let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
+        Receiver {
+            _child: child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Bodies of every request received so far, in order.
+    fn requests(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect()
+    }
+}
+
+/// Polls `check` until it holds, failing after `limit` (never a fixed sleep as synchronisation).
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the outbox has nothing pending.
+async fn drained(app: &TestApp) {
+    eventually("the outbox to drain", Duration::from_secs(60), || async {
+        app.store.outbox_stats().await.unwrap().pending == 0
+    })
+    .await;
+}
 
 fn t(secs: i64) -> DateTime<Utc> {
     // Readings carry their own time: `for` counts in reading time, so the test needs no waits.
@@ -34,7 +116,7 @@ async fn webhook_channel(app: &TestApp, token: &str, url: &str) -> Uuid {
             "/api/channels",
             Some(token),
             &json!({"name": "ops", "kind": "webhook", "settings": {"url": url},
-                    "secret": "hmac-key", "allow_private": true}),
+                    "secret": SECRET, "allow_private": true}),
         )
         .await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
@@ -165,10 +247,11 @@ async fn bad_rules_are_refused_naming_the_field_and_nothing_is_stored() {
 }
 
 async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
-    let app = spawn_app(db, "").await;
+    let receiver = Receiver::start().await;
+    let app = spawn_app(db, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
-    let channel = webhook_channel(&app, &admin, "http://127.0.0.1:9/hook").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
     hot_rule(&app, &admin, device, channel).await;
     for (secs, value) in [(-10, 40.0), (0, 55.0), (30, 55.0)] {
         submit(&app, device, secs, value).await;
@@ -207,6 +290,25 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
         assert_eq!(d.message["severity"], "critical");
         assert_eq!(d.message["device_name"], "boiler-1");
     }
+    // The receiver got exactly one firing and one resolved, signed with the channel's key.
+    drained(&app).await;
+    let received = receiver.requests();
+    let states: Vec<&str> = received
+        .iter()
+        .map(|r| r["body"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"], "{received:?}");
+    for r in &received {
+        assert_eq!(r["signature_valid"], true, "{r}");
+        assert_eq!(
+            r["headers"]["x-ddms-idempotency-key"], r["body"]["idempotency_key"],
+            "{r}"
+        );
+        assert_eq!(r["body"]["metric"], "temperature");
+    }
+    assert_eq!(received[0]["body"]["value"], 55.0);
+    assert_eq!(received[0]["body"]["threshold"], 50.0);
+    assert_eq!(received[1]["body"]["value"], 44.0);
     app.stop().await;
 }
 
@@ -222,13 +324,14 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_postgres_local
 
 #[tokio::test]
 async fn two_instances_evaluating_the_same_readings_notify_each_transition_once() {
-    let first = spawn_app(Db::Postgres(Provider::Local), "").await;
+    let receiver = Receiver::start().await;
+    let first = spawn_app(Db::Postgres(Provider::Local), PRIVATE_TARGETS).await;
     let admin = first.token(Role::Admin).await;
     let device = mqtt_device(&first, &admin, "boiler-1").await;
-    let channel = webhook_channel(&first, &admin, "http://127.0.0.1:9/hook").await;
+    let channel = webhook_channel(&first, &admin, &receiver.url("/ok")).await;
     hot_rule(&first, &admin, device, channel).await;
     // Started after the rule exists, the second instance loads it at start.
-    let second = spawn_app(Db::Url(first.database_url.clone()), "").await;
+    let second = spawn_app(Db::Url(first.database_url.clone()), PRIVATE_TARGETS).await;
     // Both get every reading, concurrently, as a redelivery to another instance would.
     for (secs, value) in [(0, 55.0), (30, 55.0), (61, 55.0), (70, 48.0), (80, 44.0)] {
         tokio::join!(
@@ -241,16 +344,93 @@ async fn two_instances_evaluating_the_same_readings_notify_each_transition_once(
         events(&first, &admin).await,
         ["pending", "firing", "resolved"]
     );
+    // Both instances run an outbox worker; each notification reaches the receiver once.
+    drained(&first).await;
+    let states: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r["body"]["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"]);
     second.stop().await;
     first.stop().await;
 }
 
+/// Fires `hot_rule` once: for 0 s is not what the rule says, so feed it past its `for`.
+async fn fire(app: &TestApp, device: Uuid) {
+    for (secs, value) in [(0, 55.0), (61, 55.0)] {
+        submit(app, device, secs, value).await;
+    }
+}
+
 #[tokio::test]
-async fn acknowledging_and_silencing() {
-    let app = spawn_app(Db::Sqlite, "").await;
+async fn a_receiver_failing_three_times_still_gets_the_notification_once_more() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
-    let channel = webhook_channel(&app, &admin, "http://127.0.0.1:9/hook").await;
+    let path = "/status/500?times=3";
+    let channel = webhook_channel(&app, &admin, &receiver.url(path)).await;
+    hot_rule(&app, &admin, device, channel).await;
+    fire(&app, device).await;
+    drained(&app).await;
+    let received = receiver.requests();
+    let all = app.store.list_deliveries(None, 10).await.unwrap();
+    assert_eq!(received.len(), 4, "{received:?} {all:?}");
+    let keys: Vec<&Value> = received
+        .iter()
+        .map(|r| &r["body"]["idempotency_key"])
+        .collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let delivered = app
+        .store
+        .list_deliveries(Some(ddms::store::alerts::DeliveryState::Delivered), 10)
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].attempts, 4);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("ddms_alert_deliveries_total{kind=\"webhook\",result=\"retry\"} 3"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_notification_is_a_visible_dead_letter() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/status/404")).await;
+    hot_rule(&app, &admin, device, channel).await;
+    fire(&app, device).await;
+    drained(&app).await;
+    let viewer = app.token(Role::Viewer).await;
+    let dead: Vec<Value> = app
+        .get_with_token("/api/deliveries?state=dead", &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["event"], "firing");
+    assert!(
+        dead[0]["last_error"].as_str().unwrap().contains("404"),
+        "{dead:?}"
+    );
+    assert_eq!(receiver.requests().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledging_and_silencing() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
     hot_rule(&app, &admin, device, channel).await;
     for (secs, value) in [(0, 55.0), (61, 55.0)] {
         submit(&app, device, secs, value).await;
@@ -298,4 +478,254 @@ async fn acknowledging_and_silencing() {
         .await;
     assert_eq!(bad.status(), 422);
     app.stop().await;
+}
+
+/// The `for` clock is the stored `pending_since`, and a firing alert is not notified again by
+/// the process that takes over: the real binary, killed with SIGKILL while the alert is pending
+/// and again while it fires.
+#[tokio::test]
+async fn after_sigkill_a_pending_alert_fires_on_time_and_a_firing_one_is_not_repeated() {
+    use crate::support::app::DdmsProcess;
+    use nix::sys::signal::Signal;
+
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    // Set up through an in-process instance: device, channel, a rule with for = 3 s, and a
+    // reading that makes the alert pending now.
+    let app = spawn_app(Db::Url(url.clone()), PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    let response = app
+        .post_json(
+            "/api/alert-rules",
+            Some(&admin),
+            &json!({"name": "boiler hot", "device_id": device, "metric": "temperature",
+                    "condition": "above", "threshold": 50, "for_s": 3, "channels": [channel]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    app.ingest
+        .submit(
+            "mqtt",
+            vec![Sample {
+                device_id: device,
+                metric: "temperature".into(),
+                unit: None,
+                ts: Utc::now(),
+                value: 55.0,
+            }],
+        )
+        .await
+        .unwrap();
+    let store = app.store.clone();
+    app.stop().await;
+    let pending = store.list_open_alerts().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, ddms::store::alerts::AlertState::Pending);
+    let pending_since = pending[0].pending_since.unwrap();
+
+    let env = [
+        ("DDMS_DATABASE__URL", url.as_str()),
+        ("DDMS_ALERTS__ALLOW_PRIVATE_TARGETS", "true"),
+        ("DDMS_ALERTS__EVALUATION_INTERVAL", "0.2"),
+    ];
+    // Killed while pending (if it managed to fire first, the next checks still hold).
+    let mut first = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(30)).await;
+    let mut second = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    let firing = |receiver: &Receiver| {
+        receiver
+            .requests()
+            .into_iter()
+            .filter(|r| r["body"]["state"] == "firing")
+            .count()
+    };
+    eventually(
+        "the firing notification",
+        Duration::from_secs(60),
+        || async { firing(&receiver) == 1 },
+    )
+    .await;
+    let alert = store.get_alert(pending[0].id).await.unwrap();
+    assert_eq!(alert.state, ddms::store::alerts::AlertState::Firing);
+    // On time: the condition held for `for_s` from the stored start, whoever noticed.
+    assert_eq!(
+        alert.started_at,
+        Some(pending_since + chrono::Duration::seconds(3))
+    );
+    // Killed while firing: the next process does not announce it again.
+    second.signal(Signal::SIGKILL);
+    second.wait_exit(Duration::from_secs(30)).await;
+    let third = DdmsProcess::serve(dir.path(), &env).await.unwrap();
+    let client = reqwest::Client::new();
+    // Its ticker has run once the firing gauge shows the alert.
+    eventually(
+        "the new process's ticker",
+        Duration::from_secs(60),
+        || async {
+            let metrics = client
+                .get(third.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics.contains("ddms_alerts_firing{severity=\"warning\"} 1")
+        },
+    )
+    .await;
+    assert_eq!(firing(&receiver), 1, "{:?}", receiver.requests());
+    let history = store.list_transitions(&[alert.id]).await.unwrap();
+    let events: Vec<&str> = history.iter().map(|t| t.event.as_str()).collect();
+    assert_eq!(events, ["pending", "firing"]);
+    third.signal(Signal::SIGKILL);
+}
+
+/// A receiver that stays down past `alerts.delivery_expiry` (its minimum, 60 s) leaves a dead
+/// letter with the last error; the outbox is empty again.
+#[tokio::test]
+async fn a_receiver_down_past_the_expiry_leaves_a_dead_letter() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(
+        Db::Sqlite,
+        "[alerts]\nallow_private_targets = true\ndelivery_expiry = 60\n",
+    )
+    .await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/status/503")).await;
+    hot_rule(&app, &admin, device, channel).await;
+    fire(&app, device).await;
+    eventually("the dead letter", Duration::from_secs(180), || async {
+        !app.store
+            .list_deliveries(Some(ddms::store::alerts::DeliveryState::Dead), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let viewer = app.token(Role::Viewer).await;
+    let dead: Vec<Value> = app
+        .get_with_token("/api/deliveries?state=dead", &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("expired") && error.contains("503"),
+        "{error}"
+    );
+    assert!(receiver.requests().len() >= 2);
+    assert_eq!(app.store.outbox_stats().await.unwrap().pending, 0);
+    app.stop().await;
+}
+
+/// More than `group_threshold` firing notifications of one rule for one channel, due together,
+/// go out as one grouped message; all of them are settled by it.
+#[tokio::test]
+async fn many_alerts_of_one_rule_firing_together_are_sent_as_one_grouped_message() {
+    use ddms::alerts::channels::Deliverer;
+    use ddms::alerts::config::AlertsConfig;
+    use ddms::alerts::metrics::AlertMetrics;
+    use ddms::alerts::OutboxWorker;
+    use ddms::store::alerts::{Alert, AlertChange, AlertState, NewDelivery};
+
+    let receiver = Receiver::start().await;
+    // The app only sets up the rule and channel and stops (its own worker must not get there
+    // first); the worker under test is driven by hand on the same database.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
+    let app = spawn_app(Db::Url(url), PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        devices.push(mqtt_device(&app, &admin, &format!("boiler-{i}")).await);
+    }
+    let response = app
+        .post_json(
+            "/api/alert-rules",
+            Some(&admin),
+            &json!({"name": "all hot", "metric": "temperature", "condition": "above",
+                    "threshold": 50, "channels": [channel]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let rule: Uuid = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = app.store.clone();
+    app.stop().await;
+
+    let now = Utc::now();
+    for (i, device) in devices.iter().enumerate() {
+        let alert = Alert {
+            id: Uuid::now_v7(),
+            rule_id: rule,
+            device_id: Some(*device),
+            metric: Some("temperature".into()),
+            state: AlertState::Firing,
+            value: Some(51.0 + i as f64),
+            pending_since: None,
+            started_at: Some(now),
+            resolved_at: None,
+            last_notified_at: Some(now),
+            last_eval_ts: Some(now),
+            acknowledged_by: None,
+            acknowledged_at: None,
+            ack_comment: None,
+            seq: 1,
+            created_at: now,
+        };
+        let key = format!("{}:1:{channel}", alert.id);
+        let message = json!({
+            "idempotency_key": key, "alert_id": alert.id, "rule_id": rule, "rule_name": "all hot",
+            "state": "firing", "severity": "warning", "device_id": device,
+            "device_name": format!("boiler-{i}"), "metric": "temperature", "value": alert.value,
+            "threshold": 50.0, "started_at": now, "at": now, "summary": "hot", "link": null,
+            "acknowledged_by": null, "comment": null, "grouped": [],
+        });
+        let change = AlertChange {
+            deliveries: vec![NewDelivery {
+                channel_id: channel,
+                message,
+                expires_at: now + chrono::Duration::hours(1),
+            }],
+            alert,
+            expected_seq: None,
+            event: "firing".into(),
+            from_state: None,
+            at: now,
+            muted: false,
+            actor: None,
+        };
+        assert!(store.apply_alert_change(&change).await.unwrap());
+    }
+    let config = AlertsConfig {
+        allow_private_targets: true,
+        group_threshold: 2,
+        ..AlertsConfig::default()
+    };
+    let worker = OutboxWorker::new(
+        store.clone(),
+        std::sync::Arc::new(Deliverer::new(&config)),
+        config.clone(),
+        AlertMetrics::register(&prometheus::Registry::new()),
+    );
+    assert_eq!(worker.round(Utc::now()).await.unwrap(), 3);
+    let received = receiver.requests();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let body = &received[0]["body"];
+    assert_eq!(body["alert_id"], Value::Null);
+    assert_eq!(body["grouped"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(received[0]["signature_valid"], true);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
 }

@@ -436,12 +436,17 @@ async fn silences_and_history_pruning(store: Arc<dyn Store>) {
         .apply_alert_change(&change(a.clone(), Some(1), "resolved", &[c1]))
         .await
         .unwrap());
-    let claimed = store
-        .claim_deliveries(Utc::now(), Duration::from_secs(30), 10)
-        .await
-        .unwrap();
-    let ids: Vec<Uuid> = claimed.iter().map(|d| d.id).collect();
-    store.mark_delivered(&ids, Utc::now()).await.unwrap();
+    // In order: the resolution to a channel waits until the firing notice is settled.
+    for expected in ["firing", "resolved"] {
+        let claimed = store
+            .claim_deliveries(Utc::now(), Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        let events: Vec<&str> = claimed.iter().map(|d| d.event.as_str()).collect();
+        assert_eq!(events, [expected]);
+        let ids: Vec<Uuid> = claimed.iter().map(|d| d.id).collect();
+        store.mark_delivered(&ids, Utc::now()).await.unwrap();
+    }
 
     // The alert resolved after the cutoff stays; the firing notice sent before it goes.
     let pruned = store.prune_alert_history(ts(50)).await.unwrap();

@@ -562,12 +562,17 @@ impl AlertStore for PostgresStore {
             + chrono::Duration::from_std(lease)
                 .map_err(|e| StoreError::Corrupt(format!("lease: {e}")))?;
         // SKIP LOCKED: instances claiming at the same moment take different rows; the lease
-        // (`locked_until`) keeps a claimed row from being claimed again while it is sent.
+        // (`locked_until`) keeps a claimed row from being claimed again while it is sent. A
+        // notification waits for the earlier ones of its alert to the same channel (order).
         let rows = sqlx::query(
             "UPDATE deliveries SET locked_until = $1, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' \
+             WHERE id IN (SELECT id FROM deliveries d WHERE state = 'pending' \
                           AND next_attempt_at <= $2 \
                           AND (locked_until IS NULL OR locked_until <= $2) \
+                          AND NOT EXISTS (SELECT 1 FROM deliveries e \
+                              WHERE e.alert_id = d.alert_id AND e.channel_id = d.channel_id \
+                              AND e.state = 'pending' AND (e.created_at < d.created_at \
+                                  OR (e.created_at = d.created_at AND e.id < d.id))) \
                           ORDER BY next_attempt_at, created_at LIMIT $3 \
                           FOR UPDATE SKIP LOCKED) \
              RETURNING *",

@@ -631,12 +631,17 @@ impl AlertStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<Delivery>> {
         let until = micros(now) + lease.as_micros() as i64;
-        // SQLite has one writer at a time: the UPDATE ... RETURNING claims atomically.
+        // SQLite has one writer at a time: the UPDATE ... RETURNING claims atomically. A
+        // notification waits for the earlier ones of its alert to the same channel (order).
         let rows = sqlx::query(
             "UPDATE deliveries SET locked_until = ?1, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' \
+             WHERE id IN (SELECT id FROM deliveries d WHERE state = 'pending' \
                           AND next_attempt_at <= ?2 \
                           AND (locked_until IS NULL OR locked_until <= ?2) \
+                          AND NOT EXISTS (SELECT 1 FROM deliveries e \
+                              WHERE e.alert_id = d.alert_id AND e.channel_id = d.channel_id \
+                              AND e.state = 'pending' AND (e.created_at < d.created_at \
+                                  OR (e.created_at = d.created_at AND e.id < d.id))) \
                           ORDER BY next_attempt_at, created_at LIMIT ?3) \
              RETURNING *",
         )
