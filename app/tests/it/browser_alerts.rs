@@ -1,7 +1,8 @@
 //! The alerting pages in a real browser (Chromium through chromedriver, as in `browser.rs`):
 //! channels and rules made in the UI, an alert driven through the ingest pipeline showing in
-//! the banner, the navigation and the Alerts page, acknowledged there and resolved; the device
-//! chart's thresholds and markers; and what a viewer may not do.
+//! the banner, the navigation and the Alerts page and notified to a webhook receiver,
+//! acknowledged there and resolved; the device chart's thresholds and markers; and what a
+//! viewer may not do.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(15);
 struct Receiver {
     _child: tokio::process::Child,
     port: u16,
-    _log: PathBuf,
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -52,8 +53,39 @@ impl Receiver {
         Receiver {
             _child: child,
             port,
-            _log: log,
+            log,
             _dir: dir,
+        }
+    }
+}
+
+impl Receiver {
+    /// The bodies of the requests received so far.
+    fn bodies(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .map(|request| {
+                assert_eq!(request["signature_valid"], true, "signed: {request}");
+                request["body"].clone()
+            })
+            .collect()
+    }
+
+    /// Waits (with a deadline) for a notification in `state` and returns it.
+    async fn wait_for(&self, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(body) = self.bodies().into_iter().find(|b| b["state"] == state) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{state}` notification: {:?}",
+                self.bodies()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -222,7 +254,12 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
             WAIT,
         )
         .await;
-    assert!(!outcome.as_str().unwrap().is_empty());
+    assert_eq!(outcome, json!("Delivered."));
+    let test = receiver.wait_for("test").await;
+    assert!(
+        test["summary"].as_str().unwrap().contains("ops-webhook"),
+        "{test}"
+    );
     browser.screenshots("alert-channels").await;
 
     // A rule made in the editor: pickers filled from the device, a bad threshold named by the
@@ -324,6 +361,10 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
         )
         .await;
     browser.screenshots("alert-banner").await;
+    let fired = receiver.wait_for("firing").await;
+    assert_eq!(fired["rule_name"], "boiler too hot");
+    assert_eq!(fired["device_id"], json!(device));
+    assert_eq!(fired["value"], json!(61.0));
 
     // The Alerts page lists it as firing; ada acknowledges it with a comment.
     browser.click("#firing-link").await;
@@ -384,6 +425,8 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
         .await;
     let stored = alerts(&app, &token).await;
     assert_eq!(stored[0]["state"], "resolved", "{stored:?}");
+    let resolved = receiver.wait_for("resolved").await;
+    assert_eq!(resolved["alert_id"], stored[0]["id"]);
     browser.screenshots("alerts-resolved").await;
 
     // The device chart: the rule's thresholds as lines, the alert's start and end as markers.
