@@ -2,7 +2,8 @@
 // max. Drag (mouse or one finger) pans, the wheel or a pinch zooms around the pointer; when a
 // gesture ends the owner is told the new view so it can load data at a fitting resolution.
 // Hovering with a mouse, or tapping, marks the nearest point and describes it in the readout
-// element (text, so screen readers and tests see it too).
+// element (text, so screen readers and tests see it too). Overlays: horizontal lines (alert
+// thresholds, kept inside the value range) and vertical markers (alert starts and ends).
 "use strict";
 
 class TimeChart {
@@ -23,6 +24,8 @@ class TimeChart {
     this.minSpan = 10e3;
     this.maxSpan = 2 * 366 * 86400e3;
     this.notifyTimer = null;
+    this.lines = [];
+    this.markers = [];
     canvas.style.touchAction = "none";
     canvas.addEventListener("pointerdown", (e) => this.down(e));
     canvas.addEventListener("pointermove", (e) => this.move(e));
@@ -41,6 +44,14 @@ class TimeChart {
     this.points = points;
     this.gapMs = gapMs || Infinity;
     this.unit = unit || "";
+    this.draw();
+  }
+
+  // lines: [{v, label, kind: "threshold" | "clear", severity}];
+  // markers: [{t (ms), kind: "start" | "resolve", label}].
+  setOverlays(lines, markers) {
+    this.lines = lines || [];
+    this.markers = markers || [];
     this.draw();
   }
 
@@ -208,6 +219,12 @@ class TimeChart {
       lo = Math.min(lo, p.min ?? p.v, p.v);
       hi = Math.max(hi, p.max ?? p.v, p.v);
     }
+    // A threshold is worth seeing even when the values stay far from it.
+    for (const l of this.lines) {
+      if (!Number.isFinite(lo)) { lo = l.v; hi = l.v; }
+      lo = Math.min(lo, l.v);
+      hi = Math.max(hi, l.v);
+    }
     if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
     if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
     const pad = (hi - lo) * 0.08;
@@ -264,6 +281,7 @@ class TimeChart {
       r.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.v)) : ctx.moveTo(x(p.t), y(p.v))));
       ctx.stroke();
     }
+    this.drawOverlays(x, y, top, plotH, plotW);
     const marked = this.hoverT === null ? null : this.nearest(this.hoverT, visible);
     if (marked) {
       ctx.strokeStyle = "#111827";
@@ -280,5 +298,37 @@ class TimeChart {
       const text = marked ? this.describe(marked) : "";
       if (this.readout.textContent !== text) this.readout.textContent = text;
     }
+  }
+
+  drawOverlays(x, y, top, plotH, plotW) {
+    const ctx = this.ctx;
+    const colors = { critical: "#b91c1c", warning: "#c2410c", info: "#1d4ed8" };
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "right";
+    ctx.textBaseline = "bottom";
+    for (const l of this.lines) {
+      const color = colors[l.severity] || colors.warning;
+      ctx.strokeStyle = color;
+      ctx.fillStyle = color;
+      ctx.lineWidth = 1.5;
+      ctx.setLineDash(l.kind === "clear" ? [2, 4] : [8, 4]);
+      ctx.beginPath(); ctx.moveTo(this.left, y(l.v)); ctx.lineTo(this.left + plotW, y(l.v)); ctx.stroke();
+      ctx.fillText(l.label, this.left + plotW - 4, y(l.v) - 2);
+    }
+    ctx.setLineDash([]);
+    const shown = [];
+    for (const m of this.markers) {
+      if (m.t < this.t0 || m.t > this.t1) continue;
+      shown.push({ t: m.t, kind: m.kind });
+      const color = m.kind === "resolve" ? "#15803d" : "#b91c1c";
+      ctx.strokeStyle = color;
+      ctx.fillStyle = color;
+      ctx.lineWidth = 1.5;
+      ctx.beginPath(); ctx.moveTo(x(m.t), top); ctx.lineTo(x(m.t), top + plotH); ctx.stroke();
+      ctx.beginPath(); ctx.moveTo(x(m.t) - 5, top); ctx.lineTo(x(m.t) + 5, top); ctx.lineTo(x(m.t), top + 8); ctx.closePath(); ctx.fill();
+    }
+    // What the overlays show, in the DOM for tests and tools.
+    this.canvas.dataset.thresholds = JSON.stringify(this.lines.map((l) => l.v));
+    this.canvas.dataset.markers = JSON.stringify(shown);
   }
 }

@@ -129,10 +129,83 @@ const ddms = (() => {
     pill.dataset.state = kind;
   }
 
+  // A JSON list from the API, whether it came bare or wrapped (`{"alerts": [...]}`).
+  function items(data, key) {
+    if (Array.isArray(data)) return data;
+    if (data && Array.isArray(data[key])) return data[key];
+    if (data && Array.isArray(data.items)) return data.items;
+    return [];
+  }
+
+  // The page chrome's firing alerts: the banner above every page and the count in the
+  // navigation. Loaded once, then kept live from `alert` events; each event also schedules a
+  // reload so that the count converges on the server's even if an event was missed.
+  const firing = new Map();
+  let firingReload = null;
+
+  function renderFiring() {
+    const n = firing.size;
+    const acked = [...firing.values()].filter((a) => a.acknowledged_at).length;
+    const critical = [...firing.values()].some((a) => a.severity === "critical");
+    const banner = $("firing-banner");
+    const count = $("nav-alert-count");
+    if (banner) {
+      $("firing-link").textContent = (n === 1 ? "1 alert is firing" : n + " alerts are firing") +
+        (acked ? " (" + acked + " acknowledged)" : "") + " — show alerts";
+      banner.dataset.count = String(n);
+      banner.dataset.severity = critical ? "critical" : "warning";
+      banner.hidden = n === 0;
+    }
+    if (count) {
+      count.textContent = n ? String(n) : "";
+      count.dataset.count = String(n);
+      count.hidden = n === 0;
+    }
+  }
+
+  async function loadFiring() {
+    try {
+      const list = items(await api("/api/alerts?state=firing", { noRedirect: true }), "alerts");
+      firing.clear();
+      for (const a of list) if (a.state === "firing") firing.set(a.id, a);
+      renderFiring();
+    } catch (err) {
+      // Alerting is an addition to the page; its failure must not break the page.
+      console.warn(err);
+    }
+  }
+
+  function onAlertEvent(data) {
+    // An event is a transition: `{alert_id, event, state, severity, at, …}`.
+    const alert = (data && data.alert) || data || {};
+    const id = alert.alert_id || alert.id;
+    if (id) {
+      if (alert.state === "firing") {
+        const known = firing.get(id) || {};
+        firing.set(id, Object.assign({}, known, alert, {
+          id,
+          acknowledged_at: alert.event === "acknowledged" ? alert.at : known.acknowledged_at,
+        }));
+      } else firing.delete(id);
+      renderFiring();
+    }
+    clearTimeout(firingReload);
+    firingReload = setTimeout(loadFiring, 500);
+  }
+
+  let streaming = false;
+
   // The page's one live connection: every device's events on one EventSource (browsers allow
   // ~6 connections per host). With a bearer token, which EventSource cannot send, the same
-  // stream is read with fetch. Reconnects resume from the last event id.
-  function stream(handlers) {
+  // stream is read with fetch. Reconnects resume from the last event id. The chrome's alert
+  // count listens on the same connection, whatever the page's own handlers are.
+  function stream(pageHandlers) {
+    streaming = true;
+    const handlers = Object.assign({}, pageHandlers);
+    const pageAlert = handlers.alert;
+    handlers.alert = (data) => { onAlertEvent(data); if (pageAlert) pageAlert(data); };
+    const pageReset = handlers.reset;
+    handlers.reset = (data) => { loadFiring(); if (pageReset) pageReset(data); };
     const token = sessionStorage.getItem("ddms.token");
     let downTimer = null;
     const up = () => { clearTimeout(downTimer); downTimer = null; show("stream-down", false); setConnection("live", "live"); };
@@ -235,13 +308,79 @@ const ddms = (() => {
         if (err.status !== 401) pageError(err);
         return;
       }
+      loadFiring();
       try {
         await main();
       } catch (err) {
         pageError(err);
       }
+      // Every page keeps the firing count live, also those without live data of their own.
+      if (!streaming) stream({});
     });
   }
 
-  return { $, show, el, api, ApiError, can, state, pageError, stream, start, formatValue, formatTime, me: () => me, takeToken, toLogin };
+  // Marks the fields a 422 names (`data-field` equal to the error's field, or the nearest
+  // enclosing one: `settings.headers` for `settings.headers.X-Foo`, `channels` for
+  // `channels[2]`); what matches no field goes into `summary`.
+  function clearFieldErrors(form) {
+    for (const e of form.querySelectorAll(".field-error.dynamic")) e.remove();
+    for (const e of form.querySelectorAll("[aria-invalid]")) e.removeAttribute("aria-invalid");
+  }
+
+  function fieldErrors(form, err, summary) {
+    clearFieldErrors(form);
+    if (!form.dataset.errorsClear) {
+      // A marked field loses its mark as soon as it is edited.
+      form.dataset.errorsClear = "1";
+      form.addEventListener("input", (event) => {
+        const control = event.target;
+        if (!control.hasAttribute || !control.hasAttribute("aria-invalid")) return;
+        control.removeAttribute("aria-invalid");
+        const note = control.nextElementSibling;
+        if (note && note.classList.contains("dynamic")) note.remove();
+      });
+    }
+    const list = err.errors && err.errors.length ? err.errors : [{ field: err.field, message: err.message }];
+    const controls = [...form.querySelectorAll("[data-field]")].filter((c) => !c.closest("[hidden]"));
+    const unplaced = [];
+    for (const { field, message } of list) {
+      let target = null;
+      if (field) {
+        target = controls.find((c) => c.dataset.field === field) || null;
+        if (!target) {
+          for (const c of controls) {
+            const f = c.dataset.field;
+            if ((field.startsWith(f + ".") || field.startsWith(f + "[")) && (!target || f.length > target.dataset.field.length)) target = c;
+          }
+        }
+      }
+      if (!target) { unplaced.push(field ? field + ": " + message : message); continue; }
+      const text = target.dataset.field === field ? message : field + ": " + message;
+      const note = el("span", { class: "field-error dynamic", "data-error-field": field, text });
+      target.setAttribute("aria-invalid", "true");
+      if (target.matches("input, select, textarea")) target.insertAdjacentElement("afterend", note);
+      else target.appendChild(note);
+    }
+    const first = form.querySelector("input[aria-invalid], select[aria-invalid], textarea[aria-invalid]");
+    if (first) first.focus();
+    if (summary) {
+      summary.textContent = unplaced.length ? unplaced.join("; ") : "Please correct the marked field" + (list.length > 1 ? "s" : "") + ".";
+      summary.hidden = false;
+    }
+  }
+
+  // Seconds as people say them: 90 → "1 min 30 s".
+  function formatDuration(seconds) {
+    const s = Number(seconds);
+    if (!Number.isFinite(s)) return "—";
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min" + (s % 60 ? " " + (s % 60) + " s" : "");
+    if (s < 86400) return Math.floor(s / 3600) + " h" + (Math.floor(s % 3600 / 60) ? " " + Math.floor(s % 3600 / 60) + " min" : "");
+    return Math.floor(s / 86400) + " d" + (Math.floor(s % 86400 / 3600) ? " " + Math.floor(s % 86400 / 3600) + " h" : "");
+  }
+
+  return {
+    $, show, el, api, ApiError, can, state, pageError, stream, start, formatValue, formatTime, formatDuration,
+    items, fieldErrors, clearFieldErrors, me: () => me, takeToken, toLogin,
+  };
 })();

@@ -13,6 +13,44 @@
   let step = "raw";
   let follow = true;
   let loadSeq = 0;
+  let alertRules = [];
+  let deviceAlerts = [];
+  const ALERT_HISTORY_MS = 31 * 86400e3;
+
+  // The thresholds of the rules watching the shown metric, and its alerts' starts and ends.
+  function renderOverlays() {
+    if (!chart || !device) return;
+    const lines = alertRules
+      .filter((r) => r.enabled !== false && ddmsAlerts.appliesTo(r, device, metric))
+      .flatMap(ddmsAlerts.lines);
+    const markers = [];
+    for (const a of deviceAlerts) {
+      if (a.metric !== metric) continue;
+      const name = a.rule_name || "alert";
+      if (a.started_at) markers.push({ t: Date.parse(a.started_at), kind: "start", label: name + " fired" });
+      if (a.resolved_at && a.started_at) markers.push({ t: Date.parse(a.resolved_at), kind: "resolve", label: name + " resolved" });
+    }
+    chart.setOverlays(lines, markers);
+    const legend = lines.length || markers.length
+      ? "Dashed lines: alert thresholds" + (markers.length ? "; red marks: alerts fired, green: resolved." : ".")
+      : "";
+    $("chart-alerts").textContent = legend;
+  }
+
+  async function loadAlertOverlays() {
+    const since = new Date(Date.now() - ALERT_HISTORY_MS).toISOString();
+    // Alerting is an addition to this page: when it cannot be read the chart shows none of it.
+    const [rules, groups, alerts] = await Promise.all([
+      api("/api/alert-rules").catch(() => []),
+      api("/api/groups").catch(() => []),
+      api("/api/alerts?device_id=" + encodeURIComponent(id) + "&since=" + encodeURIComponent(since)).catch(() => []),
+    ]);
+    // Rules name their group by id, devices by name.
+    const groupNames = new Map(ddms.items(groups, "groups").map((g) => [g.id, g.name]));
+    alertRules = ddms.items(rules, "rules").map((r) => Object.assign({ group_name: groupNames.get(r.group_id) }, r));
+    deviceAlerts = ddms.items(alerts, "alerts");
+    renderOverlays();
+  }
 
   // Raw readings for up to 3 hours, 1-minute buckets up to 3 days, 1-hour buckets beyond.
   function stepFor(span) {
@@ -81,6 +119,7 @@
     const gap = step === "raw" ? medianGap(points) * 5 : (step === "1m" ? 60e3 : 3600e3) * 2.5;
     chart.setData(points, gap, (latest[metric] || {}).unit);
     chart.setView(t0, t1);
+    renderOverlays();
     $("chart-step").textContent = step === "raw"
       ? "Raw readings (" + points.length + ")."
       : (step === "1m" ? "1-minute" : "1-hour") + " averages with min–max band (" + points.length + " buckets).";
@@ -150,7 +189,12 @@
       loadChart(t0, t1);
     });
     selectRange("1h");
+    loadAlertOverlays();
     stream({
+      alert(data) {
+        if (data && data.device_id && data.device_id !== id) return;
+        loadAlertOverlays();
+      },
       reading(data) {
         if (data.device_id !== id) return;
         for (const r of data.readings) {
@@ -168,7 +212,7 @@
         device.status = data;
         renderHeader();
       },
-      reset() { selectRange("1h"); },
+      reset() { selectRange("1h"); loadAlertOverlays(); },
     });
   });
 })();

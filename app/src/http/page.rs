@@ -67,6 +67,24 @@ const AUDIT: Page = Page {
     script: "audit.js",
     body: include_str!("../../assets/pages/audit.html"),
 };
+const ALERTS: Page = Page {
+    id: "alerts",
+    title: "Alerts",
+    script: "alerts.js",
+    body: include_str!("../../assets/pages/alerts.html"),
+};
+const ALERT_RULES: Page = Page {
+    id: "alert-rules",
+    title: "Alert rules",
+    script: "alert-rules.js",
+    body: include_str!("../../assets/pages/alert-rules.html"),
+};
+const CHANNELS: Page = Page {
+    id: "channels",
+    title: "Notification channels",
+    script: "channels.js",
+    body: include_str!("../../assets/pages/channels.html"),
+};
 const LOGIN: Page = Page {
     id: "login",
     title: "Sign in",
@@ -99,6 +117,18 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("settings.js", JS, include_str!("../../assets/settings.js")),
     ("users.js", JS, include_str!("../../assets/users.js")),
     ("audit.js", JS, include_str!("../../assets/audit.js")),
+    ("alerts.js", JS, include_str!("../../assets/alerts.js")),
+    (
+        "alert-logic.js",
+        JS,
+        include_str!("../../assets/alert-logic.js"),
+    ),
+    (
+        "alert-rules.js",
+        JS,
+        include_str!("../../assets/alert-rules.js"),
+    ),
+    ("channels.js", JS, include_str!("../../assets/channels.js")),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 
@@ -106,7 +136,10 @@ const JS: &str = "text/javascript; charset=utf-8";
 const NAV: &[(&str, &str, &str, &str)] = &[
     ("dashboard", "/", "Dashboard", "viewer"),
     ("notifications", "/notifications", "Notifications", "viewer"),
+    ("alerts", "/alerts", "Alerts", "viewer"),
     ("admin-devices", "/admin/devices", "Devices", "admin"),
+    ("alert-rules", "/admin/alerts", "Alert rules", "admin"),
+    ("channels", "/admin/channels", "Channels", "admin"),
     ("audit", "/admin/audit", "Audit log", "admin"),
     ("users", "/admin/users", "Users and tokens", "owner"),
     ("settings", "/admin/settings", "Settings", "owner"),
@@ -122,8 +155,14 @@ fn render(page: &Page) -> Response {
         };
         // Hidden until the script knows the role; a viewer never sees admin entries.
         let hidden = if *role == "viewer" { "" } else { " hidden" };
+        // The Alerts entry carries the live count of firing alerts (common.js fills it).
+        let count = if *id == "alerts" {
+            "<span id=\"nav-alert-count\" class=\"nav-count\" hidden></span>"
+        } else {
+            ""
+        };
         nav.push_str(&format!(
-            "<a href=\"{href}\" data-role=\"{role}\"{current}{hidden}>{label}</a>"
+            "<a href=\"{href}\" data-role=\"{role}\"{current}{hidden}>{label}{count}</a>"
         ));
     }
     let html = format!(
@@ -143,14 +182,17 @@ fn render(page: &Page) -> Response {
          <p id=\"stream-down\" class=\"banner warn\" role=\"status\" hidden>The live connection \
          to the server is lost; reconnecting…</p>\n\
          <p id=\"page-error\" class=\"banner error\" role=\"alert\" hidden></p>\n\
+         <p id=\"firing-banner\" class=\"banner firing\" role=\"status\" hidden>\
+         <a id=\"firing-link\" href=\"/alerts\"></a></p>\n\
          {body}\n</main>\n</body>\n</html>\n",
         title = page.title,
         id = page.id,
         script = page.script,
-        chart = if page.id == "device" {
-            "<script src=\"/assets/chart.js\" defer></script>\n"
-        } else {
-            ""
+        chart = match page.id {
+            "device" => "<script src=\"/assets/chart.js\" defer></script>\n\
+                         <script src=\"/assets/alert-logic.js\" defer></script>\n",
+            "alert-rules" => "<script src=\"/assets/alert-logic.js\" defer></script>\n",
+            _ => "",
         },
         nav_hidden = if page.id == "login" { " hidden" } else { "" },
         body = page.body,
@@ -191,6 +233,18 @@ pub async fn users() -> Response {
 
 pub async fn audit() -> Response {
     render(&AUDIT)
+}
+
+pub async fn alerts() -> Response {
+    render(&ALERTS)
+}
+
+pub async fn alert_rules() -> Response {
+    render(&ALERT_RULES)
+}
+
+pub async fn channels() -> Response {
+    render(&CHANNELS)
 }
 
 pub async fn login() -> Response {

@@ -22,8 +22,8 @@ use crate::support::app::{spawn_app, Db, TestApp};
 /// Browsers are heavy on a 2-core machine: one at a time across the test binary.
 static ONE_BROWSER: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: tokio::process::Child,
     _profile: tempfile::TempDir,
     _permit: tokio::sync::SemaphorePermit<'static>,
@@ -46,7 +46,7 @@ fn find_program(names: &[&str]) -> PathBuf {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         let permit = ONE_BROWSER.acquire().await.unwrap();
         let driver_bin = find_program(&["chromedriver"]);
         let chromium = find_program(&["chromium", "chromium-browser"]);
@@ -103,19 +103,19 @@ impl Browser {
     }
 
     /// Opens `path` of the app, signed in with an API token (taken from the URL fragment).
-    async fn open_with_token(&self, app: &TestApp, path: &str, token: &str) {
+    pub(crate) async fn open_with_token(&self, app: &TestApp, path: &str, token: &str) {
         self.client
             .goto(&format!("{}#token={token}", app.url(path)))
             .await
             .unwrap();
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub(crate) async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
     }
 
     /// Polls a JavaScript expression until it is truthy; returns its value.
-    async fn wait_js(&self, expression: &str, timeout: Duration) -> Value {
+    pub(crate) async fn wait_js(&self, expression: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let value = self.js(&format!("return ({expression}) || null;")).await;
@@ -130,7 +130,7 @@ impl Browser {
         }
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
             .await
@@ -140,7 +140,7 @@ impl Browser {
             .unwrap()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.client
             .find(Locator::Css(css))
             .await
@@ -150,14 +150,14 @@ impl Browser {
             .unwrap();
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let input = self.client.find(Locator::Css(css)).await.unwrap();
         input.clear().await.unwrap();
         input.send_keys(text).await.unwrap();
     }
 
     /// Screenshots of the current page at 1280 px and 800 px wide.
-    async fn screenshots(&self, name: &str) {
+    pub(crate) async fn screenshots(&self, name: &str) {
         let dir = screenshot_dir();
         for width in [1280u32, 800] {
             self.client.set_window_size(width, 900).await.unwrap();
@@ -169,7 +169,7 @@ impl Browser {
         self.client.set_window_size(1280, 900).await.unwrap();
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.client.close().await.unwrap();
     }
 }
@@ -183,7 +183,7 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-async fn create_device(app: &TestApp, token: &str, body: Value) -> Uuid {
+pub(crate) async fn create_device(app: &TestApp, token: &str, body: Value) -> Uuid {
     let response = app.post_json("/api/devices", Some(token), &body).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
@@ -461,8 +461,8 @@ async fn a_viewer_sees_no_admin_controls_and_cannot_change_anything() {
         .await;
     assert_eq!(
         visible,
-        json!(["Dashboard", "Notifications"]),
-        "no Devices, Settings, Users or Audit"
+        json!(["Dashboard", "Notifications", "Alerts"]),
+        "no Devices, alert rules, channels, Settings, Users or Audit"
     );
 
     browser
@@ -617,7 +617,7 @@ async fn device_names_holding_markup_or_sql_are_shown_as_text_and_run_nothing() 
 
 const PASSWORD: &str = "correct horse battery staple";
 
-async fn add_user(app: &TestApp, username: &str, role: Role) {
+pub(crate) async fn add_user(app: &TestApp, username: &str, role: Role) {
     app.store
         .create_user(&ddms::store::NewUser {
             username: username.into(),
@@ -629,7 +629,7 @@ async fn add_user(app: &TestApp, username: &str, role: Role) {
 }
 
 /// Signs in through the login form; waits for the page `next` to know who is signed in.
-async fn log_in(browser: &Browser, app: &TestApp, username: &str, next: &str) {
+pub(crate) async fn log_in(browser: &Browser, app: &TestApp, username: &str, next: &str) {
     browser
         .client
         .goto(&app.url(&format!("/login?next={next}")))
@@ -688,7 +688,10 @@ async fn an_owner_logs_in_sees_readings_live_over_event_source_and_changes_setti
         json!([
             "Dashboard",
             "Notifications",
+            "Alerts",
             "Devices",
+            "Alert rules",
+            "Channels",
             "Audit log",
             "Users and tokens",
             "Settings"
@@ -837,7 +840,7 @@ async fn a_viewer_with_a_session_sees_no_settings_and_every_write_is_refused() {
     let nav = browser
         .js("return [...document.querySelectorAll('#nav a')].filter(a => a.offsetParent !== null).map(a => a.textContent);")
         .await;
-    assert_eq!(nav, json!(["Dashboard", "Notifications"]));
+    assert_eq!(nav, json!(["Dashboard", "Notifications", "Alerts"]));
     browser
         .client
         .goto(&app.url("/admin/settings"))

@@ -720,7 +720,15 @@ async fn the_live_page_is_served_with_its_assets_and_no_inline_script() {
         .starts_with("text/javascript"));
     assert!(js.text().await.unwrap().contains("/api/stream"));
     assert_eq!(app.get("/assets/style.css").await.status(), 200);
-    for page in ["/login", "/devices/x", "/admin/devices", "/notifications"] {
+    for page in [
+        "/login",
+        "/devices/x",
+        "/admin/devices",
+        "/notifications",
+        "/alerts",
+        "/admin/alerts",
+        "/admin/channels",
+    ] {
         let response = app.get(page).await;
         assert_eq!(response.status(), 200, "{page}");
         let html = response.text().await.unwrap();

@@ -10,6 +10,7 @@ mod backup;
 mod broker;
 mod brokers;
 mod browser;
+mod browser_alerts;
 mod channels;
 mod cli;
 mod demo;
