@@ -21,6 +21,9 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 
+#[cfg(test)]
+mod properties;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Commit the binary was built from (`unknown` outside a git checkout).
 pub const GIT_SHA: &str = env!("BUILD_GIT_SHA");

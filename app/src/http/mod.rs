@@ -6,7 +6,7 @@ mod admin;
 pub mod api;
 mod audit;
 mod backups;
-mod devices;
+pub(crate) mod devices;
 mod error;
 pub mod extract;
 mod hashing;

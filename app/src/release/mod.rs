@@ -13,13 +13,13 @@
 //! under `--root`, ports, nginx, timeouts). The application configuration file is only handed
 //! to the new release's own `ddms migrate` and, with the direct service manager, `ddms serve`.
 
-mod artifact;
+pub(crate) mod artifact;
 pub mod deploy;
 mod lock;
 mod nginx;
 mod probe;
 mod service;
-mod state;
+pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
