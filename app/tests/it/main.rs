@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod demo;
 mod devices;
+mod durability;
 mod hardening;
 mod ingest;
 mod modbus;
