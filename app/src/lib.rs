@@ -17,6 +17,7 @@ pub mod release;
 pub mod retention;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
 pub mod status;
 pub mod store;
 pub mod telemetry;

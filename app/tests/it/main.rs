@@ -21,4 +21,5 @@ mod readiness;
 mod release;
 mod security;
 mod settings;
+mod shutdown;
 mod storage;
