@@ -686,7 +686,7 @@ fn local_archives(dir: &Path) -> Result<Vec<(String, u64)>, BackupError> {
 }
 
 /// The manifest of backup `name`, refused when damaged or of a newer format than this ddms reads.
-pub(crate) fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest, BackupError> {
+pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest, BackupError> {
     let manifest: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| damaged(name)(format!("unreadable manifest: {e}")))?;
     if manifest.format > FORMAT {
@@ -710,7 +710,7 @@ pub(crate) fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest, Backu
 }
 
 /// One path component naming a file: what `data/` of an archive may hold.
-pub(crate) fn is_plain_file_name(path: &str) -> bool {
+pub fn is_plain_file_name(path: &str) -> bool {
     !path.is_empty() && path != "." && path != ".." && !path.contains(['/', '\\', '\0'])
 }
 

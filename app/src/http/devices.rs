@@ -383,7 +383,7 @@ fn supported_time(parameter: &str, time: DateTime<Utc>) -> Result<DateTime<Utc>,
 
 /// A readings request's parameters, checked against the limits above.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ReadingsWindow {
+pub struct ReadingsWindow {
     pub metric: String,
     /// `None` for raw readings.
     pub step: Option<RollupStep>,
@@ -394,7 +394,7 @@ pub(crate) struct ReadingsWindow {
 
 /// Checks a readings query without touching the store (a pure function, so that its bounds can
 /// be property-tested); `now` is the default `to`.
-pub(crate) fn readings_window(
+pub fn readings_window(
     query: ReadingsQuery,
     now: DateTime<Utc>,
 ) -> Result<ReadingsWindow, ApiError> {

@@ -36,6 +36,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+pub use devices::{readings_window, ReadingsQuery, ReadingsWindow};
 pub use error::{error_body, ApiError};
 pub use metrics::Metrics;
 

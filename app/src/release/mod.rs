@@ -24,14 +24,14 @@ pub(crate) mod state;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use artifact::{install, Installed};
+pub use artifact::{install, parse_version_output, release_name, Installed};
 pub use deploy::{activate, rollback, Abort};
 pub use lock::LockInfo;
 pub use nginx::Nginx;
 pub use service::{Direct, ServiceManager, ServiceManagerKind, Systemd};
 pub use state::{
-    list_releases, prune, status, DeployRecord, HostState, Outcome, PruneReport, ReleaseMeta,
-    SlotStatus, Status, Step, StepRecord, StepResult,
+    list_releases, prune, status, valid_release_name, DeployRecord, HostState, Outcome,
+    PruneReport, ReleaseMeta, SlotStatus, Status, Step, StepRecord, StepResult,
 };
 
 use crate::config::Slot;
