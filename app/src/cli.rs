@@ -435,6 +435,9 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
     });
+    // Dropping the runtime would wait for every blocking task (a backup's tar writer, say) with
+    // no bound; the stop already had its deadline (`http.shutdown_timeout`).
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

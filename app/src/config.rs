@@ -69,7 +69,9 @@ pub struct HttpConfig {
     pub body_limit: usize,
     #[serde(with = "seconds")]
     pub request_timeout: Duration,
-    /// How long in-flight requests may finish after SIGTERM before the process exits anyway.
+    /// The whole stop after SIGTERM — lame duck, in-flight requests, producers, the ingest flush,
+    /// the event log — shares this one deadline (`shutdown.rs`). Keep it below the service
+    /// manager's stop timeout (systemd `TimeoutStopSec=40`) by a few seconds.
     #[serde(with = "seconds")]
     pub shutdown_timeout: Duration,
     /// Connections served at once; beyond, new ones wait in the listen backlog.

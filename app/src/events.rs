@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
@@ -23,8 +23,17 @@ use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 pub const TAIL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events older than this leave the log: long enough to resume across a reconnect or a deploy.
 pub const LOG_RETENTION: Duration = Duration::from_secs(15 * 60);
-/// Most events replayed from the log to one reconnecting client; older ones are reported lost.
-pub const MAX_LOG_REPLAY: u32 = 20_000;
+/// Most events replayed to one reconnecting client (`Last-Event-ID`), from the log and the
+/// buffer together; a client further behind gets `reset` and reloads its state instead (a replay
+/// is read, held and written per connection: without a cap, reconnecting clients could make
+/// every instance read and hold tens of thousands of events each).
+pub const MAX_REPLAY: u64 = 5_000;
+/// Most events read from the log for one replay (what [`MAX_REPLAY`] allows).
+pub const MAX_LOG_REPLAY: u32 = MAX_REPLAY as u32;
+/// Replays read and sent at once, across all connections; more wait for a turn.
+pub const MAX_CONCURRENT_REPLAYS: usize = 32;
+/// The longest a reconnecting client waits for a replay turn before it gets `reset` instead.
+pub const REPLAY_WAIT: Duration = Duration::from_secs(2);
 /// Queued events waiting for the log; beyond this, new events are dropped (and counted).
 const OUTBOX_CAPACITY: usize = 65_536;
 /// Events appended in one transaction.
@@ -105,6 +114,7 @@ pub struct EventHub {
     capacity: usize,
     outbox: mpsc::Sender<NewEvent>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    replays: Arc<Semaphore>,
 }
 
 /// The receiving end of the hub's queue, handed to [`run_log`].
@@ -117,9 +127,11 @@ pub struct Subscription {
     pub live: broadcast::Receiver<Arc<Event>>,
     /// Live events up to this id were already replayed or seen elsewhere: skip them.
     pub skip_through: Option<u64>,
-    /// Some events the client asked for are gone (pruned, or the id is unknown): it should
-    /// reload its state.
+    /// Some events the client asked for are gone (pruned, or the id is unknown), or more than
+    /// [`MAX_REPLAY`]: it should reload its state.
     pub gap: bool,
+    /// Held until the replay is written ([`MAX_CONCURRENT_REPLAYS`]).
+    pub replay_turn: Option<OwnedSemaphorePermit>,
 }
 
 /// A subscription before the log part of its replay was read.
@@ -130,6 +142,8 @@ struct Pending {
     /// Read (after, upto] from the log before the buffered events.
     from_log: Option<(u64, u64)>,
     position: Option<u64>,
+    /// More than [`MAX_REPLAY`] events after `last`: none are replayed.
+    too_far: bool,
 }
 
 impl EventHub {
@@ -145,6 +159,7 @@ impl EventHub {
             capacity: capacity.max(1),
             outbox,
             dropped: Arc::default(),
+            replays: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLAYS)),
         };
         (hub, Outbox(receiver))
     }
@@ -216,11 +231,17 @@ impl EventHub {
             live,
             from_log: None,
             position: inner.position,
+            too_far: false,
         };
         let (Some(last), Some(position)) = (last, inner.position) else {
             return pending;
         };
         if last >= position {
+            return pending;
+        }
+        // Ids increase by one per event (gaps only where a transaction rolled back).
+        if position - last > MAX_REPLAY {
+            pending.too_far = true;
             return pending;
         }
         let oldest = inner.buffer.front().map(|e| e.id);
@@ -249,9 +270,30 @@ impl EventHub {
                 live: pending.live,
                 skip_through: None,
                 gap: false,
+                replay_turn: None,
             };
         };
-        let mut gap = false;
+        let mut gap = pending.too_far;
+        let replay_turn = if pending.from_log.is_some() || !pending.buffered.is_empty() {
+            match self.replay_turn().await {
+                Some(turn) => Some(turn),
+                None => {
+                    tracing::warn!(
+                        limit = MAX_CONCURRENT_REPLAYS,
+                        "too many live streams resuming at once; this one gets a reset"
+                    );
+                    return Subscription {
+                        replay: Vec::new(),
+                        live: pending.live,
+                        skip_through: None,
+                        gap: true,
+                        replay_turn: None,
+                    };
+                }
+            }
+        } else {
+            None
+        };
         let mut replay = Vec::new();
         let mut skip_through = None;
         match pending.position {
@@ -287,7 +329,16 @@ impl EventHub {
             live: pending.live,
             skip_through,
             gap,
+            replay_turn,
         }
+    }
+
+    /// A turn to replay, waiting at most [`REPLAY_WAIT`] for one.
+    async fn replay_turn(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(REPLAY_WAIT, self.replays.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -493,6 +544,38 @@ mod tests {
         assert_eq!(pending.from_log, Some((2, 7)));
         let ids: Vec<u64> = pending.buffered.iter().map(|e| e.id).collect();
         assert_eq!(ids, [8, 9, 10]);
+    }
+
+    #[test]
+    fn a_client_too_far_behind_gets_no_replay() {
+        let (hub, _outbox) = EventHub::new(10_000);
+        hub.start_at(0);
+        hub.surface((1..=MAX_REPLAY as i64 + 2).map(stored).collect());
+        let pending = hub.begin(Some(1));
+        assert!(pending.too_far);
+        assert!(pending.buffered.is_empty());
+        assert_eq!(pending.from_log, None);
+        let pending = hub.begin(Some(2));
+        assert!(!pending.too_far);
+        assert_eq!(pending.buffered.len() as u64, MAX_REPLAY);
+    }
+
+    #[tokio::test]
+    async fn replays_at_once_are_bounded() {
+        let (hub, _outbox) = EventHub::new(10);
+        let mut turns = Vec::new();
+        for _ in 0..MAX_CONCURRENT_REPLAYS {
+            turns.push(hub.replay_turn().await.expect("a turn"));
+        }
+        assert!(
+            hub.replay_turn().await.is_none(),
+            "one more waits, then gives up"
+        );
+        turns.pop();
+        assert!(
+            hub.replay_turn().await.is_some(),
+            "a finished replay frees its turn"
+        );
     }
 
     #[test]

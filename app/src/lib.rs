@@ -18,9 +18,13 @@ pub mod release;
 pub mod retention;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+
+#[cfg(test)]
+mod properties;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Commit the binary was built from (`unknown` outside a git checkout).

@@ -26,6 +26,7 @@ use crate::mqtt::dynsec::Dynsec;
 use crate::mqtt::{BrokerConnection, Ingester, IngesterSettings, Limits};
 use crate::retention::RetentionMetrics;
 use crate::settings::{RuntimeSettings, Settings};
+use crate::shutdown::ShutdownBudget;
 use crate::status::StatusBoard;
 use crate::store::{self, Store};
 
@@ -406,6 +407,8 @@ impl Server {
             )),
         };
 
+        // Set when the stop signal arrives: every phase below shares this one deadline.
+        let mut budget = None;
         let served = tokio::select! {
             result = &mut server => result.context("HTTP server task failed")?.context("HTTP server failed"),
             () = shutdown => {
@@ -413,12 +416,13 @@ impl Server {
                 // new slot. Then keep answering while requests still arrive: after a blue-green
                 // switch, nginx's old workers finish their connections' requests on this slot,
                 // and a closed port would turn them into 502s.
+                let stop = *budget.insert(ShutdownBudget::start(config.http.shutdown_timeout));
                 tracing::info!("shutting down: live streams ended; serving until requests stop arriving");
                 stop_http.cancel();
-                let waited = wait_for_quiet(&metrics, config.http.shutdown_timeout).await;
+                let waited = wait_for_quiet(&metrics, stop.before_flush(MAX_LAME_DUCK)).await;
                 tracing::info!(waited_ms = waited.as_millis() as u64, timeout_s = config.http.shutdown_timeout.as_secs(), "shutting down: no new connections, finishing in-flight requests");
                 stop_accepting.cancel();
-                match tokio::time::timeout(config.http.shutdown_timeout, &mut server).await {
+                match tokio::time::timeout(stop.before_flush(config.http.shutdown_timeout), &mut server).await {
                     Ok(result) => result.context("HTTP server task failed")?.context("HTTP server failed"),
                     Err(_) => {
                         tracing::warn!("in-flight requests did not finish within http.shutdown_timeout; closing them");
@@ -428,25 +432,37 @@ impl Server {
                 }
             }
         };
+        let budget = budget.unwrap_or_else(|| ShutdownBudget::start(config.http.shutdown_timeout));
         stop_http.cancel();
         stop_accepting.cancel();
         stop_producers.cancel();
-        producers.wait().await;
+        let all = config.http.shutdown_timeout;
+        if tokio::time::timeout(budget.before_flush(all), producers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("producers did not stop within the shutdown budget; left behind");
+        }
         background.close();
-        background.wait().await;
-        backups.finish(config.http.shutdown_timeout).await;
+        if tokio::time::timeout(budget.before_flush(all), background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within the shutdown budget; left behind");
+        }
+        backups.finish(budget.before_flush(all)).await;
         // Last producer handle gone: the writer commits what is queued, then ends.
         drop(ingest);
-        let flush = tokio::time::timeout(config.http.shutdown_timeout, writer);
+        let flush = tokio::time::timeout(budget.for_flush(all), writer);
         match flush.await {
             Ok(_) => tracing::info!("ingest pipeline flushed"),
             Err(_) => {
-                tracing::error!("the ingest pipeline did not flush within http.shutdown_timeout (database down?); unacknowledged MQTT messages will be redelivered");
+                tracing::error!("the ingest pipeline did not flush within what was left of http.shutdown_timeout (database down?); unacknowledged MQTT messages will be redelivered");
                 abort_writer.cancel();
             }
         }
         stop_event_log.cancel();
-        if tokio::time::timeout(EVENT_LOG_FLUSH_TIMEOUT, event_log)
+        if tokio::time::timeout(budget.last(EVENT_LOG_FLUSH_TIMEOUT), event_log)
             .await
             .is_err()
         {

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod certs;
 mod deploy;
+mod fuzz;
 mod image;
 mod images;
 mod smoke;
@@ -33,6 +34,9 @@ tasks:
   bench deploy [--switches N] [--rate R] [--min-requests M]
                       blue-green switches under load on the Docker e2e fleet: switch time,
                       per-host deploy time, failed requests; JSON in target/bench/
+  fuzz [--seconds N] [--target NAME]... [--dev]
+                      each fuzz target of app/fuzz/ for N seconds (default 30) with cargo fuzz
+                      (nightly; cargo-fuzz installed if missing); fails on any crash. Not in `ci`
   image [--repository NAME] [--locked]
                       the container image of ops/container/: a static ddms (crt-static glibc)
                       on scratch, tagged NAME:<version> and NAME:latest (default NAME: ddms)
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
         ),
         Some("images") => images::build_local_images(&sh, flag("--force")),
         Some("bench") => bench::run(&sh, &args[1..]),
+        Some("fuzz") => fuzz::run(&sh, &fuzz::parse(&args[1..])?),
         Some("image") => image::run(&sh, &image::parse(&args[1..])?).map(|_| ()),
         Some("build") => build::run(&sh, flag("--locked")).map(|_| ()),
         Some("smoke") => smoke::run(&sh, false),

@@ -121,9 +121,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Rows in all tables.
+    /// Rows in all tables. Saturating: the counts come from an archive, which may lie.
     pub fn rows(&self) -> u64 {
-        self.snapshot.tables.iter().map(|t| t.rows).sum()
+        self.snapshot
+            .tables
+            .iter()
+            .fold(0u64, |sum, t| sum.saturating_add(t.rows))
     }
 
     /// "sqlite database of <time>, 15 tables, 1234 rows".
@@ -583,14 +586,7 @@ impl Backups {
                 (archive_path.clone(), unpacked.clone(), name.clone());
             blocking(move || {
                 let bytes = archive::unpack(&archive_path, &unpacked).map_err(damaged(&name))?;
-                let manifest: Manifest = serde_json::from_slice(&bytes)
-                    .map_err(|e| damaged(&name)(format!("unreadable manifest: {e}")))?;
-                if manifest.format > FORMAT {
-                    return Err(BackupError::Incompatible(format!(
-                        "backup {name} has format {} (this ddms reads up to {FORMAT}); use a newer ddms",
-                        manifest.format
-                    )));
-                }
+                let manifest = parse_manifest(&name, &bytes)?;
                 check_files(&manifest, &archive::data_dir(&unpacked)).map_err(damaged(&name))?;
                 Ok(manifest)
             })
@@ -687,6 +683,35 @@ fn local_archives(dir: &Path) -> Result<Vec<(String, u64)>, BackupError> {
         .collect();
     archives.sort_by(|a, b| b.0.cmp(&a.0));
     Ok(archives)
+}
+
+/// The manifest of backup `name`, refused when damaged or of a newer format than this ddms reads.
+pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest, BackupError> {
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| damaged(name)(format!("unreadable manifest: {e}")))?;
+    if manifest.format > FORMAT {
+        return Err(BackupError::Incompatible(format!(
+            "backup {name} has format {} (this ddms reads up to {FORMAT}); use a newer ddms",
+            manifest.format
+        )));
+    }
+    // The files are read (and restored) as `data/<path>`: a path that is not one plain name
+    // would reach outside the unpacked archive.
+    let paths = manifest.files.iter().map(|f| &f.path);
+    if let Some(path) = paths
+        .chain(&manifest.snapshot.files)
+        .find(|path| !is_plain_file_name(path))
+    {
+        return Err(damaged(name)(format!(
+            "the manifest lists `{path}`, which is not a plain file name"
+        )));
+    }
+    Ok(manifest)
+}
+
+/// One path component naming a file: what `data/` of an archive may hold.
+pub fn is_plain_file_name(path: &str) -> bool {
+    !path.is_empty() && path != "." && path != ".." && !path.contains(['/', '\\', '\0'])
 }
 
 /// Every file the manifest lists is there with its size and SHA-256, and nothing else is.

@@ -20,12 +20,12 @@ use crate::store::{
 };
 
 /// Most points one readings request may return (`limit`), and its default.
-const MAX_POINTS: u32 = 100_000;
+pub(crate) const MAX_POINTS: u32 = 100_000;
 const DEFAULT_POINTS: u32 = 20_000;
 /// Longest range one readings request may cover, per step.
-const MAX_RAW_DAYS: i64 = 7;
-const MAX_1M_DAYS: i64 = 31;
-const MAX_1H_DAYS: i64 = 731;
+pub(crate) const MAX_RAW_DAYS: i64 = 7;
+pub(crate) const MAX_1M_DAYS: i64 = 31;
+pub(crate) const MAX_1H_DAYS: i64 = 731;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,11 +351,11 @@ pub async fn latest(
 
 #[derive(Debug, Deserialize)]
 pub struct ReadingsQuery {
-    metric: Option<String>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    step: Option<String>,
-    limit: Option<u32>,
+    pub(crate) metric: Option<String>,
+    pub(crate) from: Option<DateTime<Utc>>,
+    pub(crate) to: Option<DateTime<Utc>>,
+    pub(crate) step: Option<String>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// What one step may cover: a request for a longer range is refused (400), so no request can
@@ -381,12 +381,23 @@ fn supported_time(parameter: &str, time: DateTime<Utc>) -> Result<DateTime<Utc>,
     }
 }
 
-pub async fn readings(
-    State(state): State<AppState>,
-    _auth: Authorized<ViewerRole>,
-    Path(id): Path<Uuid>,
-    Query(query): Query<ReadingsQuery>,
-) -> Result<Json<Value>, ApiError> {
+/// A readings request's parameters, checked against the limits above.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingsWindow {
+    pub metric: String,
+    /// `None` for raw readings.
+    pub step: Option<RollupStep>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub limit: u32,
+}
+
+/// Checks a readings query without touching the store (a pure function, so that its bounds can
+/// be property-tested); `now` is the default `to`.
+pub fn readings_window(
+    query: ReadingsQuery,
+    now: DateTime<Utc>,
+) -> Result<ReadingsWindow, ApiError> {
     let metric = query
         .metric
         .ok_or_else(|| ApiError::BadRequest("query parameter `metric` is required".into()))?;
@@ -400,7 +411,7 @@ pub async fn readings(
             )))
         }
     };
-    let to = supported_time("to", query.to.unwrap_or_else(Utc::now))?;
+    let to = supported_time("to", query.to.unwrap_or(now))?;
     // Checked: `to` near the earliest time chrono holds would overflow (a panic, before).
     let default_from = to
         .checked_sub_signed(chrono::Duration::hours(1))
@@ -429,6 +440,29 @@ pub async fn readings(
             "`limit` must be between 1 and {MAX_POINTS}"
         )));
     }
+    Ok(ReadingsWindow {
+        metric,
+        step,
+        from,
+        to,
+        limit,
+    })
+}
+
+pub async fn readings(
+    State(state): State<AppState>,
+    _auth: Authorized<ViewerRole>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ReadingsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let ReadingsWindow {
+        metric,
+        step,
+        from,
+        to,
+        limit,
+    } = readings_window(query, Utc::now())?;
+    let step_name = step.map_or("raw", RollupStep::as_str);
     state.store.get_device(id).await.map_err(not_found)?;
     let Some(series) = state.store.find_series(id, &metric).await? else {
         return Ok(Json(json!([])));

@@ -7,7 +7,7 @@ mod alerts;
 pub mod api;
 mod audit;
 mod backups;
-mod devices;
+pub(crate) mod devices;
 mod error;
 pub mod extract;
 mod hashing;
@@ -37,6 +37,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+pub use devices::{readings_window, ReadingsQuery, ReadingsWindow};
 pub use error::{error_body, ApiError};
 pub use metrics::Metrics;
 

@@ -66,6 +66,12 @@ pub async fn stream(
         preface.push_str("event: reset\ndata: {\"reason\":\"events lost\"}\n\n");
     }
     let replay: Vec<Bytes> = subscription.replay.iter().map(|e| e.wire()).collect();
+    // The replay turn goes when the replay has been written (the chain drops it then).
+    let turn = subscription.replay_turn;
+    let replay = stream::iter(replay).map(move |bytes| {
+        let _turn = &turn;
+        bytes
+    });
     let skip_through = subscription.skip_through.unwrap_or(0);
     let live = BroadcastStream::new(subscription.live).filter_map(move |item| {
         futures::future::ready(match item {
@@ -98,7 +104,7 @@ pub async fn stream(
         }
     };
     let events = stream::iter(std::iter::once(Bytes::from(preface)))
-        .chain(stream::iter(replay))
+        .chain(replay)
         .chain(stream::select(live, keep_alive))
         .take_until(end)
         .map(move |bytes| {

@@ -13,25 +13,25 @@
 //! under `--root`, ports, nginx, timeouts). The application configuration file is only handed
 //! to the new release's own `ddms migrate` and, with the direct service manager, `ddms serve`.
 
-mod artifact;
+pub(crate) mod artifact;
 pub mod deploy;
 mod lock;
 mod nginx;
 mod probe;
 mod service;
-mod state;
+pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use artifact::{install, Installed};
+pub use artifact::{install, parse_version_output, release_name, Installed};
 pub use deploy::{activate, rollback, Abort};
 pub use lock::LockInfo;
 pub use nginx::Nginx;
 pub use service::{Direct, ServiceManager, ServiceManagerKind, Systemd};
 pub use state::{
-    list_releases, prune, status, DeployRecord, HostState, Outcome, PruneReport, ReleaseMeta,
-    SlotStatus, Status, Step, StepRecord, StepResult,
+    list_releases, prune, status, valid_release_name, DeployRecord, HostState, Outcome,
+    PruneReport, ReleaseMeta, SlotStatus, Status, Step, StepRecord, StepResult,
 };
 
 use crate::config::Slot;

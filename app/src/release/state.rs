@@ -104,11 +104,13 @@ impl ReleaseMeta {
     }
 }
 
-/// Release names are single, plain path components.
+/// Release names are single, plain path components: no `/`, no `..` anywhere, and no leading `.`
+/// or `-` (a hidden file, or an option to the commands that are given the path).
 pub fn valid_release_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && !name.starts_with('.')
+        && !name.starts_with(['.', '-'])
+        && !name.contains("..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
@@ -589,7 +591,9 @@ mod tests {
         for good in ["0.1.0", "v2", "0.1.0+build.7", "ddms-0.1.0-x86_64-linux"] {
             assert!(valid_release_name(good), "{good}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "../x", "é"] {
+        for bad in [
+            "", ".", "..", ".hidden", "a/b", "a b", "../x", "é", "-", "-rf", "1..2",
+        ] {
             assert!(!valid_release_name(bad), "{bad}");
         }
     }

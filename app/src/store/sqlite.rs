@@ -54,7 +54,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("invalid SQLite path: {e}")))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk before it returns, so an MQTT message acknowledged after
+            // its batch committed survives a power cut, not only a crash (NORMAL syncs the WAL
+            // at checkpoints only). One fsync per commit; the writer batches (docs/durability.md).
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(busy_timeout.max(Duration::from_secs(5)))
             // ~64 MiB of page cache: inserts slow down sharply once the index outgrows it.

@@ -55,7 +55,7 @@ async fn ready(client: &reqwest::Client, url: &str) -> (u16, Value) {
     }
 }
 
-async fn wait_ready(url: &str) {
+pub(crate) async fn wait_ready(url: &str) {
     let client = reqwest::Client::new();
     let mut last = Value::Null;
     let started = Instant::now();
@@ -102,7 +102,7 @@ async fn create_mqtt_device(app: &TestApp, name: &str) -> (Uuid, Value) {
 }
 
 /// Every stored reading of one metric of a device, oldest first.
-async fn readings(store: &dyn Store, device: Uuid, metric: &str) -> Vec<Point> {
+pub(crate) async fn readings(store: &dyn Store, device: Uuid, metric: &str) -> Vec<Point> {
     let Some(series) = store
         .latest_readings(device)
         .await
@@ -164,14 +164,40 @@ async fn publish_as(
 }
 
 /// The paho publisher: `count` readings `seq` = 0..count with distinct timestamps.
-struct Publisher {
+pub(crate) struct Publisher {
     child: Child,
     acked: Arc<AtomicUsize>,
     output: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Publisher {
-    fn start(port: u16, device: Uuid, count: usize, rate: u32, base_ms: i64) -> Publisher {
+    pub(crate) fn start(
+        port: u16,
+        device: Uuid,
+        count: usize,
+        rate: u32,
+        base_ms: i64,
+    ) -> Publisher {
+        Self::start_as(port, device, count, rate, base_ms, None)
+    }
+
+    /// With a login, the client id is the username, as devices connect to the embedded broker.
+    pub(crate) fn start_as(
+        port: u16,
+        device: Uuid,
+        count: usize,
+        rate: u32,
+        base_ms: i64,
+        login: Option<(&str, &str)>,
+    ) -> Publisher {
+        let client_id = match login {
+            Some((user, _)) => user.to_string(),
+            None => format!("publisher-{}", Uuid::new_v4().simple()),
+        };
+        let login_args: Vec<&str> = match login {
+            Some((user, password)) => vec!["--username", user, "--password", password],
+            None => vec![],
+        };
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mqtt_publish.py");
         let mut child = Command::new("python3")
             .arg(script)
@@ -180,10 +206,8 @@ impl Publisher {
             .args(["--count", &count.to_string()])
             .args(["--rate", &rate.to_string()])
             .args(["--base-ms", &base_ms.to_string()])
-            .args([
-                "--client-id",
-                &format!("publisher-{}", Uuid::new_v4().simple()),
-            ])
+            .args(["--client-id", &client_id])
+            .args(login_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -214,18 +238,18 @@ impl Publisher {
         }
     }
 
-    fn acked(&self) -> usize {
+    pub(crate) fn acked(&self) -> usize {
         self.acked.load(Ordering::Relaxed)
     }
 
-    async fn wait_acked(&self, at_least: usize) {
+    pub(crate) async fn wait_acked(&self, at_least: usize) {
         wait_until(Duration::from_secs(60), "publisher progress", || async {
             self.acked() >= at_least
         })
         .await;
     }
 
-    async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         let status = tokio::time::timeout(Duration::from_secs(240), self.child.wait())
             .await
             .expect("the publisher finishes")
@@ -238,13 +262,13 @@ impl Publisher {
     }
 }
 
-fn base_ms() -> i64 {
+pub(crate) fn base_ms() -> i64 {
     // Ten minutes back: neither stale nor in the future, one distinct millisecond per message.
     (Utc::now() - chrono::Duration::minutes(10)).timestamp_millis()
 }
 
 /// Every message stored exactly once: `count` rows, values 0..count, distinct timestamps.
-fn assert_exactly_once(points: &[Point], count: usize, base_ms: i64) {
+pub(crate) fn assert_exactly_once(points: &[Point], count: usize, base_ms: i64) {
     assert_eq!(points.len(), count, "rows stored");
     let values: BTreeSet<i64> = points.iter().map(|p| p.value as i64).collect();
     assert_eq!(values.len(), count, "distinct values");
@@ -257,7 +281,7 @@ fn assert_exactly_once(points: &[Point], count: usize, base_ms: i64) {
     }
 }
 
-async fn wait_for_rows(store: &dyn Store, device: Uuid, count: usize, within: Duration) {
+pub(crate) async fn wait_for_rows(store: &dyn Store, device: Uuid, count: usize, within: Duration) {
     let started = Instant::now();
     loop {
         let have = readings(store, device, "seq").await.len();

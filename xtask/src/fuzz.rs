@@ -1,0 +1,152 @@
+//! `cargo xtask fuzz`: every target of `app/fuzz/` under libFuzzer for a bounded time each.
+//! Not part of `ci` (minutes, and the nightly toolchain); run it after changing a parser.
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// Per target, unless `--seconds` says otherwise.
+const DEFAULT_SECONDS: u64 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub seconds: u64,
+    /// Only these targets (`--target NAME`, repeatable); all when empty.
+    pub targets: Vec<String>,
+    /// Unoptimised build (`--dev`): compiles much faster, fuzzes slower.
+    pub dev: bool,
+}
+
+pub fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        seconds: DEFAULT_SECONDS,
+        targets: Vec::new(),
+        dev: false,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                let value = args.next().context("--seconds needs a number")?;
+                options.seconds =
+                    value.parse().ok().filter(|&s| s > 0).with_context(|| {
+                        format!("--seconds: `{value}` is not a positive number")
+                    })?;
+            }
+            "--target" => options
+                .targets
+                .push(args.next().context("--target needs a name")?.clone()),
+            "--dev" => options.dev = true,
+            other => bail!("fuzz: unknown argument `{other}`"),
+        }
+    }
+    Ok(options)
+}
+
+pub fn run(sh: &Shell, options: &Options) -> Result<()> {
+    ensure_cargo_fuzz(sh)?;
+    let _app = sh.push_dir("app");
+    let available: Vec<String> = cmd!(sh, "cargo +nightly fuzz list")
+        .read()?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if let Some(unknown) = options.targets.iter().find(|t| !available.contains(t)) {
+        bail!(
+            "fuzz: no target `{unknown}`; there are {}",
+            available.join(", ")
+        );
+    }
+    let targets = if options.targets.is_empty() {
+        available
+    } else {
+        options.targets.clone()
+    };
+    // No sanitizer: ddms forbids `unsafe`, so what a run can find are panics (including integer
+    // overflow, hence debug assertions on) and the invariants the targets assert.
+    let mut build = vec!["--sanitizer=none", "--debug-assertions"];
+    if options.dev {
+        build.push("--dev");
+    }
+    let time = format!("-max_total_time={}", options.seconds);
+    let mut crashed = Vec::new();
+    for target in &targets {
+        println!("fuzz: {target} for {} s", options.seconds);
+        let build = &build;
+        let result = cmd!(
+            sh,
+            "cargo +nightly fuzz run {build...} {target} -- {time} -print_final_stats=1"
+        )
+        .run();
+        if result.is_err() {
+            crashed.push(target.clone());
+        }
+    }
+    if !crashed.is_empty() {
+        bail!(
+            "fuzz: {} crashed (inputs under app/fuzz/artifacts/<target>/)",
+            crashed.join(", ")
+        );
+    }
+    println!("fuzz: {} targets, no crash", targets.len());
+    Ok(())
+}
+
+/// `cargo fuzz` needs the nightly toolchain and cargo-fuzz; the latter is installed if missing.
+fn ensure_cargo_fuzz(sh: &Shell) -> Result<()> {
+    if cmd!(sh, "rustup run nightly rustc --version")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .is_err()
+    {
+        bail!("fuzz: the nightly toolchain is missing (`rustup toolchain install nightly`)");
+    }
+    if cmd!(sh, "cargo fuzz --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        println!("fuzz: installing cargo-fuzz");
+        cmd!(sh, "cargo install cargo-fuzz --locked").run()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        assert_eq!(
+            parse(&[]).unwrap(),
+            Options {
+                seconds: DEFAULT_SECONDS,
+                targets: vec![],
+                dev: false
+            }
+        );
+        let options = parse(&args(&["--seconds", "5", "--target", "a", "--dev"])).unwrap();
+        assert_eq!(options.seconds, 5);
+        assert_eq!(options.targets, ["a"]);
+        assert!(options.dev);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            &["--seconds"][..],
+            &["--seconds", "0"],
+            &["--seconds", "x"],
+            &["--what"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
