@@ -179,10 +179,16 @@ impl Alerting {
 
     /// Evaluates committed samples against the rules targeting their series. Cheap when no rule
     /// names a sample's metric (one hash lookup per sample).
-    pub async fn evaluate<'a>(&self, samples: impl Iterator<Item = &'a Sample>) {
+    ///
+    /// Returns the first transient store error (the database blipped): the caller holds the
+    /// batch and evaluates it again, which is safe because a series skips readings at or before
+    /// its `last_eval_ts`. Any other error (one rule the store refuses) is logged and counted in
+    /// `ddms_alert_evaluation_errors_total`, and the rest is evaluated: one bad rule must never
+    /// hold up ingest.
+    pub async fn evaluate(&self, samples: &[&Sample]) -> StoreResult<()> {
         let index = self.index();
         if index.threshold_by_metric.is_empty() {
-            return;
+            return Ok(());
         }
         let mut series: HashMap<(Uuid, &str), Vec<TimedValue>> = HashMap::new();
         for sample in samples {
@@ -198,14 +204,20 @@ impl Alerting {
             readings.dedup_by_key(|(ts, _)| *ts);
             let rules = index.threshold_by_metric.get(metric).into_iter().flatten();
             for rule in rules.filter(|r| index.targets(r, device_id)) {
-                if let Err(e) = self
+                match self
                     .evaluate_series(&index, rule, device_id, metric, &readings)
                     .await
                 {
-                    tracing::warn!(error = %e, rule.id = %rule.id, device.id = %device_id, metric, "alert evaluation failed");
+                    Ok(()) => {}
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        self.metrics.evaluation_errors.inc();
+                        tracing::error!(error = %e, rule.id = %rule.id, device.id = %device_id, metric, "alert evaluation failed; these readings are not evaluated by this rule");
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     async fn evaluate_series(

@@ -790,3 +790,56 @@ async fn a_silent_device_fires_a_no_data_alert_that_its_next_reading_resolves() 
     );
     app.stop().await;
 }
+
+/// A database blip between the readings' commit and their evaluation must not lose the firing:
+/// the evaluation is retried (it is idempotent per series) and the producer is told only once
+/// the alert state is stored. The blip is a trigger refusing the first alert writes with
+/// `40001` (serialization failure, a transient class); its counter is a sequence, which a
+/// rolled-back transaction does not roll back.
+#[tokio::test]
+async fn a_transient_failure_of_the_evaluation_is_retried_before_the_reading_is_acknowledged() {
+    const REFUSED_WRITES: i64 = 3;
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Postgres(Provider::Local), PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    hot_rule(&app, &admin, device, channel).await;
+    submit(&app, device, 0, 55.0).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.database_url)
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE SEQUENCE test_alert_write_attempts".to_string(),
+        format!(
+            "CREATE FUNCTION test_refuse_alert_writes() RETURNS trigger AS $$ BEGIN \
+             IF nextval('test_alert_write_attempts') <= {REFUSED_WRITES} THEN \
+             RAISE EXCEPTION 'injected blip' USING ERRCODE = '40001'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql"
+        ),
+        "CREATE TRIGGER test_refuse_alert_writes BEFORE INSERT OR UPDATE ON alerts \
+         FOR EACH ROW EXECUTE FUNCTION test_refuse_alert_writes()"
+            .to_string(),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    // `submit` returns once `on_commit` is called: by then the firing must be stored.
+    submit(&app, device, 61, 55.0).await;
+    let open = app.store.list_open_alerts().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].state, ddms::store::alerts::AlertState::Firing);
+    let attempts: i64 = sqlx::query_scalar("SELECT last_value FROM test_alert_write_attempts")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(attempts > REFUSED_WRITES, "the blip was hit: {attempts}");
+    assert_eq!(notifications(&app).await, ["firing"]);
+    drained(&app).await;
+    let states: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r["body"]["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["firing"]);
+    app.stop().await;
+}
