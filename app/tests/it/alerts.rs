@@ -953,3 +953,54 @@ async fn a_firing_alert_is_repeated_once_per_interval_with_two_instances() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A `system` rule on `connection_failure`: the status board opening the device's
+/// connection-failure notification fires the rule's alert (delivered like any other, and not
+/// inhibited by that very notification); the device's recovery resolves it.
+#[tokio::test]
+async fn a_connection_failure_fires_a_system_alert_and_recovery_resolves_it() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, &receiver.url("/ok")).await;
+    let rule = json!({"name": "boiler unreachable", "device_id": device, "condition": "system",
+                      "system_check": "connection_failure", "severity": "critical",
+                      "channels": [channel]});
+    for (field, value) in [("system_check", json!("weather")), ("metric", json!("t"))] {
+        let mut bad = rule.clone();
+        bad[field] = value;
+        let response = app.post_json("/api/alert-rules", Some(&admin), &bad).await;
+        assert_eq!(response.status(), 422);
+        let body = response.text().await.unwrap();
+        assert!(body.contains(field), "{body}");
+    }
+    let response = app.post_json("/api/alert-rules", Some(&admin), &rule).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["system_check"], "connection_failure");
+    assert_eq!(created["kind"], "system");
+    for _ in 0..3 {
+        app.status
+            .record_failure(
+                device,
+                ddms::store::Status::Offline,
+                "connection refused",
+                Utc::now(),
+            )
+            .await;
+    }
+    assert_eq!(notifications(&app).await, ["firing"]);
+    app.status.record_success(device, Utc::now()).await;
+    assert_eq!(notifications(&app).await, ["firing", "resolved"]);
+    drained(&app).await;
+    let received = receiver.requests();
+    let states: Vec<&str> = received
+        .iter()
+        .map(|r| r["body"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"], "{received:?}");
+    assert_eq!(received[0]["body"]["device_name"], "boiler-1");
+    assert_eq!(received[0]["body"]["rule_name"], "boiler unreachable");
+    app.stop().await;
+}
