@@ -338,7 +338,7 @@ impl BatchWriter {
 
     async fn commit(&mut self, submissions: Vec<Submission>, abort: &CancellationToken) {
         let started = Instant::now();
-        let settled = self.store_isolating(&submissions, abort).await;
+        let mut settled = self.store_isolating(&submissions, abort).await;
         let mut stored = 0usize;
         // Live events carry each series' newest reading of the batch: what a live view shows,
         // at a fraction of the log volume under heavy ingest (history comes from the API).
@@ -417,7 +417,21 @@ impl BatchWriter {
         }
         // Before the acknowledgement: a message is acked only once its alert state is stored.
         if let Some(alerts) = self.alerts.as_ref().filter(|_| !stored_samples.is_empty()) {
-            alerts.evaluate(stored_samples.into_iter()).await;
+            let mut holding = split::Holding::new();
+            while let Err(e) = alerts.evaluate(&stored_samples).await {
+                if !holding.pause(&e, abort).await {
+                    // Given up at shutdown: the readings are stored but not evaluated. Failing
+                    // the submissions retryably leaves MQTT messages unacknowledged; the
+                    // redelivery is evaluated from where the series stopped (`last_eval_ts`).
+                    tracing::warn!(error = %e, "alert evaluation given up at shutdown; the readings will be redelivered");
+                    for fate in settled.iter_mut().filter(|f| f.result.is_ok()) {
+                        fate.result = Err(IngestError::Store(format!(
+                            "stored, but the alert evaluation was given up: {e}"
+                        )));
+                    }
+                    break;
+                }
+            }
         }
         for (submission, fate) in submissions.into_iter().zip(settled) {
             (submission.on_commit)(fate.result);

@@ -135,6 +135,7 @@ impl Server {
             tracing::warn!(error = %e, "cannot load alert rules; the ticker will retry");
         }
         let writer = writer.with_alerts(alerts.clone());
+        status.report_to(alerts.clone());
         let modbus_metrics = ModbusMetrics::register(metrics.registry());
         let devices_changed = Arc::new(Notify::new());
         let writer = writer.forgetting_deleted_devices(devices_changed.clone());

@@ -4,7 +4,7 @@
 //! notification after N consecutive failures — clearing it by itself on recovery.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,8 @@ pub struct StatusBoard {
     hub: EventHub,
     devices_by_status: IntGaugeVec,
     failure_threshold: u32,
+    /// Told when a connection-failure notification opens or clears (`system` alert rules).
+    alerts: Arc<OnceLock<Arc<crate::alerts::Alerting>>>,
 }
 
 impl StatusBoard {
@@ -54,6 +56,25 @@ impl StatusBoard {
             hub,
             devices_by_status,
             failure_threshold: failure_threshold.max(1),
+            alerts: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Reports connection failures to alerting from now on (alerting starts after the board).
+    pub fn report_to(&self, alerts: Arc<crate::alerts::Alerting>) {
+        let _ = self.alerts.set(alerts);
+    }
+
+    async fn system_alert(&self, device_id: Uuid, active: bool) {
+        let Some(alerts) = self.alerts.get() else {
+            return;
+        };
+        let check = crate::alerts::system::CONNECTION_FAILURE;
+        if let Err(e) = alerts
+            .system_condition(check, Some(device_id), active)
+            .await
+        {
+            tracing::warn!(device.id = %device_id, error = %e, "cannot update the connection-failure system alert");
         }
     }
 
@@ -151,6 +172,7 @@ impl StatusBoard {
                     tracing::warn!(device.id = %device_id, error = %e, "cannot clear notification")
                 }
             }
+            self.system_alert(device_id, false).await;
         }
     }
 
@@ -203,6 +225,7 @@ impl StatusBoard {
                         EventKind::Notification,
                         serde_json::json!({ "kind": CONNECTION_FAILURE, "state": "open", "notification": notification }),
                     );
+                    self.system_alert(device_id, true).await;
                 }
                 Err(e) => {
                     tracing::warn!(device.id = %device_id, error = %e, "cannot store notification")

@@ -42,7 +42,9 @@ struct DeviceInfo {
 
 /// Enabled rules by metric, and the devices they may target: what the ingest path looks up.
 #[derive(Default)]
-struct RuleIndex {
+pub(super) struct RuleIndex {
+    /// `system` rules, for [`Alerting::system_condition`](super::system).
+    pub(super) system: Vec<Arc<AlertRule>>,
     threshold_by_metric: HashMap<String, Vec<Arc<AlertRule>>>,
     no_data: Vec<Arc<AlertRule>>,
     rules: HashMap<Uuid, Arc<AlertRule>>,
@@ -50,7 +52,7 @@ struct RuleIndex {
 }
 
 impl RuleIndex {
-    fn targets(&self, rule: &AlertRule, device_id: Uuid) -> bool {
+    pub(super) fn targets(&self, rule: &AlertRule, device_id: Uuid) -> bool {
         match (rule.rule.device_id, rule.rule.group_id) {
             (Some(device), _) => device == device_id,
             (None, Some(group)) => self
@@ -63,14 +65,14 @@ impl RuleIndex {
 }
 
 /// What a transition is about, for its messages.
-struct Subject<'a> {
-    rule: &'a AlertRule,
-    device_id: Option<Uuid>,
-    metric: Option<&'a str>,
+pub(super) struct Subject<'a> {
+    pub(super) rule: &'a AlertRule,
+    pub(super) device_id: Option<Uuid>,
+    pub(super) metric: Option<&'a str>,
 }
 
 pub struct Alerting {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     events: EventHub,
     metrics: AlertMetrics,
     config: AlertsConfig,
@@ -132,7 +134,7 @@ impl Alerting {
         }
     }
 
-    fn index(&self) -> Arc<RuleIndex> {
+    pub(super) fn index(&self) -> Arc<RuleIndex> {
         match self.index.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -162,6 +164,7 @@ impl Alerting {
             index.rules.insert(rule.id, rule.clone());
             match (rule.rule.kind.as_str(), rule.rule.metric.clone()) {
                 ("no_data", Some(_)) => index.no_data.push(rule),
+                ("system", _) => index.system.push(rule),
                 ("threshold", Some(metric)) => index
                     .threshold_by_metric
                     .entry(metric)
@@ -179,10 +182,16 @@ impl Alerting {
 
     /// Evaluates committed samples against the rules targeting their series. Cheap when no rule
     /// names a sample's metric (one hash lookup per sample).
-    pub async fn evaluate<'a>(&self, samples: impl Iterator<Item = &'a Sample>) {
+    ///
+    /// Returns the first transient store error (the database blipped): the caller holds the
+    /// batch and evaluates it again, which is safe because a series skips readings at or before
+    /// its `last_eval_ts`. Any other error (one rule the store refuses) is logged and counted in
+    /// `ddms_alert_evaluation_errors_total`, and the rest is evaluated: one bad rule must never
+    /// hold up ingest.
+    pub async fn evaluate(&self, samples: &[&Sample]) -> StoreResult<()> {
         let index = self.index();
         if index.threshold_by_metric.is_empty() {
-            return;
+            return Ok(());
         }
         let mut series: HashMap<(Uuid, &str), Vec<TimedValue>> = HashMap::new();
         for sample in samples {
@@ -198,14 +207,20 @@ impl Alerting {
             readings.dedup_by_key(|(ts, _)| *ts);
             let rules = index.threshold_by_metric.get(metric).into_iter().flatten();
             for rule in rules.filter(|r| index.targets(r, device_id)) {
-                if let Err(e) = self
+                match self
                     .evaluate_series(&index, rule, device_id, metric, &readings)
                     .await
                 {
-                    tracing::warn!(error = %e, rule.id = %rule.id, device.id = %device_id, metric, "alert evaluation failed");
+                    Ok(()) => {}
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        self.metrics.evaluation_errors.inc();
+                        tracing::error!(error = %e, rule.id = %rule.id, device.id = %device_id, metric, "alert evaluation failed; these readings are not evaluated by this rule");
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     async fn evaluate_series(
@@ -324,7 +339,12 @@ impl Alerting {
             .await
     }
 
-    fn new_alert(&self, subject: &Subject<'_>, state: AlertState, value: Option<f64>) -> Alert {
+    pub(super) fn new_alert(
+        &self,
+        subject: &Subject<'_>,
+        state: AlertState,
+        value: Option<f64>,
+    ) -> Alert {
         Alert {
             id: Uuid::now_v7(),
             rule_id: subject.rule.id,
@@ -347,7 +367,7 @@ impl Alerting {
 
     /// Builds the change with its outbox rows (none when it is not notified or is muted).
     #[allow(clippy::too_many_arguments)]
-    async fn change(
+    pub(super) async fn change(
         &self,
         index: &RuleIndex,
         subject: &Subject<'_>,
@@ -417,6 +437,11 @@ impl Alerting {
         if silenced {
             return Ok(true);
         }
+        if subject.rule.rule.kind == "system" {
+            // A system alert reports the problem that inhibits the others (a connection
+            // failure among them): it is never inhibited itself.
+            return Ok(false);
+        }
         let Some(device_id) = subject.device_id else {
             return Ok(false);
         };
@@ -445,7 +470,10 @@ impl Alerting {
         let device = device_name.clone().unwrap_or_else(|| "every device".into());
         let metric = subject.metric.unwrap_or("");
         let value = alert.value.map(|v| format!("{v}")).unwrap_or_default();
+        let check = rule.system_check.as_deref().unwrap_or("system");
         let summary = match (change.event.as_str(), Condition::parse(&rule.condition)) {
+            ("resolved", None) => format!("resolved: {check} on {device}"),
+            ("firing" | "repeat", None) => format!("{check} on {device}"),
             ("resolved", Some(Condition::NoData)) => format!("{metric} data is back on {device}"),
             ("resolved", _) => format!("resolved: {metric} {value} on {device}"),
             ("acknowledged", _) => format!(
@@ -487,7 +515,7 @@ impl Alerting {
     }
 
     /// Stores a change; on success counts it and publishes it live. `Ok(false)`: lost the race.
-    async fn apply(
+    pub(super) async fn apply(
         &self,
         subject: &Subject<'_>,
         index: &RuleIndex,
@@ -574,7 +602,7 @@ impl Alerting {
 }
 
 /// The alert row as the next transition starts it: same alert, `seq` one up.
-fn next(alert: &Alert) -> Alert {
+pub(super) fn next(alert: &Alert) -> Alert {
     let mut next = alert.clone();
     next.seq = alert.seq + 1;
     next

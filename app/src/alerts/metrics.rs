@@ -1,6 +1,6 @@
 //! Prometheus metrics of alerting.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct AlertMetrics {
@@ -9,6 +9,7 @@ pub struct AlertMetrics {
     pub deliveries: IntCounterVec,
     pub outbox_depth: IntGauge,
     pub outbox_oldest_age: IntGauge,
+    pub evaluation_errors: IntCounter,
 }
 
 impl AlertMetrics {
@@ -44,12 +45,18 @@ impl AlertMetrics {
             "Age of the oldest notification waiting to be delivered (0 when none)",
         )
         .expect("valid metric");
+        let evaluation_errors = IntCounter::new(
+            "ddms_alert_evaluation_errors_total",
+            "Evaluations of readings against a rule that failed for a reason other than a database blip (those are retried)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(firing.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(transitions.clone()),
             Box::new(deliveries.clone()),
             Box::new(outbox_depth.clone()),
             Box::new(outbox_oldest_age.clone()),
+            Box::new(evaluation_errors.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -62,6 +69,7 @@ impl AlertMetrics {
             deliveries,
             outbox_depth,
             outbox_oldest_age,
+            evaluation_errors,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod evaluator;
 pub mod metrics;
 pub mod outbox;
 pub mod rule;
+pub mod system;
 
 pub use evaluator::Alerting;
 pub use outbox::OutboxWorker;

@@ -3,7 +3,8 @@
 //!
 //! JSON shape: `{"name", "device_id", "group", "metric", "condition", "threshold",
 //! "threshold_high", "clear_threshold", "clear_threshold_high", "for_s", "repeat_interval_s",
-//! "no_data_s", "severity", "channels": [ids], "enabled"}`. `group` is a group's id or name.
+//! "no_data_s", "system_check", "severity", "channels": [ids], "enabled"}`. A `"system"` condition
+//! makes a system rule: no metric or thresholds, a `system_check` instead (see `alerts::system`). `group` is a group's id or name.
 //! Whether the device, group and channels exist is checked by the caller (it has the store).
 
 use serde_json::{Map, Value};
@@ -32,6 +33,7 @@ const FIELDS: &[&str] = &[
     "for_s",
     "repeat_interval_s",
     "no_data_s",
+    "system_check",
     "severity",
     "channels",
     "enabled",
@@ -247,27 +249,31 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
             "a rule targets one device, one group, or (neither set) every device",
         );
     }
+    let condition_text = f.string("condition");
+    let system = condition_text.as_deref() == Some("system");
     let metric = f.string("metric").filter(|m| !m.is_empty());
     match &metric {
-        None => f.error("metric", "required"),
+        None if !system => f.error("metric", "required"),
+        None => {}
+        Some(_) if system => f.error("metric", "a system rule watches no metric"),
         Some(m) if m.chars().count() > MAX_METRIC_CHARS => f.error(
             "metric",
             format!("must be at most {MAX_METRIC_CHARS} characters"),
         ),
         Some(_) => {}
     }
-    let condition_text = f.string("condition");
     let condition = match condition_text.as_deref() {
         None => {
             f.error("condition", "required");
             None
         }
+        Some("system") => None,
         Some(text) => match Condition::parse(text) {
             Some(c) => Some(c),
             None => {
                 f.error(
                     "condition",
-                    "must be one of above, below, outside, inside, no_data",
+                    "must be one of above, below, outside, inside, no_data, system",
                 );
                 None
             }
@@ -293,6 +299,22 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
         }
     };
     let channels = parse_channels(&mut f);
+    let system_check = f.string("system_check");
+    match (&system_check, system) {
+        (None, true) => f.error("system_check", "required for a system rule"),
+        (Some(check), true) if !crate::alerts::system::CHECKS.contains(&check.as_str()) => f.error(
+            "system_check",
+            format!(
+                "must be one of {}",
+                crate::alerts::system::CHECKS.join(", ")
+            ),
+        ),
+        (Some(_), false) => f.error(
+            "system_check",
+            "only for a system rule (condition \"system\")",
+        ),
+        _ => {}
+    }
 
     if let Some(condition) = condition {
         check_thresholds(
@@ -307,6 +329,30 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
     }
     if !f.errors.is_empty() {
         return Err(f.errors);
+    }
+    if system {
+        return Ok(ParsedRule {
+            rule: NewAlertRule {
+                name,
+                kind: "system".into(),
+                device_id,
+                group_id: None,
+                metric: None,
+                condition: "system".into(),
+                threshold: None,
+                threshold_high: None,
+                clear_threshold: None,
+                clear_threshold_high: None,
+                for_s: 0,
+                repeat_interval_s,
+                no_data_s: None,
+                system_check,
+                severity,
+                channels,
+                enabled,
+            },
+            group,
+        });
     }
     let condition = condition.expect("checked above");
     let band = condition.is_band();
@@ -331,6 +377,7 @@ pub fn parse(body: &Value) -> Result<ParsedRule, Vec<FieldError>> {
             for_s: if no_data { 0 } else { for_s },
             repeat_interval_s,
             no_data_s: no_data_s.filter(|_| no_data),
+            system_check: None,
             severity,
             channels,
             enabled,

@@ -34,19 +34,19 @@ pub const SERIES_QUOTA: &str = "series_quota";
 const GIVEN_UP: &str = "the writer gave up on the database at shutdown";
 
 /// Back-off while the database is unavailable: 100 ms doubling to 5 s.
-struct Holding {
+pub(super) struct Holding {
     backoff: Duration,
 }
 
 impl Holding {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Holding {
             backoff: Duration::from_millis(100),
         }
     }
 
     /// Waits before the next attempt; `false` once the writer is aborted (give up).
-    async fn pause(&mut self, error: &StoreError, abort: &CancellationToken) -> bool {
+    pub(super) async fn pause(&mut self, error: &StoreError, abort: &CancellationToken) -> bool {
         tracing::warn!(error = %error, retry_in_ms = self.backoff.as_millis() as u64, "database unavailable; holding the batch");
         let waited = tokio::select! {
             () = abort.cancelled() => false,

@@ -74,6 +74,7 @@ fn rule(device_id: Option<Uuid>, channels: Vec<Uuid>) -> NewAlertRule {
         for_s: 60,
         repeat_interval_s: None,
         no_data_s: None,
+        system_check: None,
         severity: "critical".into(),
         channels,
         enabled: true,

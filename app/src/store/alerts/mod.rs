@@ -25,7 +25,7 @@ use super::{StoreError, StoreResult};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewAlertRule {
     pub name: String,
-    /// `threshold` | `no_data` (derived from the condition).
+    /// `threshold` | `no_data` | `system` (derived from the condition).
     pub kind: String,
     pub device_id: Option<Uuid>,
     pub group_id: Option<Uuid>,
@@ -39,6 +39,9 @@ pub struct NewAlertRule {
     pub for_s: i64,
     pub repeat_interval_s: Option<i64>,
     pub no_data_s: Option<i64>,
+    /// What a `system` rule watches (`alerts::system::CHECKS`); `None` for other kinds.
+    #[serde(default)]
+    pub system_check: Option<String>,
     /// `info` | `warning` | `critical`
     pub severity: String,
     pub channels: Vec<Uuid>,

@@ -56,13 +56,13 @@ async fn write_rule(
     let sql = if insert {
         "INSERT INTO alert_rules (name, kind, device_id, group_id, metric, condition, threshold, \
          threshold_high, clear_threshold, clear_threshold_high, for_s, repeat_interval_s, \
-         no_data_s, severity, enabled, id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now(), now())"
+         no_data_s, severity, enabled, id, created_at, updated_at, system_check) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now(), now(), $17)"
     } else {
         "UPDATE alert_rules SET name = $1, kind = $2, device_id = $3, group_id = $4, metric = $5, \
          condition = $6, threshold = $7, threshold_high = $8, clear_threshold = $9, \
          clear_threshold_high = $10, for_s = $11, repeat_interval_s = $12, no_data_s = $13, \
-         severity = $14, enabled = $15, updated_at = now() WHERE id = $16"
+         severity = $14, enabled = $15, updated_at = now(), system_check = $17 WHERE id = $16"
     };
     let done = sqlx::query(sql)
         .bind(&rule.name)
@@ -81,6 +81,7 @@ async fn write_rule(
         .bind(&rule.severity)
         .bind(rule.enabled)
         .bind(id)
+        .bind(&rule.system_check)
         .execute(&mut **tx)
         .await
         .map_err(dangling("the rule's device or group"))?;

@@ -77,13 +77,13 @@ async fn write_rule(
     let sql = if insert {
         "INSERT INTO alert_rules (name, kind, device_id, group_id, metric, condition, threshold, \
          threshold_high, clear_threshold, clear_threshold_high, for_s, repeat_interval_s, \
-         no_data_s, severity, enabled, updated_at, id, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         no_data_s, system_check, severity, enabled, updated_at, id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     } else {
         "UPDATE alert_rules SET name = ?, kind = ?, device_id = ?, group_id = ?, metric = ?, \
          condition = ?, threshold = ?, threshold_high = ?, clear_threshold = ?, \
          clear_threshold_high = ?, for_s = ?, repeat_interval_s = ?, no_data_s = ?, \
-         severity = ?, enabled = ?, updated_at = ? WHERE id = ?"
+         system_check = ?, severity = ?, enabled = ?, updated_at = ? WHERE id = ?"
     };
     let mut query = sqlx::query(sql)
         .bind(&rule.name)
@@ -99,6 +99,7 @@ async fn write_rule(
         .bind(rule.for_s)
         .bind(rule.repeat_interval_s)
         .bind(rule.no_data_s)
+        .bind(&rule.system_check)
         .bind(&rule.severity)
         .bind(rule.enabled)
         .bind(micros(now))

@@ -24,6 +24,7 @@ pub(super) fn rule_from_row(row: &PgRow, channels: Vec<Uuid>) -> StoreResult<Ale
             for_s: row.try_get("for_s")?,
             repeat_interval_s: row.try_get("repeat_interval_s")?,
             no_data_s: row.try_get("no_data_s")?,
+            system_check: row.try_get("system_check")?,
             severity: row.try_get("severity")?,
             channels,
             enabled: row.try_get("enabled")?,

@@ -1,0 +1,87 @@
+//! System alerts: problems of ddms itself or of a device's connection, reported through the
+//! same rules, channels, silences and lifecycle as threshold alerts. A `system` rule names its
+//! `system_check`; the part of ddms that sees the problem calls
+//! [`Alerting::system_condition`] when it starts and when it ends.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::evaluator::{next, Subject};
+use super::Alerting;
+use crate::store::alerts::AlertState;
+use crate::store::StoreResult;
+
+/// A device's connection failed `devices.failure_threshold` times in a row (the status
+/// board's connection-failure notification is open).
+pub const CONNECTION_FAILURE: &str = "connection_failure";
+/// The `system_check` values a rule may name. Only `connection_failure` is reported so far;
+/// the others are accepted so that rules can be set up ahead of them.
+pub const CHECKS: &[&str] = &[
+    CONNECTION_FAILURE,
+    "disk_space",
+    "not_ready",
+    "backup_failed",
+    "backup_stale",
+];
+
+/// How many times a transition lost to another instance is recomputed.
+const MAX_RACE_RETRIES: usize = 3;
+
+impl Alerting {
+    /// The condition `check` started (`active`) or ended for `device_id` (`None`: ddms itself):
+    /// every enabled system rule of that check targeting the device fires or resolves its
+    /// alert. Idempotent: reporting a state the alert is already in changes nothing, so every
+    /// instance may report what it sees.
+    pub async fn system_condition(
+        &self,
+        check: &str,
+        device_id: Option<Uuid>,
+        active: bool,
+    ) -> StoreResult<()> {
+        let index = self.index();
+        let rules = index.system.iter().filter(|r| {
+            r.rule.system_check.as_deref() == Some(check)
+                && match device_id {
+                    Some(device) => index.targets(r, device),
+                    None => r.rule.device_id.is_none() && r.rule.group_id.is_none(),
+                }
+        });
+        for rule in rules {
+            let subject = Subject {
+                rule,
+                device_id,
+                metric: None,
+            };
+            for _ in 0..MAX_RACE_RETRIES {
+                let open = self
+                    .store
+                    .latest_alert(rule.id, device_id, None)
+                    .await?
+                    .filter(|a| a.state != AlertState::Resolved);
+                let (alert, event, from) = match (open, active) {
+                    (None, true) => {
+                        let mut alert = self.new_alert(&subject, AlertState::Firing, None);
+                        alert.started_at = Some(Utc::now());
+                        alert.last_notified_at = alert.started_at;
+                        (alert, "firing", None)
+                    }
+                    (Some(open), false) => {
+                        let mut alert = next(&open);
+                        alert.state = AlertState::Resolved;
+                        alert.resolved_at = Some(Utc::now());
+                        (alert, "resolved", Some(open.state))
+                    }
+                    // Already so.
+                    _ => break,
+                };
+                let change = self
+                    .change(&index, &subject, alert, event, from, true, None, None)
+                    .await?;
+                if self.apply(&subject, &index, &change).await? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
