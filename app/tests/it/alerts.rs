@@ -1,75 +1,22 @@
 //! Alerting end to end against real components: the API, the ingest pipeline, the store (SQLite
 //! and a local PostgreSQL), two instances on one database.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::ingest::Sample;
 use ddms::store::Role;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::services::Provider;
+use crate::support::webhook::WebhookReceiver as Receiver;
 
 /// The webhook channel's HMAC key; the receiver verifies signatures with it.
 const SECRET: &str = "hmac-key-7d1f";
 /// The receivers listen on loopback.
 const PRIVATE_TARGETS: &str = "[alerts]\nallow_private_targets = true\n";
-
-/// `tests/support/webhook_receiver.py` (an independent Python `http.server`): records every
-/// request as a JSON line with whether its `X-Ddms-Signature` is right. Killed on drop.
-struct Receiver {
-    _child: tokio::process::Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
-        let mut child = tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(&log)
-            .arg(SECRET)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("receiver starts within 30 s")
-            .unwrap()
-            .expect("receiver prints its port");
-        let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
-        Receiver {
-            _child: child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Bodies of every request received so far, in order.
-    fn requests(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .collect()
-    }
-}
 
 /// Polls `check` until it holds, failing after `limit` (never a fixed sleep as synchronisation).
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -247,7 +194,7 @@ async fn bad_rules_are_refused_naming_the_field_and_nothing_is_stored() {
 }
 
 async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(db, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
@@ -324,7 +271,7 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_postgres_local
 
 #[tokio::test]
 async fn two_instances_evaluating_the_same_readings_notify_each_transition_once() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let first = spawn_app(Db::Postgres(Provider::Local), PRIVATE_TARGETS).await;
     let admin = first.token(Role::Admin).await;
     let device = mqtt_device(&first, &admin, "boiler-1").await;
@@ -365,7 +312,7 @@ async fn fire(app: &TestApp, device: Uuid) {
 
 #[tokio::test]
 async fn a_receiver_failing_three_times_still_gets_the_notification_once_more() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
@@ -399,7 +346,7 @@ async fn a_receiver_failing_three_times_still_gets_the_notification_once_more() 
 
 #[tokio::test]
 async fn a_refused_notification_is_a_visible_dead_letter() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
@@ -426,7 +373,7 @@ async fn a_refused_notification_is_a_visible_dead_letter() {
 
 #[tokio::test]
 async fn acknowledging_and_silencing() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
@@ -488,7 +435,7 @@ async fn after_sigkill_a_pending_alert_fires_on_time_and_a_firing_one_is_not_rep
     use crate::support::app::DdmsProcess;
     use nix::sys::signal::Signal;
 
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ddms.db").display());
     // Set up through an in-process instance: device, channel, a rule with for = 3 s, and a
@@ -589,7 +536,7 @@ async fn after_sigkill_a_pending_alert_fires_on_time_and_a_firing_one_is_not_rep
 /// letter with the last error; the outbox is empty again.
 #[tokio::test]
 async fn a_receiver_down_past_the_expiry_leaves_a_dead_letter() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(
         Db::Sqlite,
         "[alerts]\nallow_private_targets = true\ndelivery_expiry = 60\n",
@@ -636,7 +583,7 @@ async fn many_alerts_of_one_rule_firing_together_are_sent_as_one_grouped_message
     use ddms::alerts::OutboxWorker;
     use ddms::store::alerts::{Alert, AlertChange, AlertState, NewDelivery};
 
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     // The app only sets up the rule and channel and stops (its own worker must not get there
     // first); the worker under test is driven by hand on the same database.
     let dir = tempfile::tempdir().unwrap();
@@ -734,7 +681,7 @@ async fn many_alerts_of_one_rule_firing_together_are_sent_as_one_grouped_message
 /// reading (the ticker notices both).
 #[tokio::test]
 async fn a_silent_device_fires_a_no_data_alert_that_its_next_reading_resolves() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(
         Db::Sqlite,
         "[alerts]\nallow_private_targets = true\nevaluation_interval = 0.2\n",
@@ -799,7 +746,7 @@ async fn a_silent_device_fires_a_no_data_alert_that_its_next_reading_resolves() 
 #[tokio::test]
 async fn a_transient_failure_of_the_evaluation_is_retried_before_the_reading_is_acknowledged() {
     const REFUSED_WRITES: i64 = 3;
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(Db::Postgres(Provider::Local), PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
@@ -849,7 +796,7 @@ async fn a_transient_failure_of_the_evaluation_is_retried_before_the_reading_is_
 /// the next transition notifies.
 #[tokio::test]
 async fn an_open_connection_failure_inhibits_notifications_until_cleared() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;
@@ -895,7 +842,7 @@ async fn an_open_connection_failure_inhibits_notifications_until_cleared() {
 async fn a_firing_alert_is_repeated_once_per_interval_with_two_instances() {
     const REPEATS: usize = 3;
     let config = format!("{PRIVATE_TARGETS}evaluation_interval = 0.2\n");
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let first = spawn_app(Db::Postgres(Provider::Local), &config).await;
     let admin = first.token(Role::Admin).await;
     let device = mqtt_device(&first, &admin, "boiler-1").await;
@@ -959,7 +906,7 @@ async fn a_firing_alert_is_repeated_once_per_interval_with_two_instances() {
 /// inhibited by that very notification); the device's recovery resolves it.
 #[tokio::test]
 async fn a_connection_failure_fires_a_system_alert_and_recovery_resolves_it() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
     let device = mqtt_device(&app, &admin, "boiler-1").await;

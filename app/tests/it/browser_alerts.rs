@@ -4,68 +4,25 @@
 //! acknowledged there and resolved; the device chart's thresholds and markers; and what a
 //! viewer may not do.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
 use ddms::ingest::Sample;
 use ddms::store::Role;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 use crate::browser::{add_user, create_device, log_in, Browser};
 use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::webhook::WebhookReceiver as Receiver;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// `tests/support/webhook_receiver.py` on a free loopback port, killed on drop: the channel's
-/// target.
-struct Receiver {
-    _child: tokio::process::Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
-        let mut child = tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(&log)
-            .arg("s3cret-key")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("receiver starts within 30 s")
-            .unwrap()
-            .expect("receiver prints its port");
-        let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
-        Receiver {
-            _child: child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-}
 
 impl Receiver {
     /// The bodies of the requests received so far.
     fn bodies(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        self.requests()
+            .into_iter()
             .map(|request| {
                 assert_eq!(request["signature_valid"], true, "signed: {request}");
                 request["body"].clone()
@@ -152,7 +109,7 @@ async fn alerts(app: &TestApp, token: &str) -> Vec<Value> {
 async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it_resolves() {
     // The receiver is on loopback: the configuration and the channel must both allow it.
     let app = spawn_app(Db::Sqlite, "[alerts]\nallow_private_targets = true\n").await;
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start("s3cret-key").await;
     let token = app.token(Role::Admin).await;
     add_user(&app, "ada", Role::Admin).await;
     let device = create_device(
@@ -175,10 +132,7 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
         .type_into("#channel-form [name=name]", "ops-hook")
         .await;
     browser
-        .type_into(
-            "#channel-form [name=url]",
-            &format!("http://127.0.0.1:{}/ok", receiver.port),
-        )
+        .type_into("#channel-form [name=url]", &receiver.url("/ok"))
         .await;
     browser
         .type_into("#channel-form [name=headers]", "X-Team: boilers")

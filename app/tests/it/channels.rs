@@ -13,57 +13,17 @@ use ddms::alerts::config::AlertsConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::support::webhook::WebhookReceiver as Receiver;
+
 const SECRET: &str = "s3cr3t-hmac-key";
 
-/// `tests/support/webhook_receiver.py`, killed on drop.
-struct Receiver {
-    _child: tokio::process::Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
-        let mut child = tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(&log)
-            .arg(SECRET)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("receiver starts within 30 s")
-            .unwrap()
-            .expect("receiver prints its port");
-        let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
-        Receiver {
-            _child: child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Every request recorded so far to `path` (with its query).
-    fn requests(&self, path: &str) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|r| r["path"] == path)
-            .collect()
-    }
+/// Every request the receiver recorded so far to `path` (with its query).
+fn requests_to(receiver: &Receiver, path: &str) -> Vec<Value> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == path)
+        .collect()
 }
 
 /// Allows private targets in the configuration (the receivers are on loopback).
@@ -155,7 +115,7 @@ fn is_permanent(outcome: &Outcome, containing: &str) -> bool {
 
 #[tokio::test]
 async fn webhook_posts_the_signed_message_and_classifies_the_answers() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let config = config(true);
     let deliverer = Deliverer::new(&config);
     let channel = webhook(receiver.url("/ok"), true);
@@ -163,7 +123,7 @@ async fn webhook_posts_the_signed_message_and_classifies_the_answers() {
 
     let outcome = deliverer.deliver(&channel, &message()).await;
     assert_eq!(outcome, Outcome::Delivered);
-    let requests = receiver.requests("/ok");
+    let requests = requests_to(&receiver, "/ok");
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     assert_eq!(request["signature_valid"], true, "{request}");
@@ -195,7 +155,10 @@ async fn webhook_posts_the_signed_message_and_classifies_the_answers() {
         deliverer.deliver(&unsigned, &message()).await,
         Outcome::Delivered
     );
-    assert_eq!(receiver.requests("/ok")[1]["signature_valid"], Value::Null);
+    assert_eq!(
+        requests_to(&receiver, "/ok")[1]["signature_valid"],
+        Value::Null
+    );
 
     // The receiver's answer decides what happens next.
     let answer = |path: &str| webhook(receiver.url(path), true);
@@ -237,19 +200,19 @@ async fn webhook_posts_the_signed_message_and_classifies_the_answers() {
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let deliverer = Deliverer::new(&config(true));
     let outcome = deliverer
         .deliver(&webhook(receiver.url("/redirect"), true), &message())
         .await;
     assert!(is_permanent(&outcome, "302"), "{outcome:?}");
-    assert_eq!(receiver.requests("/redirect").len(), 1);
-    assert!(receiver.requests("/redirected").is_empty());
+    assert_eq!(requests_to(&receiver, "/redirect").len(), 1);
+    assert!(requests_to(&receiver, "/redirected").is_empty());
 }
 
 #[tokio::test]
 async fn loopback_targets_need_the_config_and_the_channel_to_allow_them() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let url = receiver.url("/ok");
     // (config allows, channel allows)
     for (config_allows, channel_allows) in [(false, false), (true, false), (false, true)] {
@@ -269,7 +232,7 @@ async fn loopback_targets_need_the_config_and_the_channel_to_allow_them() {
         );
     }
     // Over https, so that only the address decides.
-    let https = format!("https://127.0.0.1:{}/ok", receiver.port);
+    let https = format!("https://127.0.0.1:{}/ok", receiver.port());
     let outcome = Deliverer::new(&config(true))
         .deliver(&webhook(https, false), &message())
         .await;
@@ -278,7 +241,7 @@ async fn loopback_targets_need_the_config_and_the_channel_to_allow_them() {
         "{outcome:?}"
     );
     assert!(
-        receiver.requests("/ok").is_empty(),
+        requests_to(&receiver, "/ok").is_empty(),
         "nothing reached the receiver"
     );
 
@@ -289,7 +252,7 @@ async fn loopback_targets_need_the_config_and_the_channel_to_allow_them() {
         Deliverer::new(&config).deliver(&channel, &message()).await,
         Outcome::Delivered
     );
-    assert_eq!(receiver.requests("/ok").len(), 1);
+    assert_eq!(requests_to(&receiver, "/ok").len(), 1);
 }
 
 #[tokio::test]
@@ -310,7 +273,7 @@ async fn the_metadata_address_is_refused_even_when_private_targets_are_allowed()
 
 #[tokio::test]
 async fn a_slow_receiver_times_out_and_is_retried() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let config = AlertsConfig {
         delivery_timeout: Duration::from_secs(1),
         ..config(true)
@@ -326,7 +289,7 @@ async fn a_slow_receiver_times_out_and_is_retried() {
 
 #[tokio::test]
 async fn discord_and_slack_payloads_have_the_documented_shapes() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(SECRET).await;
     let config = config(true);
     let deliverer = Deliverer::new(&config);
     let mut resolved = message();
@@ -352,7 +315,7 @@ async fn discord_and_slack_payloads_have_the_documented_shapes() {
             let outcome = deliverer.deliver(&channel, m).await;
             assert_eq!(outcome, Outcome::Delivered, "{kind:?} {:?}", m.state);
         }
-        let requests = receiver.requests(path);
+        let requests = requests_to(&receiver, path);
         assert_eq!(requests.len(), messages.len());
         for r in &requests {
             assert_eq!(r["errors"], json!([]), "{kind:?}: {r}");

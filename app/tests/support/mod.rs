@@ -3,3 +3,4 @@
 pub mod app;
 pub mod release;
 pub mod services;
+pub mod webhook;
