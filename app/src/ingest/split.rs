@@ -4,11 +4,14 @@
 //!
 //! 1. Each submission is checked on its own first ([`super::limits`]) and its series resolved
 //!    (quota included); a submission that fails here is refused alone.
-//! 2. The rest is inserted as one batch. If the database refuses it for a reason that does not
-//!    pass (see [`StoreError::is_transient`]), the batch is bisected by submission until the
-//!    refused ones stand alone: k bad submissions among n cost about k·log2(n) extra commits.
-//! 3. A transient failure (database unavailable, deadlock, a partition being attached) holds
-//!    the batch and retries with back-off, as before, until the writer is aborted at shutdown.
+//! 2. The rest is inserted as one batch. If the database refuses the rows themselves (see
+//!    [`StoreError::is_refusal`]: a value out of range, a constraint, a trigger's exception),
+//!    the batch is bisected by submission until the refused ones stand alone: k bad
+//!    submissions among n cost about k·log2(n) extra commits.
+//! 3. Any other failure (database unavailable, deadlock, a partition being attached, or one
+//!    not recognised) holds the batch and retries with back-off, as before, until the writer
+//!    is aborted at shutdown: a refusal acknowledges MQTT messages away, so only a known
+//!    refusal may cause one.
 
 use std::time::Duration;
 
@@ -97,8 +100,10 @@ impl BatchWriter {
             let Err(error) = self.insert_holding(&batch, abort).await else {
                 continue;
             };
-            if error.is_transient() {
-                // Aborted while the database was unavailable: nothing of this part is stored.
+            if !error.is_refusal() {
+                // Aborted while held (the database unavailable, or a failure not known to be
+                // a refusal of these rows): nothing of this part is stored, and the MQTT
+                // messages stay unacknowledged.
                 for &i in part {
                     settled[i].result = Err(IngestError::Store(error.to_string()));
                 }
@@ -141,7 +146,7 @@ impl BatchWriter {
             let resolved = loop {
                 match self.series.resolve(&*self.store, sample).await {
                     Ok(resolved) => break resolved,
-                    Err(e) if e.is_transient() => {
+                    Err(e) if !e.is_refusal() => {
                         if !holding.pause(&e, abort).await {
                             return Err(IngestError::Store(e.to_string()));
                         }
@@ -184,7 +189,7 @@ impl BatchWriter {
         loop {
             match self.store.insert_readings(batch).await {
                 Ok(inserted) => return Ok(inserted),
-                Err(e) if e.is_transient() => {
+                Err(e) if !e.is_refusal() => {
                     if !holding.pause(&e, abort).await {
                         return Err(e);
                     }

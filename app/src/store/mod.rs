@@ -79,6 +79,36 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Whether the database refused the rows themselves (a value the column cannot hold, a
+    /// constraint, a trigger's exception), so the same rows fail the same way every time.
+    /// Narrower than "not transient" on purpose: the batch writer refuses (and so lets MQTT
+    /// acknowledge away) only submissions the database is known to reject; any error it does
+    /// not recognise holds the batch instead, so it never drops readings it could store later.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::NotFound | StoreError::Conflict(_) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| refusal_code(&code, db.message())),
+            _ => false,
+        }
+    }
+}
+
+/// Database codes that refuse the data itself (see [`StoreError::is_refusal`]).
+fn refusal_code(code: &str, message: &str) -> bool {
+    if let Ok(sqlite) = code.parse::<u32>() {
+        if code.len() != 5 {
+            // SQLITE_TOOBIG, SQLITE_CONSTRAINT (triggers, foreign keys, checks), SQLITE_MISMATCH,
+            // SQLITE_RANGE (primary code, low byte).
+            return matches!(sqlite & 0xff, 18 | 19 | 20 | 25);
+        }
+    }
+    let class = code.get(..2).unwrap_or_default();
+    // 22 data exception (e.g. 22003 numeric value out of range), 23 integrity constraint, P0 an
+    // exception raised by a trigger — but not the partition race, which passes.
+    matches!(class, "22" | "23" | "P0") && !transient_code(code, message)
 }
 
 /// PostgreSQL SQLSTATEs are five characters; SQLite codes are (extended) result numbers.
@@ -111,7 +141,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[cfg(test)]
 mod transient_tests {
-    use super::transient_code;
+    use super::{refusal_code, transient_code};
 
     #[test]
     fn failures_that_pass_are_told_from_those_that_do_not() {
@@ -130,7 +160,23 @@ mod transient_tests {
         // from a trigger, 787 foreign key).
         for code in ["22003", "23514", "23503", "P0001", "1811", "787", "19"] {
             assert!(!transient_code(code, "other"), "{code}");
+            assert!(refusal_code(code, "other"), "{code}");
         }
+        // Neither known to pass nor a refusal of the data: the batch writer holds these rather
+        // than refusing readings (a schema mismatch, an internal error, SQLite's generic 1).
+        for code in ["42703", "XX000", "1", "11"] {
+            assert!(
+                !transient_code(code, "other") && !refusal_code(code, "other"),
+                "{code}"
+            );
+        }
+        for code in ["08006", "40001", "57P01", "5", "13"] {
+            assert!(!refusal_code(code, ""), "{code}");
+        }
+        assert!(!refusal_code(
+            "23514",
+            "new row for relation \"readings_default\" violates partition constraint"
+        ));
     }
 }
 

@@ -368,6 +368,53 @@ async fn readings_given_up_at_shutdown_fail_retryably_and_are_counted() {
     );
 }
 
+/// A failure the writer does not recognise as a refusal of the rows (here SQLSTATE XX000, an
+/// internal error, for the first three attempts) holds the batch until it passes: nothing is
+/// refused — a refusal would let MQTT acknowledge the message away — and everything is stored.
+#[tokio::test]
+async fn a_failure_not_known_to_refuse_the_rows_holds_the_batch_until_it_passes() {
+    use sqlx::Connection;
+    let setup = open(Db::Postgres(Provider::Local)).await;
+    let store = &setup.store;
+    let mut conn = sqlx::PgConnection::connect(&setup.url).await.unwrap();
+    for sql in [
+        // A sequence, not a table, counts the attempts: a failed insert rolls a table back.
+        "CREATE SEQUENCE attempts",
+        "CREATE FUNCTION flaky() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF nextval('attempts') <= 3 THEN \
+             RAISE EXCEPTION 'internal hiccup' USING ERRCODE = 'XX000'; \
+           END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER flaky BEFORE INSERT ON readings FOR EACH STATEMENT EXECUTE FUNCTION flaky()",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    let devices = [device(store, "a").await, device(store, "b").await];
+    let mut pipeline = pipeline(store, IngestConfig::default());
+    let mut results = Vec::new();
+    for (i, &device_id) in devices.iter().enumerate() {
+        results.push(
+            pipeline
+                .queue(vec![sample(device_id, "t", 1, i as f64)])
+                .await,
+        );
+    }
+    pipeline.start();
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(result.await.unwrap(), Ok(()), "submission {i}");
+        assert_eq!(
+            avg_of_minute(store, devices[i], "t").await,
+            Some(i as f64),
+            "submission {i} stored"
+        );
+    }
+    let attempts: i64 = sqlx::query_scalar("SELECT last_value FROM attempts")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(attempts > 3, "the failure was hit ({attempts} attempts)");
+    assert_eq!(pipeline.rejected("store_refused"), 0, "nothing refused");
+}
+
 macro_rules! ingest_suite {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
