@@ -1,7 +1,8 @@
 //! Blue-green deploys with the embedded MQTT broker (`mqtt.mode = "embedded"`): the idle slot
 //! binds the broker port next to the active one (SO_REUSEPORT), and when the old slot stops,
-//! its devices reconnect to the new one. A device publishing QoS 1 through the whole deploy
-//! (paho, an independent client) loses no acknowledged message, and none is stored twice.
+//! its devices reconnect to the new one. A device publishing QoS 1 through a deploy and a
+//! rollback (paho, an independent client) loses no acknowledged message, and none is stored
+//! twice.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -135,7 +136,7 @@ async fn slot_metric(host: &ReleaseHost, slot: &str, name: &str) -> Option<f64> 
 }
 
 #[tokio::test]
-async fn a_deploy_with_the_embedded_broker_moves_devices_to_the_new_slot_and_loses_no_acknowledged_message(
+async fn a_deploy_and_a_rollback_with_the_embedded_broker_move_devices_between_slots_and_lose_no_acknowledged_message(
 ) {
     let artifacts = artifacts();
     let mqtt_port = free_port().unwrap();
@@ -196,6 +197,32 @@ async fn a_deploy_with_the_embedded_broker_moves_devices_to_the_new_slot_and_los
     );
     let connections = slot_metric(&host, &v2_slot, "ddms_mqtt_connections").await;
     assert_eq!(connections, Some(1.0), "the new slot serves the device");
+
+    // Rollback: the same hand-over, back to v1's slot.
+    let back = host.release(&["rollback"]).await;
+    let back_record = back.json();
+    assert_eq!(
+        back_record["result"], "ok",
+        "rollback: {back_record}\n{}",
+        back.stderr
+    );
+    assert_eq!(back_record["to_slot"], v1_slot.as_str());
+    let after_rollback = publisher.acked();
+    publisher
+        .wait_acked(after_rollback + 200, Duration::from_secs(60))
+        .await;
+    let moved = publisher.count("disconnected");
+    assert!(
+        moved >= 2,
+        "the device stayed behind: {:?}",
+        publisher.output()
+    );
+    let connections = slot_metric(&host, &v1_slot, "ddms_mqtt_connections").await;
+    assert_eq!(
+        connections,
+        Some(1.0),
+        "the device is back on slot {v1_slot}"
+    );
     let published = publisher.finish().await;
 
     // Every acknowledged message is stored, each exactly once.
@@ -241,9 +268,10 @@ async fn a_deploy_with_the_embedded_broker_moves_devices_to_the_new_slot_and_los
             .collect::<Vec<_>>()
     );
     println!(
-        "{published} QoS 1 messages through a deploy with the embedded broker (activate {} ms, stop_old {} ms), each stored once; the device was disconnected {} time(s)",
+        "{published} QoS 1 messages through a deploy and a rollback with the embedded broker (activate {} ms, stop_old {} ms; rollback {} ms), each stored once; the device was disconnected {} time(s)",
         record["duration_ms"],
         run.step_ms("stop_old"),
+        back_record["duration_ms"],
         moved
     );
 }

@@ -511,7 +511,14 @@ impl ReleaseHost {
     /// An API token with `role` (`viewer`, `admin`).
     pub async fn token(&self, role: &str) -> String {
         let output = ddms_command(&self.root)
-            .args(["token", "create", "--name", &format!("test-{role}"), "--role", role])
+            .args([
+                "token",
+                "create",
+                "--name",
+                &format!("test-{role}"),
+                "--role",
+                role,
+            ])
             .env("DDMS_CONFIG", self.root.join("etc/ddms/ddms.toml"))
             .stdin(Stdio::null())
             .output()
