@@ -201,6 +201,7 @@ impl Server {
                         devices_changed: devices_changed.clone(),
                         credentials_changed: credentials_changed.clone(),
                         ready: broker_ready.clone(),
+                        share_port: config.slot.is_some(),
                     },
                 )
                 .await?,

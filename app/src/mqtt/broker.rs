@@ -15,6 +15,13 @@
 //! - **No subscriptions**: ddms is the only consumer and takes messages in the publish path, so
 //!   nothing is routed and no queue can overflow (the Mosquitto pitfall: PUBACK, then a drop
 //!   for a slow subscriber).
+//! - **Blue-green hand-over**: in a slot (`DDMS_SLOT`), the listeners set `SO_REUSEPORT`, so
+//!   the idle slot binds the broker port while the active one still serves it and the kernel
+//!   spreads new connections over both. A stopping slot closes its listeners first (from then
+//!   on every new connection reaches the other slot), then refuses to acknowledge, then lets
+//!   each device go once its in-flight message is answered; the device reconnects to the new
+//!   slot and sends again what was not acknowledged. Outside a slot the port stays exclusive:
+//!   a second ddms on the same port is a start-up error, not a silent split of the devices.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -131,6 +138,9 @@ pub struct BrokerContext {
     pub credentials_changed: Arc<Notify>,
     /// Set while the broker accepts connections (`/ready`).
     pub ready: Arc<AtomicBool>,
+    /// Share the listening ports with the other blue-green slot (`SO_REUSEPORT`): set when
+    /// ddms runs as a slot.
+    pub share_port: bool,
 }
 
 /// A bound, not yet serving broker. Binding in `Server::build` turns a port in use into a
@@ -200,12 +210,14 @@ impl EmbeddedBroker {
             .await;
         register.start().await;
 
-        let plain = listener_builder("mqtt", config.listen)
+        let share_port = context.share_port;
+        let plain = listener_builder("mqtt", config.listen, share_port)
             .bind()
             .with_context(|| {
                 format!(
-                    "cannot listen on {} (mqtt.embedded.listen; set mqtt.mode = \"off\" or another address if a broker already runs there)",
-                    config.listen
+                    "cannot listen on {} (mqtt.embedded.listen; set mqtt.mode = \"off\" or another address if a broker already runs there){}",
+                    config.listen,
+                    shared_port_hint(share_port)
                 )
             })?
             .tcp()
@@ -218,11 +230,16 @@ impl EmbeddedBroker {
             let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
                 anyhow::bail!("mqtt.embedded.tls_listen needs mqtt.embedded.tls.cert and .key");
             };
-            let tls = listener_builder("mqtts", addr)
+            let tls = listener_builder("mqtts", addr, share_port)
                 .tls_cert(Some(cert.display().to_string()))
                 .tls_key(Some(key.display().to_string()))
                 .bind()
-                .with_context(|| format!("cannot listen on {addr} (mqtt.embedded.tls_listen)"))?
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {addr} (mqtt.embedded.tls_listen){}",
+                        shared_port_hint(share_port)
+                    )
+                })?
                 .tls()
                 .with_context(|| {
                     format!(
@@ -256,9 +273,11 @@ impl EmbeddedBroker {
         self.tls_listen
     }
 
-    /// Serves until `stop`, then stops in the order that keeps "acknowledged = committed":
-    /// take the ingest handle away (later messages are not acknowledged), stop accepting, let
-    /// each device go once its in-flight message has its answer. The batch writer is still
+    /// Serves until `stop`, then stops in the order that keeps "acknowledged = committed"
+    /// and hands the devices over to the other blue-green slot: stop accepting (close the
+    /// listening sockets: the kernel sends every new connection to the other slot's, when it
+    /// shares the port), take the ingest handle away (later messages are not acknowledged),
+    /// let each device go once its in-flight message has its answer. The batch writer is still
     /// running meanwhile, so that answer comes; this returns before the pipeline is flushed.
     pub async fn run(self, stop: CancellationToken) {
         let EmbeddedBroker {
@@ -288,10 +307,11 @@ impl EmbeddedBroker {
             _ = &mut accept => tracing::error!("the embedded MQTT broker stopped accepting connections"),
         }
         ready.store(false, Ordering::SeqCst);
-        inbound.gate.close();
-        // Dropping the server closes its listening sockets.
+        // Dropping the server closes its listening sockets: first, so that a device let go
+        // below reconnects to the other slot rather than to this one.
         accept.abort();
         let _ = accept.await;
+        inbound.gate.close();
         let _ = maintain.await;
         let disconnected = tokio::time::timeout(DISCONNECT_TIMEOUT, disconnect_all(&scx)).await;
         match disconnected {
@@ -306,12 +326,24 @@ impl EmbeddedBroker {
     }
 }
 
-fn listener_builder(name: &str, addr: SocketAddr) -> Builder {
+/// What to check when a slot cannot bind: the other side must share the port too.
+fn shared_port_hint(share_port: bool) -> &'static str {
+    if share_port {
+        "; blue-green slots share the port with SO_REUSEPORT, so the process holding it does not: another program, a ddms outside a slot, or the other slot running a release from before the shared port (stop that slot once, then activate again)"
+    } else {
+        ""
+    }
+}
+
+fn listener_builder(name: &str, addr: SocketAddr, share_port: bool) -> Builder {
     Builder::new()
         .name(name)
         .laddr(addr)
         // A restart binds again at once, without waiting for TIME_WAIT.
         .reuseaddr(Some(true))
+        // Both slots of a blue-green deploy listen at once (Linux only lets sockets of the
+        // same user share a port).
+        .reuseport(Some(share_port))
         .nodelay(true)
         .allow_anonymous(false)
         .max_packet_size(MAX_PACKET_BYTES)

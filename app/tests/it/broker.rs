@@ -931,6 +931,44 @@ async fn a_broker_port_in_use_is_a_start_up_error_that_names_the_key() {
     assert!(error.contains(&addr.to_string()), "{error}");
 }
 
+/// Blue and green both bind the broker port during a deploy (SO_REUSEPORT); a ddms outside a
+/// slot does not share it, so it can neither join the two slots nor be joined by one.
+#[tokio::test]
+async fn the_two_slots_share_the_broker_port_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |slot: &str, port: u16| {
+        ddms::config::from_toml(&format!(
+            "{slot}data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nmode = \"embedded\"\n\
+             [mqtt.embedded]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap()
+    };
+    let port = crate::support::services::free_port().unwrap();
+    let blue = ddms::server::Server::build(config("slot = \"blue\"\n", port))
+        .await
+        .expect("blue binds");
+    let green = ddms::server::Server::build(config("slot = \"green\"\n", port))
+        .await
+        .expect("green binds the port blue holds");
+    let error = match ddms::server::Server::build(config("", port)).await {
+        Ok(_) => panic!("a ddms outside a slot bound the slots' port {port}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("mqtt.embedded.listen"), "{error}");
+    drop((blue, green));
+
+    let port = crate::support::services::free_port().unwrap();
+    let _alone = ddms::server::Server::build(config("", port))
+        .await
+        .expect("binds");
+    let error = match ddms::server::Server::build(config("slot = \"blue\"\n", port)).await {
+        Ok(_) => panic!("a slot bound the port of a ddms outside a slot"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("SO_REUSEPORT"), "{error}");
+}
+
 async fn device_status(app: &TestApp, token: &str, device: &Device) -> Value {
     let body: Value = app
         .get_with_token(&format!("/api/devices/{}", device.id), token)

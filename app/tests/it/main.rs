@@ -23,6 +23,7 @@ mod mqtt;
 mod openapi;
 mod readiness;
 mod release;
+mod release_broker;
 mod security;
 mod settings;
 mod shutdown;

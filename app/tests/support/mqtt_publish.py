@@ -6,10 +6,14 @@ Publishes COUNT telemetry messages to devices/DEVICE/telemetry; message i is
 timestamp. Exits 0 once the broker has acknowledged (PUBACK) every message. Reconnects by
 itself, resending what was not acknowledged, so a broker restart mid-stream is survived.
 Prints "acked N" as it goes (every 100), so a test can act mid-stream.
+
+SIGTERM ends the stream early: no further message is published, the ones already published
+are waited for as usual, and "published N" names how many there were (messages 0..N-1).
 """
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -31,16 +35,19 @@ def main() -> int:
     args = parser.parse_args()
 
     acked = 0
+    target = args.count
     done = threading.Event()
     lock = threading.Lock()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
     def on_publish(client, userdata, mid, reason_code, properties):
         nonlocal acked
         with lock:
             acked += 1
-            if acked % 100 == 0 or acked == args.count:
+            if acked % 100 == 0 or acked == target:
                 print(f"acked {acked}", flush=True)
-            if acked == args.count:
+            if acked == target:
                 done.set()
 
     def on_connect(client, userdata, flags, reason_code, properties):
@@ -68,20 +75,29 @@ def main() -> int:
 
     topic = f"devices/{args.device}/telemetry"
     started = time.monotonic()
+    published = 0
     for i in range(args.count):
+        if stop.is_set():
+            break
         payload = json.dumps({"ts": args.base_ms + i, "metrics": {"seq": i}})
         # Queued by paho while disconnected; resent after reconnecting until acknowledged.
         client.publish(topic, payload, qos=1)
+        published = i + 1
         if args.rate > 0:
             ahead = (i + 1) / args.rate - (time.monotonic() - started)
             if ahead > 0:
-                time.sleep(ahead)
+                stop.wait(ahead)
+    with lock:
+        target = published
+        if acked == target:
+            done.set()
+    print(f"published {published}", flush=True)
 
     finished = done.wait(args.timeout)
     client.disconnect()
     client.loop_stop()
     if not finished:
-        print(f"timeout: {acked} of {args.count} acknowledged", file=sys.stderr, flush=True)
+        print(f"timeout: {acked} of {target} acknowledged", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -259,6 +259,11 @@ pub struct ReleaseHost {
 impl ReleaseHost {
     /// A fresh host: layout under a temp root, ddms.toml (SQLite, MQTT off), nginx running.
     pub async fn start() -> Result<ReleaseHost> {
+        ReleaseHost::start_with_mqtt("mode = \"off\"\n").await
+    }
+
+    /// A fresh host whose ddms.toml has `mqtt` as its `[mqtt]` table (and its sub-tables).
+    pub async fn start_with_mqtt(mqtt: &str) -> Result<ReleaseHost> {
         let artifacts = artifacts();
         let root = std::env::temp_dir().join(format!(
             "ddms-release-host-{}",
@@ -280,7 +285,7 @@ impl ReleaseHost {
             etc.join("ddms.toml"),
             format!(
                 "data_dir = {data:?}\n[database]\nurl = {url:?}\n[http]\nshutdown_timeout = 10\n\
-                 [mqtt]\nmode = \"off\"\n[log]\nformat = \"json\"\n",
+                 [log]\nformat = \"json\"\n[mqtt]\n{mqtt}",
                 data = state.join("data").display().to_string(),
                 url = format!("sqlite://{}", state.join("ddms.db").display()),
             ),
@@ -500,8 +505,20 @@ impl ReleaseHost {
 
     /// A viewer API token (the database exists once a release was activated).
     pub async fn viewer_token(&self) -> String {
+        self.token("viewer").await
+    }
+
+    /// An API token with `role` (`viewer`, `admin`).
+    pub async fn token(&self, role: &str) -> String {
         let output = ddms_command(&self.root)
-            .args(["token", "create", "--name", "load", "--role", "viewer"])
+            .args([
+                "token",
+                "create",
+                "--name",
+                &format!("test-{role}"),
+                "--role",
+                role,
+            ])
             .env("DDMS_CONFIG", self.root.join("etc/ddms/ddms.toml"))
             .stdin(Stdio::null())
             .output()
