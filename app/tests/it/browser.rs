@@ -750,10 +750,22 @@ async fn an_owner_logs_in_sees_readings_live_over_event_source_and_changes_setti
             Duration::from_secs(10),
         )
         .await;
+    // Keeping 400 days where everything was kept deletes data: pending for a day.
+    assert_eq!(app.store.get_setting("retention_days").await.unwrap(), None);
     assert_eq!(
-        app.store.get_setting("retention_days").await.unwrap(),
-        Some(json!(400))
+        app.store
+            .get_setting("retention_pending")
+            .await
+            .unwrap()
+            .unwrap()["retention_days"],
+        json!(400)
     );
+    browser
+        .wait_js(
+            "!document.getElementById('retention-pending').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
     assert_eq!(
         app.store.get_setting("backup_schedule").await.unwrap(),
         Some(json!("daily 02:30"))
