@@ -217,6 +217,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_retention_is_read_back_and_a_malformed_one_ignored() {
+        let pending = json!({"retention_days": 7, "from_days": 30, "requested_by": "user:olga",
+                             "requested_at": "2026-12-05T15:00:00Z",
+                             "due_at": "2026-12-06T15:00:00Z", "readings": 12});
+        let settings =
+            RuntimeSettings::from_stored(&defaults(), &[(RETENTION_PENDING, Some(pending))]);
+        let read = settings.retention_pending.clone().expect("pending read back");
+        assert_eq!((read.retention_days, read.from_days), (7, Some(30)));
+        assert_eq!(settings.to_json()[RETENTION_PENDING]["readings"], 12);
+        for stored in [Value::Null, json!({"retention_days": "soon"})] {
+            let settings =
+                RuntimeSettings::from_stored(&defaults(), &[(RETENTION_PENDING, Some(stored))]);
+            assert_eq!(settings.retention_pending, None);
+        }
+    }
+
+    #[test]
     fn absent_null_and_malformed_values_keep_what_applies() {
         let settings = RuntimeSettings::from_stored(
             &defaults(),
