@@ -223,7 +223,10 @@ mod tests {
                              "due_at": "2026-12-06T15:00:00Z", "readings": 12});
         let settings =
             RuntimeSettings::from_stored(&defaults(), &[(RETENTION_PENDING, Some(pending))]);
-        let read = settings.retention_pending.clone().expect("pending read back");
+        let read = settings
+            .retention_pending
+            .clone()
+            .expect("pending read back");
         assert_eq!((read.retention_days, read.from_days), (7, Some(30)));
         assert_eq!(settings.to_json()[RETENTION_PENDING]["readings"], 12);
         for stored in [Value::Null, json!({"retention_days": "soon"})] {

@@ -417,7 +417,7 @@ mod tests {
         let backup = PathBuf::from("/var/backups/ddms");
         let measured = [
             ("data_dir", data.as_path(), Ok(42.0)),
-            ("backup.dir", backup.as_path(), Ok(3.14)),
+            ("backup.dir", backup.as_path(), Ok(3.08)),
         ];
         let (low, detail) = verdict(&measured, 10);
         assert!(low);
