@@ -1,4 +1,5 @@
-// Settings (owner): retention, offline threshold, backup schedule; backups (list, back up now).
+// Settings (owner): retention (a pending shortening, "Delete now"), offline threshold, backup
+// schedule; backups (list, back up now).
 "use strict";
 
 (() => {
@@ -6,7 +7,16 @@
 
   function fill(settings) {
     const f = $("settings-content").elements;
-    f.retention_days.value = settings.retention_days ?? "";
+    const pending = settings.retention_pending;
+    // A pending shortening is what the owner asked for: shown (and sent back unchanged).
+    f.retention_days.value = (pending ? pending.retention_days : settings.retention_days) ?? "";
+    if (pending) {
+      const from = pending.from_days === null ? "everything kept" : pending.from_days + " days";
+      $("retention-pending-text").textContent = "Retention " + from + " → " + pending.retention_days +
+        " days takes effect " + ddms.formatTime(pending.due_at) + ": about " + pending.readings +
+        " readings will be deleted. ";
+    }
+    show("retention-pending", Boolean(pending));
     f.offline_after_s.value = settings.offline_after_s ?? "";
     f.backup_schedule.value = settings.backup_schedule ?? "off";
   }
@@ -40,6 +50,18 @@
           input.insertAdjacentElement("afterend", el("span", { class: "field-error dynamic", "data-error-field": field, text: message }));
         }
       }
+      $("settings-form-error").textContent = err.message;
+      show("settings-form-error", true);
+    }
+  }
+
+  async function applyRetention() {
+    if (!confirm("Delete the readings older than the new retention now? This cannot be undone.")) return;
+    show("settings-form-error", false);
+    try {
+      fill(await api("/api/system/retention/apply", { method: "POST" }));
+      show("settings-saved", true);
+    } catch (err) {
       $("settings-form-error").textContent = err.message;
       show("settings-form-error", true);
     }
@@ -108,6 +130,7 @@
       fill(await api("/api/system/config"));
       state("settings", "content");
       $("settings-content").addEventListener("submit", save);
+      $("retention-apply").addEventListener("click", applyRetention);
     } catch (err) { state("settings", "error", err.message); }
     await backups;
   });

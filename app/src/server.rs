@@ -212,7 +212,8 @@ impl Server {
         let per_minute = NonZeroU32::new(REGISTRATIONS_PER_MINUTE).expect("non-zero");
         let backups = crate::backup::Backups::new(store.clone(), &config)
             .await
-            .with_metrics(metrics.registry());
+            .with_metrics(metrics.registry())
+            .with_alerts(alerts.clone());
         backups.clean_leftovers();
         let security = http::security::Security::new(&config);
         security.hashing.register(metrics.registry());
@@ -314,6 +315,7 @@ impl Server {
         background.spawn(crate::retention::run(
             state.store.clone(),
             state.settings.clone(),
+            state.alerts.clone(),
             state.instance_id.clone(),
             RetentionMetrics::register(state.metrics.registry()),
             stop_producers.clone(),
@@ -325,6 +327,7 @@ impl Server {
             stop_producers.clone(),
         ));
         background.spawn(state.alerts.clone().run(stop_producers.clone()));
+        background.spawn(system_watch(&state).run(stop_producers.clone()));
         background.spawn(state.alerts.outbox().run(stop_producers.clone()));
         let writer = tokio::spawn(writer.run(abort_writer.clone()));
         // The event log outlives the producers and the writer, whose last events it still appends.
@@ -578,5 +581,42 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!(signal = "SIGINT", "signal received"),
         () = terminate => tracing::info!(signal = "SIGTERM", "signal received"),
+    }
+}
+
+/// The checks of ddms itself behind the `disk_space`, `not_ready` and `backup_stale` system
+/// alerts (`alerts::watch`).
+fn system_watch(state: &AppState) -> crate::alerts::watch::SystemWatch {
+    let probe_state = state.clone();
+    let ready: crate::alerts::watch::ReadyProbe = Arc::new(
+        move || -> futures::future::BoxFuture<'static, Result<(), String>> {
+            let state = probe_state.clone();
+            Box::pin(async move {
+                let (ready, components) = http::readiness(&state, false).await;
+                if ready {
+                    return Ok(());
+                }
+                // The components that failed (not those that could not be asked), as /ready says.
+                let failed: Vec<String> = components
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, c)| c["status"] == "error")
+                    .map(|(name, c)| format!("{name}: {}", c["error"].as_str().unwrap_or("error")))
+                    .collect();
+                Err(failed.join("; "))
+            })
+        },
+    );
+    crate::alerts::watch::SystemWatch {
+        alerts: state.alerts.clone(),
+        disks: vec![
+            ("data_dir", state.config.data_dir.clone()),
+            ("backup.dir", state.config.backup_dir()),
+        ],
+        ready,
+        backups: state.backups.clone(),
+        settings: state.settings.clone(),
+        holder: state.instance_id.clone(),
     }
 }

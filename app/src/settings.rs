@@ -11,11 +11,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::retention::pending::PendingRetention;
 use crate::store::{Store, StoreResult};
 
 pub const RETENTION_DAYS: &str = "retention_days";
 pub const OFFLINE_AFTER_S: &str = "offline_after_s";
 pub const BACKUP_SCHEDULE: &str = "backup_schedule";
+/// A shortening of `retention_days` waiting to take effect (`retention::pending`).
+pub const RETENTION_PENDING: &str = "retention_pending";
 
 /// How soon a change written by another instance takes effect here.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -28,6 +31,8 @@ pub struct RuntimeSettings {
     pub offline_after: Duration,
     /// `off`, `hourly`, `daily HH:MM` or `weekly <day> HH:MM` (UTC).
     pub backup_schedule: String,
+    /// A shorter `retention_days` that takes effect at its `due_at` (or when an owner says so).
+    pub retention_pending: Option<PendingRetention>,
 }
 
 impl RuntimeSettings {
@@ -37,6 +42,7 @@ impl RuntimeSettings {
             retention_days: None,
             offline_after: config.mqtt.offline_after,
             backup_schedule: "off".to_string(),
+            retention_pending: None,
         }
     }
 
@@ -68,6 +74,13 @@ impl RuntimeSettings {
                     .as_str()
                     .map(|s| settings.backup_schedule = s.to_string())
                     .is_some(),
+                RETENTION_PENDING if value.is_null() => {
+                    settings.retention_pending = None;
+                    true
+                }
+                RETENTION_PENDING => serde_json::from_value::<PendingRetention>(value.clone())
+                    .map(|p| settings.retention_pending = Some(p))
+                    .is_ok(),
                 _ => true,
             };
             if !understood {
@@ -83,6 +96,7 @@ impl RuntimeSettings {
             RETENTION_DAYS: self.retention_days,
             OFFLINE_AFTER_S: self.offline_after.as_secs(),
             BACKUP_SCHEDULE: self.backup_schedule,
+            RETENTION_PENDING: self.retention_pending,
         })
     }
 }
@@ -123,7 +137,12 @@ impl Settings {
     /// Reads the stored settings; subscribers wake only when something changed.
     pub async fn refresh(&self) -> StoreResult<RuntimeSettings> {
         let mut stored = Vec::new();
-        for key in [RETENTION_DAYS, OFFLINE_AFTER_S, BACKUP_SCHEDULE] {
+        for key in [
+            RETENTION_DAYS,
+            OFFLINE_AFTER_S,
+            BACKUP_SCHEDULE,
+            RETENTION_PENDING,
+        ] {
             stored.push((key, self.store.get_setting(key).await?));
         }
         let fresh = RuntimeSettings::from_stored(&self.defaults, &stored);
@@ -178,6 +197,7 @@ mod tests {
             retention_days: None,
             offline_after: Duration::from_secs(90),
             backup_schedule: "off".into(),
+            retention_pending: None,
         }
     }
 
@@ -194,6 +214,26 @@ mod tests {
         assert_eq!(settings.retention_days, Some(30));
         assert_eq!(settings.offline_after, Duration::from_secs(20));
         assert_eq!(settings.backup_schedule, "daily 02:30");
+    }
+
+    #[test]
+    fn a_pending_retention_is_read_back_and_a_malformed_one_ignored() {
+        let pending = json!({"retention_days": 7, "from_days": 30, "requested_by": "user:olga",
+                             "requested_at": "2026-12-05T15:00:00Z",
+                             "due_at": "2026-12-06T15:00:00Z", "readings": 12});
+        let settings =
+            RuntimeSettings::from_stored(&defaults(), &[(RETENTION_PENDING, Some(pending))]);
+        let read = settings
+            .retention_pending
+            .clone()
+            .expect("pending read back");
+        assert_eq!((read.retention_days, read.from_days), (7, Some(30)));
+        assert_eq!(settings.to_json()[RETENTION_PENDING]["readings"], 12);
+        for stored in [Value::Null, json!({"retention_days": "soon"})] {
+            let settings =
+                RuntimeSettings::from_stored(&defaults(), &[(RETENTION_PENDING, Some(stored))]);
+            assert_eq!(settings.retention_pending, None);
+        }
     }
 
     #[test]

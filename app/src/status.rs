@@ -71,7 +71,7 @@ impl StatusBoard {
         };
         let check = crate::alerts::system::CONNECTION_FAILURE;
         if let Err(e) = alerts
-            .system_condition(check, Some(device_id), active)
+            .system_condition(check, Some(device_id), active, None)
             .await
         {
             tracing::warn!(device.id = %device_id, error = %e, "cannot update the connection-failure system alert");

@@ -31,8 +31,16 @@ pub struct AlertsConfig {
     /// How often timers are checked: `for` durations, no-data, repeats, system checks.
     #[serde(with = "seconds")]
     pub evaluation_interval: Duration,
-    /// A system alert fires when `data_dir` or the backup directory has less free space.
+    /// A system alert fires when `data_dir` or the backup directory has less free space
+    /// (percent; 0 turns the check off).
     pub disk_free_floor_percent: u8,
+    /// `/ready` must say "not ready" this long before the `not_ready` system alert fires.
+    #[serde(with = "seconds")]
+    pub not_ready_grace: Duration,
+    /// No successful backup for this long, while a backup schedule is set, fires
+    /// `backup_stale`. Unset: twice the schedule's interval (2 h, 2 days, 2 weeks).
+    #[serde(default, with = "optional_seconds")]
+    pub backup_stale_after: Option<Duration>,
     /// Extra PEM CA certificates trusted for SMTP TLS (besides the system's), for a relay
     /// with a private CA. A configuration key rather than a channel setting so that the API
     /// cannot make ddms read files of its choosing.
@@ -49,6 +57,8 @@ impl Default for AlertsConfig {
             group_window: Duration::from_secs(60),
             evaluation_interval: Duration::from_secs(5),
             disk_free_floor_percent: 10,
+            not_ready_grace: Duration::from_secs(60),
+            backup_stale_after: None,
             smtp_ca_file: None,
         }
     }
@@ -95,6 +105,20 @@ impl AlertsConfig {
             Duration::from_millis(100),
             Duration::from_secs(3600),
         )?;
+        between(
+            "alerts.not_ready_grace",
+            self.not_ready_grace,
+            Duration::ZERO,
+            Duration::from_secs(86_400),
+        )?;
+        if let Some(after) = self.backup_stale_after {
+            between(
+                "alerts.backup_stale_after",
+                after,
+                Duration::from_secs(1),
+                MAX_DURATION,
+            )?;
+        }
         if self.group_threshold == 0 {
             return Err(("alerts.group_threshold", "must be at least 1".into()));
         }
@@ -123,6 +147,8 @@ impl AlertsConfig {
             "group_window": self.group_window.as_secs_f64(),
             "evaluation_interval": self.evaluation_interval.as_secs_f64(),
             "disk_free_floor_percent": self.disk_free_floor_percent,
+            "not_ready_grace": self.not_ready_grace.as_secs_f64(),
+            "backup_stale_after": self.backup_stale_after.map(|d| d.as_secs_f64()),
             "smtp_ca_file": self.smtp_ca_file.as_ref().map(|p| p.display().to_string()),
         })
     }
@@ -174,6 +200,23 @@ mod seconds {
     }
 }
 
+/// An optional duration in seconds.
+mod optional_seconds {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::seconds::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::seconds::serialize(value, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +244,8 @@ mod tests {
             ("group_window = 0", "alerts.group_window"),
             ("evaluation_interval = 0.01", "alerts.evaluation_interval"),
             ("group_threshold = 0", "alerts.group_threshold"),
+            ("not_ready_grace = 90000", "alerts.not_ready_grace"),
+            ("backup_stale_after = 0", "alerts.backup_stale_after"),
             (
                 "disk_free_floor_percent = 100",
                 "alerts.disk_free_floor_percent",

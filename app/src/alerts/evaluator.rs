@@ -69,6 +69,8 @@ pub(super) struct Subject<'a> {
     pub(super) rule: &'a AlertRule,
     pub(super) device_id: Option<Uuid>,
     pub(super) metric: Option<&'a str>,
+    /// What a system check saw (free space, the error), appended to the summary.
+    pub(super) detail: Option<&'a str>,
 }
 
 pub struct Alerting {
@@ -256,6 +258,7 @@ impl Alerting {
                 rule,
                 device_id: Some(device_id),
                 metric: Some(metric),
+                detail: None,
             };
             let mut lost = false;
             for step in steps {
@@ -467,13 +470,21 @@ impl Alerting {
             .device_id
             .and_then(|d| index.devices.get(&d))
             .map(|d| d.name.clone());
-        let device = device_name.clone().unwrap_or_else(|| "every device".into());
+        let device = device_name.clone().unwrap_or_else(|| {
+            if subject.device_id.is_none() && rule.kind == "system" {
+                // A check of ddms itself, not of a device.
+                "ddms".into()
+            } else {
+                "every device".into()
+            }
+        });
+        let detail = subject.detail.map(|d| format!(": {d}")).unwrap_or_default();
         let metric = subject.metric.unwrap_or("");
         let value = alert.value.map(|v| format!("{v}")).unwrap_or_default();
         let check = rule.system_check.as_deref().unwrap_or("system");
         let summary = match (change.event.as_str(), Condition::parse(&rule.condition)) {
-            ("resolved", None) => format!("resolved: {check} on {device}"),
-            ("firing" | "repeat", None) => format!("{check} on {device}"),
+            ("resolved", None) => format!("resolved: {check} on {device}{detail}"),
+            ("firing" | "repeat", None) => format!("{check} on {device}{detail}"),
             ("resolved", Some(Condition::NoData)) => format!("{metric} data is back on {device}"),
             ("resolved", _) => format!("resolved: {metric} {value} on {device}"),
             ("acknowledged", _) => format!(
@@ -574,6 +585,7 @@ impl Alerting {
                 rule: &rule,
                 device_id: open.device_id,
                 metric: open.metric.as_deref(),
+                detail: None,
             };
             let threshold = Check::of(&rule.rule)
                 .zip(open.value)

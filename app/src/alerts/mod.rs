@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod rule;
 pub mod system;
+pub mod watch;
 
 pub use evaluator::Alerting;
 pub use outbox::OutboxWorker;

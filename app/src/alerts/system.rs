@@ -14,14 +14,28 @@ use crate::store::StoreResult;
 /// A device's connection failed `devices.failure_threshold` times in a row (the status
 /// board's connection-failure notification is open).
 pub const CONNECTION_FAILURE: &str = "connection_failure";
-/// The `system_check` values a rule may name. Only `connection_failure` is reported so far;
-/// the others are accepted so that rules can be set up ahead of them.
+/// Free space of `data_dir` or `backup.dir` below `alerts.disk_free_floor_percent`
+/// (checked by [`super::watch`]).
+pub const DISK_SPACE: &str = "disk_space";
+/// `/ready` has said "not ready" for longer than `alerts.not_ready_grace` (see
+/// [`super::watch`] for what can be delivered when the database is the reason).
+pub const NOT_READY: &str = "not_ready";
+/// The last scheduled backup of this instance failed; the next successful backup resolves it.
+pub const BACKUP_FAILED: &str = "backup_failed";
+/// No successful backup within `alerts.backup_stale_after` (default: twice the schedule's
+/// interval) while a schedule is set.
+pub const BACKUP_STALE: &str = "backup_stale";
+/// An owner shortened `retention_days`: data will be deleted when the change takes effect
+/// (see `retention::pending`). Resolves when it took effect or was cancelled.
+pub const RETENTION_PENDING: &str = "retention_pending";
+/// The `system_check` values a rule may name.
 pub const CHECKS: &[&str] = &[
     CONNECTION_FAILURE,
-    "disk_space",
-    "not_ready",
-    "backup_failed",
-    "backup_stale",
+    DISK_SPACE,
+    NOT_READY,
+    BACKUP_FAILED,
+    BACKUP_STALE,
+    RETENTION_PENDING,
 ];
 
 /// How many times a transition lost to another instance is recomputed.
@@ -31,12 +45,14 @@ impl Alerting {
     /// The condition `check` started (`active`) or ended for `device_id` (`None`: ddms itself):
     /// every enabled system rule of that check targeting the device fires or resolves its
     /// alert. Idempotent: reporting a state the alert is already in changes nothing, so every
-    /// instance may report what it sees.
+    /// instance may report what it sees. `detail` (what was seen: free space, an error) is
+    /// appended to the notification's summary.
     pub async fn system_condition(
         &self,
         check: &str,
         device_id: Option<Uuid>,
         active: bool,
+        detail: Option<&str>,
     ) -> StoreResult<()> {
         let index = self.index();
         let rules = index.system.iter().filter(|r| {
@@ -51,6 +67,7 @@ impl Alerting {
                 rule,
                 device_id,
                 metric: None,
+                detail,
             };
             for _ in 0..MAX_RACE_RETRIES {
                 let open = self

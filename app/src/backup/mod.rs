@@ -9,6 +9,7 @@
 //! (where the bucket's lifecycle rule decides how long they stay).
 
 mod archive;
+mod report;
 pub mod s3;
 pub mod schedule;
 
@@ -251,6 +252,8 @@ pub struct Backups {
     s3: Option<S3Store>,
     status: Mutex<BackupStatus>,
     metrics: Option<BackupMetrics>,
+    /// Where the serving process reports failed and successful runs (see `report`).
+    alerts: Option<Arc<crate::alerts::Alerting>>,
     /// Runs started in the background ([`Backups::spawn`]), waited for at shutdown.
     tasks: tokio_util::task::TaskTracker,
 }
@@ -287,6 +290,7 @@ impl Backups {
             s3: S3Store::from_config(&config.backup.s3).await,
             status: Mutex::new(BackupStatus::default()),
             metrics: None,
+            alerts: None,
             tasks: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -437,7 +441,9 @@ impl Backups {
             bytes,
             error,
         });
+        let trigger = run.trigger;
         drop(run);
+        self.report(trigger, &result).await;
         result
     }
 

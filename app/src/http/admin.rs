@@ -277,7 +277,7 @@ pub async fn revoke_token(
 
 /// Runtime settings: stored in the database (shared by every instance), changed by owners,
 /// acted on by [`crate::settings`]'s followers (retention, the silence checks, backups).
-pub use crate::settings::{BACKUP_SCHEDULE, OFFLINE_AFTER_S, RETENTION_DAYS};
+pub use crate::settings::{BACKUP_SCHEDULE, OFFLINE_AFTER_S, RETENTION_DAYS, RETENTION_PENDING};
 
 /// Read from the store, so that a change another instance made shows (and applies) at once.
 async fn current_settings(state: &AppState) -> Result<Value, ApiError> {
@@ -320,13 +320,14 @@ pub async fn put_settings(
 ) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
     let mut changes: Vec<(&'static str, Value)> = Vec::new();
+    let mut retention = None;
     if let Some(days) = input.retention_days {
         match days {
             Some(d) if !(1..=36_500).contains(&d) => errors.push((
                 RETENTION_DAYS.to_string(),
                 "must be between 1 and 36500 days, or null to keep everything".to_string(),
             )),
-            _ => changes.push((RETENTION_DAYS, json!(days))),
+            _ => retention = Some(days),
         }
     }
     if let Some(seconds) = input.offline_after_s {
@@ -355,11 +356,28 @@ pub async fn put_settings(
         return Err(ApiError::Invalid(errors));
     }
     let before = current_settings(&state).await?;
-    let after = state.settings.store(&changes).await?.to_json();
-    let detail: serde_json::Map<String, Value> = changes
+    let mut after = state.settings.store(&changes).await?.to_json();
+    let mut detail: serde_json::Map<String, Value> = changes
         .iter()
         .map(|(k, v)| (k.to_string(), json!({ "from": before[*k], "to": v })))
         .collect();
+    if let Some(days) = retention {
+        // A shortening waits a day (and warns); see `retention::pending`.
+        after = crate::retention::pending::request(
+            &state.settings,
+            state.store.as_ref(),
+            &state.alerts,
+            days,
+            &auth.principal.subject,
+        )
+        .await?
+        .to_json();
+        detail.insert(
+            RETENTION_DAYS.to_string(),
+            json!({ "from": before[RETENTION_DAYS], "to": days,
+                    "pending": after[RETENTION_PENDING] }),
+        );
+    }
     audit::record(
         &state,
         auth.principal
@@ -367,6 +385,29 @@ pub async fn put_settings(
     )
     .await;
     Ok(Json(after))
+}
+
+/// An owner's "delete now" for a pending shortening of retention: it takes effect at once
+/// and the retention job deletes. 409 when nothing is pending.
+pub async fn apply_retention(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+) -> Result<Json<Value>, ApiError> {
+    let by = auth.principal.subject.clone();
+    let pending = crate::retention::pending::apply(&state.settings, &state.alerts, false, &by)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("no retention change is pending".into()))?;
+    audit::record(
+        &state,
+        auth.principal.audit(
+            "retention.apply_now",
+            None,
+            json!({ "retention_days": pending.retention_days, "from_days": pending.from_days,
+                    "due_at": pending.due_at, "readings": pending.readings }),
+        ),
+    )
+    .await;
+    Ok(Json(current_settings(&state).await?))
 }
 
 // --------------------------------------------------------------------------------- groups

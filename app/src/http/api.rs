@@ -52,6 +52,7 @@ fn table() -> Table {
     .add(M::DELETE, "/tokens/{id}", admin::revoke_token)
     .add(M::GET, "/system/config", admin::get_settings)
     .add(M::PUT, "/system/config", admin::put_settings)
+    .add(M::POST, "/system/retention/apply", admin::apply_retention)
     .add(M::POST, "/system/backup", backups::trigger)
     .add(M::GET, "/system/backups", backups::list)
     .add(M::GET, "/audit", audit::list)

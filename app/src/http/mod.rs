@@ -17,6 +17,8 @@ mod openapi;
 mod page;
 pub mod revocation;
 mod routes;
+
+pub(crate) use routes::readiness;
 pub mod security;
 pub mod serve;
 pub mod session;

@@ -22,13 +22,35 @@ pub async fn health() -> impl IntoResponse {
 }
 
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let (ready, components) = readiness(&state, true).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "components": components,
+        })),
+    )
+}
+
+/// What `/ready` reports: whether ddms is ready, and each component's verdict. Also the
+/// `not_ready` system alert's probe (`log` false: it asks every few seconds, and says what
+/// it saw in the alert).
+pub async fn readiness(state: &AppState, log: bool) -> (bool, serde_json::Value) {
     let backend = state.store.backend().name();
     let database = match state.store.ping(READY_CHECK_TIMEOUT).await {
         Ok(()) => json!({ "status": "ok", "backend": backend }),
         // Anonymous callers get the verdict; the database's own words (hosts, users) go to
         // the log below.
         Err(e) => {
-            tracing::warn!(error = %e, "readiness: database unreachable");
+            if log {
+                tracing::warn!(error = %e, "readiness: database unreachable");
+            }
             json!({ "status": "error", "backend": backend, "error": "database unreachable" })
         }
     };
@@ -40,7 +62,9 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             Ok(Ok(status)) => json!({ "status": "error", "pending": status.pending,
                                      "error": "migrations pending; run `ddms migrate`" }),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: cannot read the migration status");
+                if log {
+                    tracing::warn!(error = %e, "readiness: cannot read the migration status");
+                }
                 json!({ "status": "error", "error": "cannot read the migration status" })
             }
             Err(_) => json!({ "status": "error", "error": "timed out" }),
@@ -71,26 +95,14 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let ready = database["status"] == "ok"
         && migrations["status"] == "ok"
         && mqtt.as_ref().is_none_or(|m| m["status"] == "ok");
-    if !ready {
+    if !ready && log {
         tracing::warn!(%database, %migrations, mqtt = ?mqtt, "not ready");
     }
     let mut components = json!({ "database": database, "migrations": migrations });
     if let Some(mqtt) = mqtt {
         components["mqtt"] = mqtt;
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "components": components,
-        })),
-    )
+    (ready, components)
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -297,6 +297,9 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     /// Deletes readings older than `before` and the rollup buckets that lie wholly before it
     /// (retention). Works in small steps so that ingest is never locked out for long.
     async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts>;
+    /// About how many readings lie before `before`: those of the hourly rollup buckets that end
+    /// by then (cheap on any size; the partial hour is not counted). For the retention warning.
+    async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
     async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
     async fn find_user(&self, username: &str) -> StoreResult<User>;

@@ -469,6 +469,17 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(count), 0)::bigint FROM readings_1h \
+             WHERE bucket <= $1 - interval '1 hour'",
+        )
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
     async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
         let mut counts = PruneCounts::default();
         // Whole days go as partitions: dropping a table costs nothing per row and leaves no

@@ -527,6 +527,16 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        const HOUR_US: i64 = 3_600_000_000;
+        let count: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM readings_1h WHERE bucket <= ?")
+                .bind(micros(before).saturating_sub(HOUR_US))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count.max(0) as u64)
+    }
+
     async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
         // One series and at most one day per statement: each DELETE is a short write
         // transaction on the primary key, so the ingest writer waits milliseconds, not the

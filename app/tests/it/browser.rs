@@ -750,6 +750,31 @@ async fn an_owner_logs_in_sees_readings_live_over_event_source_and_changes_setti
             Duration::from_secs(10),
         )
         .await;
+    // Keeping 400 days where everything was kept deletes data: pending for a day.
+    assert_eq!(app.store.get_setting("retention_days").await.unwrap(), None);
+    assert_eq!(
+        app.store
+            .get_setting("retention_pending")
+            .await
+            .unwrap()
+            .unwrap()["retention_days"],
+        json!(400)
+    );
+    browser
+        .wait_js(
+            "!document.getElementById('retention-pending').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    // "Delete now", confirmed: it takes effect at once.
+    browser.click("#retention-apply").await;
+    browser.client.accept_alert().await.unwrap();
+    browser
+        .wait_js(
+            "document.getElementById('retention-pending').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
     assert_eq!(
         app.store.get_setting("retention_days").await.unwrap(),
         Some(json!(400))

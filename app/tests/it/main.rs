@@ -5,6 +5,7 @@ mod support;
 
 mod alerts;
 mod alerts_store;
+mod alerts_system;
 mod api;
 mod backup;
 mod broker;

@@ -1167,14 +1167,17 @@ async fn owners_manage_users_tokens_and_settings(db: Db) {
     .await
     .unwrap();
     assert_eq!(changed.status(), 200);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!(changed["offline_after_s"], 120, "{changed}");
+    assert_eq!(changed["backup_schedule"], "daily 02:30", "{changed}");
+    // Keeping 30 days where everything was kept deletes data: pending for a day.
+    assert_eq!(changed["retention_days"], Value::Null, "{changed}");
     assert_eq!(
-        changed.json::<Value>().await.unwrap(),
-        json!({"retention_days": 30, "offline_after_s": 120, "backup_schedule": "daily 02:30"})
+        changed["retention_pending"]["retention_days"], 30,
+        "{changed}"
     );
-    assert_eq!(
-        app.store.get_setting("retention_days").await.unwrap(),
-        Some(json!(30))
-    );
+    assert_eq!(changed["retention_pending"]["requested_by"], "user:olga");
+    assert_eq!(app.store.get_setting("retention_days").await.unwrap(), None);
     let audit = app.store.list_audit(50).await.unwrap();
     let settings_entry = audit
         .iter()

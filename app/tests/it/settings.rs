@@ -1,6 +1,7 @@
-//! Runtime settings act without a restart: `retention_days` set through the API prunes old
-//! readings (and their rollups) at once, on every backend. (The offline threshold's test is
-//! with the embedded broker's, in `broker.rs`.)
+//! Runtime settings act without a restart: a `retention_days` that deletes data waits a day
+//! (pending) unless an owner confirms "delete now", which prunes old readings (and their
+//! rollups) at once, on every backend. (The offline threshold's test is with the embedded
+//! broker's, in `broker.rs`; the retention warning's, in `alerts_system.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::app::{spawn_app, Db};
 use crate::support::services::Provider;
 
-async fn retention_set_through_the_api_prunes_old_readings_at_once(db: Db) {
+async fn retention_set_through_the_api_waits_until_an_owner_confirms(db: Db) {
     let app = spawn_app(db, "").await;
     let owner = app.token(Role::Owner).await;
     let admin = app.token(Role::Admin).await;
@@ -86,6 +87,26 @@ async fn retention_set_through_the_api_prunes_old_readings_at_once(db: Db) {
         )
         .await;
     assert_eq!(response.status(), 200);
+    let settings: Value = response.json().await.unwrap();
+    // A shortening is pending for a day: nothing goes yet.
+    assert_eq!(settings["retention_days"], Value::Null, "{settings}");
+    assert_eq!(
+        settings["retention_pending"]["retention_days"], 3,
+        "{settings}"
+    );
+    let kept = app
+        .store
+        .query_readings(series, range.0, range.1, 100)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 5, "nothing pruned while the change is pending");
+    let response = app
+        .post_json("/api/system/retention/apply", Some(&owner), &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let settings: Value = response.json().await.unwrap();
+    assert_eq!(settings["retention_days"], 3, "{settings}");
+    assert_eq!(settings["retention_pending"], Value::Null, "{settings}");
     // A run removes old readings a slice at a time (SQLite: one series-day per transaction),
     // so readings are checked once the run is over: when it stamps its completion metric.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -133,17 +154,25 @@ async fn retention_set_through_the_api_prunes_old_readings_at_once(db: Db) {
         .cloned()
         .expect("the change is audited");
     assert_eq!(entry["detail"]["retention_days"]["to"], 3, "{entry}");
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "retention.apply_now" && e["detail"]["retention_days"] == 3),
+        "{audit}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
-async fn sqlite_retention_set_through_the_api_prunes_old_readings_at_once() {
-    retention_set_through_the_api_prunes_old_readings_at_once(Db::Sqlite).await;
+async fn sqlite_retention_set_through_the_api_waits_until_an_owner_confirms() {
+    retention_set_through_the_api_waits_until_an_owner_confirms(Db::Sqlite).await;
 }
 
 #[tokio::test]
-async fn postgres_retention_set_through_the_api_prunes_old_readings_at_once() {
-    retention_set_through_the_api_prunes_old_readings_at_once(Db::Postgres(
+async fn postgres_retention_set_through_the_api_waits_until_an_owner_confirms() {
+    retention_set_through_the_api_waits_until_an_owner_confirms(Db::Postgres(
         Provider::from_env().await,
     ))
     .await;

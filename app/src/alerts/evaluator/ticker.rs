@@ -75,6 +75,7 @@ impl Alerting {
             rule,
             device_id: alert.device_id,
             metric: alert.metric.as_deref(),
+            detail: None,
         };
         let check = Check::of(&rule.rule);
         let threshold = check.zip(alert.value).map(|(c, v)| c.threshold_for(v));
@@ -162,6 +163,7 @@ impl Alerting {
                 rule,
                 device_id: Some(device_id),
                 metric: Some(metric),
+                detail: None,
             };
             let current = open.iter().find(|a| {
                 a.rule_id == rule.id

@@ -1,6 +1,9 @@
 //! Retention: readings (and their rollups) older than the `retention_days` setting leave the
 //! database. Runs at start, every [`RUN_INTERVAL`] and whenever the setting changes; with
 //! several instances on one database only the holder of the `retention` lease runs it.
+//! A shortening waits a day first ([`pending`]).
+
+pub mod pending;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +84,7 @@ pub async fn run_once(
 pub async fn run(
     store: Arc<dyn Store>,
     settings: Settings,
+    alerts: Arc<crate::alerts::Alerting>,
     holder: String,
     metrics: RetentionMetrics,
     cancel: CancellationToken,
@@ -89,9 +93,23 @@ pub async fn run(
     let mut interval = tokio::time::interval(RUN_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A pending shortening wakes the job when it is due.
+        let due = settings.current().retention_pending.map(|p| {
+            // At least a few seconds: a failing apply must not spin.
+            (p.due_at - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_secs(5))
+        });
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = interval.tick() => {}
+            () = async {
+                match due {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             changed = changes.changed() => {
                 if changed.is_err() {
                     return;
@@ -101,6 +119,9 @@ pub async fn run(
                     continue;
                 }
             }
+        }
+        if let Err(e) = pending::apply(&settings, &alerts, true, "schedule").await {
+            tracing::warn!(error = %e, "cannot apply the pending retention; will retry");
         }
         let days = settings.current().retention_days;
         let run = tokio::select! {

@@ -1,0 +1,54 @@
+//! Backups as system alerts: a failed scheduled run fires `backup_failed` (the next successful
+//! run of any trigger resolves it), and the newest archive's time is what the `backup_stale`
+//! check (`alerts::watch`) measures.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{created_at_of, local_archives, BackupError, BackupInfo, Backups, Trigger};
+use crate::alerts::system::BACKUP_FAILED;
+use crate::alerts::Alerting;
+
+impl Backups {
+    /// Reports runs to alerting from now on (the serving process; the CLI does not).
+    pub fn with_alerts(mut self, alerts: Arc<Alerting>) -> Backups {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// When the newest archive in `backup.dir` was taken: the last successful backup on this
+    /// host, surviving restarts (every archive is written here first, also with S3).
+    pub fn newest_local(&self) -> Option<DateTime<Utc>> {
+        local_archives(&self.dir)
+            .ok()?
+            .iter()
+            .filter_map(|(name, _)| created_at_of(name))
+            .max()
+    }
+
+    pub(super) async fn report(&self, trigger: Trigger, result: &Result<BackupInfo, BackupError>) {
+        let Some(alerts) = &self.alerts else {
+            return;
+        };
+        let outcome = match result {
+            // An owner who asked for a backup sees its failure; an unattended one must be told.
+            Err(e) if trigger == Trigger::Schedule => {
+                let detail = format!("scheduled backup failed: {e}");
+                alerts
+                    .system_condition(BACKUP_FAILED, None, true, Some(&detail))
+                    .await
+            }
+            Err(_) => return,
+            Ok(info) => {
+                let detail = format!("backup {} written", info.name);
+                alerts
+                    .system_condition(BACKUP_FAILED, None, false, Some(&detail))
+                    .await
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "cannot update the backup_failed system alert");
+        }
+    }
+}
