@@ -275,7 +275,13 @@ async fn receiver_down_for_a_minute_gets_the_notification_once_when_back(db: Db)
     eventually(
         "the first failed attempt",
         Duration::from_secs(60),
-        || async { pending().await.first().is_some_and(|d| d.attempts >= 1) },
+        // A claim counts the attempt; its failure is recorded after it.
+        || async {
+            pending()
+                .await
+                .first()
+                .is_some_and(|d| d.attempts >= 1 && d.last_error.is_some())
+        },
     )
     .await;
     let first_failure = Instant::now();
@@ -374,6 +380,8 @@ async fn channel_input_to_private_targets_or_oversized_is_refused_and_nothing_is
     // Private targets allowed by the server: only the channel's own flag is missing.
     let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
     let admin = app.token(Role::Admin).await;
+    let ok_url = "https://hooks.example.com/ddms";
+    let long_header_field = format!("settings.headers.{}\u{2026}", "X".repeat(63));
     let targets = [
         "https://127.0.0.1/hook",
         "https://127.9.9.9:8443/hook",
@@ -408,8 +416,8 @@ async fn channel_input_to_private_targets_or_oversized_is_refused_and_nothing_is
             "name",
         ));
     }
-    let ok_url = "https://hooks.example.com/ddms";
-    let long_header_field = format!("settings.headers.{}\u{2026}", "X".repeat(63));
+    let too_many_headers: serde_json::Map<String, Value> =
+        (0..21).map(|i| (format!("X-H{i}"), json!("v"))).collect();
     cases.extend([
         (
             json!({"name": "hook", "kind": "webhook",
@@ -423,9 +431,8 @@ async fn channel_input_to_private_targets_or_oversized_is_refused_and_nothing_is
             long_header_field.as_str(),
         ),
         (
-            json!({"name": "hook", "kind": "webhook", "settings": {"url": ok_url,
-                   "headers": (0..21).map(|i| (format!("X-H{i}"), json!("v")))
-                       .collect::<serde_json::Map<_, _>>()}}),
+            json!({"name": "hook", "kind": "webhook",
+                   "settings": {"url": ok_url, "headers": too_many_headers}}),
             "settings.headers",
         ),
         (
