@@ -13,9 +13,15 @@
 //! the fastest way the database takes them (PostgreSQL: COPY; SQLite: one transaction of
 //! prepared inserts) and reports ddms as a ratio of that baseline.
 //!
+//! With `--rules N`, the run measures one window without alert rules and one with N enabled
+//! threshold rules over the benchmark's series (`--rounds R`: R such pairs, alternating their
+//! order) and reports the ratio of sustained readings/s (see `bench_ingest/alert_rules.rs`).
+//!
 //! Usage: bench_ingest --ddms PATH [--backend postgres|sqlite] [--seconds S] [--devices N]
-//!        [--rate MSGS_PER_S] [--metrics PER_MSG] [--out FILE]
+//!        [--rate MSGS_PER_S] [--metrics PER_MSG] [--rules N [--rounds R]] [--out FILE]
 
+#[path = "bench_ingest/alert_rules.rs"]
+mod alert_rules;
 #[path = "../tests/support/services.rs"]
 mod services;
 
@@ -44,6 +50,8 @@ struct Args {
     devices: usize,
     rate: u64,
     metrics: usize,
+    rules: usize,
+    rounds: usize,
     out: String,
 }
 
@@ -55,6 +63,8 @@ fn parse_args() -> Result<Args> {
         devices: 100,
         rate: 5000,
         metrics: 10,
+        rules: 0,
+        rounds: 1,
         out: "target/bench/ingest.json".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -73,6 +83,8 @@ fn parse_args() -> Result<Args> {
             "--devices" => args.devices = value()?.parse()?,
             "--rate" => args.rate = value()?.parse()?,
             "--metrics" => args.metrics = value()?.parse()?,
+            "--rules" => args.rules = value()?.parse()?,
+            "--rounds" => args.rounds = value()?.parse()?,
             "--out" => args.out = value()?,
             other => bail!("unknown argument {other}"),
         }
@@ -402,6 +414,7 @@ async fn main() -> Result<()> {
         })
     };
 
+    let device_ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
     let stop = tokio_util::sync::CancellationToken::new();
     let per_device = args.rate as f64 / args.devices as f64;
     let mut publishers = Vec::new();
@@ -414,16 +427,56 @@ async fn main() -> Result<()> {
             stop.clone(),
         )));
     }
-    // Warm up, then measure a steady window.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    measuring.store(true, std::sync::atomic::Ordering::Relaxed);
-    let before = ingested(&client, &base).await?;
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let after = ingested(&client, &base).await?;
-    let window = started.elapsed().as_secs_f64();
-    measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    // Warm up, then measure a steady window (with --rules, one per side and round).
+    let plan = if args.rules == 0 {
+        vec![false]
+    } else {
+        alert_rules::plan(args.rounds)
+    };
+    let mut windows = Vec::new();
+    // The headline figures (readings/s, latency, the baseline's size) are the first window's,
+    // which has no rules.
+    let mut lat = Vec::new();
+    let mut rule_ids = Vec::new();
+    for with_rules in plan {
+        if with_rules && rule_ids.is_empty() {
+            rule_ids = alert_rules::create(
+                &client,
+                &base,
+                &token,
+                &device_ids,
+                args.metrics,
+                args.rules,
+            )
+            .await?;
+        } else if !with_rules && !rule_ids.is_empty() {
+            alert_rules::delete(&client, &base, &token, std::mem::take(&mut rule_ids)).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        latencies.lock().unwrap().clear();
+        measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cpu_before = alert_rules::cpu_seconds(ddms.id());
+        let before = ingested(&client, &base).await?;
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        let after = ingested(&client, &base).await?;
+        let window = started.elapsed();
+        measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut window_lat = std::mem::take(&mut *latencies.lock().unwrap());
+        window_lat.sort_by(|a, b| a.total_cmp(b));
+        windows.push(alert_rules::Window {
+            with_rules,
+            window,
+            readings: after - before,
+            p99_ms: percentile(&window_lat, 0.99),
+            ddms_cpu_s: alert_rules::cpu_seconds(ddms.id()) - cpu_before,
+        });
+        if windows.len() == 1 {
+            lat = window_lat;
+        }
+    }
     stop.cancel();
+    let (readings, window) = (windows[0].readings, windows[0].window.as_secs_f64());
     let (mut sent, mut acked) = (0u64, 0u64);
     for p in publishers {
         let (s, a) = p.await??;
@@ -436,7 +489,7 @@ async fn main() -> Result<()> {
     );
     // Every acknowledged message must end up stored exactly once.
     let expected = acked * args.metrics as u64;
-    let rows = ((after - before) as u64).clamp(1, 5_000_000);
+    let rows = (readings as u64).clamp(1, 5_000_000);
     let series = (args.devices * args.metrics) as u64;
     let (stored, copy_rate, baseline) = match args.backend {
         Backend::Postgres => {
@@ -481,9 +534,7 @@ async fn main() -> Result<()> {
         }
     };
     probe.abort();
-    let rate = (after - before) / window;
-    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let rate = readings / window;
 
     let targets = match args.backend {
         Backend::Postgres => {
@@ -491,7 +542,7 @@ async fn main() -> Result<()> {
         }
         Backend::Sqlite => json!({ "readings_per_s": ">= 20000", "p99_latency_ms": "< 1000" }),
     };
-    let summary = json!({
+    let mut summary = json!({
         "benchmark": "ingest",
         "path": path,
         "devices": args.devices,
@@ -511,6 +562,11 @@ async fn main() -> Result<()> {
         "ratio_to_copy": rate / copy_rate,
         "targets": targets,
     });
+    if args.rules > 0 {
+        let (section, line) = alert_rules::summary(args.rules, &windows);
+        summary["alert_rules"] = section;
+        println!("{line}");
+    }
     let _ = ddms.start_kill();
     let _ = ddms.wait().await;
     if let Some(parent) = std::path::Path::new(&args.out).parent() {

@@ -34,6 +34,9 @@ const MAX_RACE_RETRIES: usize = 3;
 pub const HISTORY_RETENTION: chrono::Duration = chrono::Duration::days(90);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// An alert's series: (rule, device, metric).
+type SeriesKey = (Uuid, Uuid, String);
+
 #[derive(Debug, Clone)]
 struct DeviceInfo {
     name: String,
@@ -183,7 +186,10 @@ impl Alerting {
     }
 
     /// Evaluates committed samples against the rules targeting their series. Cheap when no rule
-    /// names a sample's metric (one hash lookup per sample).
+    /// names a sample's metric (one hash lookup per sample), and when rules do: the open alerts
+    /// are read once per batch, and a series without one whose readings would not start one
+    /// (the usual case: values inside their thresholds) is settled without a query of its own.
+    /// Only series with an open alert or a reading past a threshold go to the store.
     ///
     /// Returns the first transient store error (the database blipped): the caller holds the
     /// batch and evaluates it again, which is safe because a series skips readings at or before
@@ -204,13 +210,30 @@ impl Alerting {
                     .push((sample.ts, sample.value));
             }
         }
+        if series.is_empty() {
+            return Ok(());
+        }
+        let open = self.open_alerts().await?;
         for ((device_id, metric), mut readings) in series {
             readings.sort_by_key(|(ts, _)| *ts);
             readings.dedup_by_key(|(ts, _)| *ts);
+            let key_metric = metric.to_string();
             let rules = index.threshold_by_metric.get(metric).into_iter().flatten();
             for rule in rules.filter(|r| index.targets(r, device_id)) {
+                let Some(check) = Check::of(&rule.rule) else {
+                    continue;
+                };
+                let latest = match &open {
+                    Some(open) => match open.get(&(rule.id, device_id, key_metric.clone())) {
+                        Some(alert) => Some(alert.clone()),
+                        // What the store would say from an idle phase: nothing to do.
+                        None if !readings.iter().any(|(_, v)| check.fires(*v)) => continue,
+                        None => None,
+                    },
+                    None => None,
+                };
                 match self
-                    .evaluate_series(&index, rule, device_id, metric, &readings)
+                    .evaluate_series(&index, rule, &check, device_id, metric, &readings, latest)
                     .await
                 {
                     Ok(()) => {}
@@ -225,22 +248,47 @@ impl Alerting {
         Ok(())
     }
 
+    /// The open alerts by (rule, device, metric), for [`Alerting::evaluate`]; `None` when they
+    /// cannot be read for a reason other than a blip (every series then asks the store itself).
+    async fn open_alerts(&self) -> StoreResult<Option<HashMap<SeriesKey, Alert>>> {
+        match self.store.list_open_alerts().await {
+            Ok(alerts) => Ok(Some(
+                alerts
+                    .into_iter()
+                    .filter_map(|a| Some(((a.rule_id, a.device_id?, a.metric.clone()?), a)))
+                    .collect(),
+            )),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                self.metrics.evaluation_errors.inc();
+                tracing::error!(error = %e, "cannot read the open alerts; every series asks the store itself");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Evaluates one series against one rule. `known` is the series' open alert as the batch
+    /// read it, if any (it saves the first read; a lost race reads again).
+    #[allow(clippy::too_many_arguments)]
     async fn evaluate_series(
         &self,
         index: &RuleIndex,
         rule: &AlertRule,
+        check: &Check,
         device_id: Uuid,
         metric: &str,
         readings: &[TimedValue],
+        mut known: Option<Alert>,
     ) -> StoreResult<()> {
-        let Some(check) = Check::of(&rule.rule) else {
-            return Ok(());
-        };
         for _ in 0..MAX_RACE_RETRIES {
-            let latest = self
-                .store
-                .latest_alert(rule.id, Some(device_id), Some(metric))
-                .await?;
+            let latest = match known.take() {
+                Some(alert) => Some(alert),
+                None => {
+                    self.store
+                        .latest_alert(rule.id, Some(device_id), Some(metric))
+                        .await?
+                }
+            };
             // A redelivered reading (at or before the last one evaluated) changes nothing.
             let after = latest.as_ref().and_then(|a| a.last_eval_ts);
             let fresh: Vec<_> = readings

@@ -9,83 +9,16 @@ use ddms::store::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::support::alerting::{
+    drained, eventually, hot_rule, mqtt_device, webhook_channel, PRIVATE_TARGETS, SECRET,
+};
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::services::Provider;
 use crate::support::webhook::WebhookReceiver as Receiver;
 
-/// The webhook channel's HMAC key; the receiver verifies signatures with it.
-const SECRET: &str = "hmac-key-7d1f";
-/// The receivers listen on loopback.
-const PRIVATE_TARGETS: &str = "[alerts]\nallow_private_targets = true\n";
-
-/// Polls `check` until it holds, failing after `limit` (never a fixed sleep as synchronisation).
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the outbox has nothing pending.
-async fn drained(app: &TestApp) {
-    eventually("the outbox to drain", Duration::from_secs(60), || async {
-        app.store.outbox_stats().await.unwrap().pending == 0
-    })
-    .await;
-}
-
 fn t(secs: i64) -> DateTime<Utc> {
     // Readings carry their own time: `for` counts in reading time, so the test needs no waits.
     Utc.timestamp_opt(1_790_000_000 + secs, 0).unwrap()
-}
-
-async fn mqtt_device(app: &TestApp, token: &str, name: &str) -> Uuid {
-    let response = app
-        .post_json(
-            "/api/devices",
-            Some(token),
-            &json!({"name": name, "protocol": "mqtt"}),
-        )
-        .await;
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn webhook_channel(app: &TestApp, token: &str, url: &str) -> Uuid {
-    let response = app
-        .post_json(
-            "/api/channels",
-            Some(token),
-            &json!({"name": "ops", "kind": "webhook", "settings": {"url": url},
-                    "secret": SECRET, "allow_private": true}),
-        )
-        .await;
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["has_secret"], true);
-    assert!(body.get("secret").is_none());
-    body["id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn hot_rule(app: &TestApp, token: &str, device: Uuid, channel: Uuid) -> Uuid {
-    let response = app
-        .post_json(
-            "/api/alert-rules",
-            Some(token),
-            &json!({"name": "boiler hot", "device_id": device, "metric": "temperature",
-                    "condition": "above", "threshold": 50, "clear_threshold": 45,
-                    "for_s": 60, "severity": "critical", "channels": [channel]}),
-        )
-        .await;
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().parse().unwrap()
 }
 
 async fn submit(app: &TestApp, device: Uuid, secs: i64, value: f64) {

@@ -4,6 +4,7 @@
 mod support;
 
 mod alerts;
+mod alerts_delivery;
 mod alerts_store;
 mod alerts_system;
 mod api;

@@ -1,5 +1,6 @@
 //! Shared by every integration test: throwaway services and the ddms under test.
 
+pub mod alerting;
 pub mod app;
 pub mod release;
 pub mod services;

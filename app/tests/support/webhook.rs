@@ -9,10 +9,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The running receiver on a free loopback port; killed on drop.
+/// The running receiver on a loopback port; killed on drop. It can be stopped (its port then
+/// refuses connections) and started again on the same port, keeping its record.
 pub struct WebhookReceiver {
-    _child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
     port: u16,
+    secret: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -22,29 +24,29 @@ impl WebhookReceiver {
     pub async fn start(secret: &str) -> WebhookReceiver {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
-        let mut child = tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(&log)
-            .arg(secret)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("receiver starts within 30 s")
-            .unwrap()
-            .expect("receiver prints its port");
-        let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
+        let (child, port) = spawn(&log, secret, 0).await;
         WebhookReceiver {
-            _child: child,
+            child: Some(child),
             port,
+            secret: secret.to_string(),
             log,
             _dir: dir,
         }
+    }
+
+    /// Kills the receiver and waits until it is gone: its port refuses connections.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill the receiver");
+        }
+    }
+
+    /// Starts it again on the same port, appending to the same record.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the receiver first");
+        let (child, port) = spawn(&self.log, &self.secret, self.port).await;
+        assert_eq!(port, self.port);
+        self.child = Some(child);
     }
 
     pub fn port(&self) -> u16 {
@@ -62,4 +64,26 @@ impl WebhookReceiver {
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
             .collect()
     }
+}
+
+/// Runs the script on `port` (0: a free one) and waits for its "ready PORT" line.
+async fn spawn(log: &Path, secret: &str, port: u16) -> (tokio::process::Child, u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(log)
+        .arg(secret)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("receiver starts within 30 s")
+        .unwrap()
+        .expect("receiver prints its port (is the port free?)");
+    let port = ready.strip_prefix("ready ").unwrap().parse().unwrap();
+    (child, port)
 }

@@ -1,8 +1,9 @@
 """An HTTP receiver for ddms' notification channels, written independently of ddms' code.
 
-Usage: python3 webhook_receiver.py LOG_FILE SECRET
+Usage: python3 webhook_receiver.py LOG_FILE SECRET [PORT]
 
-Listens on 127.0.0.1 (a free port), prints "ready PORT", then serves until killed. Every
+Listens on 127.0.0.1 (PORT, else a free port), prints "ready PORT", then serves until killed.
+A receiver started again on the same PORT and LOG_FILE appends to what the first one recorded. Every
 request is appended to LOG_FILE as one JSON line: path, lower-cased headers, the body (parsed
 JSON, else text), whether X-Ddms-Signature is the HMAC-SHA256 of the raw body with SECRET
 (null without the header), and the errors found by the shape checks below.
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 LOG_FILE = sys.argv[1]
 SECRET = sys.argv[2].encode()
+PORT = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 LOCK = threading.Lock()
 SEEN = {}
 
@@ -241,7 +243,7 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(404, b"no such path")
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
 server.daemon_threads = True
 print(f"ready {server.server_address[1]}", flush=True)
 server.serve_forever()
