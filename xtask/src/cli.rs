@@ -78,21 +78,28 @@ pub enum Task {
     },
     /// Build the release, verify and unpack it, run README command 1 against it.
     Smoke,
-    /// Upload the release to the environment's hosts over ssh and run `ddms release install`
-    /// + `activate` host by host; on a failure roll back the hosts this run switched. Prints a
-    /// summary table; the JSON report goes to --report (default target/deploy/).
-    /// DDMS_RELEASE_* variables are passed on to the hosts.
+    /// Ship a release to the environment's hosts, batch by batch (blue-green on each).
+    ///
+    /// Uploads the release over ssh and runs `ddms release install` + `activate` host by host;
+    /// on a failure rolls back the hosts this run switched. Prints a summary table; the JSON
+    /// report goes to --report (default target/deploy/). DDMS_RELEASE_* variables are passed
+    /// on to the hosts. See docs/deploying.md.
     Deploy(DeployArgs),
-    /// `ddms release rollback` on every host (back to its previous known-good release), or
-    /// with --to, every host to that installed release.
+    /// Every host back to its previous known-good release, or --to a chosen one.
+    ///
+    /// `ddms release rollback` on every host, or with --to, `ddms release activate VERSION`
+    /// (installed on every selected host, checked before any host moves).
     Rollback(RollbackArgs),
-    /// `ddms release status` of every host as one JSON; exit 1 unless each host has exactly
-    /// one active slot that runs and is ready.
+    /// Every host's `ddms release status`, as one JSON.
+    ///
+    /// Exit status 1 unless each host has exactly one active slot that runs and is ready.
     Status(StatusArgs),
     /// The fleet's deploys, newest first, from each host's own record (deploys.jsonl).
     History(HistoryArgs),
-    /// terraform apply in terraform/envs/ENV (unless an Ansible inventory is given or exists),
-    /// inventory from its outputs, ansible-playbook site.yml.
+    /// Provision an environment: terraform apply → inventory → ansible-playbook site.yml.
+    ///
+    /// terraform apply runs in terraform/envs/ENV unless an Ansible inventory is given or
+    /// exists; the inventory is written from its outputs.
     Provision(ProvisionArgs),
     /// TLS material: a CA, server certificates for the dashboard and the broker, device client
     /// certificates; existing files are kept unless --force.

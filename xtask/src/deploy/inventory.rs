@@ -334,31 +334,23 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// How an Ansible inventory file is read: `ansible-inventory --list` when it is installed (the
-/// default), else the YAML file directly.
-pub enum AnsibleReader<'a> {
-    /// Runs `ansible-inventory -i FILE --list` and returns its standard output; `None` when
-    /// the program is not installed.
-    Cli(&'a dyn Fn(&Path) -> Result<Option<String>>),
-    /// The YAML file itself (group_vars/ and host_vars/ do not apply).
-    Yaml,
-}
+/// How an Ansible inventory file is listed: runs `ansible-inventory -i FILE --list` and returns
+/// its standard output, or `None` when the program is not installed — then the YAML file itself
+/// is read (group_vars/ and host_vars/ do not apply). [`ansible_inventory_list`] in use.
+pub type ListInventory<'a> = &'a dyn Fn(&Path) -> Result<Option<String>>;
 
 /// Hosts of an Ansible inventory file.
-pub fn read_ansible(path: &Path, reader: AnsibleReader) -> Result<Vec<Host>> {
+pub fn read_ansible(path: &Path, list: ListInventory) -> Result<Vec<Host>> {
     let base = path.parent().unwrap_or(Path::new("."));
-    if let AnsibleReader::Cli(list) = reader {
-        if let Some(json) = list(path)? {
-            return from_ansible_inventory_json(&json, base).with_context(|| {
-                format!("inventory {} (ansible-inventory --list)", path.display())
-            });
-        }
-        eprintln!(
-            "warning: ansible-inventory is not installed: reading {} as plain YAML \
-             (group_vars/, host_vars/ and vault do not apply)",
-            path.display()
-        );
+    if let Some(json) = list(path)? {
+        return from_ansible_inventory_json(&json, base)
+            .with_context(|| format!("inventory {} (ansible-inventory --list)", path.display()));
     }
+    eprintln!(
+        "warning: ansible-inventory is not installed: reading {} as plain YAML \
+         (group_vars/, host_vars/ and vault do not apply)",
+        path.display()
+    );
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read inventory {}", path.display()))?;
     from_ansible_yaml(&text, base).with_context(|| format!("inventory {}", path.display()))
@@ -396,14 +388,14 @@ pub fn resolve(
     root: &Path,
     env: &str,
     inventory: Option<&Path>,
-    reader: AnsibleReader,
+    list: ListInventory,
     terraform_output: impl FnOnce(&Path) -> Result<String>,
 ) -> Result<(Vec<Host>, Source)> {
     let ansible = inventory
         .map(Path::to_path_buf)
         .unwrap_or_else(|| root.join("ansible/inventories").join(env).join("hosts.yml"));
     if inventory.is_some() || ansible.exists() {
-        let hosts = read_ansible(&ansible, reader)?;
+        let hosts = read_ansible(&ansible, list)?;
         return Ok((hosts, Source::Ansible(ansible)));
     }
     let tf_dir = root.join("terraform/envs").join(env);
@@ -623,7 +615,7 @@ ddms:
                 Some(o.expect("ansible-inventory is installed (ansible-core; .ci/run installs it)"))
             })
         };
-        read_ansible(path, AnsibleReader::Cli(&list)).unwrap()
+        read_ansible(path, &list).unwrap()
     }
 
     #[test]
@@ -680,8 +672,7 @@ ddms:
         )
         .unwrap();
         let list = |p: &Path| ansible_inventory_list(p);
-        let err =
-            read_ansible(&dir.path().join("hosts.yml"), AnsibleReader::Cli(&list)).unwrap_err();
+        let err = read_ansible(&dir.path().join("hosts.yml"), &list).unwrap_err();
         assert!(
             format!("{err:#}").contains("host `b`: ansible_host is a template"),
             "{err:#}"
@@ -706,7 +697,7 @@ ddms:
         let inv = dir.join("ansible/inventories/staging");
         std::fs::create_dir_all(&inv).unwrap();
         std::fs::write(inv.join("hosts.yml"), "ddms:\n  hosts:\n    s1:\n").unwrap();
-        let (hosts, source) = resolve(&dir, "staging", None, AnsibleReader::Yaml, |_| {
+        let (hosts, source) = resolve(&dir, "staging", None, &|_| Ok(None), |_| {
             panic!("terraform must not be asked when an Ansible inventory exists")
         })
         .unwrap();
@@ -714,7 +705,7 @@ ddms:
         assert_eq!(source, Source::Ansible(inv.join("hosts.yml")));
 
         std::fs::create_dir_all(dir.join("terraform/envs/production")).unwrap();
-        let (hosts, source) = resolve(&dir, "production", None, AnsibleReader::Yaml, |_| {
+        let (hosts, source) = resolve(&dir, "production", None, &|_| Ok(None), |_| {
             Ok(r#"{"ddms_hosts": {"value": [{"name": "p1", "address": "192.0.2.7", "ssh_user": "admin", "ssh_port": 22}]}}"#.into())
         })
         .unwrap();
@@ -723,14 +714,7 @@ ddms:
             source,
             Source::Terraform(dir.join("terraform/envs/production"))
         );
-        assert!(resolve(
-            &dir,
-            "nowhere",
-            None,
-            AnsibleReader::Yaml,
-            |_| unreachable!()
-        )
-        .is_err());
+        assert!(resolve(&dir, "nowhere", None, &|_| Ok(None), |_| unreachable!()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -72,7 +72,7 @@ fn hosts(sh: &Shell, options: &Options) -> Result<(Vec<Host>, inventory::Source)
         &crate::project_root(),
         &options.env,
         options.inventory.as_deref(),
-        inventory::AnsibleReader::Cli(&inventory::ansible_inventory_list),
+        &inventory::ansible_inventory_list,
         |dir| {
             cmd!(sh, "terraform -chdir={dir} output -json")
                 .quiet()

@@ -111,9 +111,11 @@ pub fn parse_probe(stdout: &str) -> Result<Probe, String> {
 }
 
 fn probe(host: &Host, env: &[(String, String)]) -> Probe {
+    // Unasked, the host's own release.env is unknown; what is forwarded from here still holds.
     let failed = |error: String| Probe {
+        vars: env.iter().cloned().collect(),
+        status: None,
         error: Some(error),
-        ..Probe::default()
     };
     match ssh::run(host, env, &probe_script()) {
         Ok(out) if out.ok() => parse_probe(&out.stdout).unwrap_or_else(failed),
@@ -172,6 +174,11 @@ pub fn plan_host(host: &Host, change: &Change, probe: &Probe) -> HostPlan {
         gates: gates(&probe.vars),
         action: String::new(),
         problem: None,
+    };
+    plan.to = match change {
+        Change::Deploy(artifact) => Some(artifact.release.clone()),
+        Change::RollbackTo(to) => Some(to.clone()),
+        Change::Rollback => None,
     };
     if let Some(error) = &probe.error {
         plan.action = "unknown".into();
@@ -522,6 +529,14 @@ mod tests {
                 error: Some("ssh failed: timeout".into()),
                 ..Probe::default()
             },
+        );
+        assert_eq!(
+            (
+                down.current.as_deref(),
+                down.to.as_deref(),
+                down.action.as_str()
+            ),
+            (None, Some("0.2.0"), "unknown")
         );
         assert!(down.problem.unwrap().contains("ssh failed"));
     }

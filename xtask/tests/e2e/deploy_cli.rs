@@ -30,7 +30,7 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
     let v2 = v2.tarball.display().to_string();
 
     say("── dry run: the plan, and nothing changes");
-    let out = xtask(
+    let out = run_xtask(
         &fleet,
         "deploy",
         &["--artifact", &v2, "--dry-run", "--batch", "2"],
@@ -67,7 +67,7 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
     }
 
     say("── --hosts: one host, then --limit the other");
-    let out = xtask(&fleet, "deploy", &["--artifact", &v2, "--hosts", "ddms9"])?;
+    let out = run_xtask(&fleet, "deploy", &["--artifact", &v2, "--hosts", "ddms9"])?;
     ensure!(
         !out.status.success()
             && stderr(&out).contains(
@@ -114,9 +114,9 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
         .take(2)
         .map(|r| {
             (
-                text(r, "inventory_host"),
-                text(r, "from_release"),
-                text(r, "release"),
+                field(r, "inventory_host"),
+                field(r, "from_release"),
+                field(r, "release"),
             )
         })
         .collect();
@@ -133,11 +133,11 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
         ensure!(
             records
                 .iter()
-                .any(|r| text(r, "inventory_host") == host && text(r, "release") == "v1"),
+                .any(|r| field(r, "inventory_host") == host && field(r, "release") == "v1"),
             "{host}'s provisioning record is missing: {records:?}"
         );
     }
-    let out = xtask(&fleet, "history", &[])?;
+    let out = run_xtask(&fleet, "history", &[])?;
     let table = stdout(&out);
     ensure!(out.status.success(), "history: {}", stderr(&out));
     ensure!(
@@ -154,7 +154,7 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
     );
 
     say("── rollback --to: refused when not installed everywhere, else every host moves");
-    let out = xtask(&fleet, "rollback", &["--to", "v9"])?;
+    let out = run_xtask(&fleet, "rollback", &["--to", "v9"])?;
     ensure!(
         !out.status.success()
             && stderr(&out).contains("ddms1: v9 is not installed (installed: v1, v2)")
@@ -163,7 +163,7 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
         out.status,
         stderr(&out)
     );
-    let out = xtask(&fleet, "rollback", &["--to", "v1", "--dry-run"])?;
+    let out = run_xtask(&fleet, "rollback", &["--to", "v1", "--dry-run"])?;
     ensure!(
         out.status.success(),
         "dry run: {}{}",
@@ -204,10 +204,10 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
     let records = history(&fleet)?;
     for record in records.iter().take(2) {
         ensure!(
-            text(record, "release") == "v1"
-                && text(record, "from_release") == "v2"
-                && text(record, "result") == "ok"
-                && parse_rfc3339(&text(record, "started_at"))?
+            field(record, "release") == "v1"
+                && field(record, "from_release") == "v2"
+                && field(record, "result") == "ok"
+                && parse_rfc3339(&field(record, "started_at"))?
                     >= before - std::time::Duration::from_secs(5),
             "newest record: {record}"
         );
@@ -216,7 +216,7 @@ fn deploy_cli_container_dry_run_hosts_history_rollback_to() -> Result<()> {
     Ok(())
 }
 
-fn xtask(fleet: &Fleet, task: &str, args: &[&str]) -> Result<Output> {
+fn run_xtask(fleet: &Fleet, task: &str, args: &[&str]) -> Result<Output> {
     xtask_env(fleet, task, args, &FAST)
 }
 
@@ -247,13 +247,13 @@ fn row(table: &str, host: &str) -> Result<String> {
         .with_context(|| format!("no row for {host} in:\n{table}"))
 }
 
-fn text(record: &Value, key: &str) -> String {
+fn field(record: &Value, key: &str) -> String {
     record[key].as_str().unwrap_or_default().to_string()
 }
 
 /// `cargo xtask history --json`, checked to be newest first.
 fn history(fleet: &Fleet) -> Result<Vec<Value>> {
-    let out = xtask(fleet, "history", &["--json"])?;
+    let out = run_xtask(fleet, "history", &["--json"])?;
     ensure!(out.status.success(), "history: {}", stderr(&out));
     let records: Vec<Value> = stdout(&out)
         .lines()
@@ -261,7 +261,7 @@ fn history(fleet: &Fleet) -> Result<Vec<Value>> {
         .collect::<Result<_, _>>()?;
     let times: Vec<SystemTime> = records
         .iter()
-        .map(|r| parse_rfc3339(&text(r, "started_at")))
+        .map(|r| parse_rfc3339(&field(r, "started_at")))
         .collect::<Result<_>>()?;
     ensure!(
         times.windows(2).all(|w| w[0] >= w[1]),
@@ -285,7 +285,7 @@ fn live_and_installed(fleet: &Fleet, host: &str) -> Result<(String, Vec<String>)
         .context("slots")?
         .values()
         .find(|s| s["active"] == true)
-        .map(|s| text(s, "release"))
+        .map(|s| field(s, "release"))
         .unwrap_or_default();
     let installed = entry["status"]["releases"]
         .as_array()
