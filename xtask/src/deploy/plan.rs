@@ -247,6 +247,8 @@ pub fn plan_host(host: &Host, change: &Change, probe: &Probe) -> HostPlan {
 }
 
 fn not_installed(release: &str, installed: &[String]) -> String {
+    let mut installed = installed.to_vec();
+    installed.sort();
     format!(
         "{release} is not installed (installed: {})",
         if installed.is_empty() {
