@@ -7,12 +7,9 @@
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
-    let Some(name) = args.first() else {
-        bail!("which benchmark? one of: ingest, modbus, sse, api, deploy");
-    };
-    let rest = &args[1..];
-    match name.as_str() {
+/// Runs benchmark `name` with `rest`, the flags for its driver.
+pub fn run(sh: &Shell, name: &str, rest: &[String]) -> Result<()> {
+    match name {
         "ingest" => {
             cmd!(
                 sh,

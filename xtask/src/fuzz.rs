@@ -1,11 +1,11 @@
 //! `cargo xtask fuzz`: every target of `app/fuzz/` under libFuzzer for a bounded time each.
 //! Not part of `ci` (minutes, and the nightly toolchain); run it after changing a parser.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 /// Per target, unless `--seconds` says otherwise.
-const DEFAULT_SECONDS: u64 = 30;
+pub const DEFAULT_SECONDS: u64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -14,32 +14,6 @@ pub struct Options {
     pub targets: Vec<String>,
     /// Unoptimised build (`--dev`): compiles much faster, fuzzes slower.
     pub dev: bool,
-}
-
-pub fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        seconds: DEFAULT_SECONDS,
-        targets: Vec::new(),
-        dev: false,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                let value = args.next().context("--seconds needs a number")?;
-                options.seconds =
-                    value.parse().ok().filter(|&s| s > 0).with_context(|| {
-                        format!("--seconds: `{value}` is not a positive number")
-                    })?;
-            }
-            "--target" => options
-                .targets
-                .push(args.next().context("--target needs a name")?.clone()),
-            "--dev" => options.dev = true,
-            other => bail!("fuzz: unknown argument `{other}`"),
-        }
-    }
-    Ok(options)
 }
 
 pub fn run(sh: &Shell, options: &Options) -> Result<()> {
@@ -112,41 +86,4 @@ fn ensure_cargo_fuzz(sh: &Shell) -> Result<()> {
         cmd!(sh, "cargo install cargo-fuzz --locked").run()?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn defaults_and_flags() {
-        assert_eq!(
-            parse(&[]).unwrap(),
-            Options {
-                seconds: DEFAULT_SECONDS,
-                targets: vec![],
-                dev: false
-            }
-        );
-        let options = parse(&args(&["--seconds", "5", "--target", "a", "--dev"])).unwrap();
-        assert_eq!(options.seconds, 5);
-        assert_eq!(options.targets, ["a"]);
-        assert!(options.dev);
-    }
-
-    #[test]
-    fn bad_arguments_are_refused() {
-        for bad in [
-            &["--seconds"][..],
-            &["--seconds", "0"],
-            &["--seconds", "x"],
-            &["--what"],
-        ] {
-            assert!(parse(&args(bad)).is_err(), "{bad:?}");
-        }
-    }
 }

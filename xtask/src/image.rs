@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 /// The target the static binary is built for.
@@ -27,24 +27,6 @@ const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub struct Options {
     pub repository: String,
     pub locked: bool,
-}
-
-pub fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        repository: DEFAULT_REPOSITORY.to_owned(),
-        locked: false,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--repository" => {
-                options.repository = args.next().cloned().context("--repository needs a value")?
-            }
-            "--locked" => options.locked = true,
-            other => bail!("unknown argument `{other}` for image"),
-        }
-    }
-    Ok(options)
 }
 
 /// Builds the static binary and the image; the image's `<repository>:<version>`.

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 mod infra;
+mod nginx;
 
 fn root() -> PathBuf {
     crate::project_root()
@@ -157,15 +158,92 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     fs::remove_dir_all(dir).unwrap();
 }
 
-/// The shipped nginx site and upstream include pass `nginx -t`, with a throwaway certificate
-/// and paths moved into a temp dir.
+/// Every path under /opt/ddms the unit names exists in the host layout (ARCHITECTURE.md):
+/// /opt/ddms itself, or a file a release ships (`cargo xtask build`) under the slot's link
+/// /opt/ddms/slots/<slot>/. There is no /opt/ddms/current: slots replace it.
 #[test]
-fn nginx_site_passes_nginx_t() {
-    let dir = tempdir("nginx");
+fn systemd_unit_names_only_paths_of_the_host_layout() {
+    let unit = fs::read_to_string(root().join("ops/systemd/ddms@.service")).unwrap();
+    let shipped = [
+        "ddms",
+        "README.md",
+        "ARCHITECTURE.md",
+        "ddms.example.toml",
+        "VERSION",
+    ];
+    let build = fs::read_to_string(root().join("xtask/src/build.rs")).unwrap();
+    for file in shipped
+        .iter()
+        .filter(|f| !matches!(**f, "ddms" | "VERSION"))
+    {
+        assert!(
+            build.contains(&format!("\"{file}\"")),
+            "build.rs no longer ships {file}"
+        );
+    }
+    let mut checked = 0;
+    for line in unit.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        for word in value.split_whitespace() {
+            let path = word.trim_start_matches("file://");
+            if path != "/opt/ddms" && !path.starts_with("/opt/ddms/") {
+                continue;
+            }
+            checked += 1;
+            let ok = path == "/opt/ddms"
+                || path
+                    .strip_prefix("/opt/ddms/slots/%i/")
+                    .is_some_and(|file| shipped.contains(&file));
+            assert!(
+                ok,
+                "{key}={value}: {path} is not in the host layout (/opt/ddms/slots/%i/<file a release ships>)"
+            );
+        }
+    }
+    assert!(checked >= 2, "the unit names no release path at all");
+}
+
+/// compose.yaml's own variables stay out of ddms' `DDMS_` prefix: ddms refuses unknown
+/// `DDMS_` keys, so `DDMS_IMAGE=… docker compose up` in a shell that also runs ddms broke it.
+/// (The `DDMS_…` keys under `environment:` are ddms' configuration and are fine.)
+#[test]
+fn compose_variables_do_not_use_the_ddms_prefix() {
+    let compose = fs::read_to_string(root().join("ops/container/compose.yaml")).unwrap();
+    let mut variables: Vec<&str> = compose
+        .split("${")
+        .skip(1)
+        .map(|rest| rest.split([':', '-', '}']).next().unwrap_or_default())
+        .collect();
+    variables.sort_unstable();
+    variables.dedup();
+    assert!(variables.contains(&"POSTGRES_IMAGE"), "{variables:?}");
+    let clashing: Vec<&&str> = variables
+        .iter()
+        .filter(|v| v.starts_with("DDMS_"))
+        .collect();
+    assert!(
+        clashing.is_empty(),
+        "compose variables in ddms' prefix: {clashing:?}"
+    );
+    let readme = fs::read_to_string(root().join("ops/container/README.md")).unwrap();
+    for variable in &variables {
+        assert!(
+            readme.contains(&format!("`{variable}`")),
+            "ops/container/README.md does not document {variable}"
+        );
+    }
+}
+
+/// The shipped nginx site and upstream include, runnable from `dir`: a throwaway certificate,
+/// paths moved into `dir`, the listeners on loopback `http`/`https` ports, the upstream's
+/// servers at `upstream` (the shipped include when None). Returns the main config's path.
+pub(crate) fn nginx_config(dir: &Path, http: u16, https: u16, upstream: Option<&str>) -> PathBuf {
     let run = |program: &str, args: &[&str]| {
         let status = std::process::Command::new(program)
             .args(args)
-            .current_dir(&dir)
+            .current_dir(dir)
             .stderr(std::process::Stdio::null())
             .status()
             .unwrap_or_else(|e| panic!("{program}: {e}"));
@@ -200,24 +278,41 @@ fn nginx_site_passes_nginx_t() {
         )
         .replace("/etc/ddms/tls/", &format!("{d}/"))
         .replace("/var/lib/ddms/acme", &d)
-        .replace("listen 80;", "listen 127.0.0.1:18080;")
+        .replace("listen 80;", &format!("listen 127.0.0.1:{http};"))
         .replace("listen [::]:80;", "")
-        .replace("listen 443 ssl http2;", "listen 127.0.0.1:18443 ssl http2;")
+        .replace(
+            "listen 443 ssl http2;",
+            &format!("listen 127.0.0.1:{https} ssl http2;"),
+        )
         .replace("listen [::]:443 ssl http2;", "");
     fs::write(dir.join("site.conf"), site).unwrap();
-    fs::copy(
-        root().join("ops/nginx/ddms-upstream.conf"),
-        dir.join("upstream.conf"),
-    )
-    .unwrap();
+    let shipped = fs::read_to_string(root().join("ops/nginx/ddms-upstream.conf")).unwrap();
+    let include = match upstream {
+        Some(server) => shipped
+            .replace("127.0.0.1:8081", server)
+            .replace("127.0.0.1:8082", server),
+        None => shipped,
+    };
+    fs::write(dir.join("upstream.conf"), include).unwrap();
     let main = format!(
-        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_shutdown_timeout 30s;\nevents {{}}\n\
+        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_shutdown_timeout 30s;\n\
+         daemon off;\nmaster_process off;\nevents {{}}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
          include {d}/site.conf;\n}}\n"
     );
     fs::write(dir.join("nginx.conf"), main).unwrap();
+    dir.join("nginx.conf")
+}
+
+/// The shipped nginx site and upstream include pass `nginx -t`, with a throwaway certificate
+/// and paths moved into a temp dir.
+#[test]
+fn nginx_site_passes_nginx_t() {
+    let dir = tempdir("nginx");
+    let conf = nginx_config(&dir, 18080, 18443, None);
     let output = std::process::Command::new("nginx")
-        .args(["-t", "-p", &d, "-c", &format!("{d}/nginx.conf")])
+        .args(["-t", "-p", &dir.display().to_string(), "-c"])
+        .arg(&conf)
         .output()
         .expect("nginx is installed");
     assert!(
@@ -228,7 +323,7 @@ fn nginx_site_passes_nginx_t() {
     fs::remove_dir_all(dir).unwrap();
 }
 
-fn tempdir(name: &str) -> PathBuf {
+pub(crate) fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ddms-tidy-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();

@@ -1,5 +1,7 @@
-//! Which hosts an environment has: an Ansible YAML inventory (group `ddms`) or the Terraform
-//! output `ddms_hosts`. Pure parsing here; `resolve` picks the source.
+//! Which hosts an environment has: an Ansible inventory (group `ddms`) or the Terraform output
+//! `ddms_hosts`. An Ansible inventory is read through `ansible-inventory --list`, as Ansible
+//! itself sees it (group_vars/, host_vars/, vault, inventory plugins); without Ansible the
+//! YAML file is read directly. Pure parsing here; `resolve` picks the source.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,65 @@ pub fn from_ansible_yaml(text: &str, base_dir: &Path) -> Result<Vec<Host>> {
         .collect()
 }
 
+/// Hosts of group `ddms` (and its child groups, depth first) in the JSON of
+/// `ansible-inventory --list`, with every variable Ansible resolved for them.
+pub fn from_ansible_inventory_json(text: &str, base_dir: &Path) -> Result<Vec<Host>> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).context("`ansible-inventory --list` printed no JSON object")?;
+    let mut names: Vec<String> = Vec::new();
+    fn collect(
+        doc: &serde_json::Value,
+        group: &str,
+        seen: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) {
+        if seen.iter().any(|g| g == group) {
+            return;
+        }
+        seen.push(group.to_string());
+        let Some(entry) = doc.get(group) else { return };
+        let list = |key: &str| {
+            entry
+                .get(key)
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_else(Vec::new)
+        };
+        for host in list("hosts") {
+            if !out.contains(&host) {
+                out.push(host);
+            }
+        }
+        for child in list("children") {
+            collect(doc, &child, seen, out);
+        }
+    }
+    if doc.get(GROUP).is_none() {
+        bail!("the inventory has no group `{GROUP}`");
+    }
+    collect(&doc, GROUP, &mut Vec::new(), &mut names);
+    if names.is_empty() {
+        bail!("group `{GROUP}` of the inventory has no hosts");
+    }
+    let hostvars = doc.pointer("/_meta/hostvars");
+    names
+        .into_iter()
+        .map(|name| {
+            let vars = hostvars
+                .and_then(|h| h.get(&name))
+                .map(|v| serde_yaml::to_value(v).expect("JSON is YAML"))
+                .and_then(|v| v.as_mapping().cloned())
+                .unwrap_or_default();
+            host_from_vars(name, &vars, base_dir)
+        })
+        .collect()
+}
+
 /// Depth-first search for group `name` among `groups` (a mapping of group name → group),
 /// carrying the variables of the groups above it.
 fn find_group<'a>(groups: &'a Mapping, name: &str, vars: &Mapping) -> Option<(&'a Value, Mapping)> {
@@ -110,6 +171,19 @@ fn merged(base: &Mapping, over: Option<&Value>) -> Mapping {
     out
 }
 
+/// The variables that say how to reach a host.
+const CONNECTION_VARS: [&str; 9] = [
+    "ansible_host",
+    "ansible_port",
+    "ansible_ssh_port",
+    "ansible_user",
+    "ansible_ssh_user",
+    "ansible_ssh_private_key_file",
+    "ansible_private_key_file",
+    "ansible_ssh_common_args",
+    "ansible_ssh_extra_args",
+];
+
 /// A YAML scalar as text (`ansible_port: 2222` and `ansible_port: "2222"` alike).
 fn scalar(value: &Value) -> Option<String> {
     match value {
@@ -121,6 +195,15 @@ fn scalar(value: &Value) -> Option<String> {
 }
 
 fn host_from_vars(name: String, vars: &Mapping, base_dir: &Path) -> Result<Host> {
+    for key in CONNECTION_VARS {
+        if let Some(value) = vars.get(key).and_then(scalar).filter(|v| v.contains("{{")) {
+            bail!(
+                "host `{name}`: {key} is a template (`{}`), which only Ansible evaluates: give \
+                 the value itself",
+                value.escape_debug()
+            );
+        }
+    }
     let get = |key: &str| vars.get(key).and_then(scalar);
     let port = match get("ansible_port").or_else(|| get("ansible_ssh_port")) {
         Some(port) => port
@@ -251,23 +334,68 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
+/// How an Ansible inventory file is listed: runs `ansible-inventory -i FILE --list` and returns
+/// its standard output, or `None` when the program is not installed — then the YAML file itself
+/// is read (group_vars/ and host_vars/ do not apply). [`ansible_inventory_list`] in use.
+pub type ListInventory<'a> = &'a dyn Fn(&Path) -> Result<Option<String>>;
+
+/// Hosts of an Ansible inventory file.
+pub fn read_ansible(path: &Path, list: ListInventory) -> Result<Vec<Host>> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(json) = list(path)? {
+        return from_ansible_inventory_json(&json, base)
+            .with_context(|| format!("inventory {} (ansible-inventory --list)", path.display()));
+    }
+    eprintln!(
+        "warning: ansible-inventory is not installed: reading {} as plain YAML \
+         (group_vars/, host_vars/ and vault do not apply)",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read inventory {}", path.display()))?;
+    from_ansible_yaml(&text, base).with_context(|| format!("inventory {}", path.display()))
+}
+
+/// `ansible-inventory -i FILE --list`; `None` when ansible-inventory is not installed.
+pub fn ansible_inventory_list(path: &Path) -> Result<Option<String>> {
+    let output = match std::process::Command::new("ansible-inventory")
+        .arg("-i")
+        .arg(path)
+        .arg("--list")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("run ansible-inventory"),
+    };
+    if !output.status.success() {
+        bail!(
+            "ansible-inventory -i {} --list failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8(output.stdout)
+        .map(Some)
+        .context("ansible-inventory printed no UTF-8")
+}
+
 /// The hosts of environment `env`: `--inventory FILE`, else `ansible/inventories/<env>/hosts.yml`,
 /// else `terraform output -json` in `terraform/envs/<env>`.
 pub fn resolve(
     root: &Path,
     env: &str,
     inventory: Option<&Path>,
+    list: ListInventory,
     terraform_output: impl FnOnce(&Path) -> Result<String>,
 ) -> Result<(Vec<Host>, Source)> {
     let ansible = inventory
         .map(Path::to_path_buf)
         .unwrap_or_else(|| root.join("ansible/inventories").join(env).join("hosts.yml"));
     if inventory.is_some() || ansible.exists() {
-        let text = std::fs::read_to_string(&ansible)
-            .with_context(|| format!("read inventory {}", ansible.display()))?;
-        let base = ansible.parent().unwrap_or(Path::new("."));
-        let hosts = from_ansible_yaml(&text, base)
-            .with_context(|| format!("inventory {}", ansible.display()))?;
+        let hosts = read_ansible(&ansible, list)?;
         return Ok((hosts, Source::Ansible(ansible)));
     }
     let tf_dir = root.join("terraform/envs").join(env);
@@ -479,13 +607,97 @@ ddms:
         assert_eq!(from_ansible_yaml(&text, Path::new("/x")).unwrap(), hosts);
     }
 
+    /// The real ansible-inventory: the example inventory's `ansible_user: deploy` sits in
+    /// group_vars/all.yml, which a plain YAML read of hosts.yml never sees.
+    fn listed(path: &Path) -> Vec<Host> {
+        let list = |p: &Path| {
+            ansible_inventory_list(p).map(|o| {
+                Some(o.expect("ansible-inventory is installed (ansible-core; .ci/run installs it)"))
+            })
+        };
+        read_ansible(path, &list).unwrap()
+    }
+
+    #[test]
+    fn group_vars_apply_through_ansible_inventory() {
+        let example = crate::project_root().join("ansible/inventories/example/hosts.yml");
+        // What reading the file alone gave (the bug): no user at all.
+        let plain =
+            from_ansible_yaml(&std::fs::read_to_string(&example).unwrap(), Path::new(".")).unwrap();
+        assert!(plain.iter().all(|h| h.user.is_none()), "{plain:?}");
+        let hosts = listed(&example);
+        assert_eq!(
+            hosts,
+            vec![
+                host("ddms-1.example.net", "192.0.2.11", 22, Some("deploy")),
+                host("ddms-2.example.net", "192.0.2.12", 22, Some("deploy")),
+            ]
+        );
+
+        // group_vars of the group, host_vars of one host (the nearer wins), a child group.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("group_vars")).unwrap();
+        std::fs::create_dir_all(dir.path().join("host_vars")).unwrap();
+        std::fs::write(
+            dir.path().join("hosts.yml"),
+            "all:\n  children:\n    ddms:\n      hosts:\n        b: { ansible_host: 192.0.2.2 }\n        a: { ansible_host: 192.0.2.1 }\n      children:\n        canary:\n          hosts:\n            c: { ansible_host: 192.0.2.3 }\n    db:\n      hosts:\n        d: {}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("group_vars/ddms.yml"),
+            "ansible_user: deploy\nansible_port: 2222\nansible_ssh_private_key_file: keys/id\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("host_vars/a.yml"), "ansible_user: ops\n").unwrap();
+        let hosts = listed(&dir.path().join("hosts.yml"));
+        let key = Some(dir.path().join("keys/id"));
+        let names: Vec<(&str, Option<&str>, u16)> = hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.user.as_deref(), h.port))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("b", Some("deploy"), 2222),
+                ("a", Some("ops"), 2222),
+                ("c", Some("deploy"), 2222)
+            ]
+        );
+        assert!(hosts.iter().all(|h| h.key == key), "{hosts:?}");
+
+        // A connection variable only Ansible could evaluate is refused, naming it.
+        std::fs::write(
+            dir.path().join("host_vars/b.yml"),
+            "ansible_host: \"{{ lookup('env', 'B') }}\"\n",
+        )
+        .unwrap();
+        let list = |p: &Path| ansible_inventory_list(p);
+        let err = read_ansible(&dir.path().join("hosts.yml"), &list).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("host `b`: ansible_host is a template"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn ansible_inventory_json_without_the_group_is_an_error() {
+        let err = from_ansible_inventory_json(
+            r#"{"all": {"children": ["web"]}, "web": {"hosts": ["a"]}}"#,
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no group `ddms`"), "{err}");
+        let err = from_ansible_inventory_json(r#"{"ddms": {}}"#, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("has no hosts"), "{err}");
+    }
+
     #[test]
     fn resolve_prefers_the_environment_ansible_inventory_over_terraform() {
         let dir = std::env::temp_dir().join(format!("xtask-inv-{}", std::process::id()));
         let inv = dir.join("ansible/inventories/staging");
         std::fs::create_dir_all(&inv).unwrap();
         std::fs::write(inv.join("hosts.yml"), "ddms:\n  hosts:\n    s1:\n").unwrap();
-        let (hosts, source) = resolve(&dir, "staging", None, |_| {
+        let (hosts, source) = resolve(&dir, "staging", None, &|_| Ok(None), |_| {
             panic!("terraform must not be asked when an Ansible inventory exists")
         })
         .unwrap();
@@ -493,7 +705,7 @@ ddms:
         assert_eq!(source, Source::Ansible(inv.join("hosts.yml")));
 
         std::fs::create_dir_all(dir.join("terraform/envs/production")).unwrap();
-        let (hosts, source) = resolve(&dir, "production", None, |_| {
+        let (hosts, source) = resolve(&dir, "production", None, &|_| Ok(None), |_| {
             Ok(r#"{"ddms_hosts": {"value": [{"name": "p1", "address": "192.0.2.7", "ssh_user": "admin", "ssh_port": 22}]}}"#.into())
         })
         .unwrap();
@@ -502,7 +714,7 @@ ddms:
             source,
             Source::Terraform(dir.join("terraform/envs/production"))
         );
-        assert!(resolve(&dir, "nowhere", None, |_| unreachable!()).is_err());
+        assert!(resolve(&dir, "nowhere", None, &|_| Ok(None), |_| unreachable!()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

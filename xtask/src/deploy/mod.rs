@@ -1,96 +1,114 @@
-//! `cargo xtask deploy | rollback | status | provision`: the fleet side of a release. Hosts
-//! come from the environment's inventory (`inventory.rs`); each host is driven over system
-//! OpenSSH (`ssh.rs`) through its own `ddms release` state machine, which does the blue-green
-//! work. This module only orders hosts, undoes what a failed run switched, and reports
-//! (`report.rs`).
+//! `cargo xtask deploy | rollback | status | history | provision`: the fleet side of a
+//! release. Hosts come from the environment's inventory (`inventory.rs`); each host is driven
+//! over system OpenSSH (`ssh.rs`) through its own `ddms release` state machine, which does the
+//! blue-green work. This module only orders hosts, undoes what a failed run switched, and
+//! reports (`report.rs`, `table.rs`); `plan.rs` is the dry run, `history.rs` the fleet's
+//! deploy records.
 
+pub mod history;
 pub mod inventory;
+mod plan;
 pub mod report;
 mod ssh;
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use inventory::Host;
 use report::{HostReport, Report, Step};
 
-/// Options shared by the four commands.
+/// Options shared by the fleet commands.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub env: String,
     pub inventory: Option<PathBuf>,
+    /// Only these inventory hosts (`--hosts`/`--limit`); all of group `ddms` when empty.
+    pub hosts: Vec<String>,
     pub version: Option<String>,
     pub artifact: Option<PathBuf>,
     pub batch: usize,
     pub report: Option<PathBuf>,
+    /// deploy, rollback: print the plan, change nothing.
+    pub dry_run: bool,
+    /// rollback: this installed release instead of each host's previous known-good one.
+    pub to: Option<String>,
     /// provision: pass `-auto-approve` to `terraform apply`.
     pub auto_approve: bool,
     /// provision: extra arguments for ansible-playbook (after `--`).
     pub playbook_args: Vec<String>,
 }
 
-pub fn parse(task: &str, args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        batch: 1,
-        ..Options::default()
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--env" => options.env = value("--env")?,
-            "--inventory" => options.inventory = Some(value("--inventory")?.into()),
-            "--report" => options.report = Some(value("--report")?.into()),
-            "--batch" => {
-                options.batch = value("--batch")?
-                    .parse()
-                    .context("--batch must be a whole number")?
-            }
-            "--version" if task == "deploy" => options.version = Some(value("--version")?),
-            "--artifact" if task == "deploy" => {
-                options.artifact = Some(value("--artifact")?.into())
-            }
-            "--auto-approve" if task == "provision" => options.auto_approve = true,
-            "--" if task == "provision" => {
-                options.playbook_args = args.by_ref().cloned().collect();
-            }
-            other => bail!("unknown argument `{other}` for {task}"),
-        }
-    }
-    ensure!(!options.env.is_empty(), "{task} needs --env ENV");
+/// What the command line cannot say on its own: the environment name is a path part.
+pub fn validate(options: &Options) -> Result<()> {
     ensure!(
-        options
-            .env
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')),
+        !options.env.is_empty()
+            && options
+                .env
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')),
         "--env may only hold letters, digits, '-' and '_'"
     );
     ensure!(options.batch >= 1, "--batch must be at least 1");
-    Ok(options)
+    for name in &options.hosts {
+        ensure!(!name.trim().is_empty(), "--hosts: an empty host name");
+    }
+    Ok(())
+}
+
+/// A release name as `ddms release` accepts it.
+pub fn valid_release_name(name: &str) -> bool {
+    name.len() <= 128 && !name.contains("..") && ssh::valid_artifact_name(name)
 }
 
 fn hosts(sh: &Shell, options: &Options) -> Result<(Vec<Host>, inventory::Source)> {
-    inventory::resolve(
+    let (all, source) = inventory::resolve(
         &crate::project_root(),
         &options.env,
         options.inventory.as_deref(),
+        &inventory::ansible_inventory_list,
         |dir| {
             cmd!(sh, "terraform -chdir={dir} output -json")
                 .quiet()
                 .read()
                 .context("terraform output -json")
         },
-    )
+    )?;
+    Ok((select(all, &options.hosts)?, source))
+}
+
+/// The inventory's hosts that `wanted` names (all when it is empty), in inventory order. A
+/// name the inventory lacks is an error listing those it has: a typo must not shrink a deploy
+/// silently.
+pub fn select(all: Vec<Host>, wanted: &[String]) -> Result<Vec<Host>> {
+    if wanted.is_empty() {
+        return Ok(all);
+    }
+    let unknown: Vec<&str> = wanted
+        .iter()
+        .map(|w| w.trim())
+        .filter(|w| !all.iter().any(|h| h.name == *w))
+        .collect();
+    ensure!(
+        unknown.is_empty(),
+        "--hosts: {} not in group `{}` of the inventory (it has: {})",
+        unknown.join(", "),
+        inventory::GROUP,
+        all.iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(all
+        .into_iter()
+        .filter(|h| wanted.iter().any(|w| w.trim() == h.name))
+        .collect())
 }
 
 /// Who deploys, for the report and the hosts' records.
@@ -298,6 +316,7 @@ fn remote_step(
     f: impl FnOnce() -> Result<ssh::Outcome>,
 ) -> Option<ssh::Outcome> {
     let started = Instant::now();
+    eprintln!("deploy: {}: {name} …", report.name);
     match f() {
         Ok(outcome) => {
             report.steps.push(step(name, &outcome));
@@ -410,6 +429,35 @@ fn rollback_host(host: &Host, env: &[(String, String)], report: &mut HostReport)
     ok
 }
 
+/// `deploy: batch 1/3: web1, web2`
+fn progress_batch(command: &str, index: usize, batches: usize, batch: &[Host]) {
+    let names: Vec<&str> = batch.iter().map(|h| h.name.as_str()).collect();
+    eprintln!(
+        "{command}: batch {}/{batches}: {}",
+        index + 1,
+        names.join(", ")
+    );
+}
+
+/// `deploy: web1: ok, 0.1.0 → 0.2.0 (41.2 s)` when a host is done.
+fn progress_host(command: &str, report: &HostReport) {
+    let row = table::host_row(report);
+    let ms: u64 = report.steps.iter().map(|s| s.duration_ms).sum();
+    eprintln!(
+        "{command}: {}: {}, {} → {} ({:.1} s){}",
+        report.name,
+        row.result,
+        row.from,
+        row.to,
+        ms as f64 / 1000.0,
+        report
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+}
+
 /// Runs `f` for every host of `batch` at once, in threads; results in host order.
 fn per_host<T: Send>(batch: &[Host], f: impl Fn(&Host) -> T + Sync) -> Vec<T> {
     std::thread::scope(|scope| {
@@ -436,6 +484,21 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
         .to_lowercase();
     let actor = actor();
     let env = remote_env(&actor)?;
+    if options.dry_run {
+        let artifact = plan::Artifact {
+            path: tarball.clone(),
+            release: plan::release_of(sh, &tarball, options.version.as_deref()),
+            sha256: digest.clone(),
+            published: published.clone(),
+        };
+        return plan::run(
+            options,
+            &source,
+            &hosts,
+            &env,
+            plan::Change::Deploy(artifact),
+        );
+    }
     let mut reports: Vec<HostReport> = hosts
         .iter()
         .map(|h| HostReport::new(&h.name, &h.address))
@@ -457,11 +520,17 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
         ));
     } else {
         let mut failed = false;
+        let batches = hosts.len().div_ceil(options.batch);
         for (index, batch) in hosts.chunks(options.batch).enumerate() {
             if caught.load(Ordering::SeqCst) != 0 {
                 break;
             }
-            let done = per_host(batch, |host| deploy_host(host, &env, &tarball, &digest));
+            progress_batch("deploy", index, batches, batch);
+            let done = per_host(batch, |host| {
+                let report = deploy_host(host, &env, &tarball, &digest);
+                progress_host("deploy", &report);
+                report
+            });
             let first = index * options.batch;
             for (offset, report) in done.into_iter().enumerate() {
                 failed |= report.result != report::RunResult::Ok;
@@ -537,23 +606,60 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
     finish(sh, options, &report)
 }
 
-/// `cargo xtask rollback`: every host back to its previous known-good release.
+/// `cargo xtask rollback`: every host back to its previous known-good release, or with `--to`
+/// to that installed release (`ddms release activate`, the same gates; its migrations are
+/// already applied, and a release's `ddms migrate` ignores newer ones).
 pub fn rollback(sh: &Shell, options: &Options) -> Result<i32> {
     let started_at = now_rfc3339();
     let started = Instant::now();
     let (hosts, source) = hosts(sh, options)?;
     let actor = actor();
     let env = remote_env(&actor)?;
+    if options.dry_run {
+        let change = match &options.to {
+            Some(to) => plan::Change::RollbackTo(to.clone()),
+            None => plan::Change::Rollback,
+        };
+        return plan::run(options, &source, &hosts, &env, change);
+    }
+    if let Some(to) = &options.to {
+        // Every host must have the release before any host moves.
+        let missing = plan::hosts_without(&hosts, &env, to);
+        ensure!(
+            missing.is_empty(),
+            "rollback --to {to}: {}; nothing was changed",
+            missing.join("; ")
+        );
+    }
     let mut reports = Vec::new();
-    for batch in hosts.chunks(options.batch) {
-        reports.extend(per_host(batch, |host| {
-            let mut report = HostReport::new(&host.name, &host.address);
-            rollback_host(host, &env, &mut report);
-            let code = report.steps.last().filter(|s| s.ok).map(|_| 0).or(Some(1));
-            report.record = report.rollback_record.take();
-            report.result = report::host_result(code, report.record.as_ref());
+    let batches = hosts.len().div_ceil(options.batch);
+    for (index, batch) in hosts.chunks(options.batch).enumerate() {
+        progress_batch("rollback", index, batches, batch);
+        let done = per_host(batch, |host| {
+            let report = match &options.to {
+                Some(to) => rollback_to_host(host, &env, to),
+                None => {
+                    let mut report = HostReport::new(&host.name, &host.address);
+                    rollback_host(host, &env, &mut report);
+                    let code = report.steps.last().filter(|s| s.ok).map(|_| 0).or(Some(1));
+                    report.record = report.rollback_record.take();
+                    report.result = report::host_result(code, report.record.as_ref());
+                    report
+                }
+            };
+            progress_host("rollback", &report);
             report
-        }));
+        });
+        let failed = done.iter().any(|r| r.result != report::RunResult::Ok);
+        reports.extend(done);
+        // Each host's own rollback is independent; a fleet moving to one chosen release stops
+        // at the first batch that did not get there.
+        if failed && options.to.is_some() {
+            break;
+        }
+    }
+    for host in &hosts[reports.len()..] {
+        reports.push(HostReport::new(&host.name, &host.address));
     }
     let result = report::overall(&reports, false);
     let report = Report {
@@ -561,7 +667,7 @@ pub fn rollback(sh: &Shell, options: &Options) -> Result<i32> {
         env: options.env.clone(),
         actor,
         inventory: serde_json::to_value(&source)?,
-        release: None,
+        release: options.to.clone(),
         artifact: None,
         artifact_sha256: None,
         batch: options.batch,
@@ -576,8 +682,33 @@ pub fn rollback(sh: &Shell, options: &Options) -> Result<i32> {
     finish(sh, options, &report)
 }
 
-/// Writes the report (`--report`, else `<target>/deploy/<env>-<command>-<time>.json`), prints
-/// it, and gives the exit status.
+/// `ddms release activate TO` on one host (an installed release).
+fn rollback_to_host(host: &Host, env: &[(String, String)], to: &str) -> HostReport {
+    let mut report = HostReport::new(&host.name, &host.address);
+    report.release = Some(to.to_string());
+    let Some(activate) = remote_step(&mut report, "activate", || {
+        ssh::run(host, env, &ssh::activate_script(to))
+    }) else {
+        return report;
+    };
+    report.record = last_json(&activate.stdout);
+    report.result = report::host_result(activate.code, report.record.as_ref());
+    if report.result != report::RunResult::Ok {
+        report.error = Some(
+            report
+                .record
+                .as_ref()
+                .and_then(|r| r.get("error"))
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| activate.reason()),
+        );
+    }
+    report
+}
+
+/// Writes the JSON report (`--report`, else `<target>/deploy/<env>-<command>-<time>.json`),
+/// prints the summary table, and gives the exit status.
 fn finish(sh: &Shell, options: &Options, report: &Report) -> Result<i32> {
     let path = match &options.report {
         Some(path) => path.clone(),
@@ -594,7 +725,7 @@ fn finish(sh: &Shell, options: &Options, report: &Report) -> Result<i32> {
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(&path, format!("{json}\n"))
         .with_context(|| format!("write report {}", path.display()))?;
-    println!("{json}");
+    print!("{}", table::summary(report));
     let result = serde_json::to_value(report.result)?;
     eprintln!(
         "{}: {} — report {}",
@@ -710,25 +841,54 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn host(name: &str) -> Host {
+        Host {
+            name: name.into(),
+            address: format!("{name}.example.net"),
+            port: 22,
+            user: None,
+            key: None,
+            ssh_args: Vec::new(),
+        }
     }
 
     #[test]
-    fn options_parse_and_refuse_what_does_not_fit() {
-        let o = parse(
-            "deploy",
-            &args(&["--env", "staging", "--version", "0.2.0", "--batch", "2"]),
-        )
-        .unwrap();
-        assert_eq!((o.env.as_str(), o.batch), ("staging", 2));
-        assert_eq!(o.version.as_deref(), Some("0.2.0"));
-        assert!(parse("deploy", &args(&["--version", "1"])).is_err());
-        assert!(parse("deploy", &args(&["--env", "a/b"])).is_err());
-        assert!(parse("deploy", &args(&["--env", "a", "--batch", "0"])).is_err());
-        assert!(parse("status", &args(&["--env", "a", "--version", "1"])).is_err());
-        let p = parse("provision", &args(&["--env", "e", "--", "--check", "-v"])).unwrap();
-        assert_eq!(p.playbook_args, args(&["--check", "-v"]));
+    fn hosts_selects_in_inventory_order_and_refuses_unknown_names() {
+        let all = vec![host("web1"), host("web2"), host("web3")];
+        let names = |hosts: Vec<Host>| hosts.into_iter().map(|h| h.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(select(all.clone(), &[]).unwrap()),
+            ["web1", "web2", "web3"]
+        );
+        let wanted = ["web3".to_string(), " web1".to_string()];
+        assert_eq!(
+            names(select(all.clone(), &wanted).unwrap()),
+            ["web1", "web3"]
+        );
+        let err = select(all, &["web1".into(), "wbe2".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--hosts: wbe2 not in group `ddms` of the inventory (it has: web1, web2, web3)"
+        );
+    }
+
+    #[test]
+    fn release_names_are_what_the_hosts_accept() {
+        for ok in ["0.2.0", "0.2.0+rc1", "v2_x"] {
+            assert!(valid_release_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a..b",
+            "-x",
+            ".x",
+            "a/b",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(!valid_release_name(bad), "{bad}");
+        }
     }
 
     #[test]

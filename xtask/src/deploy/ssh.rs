@@ -237,7 +237,7 @@ const HOST_ENV: &str =
 /// state machine that already passed a watch there, so a broken new release cannot break its
 /// own deploy or rollback), else one on PATH. Sets `$ddms` (empty when there is none) and
 /// `$root` (`DDMS_RELEASE_ROOT` without a trailing slash).
-const FIND_DDMS: &str = r#"
+pub const FIND_DDMS: &str = r#"
 root="${DDMS_RELEASE_ROOT:-/}"; root="${root%/}"
 lkg=$(sed -n 's/.*"last_known_good": *"\([^"]*\)".*/\1/p' "$root/var/lib/ddms/release-state.json" 2>/dev/null | head -n 1)
 # Only a release name (as `ddms release` accepts them) may pick a binary under releases/.

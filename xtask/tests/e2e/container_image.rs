@@ -67,7 +67,7 @@ fn e2e_container_compose_stack_serves_ingests_over_mqtt_tls_as_non_root_and_stop
     let secrets_dir = secrets.display().to_string();
     let tls_dir = tls.display().to_string();
     let mut env = vec![
-        ("DDMS_IMAGE", image.as_str()),
+        ("APP_IMAGE", image.as_str()),
         ("HTTP_PUBLISH", &http_publish),
         ("MQTT_PUBLISH", &mqtt_publish),
         ("SECRETS_DIR", &secrets_dir),

@@ -12,6 +12,7 @@ mod provision;
 mod systemd;
 
 mod deploy;
+mod deploy_cli;
 mod deploy_upload;
 mod fleet;
 mod traffic;
