@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's one automation entry point. One module per task; plain
 //! processes through xshell, no heavy dependencies.
 
+mod apifuzz;
 mod bench;
 mod build;
 mod certs;
@@ -9,6 +10,7 @@ mod fuzz;
 mod image;
 mod images;
 mod smoke;
+mod soak;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -16,7 +18,7 @@ mod tidy;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use xshell::Shell;
+use xshell::{cmd, Shell};
 
 const USAGE: &str = "\
 cargo xtask <task>
@@ -25,6 +27,11 @@ tasks:
   test [--no-smoke]   everything: fmt check, clippy -D warnings, local test images (when Docker
                       answers), unit + integration tests, tidy, and README command 1 smoke run
   ci                  what CI runs: `test` with --locked dependencies
+  apifuzz [--debug]   the API fuzzed from its openapi.json by schemathesis against a running
+                      ddms (release build unless --debug); part of `test`
+  soak [--seconds S]  hostile-client soak of a release ddms on loopback (slowloris, invented
+                      methods and paths, login floods, MQTT floods, SSE churn) beside a good
+                      device and dashboard; fails when a bound breaks; JSON in target/bench/
   images [--force]    build the local Docker test images (debootstrap → postgres, mosquitto,
                       host, dbhost, systemd-host)
   bench ingest [--seconds S] [--devices N] [--rate MSGS_PER_S] [--metrics PER_MSG]
@@ -82,6 +89,14 @@ fn main() -> Result<()> {
         ),
         Some("images") => images::build_local_images(&sh, flag("--force")),
         Some("bench") => bench::run(&sh, &args[1..]),
+        Some("apifuzz") => {
+            let profile = if flag("--debug") { "debug" } else { "release" };
+            let release = (profile == "release").then_some("--release");
+            cmd!(sh, "cargo build {release...} -p ddms --bin ddms").run()?;
+            let ddms = build::target_dir(&sh)?.join(profile).join("ddms");
+            apifuzz::run(&sh, &ddms)
+        }
+        Some("soak") => soak::run(&sh, &args[1..]),
         Some("fuzz") => fuzz::run(&sh, &fuzz::parse(&args[1..])?),
         Some("image") => image::run(&sh, &image::parse(&args[1..])?).map(|_| ()),
         Some("build") => build::run(&sh, flag("--locked")).map(|_| ()),
