@@ -550,9 +550,10 @@ mod tests {
     async fn store() -> (tempfile::TempDir, crate::store::SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
-        let store = crate::store::SqliteStore::open(path.to_str().unwrap(), 2, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let store =
+            crate::store::SqliteStore::open(path.to_str().unwrap(), 2, Duration::from_secs(5))
+                .await
+                .unwrap();
         (dir, store)
     }
 

@@ -142,7 +142,10 @@ fn fuzz(sh: &Shell, ddms: &Path, dir: &Path) -> Result<()> {
     }
     result.context("schemathesis found answers the API document does not describe (above)")?;
     stopped?;
-    println!("apifuzz: every generated request got a documented answer; JUnit report in {}", junit.display());
+    println!(
+        "apifuzz: every generated request got a documented answer; JUnit report in {}",
+        junit.display()
+    );
     Ok(())
 }
 

@@ -51,6 +51,8 @@ impl Dashboard {
     }
 }
 
+/// The good device: QoS 1 `seq` readings until `stop`, then waits for every acknowledgement.
+/// Returns (sent, acknowledged, connection errors).
 pub async fn good_device(
     port: u16,
     device: Device,
@@ -179,7 +181,11 @@ pub async fn dashboard_requests(
             .send()
             .await;
         let outcome = match result {
-            Ok(response) if response.status() == 200 => response.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(response) if response.status() == 200 => response
+                .bytes()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Ok(response) => Err(format!("{path}: {}", response.status())),
             Err(e) => Err(format!("{path}: {e}")),
         };
@@ -197,7 +203,12 @@ pub async fn dashboard_requests(
 }
 
 /// One live stream for the whole run; it ending before `stop` is a failure.
-pub async fn dashboard_stream(base: String, token: String, stats: Arc<Dashboard>, stop: CancellationToken) {
+pub async fn dashboard_stream(
+    base: String,
+    token: String,
+    stats: Arc<Dashboard>,
+    stop: CancellationToken,
+) {
     let client = reqwest::Client::new();
     while !stop.is_cancelled() {
         let response = match client
@@ -236,4 +247,3 @@ pub async fn dashboard_stream(base: String, token: String, stats: Arc<Dashboard>
         }
     }
 }
-

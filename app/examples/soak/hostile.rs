@@ -19,7 +19,10 @@ pub fn hostile_addr(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i % 250 + 1) as u8))
 }
 
-pub async fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+pub async fn connect_from(
+    source: IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     socket.connect(to).await
@@ -118,21 +121,36 @@ pub async fn raw_request(source: IpAddr, addr: SocketAddr, request: &[u8]) -> St
     }
 }
 
-pub async fn invented_requests(addr: SocketAddr, worker: usize, stats: Arc<Hostile>, stop: CancellationToken) {
+pub async fn invented_requests(
+    addr: SocketAddr,
+    worker: usize,
+    stats: Arc<Hostile>,
+    stop: CancellationToken,
+) {
     let mut i = worker * 1_000_000;
     while !stop.is_cancelled() {
         let request = {
             let mut rng = rand::thread_rng();
             let method = match i % 4 {
-                0 => random_token(&mut rng, 3 + i % 8).to_uppercase().replace(['%', '.', '~', '-'], "X"),
+                0 => random_token(&mut rng, 3 + i % 8)
+                    .to_uppercase()
+                    .replace(['%', '.', '~', '-'], "X"),
                 1 => "GET".to_string(),
                 2 => "POST".to_string(),
                 _ => format!("M{}", rng.gen::<u32>()),
             };
             let path = match i % 3 {
                 0 => format!("/{}", random_token(&mut rng, 1 + i % 40)),
-                1 => format!("/api/{}/{}", random_token(&mut rng, 8), random_token(&mut rng, 8)),
-                _ => format!("/api/devices/{}?q={}", random_token(&mut rng, 36), random_token(&mut rng, 20)),
+                1 => format!(
+                    "/api/{}/{}",
+                    random_token(&mut rng, 8),
+                    random_token(&mut rng, 8)
+                ),
+                _ => format!(
+                    "/api/devices/{}?q={}",
+                    random_token(&mut rng, 36),
+                    random_token(&mut rng, 20)
+                ),
             };
             format!("{method} {path} HTTP/1.1\r\nHost: soak\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         };
@@ -145,7 +163,12 @@ pub async fn invented_requests(addr: SocketAddr, worker: usize, stats: Arc<Hosti
     }
 }
 
-pub async fn login_flood(addr: SocketAddr, worker: usize, stats: Arc<Hostile>, stop: CancellationToken) {
+pub async fn login_flood(
+    addr: SocketAddr,
+    worker: usize,
+    stats: Arc<Hostile>,
+    stop: CancellationToken,
+) {
     let mut i = worker;
     while !stop.is_cancelled() {
         let body = {
@@ -268,7 +291,11 @@ pub async fn stream_churn(
         } else {
             format!("Authorization: Bearer {token}\r\n")
         };
-        let resume = if i % 3 == 0 { "Last-Event-ID: 1\r\n" } else { "" };
+        let resume = if i % 3 == 0 {
+            "Last-Event-ID: 1\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET /api/stream HTTP/1.1\r\nHost: soak\r\n{auth}{resume}Accept: text/event-stream\r\n\r\n"
         );
@@ -293,4 +320,3 @@ pub async fn stream_churn(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-

@@ -158,7 +158,10 @@ async fn main() -> Result<()> {
         args.baseline,
         args.seconds,
         args.settle,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let server = Server::start(&args.ddms).await?;
     let result = soak(&args, &server).await;
@@ -315,7 +318,12 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
             .map(|(_, ms)| *ms)
             .collect();
         v.sort_by(f64::total_cmp);
-        (v.len(), percentile(&v, 0.5), percentile(&v, 0.99), v.last().copied().unwrap_or(f64::NAN))
+        (
+            v.len(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            v.last().copied().unwrap_or(f64::NAN),
+        )
     };
     let (_, _, baseline_p99, _) = phase_stats(Phase::Baseline);
     let (_, _, hostile_p99, _) = phase_stats(Phase::Hostile);
@@ -378,9 +386,7 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
         hostile.streams_opened.load(Ordering::Relaxed),
         hostile.stream_statuses.lock().unwrap()
     );
-    println!(
-        "  forged readings stored                   {forged:>8}"
-    );
+    println!("  forged readings stored                   {forged:>8}");
     println!("server");
     println!(
         "  RSS before / peak / after (MiB)          {:>8.1} / {:.1} / {:.1}  (after/before {:.2}, bound {RSS_BOUND})",
@@ -432,7 +438,7 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
     }
     let report = json!({
         "seconds": { "baseline": args.baseline, "hostile": args.seconds, "settle": args.settle },
-        "machine_load": load.trim(),
+        "machine_load": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "dashboard": {
             "phases": Phase::ALL.iter().map(|&p| {
                 let (n, p50, p99, max) = phase_stats(p);
@@ -493,4 +499,3 @@ fn raise_fd_limit(needed: u64) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
     }
 }
-

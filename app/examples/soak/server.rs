@@ -168,13 +168,14 @@ pub async fn register(
         response.text().await?
     );
     let body: Value = response.json().await?;
-    let text = |v: &Value| v.as_str().map(str::to_string).context("registration answer");
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .context("registration answer")
+    };
     Ok(Device {
         id: text(&body["device_id"])?,
         username: text(&body["mqtt"]["username"])?,
         password: text(&body["mqtt"]["password"])?,
     })
 }
-
-/// The good device: QoS 1 `seq` readings until `stop`, then waits for every acknowledgement.
-/// Returns (sent, acknowledged, connection errors).
