@@ -546,36 +546,71 @@ mod tests {
         assert_eq!(ids, [8, 9, 10]);
     }
 
-    #[test]
-    fn a_client_too_far_behind_gets_no_replay() {
+    /// A real (empty) store: the replays below come from the buffer, so it is never read.
+    async fn store() -> (tempfile::TempDir, crate::store::SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store =
+            crate::store::SqliteStore::open(path.to_str().unwrap(), 2, Duration::from_secs(5))
+                .await
+                .unwrap();
+        (dir, store)
+    }
+
+    /// The documented limit (docs/limits.md), spelled out so that the test holds the code to it.
+    const DOCUMENTED_MAX_REPLAY: u64 = 5_000;
+    const DOCUMENTED_MAX_CONCURRENT_REPLAYS: usize = 32;
+
+    #[tokio::test]
+    async fn a_client_too_far_behind_gets_a_reset_instead_of_a_replay() {
+        let (_dir, store) = store().await;
+        // A buffer large enough to replay everything: only the cap may refuse.
         let (hub, _outbox) = EventHub::new(10_000);
         hub.start_at(0);
-        hub.surface((1..=MAX_REPLAY as i64 + 2).map(stored).collect());
-        let pending = hub.begin(Some(1));
-        assert!(pending.too_far);
-        assert!(pending.buffered.is_empty());
-        assert_eq!(pending.from_log, None);
-        let pending = hub.begin(Some(2));
-        assert!(!pending.too_far);
-        assert_eq!(pending.buffered.len() as u64, MAX_REPLAY);
+        hub.surface((1..=DOCUMENTED_MAX_REPLAY as i64 + 2).map(stored).collect());
+        let behind = hub.subscribe(&store, Some(1)).await;
+        assert!(behind.gap, "more than the cap behind: reset");
+        assert!(
+            behind.replay.is_empty(),
+            "{} events replayed past the cap",
+            behind.replay.len()
+        );
+        drop(behind);
+        let within = hub.subscribe(&store, Some(2)).await;
+        assert!(!within.gap);
+        assert_eq!(within.replay.len() as u64, DOCUMENTED_MAX_REPLAY);
+        assert_eq!(MAX_REPLAY, DOCUMENTED_MAX_REPLAY);
     }
 
     #[tokio::test]
-    async fn replays_at_once_are_bounded() {
-        let (hub, _outbox) = EventHub::new(10);
-        let mut turns = Vec::new();
-        for _ in 0..MAX_CONCURRENT_REPLAYS {
-            turns.push(hub.replay_turn().await.expect("a turn"));
+    async fn replays_at_once_are_bounded_and_the_next_one_gets_a_reset() {
+        let (_dir, store) = store().await;
+        let (hub, _outbox) = EventHub::new(100);
+        hub.start_at(0);
+        hub.surface((1..=50).map(stored).collect());
+        // Subscriptions whose replays are not written yet hold their turns.
+        let mut replaying = Vec::new();
+        for _ in 0..DOCUMENTED_MAX_CONCURRENT_REPLAYS {
+            let subscription = hub.subscribe(&store, Some(10)).await;
+            assert!(!subscription.gap);
+            assert_eq!(subscription.replay.len(), 40);
+            replaying.push(subscription);
         }
+        let one_more = hub.subscribe(&store, Some(10)).await;
+        assert!(one_more.gap, "no turn within the wait: reset");
         assert!(
-            hub.replay_turn().await.is_none(),
-            "one more waits, then gives up"
+            one_more.replay.is_empty(),
+            "a replay beyond the concurrent limit: {} events",
+            one_more.replay.len()
         );
-        turns.pop();
-        assert!(
-            hub.replay_turn().await.is_some(),
-            "a finished replay frees its turn"
-        );
+        // A client that is up to date needs no turn.
+        let current = hub.subscribe(&store, Some(50)).await;
+        assert!(!current.gap);
+        replaying.pop();
+        let next = hub.subscribe(&store, Some(10)).await;
+        assert!(!next.gap, "a finished replay frees its turn");
+        assert_eq!(next.replay.len(), 40);
+        assert_eq!(MAX_CONCURRENT_REPLAYS, DOCUMENTED_MAX_CONCURRENT_REPLAYS);
     }
 
     #[test]

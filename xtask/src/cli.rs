@@ -46,6 +46,30 @@ pub enum Task {
         #[command(subcommand)]
         bench: Bench,
     },
+    /// The API fuzzed from its openapi.json by schemathesis against a running ddms (release
+    /// build unless --debug); part of `test`.
+    Apifuzz {
+        /// Run against the debug build (quicker to build).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Hostile-client soak of a release ddms on loopback (slowloris, invented methods and
+    /// paths, login floods, MQTT floods, SSE churn) beside a good device and dashboard; fails
+    /// when a bound breaks; JSON in target/bench/soak.json.
+    Soak {
+        /// Seconds of hostile load.
+        #[arg(long, value_name = "S")]
+        seconds: Option<String>,
+        /// Seconds of the baseline before it.
+        #[arg(long, value_name = "S")]
+        baseline: Option<String>,
+        /// Seconds of settling after it, before RSS is compared.
+        #[arg(long, value_name = "S")]
+        settle: Option<String>,
+        /// Slowloris connections held open.
+        #[arg(long, value_name = "N")]
+        slowloris: Option<String>,
+    },
     /// Each fuzz target of app/fuzz/ for N seconds with cargo fuzz (nightly; cargo-fuzz is
     /// installed if missing); fails on any crash. Not in `ci`.
     Fuzz {
@@ -142,6 +166,12 @@ pub enum Bench {
         /// postgres or sqlite.
         #[arg(long, value_name = "BACKEND")]
         backend: Option<String>,
+        /// Also measure with N enabled threshold rules over the benchmark's series.
+        #[arg(long, value_name = "N")]
+        rules: Option<String>,
+        /// Measured windows with and without rules, alternating (with --rules).
+        #[arg(long, value_name = "R")]
+        rounds: Option<String>,
     },
     /// Many simulated Modbus devices polled by a release ddms.
     Modbus {
@@ -211,6 +241,8 @@ impl Bench {
                 rate,
                 metrics,
                 backend,
+                rules,
+                rounds,
             } => (
                 "ingest",
                 flags(&[
@@ -219,6 +251,8 @@ impl Bench {
                     ("--rate", rate),
                     ("--metrics", metrics),
                     ("--backend", backend),
+                    ("--rules", rules),
+                    ("--rounds", rounds),
                 ]),
             ),
             Bench::Modbus {

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's one automation entry point. One module per task; plain
 //! processes through xshell, no heavy dependencies. The command line is `cli.rs` (clap).
 
+mod apifuzz;
 mod bench;
 mod build;
 mod certs;
@@ -10,6 +11,7 @@ mod fuzz;
 mod image;
 mod images;
 mod smoke;
+mod soak;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -18,7 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use xshell::Shell;
+use xshell::{cmd, Shell};
 
 use cli::{Cli, Task};
 
@@ -45,6 +47,31 @@ fn main() -> Result<()> {
         Task::Bench { bench } => {
             let (name, args) = bench.driver_args();
             bench::run(&sh, name, &args)
+        }
+        Task::Apifuzz { debug } => {
+            let profile = if debug { "debug" } else { "release" };
+            let release = (!debug).then_some("--release");
+            cmd!(sh, "cargo build {release...} -p ddms --bin ddms").run()?;
+            let ddms = build::target_dir(&sh)?.join(profile).join("ddms");
+            apifuzz::run(&sh, &ddms)
+        }
+        Task::Soak {
+            seconds,
+            baseline,
+            settle,
+            slowloris,
+        } => {
+            let args: Vec<String> = [
+                ("--seconds", seconds),
+                ("--baseline", baseline),
+                ("--settle", settle),
+                ("--slowloris", slowloris),
+            ]
+            .into_iter()
+            .filter_map(|(flag, value)| value.map(|v| [flag.to_string(), v]))
+            .flatten()
+            .collect();
+            soak::run(&sh, &args)
         }
         Task::Fuzz {
             seconds,

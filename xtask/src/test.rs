@@ -76,6 +76,20 @@ pub fn run(sh: &Shell, options: Options) -> Result<()> {
             || crate::smoke::run(sh, options.locked),
         )?;
     }
+    // The release binary when this run built one (the smoke step, the end-to-end hosts), else
+    // the debug binary the integration tests were run with.
+    let (profile, binary) = if options.smoke || e2e_ddms.is_some() {
+        ("release", "release/ddms")
+    } else {
+        ("debug", "debug/ddms")
+    };
+    step(
+        &format!("the API fuzzed from openapi.json (schemathesis, {profile} build)"),
+        || {
+            let ddms = crate::build::target_dir(sh)?.join(binary);
+            crate::apifuzz::run(sh, &ddms)
+        },
+    )?;
     println!(
         "xtask: all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -301,7 +301,7 @@ impl Alerting {
             };
             let mut current = latest.filter(|a| a.state != AlertState::Resolved);
             let phase = phase_of(current.as_ref());
-            let (_, steps) = engine::on_readings(&check, rule.rule.for_s, phase, &fresh);
+            let (_, steps) = engine::on_readings(check, rule.rule.for_s, phase, &fresh);
             let subject = Subject {
                 rule,
                 device_id: Some(device_id),
@@ -311,7 +311,7 @@ impl Alerting {
             let mut lost = false;
             for step in steps {
                 let change = self
-                    .change_for_step(index, &subject, &check, current.as_ref(), step)
+                    .change_for_step(index, &subject, check, current.as_ref(), step)
                     .await?;
                 if !self.apply(&subject, index, &change).await? {
                     lost = true;
