@@ -1,8 +1,8 @@
 //! Credentials: argon2id password hashes for users, random API tokens stored as SHA-256 hashes.
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -20,28 +20,103 @@ pub enum CredentialError {
 
 pub const MIN_PASSWORD_LEN: usize = 12;
 
+/// The work area of one argon2 computation (~19 MiB with the default parameters), kept by a
+/// caller that hashes again and again so the memory is reused instead of allocated and freed
+/// each time: freed areas of that size stay in the allocator's per-thread pools, and a flood
+/// of failed logins grew the process by a gigabyte that way.
+#[derive(Default)]
+pub struct HashMemory(Vec<Block>);
+
+impl HashMemory {
+    fn blocks(&mut self, params: &Params) -> &mut [Block] {
+        let count = params.block_count();
+        if self.0.len() < count {
+            self.0.resize(count, Block::default());
+        }
+        &mut self.0[..count]
+    }
+}
+
 /// Hashes with argon2id and the crate's default (OWASP-recommended) parameters.
 pub fn hash_password(password: &str) -> Result<String, CredentialError> {
+    hash_password_in(&mut HashMemory::default(), password)
+}
+
+/// [`hash_password`] in a reused work area.
+pub fn hash_password_in(
+    memory: &mut HashMemory,
+    password: &str,
+) -> Result<String, CredentialError> {
     if password.chars().count() < MIN_PASSWORD_LEN {
         return Err(CredentialError::PasswordTooShort {
             min: MIN_PASSWORD_LEN,
         });
     }
+    let fail = |e: &dyn std::fmt::Display| CredentialError::Hash(e.to_string());
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| CredentialError::Hash(e.to_string()))
+    let mut salt_bytes = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(|e| fail(&e))?;
+    let params = Params::default();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon2
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt_bytes,
+            &mut out,
+            memory.blocks(&params),
+        )
+        .map_err(|e| fail(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| fail(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| fail(&e))?),
+    };
+    Ok(hash.to_string())
 }
 
 pub fn verify_password(password: &str, stored_hash: &str) -> bool {
-    PasswordHash::new(stored_hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    verify_password_in(&mut HashMemory::default(), password, stored_hash)
+}
+
+/// [`verify_password`] in a reused work area: the stored hash's own algorithm, version and
+/// parameters, compared in constant time (`Output`'s equality).
+pub fn verify_password_in(memory: &mut HashMemory, password: &str, stored_hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored_hash) else {
+        return false;
+    };
+    let (Some(expected), Some(salt)) = (parsed.hash, parsed.salt) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let Ok(version) = parsed
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    argon2
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt_bytes,
+            &mut out,
+            memory.blocks(&params),
+        )
+        .is_ok()
+        && Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// A random secret of `len` alphanumeric characters from the OS generator.
@@ -79,6 +154,65 @@ pub fn secret_matches_hash(secret: &[u8], stored_hash: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+    #[test]
+    fn hashes_in_a_reused_work_area_agree_with_the_argon2_crate_both_ways() {
+        let mut memory = HashMemory::default();
+        let ours = hash_password_in(&mut memory, "correct horse battery").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse battery", &parsed)
+            .is_ok());
+        assert!(Argon2::default()
+            .verify_password(b"correct horse batterY", &parsed)
+            .is_err());
+
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = Argon2::default()
+            .hash_password(b"another long password", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_password_in(
+            &mut memory,
+            "another long password",
+            &theirs
+        ));
+        assert!(!verify_password_in(
+            &mut memory,
+            "another long passwore",
+            &theirs
+        ));
+        assert!(!verify_password_in(
+            &mut memory,
+            "another long password",
+            "$argon2id$v=19$junk"
+        ));
+        assert!(!verify_password_in(
+            &mut memory,
+            "another long password",
+            ""
+        ));
+    }
+
+    #[test]
+    fn the_work_area_is_allocated_once_and_reused() {
+        let mut memory = HashMemory::default();
+        let first = hash_password_in(&mut memory, "a password of some length").unwrap();
+        let area = memory.0.as_ptr();
+        assert!(verify_password_in(
+            &mut memory,
+            "a password of some length",
+            &first
+        ));
+        hash_password_in(&mut memory, "a password of some length").unwrap();
+        assert_eq!(
+            memory.0.as_ptr(),
+            area,
+            "the work area moved: it was allocated again"
+        );
+        assert_eq!(memory.0.len(), Params::default().block_count());
+    }
 
     #[test]
     fn secret_matches_only_its_own_hash() {

@@ -37,7 +37,7 @@ pub fn plan(rounds: usize) -> Vec<bool> {
 pub fn body(i: usize, devices: &[String], metrics: usize) -> Value {
     let device = &devices[i % devices.len()];
     let metric = format!("m{}", (i / devices.len()) % metrics);
-    let fires = i % 100 == 0;
+    let fires = i.is_multiple_of(100);
     json!({
         "name": format!("bench rule {i}"),
         "device_id": device,

@@ -173,7 +173,7 @@ pub async fn login_flood(
     while !stop.is_cancelled() {
         let body = {
             let mut rng = rand::thread_rng();
-            let username = if i % 2 == 0 {
+            let username = if i.is_multiple_of(2) {
                 "operator".to_string()
             } else {
                 format!("user-{}", random_token(&mut rng, 12))
@@ -250,7 +250,7 @@ pub async fn mqtt_flood(
                 _ => break,
             }
             // A few hundred a second.
-            if round % 50 == 0 {
+            if round.is_multiple_of(50) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -286,12 +286,12 @@ pub async fn stream_churn(
 ) {
     let mut i = worker;
     while !stop.is_cancelled() {
-        let auth = if i % 5 == 0 {
+        let auth = if i.is_multiple_of(5) {
             String::new()
         } else {
             format!("Authorization: Bearer {token}\r\n")
         };
-        let resume = if i % 3 == 0 {
+        let resume = if i.is_multiple_of(3) {
             "Last-Event-ID: 1\r\n"
         } else {
             ""

@@ -13,7 +13,7 @@ use super::audit;
 use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
 use super::revocation::Ended;
 use super::{ApiError, AppState};
-use crate::auth::{hash_password, random_secret};
+use crate::auth::{hash_password_in, random_secret};
 use crate::store::{NewUser, Role, StoreError, User, UserChange};
 
 fn validation(field: &str, message: impl Into<String>) -> ApiError {
@@ -83,7 +83,7 @@ async fn hash(state: &AppState, field: &str, password: String) -> Result<String,
     state
         .security
         .hashing
-        .run(move || hash_password(&password))
+        .run(move |memory| hash_password_in(memory, &password))
         .await?
         .map_err(|e| validation(field, e.to_string()))
 }

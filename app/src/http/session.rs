@@ -25,7 +25,9 @@ use super::extract::{Authorized, Principal, SessionInfo, ViewerRole};
 use super::revocation::{Credential, Ended};
 use super::security::{constant_time_eq, ClientInfo};
 use super::{ApiError, AppState};
-use crate::auth::{hash_api_token, hash_password, random_secret, verify_password};
+use crate::auth::{
+    hash_api_token, hash_password, hash_password_in, random_secret, verify_password_in,
+};
 use crate::store::{NewAuditEntry, NewSession, SessionRecord, StoreError};
 
 pub const SESSION_COOKIE: &str = "ddms_session";
@@ -98,10 +100,10 @@ async fn verify(
     state
         .security
         .hashing
-        .run(move || match stored {
-            Some(hash) => verify_password(&password, &hash),
+        .run(move |memory| match stored {
+            Some(hash) => verify_password_in(memory, &password, &hash),
             None => {
-                let _ = verify_password(&password, dummy_hash());
+                let _ = verify_password_in(memory, &password, dummy_hash());
                 false
             }
         })
@@ -315,7 +317,7 @@ pub async fn change_password(
     let hash = state
         .security
         .hashing
-        .run(move || hash_password(&new_password))
+        .run(move |memory| hash_password_in(memory, &new_password))
         .await?
         .map_err(|e| ApiError::Validation {
             field: "new_password".into(),

@@ -123,6 +123,76 @@ async fn parallel_failed_logins_never_hash_more_than_the_limit_at_once() {
     assert!(metric_value(&metrics, "ddms_password_hashes_refused_total").unwrap() >= 1.0);
 }
 
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// A flood of failed logins must not grow the process for good. Each argon2 verification needs
+/// a 19 MiB work area; when each one allocated and freed it on tokio's blocking pool, the
+/// allocator kept the freed areas and `cargo xtask soak` saw 29 MiB grow to 1 GiB. The hashing
+/// threads now reuse one area each: at most `max_concurrent_hashes` (default 2 × CPUs) × 19 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_failed_logins_does_not_grow_the_process_for_good() {
+    use crate::support::app::DdmsProcess;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ddms = DdmsProcess::serve(
+        dir.path(),
+        &[
+            ("DDMS_HTTP__LOGIN__MAX_CONCURRENT_HASHES", "4"),
+            ("DDMS_HTTP__LOGIN__ATTEMPTS_PER_MINUTE_PER_IP", "1000000"),
+            (
+                "DDMS_HTTP__LOGIN__ATTEMPTS_PER_MINUTE_PER_USERNAME",
+                "1000000",
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let pid = ddms.child.id().unwrap();
+    let client = reqwest::Client::new();
+    let flood = |logins: usize| {
+        let client = client.clone();
+        let url = ddms.url("/api/auth/login");
+        async move {
+            let mut checked = 0;
+            while checked < logins {
+                let attempts = (0..16).map(|i| {
+                    client
+                        .post(&url)
+                        .json(&json!({ "username": format!("nobody-{i}"), "password": "wrong password" }))
+                        .send()
+                });
+                for response in futures::future::join_all(attempts).await {
+                    match response.unwrap().status() {
+                        StatusCode::UNAUTHORIZED => checked += 1,
+                        StatusCode::SERVICE_UNAVAILABLE => {}
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+            }
+        }
+    };
+    // Every hashing slot once, so the start figure holds the work areas that stay.
+    flood(16).await;
+    let before = rss_kib(pid);
+    flood(1_500).await;
+    let after = rss_kib(pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 100,
+        "1,500 failed logins grew ddms from {} MiB to {} MiB",
+        before / 1024,
+        after / 1024
+    );
+}
+
 /// Reads a stream until the server ends it; `Err` with what was read if it is still open at
 /// the deadline.
 async fn until_closed(response: reqwest::Response, within: Duration) -> Result<String, String> {
