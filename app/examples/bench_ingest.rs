@@ -17,11 +17,18 @@
 //! threshold rules over the benchmark's series (`--rounds R`: R such pairs, alternating their
 //! order) and reports the ratio of sustained readings/s (see `bench_ingest/alert_rules.rs`).
 //!
+//! With `--peer DIR`, ddms runs side by side with the peer ingester of the team's benchmark
+//! peer set instead (see `bench_ingest/peer.rs`).
+//!
 //! Usage: bench_ingest --ddms PATH [--backend postgres|sqlite] [--seconds S] [--devices N]
 //!        [--rate MSGS_PER_S] [--metrics PER_MSG] [--rules N [--rounds R]] [--out FILE]
+//!        bench_ingest --ddms PATH --peer DIR [--rounds 2] [--procs 2] [--seconds 20]
+//!        [--devices 100] [--metrics 10] [--env DDMS_KEY=VALUE]... [--out FILE]
 
 #[path = "bench_ingest/alert_rules.rs"]
 mod alert_rules;
+#[path = "bench_ingest/peer.rs"]
+mod peer;
 #[path = "../tests/support/services.rs"]
 mod services;
 
@@ -53,6 +60,9 @@ struct Args {
     rules: usize,
     rounds: usize,
     out: String,
+    /// `--peer`: the side-by-side run (`peer.rs`); `--seconds` defaults to 20 there.
+    peer: Option<peer::PeerArgs>,
+    seconds_given: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -66,6 +76,17 @@ fn parse_args() -> Result<Args> {
         rules: 0,
         rounds: 1,
         out: "target/bench/ingest.json".into(),
+        peer: None,
+        seconds_given: false,
+    };
+    let mut peer = peer::PeerArgs {
+        dir: Default::default(),
+        rounds: 2,
+        procs: 2,
+        devices: 0,
+        metrics: 0,
+        seconds: 20,
+        env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,12 +100,27 @@ fn parse_args() -> Result<Args> {
                     other => bail!("--backend must be postgres or sqlite, not {other}"),
                 }
             }
-            "--seconds" => args.seconds = value()?.parse()?,
+            "--seconds" => {
+                args.seconds = value()?.parse()?;
+                args.seconds_given = true;
+            }
+            "--peer" => peer.dir = value()?.into(),
+            // Rounds of the side-by-side run, or of the with/without-rules windows.
+            "--rounds" => {
+                args.rounds = value()?.parse()?;
+                peer.rounds = args.rounds;
+            }
+            "--procs" => peer.procs = value()?.parse()?,
+            "--env" => {
+                let setting = value()?;
+                let (key, val) = setting.split_once('=').context("--env KEY=VALUE")?;
+                ensure!(key.starts_with("DDMS_"), "--env takes DDMS_* settings");
+                peer.env.push((key.into(), val.into()));
+            }
             "--devices" => args.devices = value()?.parse()?,
             "--rate" => args.rate = value()?.parse()?,
             "--metrics" => args.metrics = value()?.parse()?,
             "--rules" => args.rules = value()?.parse()?,
-            "--rounds" => args.rounds = value()?.parse()?,
             "--out" => args.out = value()?,
             other => bail!("unknown argument {other}"),
         }
@@ -94,6 +130,14 @@ fn parse_args() -> Result<Args> {
         args.devices > 0 && args.rate > 0 && args.metrics > 0,
         "sizes must be positive"
     );
+    if !peer.dir.as_os_str().is_empty() {
+        peer.devices = args.devices;
+        peer.metrics = args.metrics;
+        if args.seconds_given {
+            peer.seconds = args.seconds;
+        }
+        args.peer = Some(peer);
+    }
     Ok(args)
 }
 
@@ -200,7 +244,10 @@ async fn publisher(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let args = parse_args()?;
+    let mut args = parse_args()?;
+    if let Some(peer) = args.peer.take() {
+        return peer::run(&args.ddms, peer, &args.out).await;
+    }
     let readings_target = args.rate * args.metrics as u64;
     let path = match args.backend {
         Backend::Postgres => "MQTT publishers → Mosquitto → ddms → PostgreSQL",

@@ -377,7 +377,7 @@ listen = "127.0.0.1:1883"
 [provisioning]
 
 [ingest]
-max_batch = 1000
+max_batch = 10000
 max_delay_ms = 0
 channel_capacity = 4096
 max_series_per_device = 1000

@@ -86,7 +86,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             channel_capacity: 4096,
-            max_batch: 1000,
+            max_batch: 10_000,
             max_delay: Duration::ZERO,
             max_series_per_device: 1000,
         }
@@ -132,7 +132,9 @@ impl IngestMetrics {
         .expect("valid metric");
         let batch_size = Histogram::with_opts(
             HistogramOpts::new("ddms_ingest_batch_size", "Readings per committed batch").buckets(
-                vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],
+                vec![
+                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+                ],
             ),
         )
         .expect("valid metric");
