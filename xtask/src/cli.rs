@@ -169,9 +169,20 @@ pub enum Bench {
         /// Also measure with N enabled threshold rules over the benchmark's series.
         #[arg(long, value_name = "N")]
         rules: Option<String>,
-        /// Measured windows with and without rules, alternating (with --rules).
+        /// Rounds: windows with and without rules (with --rules), or side-by-side rounds
+        /// alternating who goes first (with --peer).
         #[arg(long, value_name = "R")]
         rounds: Option<String>,
+        /// Side by side with the benchmark peer set's Python ingester: the directory holding
+        /// peer_ingest.py and mqtt_load.py.
+        #[arg(long, value_name = "DIR")]
+        peer: Option<String>,
+        /// Generator processes (with --peer).
+        #[arg(long, value_name = "P")]
+        procs: Option<String>,
+        /// A DDMS_KEY=VALUE setting for ddms (with --peer; repeatable).
+        #[arg(long = "env", value_name = "DDMS_KEY=VALUE")]
+        env: Vec<String>,
     },
     /// Many simulated Modbus devices polled by a release ddms.
     Modbus {
@@ -243,17 +254,28 @@ impl Bench {
                 backend,
                 rules,
                 rounds,
+                peer,
+                procs,
+                env,
             } => (
                 "ingest",
-                flags(&[
-                    ("--seconds", seconds),
-                    ("--devices", devices),
-                    ("--rate", rate),
-                    ("--metrics", metrics),
-                    ("--backend", backend),
-                    ("--rules", rules),
-                    ("--rounds", rounds),
-                ]),
+                [
+                    flags(&[
+                        ("--seconds", seconds),
+                        ("--devices", devices),
+                        ("--rate", rate),
+                        ("--metrics", metrics),
+                        ("--backend", backend),
+                        ("--rules", rules),
+                        ("--rounds", rounds),
+                        ("--peer", peer),
+                        ("--procs", procs),
+                    ]),
+                    env.iter()
+                        .flat_map(|e| ["--env".to_string(), e.clone()])
+                        .collect(),
+                ]
+                .concat(),
             ),
             Bench::Modbus {
                 devices,
