@@ -70,10 +70,23 @@ pub async fn good_device(
         let acked = acked.clone();
         let errors = errors.clone();
         tokio::spawn(async move {
+            // A PUBACK counts only for a publish that is waiting for one: a duplicated or
+            // unexpected PUBACK must not pass for the acknowledgement of another message.
+            let mut waiting = std::collections::HashSet::new();
             loop {
                 match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                        acked.fetch_add(1, Ordering::Relaxed);
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                        waiting.insert(pkid);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                        if waiting.remove(&ack.pkid) {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            eprintln!(
+                                "soak: PUBACK for packet id {} that was not waiting",
+                                ack.pkid
+                            );
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => {

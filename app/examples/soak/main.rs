@@ -308,6 +308,10 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
     let good_stored = stored.iter().filter(|&&v| v < sent).count() as u64;
     let forged = stored.iter().filter(|&&v| v >= sent).count() as u64;
     let lost = acked.saturating_sub(good_stored);
+    if good_stored < sent {
+        let missing: Vec<u64> = (0..sent).filter(|v| !stored.contains(v)).take(20).collect();
+        eprintln!("soak: sequence numbers of the good device not stored (first 20): {missing:?}");
+    }
 
     // The report.
     let latencies = dashboard.latencies_ms.lock().unwrap().clone();
