@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::store::alerts::{
-    Alert, AlertChange, AlertFilter, AlertState, DeliveryState, NewAlertRule, NewChannel,
-    NewDelivery, NewSilence,
+    Alert, AlertChange, AlertFilter, AlertState, DeliveryState, EvaluationStamp, NewAlertRule,
+    NewChannel, NewDelivery, NewSilence,
 };
 use ddms::store::{self, NewDevice, Protocol, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -257,21 +257,41 @@ async fn a_transition_is_written_once_with_its_outbox_rows(store: Arc<dyn Store>
     assert_eq!(keys, expected);
     assert!(deliveries.iter().all(|d| d.state == DeliveryState::Pending));
 
-    // Readings without a transition move last_eval_ts forward only.
-    assert!(store
-        .record_evaluation(pending.id, 2, 48.0, ts(70))
+    // Readings without a transition move last_eval_ts forward only; a batch of stamps
+    // reports the alerts that moved on (stale seq, or gone) and writes the rest.
+    let stamp = |alert_id, seq, value, at| EvaluationStamp {
+        alert_id,
+        seq,
+        value,
+        last_eval_ts: at,
+    };
+    let gone = Uuid::now_v7();
+    let moved = store
+        .record_evaluations(&[
+            stamp(pending.id, 2, 48.0, ts(70)),
+            stamp(gone, 1, 1.0, ts(70)),
+        ])
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(moved, [gone]);
     assert!(store
-        .record_evaluation(pending.id, 2, 47.0, ts(65))
+        .record_evaluations(&[stamp(pending.id, 2, 47.0, ts(65))])
         .await
-        .unwrap());
+        .unwrap()
+        .is_empty());
     let now = store.get_alert(pending.id).await.unwrap();
     assert_eq!(now.last_eval_ts, Some(ts(70)));
-    assert!(!store
-        .record_evaluation(pending.id, 1, 47.0, ts(90))
-        .await
-        .unwrap());
+    // The value is the newest reading's: an older stamp (a slower instance) leaves it.
+    assert_eq!(now.value, Some(48.0));
+    assert_eq!(
+        store
+            .record_evaluations(&[stamp(pending.id, 1, 46.0, ts(90))])
+            .await
+            .unwrap(),
+        [pending.id]
+    );
+    assert_eq!(store.get_alert(pending.id).await.unwrap().value, Some(48.0));
+    assert!(store.record_evaluations(&[]).await.unwrap().is_empty());
 
     let history = store.list_transitions(&[pending.id]).await.unwrap();
     let events: Vec<&str> = history.iter().map(|t| t.event.as_str()).collect();

@@ -154,6 +154,16 @@ pub struct NewDelivery {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Readings evaluated without a transition, for [`AlertStore::record_evaluations`]: the open
+/// alert as the evaluation saw it (`alert_id`, `seq`) and the newest reading evaluated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvaluationStamp {
+    pub alert_id: Uuid,
+    pub seq: i64,
+    pub value: f64,
+    pub last_eval_ts: DateTime<Utc>,
+}
+
 /// A transition to store: the alert row as it becomes (its `seq` one above `expected_seq`, or
 /// 1 for a new alert), the history row and the outbox rows.
 #[derive(Debug, Clone)]
@@ -313,15 +323,11 @@ pub trait AlertStore: Send + Sync {
     /// first (the row's seq moved on, or an open alert for the key already exists); nothing is
     /// written then.
     async fn apply_alert_change(&self, change: &AlertChange) -> StoreResult<bool>;
-    /// Records readings evaluated without a transition (value, `last_eval_ts`), guarded by
-    /// `seq` like a transition but without bumping it. `Ok(false)`: the alert moved on.
-    async fn record_evaluation(
-        &self,
-        alert_id: Uuid,
-        seq: i64,
-        value: f64,
-        last_eval_ts: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    /// Records readings evaluated without a transition (value, `last_eval_ts`) on their open
+    /// alerts, all in one transaction: a batch of readings costs one commit, not one per series.
+    /// Each stamp is guarded by `seq` like a transition but does not bump it. Returns the alerts
+    /// that moved on meanwhile (their seq changed): nothing is written for those.
+    async fn record_evaluations(&self, stamps: &[EvaluationStamp]) -> StoreResult<Vec<Uuid>>;
 
     /// Takes up to `limit` due pending deliveries for `lease` (others skip them meanwhile),
     /// oldest first; each claim counts as an attempt.

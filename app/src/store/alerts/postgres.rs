@@ -438,24 +438,31 @@ impl AlertStore for PostgresStore {
         Ok(true)
     }
 
-    async fn record_evaluation(
-        &self,
-        alert_id: Uuid,
-        seq: i64,
-        value: f64,
-        last_eval_ts: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE alerts SET value = $1, last_eval_ts = GREATEST(last_eval_ts, $2) \
-             WHERE id = $3 AND seq = $4",
+    async fn record_evaluations(&self, stamps: &[EvaluationStamp]) -> StoreResult<Vec<Uuid>> {
+        if stamps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = stamps.iter().map(|s| s.alert_id).collect();
+        let seqs: Vec<i64> = stamps.iter().map(|s| s.seq).collect();
+        let values: Vec<f64> = stamps.iter().map(|s| s.value).collect();
+        let times: Vec<DateTime<Utc>> = stamps.iter().map(|s| s.last_eval_ts).collect();
+        // One statement for the batch; the rows it did not update are the alerts that moved on.
+        let updated: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+            "UPDATE alerts a SET \
+             value = CASE WHEN a.last_eval_ts IS NULL OR a.last_eval_ts < s.ts THEN s.value ELSE a.value END, \
+             last_eval_ts = GREATEST(a.last_eval_ts, s.ts) \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::float8[], $4::timestamptz[]) AS s(id, seq, value, ts) \
+             WHERE a.id = s.id AND a.seq = s.seq RETURNING a.id",
         )
-        .bind(value)
-        .bind(last_eval_ts)
-        .bind(alert_id)
-        .bind(seq)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&values)
+        .bind(&times)
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .collect();
+        Ok(ids.into_iter().filter(|id| !updated.contains(id)).collect())
     }
 
     async fn claim_deliveries(

@@ -474,25 +474,31 @@ impl AlertStore for SqliteStore {
         Ok(true)
     }
 
-    async fn record_evaluation(
-        &self,
-        alert_id: Uuid,
-        seq: i64,
-        value: f64,
-        last_eval_ts: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE alerts SET value = ?1, \
-             last_eval_ts = CASE WHEN last_eval_ts IS NULL OR last_eval_ts < ?2 THEN ?2 ELSE last_eval_ts END \
-             WHERE id = ?3 AND seq = ?4",
-        )
-        .bind(value)
-        .bind(micros(last_eval_ts))
-        .bind(alert_id.to_string())
-        .bind(seq)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+    async fn record_evaluations(&self, stamps: &[EvaluationStamp]) -> StoreResult<Vec<Uuid>> {
+        if stamps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut moved = Vec::new();
+        let mut tx = self.pool().begin().await?;
+        for stamp in stamps {
+            let done = sqlx::query(
+                "UPDATE alerts SET \
+                 value = CASE WHEN last_eval_ts IS NULL OR last_eval_ts < ?2 THEN ?1 ELSE value END, \
+                 last_eval_ts = CASE WHEN last_eval_ts IS NULL OR last_eval_ts < ?2 THEN ?2 ELSE last_eval_ts END \
+                 WHERE id = ?3 AND seq = ?4",
+            )
+            .bind(stamp.value)
+            .bind(micros(stamp.last_eval_ts))
+            .bind(stamp.alert_id.to_string())
+            .bind(stamp.seq)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                moved.push(stamp.alert_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     async fn claim_deliveries(
