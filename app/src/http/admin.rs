@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::audit;
+use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
 use super::revocation::Ended;
 use super::{ApiError, AppState};
@@ -91,7 +92,7 @@ async fn hash(state: &AppState, field: &str, password: String) -> Result<String,
 pub async fn create_user(
     State(state): State<AppState>,
     auth: Authorized<OwnerRole>,
-    Json(input): Json<NewUserInput>,
+    JsonBody(input): JsonBody<NewUserInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let username = input.username.trim().to_string();
     check_username(&username)?;
@@ -164,7 +165,7 @@ pub async fn update_user(
     State(state): State<AppState>,
     auth: Authorized<OwnerRole>,
     Path(id): Path<Uuid>,
-    Json(input): Json<UserUpdate>,
+    JsonBody(input): JsonBody<UserUpdate>,
 ) -> Result<Json<Value>, ApiError> {
     let existing = state.store.get_user(id).await.map_err(not_found("user"))?;
     let demoted = input.role.is_some_and(|r| r != Role::Owner);
@@ -316,7 +317,7 @@ pub fn valid_backup_schedule(schedule: &str) -> bool {
 pub async fn put_settings(
     State(state): State<AppState>,
     auth: Authorized<OwnerRole>,
-    Json(input): Json<SettingsUpdate>,
+    JsonBody(input): JsonBody<SettingsUpdate>,
 ) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
     let mut changes: Vec<(&'static str, Value)> = Vec::new();
@@ -438,7 +439,7 @@ pub struct NewGroup {
 pub async fn create_group(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
-    Json(input): Json<NewGroup>,
+    JsonBody(input): JsonBody<NewGroup>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = input.name.trim();
     if name.is_empty() || name.chars().count() > 100 {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, ViewerRole};
 use super::{ApiError, AppState};
 use crate::alerts::channels::{
@@ -133,7 +134,7 @@ pub async fn get_rule(
 pub async fn create_rule(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let rule = validate_rule(&state, &body).await?;
     if state.store.list_alert_rules().await?.len() >= MAX_RULES {
@@ -158,7 +159,7 @@ pub async fn update_rule(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<AlertRule>, ApiError> {
     state
         .store
@@ -247,7 +248,7 @@ pub async fn list_channels(
 pub async fn create_channel(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
-    Json(body): Json<ChannelInput>,
+    JsonBody(body): JsonBody<ChannelInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = validate_channel(&state, body)?;
     if state.store.list_channels().await?.len() >= MAX_CHANNELS {
@@ -271,7 +272,7 @@ pub async fn update_channel(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
-    Json(body): Json<ChannelInput>,
+    JsonBody(body): JsonBody<ChannelInput>,
 ) -> Result<Json<ChannelInfo>, ApiError> {
     let channel = validate_channel(&state, body)?;
     let updated = state
@@ -383,10 +384,10 @@ pub async fn acknowledge(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
-    body: Option<Json<AckInput>>,
+    body: Option<JsonBody<AckInput>>,
 ) -> Result<Json<Value>, ApiError> {
     let comment = body
-        .and_then(|Json(b)| b.comment)
+        .and_then(|JsonBody(b)| b.comment)
         .map(|c| c.trim().to_string())
         .filter(|c| !c.is_empty());
     if comment
@@ -444,7 +445,7 @@ pub async fn list_silences(
 pub async fn create_silence(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
-    Json(input): Json<SilenceInput>,
+    JsonBody(input): JsonBody<SilenceInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     if input.rule_id.is_none() && input.device_id.is_none() && input.group_id.is_none() {
         return Err(invalid(

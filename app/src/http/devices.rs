@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, Principal, ViewerRole};
 use super::security::ClientInfo;
 use super::{ApiError, AppState};
@@ -266,7 +267,7 @@ async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, A
 pub async fn create(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
-    Json(input): Json<DeviceInput>,
+    JsonBody(input): JsonBody<DeviceInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = validate(&state, input).await?;
     let device = state
@@ -292,7 +293,7 @@ pub async fn update(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
-    Json(input): Json<DeviceInput>,
+    JsonBody(input): JsonBody<DeviceInput>,
 ) -> Result<Json<Value>, ApiError> {
     let existing = state.store.get_device(id).await.map_err(not_found)?;
     if existing.protocol != input.protocol {
@@ -513,7 +514,7 @@ pub async fn register(
     State(state): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
-    Json(input): Json<Registration>,
+    JsonBody(input): JsonBody<Registration>,
 ) -> Result<impl IntoResponse, ApiError> {
     if state.register_limiter.check_key(&client.ip).is_err() {
         return Err(ApiError::RateLimited { retry_after_s: 60 });

@@ -7,6 +7,7 @@ mod alerts;
 pub mod api;
 mod audit;
 mod backups;
+mod body;
 pub(crate) mod devices;
 mod error;
 pub mod extract;

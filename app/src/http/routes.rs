@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::JsonBody;
 use super::extract::{Authorized, OwnerRole, Principal, ViewerRole};
 use super::{ApiError, AppState};
 use crate::auth::{generate_api_token, hash_api_token};
@@ -138,7 +139,7 @@ pub struct CreateToken {
 pub async fn create_token(
     State(state): State<AppState>,
     auth: Authorized<OwnerRole>,
-    Json(body): Json<CreateToken>,
+    JsonBody(body): JsonBody<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > 100 {

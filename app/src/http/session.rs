@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::audit;
+use super::body::JsonBody;
 use super::extract::{Authorized, Principal, SessionInfo, ViewerRole};
 use super::revocation::{Credential, Ended};
 use super::security::{constant_time_eq, ClientInfo};
@@ -121,7 +122,7 @@ pub async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
-    Json(body): Json<Login>,
+    JsonBody(body): JsonBody<Login>,
 ) -> Result<Response, ApiError> {
     let username: String = body.username.trim().chars().take(MAX_USERNAME).collect();
     if username.is_empty() || body.password.is_empty() {
@@ -298,7 +299,7 @@ pub struct PasswordChange {
 pub async fn change_password(
     State(state): State<AppState>,
     auth: Authorized<ViewerRole>,
-    Json(body): Json<PasswordChange>,
+    JsonBody(body): JsonBody<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
     let Some(session) = &auth.principal.session else {
         return Err(ApiError::Forbidden(

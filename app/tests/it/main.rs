@@ -20,6 +20,7 @@ mod devices;
 mod durability;
 mod hardening;
 mod ingest;
+mod json_bodies;
 mod modbus;
 mod mqtt;
 mod openapi;
