@@ -22,18 +22,34 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 
 /// The work area of one argon2 computation (~19 MiB with the default parameters), kept by a
 /// caller that hashes again and again so the memory is reused instead of allocated and freed
-/// each time: freed areas of that size stay in the allocator's per-thread pools, and a flood
-/// of failed logins grew the process by a gigabyte that way.
+/// each time, and [released](HashMemory::release) when the caller goes idle.
+///
+/// The area is reserved larger than glibc's largest mmap threshold (32 MiB on 64-bit,
+/// `DEFAULT_MMAP_THRESHOLD_MAX` in mallopt(3)), so malloc always maps it on its own and unmaps
+/// it when it is freed: released memory goes back to the system at once. At 19 MiB it came
+/// from the heap once the threshold had adapted upwards, and freed areas stayed in malloc's
+/// arenas (a login flood grew the process by a gigabyte that way). Only the pages argon2
+/// writes (the 19 MiB) count towards the process' resident memory.
 #[derive(Default)]
 pub struct HashMemory(Vec<Block>);
+
+/// Bytes reserved for a work area: past the mmap threshold's ceiling (see [`HashMemory`]).
+const WORK_AREA_RESERVE: usize = 33 << 20;
 
 impl HashMemory {
     fn blocks(&mut self, params: &Params) -> &mut [Block] {
         let count = params.block_count();
         if self.0.len() < count {
+            let reserve = count.max(WORK_AREA_RESERVE / std::mem::size_of::<Block>());
+            self.0.reserve_exact(reserve - self.0.len());
             self.0.resize(count, Block::default());
         }
         &mut self.0[..count]
+    }
+
+    /// Gives the work area back (the next hash allocates it again).
+    pub fn release(&mut self) {
+        self.0 = Vec::new();
     }
 }
 

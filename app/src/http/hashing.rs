@@ -3,14 +3,17 @@
 //! many at once as they like (memory grows by 19 MiB each). Beyond `http.login.max_concurrent_hashes`
 //! a login is answered at once with 503 and `Retry-After` instead of queueing.
 //!
-//! The hashes run on `limit` threads of their own, each with one reused argon2 work area
-//! ([`HashMemory`]), not on tokio's blocking pool: there every hash allocated and freed its
-//! 19 MiB on whichever pool thread ran it, the allocator kept the freed areas in its
-//! per-thread pools, and a login flood grew the process from 29 MiB to 1 GiB for good (found by
-//! `cargo xtask soak`). Now the hashing memory is at most `limit` × 19 MiB, allocated once.
+//! The hashes run on `limit` threads of their own, each with one argon2 work area
+//! ([`HashMemory`]) reused while logins keep coming, not on tokio's blocking pool: there every
+//! hash allocated and freed its 19 MiB on whichever pool thread ran it, the allocator kept the
+//! freed areas in its per-thread pools, and a login flood grew the process from 29 MiB to
+//! 1 GiB for good (found by `cargo xtask soak`). Now the hashing memory is at most `limit` ×
+//! 19 MiB, and a thread that finds no login waiting gives its area back, so after a flood the
+//! process returns to its size before it.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use flume::{Receiver, Sender, TryRecvError};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::Semaphore;
@@ -27,7 +30,7 @@ const RETRY_AFTER_S: u64 = 1;
 pub struct PasswordHashing {
     slots: Arc<Semaphore>,
     /// To the hashing threads; they end when the last clone of this is dropped.
-    jobs: SyncSender<Job>,
+    jobs: Sender<Job>,
     limit: usize,
     in_flight: IntGauge,
     in_flight_max: IntGauge,
@@ -43,8 +46,7 @@ impl PasswordHashing {
             limit
         };
         // A job is sent only while holding a slot, so the queue never holds more than `limit`.
-        let (jobs, queue) = sync_channel::<Job>(limit);
-        let queue = Arc::new(Mutex::new(queue));
+        let (jobs, queue) = flume::bounded::<Job>(limit);
         for n in 0..limit {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
@@ -138,24 +140,28 @@ impl PasswordHashing {
     }
 }
 
-/// One hashing thread: takes jobs until every sender is gone, always in the same work area.
-fn hashing_thread(queue: &Mutex<Receiver<Job>>) {
+/// One hashing thread: takes jobs until every sender is gone, in one work area while jobs keep
+/// coming; before it waits for the next one, the area is given back.
+fn hashing_thread(queue: &Receiver<Job>) {
     let mut memory = HashMemory::default();
     loop {
-        // The lock is held only to take one job, never while hashing.
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(poisoned) => poisoned.into_inner().recv(),
-        };
-        match job {
-            // A panicking hash must not take the thread (and with it a slot's worker) away.
-            Ok(job) => {
-                let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
-                if std::panic::catch_unwind(run).is_err() {
-                    tracing::error!("a password hash panicked");
+        let job = match queue.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Empty) => {
+                // A login after a pause pays a few milliseconds of page faults for a fresh
+                // area, against 19 MiB held by an idle thread for good.
+                memory.release();
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
                 }
             }
-            Err(_) => return,
+            Err(TryRecvError::Disconnected) => return,
+        };
+        // A panicking hash must not take the thread (and with it a slot's worker) away.
+        let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a password hash panicked");
         }
     }
 }
