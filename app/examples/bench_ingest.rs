@@ -27,6 +27,8 @@
 
 #[path = "bench_ingest/alert_rules.rs"]
 mod alert_rules;
+#[path = "common/driver.rs"]
+mod driver;
 #[path = "bench_ingest/peer.rs"]
 mod peer;
 #[path = "../tests/support/services.rs"]
@@ -258,11 +260,6 @@ async fn main() -> Result<()> {
         args.devices, args.rate, args.metrics, readings_target, args.seconds
     );
     let dir = tempfile::tempdir()?;
-    let free_port = || -> Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
     // Kept alive for the whole run.
     let mut _services: Vec<Box<dyn std::any::Any>> = Vec::new();
     let provisioning_token = uuid::Uuid::new_v4().simple().to_string();
@@ -292,7 +289,7 @@ async fn main() -> Result<()> {
                 )
             }
             Backend::Sqlite => {
-                let port = free_port()?;
+                let port = driver::free_port()?;
                 (
                     format!("sqlite://{}", dir.path().join("ddms.db").display()),
                     port,
@@ -305,33 +302,18 @@ async fn main() -> Result<()> {
             }
         };
     let env = |cmd: &mut tokio::process::Command| {
-        for (key, _) in std::env::vars() {
-            if key.starts_with("DDMS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(dir.path())
-            .env("DDMS_DATABASE__URL", &database_url)
+        cmd.env("DDMS_DATABASE__URL", &database_url)
             .env("DDMS_LOG__LEVEL", "warn");
         for (key, value) in &extra_env {
             cmd.env(key, value);
         }
     };
-    let mut token_cmd = tokio::process::Command::new(&args.ddms);
+    let mut token_cmd = driver::ddms_command(&args.ddms, dir.path());
     env(&mut token_cmd);
-    let out = token_cmd
-        .args(["token", "create", "--name", "bench", "--role", "admin"])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
-    let port = free_port()?;
+    let token = driver::create_token(token_cmd, "bench", "admin").await?;
+    let port = driver::free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let mut serve = tokio::process::Command::new(&args.ddms);
+    let mut serve = driver::ddms_command(&args.ddms, dir.path());
     env(&mut serve);
     let mut ddms = serve
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -9,6 +9,8 @@
 //! Usage: bench_modbus --ddms PATH [--devices N] [--interval-ms I] [--seconds S]
 //!        [--dead-fraction F] [--out FILE]
 
+#[path = "common/driver.rs"]
+mod driver;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -235,29 +237,16 @@ async fn main() -> Result<()> {
     );
 
     let ddms_env = |cmd: &mut tokio::process::Command| {
-        for (key, _) in std::env::vars() {
-            if key.starts_with("DDMS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(dir.path())
-            .env("DDMS_LOG__LEVEL", "warn")
+        cmd.env("DDMS_LOG__LEVEL", "warn")
             .env("DDMS_MQTT__MODE", "off");
     };
-    let mut token_cmd = tokio::process::Command::new(&args.ddms);
+    let mut token_cmd = driver::ddms_command(&args.ddms, dir.path());
     ddms_env(&mut token_cmd);
-    let token_out = token_cmd
-        .args(["token", "create", "--name", "bench", "--role", "admin"])
-        .output()
-        .await?;
-    ensure!(token_out.status.success(), "token create failed");
-    let token = String::from_utf8(token_out.stdout)?.trim().to_string();
+    let token = driver::create_token(token_cmd, "bench", "admin").await?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = driver::free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let mut serve = tokio::process::Command::new(&args.ddms);
+    let mut serve = driver::ddms_command(&args.ddms, dir.path());
     ddms_env(&mut serve);
     let mut child = serve
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

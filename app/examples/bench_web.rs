@@ -20,6 +20,8 @@
 //! Usage: bench_web sse|api --ddms PATH [--devices N] [--interval-ms I] [--seconds S]
 //!        [--clients N] [--rate R] [--history-devices N] [--out FILE]
 
+#[path = "common/driver.rs"]
+mod driver;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,33 +151,16 @@ async fn start_ddms(ddms: &str) -> Result<Instance> {
     let dir = tempfile::tempdir()?;
     let database_url = format!("sqlite://{}", dir.path().join("ddms.db").display());
     let env = |cmd: &mut tokio::process::Command| {
-        for (key, _) in std::env::vars() {
-            if key.starts_with("DDMS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(dir.path())
-            .env("DDMS_LOG__LEVEL", "warn")
+        cmd.env("DDMS_LOG__LEVEL", "warn")
             .env("DDMS_MQTT__MODE", "off")
             .env("DDMS_DATABASE__URL", &database_url);
     };
-    let mut token_cmd = tokio::process::Command::new(ddms);
+    let mut token_cmd = driver::ddms_command(ddms, dir.path());
     env(&mut token_cmd);
-    let out = token_cmd
-        .args(["token", "create", "--name", "bench", "--role", "admin"])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "token create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let token = driver::create_token(token_cmd, "bench", "admin").await?;
+    let port = driver::free_port()?;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut serve = tokio::process::Command::new(ddms);
+    let mut serve = driver::ddms_command(ddms, dir.path());
     env(&mut serve);
     let child = serve
         .args(["serve", "--listen", &addr.to_string()])

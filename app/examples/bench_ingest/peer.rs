@@ -28,6 +28,7 @@ use sqlx::Connection;
 
 use super::services::{Mosquitto, Postgres, Provider};
 use super::{copy_baseline, percentile, publisher, Device};
+use crate::driver;
 
 /// As in the reference runs of the peer set.
 const BROKER_CONFIG: &str = "max_inflight_messages 1000\nmax_queued_messages 100000\n";
@@ -387,13 +388,7 @@ async fn run_ddms(
     let broker = Mosquitto::start(Provider::Local, BROKER_CONFIG).await?;
     let dir = tempfile::tempdir_in(work)?;
     let env = |cmd: &mut tokio::process::Command| {
-        for (key, _) in std::env::vars() {
-            if key.starts_with("DDMS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(dir.path())
-            .env("DDMS_DATABASE__URL", &url)
+        cmd.env("DDMS_DATABASE__URL", &url)
             .env("DDMS_LOG__LEVEL", "warn")
             .env("DDMS_MQTT__MODE", "external")
             .env(
@@ -405,23 +400,12 @@ async fn run_ddms(
             cmd.env(key, value);
         }
     };
-    let mut token_cmd = tokio::process::Command::new(ddms);
+    let mut token_cmd = driver::ddms_command(ddms, dir.path());
     env(&mut token_cmd);
-    let out = token_cmd
-        .args(["token", "create", "--name", "bench", "--role", "admin"])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let token = driver::create_token(token_cmd, "bench", "admin").await?;
+    let port = driver::free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let mut serve = tokio::process::Command::new(ddms);
+    let mut serve = driver::ddms_command(ddms, dir.path());
     env(&mut serve);
     let mut process = serve
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -32,6 +32,8 @@
 //! Usage: soak --ddms PATH [--seconds S] [--baseline S] [--settle S] [--slowloris N]
 //!        [--out FILE]
 
+#[path = "../common/driver.rs"]
+mod driver;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+use crate::driver;
+
 pub struct Server {
     pub child: tokio::sync::Mutex<tokio::process::Child>,
     pub pid: u32,
@@ -23,23 +25,12 @@ pub struct Server {
 impl Server {
     pub async fn start(ddms: &str) -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        let free_port = || -> Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let broker_port = free_port()?;
-        let port = free_port()?;
+        let broker_port = driver::free_port()?;
+        let port = driver::free_port()?;
         let provisioning = uuid::Uuid::new_v4().simple().to_string();
         let database_url = format!("sqlite://{}", dir.path().join("ddms.db").display());
         let env = |cmd: &mut tokio::process::Command| {
-            for (key, _) in std::env::vars() {
-                if key.starts_with("DDMS_") {
-                    cmd.env_remove(key);
-                }
-            }
-            cmd.current_dir(dir.path())
-                .env("DDMS_DATABASE__URL", &database_url)
+            cmd.env("DDMS_DATABASE__URL", &database_url)
                 .env("DDMS_LOG__LEVEL", "warn")
                 .env("DDMS_MQTT__MODE", "embedded")
                 .env(
@@ -48,20 +39,11 @@ impl Server {
                 )
                 .env("DDMS_PROVISIONING__TOKEN", &provisioning);
         };
-        let mut token_cmd = tokio::process::Command::new(ddms);
+        let mut token_cmd = driver::ddms_command(ddms, dir.path());
         env(&mut token_cmd);
-        let out = token_cmd
-            .args(["token", "create", "--name", "dashboard", "--role", "viewer"])
-            .output()
-            .await?;
-        ensure!(
-            out.status.success(),
-            "token create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let viewer = String::from_utf8(out.stdout)?.trim().to_string();
+        let viewer = driver::create_token(token_cmd, "dashboard", "viewer").await?;
         // The user whose password the login flood guesses.
-        let mut add = tokio::process::Command::new(ddms);
+        let mut add = driver::ddms_command(ddms, dir.path());
         env(&mut add);
         let mut adding = add
             .args(["user", "add", "--username", "operator", "--role", "viewer"])
@@ -79,7 +61,7 @@ impl Server {
         let log = dir.path().join("ddms.log");
         let file = std::fs::File::create(&log)?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let mut serve = tokio::process::Command::new(ddms);
+        let mut serve = driver::ddms_command(ddms, dir.path());
         env(&mut serve);
         let child = serve
             .args(["serve", "--listen", &addr.to_string()])

@@ -1,0 +1,44 @@
+//! What every benchmark driver does with the ddms binary before it measures anything: run it
+//! with none of the caller's `DDMS_*` settings (the driver sets its own), create an API token,
+//! pick a free port.
+
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+
+/// `ddms` run in `dir`, without the `DDMS_*` variables of the shell that started the driver.
+pub fn ddms_command(ddms: impl AsRef<Path>, dir: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(ddms.as_ref());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DDMS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// Runs `ddms token create` with `cmd`'s environment; the token's secret.
+pub async fn create_token(
+    mut cmd: tokio::process::Command,
+    name: &str,
+    role: &str,
+) -> Result<String> {
+    let out = cmd
+        .args(["token", "create", "--name", name, "--role", role])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
