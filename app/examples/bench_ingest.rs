@@ -323,18 +323,7 @@ async fn main() -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        ensure!(Instant::now() < deadline, "ddms did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    driver::wait_ready(&client, &base, Duration::from_secs(60)).await?;
     let mut devices = Vec::new();
     for i in 0..args.devices {
         let name = format!("bench-{i:04}");

@@ -169,18 +169,7 @@ async fn start_ddms(ddms: &str) -> Result<Instance> {
         .spawn()?;
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        ensure!(Instant::now() < deadline, "ddms did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    driver::wait_ready(&client, &base, Duration::from_secs(30)).await?;
     Ok(Instance {
         child,
         base,

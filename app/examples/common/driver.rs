@@ -42,3 +42,27 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Waits until `ddms` at `base` answers `/ready` with 200, for at most `within`.
+pub async fn wait_ready(
+    client: &reqwest::Client,
+    base: &str,
+    within: std::time::Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    while client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "ddms did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! directory, and the devices that register with it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
@@ -72,18 +72,7 @@ impl Server {
         let pid = child.id().context("ddms pid")?;
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-            != 200
-        {
-            ensure!(Instant::now() < deadline, "ddms did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        driver::wait_ready(&client, &base, Duration::from_secs(60)).await?;
         Ok(Server {
             child: tokio::sync::Mutex::new(child),
             pid,
