@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 mod infra;
 mod nginx;
+mod nix;
 
 fn root() -> PathBuf {
     crate::project_root()

@@ -1,7 +1,7 @@
-//! Repository rules for the deployment distribution that cannot run for real here: nixpkgs,
-//! Terraform providers and GitHub are out of reach, so what can be checked locally is checked
-//! with the real parsers (nix-instantiate, terraform fmt, hcl-rs, a YAML parser, cargo-dist);
-//! `nix flake check`, `terraform validate` and tflint run in the GitHub `ci` workflow.
+//! Repository rules for the deployment distribution that cannot run for real here: Terraform
+//! providers and GitHub are out of reach, so what can be checked locally is checked with the
+//! real parsers (terraform fmt, hcl-rs, a YAML parser, cargo-dist); `terraform validate` and
+//! tflint run in the GitHub `ci` workflow. The Nix files have their own module, `nix.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,56 +13,6 @@ use hcl::{Block, Body};
 use serde_yaml::Value;
 
 use super::root;
-
-// ── Nix ─────────────────────────────────────────────────────────────────────────────────────
-
-fn files_with_extension(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy();
-        if path.is_dir() {
-            if name != "target" && !name.starts_with('.') {
-                files_with_extension(&path, ext, out);
-            }
-        } else if path.extension().is_some_and(|e| e == ext) {
-            out.push(path);
-        }
-    }
-}
-
-/// Every `.nix` file parses (`nix-instantiate --parse`, Debian's nix-bin). Evaluation needs
-/// nixpkgs, which only the GitHub `nix` job has.
-#[test]
-fn every_nix_file_parses() {
-    let mut files = Vec::new();
-    files_with_extension(&root(), "nix", &mut files);
-    for expected in [
-        "flake.nix",
-        "nix/package.nix",
-        "nix/module.nix",
-        "nix/test.nix",
-    ] {
-        assert!(
-            files.contains(&root().join(expected)),
-            "{expected} is missing"
-        );
-    }
-    for file in &files {
-        let output = Command::new("nix-instantiate")
-            .arg("--parse")
-            .arg(file)
-            // Debian's nix.conf names a build group that a machine without a daemon lacks.
-            .env("NIX_CONFIG", "build-users-group =")
-            .output()
-            .expect("nix-instantiate is installed (Debian package nix-bin; .ci/run installs it)");
-        assert!(
-            output.status.success(),
-            "{} does not parse:\n{}",
-            file.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
 
 // ── Terraform ───────────────────────────────────────────────────────────────────────────────
 
