@@ -1,22 +1,101 @@
 # NixOS module `services.ddms`: one `ddms.service` (Nix switches generations atomically, so the
 # blue-green slots of ops/systemd/ddms@.service are not needed here), configuration rendered to
 # /etc/ddms/ddms.toml, optional local PostgreSQL, Mosquitto and an nginx TLS virtual host.
+#
+# Secrets never enter the Nix store: every secret option is a path string outside it (checked
+# by assertions), read by systemd as root when the unit starts — EnvironmentFile=, or
+# LoadCredential=, which hands the service a private copy in /run/credentials/ddms.service that
+# the ddms user alone can read, so the source may stay 0400 root.
 { config, lib, pkgs, ... }:
 
 let
   cfg = config.services.ddms;
+  # The pure part (path checks, the table of secret files, the MQTT address): ./lib.nix, which
+  # the repository tests evaluate without nixpkgs.
+  ddmsLib = import ./lib.nix;
   settingsFormat = pkgs.formats.toml { };
   configFile = settingsFormat.generate "ddms.toml" cfg.settings;
 
   inherit (lib)
-    literalExpression mkDefault mkEnableOption mkIf mkMerge mkOption optional optionals types;
+    concatMap literalExpression mkDefault mkEnableOption mkIf mkMerge mkOption optional
+    optionals types;
 
   # "0.0.0.0:8883" → 8883
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
   mosquitto = cfg.mqtt.mosquitto;
   embeddedTlsListen = cfg.settings.mqtt.embedded.tls_listen or null;
-  # LoadCredential= puts secrets here, readable only by the service.
-  credentials = "/run/credentials/ddms.service";
+
+  # The secret files that are set: option name → source path.
+  secrets = lib.filterAttrs (_: path: path != null)
+    (lib.genAttrs (lib.attrNames ddmsLib.secretFiles) (name: cfg.secretFiles.${name}));
+  credentialOf = name: ddmsLib.secretFiles.${name}.credential;
+  loadCredentials = lib.mapAttrsToList (name: path: "${credentialOf name}:${path}") secrets;
+
+  # Directories ddms writes. ProtectSystem=strict leaves only StateDirectory= (under /var/lib)
+  # and ReadWritePaths= writable; the latter must exist when the unit starts, so a tmpfiles
+  # rule creates them (at boot and on every switch).
+  dataDir = cfg.settings.data_dir;
+  backupDir = cfg.settings.backup.dir or null;
+  writable = { data_dir = dataDir; } // lib.optionalAttrs (backupDir != null) { "backup.dir" = backupDir; };
+  writableDirs = lib.attrValues writable;
+  stateDirs = lib.filter (d: d != null) (map ddmsLib.stateDirectoryOf writableDirs);
+  otherDirs = lib.filter (d: ddmsLib.stateDirectoryOf d == null) writableDirs;
+
+  # ddms.service's own environment; ddms-admin sets the same, so both read one configuration.
+  serviceEnvironment = {
+    DDMS_CONFIG = "/etc/ddms/ddms.toml";
+    DDMS_PROFILE = "production";
+  };
+
+  # Runs inside ddms-admin's transient unit. Its credentials are copied to its own
+  # $CREDENTIALS_DIRECTORY, not to /run/credentials/ddms.service (which exists only while the
+  # service runs, and only for it), so the settings that name credentials are pointed there —
+  # unless EnvironmentFile= set them already, as that would win in ddms.service too.
+  adminExec = pkgs.writeShellScript "ddms-admin-exec" ''
+    ${lib.concatStrings (lib.mapAttrsToList (name: _:
+      let var = ddmsLib.envName ddmsLib.secretFiles.${name}.key;
+      in ''
+        export ${var}="''${${var}-$CREDENTIALS_DIRECTORY/${credentialOf name}}"
+      '') secrets)}
+    exec ${lib.getExe cfg.package} "$@"
+  '';
+
+  # `ddms-admin ARGS…` = `ddms ARGS…` as ddms.service would run it: the ddms user, its
+  # environment, EnvironmentFile= and credentials, read by systemd as root (a transient unit).
+  admin = pkgs.writeShellApplication {
+    name = "ddms-admin";
+    runtimeInputs = [ config.systemd.package pkgs.coreutils ];
+    text = ''
+      if [ "$(id -u)" -ne 0 ]; then
+        echo "ddms-admin: run it as root (sudo ddms-admin …): it starts ddms as the ddms user through systemd" >&2
+        exit 1
+      fi
+      # --pty on a terminal (password prompts), --pipe otherwise (scripts, pipes); the exit
+      # status is ddms'. The arguments are passed verbatim (no $VAR expansion by systemd) and
+      # kept out of the unit's description, which the journal records.
+      exec systemd-run --quiet --collect --wait --pty --pipe --expand-environment=no \
+        --service-type=exec --description=ddms-admin \
+        --uid=ddms --gid=ddms -p UMask=0077 \
+        ${lib.concatMapStringsSep " " (d: lib.escapeShellArg "--property=StateDirectory=${d}") stateDirs} \
+        --property=StateDirectoryMode=0750 --working-directory=${lib.escapeShellArg dataDir} \
+        ${lib.concatStringsSep " " (lib.mapAttrsToList (n: v: lib.escapeShellArg "--setenv=${n}=${v}") serviceEnvironment)} \
+        ${lib.optionalString (cfg.environmentFile != null) (lib.escapeShellArg "--property=EnvironmentFile=${cfg.environmentFile}")} \
+        ${lib.concatMapStringsSep " " (c: lib.escapeShellArg "--property=LoadCredential=${c}") loadCredentials} \
+        -- ${adminExec} "$@"
+    '';
+  };
+
+  # nginx (running as its own user) gets the TLS key the same way, in its own credentials.
+  nginxKeyCredential = "ddms-tls-key";
+
+  # An assertion per set path option: absolute, outside the Nix store, no systemd specials.
+  pathAssertion = option: value:
+    optional (value != null) (
+      let problem = ddmsLib.pathProblem value;
+      in {
+        assertion = problem == null;
+        message = "services.ddms.${option} = \"${toString value}\" ${toString problem}.";
+      });
 in
 {
   options.services.ddms = {
@@ -33,15 +112,16 @@ in
     settings = mkOption {
       description = ''
         ddms configuration, rendered to `/etc/ddms/ddms.toml` (see `ddms.example.toml` for
-        every key). Do not put secrets here — they would land in the world-readable Nix store:
-        use {option}`services.ddms.environmentFile` (`DDMS_*` variables) or `<key>_file` keys.
+        every key). Do not put secrets here — they would land in the world-readable Nix store
+        (assertions refuse the secret keys and `<key>_file` paths into the store): use
+        {option}`services.ddms.secretFiles` or {option}`services.ddms.environmentFile`.
       '';
       default = { };
       example = literalExpression ''
         {
           log.level = "debug";
-          provisioning.token_file = "/run/secrets/ddms-provisioning-token";
           mqtt.embedded.tls_listen = "0.0.0.0:8883";
+          mqtt.embedded.tls.cert = "/var/lib/ddms-tls/broker.crt";
         }
       '';
       type = types.submodule {
@@ -50,7 +130,13 @@ in
           data_dir = mkOption {
             type = types.str;
             default = "/var/lib/ddms";
-            description = "Local state (the SQLite database when PostgreSQL is not used).";
+            description = ''
+              Local state (the SQLite database when PostgreSQL is not used; backups unless
+              `backup.dir` is set). Under /var/lib it is the unit's `StateDirectory=`;
+              elsewhere (a data volume: `/srv/ddms`) it is created by systemd-tmpfiles, owned by
+              `ddms`, and made writable with `ReadWritePaths=`. Not under /home, /root or /tmp,
+              which the unit's sandbox hides. `backup.dir`, when set, is treated the same way.
+            '';
           };
           http.listen = mkOption {
             type = types.str;
@@ -70,15 +156,33 @@ in
     };
 
     environmentFile = mkOption {
-      type = types.nullOr types.path;
+      # A string, not a path: a path literal would be copied into the world-readable store.
+      type = types.nullOr types.str;
       default = null;
       example = "/run/secrets/ddms.env";
       description = ''
-        File of `DDMS_*` environment variables for secrets, e.g.
-        `DDMS_PROVISIONING__TOKEN=…` or `DDMS_DATABASE__URL=postgres://…`. Read by systemd as
-        root, so it may be 0600 root-owned.
+        Absolute path, outside the Nix store, of a file of `DDMS_*` environment variables, e.g.
+        `DDMS_BACKUP__S3__ACCESS_KEY_ID=…` or `AWS_SECRET_ACCESS_KEY=…`. Read by systemd as root
+        when the unit starts (`EnvironmentFile=`), so it may be `0400 root`. For the secrets
+        ddms reads from files, prefer {option}`services.ddms.secretFiles`: environment
+        variables are inherited by child processes and visible to the service user in
+        `/proc/<pid>/environ`.
       '';
     };
+
+    secretFiles = lib.mapAttrs (name: spec: mkOption {
+      # A string, not a path: a path literal would be copied into the world-readable store.
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/ddms-${lib.replaceStrings [ "_" ] [ "-" ] spec.credential}";
+      description = ''
+        Absolute path, outside the Nix store, of the file holding ${spec.description}. systemd
+        copies it at each start of the unit into the service's private credentials directory
+        (`LoadCredential=${spec.credential}:<path>`), so it may be `0400 root`; ddms' setting
+        `${spec.key}` is set to `${ddmsLib.credentialDir}/${spec.credential}`. After changing
+        the file, restart `ddms.service`.
+      '';
+    }) ddmsLib.secretFiles;
 
     database.createLocally = mkOption {
       type = types.bool;
@@ -86,8 +190,8 @@ in
       description = ''
         Run PostgreSQL on this host with a `ddms` database owned by the `ddms` user, reached
         over the unix socket with peer authentication (no password). When false, set
-        `database.url` (a secret: through {option}`services.ddms.environmentFile` or
-        `settings.database.url_file`), or leave it unset for SQLite in `data_dir`.
+        {option}`services.ddms.secretFiles.databaseUrl` (a URL with a password is a secret),
+        or leave it unset for SQLite in `data_dir`.
       '';
     };
 
@@ -99,9 +203,14 @@ in
         plugin with `settings.mqtt.dynsec`)
       '';
       address = mkOption {
-        type = types.str;
+        type = types.nullOr types.str;
         default = "127.0.0.1";
-        description = "Address of the Mosquitto listener (devices connect to it).";
+        example = "192.168.10.5";
+        description = ''
+          Address the Mosquitto listener binds (devices connect to it); null binds every
+          address. ddms connects to this address too (to 127.0.0.1 when null or `0.0.0.0`, to
+          ::1 when `::`).
+        '';
       };
       port = mkOption {
         type = types.port;
@@ -109,9 +218,16 @@ in
         description = "Port of the Mosquitto listener.";
       };
       passwordFile = mkOption {
-        type = types.nullOr types.path;
+        # A string, not a path: a path literal would be copied into the world-readable store.
+        type = types.nullOr types.str;
         default = null;
-        description = "File holding the password of ddms' own Mosquitto account.";
+        example = "/run/secrets/ddms-mqtt-password";
+        description = ''
+          Absolute path, outside the Nix store, of the file holding the password of ddms' own
+          Mosquitto account. Both services get it with `LoadCredential=` (so it may be
+          `0400 root`): Mosquitto's module for its password file, and ddms as
+          {option}`services.ddms.secretFiles.mqttPassword`.
+        '';
       };
     };
 
@@ -133,9 +249,16 @@ in
         description = "TLS certificate (PEM) when ACME is not used.";
       };
       sslCertificateKey = mkOption {
-        type = types.nullOr types.path;
+        # A string, not a path: a path literal would be copied into the world-readable store.
+        type = types.nullOr types.str;
         default = null;
-        description = "TLS key (PEM) when ACME is not used. A path outside the Nix store.";
+        example = "/run/secrets/ddms-tls.key";
+        description = ''
+          Absolute path, outside the Nix store, of the TLS key (PEM) when ACME is not used.
+          nginx gets it with `LoadCredential=` (so it may be `0400 root`) and reads it from
+          `/run/credentials/nginx.service/${nginxKeyCredential}`. After replacing the file,
+          restart `nginx.service` (a reload keeps the old copy).
+        '';
       };
     };
 
@@ -161,7 +284,24 @@ in
           assertion = !mosquitto.enable || mosquitto.passwordFile != null;
           message = "services.ddms.mqtt.mosquitto.passwordFile is required with mqtt.mosquitto.enable.";
         }
-      ];
+        {
+          # ddms refuses database.url together with database.url_file.
+          assertion = !(cfg.database.createLocally && cfg.secretFiles.databaseUrl != null);
+          message = "services.ddms.secretFiles.databaseUrl is for a remote database: database.createLocally connects over the socket without a password.";
+        }
+      ]
+      ++ pathAssertion "environmentFile" cfg.environmentFile
+      ++ pathAssertion "mqtt.mosquitto.passwordFile" mosquitto.passwordFile
+      ++ pathAssertion "nginx.sslCertificateKey" cfg.nginx.sslCertificateKey
+      ++ concatMap (name: pathAssertion "secretFiles.${name}" cfg.secretFiles.${name})
+        (lib.attrNames ddmsLib.secretFiles)
+      ++ lib.mapAttrsToList (key: dir:
+        let problem = ddmsLib.writableDirProblem dir;
+        in {
+          assertion = problem == null;
+          message = "services.ddms.settings.${key} = \"${toString dir}\" ${toString problem}.";
+        }) writable
+      ++ map (message: { assertion = false; inherit message; }) (ddmsLib.settingsProblems cfg.settings);
 
       users.users.ddms = {
         isSystemUser = true;
@@ -172,8 +312,18 @@ in
       users.groups.ddms = { };
 
       environment.etc."ddms/ddms.toml".source = configFile;
-      # `ddms user add`, `ddms token create`, `ddms config check` for the admin.
-      environment.systemPackages = [ cfg.package ];
+      # `sudo ddms-admin user add …`, `token create`, `config check`, `backup create`, `migrate`:
+      # ddms as the service runs it. Plain `ddms` is not installed: run by a user it would read
+      # no configuration (or the wrong one) and create its files as that user.
+      environment.systemPackages = [ admin ];
+
+      # Every secret file becomes a credential, and the setting ddms reads it from names the
+      # service's private copy.
+      services.ddms.settings = mkMerge (lib.mapAttrsToList (name: _:
+        lib.setAttrByPath (lib.splitString "." ddmsLib.secretFiles.${name}.key)
+          "${ddmsLib.credentialDir}/${credentialOf name}") secrets);
+
+      systemd.tmpfiles.rules = map (dir: "d ${dir} 0750 ddms ddms - -") otherDirs;
 
       systemd.services.ddms = {
         description = "ddms device data monitoring";
@@ -184,17 +334,16 @@ in
           ++ optional mosquitto.enable "mosquitto.service";
         requires = optional cfg.database.createLocally "postgresql.service";
         restartTriggers = [ configFile ];
-        environment = {
-          DDMS_CONFIG = "/etc/ddms/ddms.toml";
-          DDMS_PROFILE = "production";
-        };
+        environment = serviceEnvironment;
+        # A data_dir on its own volume (/srv): start only once it is mounted.
+        unitConfig.RequiresMountsFor = otherDirs;
         serviceConfig = {
           Type = "exec";
           User = "ddms";
           Group = "ddms";
           ExecStart = "${lib.getExe cfg.package} serve";
           EnvironmentFile = optional (cfg.environmentFile != null) cfg.environmentFile;
-          LoadCredential = optional mosquitto.enable "mqtt_password:${toString mosquitto.passwordFile}";
+          LoadCredential = loadCredentials;
           # SIGTERM: stop accepting, end live streams with a retry hint, finish requests, flush.
           KillSignal = "SIGTERM";
           TimeoutStopSec = 40;
@@ -203,9 +352,10 @@ in
           # Every HTTP connection and live stream holds a descriptor: room for http.max_connections.
           LimitNOFILE = 65536;
 
-          StateDirectory = "ddms";
+          StateDirectory = stateDirs;
           StateDirectoryMode = "0750";
-          WorkingDirectory = "/var/lib/ddms";
+          ReadWritePaths = otherDirs;
+          WorkingDirectory = dataDir;
           RuntimeDirectory = "ddms";
 
           # The same hardening as ops/systemd/ddms@.service: network, state directory, nothing else.
@@ -241,7 +391,7 @@ in
         optionals cfg.nginx.enable [ 80 443 ]
         ++ optional (cfg.settings.mqtt.mode == "embedded" && embeddedTlsListen != null)
           (portOf embeddedTlsListen)
-        ++ optional (mosquitto.enable && mosquitto.address != "127.0.0.1") mosquitto.port
+        ++ optional (mosquitto.enable && !ddmsLib.isLoopback mosquitto.address) mosquitto.port
       );
     }
 
@@ -267,11 +417,14 @@ in
           };
         }];
       };
+      # The one password file serves both: Mosquitto's module loads it as its own credential.
+      services.ddms.secretFiles.mqttPassword = mkIf (mosquitto.passwordFile != null) mosquitto.passwordFile;
       services.ddms.settings.mqtt = {
         mode = mkDefault "external";
-        url = mkDefault "mqtt://127.0.0.1:${toString mosquitto.port}";
+        # Where the listener binds, not a fixed 127.0.0.1: a listener on a LAN address does
+        # not answer on loopback.
+        url = mkDefault (ddmsLib.mqttUrl mosquitto.address mosquitto.port);
         username = mkDefault "ddms";
-        password_file = mkDefault "${credentials}/mqtt_password";
       };
     })
 
@@ -302,9 +455,14 @@ in
             '';
           };
         } // lib.optionalAttrs (!cfg.nginx.enableACME) {
-          inherit (cfg.nginx) sslCertificate sslCertificateKey;
+          inherit (cfg.nginx) sslCertificate;
+          sslCertificateKey = "/run/credentials/nginx.service/${nginxKeyCredential}";
         };
       };
+      # ExecStartPre's `nginx -t` and ExecReload run in the unit too, so they see the copy.
+      systemd.services.nginx.serviceConfig.LoadCredential =
+        mkIf (!cfg.nginx.enableACME && cfg.nginx.sslCertificateKey != null)
+          [ "${nginxKeyCredential}:${cfg.nginx.sslCertificateKey}" ];
     })
   ]);
 }
