@@ -70,7 +70,7 @@ let
         echo "ddms-admin: run it as root (sudo ddms-admin …): it starts ddms as the ddms user through systemd" >&2
         exit 1
       fi
-      # --pty on a terminal (password prompts), --pipe otherwise (scripts, pipes); the exit
+      # --pty on a terminal (interactive use), --pipe otherwise (scripts, pipes); the exit
       # status is ddms'. The arguments are passed verbatim (no $VAR expansion by systemd) and
       # kept out of the unit's description, which the journal records.
       exec systemd-run --quiet --collect --wait --pty --pipe --expand-environment=no \
