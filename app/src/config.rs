@@ -169,6 +169,9 @@ pub struct MqttConfig {
     pub embedded: EmbeddedBrokerConfig,
     /// `mqtt://host:1883` or `mqtts://host:8883` for `mode = "external"`.
     pub url: Option<String>,
+    /// `mqtt://host:port` or `mqtts://host:port`: the broker address devices are given in
+    /// their credentials, when it is not the one ddms uses itself (see `mqtt::endpoint`).
+    pub public_url: Option<String>,
     pub tls: MqttTlsConfig,
     pub username: Option<String>,
     pub password: Option<SecretString>,
@@ -774,6 +777,11 @@ impl Config {
                 Some(_) => {}
             }
         }
+        if let Some(public) = &self.mqtt.public_url {
+            if let Err(e) = crate::mqtt::endpoint::parse_public_url(public) {
+                return invalid("mqtt.public_url", e);
+            }
+        }
         if let Some(id) = &self.mqtt.client_id {
             if id.is_empty() || id.len() > 128 || id.contains(['+', '#', '/']) {
                 return invalid(
@@ -981,6 +989,7 @@ impl Config {
                     "tls": { "cert": path(&self.mqtt.embedded.tls.cert), "key": path(&self.mqtt.embedded.tls.key) },
                 },
                 "url": self.mqtt.url.as_deref().map(redact_url),
+                "public_url": self.mqtt.public_url,
                 "tls": { "ca": path(&self.mqtt.tls.ca), "cert": path(&self.mqtt.tls.cert), "key": path(&self.mqtt.tls.key) },
                 "username": self.mqtt.username,
                 "password": secret(&self.mqtt.password),
@@ -1338,6 +1347,23 @@ mod tests {
         let config = from_toml("[modbus]\nlease_ttl_s = 4\nrequest_timeout_ms = 250\n").unwrap();
         assert_eq!(config.modbus.lease_ttl(), Duration::from_secs(4));
         assert_eq!(config.modbus.request_timeout(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_public_broker_url_devices_cannot_use_is_refused() {
+        for text in [
+            "[mqtt]\npublic_url = \"tcp://mqtt.example.net\"\n",
+            "[mqtt]\npublic_url = \"mqtts://device:secret@mqtt.example.net\"\n",
+            "[mqtt]\npublic_url = \"mqtt://0.0.0.0:1883\"\n",
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.contains("mqtt.public_url"), "{text}: {err}");
+        }
+        let config = from_toml("[mqtt]\npublic_url = \"mqtts://mqtt.example.net\"\n").unwrap();
+        assert_eq!(
+            config.mqtt.public_url.as_deref(),
+            Some("mqtts://mqtt.example.net")
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Devices, their readings, self-registration and connection-failure notifications.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, TimeZone, Utc};
@@ -14,7 +14,6 @@ use super::extract::{AdminRole, Authorized, Principal, ViewerRole};
 use super::security::ClientInfo;
 use super::{ApiError, AppState};
 use crate::auth::{hash_api_token, random_secret};
-use crate::config::MqttMode;
 use crate::modbus::ModbusConfig;
 use crate::store::{
     Device, DeviceStatus, Group, MqttCredentials, NewDevice, Protocol, RollupStep, StoreError,
@@ -209,7 +208,11 @@ pub async fn get(
 }
 
 /// Issues MQTT credentials for a device: the secret is returned here once and stored hashed.
-async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, ApiError> {
+async fn issue_credentials(
+    state: &AppState,
+    device: &Device,
+    request_host: Option<&str>,
+) -> Result<Value, ApiError> {
     let password = random_secret(32);
     let credentials = MqttCredentials {
         device_id: device.id,
@@ -232,41 +235,17 @@ async fn issue_credentials(state: &AppState, device: &Device) -> Result<Value, A
         }
     }
     state.credentials_changed.notify_waiters();
-    let mqtt = &state.config.mqtt;
-    let (host, port, tls) = match mqtt.mode {
-        MqttMode::External => {
-            let url = mqtt.url.as_deref().unwrap_or_default();
-            let parsed = url::Url::parse(url).ok();
-            let tls = url.starts_with("mqtts://");
-            (
-                parsed
-                    .as_ref()
-                    .and_then(|u| u.host_str().map(String::from))
-                    .unwrap_or_default(),
-                parsed
-                    .and_then(|u| u.port())
-                    .unwrap_or(if tls { 8883 } else { 1883 }),
-                tls,
-            )
-        }
-        // The embedded broker's TLS listener, when there is one, is where devices belong.
-        _ => match mqtt.embedded.tls_listen {
-            Some(tls) => (tls.ip().to_string(), tls.port(), true),
-            None => (
-                mqtt.embedded.listen.ip().to_string(),
-                mqtt.embedded.listen.port(),
-                false,
-            ),
-        },
-    };
+    let endpoint = crate::mqtt::endpoint::device_endpoint(&state.config, request_host);
     Ok(
-        json!({ "host": host, "port": port, "tls": tls, "username": credentials.username, "password": password }),
+        json!({ "host": endpoint.host, "port": endpoint.port, "tls": endpoint.tls, "username": credentials.username, "password": password }),
     )
 }
 
 pub async fn create(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
+    uri: Uri,
+    headers: HeaderMap,
     JsonBody(input): JsonBody<DeviceInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = validate(&state, input).await?;
@@ -276,7 +255,7 @@ pub async fn create(
         .await
         .map_err(|e| conflict_on_name(e, &new.name))?;
     let mqtt = match device.protocol {
-        Protocol::Mqtt => Some(issue_credentials(&state, &device).await?),
+        Protocol::Mqtt => Some(issue_credentials(&state, &device, request_host(&uri, &headers)).await?),
         Protocol::Modbus => None,
     };
     audit(&state, &auth.principal, "device.create", &device).await;
@@ -513,6 +492,7 @@ pub struct Registration {
 pub async fn register(
     State(state): State<AppState>,
     client: ClientInfo,
+    uri: Uri,
     headers: HeaderMap,
     JsonBody(input): JsonBody<Registration>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -570,7 +550,7 @@ pub async fn register(
         }
         Err(e) => return Err(e.into()),
     };
-    let mqtt = issue_credentials(&state, &device).await?;
+    let mqtt = issue_credentials(&state, &device, request_host(&uri, &headers)).await?;
     let principal = Principal::system("provisioning", client.ip);
     audit(&state, &principal, "device.register", &device).await;
     state.devices_changed.notify_waiters();
@@ -620,4 +600,14 @@ pub async fn acknowledge(
     Ok(Json(
         serde_json::to_value(notification).map_err(|e| ApiError::Internal(e.into()))?,
     ))
+}
+
+/// The host the client used to reach ddms: HTTP/2's `:authority` (in the URI) or the HTTP/1.1
+/// `Host` header.
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
 }

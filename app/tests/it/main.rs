@@ -16,6 +16,7 @@ mod browser_alerts;
 mod channels;
 mod cli;
 mod demo;
+mod device_endpoint;
 mod devices;
 mod durability;
 mod hardening;
