@@ -30,7 +30,11 @@
 //! dashboard's latency is reported against the baseline phase of the same run.
 //!
 //! Usage: soak --ddms PATH [--seconds S] [--baseline S] [--settle S] [--slowloris N]
-//!        [--out FILE]
+//!        [--only ATTACK[,ATTACK...]] [--setting KEY=VALUE]... [--out FILE]
+//!
+//! `--only` runs a subset of the hostile clients (`slowloris`, `invented`, `logins`, `mqtt`,
+//! `streams`), to find out which one a broken bound comes from; `--setting` changes one ddms
+//! setting (`database.max_connections=4` becomes `DDMS_DATABASE__MAX_CONNECTIONS=4`).
 
 #[path = "../common/driver.rs"]
 mod driver;
@@ -64,7 +68,19 @@ struct Args {
     baseline: u64,
     settle: u64,
     slowloris: usize,
+    only: Option<Vec<String>>,
+    settings: Vec<(String, String)>,
     out: String,
+}
+
+const ATTACKS: [&str; 5] = ["slowloris", "invented", "logins", "mqtt", "streams"];
+
+impl Args {
+    fn runs(&self, attack: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|a| a == attack))
+    }
 }
 
 fn parse_args() -> Result<Args> {
@@ -72,8 +88,10 @@ fn parse_args() -> Result<Args> {
         ddms: String::new(),
         seconds: 180,
         baseline: 30,
-        settle: 30,
+        settle: 60,
         slowloris: 300,
+        only: None,
+        settings: Vec::new(),
         out: "target/bench/soak.json".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -85,6 +103,21 @@ fn parse_args() -> Result<Args> {
             "--baseline" => args.baseline = value()?.parse()?,
             "--settle" => args.settle = value()?.parse()?,
             "--slowloris" => args.slowloris = value()?.parse()?,
+            "--only" => {
+                let only: Vec<String> = value()?.split(',').map(str::to_string).collect();
+                if let Some(unknown) = only.iter().find(|a| !ATTACKS.contains(&a.as_str())) {
+                    bail!("--only: unknown attack {unknown} (known: {})", ATTACKS.join(", "));
+                }
+                args.only = Some(only);
+            }
+            "--setting" => {
+                let setting = value()?;
+                let (key, value) = setting
+                    .split_once('=')
+                    .context("--setting needs KEY=VALUE")?;
+                let variable = format!("DDMS_{}", key.replace('.', "__").to_uppercase());
+                args.settings.push((variable, value.to_string()));
+            }
             "--out" => args.out = value()?,
             other => bail!("unknown argument {other}"),
         }
@@ -165,7 +198,7 @@ async fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let server = Server::start(&args.ddms).await?;
+    let server = Server::start(&args.ddms, &args.settings).await?;
     let result = soak(&args, &server).await;
     let stopped = server.stop().await;
     if result.is_err() || stopped.is_err() {
@@ -233,13 +266,15 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
     let hostile = Arc::new(Hostile::default());
     let stop_hostile = CancellationToken::new();
     let mut tasks = Vec::new();
-    tasks.extend(slowloris(
-        server.addr,
-        args.slowloris,
-        hostile.clone(),
-        stop_hostile.clone(),
-    ));
-    for i in 0..4 {
+    if args.runs("slowloris") {
+        tasks.extend(slowloris(
+            server.addr,
+            args.slowloris,
+            hostile.clone(),
+            stop_hostile.clone(),
+        ));
+    }
+    for i in (0..4).filter(|_| args.runs("invented")) {
         tasks.push(tokio::spawn(invented_requests(
             server.addr,
             i,
@@ -247,7 +282,7 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
             stop_hostile.clone(),
         )));
     }
-    for i in 0..8 {
+    for i in (0..8).filter(|_| args.runs("logins")) {
         tasks.push(tokio::spawn(login_flood(
             server.addr,
             i,
@@ -255,19 +290,21 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
             stop_hostile.clone(),
         )));
     }
-    tasks.push(tokio::spawn(mqtt_flood(
-        server.broker_port,
-        bad.clone(),
-        good.id.clone(),
-        hostile.clone(),
-        stop_hostile.clone(),
-    )));
-    tasks.push(tokio::spawn(mqtt_bad_connects(
-        server.broker_port,
-        hostile.clone(),
-        stop_hostile.clone(),
-    )));
-    for i in 0..8 {
+    if args.runs("mqtt") {
+        tasks.push(tokio::spawn(mqtt_flood(
+            server.broker_port,
+            bad.clone(),
+            good.id.clone(),
+            hostile.clone(),
+            stop_hostile.clone(),
+        )));
+        tasks.push(tokio::spawn(mqtt_bad_connects(
+            server.broker_port,
+            hostile.clone(),
+            stop_hostile.clone(),
+        )));
+    }
+    for i in (0..8).filter(|_| args.runs("streams")) {
         tasks.push(tokio::spawn(stream_churn(
             server.addr,
             i,
@@ -444,6 +481,8 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
     }
     let report = json!({
         "seconds": { "baseline": args.baseline, "hostile": args.seconds, "settle": args.settle },
+        "settings": args.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "attacks": ATTACKS.iter().filter(|a| args.runs(a)).collect::<Vec<_>>(),
         "machine_load": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "dashboard": {
             "phases": Phase::ALL.iter().map(|&p| {

@@ -23,7 +23,8 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(ddms: &str) -> Result<Server> {
+    /// `settings`: extra `DDMS_*` variables, after the soak's own (so they can override them).
+    pub async fn start(ddms: &str, settings: &[(String, String)]) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let broker_port = driver::free_port()?;
         let port = driver::free_port()?;
@@ -37,7 +38,8 @@ impl Server {
                     "DDMS_MQTT__EMBEDDED__LISTEN",
                     format!("127.0.0.1:{broker_port}"),
                 )
-                .env("DDMS_PROVISIONING__TOKEN", &provisioning);
+                .env("DDMS_PROVISIONING__TOKEN", &provisioning)
+                .envs(settings.iter().map(|(k, v)| (k, v)));
         };
         let mut token_cmd = driver::ddms_command(ddms, dir.path());
         env(&mut token_cmd);
