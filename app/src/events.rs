@@ -34,6 +34,10 @@ pub const MAX_LOG_REPLAY: u32 = MAX_REPLAY as u32;
 pub const MAX_CONCURRENT_REPLAYS: usize = 32;
 /// The longest a reconnecting client waits for a replay turn before it gets `reset` instead.
 pub const REPLAY_WAIT: Duration = Duration::from_secs(2);
+/// Most bytes of events the buffer holds (besides its count): devices choose how large a
+/// reading event is (up to a payload's worth of metrics), so a count alone would let one device
+/// make the buffer hold gigabytes. Replays the buffer no longer holds are read from the log.
+pub const MAX_BUFFER_BYTES: usize = 4 << 20;
 /// Queued events waiting for the log; beyond this, new events are dropped (and counted).
 const OUTBOX_CAPACITY: usize = 65_536;
 /// Events appended in one transaction.
@@ -64,45 +68,51 @@ impl EventKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub id: u64,
     /// The SSE event type (`reading`, `device_status`, …), as stored in the log.
     pub kind: String,
-    pub data: serde_json::Value,
-    /// The event as SSE text, made once for all subscribers: with thousands of streams,
-    /// serialising it per client would cost more than sending it.
-    #[serde(skip)]
-    wire: std::sync::OnceLock<axum::body::Bytes>,
+    /// The event as SSE text, made once when it is read from the log: with thousands of
+    /// streams, serialising it per client would cost more than sending it. Only the text is
+    /// kept — a parsed JSON value takes several times its text in memory, and the buffer holds
+    /// thousands of events.
+    wire: axum::body::Bytes,
 }
 
 impl Event {
     /// `id:`, `event:` and `data:` lines and the blank line that ends an SSE event.
     pub fn wire(&self) -> axum::body::Bytes {
-        self.wire
-            .get_or_init(|| {
-                axum::body::Bytes::from(format!(
-                    "id: {}\nevent: {}\ndata: {}\n\n",
-                    self.id, self.kind, self.data
-                ))
-            })
-            .clone()
+        self.wire.clone()
+    }
+
+    /// What the event takes in memory, as the buffer's byte bound counts it.
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.kind.len() + self.wire.len()
     }
 }
 
 impl From<StoredEvent> for Event {
     fn from(stored: StoredEvent) -> Self {
+        let id = stored.id.max(0) as u64;
+        // serde_json writes no raw newline (they are escaped inside strings), so the data is
+        // one SSE `data:` line.
+        let wire = format!(
+            "id: {id}\nevent: {}\ndata: {}\n\n",
+            stored.kind, stored.data
+        );
         Event {
-            id: stored.id.max(0) as u64,
+            id,
             kind: stored.kind,
-            data: stored.data,
-            wire: std::sync::OnceLock::new(),
+            wire: axum::body::Bytes::from(wire),
         }
     }
 }
 
 struct Inner {
     buffer: VecDeque<Arc<Event>>,
+    /// The footprint of the buffered events (bounded by [`MAX_BUFFER_BYTES`]).
+    buffer_bytes: usize,
     /// The newest id surfaced; `None` until the log has been read once.
     position: Option<u64>,
 }
@@ -153,6 +163,7 @@ impl EventHub {
         let hub = EventHub {
             inner: Arc::new(Mutex::new(Inner {
                 buffer: VecDeque::with_capacity(capacity),
+                buffer_bytes: 0,
                 position: None,
             })),
             sender,
@@ -197,10 +208,16 @@ impl EventHub {
                 continue;
             }
             inner.position = Some(event.id);
-            if inner.buffer.len() == self.capacity {
-                inner.buffer.pop_front();
-            }
+            inner.buffer_bytes += event.footprint();
             inner.buffer.push_back(event.clone());
+            while inner.buffer.len() > self.capacity
+                || (inner.buffer_bytes > MAX_BUFFER_BYTES && inner.buffer.len() > 1)
+            {
+                let Some(oldest) = inner.buffer.pop_front() else {
+                    break;
+                };
+                inner.buffer_bytes -= oldest.footprint();
+            }
             // Sent under the lock so that replay + live never miss or repeat an event.
             let _ = self.sender.send(event);
         }
@@ -212,6 +229,11 @@ impl EventHub {
         if inner.position.is_none_or(|p| p < id) {
             inner.position = Some(id);
         }
+    }
+
+    /// The footprint of the buffered events (at most [`MAX_BUFFER_BYTES`], or one event).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.lock().expect("event hub lock").buffer_bytes
     }
 
     pub fn position(&self) -> Option<u64> {
@@ -546,6 +568,36 @@ mod tests {
         assert_eq!(ids, [8, 9, 10]);
     }
 
+    #[test]
+    fn large_events_are_bounded_by_bytes_and_resumes_before_them_read_the_log() {
+        let (hub, _outbox) = EventHub::new(10_000);
+        hub.start_at(0);
+        // 100 readings of 100 KiB each (what one device can send): 10 MiB by count alone.
+        let big = |id: i64| StoredEvent {
+            id,
+            kind: "reading".into(),
+            data: json!({ "metrics": "x".repeat(100 << 10) }),
+        };
+        hub.surface((1..=100).map(big).collect());
+        let held = hub.inner.lock().unwrap().buffer.len();
+        assert!(hub.buffered_bytes() <= DOCUMENTED_MAX_BUFFER_BYTES, "{}", hub.buffered_bytes());
+        assert!((30..100).contains(&held), "{held} events held");
+        let pending = hub.begin(Some(1));
+        assert_eq!(pending.from_log, Some((1, 100 - held as u64)));
+        // Small events after them push the large ones out: the bytes go back down.
+        hub.surface((101..=10_100).map(stored).collect());
+        assert!(hub.buffered_bytes() < 2 << 20, "{}", hub.buffered_bytes());
+        // An event larger than the whole bound is still buffered (alone).
+        hub.surface(vec![StoredEvent {
+            id: 10_101,
+            kind: "reading".into(),
+            data: json!({ "metrics": "x".repeat(5 << 20) }),
+        }]);
+        let inner = hub.inner.lock().unwrap();
+        assert_eq!(inner.buffer.len(), 1);
+        assert_eq!(inner.buffer[0].id, 10_101);
+    }
+
     /// A real (empty) store: the replays below come from the buffer, so it is never read.
     async fn store() -> (tempfile::TempDir, crate::store::SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -559,6 +611,7 @@ mod tests {
 
     /// The documented limit (docs/limits.md), spelled out so that the test holds the code to it.
     const DOCUMENTED_MAX_REPLAY: u64 = 5_000;
+    const DOCUMENTED_MAX_BUFFER_BYTES: usize = 4 << 20;
     const DOCUMENTED_MAX_CONCURRENT_REPLAYS: usize = 32;
 
     #[tokio::test]
