@@ -83,16 +83,22 @@ pub struct ReleaseArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
-    /// Verify an artifact against its published SHA-256 and unpack it into
+    /// Verify an artifact against its published SHA-256 — and its minisign signature when
+    /// <root>/etc/ddms/release.pub pins a release key — and unpack it into
     /// <root>/opt/ddms/releases/<name>/ (name: the tarball's top directory less `ddms-` and
     /// `-<arch>-linux`, i.e. the version; for cargo-dist's `ddms-<target>/`, the binary's
-    /// version). Prints the release's metadata as JSON.
+    /// version). Prints the release's metadata as JSON, with `signature.status` `verified` or
+    /// `unchecked` (no key pinned).
     Install {
         /// The release tarball (`cargo xtask build`, or cargo-dist's `ddms-<target>.tar.gz`).
         artifact: PathBuf,
         /// The published checksum in sha256sum format (default: ARTIFACT.sha256).
         #[arg(long, value_name = "FILE")]
         checksum: Option<PathBuf>,
+        /// The minisign signature (default: ARTIFACT.minisig); checked only against the key
+        /// pinned at <root>/etc/ddms/release.pub, never one named on the command line.
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
     },
     /// Blue-green switch to an installed release: lock, migrate, start the idle slot, wait for
     /// /ready, check /api/version, switch nginx, watch, stop the old slot; on any failure
@@ -467,8 +473,19 @@ fn run_release(app_config: Option<PathBuf>, args: ReleaseArgs) -> ExitCode {
             ExitCode::from(e.exit_code())
         };
         match args.command {
-            ReleaseCommand::Install { artifact, checksum } => {
-                match release::install(&host.layout(), &artifact, checksum.as_deref()).await {
+            ReleaseCommand::Install {
+                artifact,
+                checksum,
+                signature,
+            } => {
+                match release::install(
+                    &host.layout(),
+                    &artifact,
+                    checksum.as_deref(),
+                    signature.as_deref(),
+                )
+                .await
+                {
                     Ok(installed) => print_json(&installed, false),
                     Err(e) => fail(e),
                 }

@@ -319,8 +319,11 @@ pub enum LogFormat {
 
 /// `DDMS_*` variables that belong to the tooling, not to the configuration: `ddms release`
 /// (which passes its environment on to the `ddms migrate` and `ddms serve` it starts),
-/// `cargo xtask deploy`, the test harnesses and `cargo xtask images`.
-const TOOLING_ENV_PREFIXES: [&str; 5] = ["test_", "release_", "deploy_", "e2e_", "debian_"];
+/// `cargo xtask deploy`, the test harnesses, `cargo xtask images` and the release signing key
+/// of `cargo xtask build|sign` (`DDMS_SIGNING_KEY`, `DDMS_SIGNING_KEY_PASSWORD`).
+const TOOLING_ENV_PREFIXES: [&str; 6] = [
+    "test_", "release_", "deploy_", "e2e_", "debian_", "signing_",
+];
 
 /// The built-in defaults, as the lowest layer. Kept as TOML so `ddms.example.toml` can be checked
 /// against the very same keys.
@@ -1180,6 +1183,8 @@ mod tests {
             jail.set_env("DDMS_DEPLOY_SSH_KEY", "/home/ci/.ssh/id");
             jail.set_env("DDMS_E2E_DDMS", "/tmp/ddms");
             jail.set_env("DDMS_DEBIAN_MIRROR", "http://deb.example/debian");
+            jail.set_env("DDMS_SIGNING_KEY", "/home/ci/release.key");
+            jail.set_env("DDMS_SIGNING_KEY_PASSWORD", "x");
             load().expect("tooling variables are not unknown keys");
             jail.set_env("DDMS_RELEASED", "x");
             assert!(load().is_err(), "only the DDMS_RELEASE_ prefix is reserved");

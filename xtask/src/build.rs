@@ -1,6 +1,7 @@
 //! `cargo xtask build`: the release artifact — `ddms-<version>-<target>.tar.gz` holding the
 //! binary, `ops/`, the example configuration and the docs, plus a `.sha256` file that
-//! `ddms release install` checks before unpacking.
+//! `ddms release install` checks before unpacking and, given a signing key, a `.minisig`
+//! signature that hosts pinning the release key demand ([`crate::signing`]).
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ pub struct Artifact {
     pub version: String,
 }
 
-pub fn run(sh: &Shell, locked: bool) -> Result<Artifact> {
+pub fn run(sh: &Shell, locked: bool, signing_key: Option<&Path>) -> Result<Artifact> {
     let locked = locked.then_some("--locked");
     cmd!(sh, "cargo build {locked...} --release -p ddms").run()?;
     let target_dir = target_dir(sh)?;
@@ -54,6 +55,16 @@ pub fn run(sh: &Shell, locked: bool) -> Result<Artifact> {
     sh.remove_path(&stage)?;
     println!("build: {}", tarball.display());
     println!("build: {}", checksum.display());
+    // A signature left from an earlier build of the same version would not match this tarball.
+    sh.remove_path(crate::signing::signature_path(&tarball))?;
+    match signing_key {
+        Some(key) => println!("build: {}", crate::signing::sign(&tarball, key)?.display()),
+        None => println!(
+            "build: not signed (no --signing-key or {}): hosts that pin a release key will \
+             refuse it",
+            crate::signing::KEY_ENV
+        ),
+    }
     Ok(Artifact {
         tarball,
         checksum,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{certs, deploy, fuzz, image};
+use crate::{certs, deploy, fuzz, image, signing};
 
 /// The project's one automation entry point.
 #[derive(Debug, Parser)]
@@ -94,11 +94,43 @@ pub enum Task {
         #[arg(long)]
         locked: bool,
     },
-    /// Release tarball (binary, ops/, example config, docs) and its .sha256.
+    /// Release tarball (binary, ops/, example config, docs), its .sha256 and, with a signing
+    /// key, its .minisig.
     Build {
         /// Build with --locked dependencies.
         #[arg(long)]
         locked: bool,
+        /// The minisign secret key to sign the tarball with (`cargo xtask keygen`); its
+        /// password comes from DDMS_SIGNING_KEY_PASSWORD or the terminal.
+        #[arg(long, value_name = "FILE", env = signing::KEY_ENV)]
+        signing_key: Option<PathBuf>,
+    },
+    /// A release signing key pair (minisign, ed25519): the secret key (0600, kept outside the
+    /// repository) signs releases, the public key is pinned on the hosts. See
+    /// docs/deploying.md.
+    Keygen {
+        /// Where the secret key goes (outside the repository).
+        #[arg(long, value_name = "FILE")]
+        secret_key: PathBuf,
+        /// Where the public key goes (what hosts pin as /etc/ddms/release.pub).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// No password on the secret key (for a CI secret store that protects it instead);
+        /// otherwise DDMS_SIGNING_KEY_PASSWORD, or asked for on the terminal.
+        #[arg(long)]
+        unencrypted: bool,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a release artifact: writes ARTIFACT.minisig next to it.
+    Sign {
+        /// The tarball (`cargo xtask build`, or cargo-dist's).
+        artifact: PathBuf,
+        /// The minisign secret key; its password comes from DDMS_SIGNING_KEY_PASSWORD or the
+        /// terminal.
+        #[arg(long, value_name = "FILE", env = signing::KEY_ENV)]
+        signing_key: PathBuf,
     },
     /// Build the release, verify and unpack it, run README command 1 against it.
     Smoke,

@@ -10,6 +10,7 @@ mod deploy;
 mod fuzz;
 mod image;
 mod images;
+mod signing;
 mod smoke;
 mod soak;
 mod test;
@@ -88,7 +89,46 @@ fn main() -> Result<()> {
         Task::Image { repository, locked } => {
             image::run(&sh, &image::Options { repository, locked }).map(|_| ())
         }
-        Task::Build { locked } => build::run(&sh, locked).map(|_| ()),
+        Task::Build {
+            locked,
+            signing_key,
+        } => build::run(&sh, locked, signing_key.as_deref()).map(|_| ()),
+        Task::Keygen {
+            secret_key,
+            public_key,
+            unencrypted,
+            force,
+        } => {
+            let id = signing::keygen(
+                &signing::KeygenOptions {
+                    secret_key: secret_key.clone(),
+                    public_key: public_key.clone(),
+                    unencrypted,
+                    force,
+                },
+                &project_root(),
+            )?;
+            println!("keygen: key id {id}");
+            println!(
+                "keygen: secret key {} (keep it out of the repository)",
+                secret_key.display()
+            );
+            println!(
+                "keygen: public key {} (pin it on the hosts: ddms_release_public_key)",
+                public_key.display()
+            );
+            Ok(())
+        }
+        Task::Sign {
+            artifact,
+            signing_key,
+        } => {
+            println!(
+                "sign: {}",
+                signing::sign(&artifact, &signing_key)?.display()
+            );
+            Ok(())
+        }
         Task::Smoke => smoke::run(&sh, false),
         Task::Certs {
             out,

@@ -11,7 +11,7 @@ use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell, locked: bool) -> Result<()> {
     // The artifact a deploy ships, checked and unpacked as a host would.
-    let artifact = crate::build::run(sh, locked)?;
+    let artifact = crate::build::run(sh, locked, None)?;
     let unpacked = std::env::temp_dir().join(format!("ddms-smoke-release-{}", std::process::id()));
     sh.remove_path(&unpacked)?;
     sh.create_dir(&unpacked)?;

@@ -1,5 +1,6 @@
 //! `ddms release install ARTIFACT`: copy the tarball into a private temp directory inside
-//! `releases/` while hashing it, verify the copy against the published SHA-256, unpack the
+//! `releases/` while hashing it (and, when the host pins a release key, verifying its
+//! signature over the same bytes), verify the copy against the published SHA-256, unpack the
 //! copy, check it (only now is anything from it run), and rename it into place atomically.
 //! Any failure removes the temp directory: a refused artifact leaves nothing behind.
 
@@ -13,6 +14,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::signature::{self, SignatureCheck};
 use super::state::{valid_release_name, ReleaseMeta, META_FILE};
 use super::{Layout, ReleaseError};
 
@@ -24,20 +26,41 @@ pub struct Installed {
     pub path: PathBuf,
     /// False when the same artifact was installed before (nothing changed).
     pub installed: bool,
+    /// What this run established about the artifact's signature.
+    pub signature: SignatureCheck,
     #[serde(flatten)]
     pub meta: ReleaseMeta,
 }
 
-/// Installs `artifact`, checked against `checksum` (default: `<artifact>.sha256`).
+/// Installs `artifact`, checked against `checksum` (default: `<artifact>.sha256`) and, when
+/// the host pins a release key, against `signature_file` (default: `<artifact>.minisig`).
 pub async fn install(
     layout: &Layout,
     artifact: &Path,
     checksum: Option<&Path>,
+    signature_file: Option<&Path>,
 ) -> Result<Installed, ReleaseError> {
     let checksum = checksum
         .map(Path::to_path_buf)
         .unwrap_or_else(|| sibling_with_suffix(artifact, ".sha256"));
     let expected = published_digest(artifact, &checksum)?;
+    // Whatever about the signature can be refused without reading the artifact is refused
+    // here, before the copy: an unusable key file, a missing or malformed signature, one made
+    // with another key.
+    let key_path = layout.release_public_key();
+    let signed = match signature::pinned_key(&key_path)? {
+        Some(pinned) => {
+            let path = signature_file
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| sibling_with_suffix(artifact, ".minisig"));
+            let found = signature::read_signature(artifact, &path, &pinned)?;
+            Some(signature::Expected::new(pinned, found, artifact)?)
+        }
+        None if signature_file.is_some() => {
+            return Err(ReleaseError::NoPinnedKey { key: key_path })
+        }
+        None => None,
+    };
 
     let releases = layout.releases_dir();
     std::fs::create_dir_all(&releases).map_err(ReleaseError::io(&releases))?;
@@ -50,13 +73,22 @@ pub async fn install(
     // The artifact is read exactly once, into a private copy; the checksum is taken of the
     // copy and everything after (unpacking, `ddms --version`) reads only the copy. Reading the
     // path twice would let whoever can change it between the reads (its owner, a FIFO, a
-    // swap in a shared upload directory) get unchecked bytes unpacked and run as root.
+    // swap in a shared upload directory) get unchecked bytes unpacked and run as root. The
+    // signature is verified over those same bytes, in the same pass, for the same reason.
     let copy = temp.0.join(PRIVATE_COPY);
-    let actual = {
+    let (actual, verified) = {
         let (artifact, copy) = (artifact.to_path_buf(), copy.clone());
-        tokio::task::spawn_blocking(move || copy_and_hash(&artifact, &copy))
-            .await
-            .expect("hashing does not panic")?
+        tokio::task::spawn_blocking(move || {
+            let mut verifier = signed.as_ref().map(|s| s.verifier()).transpose()?;
+            let digest = copy_and_hash(&artifact, &copy, |bytes| {
+                if let Some(verifier) = verifier.as_mut() {
+                    verifier.update(bytes);
+                }
+            })?;
+            Ok::<_, ReleaseError>((digest, verifier.map(signature::Verifier::finish)))
+        })
+        .await
+        .expect("hashing does not panic")?
     };
     if actual != expected {
         return Err(ReleaseError::ChecksumMismatch {
@@ -65,6 +97,18 @@ pub async fn install(
             actual,
         });
     }
+    let signature = match verified {
+        Some(result) => result?,
+        None => {
+            let reason = format!(
+                "no release public key is pinned at {}: the artifact was checked against its \
+                 checksum only, not its signature",
+                key_path.display()
+            );
+            tracing::warn!(artifact = %artifact.display(), "not signature-checked: {reason}");
+            SignatureCheck::Unchecked { reason }
+        }
+    };
 
     let top = {
         let (copy, dest, shown) = (copy.clone(), temp.0.clone(), artifact.to_path_buf());
@@ -119,6 +163,7 @@ pub async fn install(
                 release: name,
                 path: dest,
                 installed: false,
+                signature,
                 meta: existing,
             }),
             Ok(existing) => Err(ReleaseError::ReleaseConflict {
@@ -149,6 +194,7 @@ pub async fn install(
         release: name,
         path: dest,
         installed: true,
+        signature,
         meta,
     })
 }
@@ -223,8 +269,12 @@ fn published_digest(artifact: &Path, checksum: &Path) -> Result<String, ReleaseE
 const PRIVATE_COPY: &str = ".artifact.tar.gz";
 
 /// Copies `from` (a regular file) to a new file `to` (mode 0600) in one pass, returning the
-/// SHA-256 of exactly the bytes written.
-fn copy_and_hash(from: &Path, to: &Path) -> Result<String, ReleaseError> {
+/// SHA-256 of exactly the bytes written; `also` sees the same bytes, in order.
+fn copy_and_hash(
+    from: &Path,
+    to: &Path,
+    mut also: impl FnMut(&[u8]),
+) -> Result<String, ReleaseError> {
     let not_a_file = || ReleaseError::InvalidArtifact {
         path: from.to_path_buf(),
         reason: "not a regular file".into(),
@@ -254,6 +304,7 @@ fn copy_and_hash(from: &Path, to: &Path) -> Result<String, ReleaseError> {
             break;
         }
         hasher.update(&buffer[..n]);
+        also(&buffer[..n]);
         copy.write_all(&buffer[..n]).map_err(ReleaseError::io(to))?;
     }
     copy.flush().map_err(ReleaseError::io(to))?;

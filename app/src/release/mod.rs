@@ -1,8 +1,9 @@
 //! `ddms release`: the host-side blue-green state machine that every deploy front-end
 //! (`cargo xtask deploy` over SSH, the Ansible role, the NixOS module) drives.
 //!
-//! - [`install`] verifies an artifact against its published SHA-256 and unpacks it atomically
-//!   into `releases/<name>/`.
+//! - [`install`] verifies an artifact against its published SHA-256 and, when the host pins a
+//!   release key, its minisign signature ([`signature`]), then unpacks it atomically into
+//!   `releases/<name>/`.
 //! - [`activate`] and [`rollback`] move traffic from the active slot to the idle one through
 //!   one explicit state machine ([`deploy`]): lock → migrate → link → start → ready → version →
 //!   switch → route → watch → stop old, with the way back (switch back, stop new) taken on any
@@ -19,6 +20,7 @@ mod lock;
 mod nginx;
 mod probe;
 mod service;
+pub mod signature;
 pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ pub use deploy::{activate, rollback, Abort};
 pub use lock::LockInfo;
 pub use nginx::Nginx;
 pub use service::{Direct, ServiceManager, ServiceManagerKind, Systemd};
+pub use signature::SignatureCheck;
 pub use state::{
     list_releases, prune, status, valid_release_name, DeployRecord, HostState, Outcome,
     PruneReport, ReleaseMeta, SlotStatus, Status, Step, StepRecord, StepResult,
@@ -68,6 +71,23 @@ pub enum ReleaseError {
         expected: String,
         actual: String,
     },
+    #[error("{} is not signed: this host pins release key {key_id} ({}) and {} does not exist; nothing was installed (sign releases with `cargo xtask sign`, docs/deploying.md)", artifact.display(), key.display(), signature.display())]
+    SignatureMissing {
+        artifact: PathBuf,
+        signature: PathBuf,
+        key_id: String,
+        key: PathBuf,
+    },
+    #[error("{} is not signed by this host's release key (signature {}): {reason}; nothing was installed", artifact.display(), signature.display())]
+    SignatureInvalid {
+        artifact: PathBuf,
+        signature: PathBuf,
+        reason: String,
+    },
+    #[error("release public key {}: {reason}; refusing to install anything until it is fixed or removed", path.display())]
+    PublicKeyInvalid { path: PathBuf, reason: String },
+    #[error("--signature was given, but no release public key is pinned at {}: nothing to check it against; nothing was installed", key.display())]
+    NoPinnedKey { key: PathBuf },
     #[error("{} is not a ddms release artifact: {reason}; nothing was installed", path.display())]
     InvalidArtifact { path: PathBuf, reason: String },
     #[error("release `{name}` is already installed from a different artifact ({existing}); refusing to overwrite it")]
@@ -288,6 +308,12 @@ impl Layout {
     /// `<root>/etc/ddms/`
     pub fn etc_dir(&self) -> PathBuf {
         self.root.join("etc/ddms")
+    }
+
+    /// `<root>/etc/ddms/release.pub`: the release signing key this host pins, if any
+    /// ([`signature`]).
+    pub fn release_public_key(&self) -> PathBuf {
+        self.etc_dir().join(signature::PUBLIC_KEY_FILE)
     }
 
     /// `<root>/etc/ddms/slot-<slot>.env`

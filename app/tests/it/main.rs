@@ -28,6 +28,7 @@ mod openapi;
 mod readiness;
 mod release;
 mod release_broker;
+mod release_signing;
 mod security;
 mod settings;
 mod shutdown;

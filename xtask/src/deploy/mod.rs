@@ -6,6 +6,8 @@
 //! deploy records.
 
 pub mod history;
+#[cfg(test)]
+mod install_test;
 pub mod inventory;
 mod plan;
 pub mod report;
@@ -204,8 +206,9 @@ fn file_stamp() -> String {
 }
 
 /// The artifact to deploy: `--artifact`, else `cargo xtask build`'s for `--version`, else a
-/// fresh `cargo xtask build`.
-fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf)> {
+/// fresh `cargo xtask build` (signed when `DDMS_SIGNING_KEY` names a key). Returns it, its
+/// checksum and its signature, when `<artifact>.minisig` is there.
+fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
     let tarball = match (&options.artifact, &options.version) {
         (Some(path), _) => path.clone(),
         (None, Some(version)) => {
@@ -218,7 +221,10 @@ fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf)> {
             );
             path
         }
-        (None, None) => crate::build::run(sh, false)?.tarball,
+        (None, None) => {
+            let key = crate::signing::key_path(None);
+            crate::build::run(sh, false, key.as_deref())?.tarball
+        }
     };
     let mut checksum = tarball.clone().into_os_string();
     checksum.push(".sha256");
@@ -239,7 +245,8 @@ fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf)> {
          accepted, as it becomes part of remote paths",
         tarball.file_name().unwrap_or_default()
     );
-    Ok((tarball, checksum))
+    let signature = Some(crate::signing::signature_path(&tarball)).filter(|p| p.is_file());
+    Ok((tarball, checksum, signature))
 }
 
 /// The artifact's file name, when it is safe to use on the hosts.
@@ -338,8 +345,16 @@ fn remote_step(
 }
 
 /// Upload, install and activate on one host. `sha256` is the artifact's digest, checked here
-/// against its published checksum: the host checks its private copy against it.
-fn deploy_host(host: &Host, env: &[(String, String)], tarball: &Path, sha256: &str) -> HostReport {
+/// against its published checksum: the host checks its private copy against it. `signature`
+/// (`<tarball>.minisig`) goes along when there is one; a host that pins a release key checks
+/// it, one that does not ignores it.
+fn deploy_host(
+    host: &Host,
+    env: &[(String, String)],
+    tarball: &Path,
+    signature: Option<&Path>,
+    sha256: &str,
+) -> HostReport {
     let mut report = HostReport::new(&host.name, &host.address);
     let file_name = artifact_file_name(tarball).unwrap_or_default();
     let mut upload_dir = String::new();
@@ -349,7 +364,8 @@ fn deploy_host(host: &Host, env: &[(String, String)], tarball: &Path, sha256: &s
             return Ok(mkdir);
         }
         upload_dir = ssh::parse_upload_dir(&mkdir.stdout)?;
-        let mut copy = ssh::upload(host, &[tarball], &upload_dir)?;
+        let files: Vec<&Path> = std::iter::once(tarball).chain(signature).collect();
+        let mut copy = ssh::upload(host, &files, &upload_dir)?;
         if !copy.ok() {
             // Best effort: a failed upload should not leave a partial artifact behind.
             let _ = ssh::run_as(
@@ -372,7 +388,7 @@ fn deploy_host(host: &Host, env: &[(String, String)], tarball: &Path, sha256: &s
         ssh::run(
             host,
             env,
-            &ssh::install_script(&upload_dir, &file_name, sha256),
+            &ssh::install_script(&upload_dir, &file_name, sha256, signature.is_some()),
         )
     }) else {
         return report;
@@ -475,7 +491,7 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
     let started_at = now_rfc3339();
     let started = Instant::now();
     let (hosts, source) = hosts(sh, options)?;
-    let (tarball, checksum) = artifact(sh, options)?;
+    let (tarball, checksum, signature) = artifact(sh, options)?;
     let digest = sha256_file(&tarball)?;
     let published = std::fs::read_to_string(&checksum)?
         .split_whitespace()
@@ -490,6 +506,7 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
             release: plan::release_of(sh, &tarball, options.version.as_deref()),
             sha256: digest.clone(),
             published: published.clone(),
+            signature: signature.clone(),
         };
         return plan::run(
             options,
@@ -504,6 +521,12 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
         .map(|h| HostReport::new(&h.name, &h.address))
         .collect();
     let mut error = None;
+    if signature.is_none() {
+        eprintln!(
+            "deploy: {} has no .minisig beside it: hosts that pin a release key will refuse it",
+            tarball.display()
+        );
+    }
     eprintln!(
         "deploy: {} to {} host(s) of `{}` in batches of {}",
         tarball.display(),
@@ -527,7 +550,7 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
             }
             progress_batch("deploy", index, batches, batch);
             let done = per_host(batch, |host| {
-                let report = deploy_host(host, &env, &tarball, &digest);
+                let report = deploy_host(host, &env, &tarball, signature.as_deref(), &digest);
                 progress_host("deploy", &report);
                 report
             });

@@ -21,6 +21,8 @@ pub struct Artifact {
     pub sha256: String,
     /// What its `.sha256` file says.
     pub published: String,
+    /// Its `.minisig`, when there is one.
+    pub signature: Option<PathBuf>,
 }
 
 pub enum Change {
@@ -309,6 +311,12 @@ pub fn render(
                 artifact.sha256,
                 artifact.release
             ));
+            match &artifact.signature {
+                Some(path) => out.push_str(&format!("signature: {}\n", path.display())),
+                None => out.push_str(
+                    "signature: none (hosts that pin a release key will refuse the artifact)\n",
+                ),
+            }
             if artifact.published != artifact.sha256 {
                 ok = false;
                 out.push_str(&format!(
@@ -459,6 +467,7 @@ mod tests {
             release: release.into(),
             sha256: "ab".into(),
             published: published.into(),
+            signature: None,
         })
     }
 

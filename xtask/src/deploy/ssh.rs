@@ -323,10 +323,16 @@ pub fn remove_upload_dir_script(dir: &str) -> String {
 /// removed at the end. On a host without any ddms yet, the binary comes from the verified
 /// copy. The upload directory must be a real directory owned by the ssh user (`SUDO_UID`, or
 /// root) with mode 0700, else nothing happens.
-pub fn install_script(upload_dir: &str, artifact_name: &str, sha256: &str) -> String {
+///
+/// With `signed`, `<artifact>.minisig` was uploaded too and is copied alongside: `ddms release
+/// install` checks it when the host pins a release key (`/etc/ddms/release.pub`). On a host
+/// that pins one but has no ddms yet, the binary that would check the signature is the
+/// artifact's own, so `minisign` checks it first, and without minisign nothing is run.
+pub fn install_script(upload_dir: &str, artifact_name: &str, sha256: &str, signed: bool) -> String {
     let up = quote(upload_dir);
     let name = quote(artifact_name);
     let want = quote(sha256);
+    let signed = if signed { "1" } else { "" };
     format!(
         r#"set -u
 umask 077
@@ -351,6 +357,20 @@ cat -- "$up/$name" > "$priv/$name" || fail "cannot copy $up/$name"
 have=$(sha256sum -- "$priv/$name" | cut -d ' ' -f 1)
 [ "$have" = "$want" ] || fail "checksum mismatch: the uploaded $name has sha256 $have, the published checksum says $want; nothing was installed"
 printf '%s  %s\n' "$want" "$name" > "$priv/$name.sha256"
+signed={signed}
+if [ -n "$signed" ]; then
+  [ -f "$up/$name.minisig" ] && [ ! -L "$up/$name.minisig" ] || fail "$up/$name.minisig is not a regular file"
+  cat -- "$up/$name.minisig" > "$priv/$name.minisig" || fail "cannot copy $up/$name.minisig"
+fi
+key="$root/etc/ddms/release.pub"
+if [ -z "$ddms" ] && {{ [ -e "$key" ] || [ -L "$key" ]; }}; then
+  [ -n "$signed" ] || fail "$name is not signed (no $name.minisig), and this host pins a release key ($key); nothing was installed"
+  command -v minisign >/dev/null 2>&1 || fail "this host pins a release key ($key) but has no ddms release yet, and no minisign to check $name's signature with before running its binary: install minisign (Debian: apt-get install minisign); nothing was installed"
+  # -P takes the key line alone, whether or not the file has minisign's comment line; -H
+  # refuses legacy signatures, as `ddms release install` does.
+  pk=$(grep -v '^untrusted comment:' "$key" | tr -d ' \t\r\n')
+  minisign -V -H -q -P "$pk" -m "$priv/$name" -x "$priv/$name.minisig" >/dev/null || fail "$name is not signed by this host's release key ($key); nothing was installed"
+fi
 if [ -z "$ddms" ]; then
   mkdir "$priv/bootstrap" || exit 1
   tar -xzf "$priv/$name" -C "$priv/bootstrap" --wildcards '*/ddms' || exit 1
@@ -546,6 +566,13 @@ mod tests {
                 "/tmp/ddms-upload.abc",
                 "ddms-1.0.0-x86_64-linux.tar.gz",
                 &"0".repeat(64),
+                true,
+            ),
+            install_script(
+                "/tmp/ddms-upload.abc",
+                "ddms-1.0.0-x86_64-linux.tar.gz",
+                &"0".repeat(64),
+                false,
             ),
             activate_script("1.0.0"),
             rollback_script(),

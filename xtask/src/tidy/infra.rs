@@ -585,7 +585,8 @@ fn deploy_workflow_is_protected_and_serialised() {
     }
 }
 
-/// ci.yml runs what cannot run here: `nix flake check`, `terraform validate`, tflint.
+/// ci.yml runs what cannot run here: `nix flake check`, `terraform validate`, tflint, and
+/// cargo-deny with the RustSec advisories (deny.toml).
 #[test]
 fn ci_workflow_checks_nix_and_terraform() {
     let wf = workflow("ci.yml");
@@ -595,6 +596,7 @@ fn ci_workflow_checks_nix_and_terraform() {
         "terraform validate",
         "tflint",
         "actionlint",
+        "EmbarkStudios/cargo-deny-action",
     ] {
         assert!(all.contains(needle), "ci.yml lacks `{needle}`");
     }
