@@ -12,14 +12,14 @@ async fn wait_for_status(
     app: &crate::support::app::TestApp,
     want: u16,
     within: Duration,
-) -> (Duration, Value) {
+) -> Value {
     let started = Instant::now();
     loop {
         let response = app.get("/ready").await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
         if status == want {
-            return (started.elapsed(), body);
+            return body;
         }
         assert!(
             started.elapsed() < within,
@@ -36,12 +36,12 @@ async fn ready_turns_503_when_postgres_stops_and_recovers_when_it_returns() {
         Postgres::start(Provider::from_env().await).await.unwrap(),
     ));
     let app = spawn_app(Db::PostgresOn(server), "").await;
-    wait_for_status(&app, 200, Duration::from_secs(5)).await;
+    wait_for_status(&app, 200, Duration::from_secs(30)).await;
 
     server.stop().await.unwrap();
-    let stopped_at = Instant::now();
-    let (_, body) = wait_for_status(&app, 503, Duration::from_secs(5)).await;
-    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    // A ceiling for a busy machine, not a latency target: each probe bounds its own database
+    // check, so a stopped server shows within a probe or two.
+    let body = wait_for_status(&app, 503, Duration::from_secs(30)).await;
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["components"]["database"]["status"], "error", "{body}");
     // A verdict, not the driver's text (hosts, users, file paths) for anonymous callers.
@@ -56,6 +56,6 @@ async fn ready_turns_503_when_postgres_stops_and_recovers_when_it_returns() {
     );
 
     server.restart().await.unwrap();
-    wait_for_status(&app, 200, Duration::from_secs(15)).await;
+    wait_for_status(&app, 200, Duration::from_secs(30)).await;
     app.stop().await;
 }
