@@ -24,12 +24,13 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 /// caller that hashes again and again so the memory is reused instead of allocated and freed
 /// each time, and [released](HashMemory::release) when the caller goes idle.
 ///
-/// The area is reserved larger than glibc's largest mmap threshold (32 MiB on 64-bit,
-/// `DEFAULT_MMAP_THRESHOLD_MAX` in mallopt(3)), so malloc always maps it on its own and unmaps
-/// it when it is freed: released memory goes back to the system at once. At 19 MiB it came
-/// from the heap once the threshold had adapted upwards, and freed areas stayed in malloc's
-/// arenas (a login flood grew the process by a gigabyte that way). Only the pages argon2
-/// writes (the 19 MiB) count towards the process' resident memory.
+/// The `ddms` binary allocates with jemalloc, which returns a released area to the system
+/// within its decay time. Under glibc's malloc (the library's tests, other embedders) the area
+/// is reserved larger than the largest mmap threshold (32 MiB on 64-bit,
+/// `DEFAULT_MMAP_THRESHOLD_MAX` in mallopt(3)), so malloc maps it on its own and unmaps it when
+/// it is freed; at 19 MiB it came from the heap once the threshold had adapted upwards, and
+/// freed areas stayed in malloc's arenas (a login flood grew the process by a gigabyte that
+/// way). Only the pages argon2 writes (the 19 MiB) count towards resident memory.
 #[derive(Default)]
 pub struct HashMemory(Vec<Block>);
 

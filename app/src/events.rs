@@ -580,7 +580,11 @@ mod tests {
         };
         hub.surface((1..=100).map(big).collect());
         let held = hub.inner.lock().unwrap().buffer.len();
-        assert!(hub.buffered_bytes() <= DOCUMENTED_MAX_BUFFER_BYTES, "{}", hub.buffered_bytes());
+        assert!(
+            hub.buffered_bytes() <= DOCUMENTED_MAX_BUFFER_BYTES,
+            "{}",
+            hub.buffered_bytes()
+        );
         assert!((30..100).contains(&held), "{held} events held");
         let pending = hub.begin(Some(1));
         assert_eq!(pending.from_log, Some((1, 100 - held as u64)));

@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc, configured in `.cargo/config.toml`, gives memory back after a burst on its own;
+/// glibc's malloc keeps freed pages between live allocations resident until `malloc_trim`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     ddms::cli::run(ddms::cli::Cli::parse())
 }

@@ -106,7 +106,10 @@ fn parse_args() -> Result<Args> {
             "--only" => {
                 let only: Vec<String> = value()?.split(',').map(str::to_string).collect();
                 if let Some(unknown) = only.iter().find(|a| !ATTACKS.contains(&a.as_str())) {
-                    bail!("--only: unknown attack {unknown} (known: {})", ATTACKS.join(", "));
+                    bail!(
+                        "--only: unknown attack {unknown} (known: {})",
+                        ATTACKS.join(", ")
+                    );
                 }
                 args.only = Some(only);
             }

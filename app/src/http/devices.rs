@@ -255,7 +255,9 @@ pub async fn create(
         .await
         .map_err(|e| conflict_on_name(e, &new.name))?;
     let mqtt = match device.protocol {
-        Protocol::Mqtt => Some(issue_credentials(&state, &device, request_host(&uri, &headers)).await?),
+        Protocol::Mqtt => {
+            Some(issue_credentials(&state, &device, request_host(&uri, &headers)).await?)
+        }
         Protocol::Modbus => None,
     };
     audit(&state, &auth.principal, "device.create", &device).await;

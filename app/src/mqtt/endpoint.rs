@@ -107,9 +107,11 @@ fn from_bind(bind: SocketAddr, tls: bool, known_host: Option<String>) -> DeviceE
 /// `example.net:8080` → `example.net`, `[::1]:80` → `::1`; `None` for what is not a host.
 fn host_without_port(authority: &str) -> Option<String> {
     let url = url::Url::parse(&format!("http://{authority}/")).ok()?;
-    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty() && url.username().is_empty() && url.path() == "/")
-        .then(|| host.to_string())
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    (!host.is_empty() && url.username().is_empty() && url.path() == "/").then(|| host.to_string())
 }
 
 #[cfg(test)]
@@ -134,7 +136,10 @@ mod tests {
                 tls: false
             }
         );
-        assert_eq!(parse_public_url("mqtt://[2001:db8::1]:1883").unwrap().host, "2001:db8::1");
+        assert_eq!(
+            parse_public_url("mqtt://[2001:db8::1]:1883").unwrap().host,
+            "2001:db8::1"
+        );
         for bad in [
             "tcp://host:1883",
             "mqtt://user:pw@host",
@@ -157,7 +162,10 @@ mod tests {
             from_bind(bind, false, host("plant.example.net:8080")).host,
             "plant.example.net"
         );
-        assert_eq!(from_bind(bind, false, host("[2001:db8::2]:80")).host, "2001:db8::2");
+        assert_eq!(
+            from_bind(bind, false, host("[2001:db8::2]:80")).host,
+            "2001:db8::2"
+        );
         assert_eq!(from_bind(bind, false, host("a b")).host, "0.0.0.0");
         assert_eq!(from_bind(bind, false, None).host, "0.0.0.0");
         let loopback: SocketAddr = "127.0.0.1:1883".parse().unwrap();

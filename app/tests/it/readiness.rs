@@ -8,11 +8,7 @@ use serde_json::Value;
 use crate::support::app::{spawn_app, Db};
 use crate::support::services::{Postgres, Provider};
 
-async fn wait_for_status(
-    app: &crate::support::app::TestApp,
-    want: u16,
-    within: Duration,
-) -> Value {
+async fn wait_for_status(app: &crate::support::app::TestApp, want: u16, within: Duration) -> Value {
     let started = Instant::now();
     loop {
         let response = app.get("/ready").await;
