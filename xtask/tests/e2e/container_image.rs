@@ -64,12 +64,15 @@ fn e2e_container_compose_stack_serves_ingests_over_mqtt_tls_as_non_root_and_stop
     let mqtt_port = free_port()?;
     let http_publish = format!("127.0.0.1:{http_port}");
     let mqtt_publish = format!("127.0.0.1:{mqtt_port}");
+    // What devices are told: the published port, not the service name inside the network.
+    let mqtt_public_url = format!("mqtts://127.0.0.1:{mqtt_port}");
     let secrets_dir = secrets.display().to_string();
     let tls_dir = tls.display().to_string();
     let mut env = vec![
         ("APP_IMAGE", image.as_str()),
         ("HTTP_PUBLISH", &http_publish),
         ("MQTT_PUBLISH", &mqtt_publish),
+        ("MQTT_PUBLIC_URL", &mqtt_public_url),
         ("SECRETS_DIR", &secrets_dir),
         ("TLS_DIR", &tls_dir),
     ];
@@ -121,11 +124,16 @@ fn e2e_container_compose_stack_serves_ingests_over_mqtt_tls_as_non_root_and_stop
     let device: Value = serde_json::from_str(&device)?;
     let id = device["id"].as_str().context("device id")?.to_string();
     let mqtt = &device["mqtt"];
-    assert_eq!(mqtt["host"], "mosquitto", "{device:#}");
+    // The credentials name the address outside the compose network, and the device uses
+    // exactly what it was told.
+    assert_eq!(mqtt["host"], "127.0.0.1", "{device:#}");
+    assert_eq!(mqtt["port"], mqtt_port, "{device:#}");
     assert_eq!(mqtt["tls"], true, "{device:#}");
+    let told_host = mqtt["host"].as_str().unwrap_or_default().to_string();
+    let told_port = mqtt["port"].to_string();
     let publish = |value: f64| -> Result<()> {
         run(Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+            .args(["-h", &told_host, "-p", &told_port])
             .arg("--cafile")
             .arg(tls.join("ca.crt"))
             .args(["-u", mqtt["username"].as_str().unwrap_or_default()])
