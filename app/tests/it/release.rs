@@ -8,18 +8,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::release::{artifacts, Load, ReleaseHost};
-
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            found.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    found.sort();
-    found
-}
+use crate::support::release::{
+    artifacts, assert_nothing_installed, files_under, Load, ReleaseHost,
+};
 
 #[tokio::test]
 async fn install_refuses_a_tampered_or_truncated_artifact_and_leaves_nothing_behind() {
@@ -46,11 +37,7 @@ async fn install_refuses_a_tampered_or_truncated_artifact_and_leaves_nothing_beh
         "{}",
         run.stderr
     );
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // A download cut short, checked against a checksum file given explicitly.
     let truncated = work.path().join("partial.tar.gz");
@@ -58,11 +45,7 @@ async fn install_refuses_a_tampered_or_truncated_artifact_and_leaves_nothing_beh
     let run = host.install_path(&truncated, Some(&good.checksum)).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("published checksum"), "{}", run.stderr);
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // A truncated archive whose checksum matches (published wrongly) fails while unpacking,
     // and still leaves nothing.
@@ -78,11 +61,7 @@ async fn install_refuses_a_tampered_or_truncated_artifact_and_leaves_nothing_beh
         "{}",
         run.stderr
     );
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // No checksum at all.
     let lonely = work.path().join("lonely.tar.gz");
@@ -686,11 +665,7 @@ async fn install_never_runs_or_installs_anything_but_the_bytes_it_checked() {
         "{}",
         run.stderr
     );
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 }
 
 /// Writes `contents[i]` to the i-th reader that opens `fifo`, each only after the previous

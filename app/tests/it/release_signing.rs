@@ -10,20 +10,9 @@ use minisign::{KeyPair, PublicKey, SecretKey};
 use sha2::{Digest, Sha256};
 
 use crate::support::app::ddms_bin;
-use crate::support::release::{artifacts, pack_release, Artifact, ReleaseHost};
-
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-}
+use crate::support::release::{
+    artifacts, assert_nothing_installed, files_under, pack_release, Artifact, ReleaseHost,
+};
 
 /// minisign's key id, as `minisign -G` prints it.
 fn key_id(pk: &PublicKey) -> String {
@@ -127,11 +116,7 @@ async fn a_host_that_pins_a_key_installs_only_what_that_key_signed() {
         "{}",
         run.stderr
     );
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // Tampered after signing, with the checksum published anew to match: only the signature
     // can tell. The changed `ddms` would leave a marker if anything from it ran.
@@ -153,11 +138,7 @@ async fn a_host_that_pins_a_key_installs_only_what_that_key_signed() {
         run.stderr
     );
     assert!(!marker.exists(), "the tampered artifact's ddms ran");
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // One flipped byte, checksum republished, the genuine signature beside it.
     let flipped_dir = work.path().join("flipped");
@@ -176,11 +157,7 @@ async fn a_host_that_pins_a_key_installs_only_what_that_key_signed() {
         "{}",
         run.stderr
     );
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // Intact, but signed by a key this host does not pin.
     let foreign_dir = work.path().join("foreign");
@@ -195,11 +172,7 @@ async fn a_host_that_pins_a_key_installs_only_what_that_key_signed() {
         key_id(&release_key.pk)
     );
     assert!(run.stderr.contains(&expected), "{}", run.stderr);
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 
     // Signed by the pinned key: installs, and says so.
     let run = host.install_path(&genuine, None).await;
@@ -269,11 +242,7 @@ async fn a_pinned_key_that_is_unusable_refuses_every_install() {
     let run = host.install_path(&tarball, None).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("release public key"), "{}", run.stderr);
-    assert!(
-        files_under(&releases).is_empty(),
-        "{:?}",
-        files_under(&releases)
-    );
+    assert_nothing_installed(&releases);
 }
 
 #[tokio::test]

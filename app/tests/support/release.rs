@@ -552,17 +552,28 @@ impl ReleaseHost {
     }
 
     pub fn releases(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.root.join("opt/ddms/releases"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        files_under(&self.root.join("opt/ddms/releases"))
     }
+}
+
+/// The names in `dir`, sorted (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A refused install left nothing in `releases` (no temp directory, no release).
+pub fn assert_nothing_installed(releases: &Path) {
+    let left = files_under(releases);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 impl Drop for ReleaseHost {
