@@ -11,6 +11,13 @@ fn main() {
         println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
         println!("cargo:rerun-if-changed={}", git_dir.join("refs").display());
     }
+    // `sqlx::migrate!` embeds the migration files, but on stable Rust it cannot ask to be
+    // rebuilt when a file is added to the folder (only the files it read are tracked): without
+    // this, a new migration left the binary without it until something else changed.
+    println!(
+        "cargo:rerun-if-changed={}",
+        repo.join("migrations").display()
+    );
     // Builds without a git checkout (release tarballs, Nix) pass the sha in BUILD_GIT_SHA.
     let sha = std::env::var("BUILD_GIT_SHA").ok().or_else(|| {
         Command::new("git")

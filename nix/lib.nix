@@ -199,7 +199,7 @@ rec {
     "migrations/sqlite"
     "xtask/Cargo.toml"
     "xtask/src/main.rs"
-    # Read by unit tests: config.rs and alerts/config.rs check the example documents every key;
+    # Read by unit tests: config/ and alerts/config.rs check the example documents every key;
     # release/nginx.rs checks the shipped upstream include.
     "ddms.example.toml"
     "ops/nginx/ddms-upstream.conf"

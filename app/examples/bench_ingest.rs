@@ -33,6 +33,8 @@ mod driver;
 mod peer;
 #[path = "../tests/support/services.rs"]
 mod services;
+// `services` takes its ports from its parent: the driver's allocator, so the run has one.
+use driver::ports;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

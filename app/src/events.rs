@@ -471,7 +471,9 @@ async fn append(store: &dyn Store, batch: &mut Vec<NewEvent>, stop: &Cancellatio
     for attempt in 1.. {
         match store.append_events(batch).await {
             Ok(()) => break,
-            Err(StoreError::Unavailable(e)) if attempt < 8 => {
+            // Unreachable, busy (SQLite's lock held past the busy timeout), a failover: the
+            // same append succeeds later.
+            Err(e) if e.is_transient() && attempt < 8 => {
                 tracing::warn!(error = %e, "event log unavailable; retrying");
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -515,6 +517,7 @@ async fn read_new(hub: &EventHub, store: &dyn Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EventLogStore;
     use serde_json::json;
 
     fn stored(id: i64) -> StoredEvent {
@@ -611,6 +614,38 @@ mod tests {
                 .await
                 .unwrap();
         (dir, store)
+    }
+
+    /// SQLite answers "database is locked" when another connection holds the write lock past
+    /// the busy timeout (5 s): a passing state, so the append is retried, not dropped.
+    #[tokio::test]
+    async fn an_append_waits_out_a_locked_database_instead_of_dropping_the_events() {
+        use sqlx::Connection;
+        let (dir, store) = store().await;
+        store.migrate().await.unwrap();
+        let store = std::sync::Arc::new(store);
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let appending = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut batch = vec![NewEvent {
+                    kind: "reading".into(),
+                    data: json!({ "seq": 1 }),
+                }];
+                append(&*store, &mut batch, &CancellationToken::new()).await;
+            })
+        };
+        // Held past the busy timeout, so the first attempt fails with SQLITE_BUSY.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        appending.await.unwrap();
+        let stored = store.events_after(0, None, 10).await.unwrap();
+        assert_eq!(stored.len(), 1, "the event was dropped");
     }
 
     /// The documented limit (docs/limits.md), spelled out so that the test holds the code to it.

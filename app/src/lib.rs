@@ -2,6 +2,7 @@
 //! command line and calls [`cli::run`].
 
 pub mod alerts;
+pub mod allocator;
 pub mod auth;
 pub mod backup;
 pub mod cli;

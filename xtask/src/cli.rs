@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{certs, deploy, fuzz, image, signing};
+use crate::{certs, deploy, fuzz, image, schema_compat, signing};
 
 /// The project's one automation entry point.
 #[derive(Debug, Parser)]
@@ -26,7 +26,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Task {
     /// Everything: fmt check, clippy -D warnings, local test images (when Docker answers),
-    /// unit + integration tests, tidy, and README command 1 smoke run.
+    /// unit + integration tests, tidy, README command 1 smoke run, the API fuzzed, and the
+    /// previous release on the new schema (schema-compat).
     Test {
         /// Skip the release build and README command 1.
         #[arg(long)]
@@ -134,6 +135,16 @@ pub enum Task {
     },
     /// Build the release, verify and unpack it, run README command 1 against it.
     Smoke,
+    /// The previous release's ddms on a database the new one migrated, both serving (the
+    /// blue-green window): it must still read and write. Part of `test`; docs/testing.md.
+    SchemaCompat {
+        /// The previous release (commit, tag); default: the rule in docs/testing.md.
+        #[arg(long, value_name = "REV", env = schema_compat::PREVIOUS_ENV)]
+        previous: Option<String>,
+        /// Only this backend (repeatable); both when none is given.
+        #[arg(long = "backend", value_name = "BACKEND")]
+        backends: Vec<schema_compat::Backend>,
+    },
     /// Ship a release to the environment's hosts, batch by batch (blue-green on each).
     ///
     /// Uploads the release over ssh and runs `ddms release install` + `activate` host by host;
@@ -154,8 +165,9 @@ pub enum Task {
     History(HistoryArgs),
     /// Provision an environment: terraform apply → inventory → ansible-playbook site.yml.
     ///
-    /// terraform apply runs in terraform/envs/ENV unless an Ansible inventory is given or
-    /// exists; the inventory is written from its outputs.
+    /// terraform apply runs in terraform/envs/ENV unless an Ansible inventory is given or a
+    /// hand-written one exists; the inventory (hosts, group_vars, known_hosts, certs) is
+    /// written to ansible/inventories/ENV from its outputs, cloud-init is waited for.
     Provision(ProvisionArgs),
     /// TLS material: a CA, server certificates for the dashboard and the broker, device client
     /// certificates; existing files are kept unless --force.
@@ -447,6 +459,16 @@ pub struct ProvisionArgs {
     /// Pass -auto-approve to terraform apply.
     #[arg(long)]
     auto_approve: bool,
+    /// Use this `terraform output -json` instead of running terraform (outputs saved
+    /// elsewhere, or a stand-in fleet).
+    #[arg(long, value_name = "FILE", conflicts_with = "inventory")]
+    from_output: Option<PathBuf>,
+    /// Where the generated inventory goes (default ansible/inventories/ENV).
+    #[arg(long, value_name = "DIR", conflicts_with = "inventory")]
+    out: Option<PathBuf>,
+    /// Seconds to wait for ssh and cloud-init on every host, in all.
+    #[arg(long, value_name = "S", default_value_t = 900)]
+    cloud_init_timeout: u64,
     /// Further arguments for ansible-playbook, after `--`.
     #[arg(last = true, value_name = "ANSIBLE-PLAYBOOK-ARGS")]
     playbook_args: Vec<String>,
@@ -524,6 +546,9 @@ impl ProvisionArgs {
             batch: 1,
             auto_approve: self.auto_approve,
             playbook_args: self.playbook_args.clone(),
+            from_output: self.from_output.clone(),
+            out: self.out.clone(),
+            cloud_init_timeout: self.cloud_init_timeout,
             ..deploy::Options::default()
         };
         deploy::validate(&options)?;

@@ -1,8 +1,10 @@
 //! `cargo xtask image`: the container image of `ops/container/` — a statically linked `ddms`
 //! on `scratch`, built locally with no registry.
 //!
-//! The binary is built for the explicit target `x86_64-unknown-linux-gnu` with
-//! `-C target-feature=+crt-static` (static glibc; this toolchain has no musl target). With an
+//! The binary is built for the build machine's own architecture, as the explicit target
+//! `x86_64-unknown-linux-gnu` or `aarch64-unknown-linux-gnu`, with
+//! `-C target-feature=+crt-static` (static glibc; this toolchain has no musl target). The
+//! release workflow builds the arm64 image this way on an arm64 runner. With an
 //! explicit `--target`, the flag reaches only the target's crates, not build scripts or proc
 //! macros, and the output lands in `target/<triple>/release/`, apart from the ordinary release
 //! build. The image's whole file system is one tar with exact owners and modes
@@ -14,8 +16,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-/// The target the static binary is built for.
-pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The target the static binary is built for: the build machine's architecture, so that no
+/// cross linker or C library is needed (the image's platform is the machine's too).
+pub const TARGET: &str = if cfg!(target_arch = "aarch64") {
+    "aarch64-unknown-linux-gnu"
+} else {
+    "x86_64-unknown-linux-gnu"
+};
 const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 /// Default repository of the image; tagged `:<version>` and `:latest`.
 pub const DEFAULT_REPOSITORY: &str = "ddms";
@@ -84,8 +91,7 @@ pub fn run(sh: &Shell, options: &Options) -> Result<String> {
     Ok(reference)
 }
 
-/// `cargo build --release --target x86_64-unknown-linux-gnu` with `+crt-static`; the path of
-/// the binary.
+/// `cargo build --release --target <TARGET>` with `+crt-static`; the path of the binary.
 pub fn build_static_binary(sh: &Shell, locked: bool) -> Result<PathBuf> {
     let locked = locked.then_some("--locked");
     let _flags = sh.push_env("RUSTFLAGS", STATIC_RUSTFLAGS);
@@ -178,7 +184,8 @@ fn rootfs_tar(binary: &[u8], ca_bundle: &[u8], rootfs_dir: &Path) -> Result<Vec<
     Ok(tar.into_inner()?)
 }
 
-/// Ok when `elf` is an x86-64 executable that needs no dynamic loader and no shared library:
+/// Ok when `elf` is a 64-bit little-endian executable (x86-64 or arm64) that needs no dynamic
+/// loader and no shared library:
 /// no `PT_INTERP` program header and no `DT_NEEDED` entry (a static-pie keeps a `PT_DYNAMIC`
 /// for its own relocations, so that alone says nothing).
 pub fn check_static(elf: &[u8]) -> Result<(), String> {
@@ -249,7 +256,8 @@ mod tests {
         // This test binary is an ordinary (dynamic) build.
         let me = fs::read(std::env::current_exe().unwrap()).unwrap();
         let why = check_static(&me).unwrap_err();
-        assert!(why.contains("dynamic loader /lib64/ld-linux"), "{why}");
+        // /lib64/ld-linux-x86-64.so.2 or /lib/ld-linux-aarch64.so.1
+        assert!(why.contains("dynamic loader /lib"), "{why}");
     }
 
     #[test]

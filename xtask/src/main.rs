@@ -10,6 +10,7 @@ mod deploy;
 mod fuzz;
 mod image;
 mod images;
+mod schema_compat;
 mod signing;
 mod smoke;
 mod soak;
@@ -130,6 +131,18 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Smoke => smoke::run(&sh, false),
+        Task::SchemaCompat { previous, backends } => schema_compat::run(
+            &sh,
+            &schema_compat::Options {
+                previous,
+                backends: if backends.is_empty() {
+                    schema_compat::ALL_BACKENDS.to_vec()
+                } else {
+                    backends
+                },
+                locked: false,
+            },
+        ),
         Task::Certs {
             out,
             hosts,

@@ -90,6 +90,20 @@ pub fn run(sh: &Shell, options: Options) -> Result<()> {
             crate::apifuzz::run(sh, &ddms)
         },
     )?;
+    // Last: on a first run it builds the previous release's binary from its own tree.
+    step(
+        "schema N-1: the previous release on the new schema (SQLite, PostgreSQL)",
+        || {
+            crate::schema_compat::run(
+                sh,
+                &crate::schema_compat::Options {
+                    previous: std::env::var(crate::schema_compat::PREVIOUS_ENV).ok(),
+                    backends: crate::schema_compat::ALL_BACKENDS.to_vec(),
+                    locked: options.locked,
+                },
+            )
+        },
+    )?;
     println!(
         "xtask: all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+mod docs;
 mod infra;
+mod migrations;
 mod nginx;
 mod nix;
 
@@ -278,7 +280,7 @@ pub(crate) fn nginx_config(dir: &Path, http: u16, https: u16, upstream: Option<&
             &format!("{d}/upstream.conf"),
         )
         .replace("/etc/ddms/tls/", &format!("{d}/"))
-        .replace("/var/lib/ddms/acme", &d)
+        .replace("/var/www/ddms-acme", &d)
         .replace("listen 80;", &format!("listen 127.0.0.1:{http};"))
         .replace("listen [::]:80;", "")
         .replace(
@@ -401,4 +403,35 @@ fn every_ansible_role_documents_its_defaults() {
         undocumented.is_empty(),
         "variables without a comment: {undocumented:#?}"
     );
+}
+
+/// The ddms role's S3 region default is the region Terraform creates the backup bucket in by
+/// default (every environment's `region` variable), so that the two never disagree silently.
+#[test]
+fn ansible_s3_region_default_is_terraforms_default_region() {
+    let defaults = fs::read_to_string(root().join("ansible/roles/ddms/defaults/main.yml")).unwrap();
+    let ansible = defaults
+        .lines()
+        .find_map(|l| l.strip_prefix("ddms_backup_s3_region:"))
+        .expect("ddms_backup_s3_region in the ddms role's defaults")
+        .trim()
+        .to_string();
+    for env in ["production", "staging"] {
+        let path = root().join(format!("terraform/envs/{env}/variables.tf"));
+        let text = fs::read_to_string(&path).unwrap();
+        let block = text
+            .split("variable \"region\"")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .unwrap_or_else(|| panic!("{}: no variable \"region\"", path.display()));
+        let terraform = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("default"))
+            .and_then(|l| l.split('"').nth(1))
+            .unwrap_or_else(|| panic!("{}: region has no default", path.display()));
+        assert_eq!(
+            ansible, terraform,
+            "ddms_backup_s3_region ({ansible}) and Terraform's {env} region ({terraform})"
+        );
+    }
 }

@@ -6,6 +6,10 @@ use std::path::Path;
 
 use anyhow::{ensure, Result};
 
+#[path = "../../tests/support/ports.rs"]
+pub mod ports;
+pub use ports::free_port;
+
 /// `ddms` run in `dir`, without the `DDMS_*` variables of the shell that started the driver.
 pub fn ddms_command(ddms: impl AsRef<Path>, dir: &Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(ddms.as_ref());
@@ -34,13 +38,6 @@ pub async fn create_token(
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
-/// A loopback port free at the moment of asking.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Waits until `ddms` at `base` answers `/ready` with 200, for at most `within`.

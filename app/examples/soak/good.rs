@@ -17,6 +17,8 @@ use crate::Phase;
 
 const GOOD_RATE_PER_S: f64 = 20.0;
 const DASHBOARD_EVERY: Duration = Duration::from_millis(250);
+/// The dashboard's chart shows the device's readings of the last this many seconds.
+const DASHBOARD_WINDOW_S: i64 = 30;
 
 /// The phase the run is in; `None` during the warm-up and the final drain (not measured).
 #[derive(Default)]
@@ -51,36 +53,50 @@ impl Dashboard {
     }
 }
 
+/// What the good device sent and which of its messages the broker acknowledged.
+pub struct DeviceRun {
+    pub sent: u64,
+    /// The `seq` of every message whose PUBACK arrived.
+    pub acked: BTreeSet<u64>,
+    pub connection_errors: u64,
+}
+
 /// The good device: QoS 1 `seq` readings until `stop`, then waits for every acknowledgement.
-/// Returns (sent, acknowledged, connection errors).
-pub async fn good_device(
-    port: u16,
-    device: Device,
-    stop: CancellationToken,
-) -> Result<(u64, u64, u64)> {
+pub async fn good_device(port: u16, device: Device, stop: CancellationToken) -> Result<DeviceRun> {
     let mut options = MqttOptions::new(device.username.clone(), "127.0.0.1", port);
     options.set_credentials(device.username, device.password);
     options.set_keep_alive(Duration::from_secs(30));
     // A reconnect resumes the session, so unacknowledged messages are sent again.
     options.set_clean_session(false);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    let acked = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let errors = Arc::new(AtomicU64::new(0));
+    // The seqs handed to the client, in order: the event loop sends publishes in the order they
+    // were queued, so the n-th outgoing publish carries the n-th seq.
+    let queued = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let driver = {
         let acked = acked.clone();
         let errors = errors.clone();
+        let queued = queued.clone();
         tokio::spawn(async move {
             // A PUBACK counts only for a publish that is waiting for one: a duplicated or
             // unexpected PUBACK must not pass for the acknowledgement of another message.
-            let mut waiting = std::collections::HashSet::new();
+            let mut waiting = std::collections::HashMap::new();
             loop {
                 match eventloop.poll().await {
                     Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-                        waiting.insert(pkid);
+                        // A resend after a reconnect reuses its packet id and takes no new seq.
+                        if let std::collections::hash_map::Entry::Vacant(entry) =
+                            waiting.entry(pkid)
+                        {
+                            if let Some(seq) = queued.lock().unwrap().pop_front() {
+                                entry.insert(seq);
+                            }
+                        }
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
-                        if waiting.remove(&ack.pkid) {
-                            acked.fetch_add(1, Ordering::Relaxed);
+                        if let Some(seq) = waiting.remove(&ack.pkid) {
+                            acked.lock().unwrap().insert(seq);
                         } else {
                             eprintln!(
                                 "soak: PUBACK for packet id {} that was not waiting",
@@ -112,22 +128,24 @@ pub async fn good_device(
             "ts": now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "metrics": { "seq": sent },
         });
+        queued.lock().unwrap().push_back(sent);
         client
             .publish(&topic, QoS::AtLeastOnce, false, payload.to_string())
             .await?;
         sent += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while acked.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+    while (acked.lock().unwrap().len() as u64) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = client.disconnect().await;
     driver.abort();
-    Ok((
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    Ok(DeviceRun {
         sent,
-        acked.load(Ordering::Relaxed),
-        errors.load(Ordering::Relaxed),
-    ))
+        acked,
+        connection_errors: errors.load(Ordering::Relaxed),
+    })
 }
 
 /// The device's stored `seq` values, through the API (raw readings, the whole run).
@@ -175,15 +193,20 @@ pub async fn dashboard_requests(
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    let paths = [
-        "/api/devices".to_string(),
-        format!("/api/devices/{device}/latest"),
-        format!("/api/devices/{device}/readings?metric=seq"),
-    ];
     let mut tick = tokio::time::interval(DASHBOARD_EVERY);
     let mut i = 0usize;
     while !stop.is_cancelled() {
         tick.tick().await;
+        // A fixed window, as a live chart asks for: the same work at the end of the run as at
+        // its start, so memory and latency before and after the hostile phase compare like
+        // for like (the whole run's readings would make each answer larger than the last).
+        let window_start = (Utc::now() - chrono::Duration::seconds(DASHBOARD_WINDOW_S))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let paths = [
+            "/api/devices".to_string(),
+            format!("/api/devices/{device}/latest"),
+            format!("/api/devices/{device}/readings?metric=seq&from={window_start}"),
+        ];
         let path = &paths[i % paths.len()];
         i += 1;
         let phase = clock.get();

@@ -8,8 +8,9 @@
 //! Good clients (from 127.0.0.1):
 //! * a device registered through `POST /api/devices/register` publishing QoS 1 telemetry
 //!   (`{"ts", "metrics": {"seq": n}}`, 20 a second), counting PUBACKs;
-//! * a dashboard: every 250 ms the device list, the device's latest values and its last hour of
-//!   readings (latency and failures counted per phase), plus one `/api/stream` held open.
+//! * a dashboard: every 250 ms the device list, the device's latest values and its readings of
+//!   the last 30 s (a live chart's fixed window, so the work is the same before and after the
+//!   hostile phase; latency and failures counted per phase), plus one `/api/stream` held open.
 //!
 //! Hostile clients (from 127.0.1.x, as other hosts would be):
 //! * slowloris: `--slowloris` connections that never finish their request head, reopened when
@@ -48,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 mod good;
 mod hostile;
+mod memory;
 mod server;
 
 use good::{dashboard_requests, dashboard_stream, good_device, stored_values, Clock, Dashboard};
@@ -55,6 +57,7 @@ use hostile::{
     hostile_addr, invented_requests, login_flood, mqtt_bad_connects, mqtt_flood, slowloris,
     stream_churn, Hostile,
 };
+use memory::MemorySnapshot;
 use server::{register, Server};
 
 /// RSS after the settle period, relative to RSS before the hostile phase.
@@ -259,6 +262,7 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
     clock.set(Some(Phase::Baseline));
     tokio::time::sleep(Duration::from_secs(args.baseline)).await;
     let rss_before = rss_kib(server.pid)?;
+    let memory_before = MemorySnapshot::take(server.pid, &client, &base).await?;
     let (lines_before, series_before) = metrics_size(&client, &base).await?;
     println!(
         "soak: before the hostile phase: RSS {} MiB, /metrics {lines_before} lines",
@@ -338,21 +342,42 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
     clock.set(Some(Phase::Settle));
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let rss_after = rss_kib(server.pid)?;
+    let memory_after = MemorySnapshot::take(server.pid, &client, &base).await?;
     let (lines_after, _) = metrics_size(&client, &base).await?;
     clock.set(None);
 
     stop_good.cancel();
-    let (sent, acked, mqtt_errors) = device.await??;
+    let run = device.await??;
+    let (sent, mqtt_errors) = (run.sent, run.connection_errors);
+    let acked = run.acked.len() as u64;
     for task in dashboard_tasks {
         task.await?;
     }
     let stored = stored_values(&client, &base, &server.viewer, &good.id).await?;
     let good_stored = stored.iter().filter(|&&v| v < sent).count() as u64;
     let forged = stored.iter().filter(|&&v| v >= sent).count() as u64;
-    let lost = acked.saturating_sub(good_stored);
+    // Each acknowledged seq is looked up: a count difference could hide a loss behind a
+    // reading stored without its acknowledgement.
+    let lost_seqs: Vec<u64> = run
+        .acked
+        .iter()
+        .copied()
+        .filter(|seq| !stored.contains(seq))
+        .collect();
+    let lost = lost_seqs.len() as u64;
     if good_stored < sent {
         let missing: Vec<u64> = (0..sent).filter(|v| !stored.contains(v)).take(20).collect();
         eprintln!("soak: sequence numbers of the good device not stored (first 20): {missing:?}");
+    }
+    if !lost_seqs.is_empty() {
+        // What the server did with them is in its database and log: keep both.
+        let kept = server.keep_data_dir();
+        eprintln!(
+            "soak: acknowledged but not stored (first 50): {:?}; the server's data directory \
+             (database and log) is kept at {}",
+            &lost_seqs[..lost_seqs.len().min(50)],
+            kept.display()
+        );
     }
 
     // The report.
@@ -441,6 +466,10 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
         rss_after as f64 / 1024.0,
         rss_ratio
     );
+    let memory_lines = memory_before.attribution(&memory_after);
+    for line in &memory_lines {
+        println!("    {line}");
+    }
     println!(
         "  /metrics lines before / mid / end / after {:>7} / {lines_mid} / {lines_end} / {lines_after}",
         lines_before
@@ -517,6 +546,7 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
         "server": {
             "rss_kib": { "before": rss_before, "peak": rss_peak, "after": rss_after },
             "rss_after_over_before": rss_ratio,
+            "memory_attribution": memory_lines,
             "rss_bound": RSS_BOUND,
             "metrics_lines": { "before": lines_before, "mid": lines_mid, "end": lines_end, "after": lines_after },
             "metric_series": { "before": series_before, "mid": series_mid, "end": series_end },

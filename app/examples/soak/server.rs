@@ -19,7 +19,7 @@ pub struct Server {
     pub viewer: String,
     pub provisioning: String,
     pub log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    dir: std::sync::Mutex<tempfile::TempDir>,
 }
 
 impl Server {
@@ -84,7 +84,7 @@ impl Server {
             viewer,
             provisioning,
             log,
-            _dir: dir,
+            dir: std::sync::Mutex::new(dir),
         })
     }
 
@@ -99,6 +99,13 @@ impl Server {
             .context("ddms did not exit within 40 s of SIGTERM")??;
         ensure!(status.success(), "ddms exited with {status}");
         Ok(())
+    }
+
+    /// Leaves the data directory (database, log) in place after the run; its path.
+    pub fn keep_data_dir(&self) -> std::path::PathBuf {
+        let mut dir = self.dir.lock().unwrap();
+        dir.disable_cleanup(true);
+        dir.path().to_path_buf()
     }
 
     pub fn print_log_tail(&self) {

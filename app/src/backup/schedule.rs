@@ -1,10 +1,19 @@
 //! The `backup_schedule` setting: `off`, `hourly` (on the hour), `daily HH:MM` or
-//! `weekly <mon…sun> HH:MM`, all in UTC.
+//! `weekly <mon…sun> HH:MM`, all in UTC; [`Schedule`] is the pure parsing and next due time,
+//! [`run_schedule`] the task that takes the due backups.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, Timelike, Utc, Weekday};
+use tokio_util::sync::CancellationToken;
+
+use super::{Backups, Trigger};
+use crate::settings::Settings;
+use crate::store::NewAuditEntry;
+
+const SCHEDULE_LEASE: &str = "backup";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
@@ -104,6 +113,87 @@ impl Schedule {
                 })
             }
         }
+    }
+}
+
+/// The `backup_schedule` runner, until `cancel`. With several instances on one database only
+/// the holder of the `backup` lease takes a due backup; the lease is kept after the run (it
+/// expires on its own), so an instance whose clock lags a little takes no second one.
+pub async fn run_schedule(
+    backups: Arc<Backups>,
+    settings: Settings,
+    holder: String,
+    cancel: CancellationToken,
+) {
+    const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+    let mut changes = settings.subscribe();
+    loop {
+        let text = settings.current().backup_schedule;
+        let schedule = text.parse::<Schedule>().unwrap_or_else(|_| {
+            tracing::warn!(backup_schedule = %text, "unreadable backup schedule; no scheduled backups");
+            Schedule::Off
+        });
+        let wait = schedule
+            .next_after(Utc::now())
+            .map(|due| (due - Utc::now()).to_std().unwrap_or_default());
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            () = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let names = [SCHEDULE_LEASE.to_string()];
+        match backups
+            .store
+            .acquire_leases(&names, &holder, LEASE_TTL)
+            .await
+        {
+            Ok(held) if held.is_empty() => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the backup lease; skipping this scheduled backup");
+                continue;
+            }
+        }
+        let run = match backups.begin(Trigger::Schedule) {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled backup skipped");
+                continue;
+            }
+        };
+        let name = run.name().to_string();
+        let store = backups.store.clone();
+        let schedule = schedule.to_string();
+        backups.spawn(run, move |result| async move {
+            let detail = match &result {
+                Ok(info) => serde_json::json!({
+                    "trigger": "schedule", "schedule": schedule, "bytes": info.bytes, "ok": true,
+                }),
+                Err(e) => serde_json::json!({
+                    "trigger": "schedule", "schedule": schedule, "ok": false, "error": e.to_string(),
+                }),
+            };
+            let entry = NewAuditEntry {
+                actor: "schedule".into(),
+                action: "backup.create".into(),
+                target: Some(format!("backup:{name}")),
+                detail,
+                remote_addr: None,
+            };
+            if let Err(e) = store.append_audit(&entry).await {
+                tracing::warn!(error = %e, "cannot audit the scheduled backup");
+            }
+        });
     }
 }
 

@@ -95,6 +95,9 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        registry
+            .register(Box::new(crate::allocator::AllocatorCollector::new()))
+            .expect("unique metric");
         Metrics {
             registry,
             requests,

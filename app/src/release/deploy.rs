@@ -30,17 +30,11 @@ use super::state::{
 };
 use super::{other, write_atomic, Host, Layout, ReleaseError, ServiceManagerKind};
 use crate::config::Slot;
+use plan::Plan;
 
-/// How often the watch asks nginx for `/ready`.
-const WATCH_PROBE_EVERY: Duration = Duration::from_millis(500);
-/// How often the watch reads the new slot's request counters.
-const WATCH_METRICS_EVERY: Duration = Duration::from_secs(2);
-/// How long nginx may take after the reload to answer from the new slot.
-const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
-/// The new slot must answer every check through nginx for this long, and this many times,
-/// before the switch counts as done (old workers stop accepting within milliseconds).
-const ROUTE_SETTLE: Duration = Duration::from_millis(500);
-const ROUTE_SETTLE_ANSWERS: u32 = 5;
+mod gates;
+mod plan;
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a deploy must stop early.
@@ -174,20 +168,6 @@ impl Recorder {
     }
 }
 
-enum Plan {
-    Activate(String),
-    Rollback,
-}
-
-impl Plan {
-    fn command(&self) -> &'static str {
-        match self {
-            Plan::Activate(_) => "activate",
-            Plan::Rollback => "rollback",
-        }
-    }
-}
-
 /// `ddms release activate RELEASE`. Always returns the record (also appended to
 /// `deploys.jsonl`); its `result` says whether the release is live.
 pub async fn activate(host: &Host, release: &str, abort: &Abort) -> DeployRecord {
@@ -201,6 +181,14 @@ pub async fn rollback(host: &Host, abort: &Abort) -> DeployRecord {
     transition(host, Plan::Rollback, abort).await
 }
 
+/// `ddms release restart`: the live release again, in the idle slot, through the same gates
+/// and with the same way back as `activate`. The new process reads the host's configuration
+/// and secrets as they are now, which is how a changed `ddms.toml` reaches traffic without a
+/// moment when no slot serves.
+pub async fn restart(host: &Host, abort: &Abort) -> DeployRecord {
+    transition(host, Plan::Restart, abort).await
+}
+
 async fn transition(host: &Host, plan: Plan, abort: &Abort) -> DeployRecord {
     let layout = host.layout();
     let mut record = DeployRecord::new(plan.command(), &host.actor);
@@ -211,10 +199,7 @@ async fn transition(host: &Host, plan: Plan, abort: &Abort) -> DeployRecord {
         steps: Vec::new(),
         abort: abort.clone(),
     };
-    let command = match &plan {
-        Plan::Activate(name) => format!("activate {name}"),
-        Plan::Rollback => "rollback".to_string(),
-    };
+    let command = plan.command_line();
     let locked = rec
         .run(Step::Lock, async {
             DeployLock::acquire(&layout, host.gates.lock_ttl, &host.actor, &command)
@@ -263,18 +248,6 @@ async fn transition(host: &Host, plan: Plan, abort: &Abort) -> DeployRecord {
     record
 }
 
-/// Where `rollback` goes: the last known good release when the live one is not it (a deploy
-/// that never finished its watch), else the known-good release before it.
-fn rollback_target(state: &HostState, live: Option<String>) -> Result<String, ReleaseError> {
-    match (&state.last_known_good, &state.previous_known_good) {
-        (Some(good), _) if live.as_ref() != Some(good) => Ok(good.clone()),
-        (_, Some(previous)) => Ok(previous.clone()),
-        _ => Err(ReleaseError::NoRollbackTarget(
-            "no earlier known-good release is recorded".into(),
-        )),
-    }
-}
-
 struct Ctx<'a> {
     host: &'a Host,
     layout: Layout,
@@ -304,13 +277,7 @@ impl Ctx<'_> {
             .run(Step::Resolve, async {
                 let state = HostState::load(&self.layout)?;
                 let active = active_slot(self.host, &state);
-                let name = match plan {
-                    Plan::Activate(name) => name.clone(),
-                    Plan::Rollback => rollback_target(
-                        &state,
-                        active.and_then(|slot| self.layout.slot_release(slot)),
-                    )?,
-                };
+                let name = plan.target(&state, active, &self.layout)?;
                 let meta = ReleaseMeta::load(&self.layout, &name)?;
                 Ok((state, meta, active))
             })
@@ -327,7 +294,7 @@ impl Ctx<'_> {
         record.from_slot = active;
         record.from_release = from_release.clone();
         record.to_slot = Some(idle);
-        if let Some(active) = active {
+        if let Some(active) = active.filter(|_| plan.leaves_live_release_alone()) {
             if from_release.as_deref() == Some(meta.name.as_str())
                 && self.manager.is_active(active).await.unwrap_or(false)
                 && self.slot_ready(active).await
@@ -365,7 +332,7 @@ impl Ctx<'_> {
             .advance(rec, &mut state, &meta, active, idle, &mut progress, plan)
             .await;
         match result {
-            Ok(()) => (Outcome::Ok, None),
+            Ok(()) => (plan.success(), None),
             // Past the point of no return: the new release is live, but a step after the
             // watch (stopping the old slot, saving state) failed. Nothing to undo.
             Err(e) if progress.watched => (Outcome::Failed, Some(e)),
@@ -407,15 +374,12 @@ impl Ctx<'_> {
         progress: &mut Progress,
         plan: &Plan,
     ) -> Result<(), ReleaseError> {
-        match plan {
-            Plan::Activate(_) => {
+        match plan.skip_migrations() {
+            None => {
                 let output = rec.run(Step::Migrate, self.migrate(meta)).await?;
                 rec.detail(output);
             }
-            Plan::Rollback => rec.skip(
-                Step::Migrate,
-                "rollback: migrations are expand-only, the older release runs on this schema",
-            ),
+            Some(reason) => rec.skip(Step::Migrate, reason),
         }
 
         if self.manager.is_active(idle).await? {
@@ -615,225 +579,5 @@ impl Ctx<'_> {
             });
         }
         Ok(())
-    }
-
-    async fn slot_ready(&self, slot: Slot) -> bool {
-        matches!(
-            self.probe
-                .get(&format!("{}/ready", self.host.slot_url(slot)))
-                .await,
-            Ok((200, _))
-        )
-    }
-
-    /// Polls the slot's `/ready` until 200; fails early when the slot's process is gone.
-    async fn wait_ready(&self, slot: Slot) -> Result<Duration, ReleaseError> {
-        let started = Instant::now();
-        let timeout = self.host.gates.ready_timeout;
-        let url = format!("{}/ready", self.host.slot_url(slot));
-        loop {
-            let last = match self.probe.get(&url).await {
-                Ok((200, _)) => return Ok(started.elapsed()),
-                Ok((code, body)) => format!("/ready answered {code}: {}", excerpt(&body)),
-                Err(e) => e,
-            };
-            let not_ready = |detail: String| ReleaseError::NotReady {
-                slot,
-                timeout_s: timeout.as_secs(),
-                detail,
-            };
-            if !self.manager.is_active(slot).await? {
-                let log = self
-                    .manager
-                    .recent_log(slot)
-                    .map(|log| format!("; its last output: {log}"))
-                    .unwrap_or_default();
-                return Err(not_ready(format!(
-                    "the slot's process exited ({last}){log}"
-                )));
-            }
-            if started.elapsed() >= timeout {
-                return Err(not_ready(last));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The slot runs the release's binary, as that slot.
-    async fn check_version(&self, slot: Slot, meta: &ReleaseMeta) -> Result<(), ReleaseError> {
-        let info = self
-            .probe
-            .version(&self.host.slot_url(slot))
-            .await
-            .map_err(|e| ReleaseError::VersionMismatch {
-                slot,
-                expected: meta.version_output.clone(),
-                actual: e,
-            })?;
-        let slot_name = slot.to_string();
-        if info.version != meta.version
-            || info.git_sha != meta.git_sha
-            || info.slot.as_deref() != Some(slot_name.as_str())
-        {
-            return Err(ReleaseError::VersionMismatch {
-                slot,
-                expected: format!(
-                    "version {} (git {}) in slot {slot}",
-                    meta.version, meta.git_sha
-                ),
-                actual: format!(
-                    "version {} (git {}) in slot {}",
-                    info.version,
-                    info.git_sha,
-                    info.slot.as_deref().unwrap_or("none")
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// After the reload: new connections through nginx reach the new slot, consistently.
-    /// `nginx -s reload` returns before the new workers run, and the old workers accept
-    /// connections until they get to their shutdown; one answer from the new slot is not yet
-    /// the end of the switch. Returns (first answer, settled) after the reload.
-    async fn wait_routed(&self, slot: Slot) -> Result<(Duration, Duration), ReleaseError> {
-        let started = Instant::now();
-        let base = self.host.public_url.as_str().trim_end_matches('/');
-        let want = slot.to_string();
-        let mut first: Option<Duration> = None;
-        let mut streak: Option<Instant> = None;
-        let mut answers = 0u32;
-        loop {
-            let last = match self.probe.version(base).await {
-                Ok(info) if info.slot.as_deref() == Some(want.as_str()) => {
-                    first.get_or_insert(started.elapsed());
-                    let since = *streak.get_or_insert_with(Instant::now);
-                    answers += 1;
-                    if answers >= ROUTE_SETTLE_ANSWERS && since.elapsed() >= ROUTE_SETTLE {
-                        return Ok((first.unwrap_or_default(), started.elapsed()));
-                    }
-                    String::new()
-                }
-                Ok(info) => {
-                    (streak, answers) = (None, 0);
-                    format!(
-                        "nginx still answers from slot {}",
-                        info.slot.as_deref().unwrap_or("none")
-                    )
-                }
-                Err(e) => {
-                    (streak, answers) = (None, 0);
-                    e
-                }
-            };
-            if started.elapsed() >= ROUTE_TIMEOUT {
-                return Err(ReleaseError::Unhealthy(format!(
-                    "nginx did not route to slot {slot} consistently within {} s: {last}",
-                    ROUTE_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// The watch window: `/ready` through nginx, the new slot's process, and its 5xx share.
-    async fn watch(&self, slot: Slot) -> Result<String, ReleaseError> {
-        let gates = &self.host.gates;
-        let slot_url = self.host.slot_url(slot);
-        let ready_url = self
-            .host
-            .public_url
-            .join("ready")
-            .map_err(|e| ReleaseError::Invalid(format!("--public-url: {e}")))?
-            .to_string();
-        // The slot's own `/ready` too: through nginx, a failing slot would be masked by the
-        // backup server (the old slot, still running during the watch).
-        let slot_ready_url = format!("{}/ready", slot_url.trim_end_matches('/'));
-        let (base_all, base_5xx) = self
-            .probe
-            .request_counts(&slot_url)
-            .await
-            .map_err(ReleaseError::Unhealthy)?;
-        let started = Instant::now();
-        let mut last_metrics = Instant::now();
-        let mut probes = 0u64;
-        let (mut all, mut errors) = (0u64, 0u64);
-        loop {
-            if !self.manager.is_active(slot).await? {
-                return Err(ReleaseError::Unhealthy(format!(
-                    "slot {slot} stopped running {} ms into the watch",
-                    started.elapsed().as_millis()
-                )));
-            }
-            for url in [&ready_url, &slot_ready_url] {
-                match self.probe.get(url).await {
-                    Ok((200, _)) => {}
-                    Ok((code, body)) => {
-                        return Err(ReleaseError::Unhealthy(format!(
-                            "{url} answered {code} {} ms into the watch: {}",
-                            started.elapsed().as_millis(),
-                            excerpt(&body)
-                        )))
-                    }
-                    Err(e) => {
-                        return Err(ReleaseError::Unhealthy(format!(
-                            "{e} ({} ms into the watch)",
-                            started.elapsed().as_millis()
-                        )))
-                    }
-                }
-            }
-            probes += 1;
-            let done = started.elapsed() >= gates.watch;
-            if done || last_metrics.elapsed() >= WATCH_METRICS_EVERY {
-                last_metrics = Instant::now();
-                let (now_all, now_5xx) = self
-                    .probe
-                    .request_counts(&slot_url)
-                    .await
-                    .map_err(ReleaseError::Unhealthy)?;
-                all = now_all.saturating_sub(base_all);
-                errors = now_5xx.saturating_sub(base_5xx);
-                if all > 0 && errors as f64 / all as f64 > gates.max_5xx_ratio {
-                    return Err(ReleaseError::Unhealthy(format!(
-                        "slot {slot} answered {errors} of {all} requests with 5xx ({:.1} %, more than {:.1} %)",
-                        errors as f64 * 100.0 / all as f64,
-                        gates.max_5xx_ratio * 100.0
-                    )));
-                }
-            }
-            if done {
-                return Ok(format!(
-                    "{} s: {probes} /ready probes through nginx passed; slot {slot} served {all} requests, {errors} with 5xx",
-                    gates.watch.as_secs()
-                ));
-            }
-            tokio::time::sleep(WATCH_PROBE_EVERY).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rollback_goes_to_the_last_good_release_unless_it_is_the_live_one() {
-        let state = HostState {
-            last_known_good: Some("v2".into()),
-            previous_known_good: Some("v1".into()),
-            ..HostState::default()
-        };
-        assert_eq!(rollback_target(&state, Some("v2".into())).unwrap(), "v1");
-        // v3 went live but its deploy died before the watch passed.
-        assert_eq!(rollback_target(&state, Some("v3".into())).unwrap(), "v2");
-        let first = HostState {
-            last_known_good: Some("v1".into()),
-            ..HostState::default()
-        };
-        assert!(matches!(
-            rollback_target(&first, Some("v1".into())),
-            Err(ReleaseError::NoRollbackTarget(_))
-        ));
     }
 }

@@ -8,12 +8,15 @@
 //!   one explicit state machine ([`deploy`]): lock → migrate → link → start → ready → version →
 //!   switch → route → watch → stop old, with the way back (switch back, stop new) taken on any
 //!   failure. Each run appends one JSON record to `deploys.jsonl`.
+//! - [`restart`] runs the live release again in the idle slot, through the same machine: how a
+//!   changed configuration or secret reaches traffic (the new process reads them at start).
 //! - [`status`] and [`prune`] report and tidy.
 //!
 //! Nothing here reads the application's configuration: the commands take a [`Host`] (paths
 //! under `--root`, ports, nginx, timeouts). The application configuration file is only handed
 //! to the new release's own `ddms migrate` and, with the direct service manager, `ddms serve`.
 
+mod args;
 pub(crate) mod artifact;
 pub mod deploy;
 mod lock;
@@ -26,8 +29,9 @@ pub(crate) mod state;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use args::{HostArgs, ReleaseArgs, ReleaseCommand};
 pub use artifact::{install, parse_version_output, release_name, Installed};
-pub use deploy::{activate, rollback, Abort};
+pub use deploy::{activate, restart, rollback, Abort};
 pub use lock::LockInfo;
 pub use nginx::Nginx;
 pub use service::{Direct, ServiceManager, ServiceManagerKind, Systemd};
@@ -123,6 +127,8 @@ pub enum ReleaseError {
     Nginx(String),
     #[error("unhealthy after the switch: {0}")]
     Unhealthy(String),
+    #[error("nothing is live to restart: {0} (see `ddms release activate`)")]
+    NothingLive(String),
     #[error("nothing to roll back to: {0}")]
     NoRollbackTarget(String),
     #[error("{}: {reason}", path.display())]

@@ -184,6 +184,9 @@ pub enum Outcome {
     Ok,
     /// The release was already live and ready; nothing changed.
     Unchanged,
+    /// `restart`: the live release runs again in the other slot, which passed the watch and
+    /// serves; the old slot is stopped.
+    Restarted,
     /// Another deploy holds the lock; nothing changed.
     Refused,
     /// Failed before traffic moved; the old slot kept serving throughout.
@@ -196,15 +199,15 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Ok | Outcome::Unchanged)
+        matches!(self, Outcome::Ok | Outcome::Unchanged | Outcome::Restarted)
     }
 }
 
-/// One line of `deploys.jsonl`, also printed by `activate` and `rollback`.
+/// One line of `deploys.jsonl`, also printed by `activate`, `rollback` and `restart`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployRecord {
     pub id: String,
-    /// `activate` or `rollback`.
+    /// `activate`, `rollback` or `restart`.
     pub command: String,
     pub actor: String,
     pub host: String,

@@ -1,6 +1,9 @@
 //! Persistence behind one trait with two implementations: SQLite (the embedded default) and
 //! PostgreSQL (production). The backend is chosen by the database URL's scheme. Both are held to
 //! the same behaviour by one conformance suite (`tests/it/storage.rs`).
+//!
+//! [`Store`] is made of one sub-trait per domain (devices, readings, accounts, …), so that each
+//! backend, a directory (`sqlite/`, `postgres/`), implements each domain in a file of its own.
 
 pub mod alerts;
 mod models;
@@ -228,9 +231,25 @@ impl MigrationStatus {
     }
 }
 
-/// Alerting lives in its own trait ([`AlertStore`], `store/alerts/`), reachable from here.
+/// The whole persistence interface, one sub-trait per domain so that each backend keeps each
+/// domain in a file of its own (`sqlite/`, `postgres/`); alerting is [`AlertStore`]
+/// (`store/alerts/`). Their methods are callable on `dyn Store` (so on `Arc<dyn Store>`) without
+/// importing the sub-traits; only calls on a concrete backend type need them in scope.
 #[async_trait]
-pub trait Store: AlertStore + Send + Sync + 'static {
+pub trait Store:
+    DeviceStore
+    + ReadingStore
+    + AccountStore
+    + StatusStore
+    + SettingsStore
+    + EventLogStore
+    + LeaseStore
+    + SnapshotStore
+    + AlertStore
+    + Send
+    + Sync
+    + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Cheap round trip to the database, bounded by `timeout`.
@@ -241,10 +260,11 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     /// knows is applied it stays applied (migrations are expand-only and never undone), so a
     /// current status is remembered and the database is not asked again.
     async fn probe_migrations(&self) -> StoreResult<MigrationStatus>;
-    /// Makes sure reading partitions exist from yesterday to `days_ahead` days ahead; returns how
-    /// many were created. A no-op on backends without partitions.
-    async fn ensure_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32>;
+}
 
+/// Groups, devices, their series and their MQTT credentials: what a device is, as configured.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
     async fn create_group(&self, name: &str) -> StoreResult<Group>;
     async fn list_groups(&self) -> StoreResult<Vec<Group>>;
     /// Deletes a group; its devices stay, without a group.
@@ -270,6 +290,18 @@ pub trait Store: AlertStore + Send + Sync + 'static {
         &self,
         device_id: Uuid,
     ) -> StoreResult<Vec<(String, SeriesId, Option<String>)>>;
+
+    /// Sets (replacing) the MQTT credentials of a device.
+    async fn put_mqtt_credentials(&self, credentials: &MqttCredentials) -> StoreResult<()>;
+    async fn find_mqtt_credentials(&self, username: &str) -> StoreResult<MqttCredentials>;
+}
+
+/// Readings and their rollups: the ingest write path, the query paths, and retention.
+#[async_trait]
+pub trait ReadingStore: Send + Sync {
+    /// Makes sure reading partitions exist from yesterday to `days_ahead` days ahead; returns how
+    /// many were created. A no-op on backends without partitions.
+    async fn ensure_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32>;
     /// Inserts a batch in one transaction; readings already stored for (series, ts) are ignored.
     /// The new ones (only those) are added to the 1-minute and 1-hour rollups in the same
     /// transaction. Returns how many were new.
@@ -300,7 +332,11 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     /// About how many readings lie before `before`: those of the hourly rollup buckets that end
     /// by then (cheap on any size; the partial hour is not counted). For the retention warning.
     async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
 
+/// Who may do what and who did: users, their sessions, API tokens, and the audit log.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
     async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
     async fn find_user(&self, username: &str) -> StoreResult<User>;
     async fn count_users(&self) -> StoreResult<u64>;
@@ -311,7 +347,7 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     /// both pass.
     async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User>;
     /// Deletes a user and (by cascade) their sessions.
-    /// Refused like [`Store::update_user`] when it would leave no enabled owner.
+    /// Refused like [`AccountStore::update_user`] when it would leave no enabled owner.
     async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
 
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
@@ -342,9 +378,6 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     /// Revokes a token (kept for the record); `NotFound` when there is no live token `id`.
     async fn revoke_api_token(&self, id: Uuid) -> StoreResult<ApiToken>;
 
-    async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>>;
-    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> StoreResult<()>;
-
     /// The audit log is append-only: there is deliberately no method to change or delete an
     /// entry.
     async fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
@@ -352,12 +385,21 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
         self.list_audit_before(None, limit).await
     }
-    /// Like [`Store::list_audit`], only entries with an id below `before` (paging).
+    /// Like [`AccountStore::list_audit`], only entries with an id below `before` (paging).
     async fn list_audit_before(
         &self,
         before: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// What the status board (`crate::status`) keeps: each device's last known status, and the
+/// notifications it opens (e.g. after repeated connection failures) until they clear.
+#[async_trait]
+pub trait StatusStore: Send + Sync {
+    /// Records a device's status (one row per device, replaced).
+    async fn put_device_status(&self, status: &DeviceStatus) -> StoreResult<()>;
+    async fn list_device_status(&self) -> StoreResult<Vec<DeviceStatus>>;
 
     /// Opens a notification unless one of the same kind is already open for the device; returns
     /// the open one either way.
@@ -366,15 +408,20 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     async fn acknowledge_notification(&self, id: Uuid, by: &str) -> StoreResult<Notification>;
     /// Clears (resolves) the open notification of a kind for a device, if any.
     async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool>;
+}
 
-    /// Records a device's status (one row per device, replaced).
-    async fn put_device_status(&self, status: &DeviceStatus) -> StoreResult<()>;
-    async fn list_device_status(&self) -> StoreResult<Vec<DeviceStatus>>;
+/// Runtime settings (`crate::settings`): what owners change without a restart, shared by every
+/// instance on the database, as JSON values by key.
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<serde_json::Value>>;
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> StoreResult<()>;
+}
 
-    /// Sets (replacing) the MQTT credentials of a device.
-    async fn put_mqtt_credentials(&self, credentials: &MqttCredentials) -> StoreResult<()>;
-    async fn find_mqtt_credentials(&self, username: &str) -> StoreResult<MqttCredentials>;
-
+/// The live event log behind `GET /api/stream` (`crate::events`), shared by every instance on
+/// the database so that they stream the same events under the same ids.
+#[async_trait]
+pub trait EventLogStore: Send + Sync {
     /// Appends events to the live event log in one transaction; their ids become visible in
     /// id order (no later reader can see id n+1 before id n).
     async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()>;
@@ -390,7 +437,12 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     /// Deletes events created before `before`, keeping at least the newest one so that ids
     /// keep increasing; returns how many went.
     async fn prune_events(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
 
+/// Leases among the instances sharing the database, for work that only one may do at a time
+/// (polling a Modbus device, retention, scheduled backups).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// Takes or renews the named leases for `holder` for `ttl`; a lease held by another holder
     /// is taken only once it has expired. Returns the names `holder` now holds.
     async fn acquire_leases(
@@ -401,7 +453,11 @@ pub trait Store: AlertStore + Send + Sync + 'static {
     ) -> StoreResult<Vec<String>>;
     /// Gives up leases at once (graceful shutdown), so another instance takes over immediately.
     async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()>;
+}
 
+/// Backups: the whole database as a snapshot, out and back in (formats in [`snapshot`]).
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
     /// Writes a consistent copy of every table in [`snapshot::SNAPSHOT_TABLES`] into the empty
     /// directory `dir`, in this backend's format (see [`snapshot`]).
     async fn export_snapshot(&self, dir: &Path) -> StoreResult<Snapshot>;

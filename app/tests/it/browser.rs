@@ -50,11 +50,7 @@ impl Browser {
         let permit = ONE_BROWSER.acquire().await.unwrap();
         let driver_bin = find_program(&["chromedriver"]);
         let chromium = find_program(&["chromium", "chromium-browser"]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::services::free_port().unwrap();
         let driver = tokio::process::Command::new(driver_bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

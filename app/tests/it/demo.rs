@@ -34,11 +34,7 @@ async fn serve_demo_shows_live_readings_from_simulated_devices() {
 /// register themselves (provisioning token made up for the run), get credentials and publish.
 #[tokio::test]
 async fn serve_demo_with_the_embedded_broker_adds_self_registering_mqtt_devices() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::services::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     demo_runs(
         &[

@@ -54,11 +54,7 @@ async fn devices_are_told_the_public_broker_address_not_the_one_ddms_binds() {
 
 #[tokio::test]
 async fn a_broker_on_every_address_is_named_by_the_host_the_device_used() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::services::free_port().unwrap();
     let app = spawn_app(
         Db::Sqlite,
         &format!(

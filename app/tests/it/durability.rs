@@ -24,11 +24,7 @@ async fn acknowledged_messages_survive_a_sigkill_of_ddms_with_the_embedded_broke
         .unwrap();
     store.migrate().await.unwrap();
     // The same broker port after the restart: the device reconnects to where it was.
-    let mqtt_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let mqtt_port = crate::support::services::free_port().unwrap();
     let listen = format!("127.0.0.1:{mqtt_port}");
     let env = [
         ("DDMS_DATABASE__URL", url.as_str()),

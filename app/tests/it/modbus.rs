@@ -156,11 +156,7 @@ struct PymodbusDevice {
 impl PymodbusDevice {
     async fn start() -> PymodbusDevice {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/pymodbus_device.py");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::services::free_port().unwrap();
         let mut child = tokio::process::Command::new("python3")
             .arg(&script)
             .arg(port.to_string())

@@ -753,11 +753,7 @@ async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::support::services::free_port().unwrap()
 }
 
 fn mosquitto_ctrl(port: u16, password: &str, args: &[&str]) {

@@ -266,9 +266,7 @@ impl DdmsProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<DdmsProcess> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = super::services::free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut cmd = ddms_command(dir);
         cmd.args(args)

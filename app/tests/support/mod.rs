@@ -2,6 +2,7 @@
 
 pub mod alerting;
 pub mod app;
+pub mod ports;
 pub mod release;
 pub mod services;
 pub mod webhook;

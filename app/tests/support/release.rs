@@ -313,7 +313,7 @@ impl ReleaseHost {
             ),
             ("/etc/ddms/tls/".to_string(), certs_dir),
             (
-                "/var/lib/ddms/acme".to_string(),
+                "/var/www/ddms-acme".to_string(),
                 nginx_dir.display().to_string(),
             ),
             (

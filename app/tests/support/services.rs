@@ -15,13 +15,17 @@
 // Each test binary uses only part of these helpers.
 #![allow(dead_code)]
 
+// The parent module holds the one port allocator (`support::ports` in the tests; the driver's in
+// `bench_ingest`, which includes this file too).
+pub use super::ports::free_port;
+
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     ffi::OsString,
     fs::{self, File, OpenOptions},
     future::Future,
     io::{Read, Seek, SeekFrom},
-    net::{Ipv4Addr, TcpListener},
+    net::Ipv4Addr,
     os::unix::{
         fs::{chown, MetadataExt},
         process::CommandExt,
@@ -653,23 +657,6 @@ fn is_port_conflict(err: &anyhow::Error) -> bool {
     ["address already in use", "port is already allocated"]
         .iter()
         .any(|needle| text.contains(needle))
-}
-
-/// A port that was free on 127.0.0.1 a moment ago and not handed out before by this process.
-pub fn free_port() -> Result<u16> {
-    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    for _ in 0..20 {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        if lock(&HANDED_OUT)
-            .get_or_insert_with(HashSet::new)
-            .insert(port)
-        {
-            return Ok(port);
-        }
-    }
-    bail!("no free port found")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -44,3 +44,58 @@ variable "backup_expiration_days" {
   description = "Days a backup is kept before it expires."
   default     = 14
 }
+
+variable "single_host" {
+  type        = bool
+  description = "A small site: PostgreSQL and Mosquitto on the one ddms host (exactly one entry in hosts), no load balancer, no db_host."
+  default     = false
+}
+
+variable "database_tier" {
+  type        = string
+  description = "\"host\": PostgreSQL on db_host through the Ansible postgresql role (the default); \"rds\": an RDS instance (modules/database), db_host runs only Mosquitto."
+  default     = "host"
+
+  validation {
+    condition     = contains(["host", "rds"], var.database_tier)
+    error_message = "database_tier must be \"host\" or \"rds\"."
+  }
+}
+
+variable "db_host" {
+  type = object({
+    subnet_id           = string
+    instance_type       = optional(string, "t3.small")
+    data_volume_size_gb = optional(number, 20)
+  })
+  description = "The database/broker host (PostgreSQL and Mosquitto, or Mosquitto alone with RDS); required unless single_host."
+  default     = null
+}
+
+variable "database_subnet_ids" {
+  type        = list(string)
+  description = "Private subnets (two availability zones at least) for RDS; database_tier = \"rds\" only."
+  default     = []
+}
+
+variable "database_instance_class" {
+  type        = string
+  description = "RDS instance class; database_tier = \"rds\" only."
+  default     = "db.t4g.micro"
+}
+
+variable "load_balancer_subnet_ids" {
+  type        = list(string)
+  description = "Public subnets of the load balancer (one per availability zone); null: the ddms hosts' subnets."
+  default     = null
+}
+
+variable "ssh_host_keys" {
+  type = map(object({
+    private_key = string
+    public_key  = string
+  }))
+  description = "ed25519 SSH host key of every host by name; `cargo xtask provision` generates them and passes them as TF_VAR_ssh_host_keys. Empty by default so that `terraform console` can list the hosts before any key exists; the plan refuses a host without one."
+  sensitive   = true
+  default     = {}
+}

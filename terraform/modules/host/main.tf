@@ -32,7 +32,7 @@ data "aws_ami" "debian" {
 
 resource "aws_security_group" "this" {
   name_prefix = "${var.name}-"
-  description = "ddms host ${var.name}: SSH from admins, HTTP(S) from anywhere, MQTT/TLS from devices"
+  description = "ddms ${var.name}: SSH from admins${var.web ? ", HTTP(S) from anywhere" : ""}, MQTT/TLS from devices"
   vpc_id      = data.aws_subnet.this.vpc_id
   tags        = local.tags
 
@@ -52,7 +52,7 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "web" {
-  for_each          = toset(["80", "443"])
+  for_each          = var.web ? toset(["80", "443"]) : toset([])
   security_group_id = aws_security_group.this.id
   description       = "HTTP${each.value == "443" ? "S" : " (redirects to HTTPS, ACME)"} from anywhere"
   ip_protocol       = "tcp"
@@ -99,6 +99,11 @@ resource "aws_instance" "this" {
     ssh_port    = var.ssh_port
     volume_id   = aws_ebs_volume.data.id
     data_device = local.data_device
+    # Private key material in user_data: readable through IMDSv2 from the instance itself
+    # (anyone there could read the key file anyway) and kept in the Terraform state, which
+    # holds secrets already and is encrypted in S3 (backend.hcl.example).
+    ssh_host_private_key = var.ssh_host_key == null ? "" : trimspace(var.ssh_host_key.private_key)
+    ssh_host_public_key  = var.ssh_host_key == null ? "" : trimspace(var.ssh_host_key.public_key)
   })
   user_data_replace_on_change = false
 

@@ -37,3 +37,9 @@ output "data_volume_id" {
   description = "EBS volume mounted at /var/lib/ddms."
   value       = aws_ebs_volume.data.id
 }
+
+output "ssh_host_public_key" {
+  description = "The host's pinned SSH host key (public), for known_hosts; null when none was given."
+  # The public half only; the variable is sensitive for the private one.
+  value = nonsensitive(var.ssh_host_key == null ? null : trimspace(var.ssh_host_key.public_key))
+}

@@ -236,7 +236,7 @@ fn host_from_vars(name: String, vars: &Mapping, base_dir: &Path) -> Result<Host>
 /// Refuses a host whose address or user ssh and scp could read as an option (`-oProxyCommand=…`
 /// runs a command here): they are passed after `--` as well, but such a name is a mistake or
 /// an attack either way.
-fn checked(host: Host) -> Result<Host> {
+pub(crate) fn checked(host: Host) -> Result<Host> {
     let name = &host.name;
     if host.address.is_empty() || host.address.starts_with('-') {
         bail!(
@@ -301,37 +301,6 @@ pub fn from_terraform_json(text: &str, key: Option<&Path>) -> Result<Vec<Host>> 
             })
         })
         .collect()
-}
-
-/// An Ansible YAML inventory for `hosts` (group `ddms`), as `provision` writes it from the
-/// Terraform outputs.
-pub fn to_ansible_yaml(hosts: &[Host]) -> String {
-    let mut out = format!(
-        "# Written by `cargo xtask provision` from the Terraform outputs.\n{GROUP}:\n  hosts:\n"
-    );
-    for host in hosts {
-        out.push_str(&format!("    {}:\n", yaml_str(&host.name)));
-        out.push_str(&format!(
-            "      ansible_host: {}\n",
-            yaml_str(&host.address)
-        ));
-        out.push_str(&format!("      ansible_port: {}\n", host.port));
-        if let Some(user) = &host.user {
-            out.push_str(&format!("      ansible_user: {}\n", yaml_str(user)));
-        }
-        if let Some(key) = &host.key {
-            out.push_str(&format!(
-                "      ansible_ssh_private_key_file: {}\n",
-                yaml_str(&key.display().to_string())
-            ));
-        }
-    }
-    out
-}
-
-/// A double-quoted YAML string (JSON strings are valid YAML).
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serializes")
 }
 
 /// How an Ansible inventory file is listed: runs `ansible-inventory -i FILE --list` and returns
@@ -592,19 +561,6 @@ ddms:
         assert!(err.to_string().contains("no output `ddms_hosts`"), "{err}");
         let empty = r#"{"ddms_hosts": {"value": []}}"#;
         assert!(from_terraform_json(empty, None).is_err());
-    }
-
-    #[test]
-    fn inventory_written_from_terraform_reads_back_as_the_same_hosts() {
-        let hosts = vec![
-            Host {
-                key: Some("/k/id".into()),
-                ..host("h1", "192.0.2.1", 22, Some("admin"))
-            },
-            host("h: 2", "192.0.2.2", 2222, None),
-        ];
-        let text = to_ansible_yaml(&hosts);
-        assert_eq!(from_ansible_yaml(&text, Path::new("/x")).unwrap(), hosts);
     }
 
     /// The real ansible-inventory: the example inventory's `ansible_user: deploy` sits in

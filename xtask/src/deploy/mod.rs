@@ -5,11 +5,13 @@
 //! reports (`report.rs`, `table.rs`); `plan.rs` is the dry run, `history.rs` the fleet's
 //! deploy records.
 
+mod fleet;
 pub mod history;
 #[cfg(test)]
 mod install_test;
 pub mod inventory;
 mod plan;
+mod provision;
 pub mod report;
 mod ssh;
 mod table;
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use inventory::Host;
+pub use provision::provision;
 use report::{HostReport, Report, Step};
 
 /// Options shared by the fleet commands.
@@ -45,6 +48,12 @@ pub struct Options {
     pub auto_approve: bool,
     /// provision: extra arguments for ansible-playbook (after `--`).
     pub playbook_args: Vec<String>,
+    /// provision: `terraform output -json` from this file instead of running terraform.
+    pub from_output: Option<PathBuf>,
+    /// provision: where the inventory is written (default ansible/inventories/ENV).
+    pub out: Option<PathBuf>,
+    /// provision: seconds to wait for ssh and cloud-init on every host, in all.
+    pub cloud_init_timeout: u64,
 }
 
 /// What the command line cannot say on its own: the environment name is a path part.
@@ -817,46 +826,6 @@ pub fn status(sh: &Shell, options: &Options) -> Result<i32> {
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(if all_ok { 0 } else { 1 })
-}
-
-/// `cargo xtask provision`: Terraform apply (unless an Ansible inventory is given or exists for
-/// the environment) → inventory from its outputs → `ansible-playbook site.yml`.
-pub fn provision(sh: &Shell, options: &Options) -> Result<()> {
-    let root = crate::project_root();
-    let existing = options.inventory.clone().unwrap_or_else(|| {
-        root.join("ansible/inventories")
-            .join(&options.env)
-            .join("hosts.yml")
-    });
-    let inventory = if options.inventory.is_some() || existing.exists() {
-        existing
-    } else {
-        let dir = root.join("terraform/envs").join(&options.env);
-        ensure!(
-            dir.is_dir(),
-            "no Ansible inventory and no Terraform environment {}",
-            dir.display()
-        );
-        let approve = options.auto_approve.then_some("-auto-approve");
-        cmd!(sh, "terraform -chdir={dir} init -input=false").run()?;
-        cmd!(sh, "terraform -chdir={dir} apply -input=false {approve...}").run()?;
-        let outputs = cmd!(sh, "terraform -chdir={dir} output -json")
-            .quiet()
-            .read()?;
-        let key = std::env::var_os("DDMS_DEPLOY_SSH_KEY").map(PathBuf::from);
-        let hosts = inventory::from_terraform_json(&outputs, key.as_deref())?;
-        let path = target_dir(sh)?
-            .join("deploy")
-            .join(format!("{}-inventory.yml", options.env));
-        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        std::fs::write(&path, inventory::to_ansible_yaml(&hosts))?;
-        eprintln!("provision: inventory written to {}", path.display());
-        path
-    };
-    let site = root.join("ansible/site.yml");
-    let args = &options.playbook_args;
-    cmd!(sh, "ansible-playbook -i {inventory} {site} {args...}").run()?;
-    Ok(())
 }
 
 #[cfg(test)]

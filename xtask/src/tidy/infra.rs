@@ -49,7 +49,9 @@ fn host_cloud_init_renders_to_cloud_config() {
         let dir = super::tempdir(&format!("cloud-init-{ssh_port}"));
         let expression = format!(
             "templatefile({:?}, {{ hostname = \"ddms-test-1\", ssh_port = {ssh_port}, \
-             volume_id = \"vol-0123456789abcdef0\", data_device = \"/dev/sdf\" }})\n",
+             volume_id = \"vol-0123456789abcdef0\", data_device = \"/dev/sdf\", \
+             ssh_host_private_key = \"-----BEGIN OPENSSH PRIVATE KEY-----\\nAAAA\\n-----END OPENSSH PRIVATE KEY-----\", \
+             ssh_host_public_key = \"ssh-ed25519 AAAAC3Nz test\" }})\n",
             template.display().to_string()
         );
         let mut child = match Command::new("terraform")
@@ -478,14 +480,7 @@ fn text(value: &Value) -> String {
 /// runs or uses something. actionlint, when installed, checks them fully.
 #[test]
 fn workflows_are_well_formed() {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(root().join(".github/workflows")).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        if name.ends_with(".yml") || name.ends_with(".yaml") {
-            names.push(name);
-        }
-    }
-    names.sort();
+    let names = workflow_names();
     for expected in ["ci.yml", "deploy.yml", "release.yml"] {
         assert!(names.iter().any(|n| n == expected), "no {expected}");
     }
@@ -531,9 +526,255 @@ fn workflows_are_well_formed() {
     }
 }
 
-/// The deploy workflow: manual (environment + version) and on `v*` tags, one deploy per
-/// environment at a time and never cancelled halfway, protected by a GitHub environment, the
-/// SSH key from a secret, `cargo xtask deploy` doing the work, the report kept.
+fn workflow_names() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(root().join(".github/workflows"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yml") || name.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every `uses:` of a workflow (steps and reusable-workflow jobs), as the YAML parser reads it.
+fn uses_of(workflow: &Value) -> Vec<String> {
+    let mut uses = Vec::new();
+    let Some(jobs) = workflow.get("jobs").and_then(Value::as_mapping) else {
+        return uses;
+    };
+    for job in jobs.values() {
+        uses.extend(job.get("uses").and_then(Value::as_str).map(str::to_owned));
+        for step in job
+            .get("steps")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            uses.extend(step.get("uses").and_then(Value::as_str).map(str::to_owned));
+        }
+    }
+    uses
+}
+
+/// A remote action or reusable workflow pinned by commit: `owner/repo[/path]@<40 hex>`.
+struct Pin {
+    action: String,
+    commit: String,
+}
+
+/// The `uses:` lines of `text` that do not pin a remote action by full commit SHA with the
+/// release named in a trailing comment (`owner/repo@<sha> # v1.2.3`, as Dependabot keeps
+/// them); local (`./`) actions and `docker://` images are not actions to pin this way. A tag
+/// or branch can be moved to other code by whoever controls the action's repository; a commit
+/// cannot. Also returns the pins, and fails when the lines and the YAML disagree (a `uses:`
+/// written in a form this line scan does not see).
+fn check_action_pins(name: &str, text: &str) -> (Vec<Pin>, Vec<String>) {
+    let mut pins = Vec::new();
+    let mut offences = Vec::new();
+    let mut seen = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.trim_start().trim_start_matches("- ").trim_start();
+        let Some(rest) = code.strip_prefix("uses:") else {
+            continue;
+        };
+        let (value, comment) = match rest.split_once(" #") {
+            Some((value, comment)) => (value, comment.trim()),
+            None => (rest, ""),
+        };
+        let value = value.trim().trim_matches(['"', '\'']);
+        seen.push(value.to_owned());
+        if value.starts_with("./") || value.starts_with("docker://") {
+            continue;
+        }
+        let at = format!("{name}:{}: `{}`", n + 1, line.trim());
+        match value.split_once('@') {
+            Some((action, commit))
+                if commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                if comment.is_empty() {
+                    offences.push(format!("{at}: no `# <release>` comment after the commit"));
+                }
+                pins.push(Pin {
+                    action: action.to_ascii_lowercase(),
+                    commit: commit.to_ascii_lowercase(),
+                });
+            }
+            _ => offences.push(format!("{at}: not pinned by a full commit SHA")),
+        }
+    }
+    let parsed: Value = serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut from_yaml = uses_of(&parsed);
+    from_yaml.sort();
+    seen.sort();
+    assert_eq!(
+        seen, from_yaml,
+        "{name}: the `uses:` lines differ from what the YAML holds (write each `uses:` on its own line)"
+    );
+    (pins, offences)
+}
+
+/// Every remote action is pinned by commit (see `check_action_pins`).
+#[test]
+fn actions_are_pinned_by_commit() {
+    let mut offences = Vec::new();
+    for name in workflow_names() {
+        let text = fs::read_to_string(root().join(".github/workflows").join(&name)).unwrap();
+        offences.extend(check_action_pins(&name, &text).1);
+    }
+    assert!(
+        offences.is_empty(),
+        "pin each action by the commit of a release tag, the tag in a comment (`git ls-remote \
+         https://github.com/OWNER/REPO 'refs/tags/vX.Y.Z*'`: the `^{{}}` line of an annotated \
+         tag); release.yml's pins are [dist.github-action-commits] in dist-workspace.toml:\n{}",
+        offences.join("\n")
+    );
+}
+
+#[test]
+fn a_tag_pinned_action_is_refused() {
+    let workflow = "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      \
+                    - uses: actions/checkout@v6\n      \
+                    - uses: actions/checkout@d23441a48e516b6c34aea4fa41551a30e30af803\n      \
+                    - uses: \"actions/cache@0123456789abcdef0123456789abcdef01234567\" # v5.0.0\n      \
+                    - uses: ./.github/actions/local\n      \
+                    - uses: docker://alpine:3\n  \
+                    b:\n    uses: octo/wf/.github/workflows/x.yml@main\n";
+    let (pins, offences) = check_action_pins("test.yml", workflow);
+    assert_eq!(pins.len(), 2, "the two commit pins");
+    assert_eq!(offences.len(), 3, "{offences:#?}");
+    assert!(offences[0].contains("test.yml:6") && offences[0].contains("not pinned"));
+    assert!(offences[1].contains("test.yml:7") && offences[1].contains("no `# <release>`"));
+    assert!(offences[2].contains("test.yml:12") && offences[2].contains("not pinned"));
+}
+
+/// One commit per action across all workflows: Dependabot moves the pins of every workflow but
+/// release.yml, which dist generates from `[dist.github-action-commits]` in
+/// dist-workspace.toml; this is what tells to move that one too.
+#[test]
+fn every_action_is_pinned_to_one_commit() {
+    let mut commits: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for name in workflow_names() {
+        let text = fs::read_to_string(root().join(".github/workflows").join(&name)).unwrap();
+        for pin in check_action_pins(&name, &text).0 {
+            let files = commits
+                .entry(pin.action)
+                .or_default()
+                .entry(pin.commit)
+                .or_default();
+            if !files.contains(&name) {
+                files.push(name.clone());
+            }
+        }
+    }
+    let split: Vec<String> = commits
+        .iter()
+        .filter(|(_, by_commit)| by_commit.len() > 1)
+        .map(|(action, by_commit)| format!("{action}: {by_commit:?}"))
+        .collect();
+    assert!(
+        split.is_empty(),
+        "actions pinned to more than one commit (for release.yml: set the commit in \
+         dist-workspace.toml [dist.github-action-commits], then `dist generate`):\n{}",
+        split.join("\n")
+    );
+}
+
+/// zizmor's security audit of the workflows and dependabot.yml finds nothing: no template
+/// injection, no credentials left in checkouts, least-privilege permissions, no caches where a
+/// release is published, pinned actions. Offline, its online audits aside (this machine reaches
+/// no GitHub). What is accepted is ignored with its reason: inline, or in .github/zizmor.yml
+/// for the generated release.yml.
+#[test]
+fn workflows_pass_zizmor() {
+    let output = Command::new("zizmor")
+        .args([
+            "--offline",
+            "--strict-collection",
+            "--no-progress",
+            "--color=never",
+            ".",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("zizmor is installed (`pip install zizmor==1.33.1`; .ci/run does it)");
+    assert!(
+        output.status.success(),
+        "zizmor finds problems in the GitHub workflows (fix them, or ignore one with \
+         `# zizmor: ignore[<audit>]` and the reason it is safe):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// compose.yaml runs, unless told otherwise, the image that the Release workflow publishes for
+/// this version: `ghcr.io/<the GitHub owner of Cargo.toml's repository>/ddms:<version>`, which is
+/// what publish-image.yml pushes. A version bump moves both.
+#[test]
+fn compose_defaults_to_the_published_image() {
+    let manifest = fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let field = |key: &str| {
+        manifest
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(key)?
+                    .trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .strip_prefix('"')?
+                    .strip_suffix('"')
+            })
+            .unwrap_or_else(|| panic!("Cargo.toml: no {key}"))
+            .to_owned()
+    };
+    let version = field("version");
+    let repository = field("repository");
+    let owner = repository
+        .strip_prefix("https://github.com/")
+        .and_then(|path| path.split('/').next())
+        .unwrap_or_else(|| panic!("Cargo.toml: repository {repository} is not on GitHub"))
+        .to_ascii_lowercase();
+    let expected = format!("${{APP_IMAGE:-ghcr.io/{owner}/ddms:{version}}}");
+    let compose = fs::read_to_string(root().join("ops/container/compose.yaml")).unwrap();
+    assert!(
+        compose.contains(&format!("image: {expected}")),
+        "ops/container/compose.yaml: ddms' image is `{expected}` (this version's release)"
+    );
+    let publish = text(get(&workflow("publish-image.yml"), &["jobs"]));
+    assert!(
+        publish.contains("ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/ddms")
+            && publish.contains("$IMAGE:$VERSION"),
+        "publish-image.yml pushes ghcr.io/<owner>/ddms:<version>"
+    );
+}
+
+/// Dependabot keeps the action pins and the crates moving, and leaves release.yml to dist.
+#[test]
+fn dependabot_updates_actions_and_crates() {
+    let path = root().join(".github/dependabot.yml");
+    let config: Value = serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let updates = get(&config, &["updates"]).as_sequence().unwrap();
+    let of = |ecosystem: &str| {
+        updates
+            .iter()
+            .find(|u| u.get("package-ecosystem").and_then(Value::as_str) == Some(ecosystem))
+            .unwrap_or_else(|| panic!("dependabot.yml: no {ecosystem} updates"))
+    };
+    assert_eq!(
+        get(of("cargo"), &["directory"]).as_str(),
+        Some("/"),
+        "the workspace's Cargo.lock"
+    );
+    let excluded = text(get(of("github-actions"), &["exclude-paths"]));
+    assert!(
+        excluded.contains(".github/workflows/release.yml"),
+        "release.yml is dist's to write: {excluded}"
+    );
+}
+
+/// The deploy workflow: manual (environment + version) and after a successful Release run of a
+/// pushed `v*` tag, one deploy per environment at a time and never cancelled halfway, protected
+/// by a GitHub environment, the SSH key from a secret, `cargo xtask deploy` doing the work, the
+/// report kept.
 #[test]
 fn deploy_workflow_is_protected_and_serialised() {
     let wf = workflow("deploy.yml");
@@ -547,8 +788,16 @@ fn deploy_workflow_is_protected_and_serialised() {
         .collect();
     assert_eq!(options, ["staging", "production"]);
     assert!(inputs.get("version").is_some(), "no version input");
-    let tags = text(get(on, &["push", "tags"]));
-    assert!(tags.contains("v*"), "deploy.yml runs on v* tags: {tags}");
+    // workflow_run names the workflow it follows by its `name:`: a renamed release.yml would
+    // silently stop the deploys.
+    let release_name = get(&workflow("release.yml"), &["name"]).clone();
+    let after = get(on, &["workflow_run"]);
+    assert_eq!(
+        get(after, &["workflows"]).as_sequence().map(Vec::as_slice),
+        Some(&[release_name][..]),
+        "deploy.yml follows release.yml's runs"
+    );
+    assert_eq!(text(get(after, &["types"])).trim(), "- completed");
 
     let jobs = get(&wf, &["jobs"]).as_mapping().unwrap();
     let deploys: Vec<&Value> = jobs
@@ -561,6 +810,17 @@ fn deploy_workflow_is_protected_and_serialised() {
         job.get("environment").is_some(),
         "deploy job: no environment"
     );
+    let condition = get(job, &["if"]).as_str().unwrap();
+    for needle in [
+        "github.event.workflow_run.conclusion == 'success'",
+        "github.event.workflow_run.event == 'push'",
+        "startsWith(github.event.workflow_run.head_branch, 'v')",
+    ] {
+        assert!(
+            condition.contains(needle),
+            "deploy job runs only after a released tag: no `{needle}` in {condition}"
+        );
+    }
     let concurrency = get(job, &["concurrency"]);
     let group = get(concurrency, &["group"]).as_str().unwrap();
     assert!(
@@ -595,10 +855,60 @@ fn ci_workflow_checks_nix_and_terraform() {
         "nix flake check",
         "terraform validate",
         "tflint",
+        "terraform -chdir=\"$dir\" test",
         "actionlint",
         "EmbarkStudios/cargo-deny-action",
     ] {
         assert!(all.contains(needle), "ci.yml lacks `{needle}`");
+    }
+}
+
+/// Every environment's `terraform test` (mocked provider; run by the CI terraform job, and
+/// wherever a provider mirror is at hand) covers the three layouts and the refused ones.
+#[test]
+fn terraform_envs_test_every_layout() {
+    for env in envs() {
+        let file = env.dir.join("tests/layouts.tftest.hcl");
+        let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for needle in [
+            "mock_provider \"aws\"",
+            "database_tier       = \"rds\"",
+            "single_host = true",
+            "expect_failures = [terraform_data.layout]",
+        ] {
+            assert!(text.contains(needle), "{} lacks `{needle}`", file.display());
+        }
+    }
+}
+
+/// The ci workflow's test job is the project's own CI script, `.ci/run`, with nothing
+/// installed beside it: what it needs is installed by the script, for both.
+#[test]
+fn ci_workflow_runs_the_ci_script() {
+    let wf = workflow("ci.yml");
+    let jobs = get(&wf, &["jobs"]).as_mapping().unwrap();
+    let runs = |job: &Value| -> Vec<String> {
+        job.get("steps")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(|step| step.get("run").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect()
+    };
+    let script_jobs: Vec<&Value> = jobs
+        .values()
+        .filter(|job| runs(job).iter().any(|run| run.trim() == "bash .ci/run"))
+        .collect();
+    assert_eq!(script_jobs.len(), 1, "one ci.yml job runs `bash .ci/run`");
+    for run in runs(script_jobs[0]) {
+        for installer in ["apt-get", "apt ", "pip ", "pipx", "cargo install", "npm "] {
+            assert!(
+                !run.contains(installer),
+                "the .ci/run job installs beside the script (`{installer}` in `{run}`): \
+                 install it in .ci/run instead, so both CIs have it"
+            );
+        }
     }
 }
 

@@ -308,18 +308,25 @@ fn literals_after(text: &str, marker: &str, within: usize) -> Vec<String> {
 }
 
 /// The module offers a credential for every secret ddms reads from a file: each
-/// `resolve_secret_file` key of app/src/config.rs (`<key>_file`) and each TLS private key it
+/// `resolve_secret_file` key of app/src/config/ (`<key>_file`) and each TLS private key it
 /// reads. A secret added to ddms without one here fails this test.
 #[test]
 fn secret_files_cover_every_secret_ddms_reads() {
-    let config = fs::read_to_string(root().join("app/src/config.rs")).unwrap();
+    // The whole module, not one file: loading and validation live in different files of it.
+    let mut files = Vec::new();
+    super::rust_files(&root().join("app/src/config"), &mut files);
+    assert!(!files.is_empty(), "no Rust files in app/src/config");
+    let config: String = files
+        .iter()
+        .map(|path| fs::read_to_string(path).unwrap())
+        .collect();
     let resolved: BTreeSet<String> = literals_after(&config, "resolve_secret_file(", 60)
         .into_iter()
         .filter(|key| key.contains('.'))
         .collect();
     assert!(
         resolved.len() >= 5,
-        "the resolve_secret_file calls of config.rs: {resolved:?}"
+        "the resolve_secret_file calls of app/src/config: {resolved:?}"
     );
     // Every string that is a TLS key setting: "http.tls.key", "mqtt.tls.key", …
     let tls_keys: BTreeSet<String> = config
@@ -333,7 +340,7 @@ fn secret_files_cover_every_secret_ddms_reads() {
         .collect();
     assert!(
         tls_keys.contains("http.tls.key") && tls_keys.len() >= 3,
-        "the TLS keys config.rs reads: {tls_keys:?}"
+        "the TLS keys app/src/config reads: {tls_keys:?}"
     );
 
     let table = eval("builtins.attrValues lib.secretFiles");

@@ -9,6 +9,7 @@ mod container_image;
 mod deploy_playbook;
 mod harness;
 mod provision;
+mod provision_terraform;
 mod systemd;
 
 mod deploy;

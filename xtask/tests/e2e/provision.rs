@@ -1,31 +1,50 @@
-//! `ansible/site.yml` provisions a cluster from scratch, and a second run changes nothing.
+//! `ansible/site.yml` on one cluster, phase after phase (one fleet: provisioning it is most of
+//! the time): it provisions from scratch; a second run changes nothing; `--check --diff` on the
+//! provisioned fleet fails nothing, changes nothing and prints no secret; the ACME webroot
+//! (ACME off, the default) is served by nginx and certbot is not installed; and a changed
+//! setting is live through every host's nginx after another run, with 0 failed requests under
+//! load and a `restarted` record in each host's deploy log.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+use crate::fleet::{host_ddms, say};
 use crate::support::ansible::{ansible_playbook, PlaybookRun};
 use crate::support::cluster::Cluster;
 use crate::support::release::{release_tarball, Kind};
 use crate::support::{run, tail};
+use crate::traffic::{Target, Traffic};
+
+/// API reads per second offered to each host's nginx while site.yml applies a setting: steady
+/// traffic through the whole restart (the debug binary may serve it; the deploy scenarios are
+/// where throughput is measured).
+const RATE_PER_HOST: f64 = 40.0;
+/// The origin the setting under test allows (`http.cors.allowed_origins`): visible through
+/// nginx as `access-control-allow-origin` once the running process has it.
+const ORIGIN: &str = "https://scada.example.net";
 
 #[test]
-fn e2e_container_site_playbook_provisions_two_hosts_and_a_second_run_changes_nothing() -> Result<()>
-{
+fn e2e_container_site_playbook_provisions_is_idempotent_checks_clean_and_applies_a_setting_under_load(
+) -> Result<()> {
     let _exclusive = crate::support::one_cluster_at_a_time();
+    let started = Instant::now();
     let cluster = Cluster::start("ddms-e2e-site", &["ddms1", "ddms2"], true)?;
     let dir = cluster.dir();
     let certs = tls_material(&cluster)?;
     let artifact = release_tarball(dir, "v1", Kind::Good)?;
     let inventory = dir.join("hosts.yml");
-    cluster.write_inventory(&inventory, &provisioning_vars(&certs))?;
+    let vars = provisioning_vars(&certs);
+    cluster.write_inventory(&inventory, &vars)?;
     let release = json!({
         "ddms_release": artifact.release,
         "ddms_artifact_src": artifact.tarball.display().to_string(),
     });
 
+    say("site.yml: provision");
     let first = ansible_playbook("site.yml", &inventory, &release, &[])?;
     assert_provisioned(&first, &cluster)?;
     for host in cluster.ddms_hosts() {
@@ -70,25 +89,242 @@ fn e2e_container_site_playbook_provisions_two_hosts_and_a_second_run_changes_not
         }
     }
 
+    say("site.yml: a second run");
     let second = ansible_playbook("site.yml", &inventory, &release, &[])?;
     assert_provisioned(&second, &cluster)?;
-    let changed: Vec<(&String, u32)> = second
-        .recap
-        .iter()
-        .filter(|(_, r)| r.changed > 0)
-        .map(|(host, r)| (host, r.changed))
-        .collect();
+    let changed = second.changed_hosts();
     assert!(
         changed.is_empty(),
         "the second run changed {changed:?}:\n{}",
         second.changed_tasks().join("\n")
     );
-    // Still one deploy per host: the second run did not activate again.
+
+    say("site.yml --check --diff on the provisioned fleet");
+    let check = ansible_playbook("site.yml", &inventory, &release, &["--check", "--diff"])?;
+    assert_provisioned(&check, &cluster)?;
+    let changed = check.changed_hosts();
+    assert!(
+        changed.is_empty(),
+        "--check --diff would change {changed:?}:\n{}",
+        check.changed_tasks().join("\n")
+    );
+    assert_no_secret_printed(&vars, &[&first, &second, &check])?;
+
+    // Still one deploy per host: neither the second run nor check mode activated again.
     for host in cluster.ddms_hosts() {
         let deploys = cluster.ssh_ok(&host.name, "wc -l < /var/lib/ddms/deploys.jsonl")?;
         assert_eq!(deploys.trim(), "1", "{}", host.name);
     }
+    for host in cluster.ddms_hosts() {
+        assert_acme_webroot_served_without_certbot(&cluster, &host.name, &host.ip)?;
+    }
+
+    say("site.yml with a changed setting, under load");
+    setting_applied_under_load(&cluster, &certs, &inventory, &release, &vars)?;
+    say(format!(
+        "site.yml scenarios done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
+}
+
+/// site.yml with `http.cors.allowed_origins` added (`ddms_config_extra_toml`) while every host's
+/// nginx serves a steady load: 0 failed requests, the origin allowed through every host's nginx
+/// afterwards, and the handler's `ddms release restart` recorded on every host.
+fn setting_applied_under_load(
+    cluster: &Cluster,
+    certs: &Certs,
+    inventory: &Path,
+    release: &Value,
+    vars: &Value,
+) -> Result<()> {
+    for host in cluster.ddms_hosts() {
+        let allowed = allowed_origin(certs, &host.ip)?;
+        ensure!(
+            allowed.is_none(),
+            "{}: {ORIGIN} allowed before the setting: {allowed:?}",
+            host.name
+        );
+    }
+    let token = host_ddms(
+        cluster,
+        &cluster.ddms_hosts()[0].name,
+        "token create --name e2e-site --role viewer",
+    )?
+    .lines()
+    .rev()
+    .find(|l| !l.trim().is_empty())
+    .context("token create printed nothing")?
+    .trim()
+    .to_string();
+    let targets: Vec<Target> = cluster
+        .ddms_hosts()
+        .iter()
+        .map(|h| Target {
+            host: h.name.clone(),
+            base: format!("https://{}", h.ip),
+        })
+        .collect();
+    let ca_pem = std::fs::read(certs.file("ca.crt"))?;
+    let traffic = Traffic::start(&targets, &ca_pem, &token, RATE_PER_HOST, 0)?;
+    // The play starts once every host answers the load (a failure here is the load's own).
+    let flowing = wait_until(Duration::from_secs(30), || {
+        let stats = traffic.stats();
+        targets
+            .iter()
+            .all(|t| stats.per_host.get(&t.host).copied().unwrap_or(0) >= 20)
+            || stats.failed > 0
+    });
+    let changed = {
+        let mut extra = release.clone();
+        extra["ddms_config_extra_toml"] =
+            json!(format!("[http.cors]\nallowed_origins = [\"{ORIGIN}\"]\n"));
+        ansible_playbook("site.yml", inventory, &extra, &[])
+    };
+    let (stats, _) = traffic.stop();
+    let play = changed?;
+    ensure!(flowing, "the load never reached every host: {stats:?}");
+    assert_provisioned(&play, cluster)?;
+    assert_no_secret_printed(vars, &[&play])?;
+    ensure!(
+        stats.failed == 0,
+        "{} of {} requests failed during site.yml {:?}; first: {:#?}",
+        stats.failed,
+        stats.sent,
+        stats.by_kind,
+        stats.samples
+    );
+    let restarts: Vec<String> = play
+        .changed_tasks()
+        .into_iter()
+        .filter(|t| t.contains("ddms release restart"))
+        .collect();
+    for host in cluster.ddms_hosts() {
+        ensure!(
+            restarts
+                .iter()
+                .any(|t| t.ends_with(&format!("[{}]", host.name))),
+            "no restart handler changed {}: {:?}",
+            host.name,
+            play.changed_tasks()
+        );
+        let allowed = allowed_origin(certs, &host.ip)?;
+        ensure!(
+            allowed.as_deref() == Some(ORIGIN),
+            "{}: access-control-allow-origin {allowed:?} through nginx after site.yml",
+            host.name
+        );
+        let last = cluster.ssh_ok(&host.name, "tail -n 1 /var/lib/ddms/deploys.jsonl")?;
+        let record: Value = serde_json::from_str(&last)
+            .with_context(|| format!("{}'s last deploy record: {last}", host.name))?;
+        ensure!(
+            record["command"] == "restart" && record["result"] == "restarted",
+            "{}'s last deploy record: {record:#}",
+            host.name
+        );
+        ensure!(record["release"] == "v1", "{record:#}");
+    }
+    say(format!(
+        "setting live on every host; {} requests during site.yml, 0 failed (p50 {:?} ms, p99 {:?} ms)",
+        stats.ok,
+        stats.latency_quantile(0.5),
+        stats.latency_quantile(0.99)
+    ));
+    Ok(())
+}
+
+/// `access-control-allow-origin` of `GET /api/version` with `Origin: ORIGIN`, through nginx.
+fn allowed_origin(certs: &Certs, ip: &str) -> Result<Option<String>> {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
+        .arg(certs.file("ca.crt"))
+        .args(["--header", &format!("Origin: {ORIGIN}")])
+        .args(["--output", "/dev/null", "--dump-header", "-"])
+        .arg(format!("https://{ip}/api/version"))
+        .output()
+        .context("cannot run curl")?;
+    let headers = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && headers.starts_with("HTTP/") && headers.contains(" 200"),
+        "GET https://{ip}/api/version: {}{headers}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(headers.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("access-control-allow-origin")
+            .then(|| value.trim().to_string())
+    }))
+}
+
+/// With ACME off (the default) nothing of it is installed, and the webroot the site serves on
+/// port 80 is readable by nginx's user: a file put there is answered over HTTP.
+fn assert_acme_webroot_served_without_certbot(
+    cluster: &Cluster,
+    host: &str,
+    ip: &str,
+) -> Result<()> {
+    let certbot = cluster.ssh(host, "dpkg-query -W -f '${Status}' certbot")?;
+    ensure!(
+        !String::from_utf8_lossy(&certbot.stdout).contains("installed"),
+        "{host}: certbot installed with ACME off"
+    );
+    let webroot = "/var/www/ddms-acme";
+    let mode = cluster.ssh_ok(host, &format!("stat -c '%a %U:%G' {webroot}"))?;
+    ensure!(mode.trim() == "755 root:root", "{host}: {webroot} {mode}");
+    let token = format!("e2e-probe-{}", std::process::id());
+    cluster.ssh_ok(
+        host,
+        &format!(
+            "install -d -m 0755 {webroot}/.well-known/acme-challenge && \
+             echo {token} > {webroot}/.well-known/acme-challenge/{token}"
+        ),
+    )?;
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(["--write-out", "\n%{http_code}"])
+        .arg(format!("http://{ip}/.well-known/acme-challenge/{token}"))
+        .output()
+        .context("cannot run curl")?;
+    cluster.ssh_ok(host, &format!("rm -r {webroot}/.well-known"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        text.trim_end().ends_with("\n200") && text.starts_with(&token),
+        "{host}: GET http://{ip}/.well-known/acme-challenge/{token}: {}{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// None of the inventory's secrets appears in what the runs printed (`no_log` on every task
+/// that handles one; `--diff` included).
+fn assert_no_secret_printed(vars: &Value, runs: &[&PlaybookRun]) -> Result<()> {
+    for key in [
+        "postgresql_ddms_password",
+        "mosquitto_dynsec_admin_password",
+        "mosquitto_ddms_password",
+    ] {
+        let secret = vars[key].as_str().context("secret")?;
+        for run in runs {
+            if run.stdout.contains(secret) || run.stderr.contains(secret) {
+                bail!("ansible-playbook printed {key}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes; whether it held.
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The role wrote the host's `ddms release` options where `cargo xtask deploy` loads them:

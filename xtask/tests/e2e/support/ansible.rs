@@ -47,6 +47,15 @@ impl PlaybookRun {
                 .all(|r| r.failed == 0 && r.unreachable == 0)
     }
 
+    /// Each host whose recap counts changed tasks, with the count.
+    pub fn changed_hosts(&self) -> Vec<(&String, u32)> {
+        self.recap
+            .iter()
+            .filter(|(_, r)| r.changed > 0)
+            .map(|(host, r)| (host, r.changed))
+            .collect()
+    }
+
     /// The tasks that reported `changed`, as ansible printed them (`changed: [ddms1]` lines
     /// with the task header before them), for failure messages.
     pub fn changed_tasks(&self) -> Vec<String> {

@@ -1,0 +1,281 @@
+//! [`ReadingStore`] on SQLite: readings (a `WITHOUT ROWID` table clustered on `(series, ts)`),
+//! their 1-minute and 1-hour rollups, and retention. The rollups of a batch are aggregated in
+//! Rust from the rows the insert reports as new and upserted in the same transaction, so they
+//! are exactly as durable as the readings; pruning deletes in small steps so that the ingest
+//! writer never waits long for SQLite's one write lock.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{from_micros, micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
+use crate::store::{
+    Bucket, LatestReading, Point, PruneCounts, Reading, ReadingStore, RollupStep, SeriesId,
+    StoreResult,
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Agg {
+    min: f64,
+    max: f64,
+    sum: f64,
+    count: i64,
+}
+
+/// New readings `(series, ts µs, value)` folded into buckets of `width` µs, sorted by key.
+fn aggregate(readings: &[(i64, i64, f64)], width: i64) -> Vec<((i64, i64), Agg)> {
+    let mut buckets: std::collections::BTreeMap<(i64, i64), Agg> = Default::default();
+    for &(series, ts, value) in readings {
+        let key = (series, ts - ts.rem_euclid(width));
+        let agg = buckets.entry(key).or_insert(Agg {
+            min: value,
+            max: value,
+            sum: 0.0,
+            count: 0,
+        });
+        agg.min = agg.min.min(value);
+        agg.max = agg.max.max(value);
+        agg.sum += value;
+        agg.count += 1;
+    }
+    buckets.into_iter().collect()
+}
+
+#[async_trait]
+impl ReadingStore for SqliteStore {
+    async fn ensure_partitions(&self, _today: DateTime<Utc>, _days_ahead: u32) -> StoreResult<u32> {
+        Ok(0)
+    }
+
+    async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
+        if readings.is_empty() {
+            return Ok(0);
+        }
+        // One transaction; full chunks share one cached multi-row statement (each statement is
+        // a round trip to sqlx's SQLite worker thread, so rows per statement is what counts).
+        // RETURNING yields only the rows that were inserted, not the ignored duplicates: those
+        // are what the rollups add.
+        let mut tx = self.pool.begin().await?;
+        let mut new = Vec::with_capacity(readings.len());
+        let full_chunk_sql = multi_row_insert(
+            "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
+            "(?, ?, ?)",
+            ROWS_PER_STATEMENT,
+        ) + " RETURNING series_id, ts, value";
+        let mut chunks = readings.chunks_exact(ROWS_PER_STATEMENT);
+        for chunk in chunks.by_ref() {
+            let mut query = sqlx::query(&full_chunk_sql);
+            for reading in chunk {
+                query = query
+                    .bind(reading.series)
+                    .bind(micros(reading.ts))
+                    .bind(reading.value);
+            }
+            new.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let remainder = chunks.remainder();
+        if !remainder.is_empty() {
+            let sql = multi_row_insert(
+                "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
+                "(?, ?, ?)",
+                remainder.len(),
+            ) + " RETURNING series_id, ts, value";
+            let mut query = sqlx::query(&sql);
+            for reading in remainder {
+                query = query
+                    .bind(reading.series)
+                    .bind(micros(reading.ts))
+                    .bind(reading.value);
+            }
+            new.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let mut inserted = Vec::with_capacity(new.len());
+        for row in &new {
+            let ts: i64 = row.try_get("ts")?;
+            inserted.push((
+                row.try_get::<i64, _>("series_id")?,
+                ts,
+                row.try_get("value")?,
+            ));
+        }
+        for (table, step) in [
+            ("readings_1m", RollupStep::Minute),
+            ("readings_1h", RollupStep::Hour),
+        ] {
+            let buckets = aggregate(&inserted, step.micros());
+            for chunk in buckets.chunks(ROWS_PER_STATEMENT) {
+                let sql = multi_row_insert(
+                    &format!(
+                        "INSERT INTO {table} (series_id, bucket, min, max, sum, count) VALUES "
+                    ),
+                    "(?, ?, ?, ?, ?, ?)",
+                    chunk.len(),
+                ) + &format!(
+                    " ON CONFLICT (series_id, bucket) DO UPDATE SET \
+                     min = min({table}.min, excluded.min), max = max({table}.max, excluded.max), \
+                     sum = {table}.sum + excluded.sum, count = {table}.count + excluded.count"
+                );
+                let mut query = sqlx::query(&sql);
+                for ((series, bucket), agg) in chunk {
+                    query = query
+                        .bind(series)
+                        .bind(bucket)
+                        .bind(agg.min)
+                        .bind(agg.max)
+                        .bind(agg.sum)
+                        .bind(agg.count);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted.len() as u64)
+    }
+
+    async fn query_readings(
+        &self,
+        series: SeriesId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Point>> {
+        let rows = sqlx::query(
+            "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts < ? \
+             ORDER BY ts LIMIT ?",
+        )
+        .bind(series)
+        .bind(micros(from))
+        .bind(micros(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Point {
+                    ts: from_micros(row.try_get("ts")?)?,
+                    value: row.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn query_rollups(
+        &self,
+        series: SeriesId,
+        step: RollupStep,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Bucket>> {
+        let table = match step {
+            RollupStep::Minute => "readings_1m",
+            RollupStep::Hour => "readings_1h",
+        };
+        let sql = format!(
+            "SELECT bucket, min, max, sum, count FROM {table} \
+             WHERE series_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(series)
+            .bind(micros(step.bucket(from)))
+            .bind(micros(to))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Bucket::from_sums(
+                    from_micros(row.try_get("bucket")?)?,
+                    row.try_get("min")?,
+                    row.try_get("max")?,
+                    row.try_get("sum")?,
+                    row.try_get("count")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
+             JOIN readings r ON r.series_id = s.id \
+              AND r.ts = (SELECT max(ts) FROM readings WHERE series_id = s.id) \
+             WHERE s.device_id = ? ORDER BY s.metric",
+        )
+        .bind(device_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LatestReading {
+                    series: row.try_get("id")?,
+                    metric: row.try_get("metric")?,
+                    unit: row.try_get("unit")?,
+                    ts: from_micros(row.try_get("ts")?)?,
+                    value: row.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
+        // One series and at most one day per statement: each DELETE is a short write
+        // transaction on the primary key, so the ingest writer waits milliseconds, not the
+        // length of the whole purge.
+        const STEP_US: i64 = 86_400_000_000;
+        let cutoff = micros(before);
+        let mut counts = PruneCounts::default();
+        let series: Vec<i64> = sqlx::query_scalar("SELECT id FROM series ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        for id in series {
+            let oldest: Option<i64> =
+                sqlx::query_scalar("SELECT min(ts) FROM readings WHERE series_id = ?")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let Some(mut from) = oldest else { continue };
+            while from < cutoff {
+                let to = from.saturating_add(STEP_US).min(cutoff);
+                counts.readings +=
+                    sqlx::query("DELETE FROM readings WHERE series_id = ? AND ts >= ? AND ts < ?")
+                        .bind(id)
+                        .bind(from)
+                        .bind(to)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                from = to;
+            }
+            for (step, table) in [
+                (RollupStep::Minute, "readings_1m"),
+                (RollupStep::Hour, "readings_1h"),
+            ] {
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE series_id = ? AND bucket < ?"
+                ))
+                .bind(id)
+                .bind(micros(step.bucket(before)))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                match step {
+                    RollupStep::Minute => counts.rollups_1m += deleted,
+                    RollupStep::Hour => counts.rollups_1h += deleted,
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        const HOUR_US: i64 = 3_600_000_000;
+        let count: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM readings_1h WHERE bucket <= ?")
+                .bind(micros(before).saturating_sub(HOUR_US))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count.max(0) as u64)
+    }
+}

@@ -1,0 +1,117 @@
+//! `cargo xtask schema-compat`: expand/contract, checked by running it. A blue-green deploy
+//! runs the previous release and the new one side by side on one database after the new one's
+//! `ddms migrate` (and a rollback runs the previous one there for good), so the previous
+//! release's binary must keep reading and writing on the new schema. This builds the previous
+//! release's `ddms` from its own tree ([`previous`] says which release that is), migrates a
+//! fresh database with the new `ddms`, and runs the window ([`scenario`]) on SQLite and
+//! PostgreSQL. Its static half is the migrations lint (xtask/src/tidy/migrations.rs).
+
+mod previous;
+mod scenario;
+mod services;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+pub use previous::PREVIOUS_ENV;
+use services::{Ddms, Postgres};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const ALL_BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+pub struct Options {
+    /// A commit-ish instead of the rule in [`previous`].
+    pub previous: Option<String>,
+    pub backends: Vec<Backend>,
+    /// Build the new tree with --locked (CI); the previous release always builds --locked.
+    pub locked: bool,
+}
+
+pub fn run(sh: &Shell, options: &Options) -> Result<()> {
+    let previous = previous::choose(sh, options.previous.as_deref())?;
+    println!(
+        "schema-compat: previous release {}: {}",
+        previous.short(),
+        previous.reason
+    );
+    let target = crate::build::target_dir(sh)?;
+    let work = target.join("schema-compat");
+    sh.create_dir(&work)?;
+    let started = Instant::now();
+    let old_binary = previous::build(sh, &previous, &work)?;
+    println!(
+        "schema-compat: previous release built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let locked = options.locked.then_some("--locked");
+    cmd!(sh, "cargo build {locked...} -p ddms --bin ddms").run()?;
+    let new_binary = target.join("debug/ddms");
+    for binary in [&old_binary, &new_binary] {
+        let version = cmd!(sh, "{binary} --version").quiet().read()?;
+        println!("schema-compat: {version} ({})", binary.display());
+    }
+
+    for &backend in &options.backends {
+        let started = Instant::now();
+        let dir = std::env::temp_dir().join(format!(
+            "ddms-schema-compat-{backend:?}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let result = (|| {
+            let postgres = match backend {
+                Backend::Postgres => Some(Postgres::start(&dir.join("postgres"))?),
+                Backend::Sqlite => None,
+            };
+            let database_url = match &postgres {
+                Some(pg) => pg.url(),
+                None => format!("sqlite://{}", dir.join("ddms.db").display()),
+            };
+            let ddms = |label: &str, binary: &std::path::Path| Ddms {
+                label: label.to_string(),
+                binary: binary.to_path_buf(),
+                dir: dir.clone(),
+                database_url: database_url.clone(),
+                provisioning_token: "schema-compat-provisioning-token".into(),
+            };
+            let folder = match backend {
+                Backend::Sqlite => "migrations/sqlite",
+                Backend::Postgres => "migrations/postgres",
+            };
+            let migrations = sh
+                .read_dir(folder)?
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+                .count();
+            scenario::run(
+                &ddms("old", &old_binary),
+                &ddms("new", &new_binary),
+                migrations,
+            )
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        result.with_context(|| {
+            format!(
+                "the previous release ({}) does not work on the schema the new release \
+                 migrated ({backend:?}): a migration takes away or tightens something it uses. \
+                 Ship the expand step now and the contract step in a later release \
+                 (docs/deploying.md, \"Schema changes\")",
+                previous.short()
+            )
+        })?;
+        println!(
+            "schema-compat: {backend:?}: the previous release reads and writes beside the new \
+             one ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
