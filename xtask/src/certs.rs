@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -41,10 +41,8 @@ pub fn validate(options: &Options) -> Result<()> {
     Ok(())
 }
 
-struct Authority {
-    cert: Certificate,
-    key: KeyPair,
-}
+/// The CA that signs the leaves: its subject, key identifier, key usages and key.
+type Authority = Issuer<'static, KeyPair>;
 
 pub fn run(options: &Options) -> Result<()> {
     fs::create_dir_all(options.out.join("devices"))
@@ -92,11 +90,9 @@ fn authority(options: &Options) -> Result<Authority> {
     if cert_path.exists() && key_path.exists() && !options.force {
         let key = KeyPair::from_pem(&fs::read_to_string(&key_path)?)
             .with_context(|| format!("cannot read {}", key_path.display()))?;
-        let params = CertificateParams::from_ca_cert_pem(&fs::read_to_string(&cert_path)?)
-            .with_context(|| format!("cannot read {}", cert_path.display()))?;
-        // Re-signing reproduces the CA's subject and key id, so leaves chain to the file's CA.
-        let cert = params.self_signed(&key)?;
-        return Ok(Authority { cert, key });
+        // The file's subject and key id become the leaves' issuer, so they chain to that CA.
+        return Issuer::from_ca_cert_pem(&fs::read_to_string(&cert_path)?, key)
+            .with_context(|| format!("cannot read {}", cert_path.display()));
     }
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -115,7 +111,7 @@ fn authority(options: &Options) -> Result<Authority> {
     write_key(&key_path, &key)?;
     fs::write(&cert_path, cert.pem())?;
     println!("certs: created CA {}", cert_path.display());
-    Ok(Authority { cert, key })
+    Ok(Issuer::new(params, key))
 }
 
 fn leaf(
@@ -155,7 +151,7 @@ fn leaf(
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, options.days);
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
+    let cert = params.signed_by(&key, ca)?;
     write_key(&key_path, &key)?;
     fs::write(&cert_path, cert.pem())?;
     println!("certs: created {}", cert_path.display());
