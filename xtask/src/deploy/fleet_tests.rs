@@ -57,11 +57,11 @@ fn generate(tier: &str) -> (Fleet, Files) {
     (fleet, files)
 }
 
-fn yaml(text: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+fn yaml(text: &str) -> yaml_serde::Value {
+    yaml_serde::from_str(text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
 }
 
-fn group_hosts(hosts: &serde_yaml::Value, group: &str) -> Vec<String> {
+fn group_hosts(hosts: &yaml_serde::Value, group: &str) -> Vec<String> {
     hosts["all"]["children"][group]["hosts"]
         .as_mapping()
         .map(|m| m.keys().map(|k| k.as_str().unwrap().to_string()).collect())
@@ -85,7 +85,7 @@ fn host_tier_puts_postgresql_and_mosquitto_on_the_db_host_reached_privately() {
     let vars = yaml(&files.vars);
     assert_eq!(vars["ddms_db_host"].as_str(), Some("10.0.1.30"));
     assert_eq!(
-        serde_yaml::to_string(&vars["postgresql_ddms_clients"])
+        yaml_serde::to_string(&vars["postgresql_ddms_clients"])
             .unwrap()
             .trim(),
         "- 10.0.1.10/32\n- 10.0.1.11/32"

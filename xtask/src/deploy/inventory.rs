@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 /// The inventory group whose hosts run ddms.
 pub const GROUP: &str = "ddms";
@@ -42,7 +42,7 @@ pub enum Source {
 /// `all` down to the host (the nearer wins). A relative key path is taken from `base_dir`, as
 /// Ansible takes it from where it runs; callers pass the inventory's directory.
 pub fn from_ansible_yaml(text: &str, base_dir: &Path) -> Result<Vec<Host>> {
-    let doc: Value = serde_yaml::from_str(text).context("the inventory is not valid YAML")?;
+    let doc: Value = yaml_serde::from_str(text).context("the inventory is not valid YAML")?;
     let top = doc
         .as_mapping()
         .context("the inventory must be a YAML mapping of groups")?;
@@ -117,7 +117,7 @@ pub fn from_ansible_inventory_json(text: &str, base_dir: &Path) -> Result<Vec<Ho
         .map(|name| {
             let vars = hostvars
                 .and_then(|h| h.get(&name))
-                .map(|v| serde_yaml::to_value(v).expect("JSON is YAML"))
+                .map(|v| yaml_serde::to_value(v).expect("JSON is YAML"))
                 .and_then(|v| v.as_mapping().cloned())
                 .unwrap_or_default();
             host_from_vars(name, &vars, base_dir)

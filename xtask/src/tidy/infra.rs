@@ -10,7 +10,7 @@ use std::process::Command;
 
 use hcl::expr::{Expression, ObjectKey, TraversalOperator};
 use hcl::{Block, Body};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::root;
 
@@ -92,7 +92,7 @@ fn host_cloud_init_renders_to_cloud_config() {
             .and_then(|s| s.strip_suffix("EOT"))
             .unwrap_or_else(|| panic!("unexpected console output: {stdout}"));
         assert!(rendered.starts_with("#cloud-config\n"), "{rendered}");
-        let config: Value = serde_yaml::from_str(rendered)
+        let config: Value = yaml_serde::from_str(rendered)
             .unwrap_or_else(|e| panic!("rendered cloud-init is not YAML: {e}\n{rendered}"));
         let ddms = get(&config, &["users"])
             .as_sequence()
@@ -462,7 +462,7 @@ fn terraform_module_calls_match_their_modules() {
 fn workflow(name: &str) -> Value {
     let path = root().join(".github/workflows").join(name);
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+    yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
 }
 
 fn get<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
@@ -473,7 +473,7 @@ fn get<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
 }
 
 fn text(value: &Value) -> String {
-    serde_yaml::to_string(value).unwrap()
+    yaml_serde::to_string(value).unwrap()
 }
 
 /// Every workflow parses and has a trigger and jobs; each job runs somewhere and each step
@@ -602,7 +602,7 @@ fn check_action_pins(name: &str, text: &str) -> (Vec<Pin>, Vec<String>) {
             _ => offences.push(format!("{at}: not pinned by a full commit SHA")),
         }
     }
-    let parsed: Value = serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let parsed: Value = yaml_serde::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut from_yaml = uses_of(&parsed);
     from_yaml.sort();
     seen.sort();
@@ -751,7 +751,7 @@ fn compose_defaults_to_the_published_image() {
 #[test]
 fn dependabot_updates_actions_and_crates() {
     let path = root().join(".github/dependabot.yml");
-    let config: Value = serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let config: Value = yaml_serde::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let updates = get(&config, &["updates"]).as_sequence().unwrap();
     let of = |ecosystem: &str| {
         updates

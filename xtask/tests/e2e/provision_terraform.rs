@@ -107,7 +107,7 @@ fn e2e_container_provision_from_terraform_output_serves_ready_through_the_load_b
         let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
         ensure!(mode == 0o600, "{}: mode {mode:o}", path.display());
     }
-    let secrets: Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let secrets: Value = yaml_serde::from_str(&std::fs::read_to_string(
         inventory.join("group_vars/all/secrets.yml"),
     )?)?;
     for (name, value) in secrets.as_object().context("secrets.yml is a mapping")? {
