@@ -3,8 +3,10 @@
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use rand::distributions::Alphanumeric;
-use rand::Rng;
+use rand::distr::Alphanumeric;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::RngExt;
 use sha2::{Digest, Sha256};
 
 /// Tokens carry this prefix so they are recognisable in logs and secret scanners.
@@ -138,7 +140,8 @@ pub fn verify_password_in(memory: &mut HashMemory, password: &str, stored_hash: 
 
 /// A random secret of `len` alphanumeric characters from the OS generator.
 pub fn random_secret(len: usize) -> String {
-    rand::rngs::OsRng
+    // The OS generator directly; a failure to read from it panics, as `OsRng` did.
+    UnwrapErr(SysRng)
         .sample_iter(&Alphanumeric)
         .take(len)
         .map(char::from)

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,10 +95,10 @@ pub fn slowloris(
         .collect()
 }
 
-pub fn random_token(rng: &mut impl Rng, len: usize) -> String {
+pub fn random_token(rng: &mut impl RngExt, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~%";
     (0..len)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
 }
 
@@ -130,14 +130,14 @@ pub async fn invented_requests(
     let mut i = worker * 1_000_000;
     while !stop.is_cancelled() {
         let request = {
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rng();
             let method = match i % 4 {
                 0 => random_token(&mut rng, 3 + i % 8)
                     .to_uppercase()
                     .replace(['%', '.', '~', '-'], "X"),
                 1 => "GET".to_string(),
                 2 => "POST".to_string(),
-                _ => format!("M{}", rng.gen::<u32>()),
+                _ => format!("M{}", rng.random::<u32>()),
             };
             let path = match i % 3 {
                 0 => format!("/{}", random_token(&mut rng, 1 + i % 40)),
@@ -172,7 +172,7 @@ pub async fn login_flood(
     let mut i = worker;
     while !stop.is_cancelled() {
         let body = {
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rng();
             let username = if i.is_multiple_of(2) {
                 "operator".to_string()
             } else {
@@ -263,7 +263,7 @@ pub async fn mqtt_flood(
 pub async fn mqtt_bad_connects(port: u16, stats: Arc<Hostile>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         let user = {
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rng();
             format!("intruder-{}", random_token(&mut rng, 10))
         };
         let mut options = MqttOptions::new(user.clone(), "127.0.0.1", port);

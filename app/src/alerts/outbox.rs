@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
+use rand::RngExt;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -256,7 +256,7 @@ pub fn backoff(attempts: i32) -> Duration {
         .saturating_mul(1u32 << doublings)
         .min(BACKOFF_CAP);
     let half = full / 2;
-    half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+    half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
 }
 
 fn single(delivery: Delivery) -> Option<Send> {
