@@ -1,3 +1,6 @@
+//! The `ddms` binary: installs jemalloc as the global allocator, parses the command line and
+//! hands it to the library's [`ddms::cli::run`], whose exit status it returns.
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,3 +1,7 @@
+//! Tests of `fleet.rs` on made-up `terraform output -json` for each database tier (host, RDS,
+//! single host): the inventory's groups and variables read back as YAML, the certificates'
+//! names, and the outputs it refuses.
+
 use super::*;
 use serde_json::{json, Value};
 
