@@ -264,7 +264,7 @@ async fn sse_client(
         let read = tokio::time::timeout_at(stop.into(), socket.read(&mut buffer)).await;
         let n = match read {
             Err(_) => break, // the measured window is over
-            Ok(Ok(0)) | Ok(Err(_)) => {
+            Ok(Ok(0) | Err(_)) => {
                 if ok {
                     stats.lost.fetch_add(1, Ordering::Relaxed);
                     stats.connected.fetch_sub(1, Ordering::Relaxed);

@@ -326,7 +326,7 @@ impl EventHub {
                 // log, though, is not ours (another database, an older id scheme).
                 match store.event_bounds().await {
                     Ok(Some((_, newest))) if last <= newest.max(0) as u64 => {
-                        skip_through = Some(last)
+                        skip_through = Some(last);
                     }
                     _ => gap = true,
                 }

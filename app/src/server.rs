@@ -90,7 +90,7 @@ impl Server {
                 ),
                 // Not fatal: the service starts, reports not-ready, and the operator sees why.
                 Err(e) => {
-                    tracing::error!(error = %e, "migrations failed at start-up; /ready will say so")
+                    tracing::error!(error = %e, "migrations failed at start-up; /ready will say so");
                 }
             }
         }
@@ -514,7 +514,7 @@ async fn maintain_partitions(store: Arc<dyn Store>, days_ahead: u32, cancel: Can
         {
             Ok(0) => {}
             Ok(created) => {
-                tracing::info!(partitions.created = created, "reading partitions created")
+                tracing::info!(partitions.created = created, "reading partitions created");
             }
             Err(e) => tracing::warn!(error = %e, "cannot create reading partitions; will retry"),
         }
@@ -549,7 +549,7 @@ async fn reconcile_accounts(dynsec: Arc<Dynsec>, store: Arc<dyn Store>, cancel: 
         match dynsec.reconcile(store.as_ref()).await {
             Ok(0) => {}
             Ok(removed) => {
-                tracing::info!(accounts.removed = removed, "stale broker accounts removed")
+                tracing::info!(accounts.removed = removed, "stale broker accounts removed");
             }
             Err(e) => tracing::warn!(error = %e, "cannot reconcile broker accounts; will retry"),
         }

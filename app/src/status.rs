@@ -169,7 +169,7 @@ impl StatusBoard {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(device.id = %device_id, error = %e, "cannot clear notification")
+                    tracing::warn!(device.id = %device_id, error = %e, "cannot clear notification");
                 }
             }
             self.system_alert(device_id, false).await;
@@ -228,7 +228,7 @@ impl StatusBoard {
                     self.system_alert(device_id, true).await;
                 }
                 Err(e) => {
-                    tracing::warn!(device.id = %device_id, error = %e, "cannot store notification")
+                    tracing::warn!(device.id = %device_id, error = %e, "cannot store notification");
                 }
             }
         }

@@ -268,7 +268,7 @@ pub async fn dashboard_stream(
         let mut body = response.bytes_stream();
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                () = stop.cancelled() => return,
                 chunk = body.next() => match chunk {
                     Some(Ok(bytes)) => {
                         let text = String::from_utf8_lossy(&bytes);

@@ -73,12 +73,12 @@ pub fn slowloris(
                     let mut buffer = [0u8; 512];
                     while !closed && !stop.is_cancelled() {
                         tokio::select! {
-                            _ = stop.cancelled() => break,
+                            () = stop.cancelled() => break,
                             read = socket.read(&mut buffer) => {
                                 // The server answered (408) or closed: either way it let go.
                                 if matches!(read, Ok(0) | Err(_)) { closed = true; }
                             }
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                            () = tokio::time::sleep(Duration::from_secs(2)) => {
                                 closed = socket.write_all(b"a").await.is_err();
                             }
                         }

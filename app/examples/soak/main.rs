@@ -471,8 +471,7 @@ async fn soak(args: &Args, server: &Server) -> Result<bool> {
         println!("    {line}");
     }
     println!(
-        "  /metrics lines before / mid / end / after {:>7} / {lines_mid} / {lines_end} / {lines_after}",
-        lines_before
+        "  /metrics lines before / mid / end / after {lines_before:>7} / {lines_mid} / {lines_end} / {lines_after}"
     );
     println!(
         "  metric series before / mid / end         {:>8} / {} / {series_end}  (second-half growth {series_growth}, bound {SERIES_GROWTH_BOUND})",

@@ -53,10 +53,10 @@ impl Backups {
             };
             match removed {
                 Ok(()) => {
-                    tracing::info!(path = %path.display(), "removed an interrupted backup's leftovers")
+                    tracing::info!(path = %path.display(), "removed an interrupted backup's leftovers");
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted backup's leftovers")
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted backup's leftovers");
                 }
             }
         }
@@ -108,7 +108,7 @@ impl Backups {
                 "backup written"
             ),
             Err(e) => {
-                tracing::error!(backup = %run.name, trigger = ?run.trigger, error = %e, "backup failed")
+                tracing::error!(backup = %run.name, trigger = ?run.trigger, error = %e, "backup failed");
             }
         }
         if let Some(metrics) = &self.metrics {

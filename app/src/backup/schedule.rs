@@ -100,8 +100,8 @@ impl Schedule {
                 })
             }
             Schedule::Weekly(day, time) => {
-                let ahead = (7 + day.num_days_from_monday() as i64
-                    - after.weekday().num_days_from_monday() as i64)
+                let ahead = (7 + i64::from(day.num_days_from_monday())
+                    - i64::from(after.weekday().num_days_from_monday()))
                     % 7;
                 let candidate = (after.date_naive() + Duration::days(ahead))
                     .and_time(time)

@@ -66,7 +66,7 @@ async fn validate_rule(
         match state.store.get_device(device_id).await {
             Ok(_) => {}
             Err(StoreError::NotFound) => {
-                errors.push(("device_id".to_string(), "no such device".to_string()))
+                errors.push(("device_id".to_string(), "no such device".to_string()));
             }
             Err(e) => return Err(e.into()),
         }

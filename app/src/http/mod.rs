@@ -214,7 +214,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     };
     let mut rewritten = error_body(status, error::code_for_status(status), &message, None);
     // Keep headers such as Allow (405) and Retry-After (429).
-    for (name, value) in parts.headers.iter() {
+    for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             rewritten.headers_mut().insert(name.clone(), value.clone());
         }

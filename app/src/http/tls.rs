@@ -92,10 +92,10 @@ impl TlsListener {
                             let _ = tx.send((stream, peer)).await;
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(client.ip = %peer.ip(), error = %e, "TLS handshake failed")
+                            tracing::debug!(client.ip = %peer.ip(), error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out")
+                            tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out");
                         }
                     }
                 });

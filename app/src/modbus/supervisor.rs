@@ -326,10 +326,10 @@ impl Supervisor {
                 tracing::info!(
                     leases = names.len(),
                     "Modbus leases released for another instance"
-                )
+                );
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot release Modbus leases; they will expire")
+                tracing::warn!(error = %e, "cannot release Modbus leases; they will expire");
             }
             Err(_) => tracing::warn!("releasing Modbus leases timed out; they will expire"),
         }

@@ -316,7 +316,7 @@ impl EmbeddedBroker {
         let disconnected = tokio::time::timeout(DISCONNECT_TIMEOUT, disconnect_all(&scx)).await;
         match disconnected {
             Ok(count) => {
-                tracing::info!(mqtt.clients = count, "embedded MQTT broker stopped")
+                tracing::info!(mqtt.clients = count, "embedded MQTT broker stopped");
             }
             Err(_) => tracing::warn!(
                 "embedded MQTT broker stopped; some devices were still busy after {} s",

@@ -472,7 +472,7 @@ impl Work<'_> {
                     result
                         .as_ref()
                         .map_or_else(IngestError::is_refusal, |()| true),
-                )
+                );
             }),
         );
         // Waiting here is the backpressure: the link stops reading, the broker queues.
@@ -658,7 +658,7 @@ impl Work<'_> {
                 self.unknown.retain(|id, _| !self.devices.contains_key(id));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot re-read MQTT devices; keeping the known ones")
+                tracing::warn!(error = %e, "cannot re-read MQTT devices; keeping the known ones");
             }
         }
     }

@@ -353,7 +353,7 @@ mod tests {
                 r#"{"metrics": {"a": 1}, "b": 2}"#,
                 "non_numeric",
             ),
-            ("devices/d1/telemetry", r#"{}"#, "no_metrics"),
+            ("devices/d1/telemetry", r"{}", "no_metrics"),
             (
                 "devices/d1/telemetry",
                 r#"{"ts": "2026-11-22T11:00:00Z"}"#,
@@ -385,7 +385,7 @@ mod tests {
                 "invalid_timestamp",
             ),
             ("devices/d1/heartbeat", r#"{"rssi": "weak"}"#, "non_numeric"),
-            ("devices/d1/status", r#"{}"#, "unknown_topic"),
+            ("devices/d1/status", r"{}", "unknown_topic"),
             ("devices/+/telemetry", r#"{"t": 1}"#, "unknown_topic"),
             ("devices//telemetry", r#"{"t": 1}"#, "unknown_topic"),
             ("devices/d1/telemetry/extra", r#"{"t": 1}"#, "unknown_topic"),

@@ -120,7 +120,7 @@ proptest! {
         let Ok(config) = ModbusConfig::from_json(&map) else { return Ok(()) };
         for register in &config.registers {
             prop_assert!(register.scale.is_finite() && register.offset.is_finite());
-            prop_assert!(register.last_address() <= u32::from(u16::MAX));
+            prop_assert!(u16::try_from(register.last_address()).is_ok());
             let results = if register.kind.is_bit() {
                 vec![decode_bit(register, bit)]
             } else {
@@ -131,8 +131,8 @@ proptest! {
                 match result {
                     Ok(value) => prop_assert!(is_reading(value), "{}: {value}", register.metric),
                     // A refused value is reported with its reason; a misfit map is not a value.
-                    Err(DecodeError::NotFinite { .. } | DecodeError::ScaledOutOfRange { .. })
-                    | Err(DecodeError::WrongWordCount { .. } | DecodeError::BitReadAsWords { .. }) => {}
+                    Err(DecodeError::NotFinite { .. } | DecodeError::ScaledOutOfRange { .. }
+                        | DecodeError::WrongWordCount { .. } | DecodeError::BitReadAsWords { .. }) => {}
                 }
             }
         }
@@ -155,7 +155,7 @@ proptest! {
             }
             Err(DecodeError::NotFinite { .. }) => prop_assert!(!value.is_finite()),
             Err(DecodeError::ScaledOutOfRange { .. }) => {
-                prop_assert!(value.is_finite() && value.abs() > MAX_ABS_VALUE)
+                prop_assert!(value.is_finite() && value.abs() > MAX_ABS_VALUE);
             }
             Err(other) => prop_assert!(false, "{other}"),
         }

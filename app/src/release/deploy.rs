@@ -134,7 +134,7 @@ impl Recorder {
         };
         match &error {
             Some(e) => {
-                tracing::warn!(step = %name, duration_ms, error = %e, "{name} failed")
+                tracing::warn!(step = %name, duration_ms, error = %e, "{name} failed");
             }
             None => tracing::info!(step = %name, duration_ms, "{name} done"),
         }

@@ -109,7 +109,7 @@ impl Publisher {
             match found {
                 Some(n) => break n,
                 None if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 None => panic!("no `published N`: {:?}", self.output()),
             }

@@ -792,7 +792,7 @@ async fn retention_drops_old_readings_and_the_rollup_buckets_wholly_before_the_c
             assert!(counts.readings < old, "{counts:?}");
         }
         store::Backend::Sqlite => {
-            assert_eq!((counts.partitions, counts.readings), (0, old), "{counts:?}")
+            assert_eq!((counts.partitions, counts.readings), (0, old), "{counts:?}");
         }
     }
     for (step, deleted) in [

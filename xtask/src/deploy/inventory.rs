@@ -448,7 +448,7 @@ all:
 
     #[test]
     fn ansible_group_at_top_level_with_child_groups_and_absolute_key() {
-        let text = r#"
+        let text = r"
 ddms:
   hosts:
     a.example.org:
@@ -458,7 +458,7 @@ ddms:
       hosts:
         b.example.org:
           ansible_ssh_private_key_file: /abs/key
-"#;
+";
         let hosts = from_ansible_yaml(text, Path::new("/inv")).unwrap();
         assert_eq!(
             hosts,

@@ -226,7 +226,7 @@ pub fn upload(host: &Host, files: &[&Path], dir: &str) -> Result<Outcome> {
 
 /// Single-quotes `s` for a POSIX shell.
 pub fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r#"'\''"#))
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The host's own release options, when its provisioning wrote them.

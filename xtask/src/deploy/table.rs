@@ -124,7 +124,7 @@ mod tests {
         let out = render(
             &["HOST", "RESULT", "NOTE"],
             &[
-                vec!["web1".into(), "ok".into(), "".into()],
+                vec!["web1".into(), "ok".into(), String::new()],
                 vec!["web-two".into(), "rolled_back".into(), "watch: 503".into()],
             ],
         );

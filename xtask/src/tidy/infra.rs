@@ -54,22 +54,19 @@ fn host_cloud_init_renders_to_cloud_config() {
              ssh_host_public_key = \"ssh-ed25519 AAAAC3Nz test\" }})\n",
             template.display().to_string()
         );
-        let mut child = match Command::new("terraform")
+        let Ok(mut child) = Command::new("terraform")
             .arg("console")
             .current_dir(&dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-        {
-            Ok(child) => child,
-            Err(_) => {
-                eprintln!(
-                    "tidy: WARNING: terraform is not on PATH: the cloud-init template is NOT \
-                     rendered (the GitHub terraform job validates the module)"
-                );
-                return;
-            }
+        else {
+            eprintln!(
+                "tidy: WARNING: terraform is not on PATH: the cloud-init template is NOT \
+                 rendered (the GitHub terraform job validates the module)"
+            );
+            return;
         };
         use std::io::Write;
         child
@@ -361,7 +358,7 @@ fn terraform_envs_output_the_deploy_inventory() {
         for (field, value) in fields {
             match traversal_path(value).as_deref() {
                 Some([m, module, output]) if m == "module" => {
-                    env.assert_module_output(module, output, None)
+                    env.assert_module_output(module, output, None);
                 }
                 other => panic!("{dir}: backup_bucket.{field} = {other:?} is not a module output"),
             }

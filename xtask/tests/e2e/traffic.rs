@@ -314,7 +314,7 @@ async fn load_loop(
                     stats.ok += 1;
                     stats
                         .latency_ms
-                        .push(sent.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                        .push(sent.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
                     *stats.per_host.entry(host).or_default() += 1;
                 }
                 Err((kind, detail)) => {

@@ -304,7 +304,7 @@ mod tests {
         let refused = post(&clients, &url, false, HeaderMap::new(), Vec::new()).await;
         match refused {
             Err(Outcome::Permanent { reason }) => {
-                assert!(reason.contains("loopback address"), "{reason}")
+                assert!(reason.contains("loopback address"), "{reason}");
             }
             _ => panic!("expected a permanent refusal"),
         }

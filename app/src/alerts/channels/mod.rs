@@ -295,13 +295,13 @@ impl Deliverer {
         };
         match &outcome {
             Outcome::Delivered => {
-                tracing::debug!(channel = %channel.id, kind = channel.kind.as_str(), key = %message.idempotency_key, "notification delivered")
+                tracing::debug!(channel = %channel.id, kind = channel.kind.as_str(), key = %message.idempotency_key, "notification delivered");
             }
             Outcome::Retry { after, reason } => {
-                tracing::info!(channel = %channel.id, kind = channel.kind.as_str(), key = %message.idempotency_key, ?after, %reason, "notification delivery will be retried")
+                tracing::info!(channel = %channel.id, kind = channel.kind.as_str(), key = %message.idempotency_key, ?after, %reason, "notification delivery will be retried");
             }
             Outcome::Permanent { reason } => {
-                tracing::warn!(channel = %channel.id, kind = channel.kind.as_str(), key = %message.idempotency_key, %reason, "notification cannot be delivered")
+                tracing::warn!(channel = %channel.id, kind = channel.kind.as_str(), key = %message.idempotency_key, %reason, "notification cannot be delivered");
             }
         }
         outcome

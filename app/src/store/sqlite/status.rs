@@ -43,7 +43,7 @@ impl StatusStore for SqliteStore {
         .bind(status.status.as_str())
         .bind(&status.last_error)
         .bind(status.last_seen_at)
-        .bind(status.consecutive_failures as i64)
+        .bind(i64::from(status.consecutive_failures))
         .bind(status.changed_at)
         .execute(&self.pool)
         .await?;
