@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
@@ -38,6 +38,10 @@ pub const REPLAY_WAIT: Duration = Duration::from_secs(2);
 /// reading event is (up to a payload's worth of metrics), so a count alone would let one device
 /// make the buffer hold gigabytes. Replays the buffer no longer holds are read from the log.
 pub const MAX_BUFFER_BYTES: usize = 4 << 20;
+/// Events leave the buffer this long after they surfaced, whatever the bounds above: memory
+/// follows the event rate, not the time since start-up, and a quiet instance gives back what a
+/// busy hour filled. A resume from further back reads the log (kept [`LOG_RETENTION`]).
+pub const MAX_BUFFER_AGE: Duration = Duration::from_secs(60);
 /// Queued events waiting for the log; beyond this, new events are dropped (and counted).
 const OUTBOX_CAPACITY: usize = 65_536;
 /// Events appended in one transaction.
@@ -78,6 +82,8 @@ pub struct Event {
     /// kept — a parsed JSON value takes several times its text in memory, and the buffer holds
     /// thousands of events.
     wire: axum::body::Bytes,
+    /// When this instance read it from the log ([`MAX_BUFFER_AGE`]).
+    surfaced: Instant,
 }
 
 impl Event {
@@ -105,6 +111,7 @@ impl From<StoredEvent> for Event {
             id,
             kind: stored.kind,
             wire: axum::body::Bytes::from(wire),
+            surfaced: Instant::now(),
         }
     }
 }
@@ -122,6 +129,7 @@ pub struct EventHub {
     inner: Arc<Mutex<Inner>>,
     sender: broadcast::Sender<Arc<Event>>,
     capacity: usize,
+    max_age: Duration,
     outbox: mpsc::Sender<NewEvent>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
     replays: Arc<Semaphore>,
@@ -168,6 +176,7 @@ impl EventHub {
             })),
             sender,
             capacity: capacity.max(1),
+            max_age: MAX_BUFFER_AGE,
             outbox,
             dropped: Arc::default(),
             replays: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLAYS)),
@@ -220,6 +229,24 @@ impl EventHub {
             }
             // Sent under the lock so that replay + live never miss or repeat an event.
             let _ = self.sender.send(event);
+        }
+        Self::drop_aged(&mut inner, self.max_age);
+    }
+
+    /// Lets go of the buffered events older than [`MAX_BUFFER_AGE`] (also when no new events
+    /// come to push them out).
+    pub fn expire(&self) {
+        let mut inner = self.inner.lock().expect("event hub lock");
+        Self::drop_aged(&mut inner, self.max_age);
+    }
+
+    fn drop_aged(inner: &mut Inner, max_age: Duration) {
+        while let Some(oldest) = inner.buffer.front() {
+            if oldest.surfaced.elapsed() < max_age {
+                break;
+            }
+            inner.buffer_bytes -= oldest.footprint();
+            inner.buffer.pop_front();
         }
     }
 
@@ -446,7 +473,10 @@ pub async fn run_log(
                     }
                 }
             }
-            _ = tail.tick() => read_new(&hub, store.as_ref()).await,
+            _ = tail.tick() => {
+                read_new(&hub, store.as_ref()).await;
+                hub.expire();
+            }
             _ = prune.tick() => {
                 let before = chrono::Utc::now() - LOG_RETENTION;
                 match store.prune_events(before).await {
@@ -569,6 +599,45 @@ mod tests {
         assert_eq!(pending.from_log, Some((2, 7)));
         let ids: Vec<u64> = pending.buffered.iter().map(|e| e.id).collect();
         assert_eq!(ids, [8, 9, 10]);
+    }
+
+    #[test]
+    fn events_leave_the_buffer_with_age_and_resumes_before_them_read_the_log() {
+        let (mut hub, _outbox) = EventHub::new(10_000);
+        hub.max_age = Duration::from_millis(100);
+        hub.start_at(0);
+        hub.surface((1..=5).map(stored).collect());
+        hub.expire();
+        assert_eq!(
+            hub.inner.lock().unwrap().buffer.len(),
+            5,
+            "young events stay"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        hub.surface(vec![stored(6)]);
+        let ids: Vec<u64> = hub
+            .inner
+            .lock()
+            .unwrap()
+            .buffer
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, [6], "the aged events left as a new one came");
+        assert_eq!(hub.begin(Some(2)).from_log, Some((2, 5)));
+        std::thread::sleep(Duration::from_millis(150));
+        hub.expire();
+        assert_eq!(
+            hub.buffered_bytes(),
+            0,
+            "with no new events, expire empties the buffer"
+        );
+        assert_eq!(hub.begin(Some(2)).from_log, Some((2, 6)));
+        assert_eq!(
+            hub.position(),
+            Some(6),
+            "the position stays where the log was read"
+        );
     }
 
     #[test]

@@ -11,5 +11,9 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Before anything opens a database: SQLite takes its allocator only before its first use.
+    if let Err(e) = ddms::allocator::route_sqlite_memory() {
+        eprintln!("ddms: {e}");
+    }
     ddms::cli::run(ddms::cli::Cli::parse())
 }

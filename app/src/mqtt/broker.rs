@@ -151,6 +151,8 @@ pub struct EmbeddedBroker {
     listen: SocketAddr,
     tls_listen: Option<SocketAddr>,
     inbound: Arc<Inbound>,
+    /// The refusal logs' throttles, pruned while the broker runs.
+    throttles: [Arc<LogThrottle>; 2],
     directory: DeviceDirectory,
     devices_changed: Arc<Notify>,
     credentials_changed: Arc<Notify>,
@@ -177,15 +179,16 @@ impl EmbeddedBroker {
             status: context.status,
             metrics: ingest_metrics.clone(),
             limits: Limits::default(),
-            log: LogThrottle::default(),
+            log: Arc::new(LogThrottle::default()),
         });
         let register = scx.extends.hook_mgr().register();
         let access = Arc::new(AccessControl {
             directory: directory.clone(),
             metrics,
             ingest_metrics,
-            log: LogThrottle::default(),
+            log: Arc::new(LogThrottle::default()),
         });
+        let throttles = [inbound.log.clone(), access.log.clone()];
         for typ in [
             Type::ClientAuthenticate,
             Type::ClientSubscribeCheckAcl,
@@ -258,6 +261,7 @@ impl EmbeddedBroker {
             listen,
             tls_listen,
             inbound,
+            throttles,
             directory,
             devices_changed: context.devices_changed,
             credentials_changed: context.credentials_changed,
@@ -286,6 +290,7 @@ impl EmbeddedBroker {
             listen,
             tls_listen,
             inbound,
+            throttles,
             directory,
             devices_changed,
             credentials_changed,
@@ -293,6 +298,7 @@ impl EmbeddedBroker {
         } = self;
         let maintain =
             tokio::spawn(directory.maintain(devices_changed, credentials_changed, stop.clone()));
+        let prune = tokio::spawn(prune_throttles(throttles, stop.clone()));
         // `run`, not `start`: rmqtt's `start` exits the process when a listener fails.
         let mut accept = tokio::spawn(async move {
             if let Err(e) = server.run().await {
@@ -313,6 +319,7 @@ impl EmbeddedBroker {
         let _ = accept.await;
         inbound.gate.close();
         let _ = maintain.await;
+        let _ = prune.await;
         let disconnected = tokio::time::timeout(DISCONNECT_TIMEOUT, disconnect_all(&scx)).await;
         match disconnected {
             Ok(count) => {
@@ -322,6 +329,18 @@ impl EmbeddedBroker {
                 "embedded MQTT broker stopped; some devices were still busy after {} s",
                 DISCONNECT_TIMEOUT.as_secs()
             ),
+        }
+    }
+}
+
+/// Prunes the refusal logs' throttles every interval until `stop`.
+async fn prune_throttles(throttles: [Arc<LogThrottle>; 2], stop: CancellationToken) {
+    let mut tick = tokio::time::interval(throttles[0].interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => throttles.iter().for_each(|t| t.prune()),
         }
     }
 }
@@ -384,7 +403,7 @@ struct AccessControl {
     directory: DeviceDirectory,
     metrics: BrokerMetrics,
     ingest_metrics: IngestMetrics,
-    log: LogThrottle,
+    log: Arc<LogThrottle>,
 }
 
 impl AccessControl {

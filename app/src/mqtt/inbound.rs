@@ -5,7 +5,7 @@
 //! dropped (resending it would not help), [`Outcome::Retry`] must not be acknowledged at all.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -79,7 +79,7 @@ pub struct Inbound {
     pub status: StatusBoard,
     pub metrics: IngestMetrics,
     pub limits: Limits,
-    pub log: LogThrottle,
+    pub log: Arc<LogThrottle>,
 }
 
 impl Inbound {
@@ -254,6 +254,34 @@ impl LogThrottle {
         }
     }
 
+    /// How often [`LogThrottle::prune`] should run: keys are of no use once their interval has
+    /// passed.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Forgets the keys whose interval has passed and gives back the map's spare room, so the
+    /// keys a flood left behind (up to [`LOG_THROTTLE_KEYS`]) do not stay for the life of the
+    /// process once the flood is over.
+    pub fn prune(&self) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let interval = self.interval;
+        last.retain(|_, at| now.duration_since(*at) < interval);
+        if last.capacity() > 4 * last.len().max(16) {
+            last.shrink_to_fit();
+        }
+    }
+
+    /// How many keys are remembered (for tests and the limits' documentation).
+    pub fn len(&self) -> usize {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn first_in_a_while(&self, key: &str) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -289,6 +317,22 @@ mod tests {
         assert!(throttle.first_in_a_while("b"));
         std::thread::sleep(Duration::from_millis(60));
         assert!(throttle.first_in_a_while("a"));
+    }
+
+    #[test]
+    fn pruning_forgets_the_keys_of_a_flood_once_their_interval_has_passed() {
+        let throttle = LogThrottle::new(Duration::from_millis(50));
+        for i in 0..5_000 {
+            throttle.first_in_a_while(&format!("user-{i}"));
+        }
+        throttle.prune();
+        assert_eq!(throttle.len(), 5_000, "keys inside their interval are kept");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(throttle.first_in_a_while("after the flood"));
+        throttle.prune();
+        assert_eq!(throttle.len(), 1);
+        let capacity = throttle.last.lock().unwrap().capacity();
+        assert!(capacity < 1_000, "the map kept room for {capacity} keys");
     }
 
     #[test]

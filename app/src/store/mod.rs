@@ -43,6 +43,10 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The rows themselves cannot be stored (a value no column of ours may hold), checked before
+    /// the database sees them so both backends refuse the same rows the same way.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -90,7 +94,7 @@ impl StoreError {
     /// not recognise holds the batch instead, so it never drops readings it could store later.
     pub fn is_refusal(&self) -> bool {
         match self {
-            StoreError::NotFound | StoreError::Conflict(_) => true,
+            StoreError::NotFound | StoreError::Conflict(_) | StoreError::Refused(_) => true,
             StoreError::Database(sqlx::Error::Database(db)) => db
                 .code()
                 .is_some_and(|code| refusal_code(&code, db.message())),
@@ -132,6 +136,19 @@ fn transient_code(code: &str, message: &str) -> bool {
         // A row routed to the default partition while the day's partition was attached (an
         // older release creates partitions without the lock that orders them after inserts).
         || (code == "23514" && message.contains("partition constraint"))
+}
+
+/// Refuses a batch holding a value no reading may be stored with: a NaN or an infinity would
+/// poison every rollup of its bucket, and SQLite would bind a NaN as NULL. Producers refuse such
+/// values already (`ingest::limits`); this is the store's own guard, so no caller can get past it.
+pub(crate) fn refuse_non_finite(readings: &[Reading]) -> StoreResult<()> {
+    match readings.iter().find(|r| !r.value.is_finite()) {
+        Some(bad) => Err(StoreError::Refused(format!(
+            "series {}: value {} is not a finite number",
+            bad.series, bad.value
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The conflict of a change that would leave no enabled owner (nobody could administer ddms).

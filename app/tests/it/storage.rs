@@ -169,6 +169,50 @@ async fn duplicate_readings_are_ignored(store: Arc<dyn Store>) {
     assert_eq!(store.insert_readings(&[]).await.unwrap(), 0);
 }
 
+/// A value no reading may hold (NaN, an infinity) is refused with an error the batch writer
+/// treats as the rows' own fault, and nothing of that batch is stored. SQLite used to drop a NaN
+/// silently: it binds NaN as NULL and `INSERT OR IGNORE` also ignores NOT NULL violations, so
+/// the reading vanished while the batch, and its MQTT acknowledgements, succeeded; PostgreSQL
+/// stored the NaN and every rollup of its bucket became NaN.
+async fn readings_that_cannot_be_stored_are_refused_not_dropped(store: Arc<dyn Store>) {
+    let device = store.create_device(&modbus_device("d")).await.unwrap();
+    let series = store.ensure_series(device.id, "t", None).await.unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let batch = [
+            Reading {
+                series,
+                ts: ts(0),
+                value: 1.0,
+            },
+            Reading {
+                series,
+                ts: ts(1),
+                value: bad,
+            },
+        ];
+        let err = store
+            .insert_readings(&batch)
+            .await
+            .expect_err(&format!("a batch holding {bad} was accepted"));
+        assert!(err.is_refusal(), "{bad}: {err} is not a refusal");
+        assert!(!err.is_transient(), "{bad}: {err} is called transient");
+    }
+    let stored = store
+        .query_readings(series, ts(0), ts(1000), 10)
+        .await
+        .unwrap();
+    assert!(
+        stored.is_empty(),
+        "part of a refused batch was stored: {stored:?}"
+    );
+    let good = Reading {
+        series,
+        ts: ts(0),
+        value: 1.0,
+    };
+    assert_eq!(store.insert_readings(&[good]).await.unwrap(), 1);
+}
+
 /// The batch writer caches series ids, so an id must never come back for another series
 /// (SQLite handed out the highest deleted id again before migration 0007).
 async fn series_ids_are_never_reused_after_a_device_is_deleted(store: Arc<dyn Store>) {
@@ -1421,6 +1465,7 @@ conformance_suite!(
     duplicate_device_name_is_a_conflict,
     series_are_created_once_per_device_and_metric,
     duplicate_readings_are_ignored,
+    readings_that_cannot_be_stored_are_refused_not_dropped,
     series_ids_are_never_reused_after_a_device_is_deleted,
     range_queries_return_oldest_first_within_bounds,
     rollups_summarise_new_readings_per_minute_and_hour,

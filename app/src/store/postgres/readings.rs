@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use crate::store::{
-    Bucket, LatestReading, Point, PruneCounts, Reading, ReadingStore, RollupStep, SeriesId,
-    StoreResult,
+    refuse_non_finite, Bucket, LatestReading, Point, PruneCounts, Reading, ReadingStore,
+    RollupStep, SeriesId, StoreResult,
 };
 
 /// Serialises partition maintenance across instances (blue and green share the database).
@@ -112,6 +112,7 @@ impl ReadingStore for PostgresStore {
         if readings.is_empty() {
             return Ok(0);
         }
+        refuse_non_finite(readings)?;
         let series: Vec<i64> = readings.iter().map(|r| r.series).collect();
         let ts: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
         let values: Vec<f64> = readings.iter().map(|r| r.value).collect();

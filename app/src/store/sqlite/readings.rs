@@ -11,9 +11,14 @@ use uuid::Uuid;
 
 use super::{from_micros, micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
 use crate::store::{
-    Bucket, LatestReading, Point, PruneCounts, Reading, ReadingStore, RollupStep, SeriesId,
-    StoreResult,
+    refuse_non_finite, Bucket, LatestReading, Point, PruneCounts, Reading, ReadingStore,
+    RollupStep, SeriesId, StoreResult,
 };
+
+/// The tail of the readings insert: a reading already stored for `(series, ts)` is left as it
+/// is (the first value wins), and the rows that were new come back for the rollups.
+const IGNORE_DUPLICATES: &str =
+    " ON CONFLICT (series_id, ts) DO NOTHING RETURNING series_id, ts, value";
 
 #[derive(Debug, Clone, Copy)]
 struct Agg {
@@ -52,17 +57,20 @@ impl ReadingStore for SqliteStore {
         if readings.is_empty() {
             return Ok(0);
         }
+        refuse_non_finite(readings)?;
         // One transaction; full chunks share one cached multi-row statement (each statement is
         // a round trip to sqlx's SQLite worker thread, so rows per statement is what counts).
         // RETURNING yields only the rows that were inserted, not the ignored duplicates: those
-        // are what the rollups add.
+        // are what the rollups add. Only the duplicate is ignored (`ON CONFLICT … DO NOTHING`,
+        // not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL or a CHECK and
+        // report the batch as stored).
         let mut tx = self.pool.begin().await?;
         let mut new = Vec::with_capacity(readings.len());
         let full_chunk_sql = multi_row_insert(
-            "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
+            "INSERT INTO readings (series_id, ts, value) VALUES ",
             "(?, ?, ?)",
             ROWS_PER_STATEMENT,
-        ) + " RETURNING series_id, ts, value";
+        ) + IGNORE_DUPLICATES;
         let mut chunks = readings.chunks_exact(ROWS_PER_STATEMENT);
         for chunk in chunks.by_ref() {
             let mut query = sqlx::query(&full_chunk_sql);
@@ -77,10 +85,10 @@ impl ReadingStore for SqliteStore {
         let remainder = chunks.remainder();
         if !remainder.is_empty() {
             let sql = multi_row_insert(
-                "INSERT OR IGNORE INTO readings (series_id, ts, value) VALUES ",
+                "INSERT INTO readings (series_id, ts, value) VALUES ",
                 "(?, ?, ?)",
                 remainder.len(),
-            ) + " RETURNING series_id, ts, value";
+            ) + IGNORE_DUPLICATES;
             let mut query = sqlx::query(&sql);
             for reading in remainder {
                 query = query

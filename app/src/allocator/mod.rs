@@ -2,6 +2,11 @@
 //! resident memory alone cannot tell live data from pages the allocator keeps for reuse, or
 //! from memory that is not the allocator's at all (thread stacks, C libraries' own malloc).
 
+// The crate's only unsafe code: SQLite's allocator hook is a C API with raw pointers.
+#[allow(unsafe_code)]
+mod sqlite;
+pub use sqlite::{route_sqlite_memory, SqliteMemoryError};
+
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, Opts};
