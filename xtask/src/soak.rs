@@ -1,5 +1,5 @@
 //! `cargo xtask soak`: a hostile-client soak of one release ddms on loopback (SQLite, the
-//! embedded broker). The driver is an example of the ddms crate (`app/examples/soak.rs`, like
+//! embedded broker). The driver is an example of the ddms crate (`app/examples/soak/`, like
 //! the benchmarks) so that its HTTP and MQTT clients stay out of xtask; it prints a table,
 //! writes `target/bench/soak.json` and exits non-zero when a bound is broken.
 

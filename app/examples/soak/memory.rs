@@ -71,7 +71,8 @@ impl MemorySnapshot {
             let mib_b = |b: u64| b as f64 / (1024.0 * 1024.0);
             lines.push(format!(
                 "allocator: allocated {:.1} → {:.1} MiB, resident {:.1} → {:.1} MiB; not the \
-                 allocator's (anonymous − allocator resident) {:.1} → {:.1} MiB",
+                 allocator's (anonymous − allocator resident; jemalloc counts untouched pages \
+                 as resident, so this can go below 0) {:.1} → {:.1} MiB",
                 mib_b(a0),
                 mib_b(a1),
                 mib_b(r0),
