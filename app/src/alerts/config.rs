@@ -65,20 +65,19 @@ impl Default for AlertsConfig {
 }
 
 impl AlertsConfig {
-    /// The first invalid key (its full name) and what is wrong with it.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let between = |key, value: Duration, min: Duration, max: Duration| {
+    /// Every invalid key (its full name) with what is wrong with it; empty when all are valid.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let mut between = |key, value: Duration, min: Duration, max: Duration| {
             if value < min || value > max {
-                Err((
+                problems.push((
                     key,
                     format!(
                         "must be between {} and {} seconds",
                         min.as_secs_f64(),
                         max.as_secs()
                     ),
-                ))
-            } else {
-                Ok(())
+                ));
             }
         };
         between(
@@ -86,55 +85,57 @@ impl AlertsConfig {
             self.delivery_timeout,
             Duration::from_secs(1),
             Duration::from_secs(300),
-        )?;
+        );
         between(
             "alerts.delivery_expiry",
             self.delivery_expiry,
             Duration::from_secs(60),
             MAX_DURATION,
-        )?;
+        );
         between(
             "alerts.group_window",
             self.group_window,
             Duration::from_secs(1),
             Duration::from_secs(86_400),
-        )?;
+        );
         between(
             "alerts.evaluation_interval",
             self.evaluation_interval,
             Duration::from_millis(100),
             Duration::from_secs(3600),
-        )?;
+        );
         between(
             "alerts.not_ready_grace",
             self.not_ready_grace,
             Duration::ZERO,
             Duration::from_secs(86_400),
-        )?;
+        );
         if let Some(after) = self.backup_stale_after {
             between(
                 "alerts.backup_stale_after",
                 after,
                 Duration::from_secs(1),
                 MAX_DURATION,
-            )?;
+            );
         }
         if self.group_threshold == 0 {
-            return Err(("alerts.group_threshold", "must be at least 1".into()));
+            problems.push(("alerts.group_threshold", "must be at least 1".into()));
         }
         if self.disk_free_floor_percent > 99 {
-            return Err((
+            problems.push((
                 "alerts.disk_free_floor_percent",
                 "must be between 0 and 99".into(),
             ));
         }
         if let Some(path) = &self.smtp_ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| ("alerts.smtp_ca_file", format!("{}: {e}", path.display())))?;
-            super::channels::email::parse_ca_pem(&pem)
-                .map_err(|e| ("alerts.smtp_ca_file", format!("{}: {e}", path.display())))?;
+            let checked = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| super::channels::email::parse_ca_pem(&pem).map(drop));
+            if let Err(e) = checked {
+                problems.push(("alerts.smtp_ca_file", format!("{}: {e}", path.display())));
+            }
         }
-        Ok(())
+        problems
     }
 
     /// The section as `ddms config check` prints it (durations in seconds, like the file).
@@ -232,7 +233,7 @@ mod tests {
         assert_eq!(config.delivery_timeout, Duration::from_secs(10));
         assert_eq!(config.delivery_expiry, Duration::from_secs(86_400));
         assert!(!config.allow_private_targets);
-        config.validate().unwrap();
+        assert_eq!(config.validate(), []);
     }
 
     #[test]
@@ -255,9 +256,23 @@ mod tests {
                 "alerts.smtp_ca_file",
             ),
         ] {
-            let (got, _) = parse(text).validate().unwrap_err();
-            assert_eq!(got, key, "{text}");
+            let problems = parse(text).validate();
+            let keys: Vec<&str> = problems.iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys, [key], "{text}");
         }
+        // Every problem at once, not the first only.
+        let problems =
+            parse("delivery_timeout = 0\ngroup_threshold = 0\ndisk_free_floor_percent = 100")
+                .validate();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "alerts.delivery_timeout",
+                "alerts.group_threshold",
+                "alerts.disk_free_floor_percent"
+            ]
+        );
         assert!(toml::from_str::<AlertsConfig>("delivery_timeout = -1").is_err());
         assert!(toml::from_str::<AlertsConfig>("delivery_timeout = \"10s\"").is_err());
         assert!(toml::from_str::<AlertsConfig>("unknown = 1").is_err());

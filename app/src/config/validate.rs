@@ -281,7 +281,7 @@ impl Config {
                 problems.add("http.public_url", message);
             }
         }
-        if let Err((key, message)) = self.alerts.validate() {
+        for (key, message) in self.alerts.validate() {
             problems.add(key, message);
         }
         if self.backup.keep == 0 {
