@@ -59,11 +59,6 @@ const ALLOWED_EDGES: &[(&str, &str, &str)] = &[
         "validate calls mqtt::endpoint::parse_public_url; move the parser (and DeviceEndpoint) \
          into config/",
     ),
-    (
-        "settings",
-        "retention",
-        "settings stores retention::pending::PendingRetention; move the type into settings",
-    ),
 ];
 
 /// module → used module → one example `file:line` of the use.
