@@ -40,25 +40,6 @@ const ALLOWED_EDGES: &[(&str, &str, &str)] = &[
         "alerts",
         "retention::pending raises RETENTION_PENDING; needs the system-alert sink",
     ),
-    // `config` is the bottom layer (everything reads `Config`) but validates with helpers that
-    // live higher up. Removed by moving the helper (or the section's type) into config/.
-    (
-        "config",
-        "alerts",
-        "config holds alerts::config::AlertsConfig and calls check_public_url; move \
-         alerts/config.rs to config/alerts.rs",
-    ),
-    (
-        "config",
-        "ingest",
-        "validate reads ingest::MAX_SERIES_PER_DEVICE; move the limit below config (or into it)",
-    ),
-    (
-        "config",
-        "mqtt",
-        "validate calls mqtt::endpoint::parse_public_url; move the parser (and DeviceEndpoint) \
-         into config/",
-    ),
 ];
 
 /// module → used module → one example `file:line` of the use.
