@@ -15,30 +15,31 @@ use super::{root, rust_files};
 /// test fails on a cycle through any other edge, and on an entry here that no longer exists, so
 /// the list only shrinks.
 const ALLOWED_EDGES: &[(&str, &str, &str)] = &[
-    // `alerts` sits above backup, ingest, status and retention (it watches them), but each of
-    // them holds an `Arc<alerts::Alerting>` to raise its own system alert and names the alert's
-    // check (`alerts::system::*`). Removed by a small sink below them (e.g. a trait or a
-    // channel of system-alert events in a low module, with `Alerting` implementing it and the
-    // check names moving with it), injected by `server`.
+    // `alerts` sits above backup, ingest, status and retention (it watches them: `alerts::watch`
+    // reads backups and settings, the evaluator reads ingest's `Sample` and status'
+    // `CONNECTION_FAILURE`), but each of them holds an `Arc<alerts::Alerting>` handed in by
+    // `server`. Removed by a small interface in a low module that `Alerting` implements: one
+    // method for `system_condition(check, device, active, detail)` (with the check names of
+    // `alerts::system` moving down beside it) and one for `evaluate(&[Sample])`.
     (
         "backup",
         "alerts",
-        "backup::report raises BACKUP_FAILED through alerts::Alerting; needs the system-alert sink",
+        "backup::report raises the BACKUP_FAILED system alert via Alerting::system_condition",
     ),
     (
         "ingest",
         "alerts",
-        "ingest's pipeline holds Arc<alerts::Alerting>; needs the system-alert sink",
+        "the batch writer calls Alerting::evaluate on the samples it committed",
     ),
     (
         "status",
         "alerts",
-        "StatusBoard::report_to raises CONNECTION_FAILURE; needs the system-alert sink",
+        "StatusBoard raises CONNECTION_FAILURE via Alerting::system_condition",
     ),
     (
         "retention",
         "alerts",
-        "retention::pending raises RETENTION_PENDING; needs the system-alert sink",
+        "retention::pending raises RETENTION_PENDING via Alerting::system_condition",
     ),
 ];
 
