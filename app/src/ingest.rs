@@ -21,7 +21,7 @@ mod series;
 mod split;
 
 use crate::store::Store;
-pub use series::{MAX_CACHED_SERIES, MAX_SERIES_PER_DEVICE};
+pub use series::MAX_CACHED_SERIES;
 pub use split::{SERIES_QUOTA, STORE_REFUSED};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::retention::pending::PendingRetention;
 use crate::store::{Store, StoreResult};
 
 pub const RETENTION_DAYS: &str = "retention_days";
@@ -22,6 +23,42 @@ pub const RETENTION_PENDING: &str = "retention_pending";
 
 /// How soon a change written by another instance takes effect here.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A shorter retention waiting to take effect (`retention::pending` decides and applies it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRetention {
+    /// The retention asked for.
+    pub retention_days: u32,
+    /// The retention in effect when it was asked for (`None`: everything was kept).
+    pub from_days: Option<u32>,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    /// When it takes effect by itself.
+    pub due_at: DateTime<Utc>,
+    /// About how many readings were older than the new retention when it was asked for.
+    pub readings: u64,
+}
+
+impl PendingRetention {
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        now >= self.due_at
+    }
+
+    /// The alert's detail: what goes, and when.
+    pub fn describe(&self) -> String {
+        let from = self
+            .from_days
+            .map_or("keep everything".to_string(), |d| format!("{d} days"));
+        format!(
+            "retention_days {from} -> {} days asked by {}: about {} readings older than {} days will be deleted at {} (an owner can delete now)",
+            self.retention_days,
+            self.requested_by,
+            self.readings,
+            self.retention_days,
+            self.due_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSettings {

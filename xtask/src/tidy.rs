@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 mod docs;
 mod infra;
 mod migrations;
+mod module_cycles;
 mod module_docs;
 mod nginx;
 mod nix;

@@ -14,11 +14,11 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::channels::Deliverer;
-use super::config::AlertsConfig;
 use super::engine::{self, Phase, Step, TimedValue};
 use super::metrics::AlertMetrics;
 use super::outbox::OutboxWorker;
 use super::rule::{Check, Condition};
+use crate::config::alerts::AlertsConfig;
 use crate::events::{EventHub, EventKind};
 use crate::ingest::Sample;
 use crate::status::CONNECTION_FAILURE;

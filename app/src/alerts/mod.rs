@@ -3,7 +3,6 @@
 //! (see docs/alerts.md and ARCHITECTURE.md).
 
 pub mod channels;
-pub mod config;
 pub mod engine;
 pub mod evaluator;
 pub mod metrics;

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::channels::{
     Channel, ChannelKind, Deliverer, GroupedAlert, Message, MessageState, Outcome,
 };
-use super::config::AlertsConfig;
 use super::metrics::AlertMetrics;
+use crate::config::alerts::AlertsConfig;
 use crate::store::alerts::Delivery;
 use crate::store::{Store, StoreError, StoreResult};
 

@@ -3,8 +3,9 @@
 //! `__`) → command-line flags). Secrets are `SecretString`s that never print, and each one also
 //! accepts `<key>_file`, a path whose content is the secret.
 //!
-//! Loading lives in `load.rs`, the checks of values in `validate.rs`, and the one way the
-//! configuration is printed in `redacted.rs`.
+//! Loading lives in `load.rs`, the checks of values in `validate.rs`, the one way the
+//! configuration is printed in `redacted.rs`, and the broker address devices are told (from
+//! `mqtt.*`, `mqtt.public_url` first) in `endpoint.rs`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub mod alerts;
+pub mod endpoint;
 mod load;
 mod redacted;
 mod validate;
@@ -40,7 +43,7 @@ pub struct Config {
     pub backup: BackupConfig,
     pub log: LogConfig,
     #[serde(default)]
-    pub alerts: crate::alerts::config::AlertsConfig,
+    pub alerts: alerts::AlertsConfig,
     /// The profile the values were selected with (not a key of its own).
     #[serde(skip)]
     pub profile: String,
@@ -186,7 +189,7 @@ pub struct MqttConfig {
     /// `mqtt://host:1883` or `mqtts://host:8883` for `mode = "external"`.
     pub url: Option<String>,
     /// `mqtt://host:port` or `mqtts://host:port`: the broker address devices are given in
-    /// their credentials, when it is not the one ddms uses itself (see `mqtt::endpoint`).
+    /// their credentials, when it is not the one ddms uses itself (see `config::endpoint`).
     pub public_url: Option<String>,
     pub tls: MqttTlsConfig,
     pub username: Option<String>,
@@ -246,6 +249,9 @@ pub struct ProvisioningConfig {
     pub token: Option<SecretString>,
     pub token_file: Option<PathBuf>,
 }
+
+/// The highest `ingest.max_series_per_device` accepted.
+pub const MAX_SERIES_PER_DEVICE: usize = 100_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

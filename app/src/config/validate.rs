@@ -9,8 +9,7 @@ use figment::Figment;
 use secrecy::ExposeSecret;
 
 use super::load::source_of;
-use super::{redact_url, Config, ConfigError, MqttMode};
-use crate::ingest::MAX_SERIES_PER_DEVICE;
+use super::{redact_url, Config, ConfigError, MqttMode, MAX_SERIES_PER_DEVICE};
 
 /// The problems found so far, one `key: message (from source)` line each, in the order the
 /// checks are written (so the same configuration always gives the same error).
@@ -185,7 +184,7 @@ impl Config {
             }
         }
         if let Some(public) = &self.mqtt.public_url {
-            if let Err(e) = crate::mqtt::endpoint::parse_public_url(public) {
+            if let Err(e) = super::endpoint::parse_public_url(public) {
                 problems.add("mqtt.public_url", e);
             }
         }
@@ -277,7 +276,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.http.public_url {
-            if let Err(message) = crate::alerts::config::check_public_url(url) {
+            if let Err(message) = super::alerts::check_public_url(url) {
                 problems.add("http.public_url", message);
             }
         }

@@ -235,7 +235,7 @@ async fn issue_credentials(
         }
     }
     state.credentials_changed.notify_waiters();
-    let endpoint = crate::mqtt::endpoint::device_endpoint(&state.config, request_host);
+    let endpoint = crate::config::endpoint::device_endpoint(&state.config, request_host);
     Ok(
         json!({ "host": endpoint.host, "port": endpoint.port, "tls": endpoint.tls, "username": credentials.username, "password": password }),
     )

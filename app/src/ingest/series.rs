@@ -12,9 +12,6 @@ use uuid::Uuid;
 use super::Sample;
 use crate::store::{SeriesId, Store, StoreResult};
 
-/// The highest `ingest.max_series_per_device` accepted.
-pub const MAX_SERIES_PER_DEVICE: usize = 100_000;
-
 /// Series ids held in memory at most (about 100 bytes each); past it the cache starts over.
 pub const MAX_CACHED_SERIES: usize = 200_000;
 

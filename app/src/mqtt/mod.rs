@@ -7,7 +7,6 @@
 //! - `connection.rs` turns `mqtt.url`/`mqtt.tls.*` into rumqttc options (rustls);
 //! - `ingester.rs` subscribes in a persistent session and acknowledges each message only after
 //!   its readings are committed;
-//! - `endpoint.rs` decides which broker address devices are told (`mqtt.public_url`);
 //! - `dynsec.rs` keeps per-device accounts on Mosquitto's dynamic-security plugin;
 //! - `simulator.rs` is a device that registers itself and publishes (demo, tests, benchmarks).
 
@@ -15,7 +14,6 @@ pub mod broker;
 pub mod connection;
 pub mod directory;
 pub mod dynsec;
-pub mod endpoint;
 pub mod inbound;
 pub mod ingester;
 pub mod payload;

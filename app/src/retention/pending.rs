@@ -8,31 +8,15 @@
 //! instance applies it when due (idempotent: it only writes settings).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::alerts::system::RETENTION_PENDING;
 use crate::alerts::Alerting;
-use crate::settings::{RuntimeSettings, Settings, RETENTION_DAYS};
+use crate::settings::{PendingRetention, RuntimeSettings, Settings, RETENTION_DAYS};
 use crate::store::{Store, StoreResult};
 
 /// How long a shortening of `retention_days` waits before it deletes anything.
 pub const DELAY_HOURS: i64 = 24;
-
-/// A shorter retention waiting to take effect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingRetention {
-    /// The retention asked for.
-    pub retention_days: u32,
-    /// The retention in effect when it was asked for (`None`: everything was kept).
-    pub from_days: Option<u32>,
-    pub requested_by: String,
-    pub requested_at: DateTime<Utc>,
-    /// When it takes effect by itself.
-    pub due_at: DateTime<Utc>,
-    /// About how many readings were older than the new retention when it was asked for.
-    pub readings: u64,
-}
 
 /// What a change of `retention_days` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,27 +40,6 @@ pub fn classify(current: Option<u32>, requested: Option<u32>) -> Change {
 /// When a shortening asked for at `requested_at` takes effect.
 pub fn due_at(requested_at: DateTime<Utc>) -> DateTime<Utc> {
     requested_at + chrono::Duration::hours(DELAY_HOURS)
-}
-
-impl PendingRetention {
-    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
-        now >= self.due_at
-    }
-
-    /// The alert's detail: what goes, and when.
-    pub fn describe(&self) -> String {
-        let from = self
-            .from_days
-            .map_or("keep everything".to_string(), |d| format!("{d} days"));
-        format!(
-            "retention_days {from} -> {} days asked by {}: about {} readings older than {} days will be deleted at {} (an owner can delete now)",
-            self.retention_days,
-            self.requested_by,
-            self.readings,
-            self.retention_days,
-            self.due_at.format("%Y-%m-%dT%H:%M:%SZ"),
-        )
-    }
 }
 
 /// Stores a change of `retention_days` from an owner: a shortening becomes pending and its

@@ -511,9 +511,9 @@ async fn a_receiver_down_past_the_expiry_leaves_a_dead_letter() {
 #[tokio::test]
 async fn many_alerts_of_one_rule_firing_together_are_sent_as_one_grouped_message() {
     use ddms::alerts::channels::Deliverer;
-    use ddms::alerts::config::AlertsConfig;
     use ddms::alerts::metrics::AlertMetrics;
     use ddms::alerts::OutboxWorker;
+    use ddms::config::alerts::AlertsConfig;
     use ddms::store::alerts::{Alert, AlertChange, AlertState, NewDelivery};
 
     let receiver = Receiver::start(SECRET).await;

@@ -9,7 +9,7 @@ use ddms::alerts::channels::{
     validate, Channel, ChannelKind, Deliverer, GroupedAlert, Message, MessageState, Outcome,
     Severity,
 };
-use ddms::alerts::config::AlertsConfig;
+use ddms::config::alerts::AlertsConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 

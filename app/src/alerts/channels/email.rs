@@ -19,7 +19,6 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -28,7 +27,7 @@ use super::config_hint;
 use super::target::{check_ip, resolve_checked, ResolveError};
 use super::text::{self, truncate};
 use super::{field_error, parse_settings, Channel, FieldError, Message, Outcome};
-use crate::alerts::config::AlertsConfig;
+use crate::config::alerts::{parse_ca_pem, AlertsConfig};
 
 pub const SUBJECT_MAX: usize = 200;
 pub const RECIPIENTS_MAX: usize = 50;
@@ -158,17 +157,6 @@ fn check_literal(ip: IpAddr, allow_private: bool, errors: &mut Vec<FieldError>) 
     if let Err(e) = check_ip(ip, allow_private) {
         errors.push(field_error("settings.smtp_host", e.to_string()));
     }
-}
-
-/// The certificates of a PEM file (at least one).
-pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM certificates: {e}"))?;
-    if certs.is_empty() {
-        return Err("holds no PEM certificate".into());
-    }
-    Ok(certs)
 }
 
 /// `alerts.smtp_ca_file`, read once when the deliverer is made.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::AlertsConfig;
+use crate::config::alerts::AlertsConfig;
 pub use crate::modbus::FieldError;
 
 /// What a channel is, as stored (the `channels` table's `kind`) and as created through the API.

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 /// Longest any duration key may be: 30 days.
@@ -130,7 +132,7 @@ impl AlertsConfig {
         if let Some(path) = &self.smtp_ca_file {
             let checked = std::fs::read(path)
                 .map_err(|e| e.to_string())
-                .and_then(|pem| super::channels::email::parse_ca_pem(&pem).map(drop));
+                .and_then(|pem| parse_ca_pem(&pem).map(drop));
             if let Err(e) = checked {
                 problems.push(("alerts.smtp_ca_file", format!("{}: {e}", path.display())));
             }
@@ -178,6 +180,17 @@ pub fn public_link(public_url: &url::Url, path: &str) -> String {
         public_url.as_str().trim_end_matches('/'),
         path.trim_start_matches('/')
     )
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
 }
 
 /// Durations are numbers of seconds (fractions allowed), as everywhere in the configuration.

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::config::{Config, MqttMode};
+use super::{Config, MqttMode};
 
 /// The broker address a device is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
