@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{from_micros, micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
 use crate::store::{
-    refuse_non_finite, Bucket, LatestReading, Point, PruneCounts, Reading, ReadingStore,
-    RollupStep, SeriesId, StoreResult,
+    in_key_order, refuse_non_finite, Bucket, LatestReading, Point, PruneCounts, Reading,
+    ReadingStore, RollupStep, SeriesId, StoreResult,
 };
 
 /// The tail of the readings insert: a reading already stored for `(series, ts)` is left as it
@@ -58,6 +58,7 @@ impl ReadingStore for SqliteStore {
             return Ok(0);
         }
         refuse_non_finite(readings)?;
+        let readings = in_key_order(readings);
         // One transaction; full chunks share one cached multi-row statement (each statement is
         // a round trip to sqlx's SQLite worker thread, so rows per statement is what counts).
         // RETURNING yields only the rows that were inserted, not the ignored duplicates: those
