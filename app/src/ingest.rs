@@ -20,18 +20,12 @@ pub mod limits;
 mod series;
 mod split;
 
+/// Defined beside [`SignalSink`], which alerting implements and the batch writer calls.
+pub use crate::signals::Sample;
+use crate::signals::SignalSink;
 use crate::store::Store;
 pub use series::MAX_CACHED_SERIES;
 pub use split::{SERIES_QUOTA, STORE_REFUSED};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub device_id: Uuid,
-    pub metric: String,
-    pub unit: Option<String>,
-    pub ts: DateTime<Utc>,
-    pub value: f64,
-}
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum IngestError {
@@ -242,7 +236,7 @@ pub struct BatchWriter {
     config: IngestConfig,
     series: series::SeriesResolver,
     device_changes: Option<Arc<tokio::sync::Notify>>,
-    alerts: Option<Arc<crate::alerts::Alerting>>,
+    alerts: Option<Arc<dyn SignalSink>>,
 }
 
 pub fn pipeline(
@@ -279,7 +273,7 @@ impl BatchWriter {
     }
 
     /// Evaluates every committed batch against the alert rules before its producers are told.
-    pub fn with_alerts(mut self, alerts: Arc<crate::alerts::Alerting>) -> Self {
+    pub fn with_alerts(mut self, alerts: Arc<dyn SignalSink>) -> Self {
         self.alerts = Some(alerts);
         self
     }

@@ -20,6 +20,7 @@ pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
+pub mod signals;
 pub mod status;
 pub mod store;
 pub mod telemetry;

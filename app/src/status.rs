@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::events::{EventHub, EventKind};
+use crate::signals::SignalSink;
 use crate::store::{DeviceStatus, NewNotification, Status, Store, StoreResult};
 
 pub const CONNECTION_FAILURE: &str = "connection_failure";
@@ -29,7 +30,7 @@ pub struct StatusBoard {
     devices_by_status: IntGaugeVec,
     failure_threshold: u32,
     /// Told when a connection-failure notification opens or clears (`system` alert rules).
-    alerts: Arc<OnceLock<Arc<crate::alerts::Alerting>>>,
+    alerts: Arc<OnceLock<Arc<dyn SignalSink>>>,
 }
 
 impl StatusBoard {
@@ -61,7 +62,7 @@ impl StatusBoard {
     }
 
     /// Reports connection failures to alerting from now on (alerting starts after the board).
-    pub fn report_to(&self, alerts: Arc<crate::alerts::Alerting>) {
+    pub fn report_to(&self, alerts: Arc<dyn SignalSink>) {
         let _ = self.alerts.set(alerts);
     }
 
@@ -69,7 +70,7 @@ impl StatusBoard {
         let Some(alerts) = self.alerts.get() else {
             return;
         };
-        let check = crate::alerts::system::CONNECTION_FAILURE;
+        let check = crate::signals::CONNECTION_FAILURE;
         if let Err(e) = alerts
             .system_condition(check, Some(device_id), active, None)
             .await

@@ -20,7 +20,7 @@ use super::outbox::OutboxWorker;
 use super::rule::{Check, Condition};
 use crate::config::alerts::AlertsConfig;
 use crate::events::{EventHub, EventKind};
-use crate::ingest::Sample;
+use crate::signals::Sample;
 use crate::status::CONNECTION_FAILURE;
 use crate::store::alerts::{Alert, AlertChange, AlertRule, AlertState, NewDelivery};
 use crate::store::{Store, StoreError, StoreResult};

@@ -1,42 +1,27 @@
 //! System alerts: problems of ddms itself or of a device's connection, reported through the
 //! same rules, channels, silences and lifecycle as threshold alerts. A `system` rule names its
 //! `system_check`; the part of ddms that sees the problem calls
-//! [`Alerting::system_condition`] when it starts and when it ends.
+//! [`Alerting::system_condition`] when it starts and when it ends — through [`SignalSink`],
+//! which `Alerting` implements here, when that part sits below `alerts` (status, backup,
+//! retention; ingest for [`Alerting::evaluate`]).
 
+use async_trait::async_trait;
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::evaluator::{next, Subject};
 use super::Alerting;
+use crate::signals::Sample;
+use crate::signals::SignalSink;
 use crate::store::alerts::AlertState;
 use crate::store::StoreResult;
 
-/// A device's connection failed `devices.failure_threshold` times in a row (the status
-/// board's connection-failure notification is open).
-pub const CONNECTION_FAILURE: &str = "connection_failure";
-/// Free space of `data_dir` or `backup.dir` below `alerts.disk_free_floor_percent`
-/// (checked by [`super::watch`]).
-pub const DISK_SPACE: &str = "disk_space";
-/// `/ready` has said "not ready" for longer than `alerts.not_ready_grace` (see
-/// [`super::watch`] for what can be delivered when the database is the reason).
-pub const NOT_READY: &str = "not_ready";
-/// The last scheduled backup of this instance failed; the next successful backup resolves it.
-pub const BACKUP_FAILED: &str = "backup_failed";
-/// No successful backup within `alerts.backup_stale_after` (default: twice the schedule's
-/// interval) while a schedule is set.
-pub const BACKUP_STALE: &str = "backup_stale";
-/// An owner shortened `retention_days`: data will be deleted when the change takes effect
-/// (see `retention::pending`). Resolves when it took effect or was cancelled.
-pub const RETENTION_PENDING: &str = "retention_pending";
-/// The `system_check` values a rule may name.
-pub const CHECKS: &[&str] = &[
-    CONNECTION_FAILURE,
-    DISK_SPACE,
-    NOT_READY,
-    BACKUP_FAILED,
-    BACKUP_STALE,
+/// The check names live with [`SignalSink`], through which the parts of ddms below alerting
+/// report them; a rule's `system_check` must be one of [`CHECKS`].
+pub use crate::signals::{
+    BACKUP_FAILED, BACKUP_STALE, CHECKS, CONNECTION_FAILURE, DISK_SPACE, NOT_READY,
     RETENTION_PENDING,
-];
+};
 
 /// How many times a transition lost to another instance is recomputed.
 const MAX_RACE_RETRIES: usize = 3;
@@ -100,5 +85,24 @@ impl Alerting {
             }
         }
         Ok(())
+    }
+}
+
+/// What ingest, the status board, backups and retention see of alerting (they hold an
+/// `Arc<dyn SignalSink>` so that their imports point downward): the two inherent methods.
+#[async_trait]
+impl SignalSink for Alerting {
+    async fn evaluate(&self, samples: &[&Sample]) -> StoreResult<()> {
+        Alerting::evaluate(self, samples).await
+    }
+
+    async fn system_condition(
+        &self,
+        check: &str,
+        device_id: Option<Uuid>,
+        active: bool,
+        detail: Option<&str>,
+    ) -> StoreResult<()> {
+        Alerting::system_condition(self, check, device_id, active, detail).await
     }
 }

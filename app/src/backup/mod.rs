@@ -245,7 +245,7 @@ pub struct Backups {
     status: Mutex<BackupStatus>,
     metrics: Option<BackupMetrics>,
     /// Where the serving process reports failed and successful runs (see `report`).
-    alerts: Option<Arc<crate::alerts::Alerting>>,
+    alerts: Option<Arc<dyn crate::signals::SignalSink>>,
     /// Runs started in the background ([`Backups::spawn`]), waited for at shutdown.
     tasks: tokio_util::task::TaskTracker,
 }

@@ -1,18 +1,17 @@
 //! Backups as system alerts: a failed scheduled run fires `backup_failed` (the next successful
 //! run of any trigger resolves it), and the newest archive's time is what the `backup_stale`
-//! check (`alerts::watch`) measures.
+//! check (`alerts::watch`) measures. Alerting is reached through [`SignalSink`].
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::{created_at_of, local_archives, BackupError, BackupInfo, Backups, Trigger};
-use crate::alerts::system::BACKUP_FAILED;
-use crate::alerts::Alerting;
+use crate::signals::{SignalSink, BACKUP_FAILED};
 
 impl Backups {
     /// Reports runs to alerting from now on (the serving process; the CLI does not).
-    pub fn with_alerts(mut self, alerts: Arc<Alerting>) -> Backups {
+    pub fn with_alerts(mut self, alerts: Arc<dyn SignalSink>) -> Backups {
         self.alerts = Some(alerts);
         self
     }

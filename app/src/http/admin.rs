@@ -367,7 +367,7 @@ pub async fn put_settings(
         after = crate::retention::pending::request(
             &state.settings,
             state.store.as_ref(),
-            &state.alerts,
+            state.alerts.as_ref(),
             days,
             &auth.principal.subject,
         )
@@ -395,9 +395,10 @@ pub async fn apply_retention(
     auth: Authorized<OwnerRole>,
 ) -> Result<Json<Value>, ApiError> {
     let by = auth.principal.subject.clone();
-    let pending = crate::retention::pending::apply(&state.settings, &state.alerts, false, &by)
-        .await?
-        .ok_or_else(|| ApiError::Conflict("no retention change is pending".into()))?;
+    let pending =
+        crate::retention::pending::apply(&state.settings, state.alerts.as_ref(), false, &by)
+            .await?
+            .ok_or_else(|| ApiError::Conflict("no retention change is pending".into()))?;
     audit::record(
         &state,
         auth.principal.audit(

@@ -84,7 +84,7 @@ pub async fn run_once(
 pub async fn run(
     store: Arc<dyn Store>,
     settings: Settings,
-    alerts: Arc<crate::alerts::Alerting>,
+    alerts: Arc<dyn crate::signals::SignalSink>,
     holder: String,
     metrics: RetentionMetrics,
     cancel: CancellationToken,
@@ -120,7 +120,7 @@ pub async fn run(
                 }
             }
         }
-        if let Err(e) = pending::apply(&settings, &alerts, true, "schedule").await {
+        if let Err(e) = pending::apply(&settings, alerts.as_ref(), true, "schedule").await {
             tracing::warn!(error = %e, "cannot apply the pending retention; will retry");
         }
         let days = settings.current().retention_days;

@@ -10,9 +10,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::alerts::system::RETENTION_PENDING;
-use crate::alerts::Alerting;
 use crate::settings::{PendingRetention, RuntimeSettings, Settings, RETENTION_DAYS};
+use crate::signals::{SignalSink, RETENTION_PENDING};
 use crate::store::{Store, StoreResult};
 
 /// How long a shortening of `retention_days` waits before it deletes anything.
@@ -48,7 +47,7 @@ pub fn due_at(requested_at: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn request(
     settings: &Settings,
     store: &dyn Store,
-    alerts: &Alerting,
+    alerts: &dyn SignalSink,
     requested: Option<u32>,
     by: &str,
 ) -> StoreResult<RuntimeSettings> {
@@ -116,7 +115,7 @@ pub async fn request(
 /// `Ok(None)`: nothing pending (or not due yet).
 pub async fn apply(
     settings: &Settings,
-    alerts: &Alerting,
+    alerts: &dyn SignalSink,
     due_only: bool,
     by: &str,
 ) -> StoreResult<Option<PendingRetention>> {
@@ -147,7 +146,7 @@ pub async fn apply(
 }
 
 /// The warning is best effort: the setting is what counts, and alerting logs its own trouble.
-async fn warn(alerts: &Alerting, active: bool, detail: &str) {
+async fn warn(alerts: &dyn SignalSink, active: bool, detail: &str) {
     if let Err(e) = alerts
         .system_condition(RETENTION_PENDING, None, active, Some(detail))
         .await
