@@ -114,8 +114,8 @@ struct Fleet {
     connects: AtomicU64,
     connect_errors: AtomicU64,
     disconnects: AtomicU64,
-    /// PUBACK latencies in microseconds.
-    ack_us: Mutex<Vec<u64>>,
+    /// PUBACK latencies in microseconds, with the round of their message.
+    ack_us: Mutex<Vec<(u64, u64)>>,
 }
 
 /// One device as its connection and the scheduler see it.
@@ -124,7 +124,7 @@ struct Device {
     client: AsyncClient,
     topic: String,
     /// When the message waiting for its PUBACK was sent.
-    in_flight: Mutex<Option<Instant>>,
+    in_flight: Mutex<Option<(Instant, u64)>>,
     connected: AtomicBool,
     sent: AtomicU64,
     acked: AtomicU64,
@@ -162,13 +162,13 @@ async fn connection(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
-                if let Some(sent) = sent {
+                if let Some((sent, round)) = sent {
                     device.acked.fetch_add(1, Ordering::SeqCst);
                     fleet
                         .ack_us
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(sent.elapsed().as_micros() as u64);
+                        .push((round, sent.elapsed().as_micros() as u64));
                 }
             }
             Ok(_) => {}
@@ -224,7 +224,7 @@ async fn schedule(
                 .try_publish(&device.topic, QoS::AtLeastOnce, false, payload.to_string())
                 .is_ok()
             {
-                *in_flight = Some(Instant::now());
+                *in_flight = Some((Instant::now(), round));
                 device.sent.fetch_add(1, Ordering::Relaxed);
             } else {
                 device.missed.fetch_add(1, Ordering::Relaxed);
@@ -470,9 +470,22 @@ async fn main() -> Result<()> {
         .zip(&cadence)
         .filter(|(d, c)| (c.stored as u64) < d.acked.load(Ordering::SeqCst))
         .count();
-    let mut ack_us =
-        std::mem::take(&mut *fleet_state.ack_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let acks = std::mem::take(&mut *fleet_state.ack_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut ack_us: Vec<u64> = acks.iter().map(|(_, us)| *us).collect();
     ack_us.sort_unstable();
+    // The first round differs: each device's first reading also records its status change.
+    let by_round: Vec<Value> = (0..rounds)
+        .map(|round| {
+            let mut us: Vec<u64> = acks
+                .iter()
+                .filter(|(r, _)| *r == round)
+                .map(|(_, us)| *us)
+                .collect();
+            us.sort_unstable();
+            json!({"round": round, "p50": percentile_ms(&us, 0.5),
+                   "p99": percentile_ms(&us, 0.99), "max": percentile_ms(&us, 1.0)})
+        })
+        .collect();
     let cadence_summary = fleet::fleet_cadence(&cadence, args.interval);
     let held = cadence_summary["held"].as_bool() == Some(true);
     let complete = acked == sent && acked_not_stored == 0 && unacknowledged == 0;
@@ -503,7 +516,7 @@ async fn main() -> Result<()> {
         },
         "puback_ms": {
             "p50": percentile_ms(&ack_us, 0.5), "p99": percentile_ms(&ack_us, 0.99),
-            "max": percentile_ms(&ack_us, 1.0),
+            "max": percentile_ms(&ack_us, 1.0), "by_round": by_round,
         },
         "scheduler_worst_late_ms": scheduler_late.as_secs_f64() * 1000.0,
         "cadence": cadence_summary,
