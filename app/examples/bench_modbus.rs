@@ -310,8 +310,8 @@ async fn main() -> Result<()> {
     let fd_limit = fleet::raise_fd_limit(args.devices as u64 + 1024)?;
 
     let started = Instant::now();
-    let port = driver::free_port()?;
-    let mut simulators = Simulators::start(args.devices, port).await?;
+    let device_port = driver::free_port()?;
+    let mut simulators = Simulators::start(args.devices, device_port).await?;
     println!(
         "bench modbus: {} simulators up in {:.1} s in {} processes (file-descriptor limit {fd_limit})",
         args.devices,
@@ -356,7 +356,7 @@ async fn main() -> Result<()> {
     let specs: Vec<RegisterSpec> = registers().into_iter().map(|r| r.spec).collect();
     let bodies = (0..args.devices)
         .map(|i| {
-            let addr = device_addr(i, port);
+            let addr = device_addr(i, device_port);
             json!({
                 "name": format!("bench-{i:05}"), "protocol": "modbus", "group": "bench",
                 "modbus": {"host": addr.ip().to_string(), "port": addr.port(),
