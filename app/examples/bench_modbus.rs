@@ -6,20 +6,35 @@
 //! polls came in each phase (from the stored reading timestamps) — phase 2 as a ratio of the
 //! phase-1 baseline measured in the same run.
 //!
+//! At fleet scale (`--devices 10000`) it also checks the cadence device by device: the worst
+//! lateness of any live device's consecutive polls, in intervals, must stay within one (the
+//! run fails otherwise), and it reports ddms' resident memory at its peak and at the end. Each
+//! simulated device listens on an address of its own (127.2.x.y); the devices are served by
+//! child processes of the driver, 4,000 each (a listener and a connection per device, within
+//! a process's descriptor limit), and the driver raises its file-descriptor limit to one per
+//! device for ddms, which inherits it.
+//!
 //! Usage: bench_modbus --ddms PATH [--devices N] [--interval-ms I] [--seconds S]
-//!        [--dead-fraction F] [--out FILE]
+//!        [--dead-fraction F] [--backend sqlite|postgres] [--out FILE]
 
 #[path = "common/driver.rs"]
 mod driver;
+#[path = "common/fleet.rs"]
+mod fleet;
+#[path = "../tests/support/services.rs"]
+mod services;
+// `services` takes its ports from its parent: the driver's allocator, so the run has one.
+use driver::ports;
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ddms::modbus::register_map::{RegisterKind, RegisterSpec, ValueType};
 use ddms::modbus::simulator::{ModbusSimulator, SimulatedRegister, Waveform};
-use serde_json::{json, Value};
+use serde_json::json;
 
 struct Args {
     ddms: String,
@@ -27,6 +42,8 @@ struct Args {
     interval_ms: u64,
     seconds: u64,
     dead_fraction: f64,
+    /// `postgres`: a throwaway local PostgreSQL 15 instead of SQLite.
+    postgres: bool,
     out: String,
 }
 
@@ -37,6 +54,7 @@ fn parse_args() -> Result<Args> {
         interval_ms: 1000,
         seconds: 30,
         dead_fraction: 0.1,
+        postgres: false,
         out: "target/bench/modbus.json".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -48,6 +66,13 @@ fn parse_args() -> Result<Args> {
             "--interval-ms" => args.interval_ms = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
             "--dead-fraction" => args.dead_fraction = value()?.parse()?,
+            "--backend" => {
+                args.postgres = match value()?.as_str() {
+                    "sqlite" => false,
+                    "postgres" => true,
+                    other => bail!("--backend must be sqlite or postgres, not {other}"),
+                }
+            }
             "--out" => args.out = value()?,
             other => bail!("unknown argument {other}"),
         }
@@ -148,74 +173,131 @@ fn quantile(before: &Scrape, after: &Scrape, q: f64) -> f64 {
     f64::NAN
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+/// Where simulated device `i` listens: an address of its own in 127.2.0.0/16, all on one port,
+/// as a plant's devices each have an address and the Modbus port. Neither the listeners nor
+/// ddms' connections to them then use the ephemeral port range, which 10,000 of each would
+/// nearly exhaust on one address.
+fn device_addr(i: usize, port: u16) -> SocketAddr {
+    let host = Ipv4Addr::new(127, 2, (i / 250) as u8, (i % 250 + 1) as u8);
+    SocketAddr::from((host, port))
 }
 
-/// For each device, the largest gap between consecutive poll timestamps in [from, to), minus
-/// the interval: how late its polls came.
-async fn lateness_ms(
+/// Waits until ddms polls `devices` devices (`ddms_modbus_devices_polled`), at most `within`.
+async fn wait_polled(
     client: &reqwest::Client,
     base: &str,
-    token: &str,
-    ids: &[String],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    interval_ms: u64,
-) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let url = format!(
-            "{base}/api/devices/{id}/readings?metric=temperature&from={}&to={}&limit=100000",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    devices: usize,
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = fleet::scrape(client, base).await?;
+        let polled = fleet::metric(&text, "ddms_modbus_devices_polled").unwrap_or(0.0);
+        if polled as usize >= devices {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "ddms polls {polled} of {devices} devices after {} s",
+            within.as_secs()
         );
-        let points: Vec<Value> = client
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let times: Vec<DateTime<Utc>> = points
-            .iter()
-            .filter_map(|p| p["ts"].as_str()?.parse().ok())
-            .collect();
-        let worst = times
-            .windows(2)
-            .map(|w| (w[1] - w[0]).num_milliseconds() as f64 - interval_ms as f64)
-            .fold(0.0_f64, f64::max);
-        out.push(if times.len() < 2 {
-            f64::INFINITY
-        } else {
-            worst
-        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(out)
 }
 
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut sorted: Vec<f64> = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    if sorted.is_empty() {
-        return f64::NAN;
+/// Devices a simulator process serves: each holds a listener and an accepted connection per
+/// device, and a process may have only so many descriptors (the hard limit is often 20,000).
+const DEVICES_PER_PROCESS: usize = 4000;
+
+/// The simulated devices, served by child processes of this driver (`--simulate`), each
+/// serving [`DEVICES_PER_PROCESS`] of them.
+struct Simulators {
+    children: Vec<(tokio::process::Child, tokio::process::ChildStdin)>,
+}
+
+impl Simulators {
+    async fn start(devices: usize, port: u16) -> Result<Simulators> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for first in (0..devices).step_by(DEVICES_PER_PROCESS) {
+            let count = DEVICES_PER_PROCESS.min(devices - first);
+            let mut child = tokio::process::Command::new(&exe)
+                .args(["--simulate", &format!("{first}:{count}:{port}")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdin = child.stdin.take().context("simulator stdin")?;
+            let stdout = child.stdout.take().context("simulator stdout")?;
+            let line = tokio::io::BufReader::new(stdout)
+                .lines()
+                .next_line()
+                .await?
+                .unwrap_or_default();
+            ensure!(line == "ready", "simulator process {first}: {line}");
+            children.push((child, stdin));
+        }
+        Ok(Simulators { children })
     }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+
+    /// Makes devices 0..count accept connections and never answer.
+    async fn make_dead(&mut self, count: usize) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        for (_, stdin) in &mut self.children {
+            stdin
+                .write_all(format!("dead {count}\n").as_bytes())
+                .await?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// `--simulate FIRST:COUNT:PORT`: serves devices FIRST.. of the fleet until stdin closes;
+/// `dead N` on stdin makes the devices below N stop answering.
+async fn simulate(spec: &str) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let parts: Vec<usize> = spec
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("--simulate FIRST:COUNT:PORT")?;
+    let &[first, count, port] = &parts[..] else {
+        bail!("--simulate FIRST:COUNT:PORT");
+    };
+    fleet::raise_fd_limit(2 * count as u64 + 256)?;
+    let mut simulators = Vec::with_capacity(count);
+    for i in first..first + count {
+        simulators.push(ModbusSimulator::bind(device_addr(i, port as u16), registers()).await?);
+    }
+    println!("ready");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(dead) = line.strip_prefix("dead ") {
+            let dead: usize = dead.trim().parse()?;
+            for (i, simulator) in (first..).zip(&simulators) {
+                if i < dead {
+                    // Accepts, never answers: every request runs into ddms' timeout.
+                    simulator.set_response_delay(Duration::from_secs(3600));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("--simulate") {
+        return simulate(&raw.next().unwrap_or_default()).await;
+    }
     let args = parse_args()?;
+    ensure!(
+        args.devices <= 250 * 256,
+        "at most 64,000 devices (one loopback address each)"
+    );
     let dir = tempfile::tempdir()?;
     println!(
         "bench modbus: {} devices every {} ms, {} s per phase, {:.0}% dead in phase 2",
@@ -224,20 +306,31 @@ async fn main() -> Result<()> {
         args.seconds,
         args.dead_fraction * 100.0
     );
+    // ddms (which inherits the limit) holds a connection per device.
+    let fd_limit = fleet::raise_fd_limit(args.devices as u64 + 1024)?;
 
     let started = Instant::now();
-    let mut simulators = Vec::with_capacity(args.devices);
-    for _ in 0..args.devices {
-        simulators.push(ModbusSimulator::start(registers()).await?);
-    }
+    let device_port = driver::free_port()?;
+    let mut simulators = Simulators::start(args.devices, device_port).await?;
     println!(
-        "bench modbus: {} simulators up in {:.1} s",
-        simulators.len(),
-        started.elapsed().as_secs_f64()
+        "bench modbus: {} simulators up in {:.1} s in {} processes (file-descriptor limit {fd_limit})",
+        args.devices,
+        started.elapsed().as_secs_f64(),
+        simulators.children.len()
     );
 
+    let mut _postgres = None;
+    let database_url = if args.postgres {
+        let postgres = services::Postgres::start(services::Provider::Local).await?;
+        let url = postgres.create_database().await?;
+        _postgres = Some(postgres);
+        url
+    } else {
+        format!("sqlite://{}", dir.path().join("ddms.db").display())
+    };
     let ddms_env = |cmd: &mut tokio::process::Command| {
         cmd.env("DDMS_LOG__LEVEL", "warn")
+            .env("DDMS_DATABASE__URL", &database_url)
             .env("DDMS_MQTT__MODE", "off");
     };
     let mut token_cmd = driver::ddms_command(&args.ddms, dir.path());
@@ -258,41 +351,41 @@ async fn main() -> Result<()> {
         .timeout(Duration::from_secs(60))
         .build()?;
     driver::wait_ready(&client, &base, Duration::from_secs(30)).await?;
+    let idle = fleet::memory(pid);
 
-    let mut ids = Vec::with_capacity(args.devices);
     let specs: Vec<RegisterSpec> = registers().into_iter().map(|r| r.spec).collect();
-    for (i, simulator) in simulators.iter().enumerate() {
-        let body = json!({
-            "name": format!("bench-{i:05}"), "protocol": "modbus", "group": "bench",
-            "modbus": {"host": "127.0.0.1", "port": simulator.port(), "unit_id": 1,
-                       "poll_interval_ms": args.interval_ms, "registers": specs},
-        });
-        let response = client
-            .post(format!("{base}/api/devices"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        ensure!(
-            response.status() == 201,
-            "create device: {}",
-            response.text().await?
-        );
-        let created: Value = response.json().await?;
-        ids.push(created["id"].as_str().context("device id")?.to_string());
-    }
-    // Let every poller start and settle.
-    tokio::time::sleep(Duration::from_millis(3 * args.interval_ms + 1000)).await;
+    let bodies = (0..args.devices)
+        .map(|i| {
+            let addr = device_addr(i, device_port);
+            json!({
+                "name": format!("bench-{i:05}"), "protocol": "modbus", "group": "bench",
+                "modbus": {"host": addr.ip().to_string(), "port": addr.port(),
+                           "unit_id": 1, "poll_interval_ms": args.interval_ms,
+                           "registers": specs},
+            })
+        })
+        .collect();
+    let created = fleet::create_devices(&client, &base, &token, bodies).await?;
+    let ids: Vec<String> = created
+        .iter()
+        .map(|d| d["id"].as_str().map(str::to_string).context("device id"))
+        .collect::<Result<_>>()?;
+    println!(
+        "bench modbus: {} devices created in {:.1} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    wait_polled(&client, &base, ids.len(), Duration::from_secs(120)).await?;
+    // Every poller runs: let them settle into their cadence.
+    tokio::time::sleep(Duration::from_millis(3 * args.interval_ms)).await;
 
+    let interval = Duration::from_millis(args.interval_ms);
     let dead_count = ((args.devices as f64) * args.dead_fraction).round() as usize;
     let live_ids = &ids[dead_count..];
     let mut phases = Vec::new();
     for phase in ["all_live", "with_dead"] {
         if phase == "with_dead" {
-            for simulator in &simulators[..dead_count] {
-                // Accepts, never answers: every request of these devices runs into the timeout.
-                simulator.set_response_delay(Duration::from_secs(3600));
-            }
+            simulators.make_dead(dead_count).await?;
             tokio::time::sleep(Duration::from_millis(2 * args.interval_ms)).await;
         }
         let before = scrape(&client, &base).await?;
@@ -302,24 +395,32 @@ async fn main() -> Result<()> {
         let elapsed = t0.elapsed().as_secs_f64();
         let to = Utc::now();
         let after = scrape(&client, &base).await?;
-        let rss = rss_mb(pid);
+        let memory = fleet::memory(pid);
         let ok = after.polls.get("ok").copied().unwrap_or(0.0)
             - before.polls.get("ok").copied().unwrap_or(0.0);
         let all: f64 = after.polls.values().sum::<f64>() - before.polls.values().sum::<f64>();
         let p99_ms = quantile(&before, &after, 0.99) * 1000.0;
-        let late =
-            lateness_ms(&client, &base, &token, live_ids, from, to, args.interval_ms).await?;
+        let times =
+            fleet::fleet_reading_times(&client, &base, &token, live_ids, "temperature", from, to)
+                .await?;
+        let cadence: Vec<fleet::DeviceCadence> = times
+            .iter()
+            .map(|t| fleet::device_cadence(t, Some((from, to)), interval))
+            .collect();
+        let worst_ms = cadence
+            .iter()
+            .map(|c| c.worst_late.as_secs_f64() * 1000.0)
+            .fold(0.0_f64, f64::max);
         let result = json!({
             "phase": phase,
             "seconds": elapsed,
             "polls_per_s": all / elapsed,
             "ok_polls_per_s": ok / elapsed,
             "p99_poll_ms": p99_ms,
-            "rss_mb": rss,
+            "rss_mb": memory.rss_mb,
             "live_devices": live_ids.len(),
-            "live_lateness_p50_ms": percentile(&late, 0.5),
-            "live_lateness_p99_ms": percentile(&late, 0.99),
-            "live_lateness_max_ms": percentile(&late, 1.0),
+            "live_lateness_max_ms": worst_ms,
+            "live_cadence": fleet::fleet_cadence(&cadence, interval),
         });
         println!("bench modbus: {phase}: {result}");
         phases.push(result);
@@ -330,20 +431,31 @@ async fn main() -> Result<()> {
     let with_dead = phases[1]["live_lateness_max_ms"]
         .as_f64()
         .unwrap_or(f64::NAN);
+    let memory = fleet::memory(pid);
+    let held = phases
+        .iter()
+        .all(|p| p["live_cadence"]["held"].as_bool() == Some(true));
     let summary = json!({
         "benchmark": "modbus",
         "devices": args.devices,
         "interval_ms": args.interval_ms,
         "dead_fraction": args.dead_fraction,
+        "backend": if args.postgres { "postgres" } else { "sqlite" },
         "phases": phases,
         "polls_per_s": phases[0]["polls_per_s"],
         "p99_poll_ms": phases[0]["p99_poll_ms"],
-        "rss_mb": phases[1]["rss_mb"],
+        "rss_mb": memory.rss_mb,
+        "rss_idle_mb": idle.rss_mb,
+        "rss_peak_mb": memory.peak_mb,
+        "cadence_held": held,
+        "worst_live_lateness_intervals": baseline.max(with_dead) / args.interval_ms as f64,
         "dead_extra_lateness_ms": with_dead - baseline,
         "dead_lateness_in_cycles": (with_dead - baseline) / args.interval_ms as f64,
+        "load_average": fleet::load_average(),
         "targets": {
             "polls_per_s": ">= 2000", "p99_poll_ms": "< 20",
-            "dead_lateness_in_cycles": "<= 1", "rss_mb": "< 200 (1000 devices)",
+            "dead_lateness_in_cycles": "<= 1", "rss_mb": "< 200 (1000 devices), < 500 (10,000)",
+            "worst_live_lateness_intervals": "<= 1",
         },
     });
     let _ = child.start_kill();
@@ -353,13 +465,22 @@ async fn main() -> Result<()> {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&summary)?)?;
     println!(
-        "bench modbus: {:.0} polls/s, p99 poll {:.2} ms, RSS {:.0} MB, dead devices add {:.0} ms ({:.2} cycles) to live devices' worst lateness",
+        "bench modbus: {:.0} polls/s, p99 poll {:.2} ms, RSS {:.0} MB at the end (peak {:.0} MB), \
+         worst live lateness {:.2} intervals, dead devices add {:.0} ms ({:.2} cycles) to live devices' worst lateness",
         summary["polls_per_s"].as_f64().unwrap_or(f64::NAN),
         summary["p99_poll_ms"].as_f64().unwrap_or(f64::NAN),
-        summary["rss_mb"].as_f64().unwrap_or(f64::NAN),
+        memory.rss_mb,
+        memory.peak_mb,
+        summary["worst_live_lateness_intervals"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
         with_dead - baseline,
         summary["dead_lateness_in_cycles"].as_f64().unwrap_or(f64::NAN),
     );
     println!("bench modbus: wrote {}", args.out);
+    ensure!(
+        held,
+        "CADENCE SLIPPED: a live device's polls came more than one interval late (see live_cadence)"
+    );
     Ok(())
 }

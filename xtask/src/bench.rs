@@ -53,6 +53,19 @@ pub fn run(sh: &Shell, name: &str, rest: &[String]) -> Result<()> {
             cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
             Ok(())
         }
+        "mqtt-fleet" => {
+            cmd!(
+                sh,
+                "cargo build --release -p ddms --bin ddms --example bench_mqtt_fleet"
+            )
+            .run()?;
+            let target = crate::build::target_dir(sh)?;
+            let ddms = target.join("release/ddms");
+            let driver = target.join("release/examples/bench_mqtt_fleet");
+            let out = target.join("bench/mqtt-fleet.json");
+            cmd!(sh, "{driver} --ddms {ddms} --out {out} {rest...}").run()?;
+            Ok(())
+        }
         "sse" | "api" => {
             cmd!(
                 sh,
@@ -77,7 +90,9 @@ pub fn run(sh: &Shell, name: &str, rest: &[String]) -> Result<()> {
             cmd!(sh, "{driver} --xtask {xtask} --out {out} {rest...}").run()?;
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}`; one of: ingest, modbus, sse, api, deploy"),
+        other => bail!(
+            "unknown benchmark `{other}`; one of: ingest, modbus, mqtt-fleet, sse, api, deploy"
+        ),
     }
 }
 

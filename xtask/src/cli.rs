@@ -240,6 +240,30 @@ pub enum Bench {
         /// Share of devices that never answer.
         #[arg(long, value_name = "F")]
         dead_fraction: Option<String>,
+        /// sqlite (default) or postgres.
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
+    },
+    /// Many MQTT devices connected to one release ddms (embedded broker), each publishing one
+    /// QoS 1 reading per interval: connections, memory, cadence, acknowledged vs stored.
+    MqttFleet {
+        #[arg(long, value_name = "N")]
+        devices: Option<String>,
+        /// Seconds between one device's messages.
+        #[arg(long, value_name = "I")]
+        interval_s: Option<String>,
+        /// Seconds of publishing.
+        #[arg(long, value_name = "S")]
+        seconds: Option<String>,
+        /// sqlite or postgres.
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
+        /// New connections a second while the fleet connects.
+        #[arg(long, value_name = "R")]
+        connect_rate: Option<String>,
+        /// A DDMS_KEY=VALUE setting for ddms (repeatable).
+        #[arg(long = "env", value_name = "DDMS_KEY=VALUE")]
+        env: Vec<String>,
     },
     /// Server-sent events to many dashboard clients.
     Sse(WebBench),
@@ -326,6 +350,7 @@ impl Bench {
                 interval_ms,
                 seconds,
                 dead_fraction,
+                backend,
             } => (
                 "modbus",
                 flags(&[
@@ -333,7 +358,31 @@ impl Bench {
                     ("--interval-ms", interval_ms),
                     ("--seconds", seconds),
                     ("--dead-fraction", dead_fraction),
+                    ("--backend", backend),
                 ]),
+            ),
+            Bench::MqttFleet {
+                devices,
+                interval_s,
+                seconds,
+                backend,
+                connect_rate,
+                env,
+            } => (
+                "mqtt-fleet",
+                [
+                    flags(&[
+                        ("--devices", devices),
+                        ("--interval-s", interval_s),
+                        ("--seconds", seconds),
+                        ("--backend", backend),
+                        ("--connect-rate", connect_rate),
+                    ]),
+                    env.iter()
+                        .flat_map(|e| ["--env".to_string(), e.clone()])
+                        .collect(),
+                ]
+                .concat(),
             ),
             Bench::Sse(web) | Bench::Api(web) => (
                 if matches!(self, Bench::Sse(_)) {
@@ -661,6 +710,28 @@ mod tests {
                 (
                     "ingest",
                     ["--seconds", "3", "--rate", "100"]
+                        .map(String::from)
+                        .to_vec()
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "bench",
+            "mqtt-fleet",
+            "--devices",
+            "10",
+            "--interval-s",
+            "2",
+        ])
+        .unwrap()
+        .task
+        {
+            Task::Bench { bench } => assert_eq!(
+                bench.driver_args(),
+                (
+                    "mqtt-fleet",
+                    ["--devices", "10", "--interval-s", "2"]
                         .map(String::from)
                         .to_vec()
                 )

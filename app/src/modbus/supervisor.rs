@@ -101,8 +101,13 @@ impl Supervisor {
                 self.scan(&mut state).await;
                 next_scan = now + self.renew_period().max(Duration::from_secs(1));
                 rescan = false;
-                // New devices get their lease at once, deleted ones give it back at once.
-                next_lease = now;
+                // New devices get their lease at once, deleted ones give it back at once;
+                // the leases already held are renewed on their own schedule (with thousands of
+                // devices, renewing every lease at each device added made adding them
+                // quadratic).
+                if Instant::now() < next_lease {
+                    self.take_new_leases(&mut state).await;
+                }
             }
             if Instant::now() >= next_lease {
                 next_lease = self.refresh_leases(&mut state).await;
@@ -163,28 +168,74 @@ impl Supervisor {
         state.candidates = candidates;
     }
 
-    /// Releases the leases of devices no longer polled, takes or renews the others; returns
-    /// when to do it again.
-    async fn refresh_leases(&self, state: &mut State) -> Instant {
+    /// Releases the leases of devices no longer polled and takes those of devices not held yet
+    /// (free, or expired); the held ones keep their expiry until [`Self::refresh_leases`].
+    async fn take_new_leases(&self, state: &mut State) {
+        self.release_gone(state).await;
+        let names: Vec<String> = state
+            .candidates
+            .keys()
+            .filter(|id| !state.held.contains(id))
+            .copied()
+            .map(lease_name)
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let attempt = Instant::now();
+        match self
+            .store
+            .acquire_leases(&names, &self.instance_id, self.lease_ttl)
+            .await
+        {
+            Ok(taken) => {
+                for id in taken
+                    .iter()
+                    .filter_map(|name| name.strip_prefix("modbus:")?.parse::<Uuid>().ok())
+                {
+                    tracing::debug!(device.id = %id, "Modbus lease taken");
+                    state.held.insert(id);
+                }
+                // The earliest expiry of what is held stays the deadline.
+                let until = attempt + self.lease_ttl - self.lease_ttl / 10;
+                if state.held_until.is_none() && !state.held.is_empty() {
+                    state.held_until = Some(until);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the leases of new Modbus devices; retrying");
+            }
+        }
+    }
+
+    /// Stops the pollers of devices deleted or disabled and gives their leases back.
+    async fn release_gone(&self, state: &mut State) {
         let gone: Vec<Uuid> = state
             .held
             .iter()
             .filter(|id| !state.candidates.contains_key(id))
             .copied()
             .collect();
-        if !gone.is_empty() {
-            for id in &gone {
-                if let Some(running) = state.running.remove(id) {
-                    tracing::info!(device.id = %id, "Modbus device deleted or disabled; its poller stops");
-                    stop(*id, running).await;
-                }
-                state.held.remove(id);
-            }
-            let names: Vec<String> = gone.iter().copied().map(lease_name).collect();
-            if let Err(e) = self.store.release_leases(&names, &self.instance_id).await {
-                tracing::warn!(error = %e, "cannot release Modbus leases; they will expire");
-            }
+        if gone.is_empty() {
+            return;
         }
+        for id in &gone {
+            if let Some(running) = state.running.remove(id) {
+                tracing::info!(device.id = %id, "Modbus device deleted or disabled; its poller stops");
+                stop(*id, running).await;
+            }
+            state.held.remove(id);
+        }
+        let names: Vec<String> = gone.iter().copied().map(lease_name).collect();
+        if let Err(e) = self.store.release_leases(&names, &self.instance_id).await {
+            tracing::warn!(error = %e, "cannot release Modbus leases; they will expire");
+        }
+    }
+
+    /// Releases the leases of devices no longer polled, takes or renews the others; returns
+    /// when to do it again.
+    async fn refresh_leases(&self, state: &mut State) -> Instant {
+        self.release_gone(state).await;
         if state.candidates.is_empty() {
             state.held.clear();
             state.held_until = None;
