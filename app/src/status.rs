@@ -302,6 +302,7 @@ mod tests {
             .await
             .unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
+        store.migrate().await.unwrap();
         let mut ids = Vec::new();
         for name in ["a", "b", "c"] {
             let device = store
