@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
 /// How often the log is read for other instances' events.
@@ -44,6 +45,11 @@ pub const MAX_BUFFER_BYTES: usize = 4 << 20;
 pub const MAX_BUFFER_AGE: Duration = Duration::from_secs(60);
 /// Queued events waiting for the log; beyond this, new events are dropped (and counted).
 const OUTBOX_CAPACITY: usize = 65_536;
+/// Reading where the log ends, at start: retried until the store answers.
+const LOG_READ_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// Appending a batch of events: a few quick retries (seconds), then the batch is dropped from
+/// the log (it went live on this instance already).
+const LOG_APPEND_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Events appended in one transaction.
 const APPEND_BATCH: usize = 1_000;
 /// Events read from the log per query.
@@ -432,7 +438,7 @@ pub async fn run_log(
     store: Arc<dyn Store>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut retries = LOG_READ_RETRY.retries();
     // Where live events start: the log's newest id (history is served on request, by resume).
     while hub.position().is_none() {
         match store.event_bounds().await {
@@ -441,9 +447,8 @@ pub async fn run_log(
                 tracing::warn!(error = %e, "cannot read the event log; live events wait");
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(retries.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -497,7 +502,7 @@ pub async fn run_log(
 }
 
 async fn append(store: &dyn Store, batch: &mut Vec<NewEvent>, stop: &CancellationToken) {
-    let mut backoff = Duration::from_millis(50);
+    let mut retries = LOG_APPEND_RETRY.retries();
     for attempt in 1.. {
         match store.append_events(batch).await {
             Ok(()) => break,
@@ -507,9 +512,8 @@ async fn append(store: &dyn Store, batch: &mut Vec<NewEvent>, stop: &Cancellatio
                 tracing::warn!(error = %e, "event log unavailable; retrying");
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(retries.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
                 tracing::error!(error = %e, events = batch.len(), "cannot append to the event log; live events dropped");

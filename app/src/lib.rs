@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod allocator;
 pub mod auth;
+pub mod backoff;
 pub mod backup;
 pub mod cli;
 pub mod config;

@@ -22,6 +22,7 @@ use super::channels::{
     Channel, ChannelKind, Deliverer, GroupedAlert, Message, MessageState, Outcome,
 };
 use super::metrics::AlertMetrics;
+use crate::backoff::{equal_jitter, Backoff};
 use crate::config::alerts::AlertsConfig;
 use crate::store::alerts::Delivery;
 use crate::store::{Store, StoreError, StoreResult};
@@ -31,8 +32,7 @@ const CLAIM_BATCH: u32 = 50;
 /// How often an idle worker looks for due deliveries.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Retry back-off: from 1 s, doubling, at most 5 min (before jitter).
-const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(300);
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 /// A claim outlives the attempt it covers by this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -251,12 +251,11 @@ impl OutboxWorker {
 /// The retry delay after `attempts` attempts: 1 s doubling, capped at 5 min, with "equal
 /// jitter" (between half and all of it) so that instances retrying one receiver spread out.
 pub fn backoff(attempts: i32) -> Duration {
-    let doublings = attempts.saturating_sub(1).clamp(0, 20) as u32;
-    let full = BACKOFF_START
-        .saturating_mul(1u32 << doublings)
-        .min(BACKOFF_CAP);
-    let half = full / 2;
-    half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
+    let failures_beyond_the_first = attempts.saturating_sub(1).max(0).unsigned_abs();
+    equal_jitter(
+        RETRY.nominal(failures_beyond_the_first),
+        rand::rng().random_range(0.0..=1.0),
+    )
 }
 
 fn single(delivery: Delivery) -> Option<Send> {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::limits::{check_metric, check_unit, check_value, SampleProblem};
 use super::series::Resolved;
 use super::{BatchWriter, IngestError, Submission};
+use crate::backoff::{Backoff, Retries};
 use crate::store::{Reading, StoreError};
 
 /// What became of one submission.
@@ -38,25 +39,27 @@ const GIVEN_UP: &str = "the writer gave up on the database at shutdown";
 
 /// Back-off while the database is unavailable: 100 ms doubling to 5 s.
 pub(super) struct Holding {
-    backoff: Duration,
+    retries: Retries,
 }
+
+/// Holding a batch while the database is unavailable: retried from 100 ms, at most every 5 s.
+const HOLD_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 impl Holding {
     pub(super) fn new() -> Self {
         Holding {
-            backoff: Duration::from_millis(100),
+            retries: HOLD_RETRY.retries(),
         }
     }
 
     /// Waits before the next attempt; `false` once the writer is aborted (give up).
     pub(super) async fn pause(&mut self, error: &StoreError, abort: &CancellationToken) -> bool {
-        tracing::warn!(error = %error, retry_in_ms = self.backoff.as_millis() as u64, "database unavailable; holding the batch");
-        let waited = tokio::select! {
+        let delay = self.retries.next_delay();
+        tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "database unavailable; holding the batch");
+        tokio::select! {
             () = abort.cancelled() => false,
-            () = tokio::time::sleep(self.backoff) => true,
-        };
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-        waited
+            () = tokio::time::sleep(delay) => true,
+        }
     }
 }
 

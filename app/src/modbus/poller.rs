@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{decode, decode_bit, plan_reads, DecodeError, ModbusConfig, ReadRequest, RegisterKind};
+use crate::backoff::Backoff;
 use crate::ingest::{IngestHandle, Sample};
 use crate::status::StatusBoard;
 use crate::store::Status;
@@ -183,32 +184,10 @@ pub struct PollReport {
     pub failure: Option<PollError>,
 }
 
-/// Exponential back-off with jitter while a device is unreachable: 1 s, 2 s, 4 s … capped at
-/// 60 s, each delay spread by ±25 % so devices behind one failed gateway do not retry in step.
-#[derive(Debug, Default, Clone)]
-pub struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_secs(1);
-    pub const CAP: Duration = Duration::from_secs(60);
-
-    /// The delay before the next attempt; `jitter` is uniform in `[0, 1)`.
-    pub fn next_delay(&mut self, jitter: f64) -> Duration {
-        let nominal = Self::FIRST
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(Self::CAP);
-        self.failures = self.failures.saturating_add(1);
-        nominal
-            .mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
-            .min(Self::CAP)
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
+/// Back-off while a device is unreachable: 1 s, 2 s, 4 s … capped at 60 s, each delay spread by
+/// ±25 % so devices behind one failed gateway do not retry in step.
+pub const UNREACHABLE_RETRY: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// The first tick of the cadence `scheduled + k × interval` (k ≥ 1) after `now`: a poll that
 /// overran skips the ticks it missed instead of firing them in a burst.
@@ -432,7 +411,7 @@ pub async fn run(
 ) {
     let mut device = DevicePoller::new(device_id, config, context.request_timeout);
     let interval = device.interval();
-    let mut backoff = Backoff::default();
+    let mut retries = UNREACHABLE_RETRY.retries();
     let mut scheduled = Instant::now();
     let mut unreachable = false;
     let mut last_problem: Option<String> = None;
@@ -494,7 +473,7 @@ pub async fn run(
         }
         match report.failure {
             None => {
-                backoff.reset();
+                retries.reset();
                 if unreachable {
                     tracing::info!(device.id = %device_id, "Modbus device answers again");
                     unreachable = false;
@@ -518,7 +497,9 @@ pub async fn run(
                 scheduled = next_tick(scheduled, interval, Instant::now());
             }
             Some(failure) => {
-                let delay = backoff.next_delay(rand::random::<f64>()).max(interval);
+                let delay = retries
+                    .next_delay_spread(rand::random::<f64>())
+                    .max(interval);
                 if unreachable {
                     tracing::debug!(device.id = %device_id, error = %failure, retry_in_ms = delay.as_millis() as u64, "Modbus device still unreachable");
                 } else {
@@ -547,24 +528,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn back_off_doubles_from_one_second_up_to_a_minute() {
-        let mut backoff = Backoff::default();
-        let nominal: Vec<u64> = (0..9).map(|_| backoff.next_delay(0.5).as_secs()).collect();
+    fn an_unreachable_device_is_retried_from_one_second_up_to_a_minute_spread_a_quarter() {
+        let mut retries = UNREACHABLE_RETRY.retries();
+        let nominal: Vec<u64> = (0..9)
+            .map(|_| retries.next_delay_spread(0.5).as_secs())
+            .collect();
         assert_eq!(nominal, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(0.5), Backoff::FIRST);
-    }
-
-    #[test]
-    fn back_off_jitter_spreads_a_quarter_either_way_but_never_past_the_cap() {
-        let mut low = Backoff::default();
-        let mut high = Backoff::default();
-        assert_eq!(low.next_delay(0.0), Duration::from_millis(750));
-        assert_eq!(high.next_delay(0.9), Duration::from_millis(1200));
-        for _ in 0..20 {
-            assert!(high.next_delay(0.999_999) <= Backoff::CAP);
-        }
-        assert_eq!(low.next_delay(0.0), Duration::from_millis(1500));
+        let mut low = UNREACHABLE_RETRY.retries();
+        assert_eq!(low.next_delay_spread(0.0), Duration::from_millis(750));
+        let mut high = UNREACHABLE_RETRY.retries();
+        assert_eq!(high.next_delay_spread(0.9), Duration::from_millis(1200));
     }
 
     #[test]
