@@ -6,7 +6,6 @@
 //! a fixed number of examples per operation, a fixed seed, deterministic generation, one worker.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-/// The version `.ci/run` installs; another one may generate other cases.
+/// The version `cargo xtask setup` installs; another one may generate other cases.
 pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Examples per operation and phase: about a minute against a release build.
 const MAX_EXAMPLES: &str = "25";
@@ -34,7 +33,7 @@ pub fn run(sh: &Shell, ddms: &Path) -> Result<()> {
         bail!(
             "schemathesis {SCHEMATHESIS_VERSION} is needed for the API fuzzing step (found: \
              {found}). Install it with `python3 -m pip install schemathesis=={SCHEMATHESIS_VERSION}` \
-             (`.ci/run` does), then run `cargo xtask test` again, or this step alone with \
+             (`cargo xtask setup` does), then run `cargo xtask test` again, or this step alone with \
              `cargo xtask apifuzz`",
             found = if version.trim().is_empty() {
                 "none"
@@ -52,8 +51,8 @@ pub fn run(sh: &Shell, ddms: &Path) -> Result<()> {
 }
 
 fn fuzz(sh: &Shell, ddms: &Path, dir: &Path) -> Result<()> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let broker_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::ports::free_port()?;
+    let broker_port = crate::ports::free_port()?;
     let env = |command: &mut Command| {
         for (key, _) in std::env::vars() {
             if key.starts_with("DDMS_") {

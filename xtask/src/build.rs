@@ -37,6 +37,8 @@ pub fn run(sh: &Shell, locked: bool, signing_key: Option<&Path>) -> Result<Artif
         sh.copy_file(file, &stage)?;
     }
     copy_dir(sh, Path::new("ops"), &stage.join("ops"))?;
+    // README links into docs/: the operator reading the unpacked release follows them there.
+    copy_dir(sh, Path::new("docs"), &stage.join("docs"))?;
     sh.write_file(stage.join("VERSION"), format!("{version_line}\n"))?;
 
     let tarball = dist.join(format!("{name}.tar.gz"));

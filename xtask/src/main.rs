@@ -1,20 +1,25 @@
 //! `cargo xtask <task>`: the project's one automation entry point. One module per task; plain
-//! processes through xshell, no heavy dependencies. The command line is `cli.rs` (clap).
+//! processes through xshell, no heavy dependencies. The command line is `cli/` (clap).
 
 mod apifuzz;
 mod bench;
 mod build;
 mod certs;
 mod cli;
+mod container_image;
 mod deploy;
 mod fuzz;
-mod image;
-mod images;
 mod schema_compat;
+mod setup;
+// The integration tests' port allocator: ports below the ephemeral range, never handed out
+// twice, so a server started a moment later does not lose its port to some client socket.
+#[path = "../../app/tests/support/ports.rs"]
+mod ports;
 mod signing;
 mod smoke;
 mod soak;
 mod test;
+mod test_images;
 #[cfg(test)]
 mod tidy;
 
@@ -31,11 +36,19 @@ fn main() -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     match cli.task {
-        Task::Test { no_smoke } => test::run(
+        Task::Test {
+            no_smoke,
+            no_install,
+        } => test::run(
             &sh,
             test::Options {
                 locked: false,
                 smoke: !no_smoke,
+                setup: if no_install {
+                    setup::Mode::Check
+                } else {
+                    setup::Mode::Auto
+                },
             },
         ),
         Task::Ci => test::run(
@@ -43,9 +56,15 @@ fn main() -> Result<()> {
             test::Options {
                 locked: true,
                 smoke: true,
+                setup: setup::Mode::Auto,
             },
         ),
-        Task::Images { force } => images::build_local_images(&sh, force),
+        Task::Setup { check } => setup::run(if check {
+            setup::Mode::Check
+        } else {
+            setup::Mode::Install
+        }),
+        Task::Images { force } => test_images::build_local_images(&sh, force),
         Task::Bench { bench } => {
             let (name, args) = bench.driver_args();
             bench::run(&sh, name, &args)
@@ -88,7 +107,7 @@ fn main() -> Result<()> {
             },
         ),
         Task::Image { repository, locked } => {
-            image::run(&sh, &image::Options { repository, locked }).map(|_| ())
+            container_image::run(&sh, &container_image::Options { repository, locked }).map(|_| ())
         }
         Task::Build {
             locked,

@@ -2,7 +2,7 @@
 //! fresh data dir, nothing else installed) and its probes answer.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,11 +28,19 @@ pub fn run(sh: &Shell, locked: bool) -> Result<()> {
         unpacked.join("ops/systemd/ddms@.service").is_file(),
         "the tarball lacks ops/"
     );
+    // Every link of the README it ships resolves inside the tarball (docs/ included).
+    let readme = std::fs::read_to_string(unpacked.join("README.md")).context("README.md")?;
+    for target in readme_links(&readme) {
+        ensure!(
+            unpacked.join(&target).exists(),
+            "the tarball's README links to {target}, which the tarball lacks"
+        );
+    }
     println!("smoke: release {} verified and unpacked", artifact.version);
 
     let workdir = std::env::temp_dir().join(format!("ddms-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::ports::free_port()?;
     let mut command = Command::new(&binary);
     command
         .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
@@ -189,5 +197,36 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The relative file targets of a Markdown text's inline links (`[text](path#anchor)`), without
+/// their anchors; web addresses and in-page anchors are left out.
+fn readme_links(markdown: &str) -> Vec<String> {
+    markdown
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .map(|target| target.split('#').next().unwrap_or_default().to_owned())
+        .filter(|target| {
+            !target.is_empty() && !target.contains("://") && !target.starts_with("mailto:")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_links_are_the_relative_file_targets() {
+        let text = "See [ops](docs/operating.md#backups), [site](https://example.net/x), \
+                    [here](#top), ![shot](docs/dashboard.png) and [cfg](ddms.example.toml).";
+        assert_eq!(
+            super::readme_links(text),
+            [
+                "docs/operating.md",
+                "docs/dashboard.png",
+                "ddms.example.toml"
+            ]
+        );
     }
 }

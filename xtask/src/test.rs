@@ -5,19 +5,24 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::images;
+use crate::test_images;
 
 pub struct Options {
     /// Refuse to touch Cargo.lock (CI).
     pub locked: bool,
     /// Also build the release binary and run README command 1.
     pub smoke: bool,
+    /// What to do about missing tools before anything else.
+    pub setup: crate::setup::Mode,
 }
 
 pub fn run(sh: &Shell, options: Options) -> Result<()> {
     let started = Instant::now();
     let locked = options.locked.then_some("--locked");
 
+    step("the tools the suite needs", || {
+        crate::setup::run(options.setup)
+    })?;
     step("cargo fmt --check", || {
         cmd!(sh, "cargo fmt --all -- --check").run()?;
         Ok(())
@@ -39,12 +44,12 @@ pub fn run(sh: &Shell, options: Options) -> Result<()> {
     let mut skip: Vec<&str> = Vec::new();
     if docker && !official {
         step("local Docker test images", || {
-            images::build_local_images(sh, false)
+            test_images::build_local_images(sh, false)
         })?;
     } else if docker {
         // The end-to-end hosts have no official image: build them on Debian's.
         step("end-to-end host images (on debian:bookworm-slim)", || {
-            images::build_host_images_on(sh, "debian:bookworm-slim", false)
+            test_images::build_host_images_on(sh, "debian:bookworm-slim", false)
         })?;
     } else {
         eprintln!(

@@ -5,12 +5,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 mod docs;
-mod infra;
 mod migrations;
 mod module_cycles;
 mod module_docs;
 mod nginx;
 mod nix;
+mod terraform;
+mod workflows;
 
 fn root() -> PathBuf {
     crate::project_root()
@@ -336,8 +337,8 @@ pub(crate) fn tempdir(name: &str) -> PathBuf {
 }
 
 /// The playbooks and roles pass ansible-lint with its strictest profile (`production`),
-/// offline (no collections to download: the roles use `ansible.builtin` only). `.ci/run`
-/// installs the pinned ansible-core and ansible-lint.
+/// offline (no collections to download: the roles use `ansible.builtin` only). `cargo
+/// xtask setup` installs the pinned ansible-core and ansible-lint.
 #[test]
 fn ansible_passes_ansible_lint_production_profile() {
     let dir = root().join("ansible");
@@ -352,7 +353,9 @@ fn ansible_passes_ansible_lint_production_profile() {
         .current_dir(&dir)
         .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
         .output()
-        .expect("ansible-lint is installed (pip install ansible-lint; see .ci/run)");
+        .expect(
+            "ansible-lint is installed (pip install ansible-lint; `cargo xtask setup` installs it)",
+        );
     assert!(
         output.status.success(),
         "ansible-lint:\n{}{}",

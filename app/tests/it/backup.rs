@@ -1127,7 +1127,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("moto_server (pip install 'moto[s3,server]'; .ci/run installs it)");
+            .expect("moto_server (pip install 'moto[s3,server]'; `cargo xtask setup` installs it)");
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::Client::new();

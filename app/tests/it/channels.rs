@@ -505,7 +505,9 @@ impl SmtpReceiver {
             .await
             .expect("SMTP server starts within 30 s")
             .unwrap()
-            .expect("SMTP server prints its port; is aiosmtpd==1.4.6 installed (.ci/run)?");
+            .expect(
+                "SMTP server prints its port; is aiosmtpd==1.4.6 installed (`cargo xtask setup`)?",
+            );
         SmtpReceiver {
             _child: child,
             port: ready.strip_prefix("ready ").unwrap().parse().unwrap(),

@@ -164,7 +164,7 @@ impl PymodbusDevice {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("python3 runs (pymodbus is installed by .ci/run)");
+            .expect("python3 runs (pymodbus: `cargo xtask setup` installs it)");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await

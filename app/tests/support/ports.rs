@@ -1,5 +1,6 @@
-//! Ports for servers under test, shared by the integration tests (`services.rs`) and the
-//! benchmark and soak drivers (`examples/common/driver.rs`), which include this file by path.
+//! Ports for servers under test, shared by the integration tests (`services.rs`), the
+//! benchmark and soak drivers (`examples/common/driver.rs`) and xtask (its smoke, API fuzzing,
+//! schema-compat and tidy servers, the end-to-end tests), which include this file by path.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, TcpListener};

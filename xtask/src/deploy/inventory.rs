@@ -568,7 +568,7 @@ ddms:
     fn listed(path: &Path) -> Vec<Host> {
         let list = |p: &Path| {
             ansible_inventory_list(p).map(|o| {
-                Some(o.expect("ansible-inventory is installed (ansible-core; .ci/run installs it)"))
+                Some(o.expect("ansible-inventory is installed (ansible-core; `cargo xtask setup` installs it)"))
             })
         };
         read_ansible(path, &list).unwrap()

@@ -5,6 +5,7 @@
 //! reports (`report.rs`, `table.rs`); `plan.rs` is the dry run, `history.rs` the fleet's
 //! deploy records.
 
+mod artifact;
 mod fleet;
 pub mod history;
 #[cfg(test)]
@@ -13,6 +14,7 @@ pub mod inventory;
 mod plan;
 mod provision;
 pub mod report;
+mod rollback;
 mod ssh;
 mod table;
 
@@ -22,12 +24,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
+use artifact::{artifact, artifact_file_name, sha256_file};
 use inventory::Host;
 pub use provision::provision;
 use report::{HostReport, Report, Step};
+pub use rollback::rollback;
 
 /// Options shared by the fleet commands.
 #[derive(Debug, Clone, Default)]
@@ -212,66 +215,6 @@ fn file_stamp() -> String {
         t.minute(),
         t.second()
     )
-}
-
-/// The artifact to deploy: `--artifact`, else `cargo xtask build`'s for `--version`, else a
-/// fresh `cargo xtask build` (signed when `DDMS_SIGNING_KEY` names a key). Returns it, its
-/// checksum and its signature, when `<artifact>.minisig` is there.
-fn artifact(sh: &Shell, options: &Options) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
-    let tarball = match (&options.artifact, &options.version) {
-        (Some(path), _) => path.clone(),
-        (None, Some(version)) => {
-            let name = format!("ddms-{version}-{}-linux.tar.gz", std::env::consts::ARCH);
-            let path = target_dir(sh)?.join("dist").join(name);
-            ensure!(
-                path.exists(),
-                "no artifact for version {version} at {}: run `cargo xtask build` or pass --artifact",
-                path.display()
-            );
-            path
-        }
-        (None, None) => {
-            let key = crate::signing::key_path(None);
-            crate::build::run(sh, false, key.as_deref())?.tarball
-        }
-    };
-    let mut checksum = tarball.clone().into_os_string();
-    checksum.push(".sha256");
-    let checksum = PathBuf::from(checksum);
-    ensure!(
-        tarball.is_file(),
-        "artifact {} not found",
-        tarball.display()
-    );
-    ensure!(
-        checksum.is_file(),
-        "the artifact's published checksum {} is missing",
-        checksum.display()
-    );
-    ensure!(
-        artifact_file_name(&tarball).is_some(),
-        "artifact file name {:?}: only letters, digits, '.', '_', '-' and '+' (not first) are \
-         accepted, as it becomes part of remote paths",
-        tarball.file_name().unwrap_or_default()
-    );
-    let signature = Some(crate::signing::signature_path(&tarball)).filter(|p| p.is_file());
-    Ok((tarball, checksum, signature))
-}
-
-/// The artifact's file name, when it is safe to use on the hosts.
-fn artifact_file_name(tarball: &Path) -> Option<String> {
-    tarball
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| ssh::valid_artifact_name(n))
-        .map(str::to_string)
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("read {}", path.display()))?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// The release name a host's `ddms release install` printed (its JSON line's `release`): the
@@ -638,107 +581,6 @@ pub fn deploy(sh: &Shell, options: &Options) -> Result<i32> {
     finish(sh, options, &report)
 }
 
-/// `cargo xtask rollback`: every host back to its previous known-good release, or with `--to`
-/// to that installed release (`ddms release activate`, the same gates; its migrations are
-/// already applied, and a release's `ddms migrate` ignores newer ones).
-pub fn rollback(sh: &Shell, options: &Options) -> Result<i32> {
-    let started_at = now_rfc3339();
-    let started = Instant::now();
-    let (hosts, source) = hosts(sh, options)?;
-    let actor = actor();
-    let env = remote_env(&actor)?;
-    if options.dry_run {
-        let change = match &options.to {
-            Some(to) => plan::Change::RollbackTo(to.clone()),
-            None => plan::Change::Rollback,
-        };
-        return plan::run(options, &source, &hosts, &env, change);
-    }
-    if let Some(to) = &options.to {
-        // Every host must have the release before any host moves.
-        let missing = plan::hosts_without(&hosts, &env, to);
-        ensure!(
-            missing.is_empty(),
-            "rollback --to {to}: {}; nothing was changed",
-            missing.join("; ")
-        );
-    }
-    let mut reports = Vec::new();
-    let batches = hosts.len().div_ceil(options.batch);
-    for (index, batch) in hosts.chunks(options.batch).enumerate() {
-        progress_batch("rollback", index, batches, batch);
-        let done = per_host(batch, |host| {
-            let report = match &options.to {
-                Some(to) => rollback_to_host(host, &env, to),
-                None => {
-                    let mut report = HostReport::new(&host.name, &host.address);
-                    rollback_host(host, &env, &mut report);
-                    let code = report.steps.last().filter(|s| s.ok).map(|_| 0).or(Some(1));
-                    report.record = report.rollback_record.take();
-                    report.result = report::host_result(code, report.record.as_ref());
-                    report
-                }
-            };
-            progress_host("rollback", &report);
-            report
-        });
-        let failed = done.iter().any(|r| r.result != report::RunResult::Ok);
-        reports.extend(done);
-        // Each host's own rollback is independent; a fleet moving to one chosen release stops
-        // at the first batch that did not get there.
-        if failed && options.to.is_some() {
-            break;
-        }
-    }
-    for host in &hosts[reports.len()..] {
-        reports.push(HostReport::new(&host.name, &host.address));
-    }
-    let result = report::overall(&reports, false);
-    let report = Report {
-        command: "rollback".into(),
-        env: options.env.clone(),
-        actor,
-        inventory: serde_json::to_value(&source)?,
-        release: options.to.clone(),
-        artifact: None,
-        artifact_sha256: None,
-        batch: options.batch,
-        started_at,
-        finished_at: now_rfc3339(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        result,
-        interrupted_by: None,
-        error: report::summary(&reports),
-        hosts: reports,
-    };
-    finish(sh, options, &report)
-}
-
-/// `ddms release activate TO` on one host (an installed release).
-fn rollback_to_host(host: &Host, env: &[(String, String)], to: &str) -> HostReport {
-    let mut report = HostReport::new(&host.name, &host.address);
-    report.release = Some(to.to_string());
-    let Some(activate) = remote_step(&mut report, "activate", || {
-        ssh::run(host, env, &ssh::activate_script(to))
-    }) else {
-        return report;
-    };
-    report.record = last_json(&activate.stdout);
-    report.result = report::host_result(activate.code, report.record.as_ref());
-    if report.result != report::RunResult::Ok {
-        report.error = Some(
-            report
-                .record
-                .as_ref()
-                .and_then(|r| r.get("error"))
-                .and_then(|e| e.as_str())
-                .map(str::to_string)
-                .unwrap_or_else(|| activate.reason()),
-        );
-    }
-    report
-}
-
 /// Writes the JSON report (`--report`, else `<target>/deploy/<env>-<command>-<time>.json`),
 /// prints the summary table, and gives the exit status.
 fn finish(sh: &Shell, options: &Options, report: &Report) -> Result<i32> {
@@ -829,148 +671,4 @@ pub fn status(sh: &Shell, options: &Options) -> Result<i32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn host(name: &str) -> Host {
-        Host {
-            name: name.into(),
-            address: format!("{name}.example.net"),
-            port: 22,
-            user: None,
-            key: None,
-            ssh_args: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn hosts_selects_in_inventory_order_and_refuses_unknown_names() {
-        let all = vec![host("web1"), host("web2"), host("web3")];
-        let names = |hosts: Vec<Host>| hosts.into_iter().map(|h| h.name).collect::<Vec<_>>();
-        assert_eq!(
-            names(select(all.clone(), &[]).unwrap()),
-            ["web1", "web2", "web3"]
-        );
-        let wanted = ["web3".to_string(), " web1".to_string()];
-        assert_eq!(
-            names(select(all.clone(), &wanted).unwrap()),
-            ["web1", "web3"]
-        );
-        let err = select(all, &["web1".into(), "wbe2".into()]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "--hosts: wbe2 not in group `ddms` of the inventory (it has: web1, web2, web3)"
-        );
-    }
-
-    #[test]
-    fn release_names_are_what_the_hosts_accept() {
-        for ok in ["0.2.0", "0.2.0+rc1", "v2_x"] {
-            assert!(valid_release_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "../x",
-            "a..b",
-            "-x",
-            ".x",
-            "a/b",
-            "a b",
-            &"x".repeat(129),
-        ] {
-            assert!(!valid_release_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_release_name_is_what_the_host_install_printed_not_the_file_name() {
-        // A cargo-dist archive (`ddms-x86_64-unknown-linux-gnu.tar.gz`): the host names the
-        // release after the binary's version.
-        let out = "unpacking ddms-x86_64-unknown-linux-gnu.tar.gz\n\
-                   {\"release\": \"0.2.0\", \"path\": \"/opt/ddms/releases/0.2.0\"}\n";
-        assert_eq!(installed_release(out).as_deref(), Some("0.2.0"));
-        assert_eq!(installed_release("checksum mismatch\n"), None);
-        assert_eq!(installed_release("{\"release\": \"\"}"), None);
-
-        let mut installed = HostReport::new("h1", "10.0.0.1");
-        installed.release = Some("0.2.0".into());
-        let nothing = HostReport::new("h2", "10.0.0.2");
-        assert_eq!(
-            run_release(&[nothing.clone(), installed.clone()]).as_deref(),
-            Some("0.2.0")
-        );
-        assert_eq!(run_release(std::slice::from_ref(&nothing)), None);
-        // An activation record, when there is one, has the last word.
-        installed.record = Some(json!({"release": "0.2.0-rc1", "result": "ok"}));
-        assert_eq!(run_release(&[installed]).as_deref(), Some("0.2.0-rc1"));
-    }
-
-    #[test]
-    fn only_well_named_release_variables_are_forwarded() {
-        let vars = |list: &[(&str, &str)]| {
-            list.iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect::<Vec<(std::ffi::OsString, std::ffi::OsString)>>()
-                .into_iter()
-        };
-        let env = forwarded_env(
-            vars(&[
-                ("PATH", "/bin"),
-                ("DDMS_RELEASE_WATCH", "3"),
-                ("DDMS_RELEASE_ACTOR", "spoofed"),
-                ("DDMS_RELEASE_NOTE", "it's $(id)\nok"),
-            ]),
-            "ci",
-        )
-        .unwrap();
-        assert_eq!(
-            env,
-            [
-                ("DDMS_RELEASE_NOTE", "it's $(id)\nok"),
-                ("DDMS_RELEASE_WATCH", "3"),
-                ("DDMS_RELEASE_ACTOR", "ci"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-        );
-        let err = forwarded_env(vars(&[("DDMS_RELEASE_X;id;Y", "1")]), "ci").unwrap_err();
-        assert!(err.to_string().contains("`DDMS_RELEASE_X;id;Y`"), "{err}");
-        assert!(forwarded_env(vars(&[("DDMS_RELEASE_x", "1")]), "ci").is_err());
-    }
-
-    #[test]
-    fn the_record_is_the_last_json_line() {
-        let out = "noise\n{\"result\": \"ok\", \"n\": 1}\n\n";
-        assert_eq!(last_json(out), Some(json!({"result": "ok", "n": 1})));
-        assert_eq!(last_json("no json\n[1]\n"), None);
-    }
-
-    #[test]
-    fn status_is_healthy_only_with_one_active_running_ready_slot() {
-        let slot = |active: bool, running: bool, ready: bool| json!({"active": active, "running": running, "ready": ready, "health": "x"});
-        let status = |blue, green| json!({"slots": {"blue": blue, "green": green}});
-        assert_eq!(
-            status_problem(&status(slot(true, true, true), slot(false, false, false))),
-            None
-        );
-        // The idle slot may still run (an old slot draining is not traffic).
-        assert_eq!(
-            status_problem(&status(slot(false, true, true), slot(true, true, true))),
-            None
-        );
-        assert_eq!(
-            status_problem(&status(slot(false, true, true), slot(false, true, true))).unwrap(),
-            "0 active slots"
-        );
-        assert_eq!(
-            status_problem(&status(slot(true, true, true), slot(true, true, true))).unwrap(),
-            "2 active slots"
-        );
-        assert!(
-            status_problem(&status(slot(true, true, false), slot(false, false, false)))
-                .unwrap()
-                .contains("not ready")
-        );
-        assert!(status_problem(&json!({})).is_some());
-    }
-}
+mod tests;

@@ -2,7 +2,7 @@
 //! (xtask has no HTTP client; smoke.rs does the same) and `mosquitto_pub` as the device.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use crate::ports::free_port;
 
 /// Polls `probe` every 100 ms until it gives a value, or fails with its last error at the
 /// deadline.
@@ -294,7 +292,7 @@ impl Postgres {
             .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
         ensure!(
             bin.join("initdb").is_file(),
-            "{}/initdb is missing: install postgresql-15 (.ci/run does) or set DDMS_TEST_PG_BINDIR",
+            "{}/initdb is missing: install postgresql-15 (`cargo xtask setup` does) or set DDMS_TEST_PG_BINDIR",
             bin.display()
         );
         let run_as = if id("-u", None)? == 0 {

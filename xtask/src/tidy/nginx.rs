@@ -38,14 +38,6 @@ fn answer(mut stream: TcpStream) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Nginx(Child);
 
 impl Drop for Nginx {
@@ -61,7 +53,10 @@ impl Drop for Nginx {
 fn hsts_is_sent_once_behind_nginx() {
     let dir = tempdir("nginx-hsts");
     let ddms = upstream();
-    let (http, https) = (free_port(), free_port());
+    let (http, https) = (
+        crate::ports::free_port().unwrap(),
+        crate::ports::free_port().unwrap(),
+    );
     let conf = nginx_config(&dir, http, https, Some(&format!("127.0.0.1:{ddms}")));
     let mut nginx = Nginx(
         Command::new("nginx")

@@ -1,7 +1,7 @@
 //! The Nix distribution (flake.nix, nix/). nixpkgs is out of reach here, so the module itself
 //! cannot be evaluated (the GitHub `nix` job runs `nix flake check`); what is checked locally is
 //! that every file parses, and the module's pure logic — nix/lib.nix, builtins only — evaluated
-//! for real by `nix-instantiate --eval` (Debian's nix-bin; `.ci/run` installs it).
+//! for real by `nix-instantiate --eval` (Debian's nix-bin; `cargo xtask setup` installs it).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -54,7 +54,7 @@ fn every_nix_file_parses() {
     for file in &files {
         let output =
             nix_instantiate().arg("--parse").arg(file).output().expect(
-                "nix-instantiate is installed (Debian package nix-bin; .ci/run installs it)",
+                "nix-instantiate is installed (Debian package nix-bin; `cargo xtask setup` installs it)",
             );
         assert!(
             output.status.success(),
@@ -72,7 +72,7 @@ fn eval(expr: &str) -> Value {
     let output = nix_instantiate()
         .args(["--eval", "--strict", "--json", "-E", &full])
         .output()
-        .expect("nix-instantiate is installed (Debian package nix-bin; .ci/run installs it)");
+        .expect("nix-instantiate is installed (Debian package nix-bin; `cargo xtask setup` installs it)");
     assert!(
         output.status.success(),
         "nix-instantiate --eval {full}:\n{}",

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+use crate::support::ports::free_port;
 use crate::support::{project_root, run, tail};
 
 /// Every project this test starts is named `<prefix><pid>`, so a run killed half-way is
@@ -498,12 +499,6 @@ fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T>
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A fresh random secret (hex), never stored anywhere but the test's temp dir.

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod bare_debian;
 mod container_image;
 mod deploy_playbook;
 mod harness;

@@ -103,7 +103,7 @@ pub fn ansible_playbook(
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .output()
-        .context("cannot run ansible-playbook (pip install ansible-core; see .ci/run)")?;
+        .context("cannot run ansible-playbook (pip install ansible-core; `cargo xtask setup` installs it)")?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let recap = parse_recap(&stdout)?;

@@ -12,6 +12,10 @@ pub mod ansible;
 pub mod cluster;
 pub mod release;
 
+// The integration tests' port allocator (below the ephemeral range, never the same port twice).
+#[path = "../../../../app/tests/support/ports.rs"]
+pub mod ports;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
