@@ -1,6 +1,7 @@
 //! The README, ARCHITECTURE.md and the guides in docs/: the README stays a short front page,
 //! ARCHITECTURE.md a map (the detail lives in docs/internals.md), and every relative link in
-//! them leads to a file of this repository (and to a heading there, when it names one).
+//! them leads to a file of this repository (and to a heading there, when it names one); the
+//! configuration reference names exactly the keys of `ddms.example.toml`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -205,4 +206,53 @@ fn the_link_checker_reads_links_and_anchors_as_github_does() {
     assert!(check_link(&readme, "docs/none.md").is_err());
     assert!(check_link(&readme, "../outside/contract.md").is_err());
     assert!(check_link(&readme, "ARCHITECTURE.md#no-such-heading").is_err());
+}
+
+/// The keys of `ddms.example.toml`, commented ones included, as dotted paths. The app's own
+/// tests hold the example to the configuration types: it parses with every key known
+/// (`config::load::check_example`), and every key the defaults and the optional fields know is in
+/// it.
+fn example_config_keys() -> BTreeSet<String> {
+    let text = fs::read_to_string(root().join("ddms.example.toml")).expect("ddms.example.toml");
+    let mut section = String::new();
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = format!("{name}.");
+            continue;
+        }
+        // `key = value`, or commented out as `# key = value`; prose never starts so.
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            keys.insert(format!("{section}{key}"));
+        }
+    }
+    keys
+}
+
+/// The keys in the first column of docs/configuration.md's tables.
+fn reference_config_keys() -> BTreeSet<String> {
+    let text =
+        fs::read_to_string(root().join("docs/configuration.md")).expect("docs/configuration.md");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`').map(|(key, _)| key.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_configuration_reference_names_every_key_of_the_example_and_no_other() {
+    let example = example_config_keys();
+    let reference = reference_config_keys();
+    assert!(example.len() > 70, "the example parse found {example:?}");
+    let missing: Vec<_> = example.difference(&reference).collect();
+    let unknown: Vec<_> = reference.difference(&example).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "docs/configuration.md lacks {missing:?} and names keys ddms.example.toml does not \
+         have: {unknown:?}"
+    );
 }
