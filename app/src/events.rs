@@ -9,6 +9,8 @@
 //! exactly the events after that id: from the buffer, or from the log when the buffer no longer
 //! (or not yet) holds them.
 
+mod live;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
+
+pub use live::{
+    AlertChanged, LiveEvent, LiveReading, NotificationChanged, NotificationState, ReadingsStored,
+};
 
 /// How often the log is read for other instances' events.
 pub const TAIL_INTERVAL: Duration = Duration::from_millis(200);
@@ -191,9 +197,16 @@ impl EventHub {
     }
 
     /// Queues an event for the log; it reaches subscribers once the log has it.
-    pub fn publish(&self, kind: EventKind, data: serde_json::Value) {
+    pub fn publish(&self, event: LiveEvent) {
+        let data = match event.data() {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(error = %e, kind = event.kind().as_str(), "cannot serialise a live event; dropped");
+                return;
+            }
+        };
         let event = NewEvent {
-            kind: kind.as_str().to_string(),
+            kind: event.kind().as_str().to_string(),
             data,
         };
         if self.outbox.try_send(event).is_err() {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::events::{EventHub, EventKind};
+use crate::events::{EventHub, LiveEvent, LiveReading, ReadingsStored};
 
 pub mod limits;
 mod series;
@@ -394,22 +394,21 @@ impl BatchWriter {
         if stored < total {
             tracing::debug!(readings = total, stored, "batch partly stored");
         }
-        let mut per_device: HashMap<Uuid, Vec<serde_json::Value>> = HashMap::new();
+        let mut per_device: HashMap<Uuid, Vec<LiveReading>> = HashMap::new();
         for ((device_id, _), s) in newest {
-            per_device
-                .entry(device_id)
-                .or_default()
-                .push(serde_json::json!({
-                    "metric": s.metric, "ts": s.ts, "value": s.value, "unit": s.unit,
-                }));
+            per_device.entry(device_id).or_default().push(LiveReading {
+                metric: s.metric.clone(),
+                ts: s.ts,
+                value: s.value,
+                unit: s.unit.clone(),
+            });
         }
         for (device_id, readings) in per_device {
-            self.hub.publish(
-                EventKind::Reading,
-                serde_json::json!({
-                    "device_id": device_id, "readings": readings, "oldest_ts": oldest.get(&device_id),
-                }),
-            );
+            self.hub.publish(LiveEvent::Reading(ReadingsStored {
+                device_id,
+                readings,
+                oldest_ts: oldest.get(&device_id).copied(),
+            }));
         }
         // Before the acknowledgement: a message is acked only once its alert state is stored.
         if let Some(alerts) = self.alerts.as_ref().filter(|_| !stored_samples.is_empty()) {

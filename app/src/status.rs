@@ -12,7 +12,7 @@ use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::events::{EventHub, EventKind};
+use crate::events::{EventHub, LiveEvent, NotificationChanged};
 use crate::signals::SignalSink;
 use crate::store::{DeviceStatus, NewNotification, Status, Store, StoreResult};
 
@@ -163,10 +163,11 @@ impl StatusBoard {
             {
                 Ok(true) => {
                     tracing::info!(device.id = %device_id, "device recovered; connection-failure notification cleared");
-                    self.hub.publish(
-                        EventKind::Notification,
-                        serde_json::json!({ "kind": CONNECTION_FAILURE, "device_id": device_id, "state": "cleared" }),
-                    );
+                    self.hub
+                        .publish(LiveEvent::Notification(NotificationChanged::cleared(
+                            CONNECTION_FAILURE,
+                            device_id,
+                        )));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -222,10 +223,10 @@ impl StatusBoard {
             {
                 Ok(notification) => {
                     tracing::warn!(device.id = %device_id, error = %error, "device connection failure");
-                    self.hub.publish(
-                        EventKind::Notification,
-                        serde_json::json!({ "kind": CONNECTION_FAILURE, "state": "open", "notification": notification }),
-                    );
+                    self.hub
+                        .publish(LiveEvent::Notification(NotificationChanged::opened(
+                            notification,
+                        )));
                     self.system_alert(device_id, true).await;
                 }
                 Err(e) => {
@@ -247,10 +248,7 @@ impl StatusBoard {
             tracing::warn!(device.id = %status.device_id, error = %e, "cannot store device status");
         }
         if changed {
-            self.hub.publish(
-                EventKind::DeviceStatus,
-                serde_json::to_value(status).unwrap_or_default(),
-            );
+            self.hub.publish(LiveEvent::DeviceStatus(status.clone()));
         }
     }
 

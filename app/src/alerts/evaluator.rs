@@ -19,7 +19,7 @@ use super::metrics::AlertMetrics;
 use super::outbox::OutboxWorker;
 use super::rule::{Check, Condition};
 use crate::config::alerts::AlertsConfig;
-use crate::events::{EventHub, EventKind};
+use crate::events::{AlertChanged, EventHub, LiveEvent};
 use crate::signals::Sample;
 use crate::status::CONNECTION_FAILURE;
 use crate::store::alerts::{Alert, AlertChange, AlertRule, AlertState, NewDelivery};
@@ -437,16 +437,23 @@ impl Alerting {
             .inc();
         let alert = &change.alert;
         tracing::info!(alert.id = %alert.id, rule.id = %subject.rule.id, event = %change.event, muted = change.muted, "alert transition");
-        self.events.publish(
-            EventKind::Alert,
-            json!({
-                "alert_id": alert.id, "rule_id": subject.rule.id, "rule_name": subject.rule.rule.name,
-                "severity": subject.rule.rule.severity, "event": change.event,
-                "state": alert.state, "device_id": alert.device_id,
-                "device_name": alert.device_id.and_then(|d| index.devices.get(&d)).map(|d| d.name.clone()),
-                "metric": alert.metric, "value": alert.value, "at": change.at, "muted": change.muted,
-            }),
-        );
+        self.events.publish(LiveEvent::Alert(AlertChanged {
+            alert_id: alert.id,
+            rule_id: subject.rule.id,
+            rule_name: subject.rule.rule.name.clone(),
+            severity: subject.rule.rule.severity.clone(),
+            event: change.event.clone(),
+            state: alert.state,
+            device_id: alert.device_id,
+            device_name: alert
+                .device_id
+                .and_then(|d| index.devices.get(&d))
+                .map(|d| d.name.clone()),
+            metric: alert.metric.clone(),
+            value: alert.value,
+            at: change.at,
+            muted: change.muted,
+        }));
         Ok(true)
     }
 

@@ -14,6 +14,7 @@ use super::extract::{AdminRole, Authorized, Principal, ViewerRole};
 use super::security::ClientInfo;
 use super::{ApiError, AppState};
 use crate::auth::{hash_api_token, random_secret};
+use crate::events::{LiveEvent, NotificationChanged};
 use crate::modbus::ModbusConfig;
 use crate::store::{
     Device, DeviceStatus, Group, MqttCredentials, NewDevice, Protocol, RollupStep, StoreError,
@@ -597,13 +598,13 @@ pub async fn acknowledge(
         json!({ "kind": notification.kind, "device_id": notification.device_id }),
     );
     super::audit::record(&state, entry).await;
-    state.events.publish(
-        crate::events::EventKind::Notification,
-        json!({ "kind": notification.kind, "state": "acknowledged", "notification": notification }),
-    );
-    Ok(Json(
-        serde_json::to_value(notification).map_err(|e| ApiError::Internal(e.into()))?,
-    ))
+    let body = serde_json::to_value(&notification).map_err(|e| ApiError::Internal(e.into()))?;
+    state
+        .events
+        .publish(LiveEvent::Notification(NotificationChanged::acknowledged(
+            notification,
+        )));
+    Ok(Json(body))
 }
 
 /// The host the client used to reach ddms: HTTP/2's `:authority` (in the URI) or the HTTP/1.1
