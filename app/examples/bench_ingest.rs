@@ -303,29 +303,22 @@ async fn main() -> Result<()> {
                 )
             }
         };
-    let env = |cmd: &mut tokio::process::Command| {
-        cmd.env("DDMS_DATABASE__URL", &database_url)
-            .env("DDMS_LOG__LEVEL", "warn");
-        for (key, value) in &extra_env {
-            cmd.env(key, value);
-        }
-    };
-    let mut token_cmd = driver::ddms_command(&args.ddms, dir.path());
-    env(&mut token_cmd);
-    let token = driver::create_token(token_cmd, "bench", "admin").await?;
-    let port = driver::free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut serve = driver::ddms_command(&args.ddms, dir.path());
-    env(&mut serve);
-    let mut ddms = serve
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    driver::wait_ready(&client, &base, Duration::from_secs(60)).await?;
+    let mut env = vec![
+        ("DDMS_DATABASE__URL".to_string(), database_url.clone()),
+        ("DDMS_LOG__LEVEL".to_string(), "warn".to_string()),
+    ];
+    env.extend(
+        extra_env
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value)),
+    );
+    let driver::Served {
+        child: mut ddms,
+        base,
+        token,
+        client,
+        ..
+    } = driver::serve(&args.ddms, dir.path(), &env, Duration::from_secs(60)).await?;
     let mut devices = Vec::new();
     for i in 0..args.devices {
         let name = format!("bench-{i:04}");

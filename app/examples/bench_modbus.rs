@@ -328,29 +328,20 @@ async fn main() -> Result<()> {
     } else {
         format!("sqlite://{}", dir.path().join("ddms.db").display())
     };
-    let ddms_env = |cmd: &mut tokio::process::Command| {
-        cmd.env("DDMS_LOG__LEVEL", "warn")
-            .env("DDMS_DATABASE__URL", &database_url)
-            .env("DDMS_MQTT__MODE", "off");
-    };
-    let mut token_cmd = driver::ddms_command(&args.ddms, dir.path());
-    ddms_env(&mut token_cmd);
-    let token = driver::create_token(token_cmd, "bench", "admin").await?;
-
-    let port = driver::free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut serve = driver::ddms_command(&args.ddms, dir.path());
-    ddms_env(&mut serve);
-    let mut child = serve
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let env = [
+        ("DDMS_LOG__LEVEL", "warn"),
+        ("DDMS_DATABASE__URL", database_url.as_str()),
+        ("DDMS_MQTT__MODE", "off"),
+    ]
+    .map(|(key, value)| (key.to_string(), value.to_string()));
+    let driver::Served {
+        mut child,
+        base,
+        token,
+        client,
+        ..
+    } = driver::serve(&args.ddms, dir.path(), &env, Duration::from_secs(30)).await?;
     let pid = child.id().context("ddms pid")?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    driver::wait_ready(&client, &base, Duration::from_secs(30)).await?;
     let idle = fleet::memory(pid);
 
     let specs: Vec<RegisterSpec> = registers().into_iter().map(|r| r.spec).collect();

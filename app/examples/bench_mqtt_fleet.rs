@@ -296,28 +296,14 @@ async fn main() -> Result<()> {
         ),
     ];
     settings.extend(args.env.iter().cloned());
-    let env = |cmd: &mut tokio::process::Command| {
-        for (key, value) in &settings {
-            cmd.env(key, value);
-        }
-    };
-    let mut token_cmd = driver::ddms_command(&args.ddms, dir.path());
-    env(&mut token_cmd);
-    let token = driver::create_token(token_cmd, "bench", "admin").await?;
-    let port = driver::free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut serve = driver::ddms_command(&args.ddms, dir.path());
-    env(&mut serve);
-    let mut ddms = serve
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let driver::Served {
+        child: mut ddms,
+        base,
+        token,
+        client,
+        ..
+    } = driver::serve(&args.ddms, dir.path(), &settings, Duration::from_secs(60)).await?;
     let pid = ddms.id().context("ddms pid")?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    driver::wait_ready(&client, &base, Duration::from_secs(60)).await?;
     let idle = fleet::memory(pid);
 
     let started = Instant::now();

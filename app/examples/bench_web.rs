@@ -22,7 +22,6 @@
 
 #[path = "common/driver.rs"]
 mod driver;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,26 +149,19 @@ struct Instance {
 async fn start_ddms(ddms: &str) -> Result<Instance> {
     let dir = tempfile::tempdir()?;
     let database_url = format!("sqlite://{}", dir.path().join("ddms.db").display());
-    let env = |cmd: &mut tokio::process::Command| {
-        cmd.env("DDMS_LOG__LEVEL", "warn")
-            .env("DDMS_MQTT__MODE", "off")
-            .env("DDMS_DATABASE__URL", &database_url);
-    };
-    let mut token_cmd = driver::ddms_command(ddms, dir.path());
-    env(&mut token_cmd);
-    let token = driver::create_token(token_cmd, "bench", "admin").await?;
-    let port = driver::free_port()?;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut serve = driver::ddms_command(ddms, dir.path());
-    env(&mut serve);
-    let child = serve
-        .args(["serve", "--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let base = format!("http://{addr}");
-    let client = reqwest::Client::new();
-    driver::wait_ready(&client, &base, Duration::from_secs(30)).await?;
+    let env = [
+        ("DDMS_LOG__LEVEL", "warn"),
+        ("DDMS_MQTT__MODE", "off"),
+        ("DDMS_DATABASE__URL", database_url.as_str()),
+    ]
+    .map(|(key, value)| (key.to_string(), value.to_string()));
+    let driver::Served {
+        child,
+        base,
+        addr,
+        token,
+        ..
+    } = driver::serve(ddms, dir.path(), &env, Duration::from_secs(30)).await?;
     Ok(Instance {
         child,
         base,

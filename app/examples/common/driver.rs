@@ -63,3 +63,51 @@ pub async fn wait_ready(
     }
     Ok(())
 }
+
+/// A `ddms serve` started by a driver, ready, with an admin API token.
+// Each driver is its own crate and reads only the fields it needs.
+#[allow(dead_code)]
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub token: String,
+    /// A client for the API (60 s timeout).
+    pub client: reqwest::Client,
+}
+
+/// The start every driver makes: with exactly `env` as its `DDMS_*` settings, in `dir`, creates
+/// an admin token (`ddms token create`), then runs `ddms serve` on a free loopback port and
+/// waits until `/ready` answers 200 (at most `ready_within`). The child dies with the handle.
+pub async fn serve(
+    ddms: impl AsRef<Path>,
+    dir: &Path,
+    env: &[(String, String)],
+    ready_within: std::time::Duration,
+) -> Result<Served> {
+    let command = || {
+        let mut cmd = ddms_command(ddms.as_ref(), dir);
+        cmd.envs(env.iter().map(|(key, value)| (key, value)));
+        cmd
+    };
+    let token = create_token(command(), "bench", "admin").await?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let child = command()
+        .args(["serve", "--listen", &addr.to_string()])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    wait_ready(&client, &base, ready_within).await?;
+    Ok(Served {
+        child,
+        base,
+        addr,
+        token,
+        client,
+    })
+}

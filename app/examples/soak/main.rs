@@ -37,6 +37,8 @@
 //! `streams`), to find out which one a broken bound comes from; `--setting` changes one ddms
 //! setting (`database.max_connections=4` becomes `DDMS_DATABASE__MAX_CONNECTIONS=4`).
 
+// The soak starts ddms its own way (a viewer token, a user, a log file): not `driver::serve`.
+#[allow(dead_code)]
 #[path = "../common/driver.rs"]
 mod driver;
 use std::sync::atomic::Ordering;

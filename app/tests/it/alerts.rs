@@ -13,6 +13,7 @@ use crate::support::alerting::{
     drained, eventually, hot_rule, mqtt_device, webhook_channel, PRIVATE_TARGETS, SECRET,
 };
 use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::on_each_backend;
 use crate::support::services::Provider;
 use crate::support::webhook::WebhookReceiver as Receiver;
 
@@ -192,15 +193,7 @@ async fn hysteresis_sequence_notifies_firing_and_resolved_once(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_sqlite() {
-    hysteresis_sequence_notifies_firing_and_resolved_once(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn hysteresis_sequence_notifies_firing_and_resolved_once_on_postgres_local_process() {
-    hysteresis_sequence_notifies_firing_and_resolved_once(Db::Postgres(Provider::Local)).await;
-}
+on_each_backend!(local_postgres: hysteresis_sequence_notifies_firing_and_resolved_once);
 
 #[tokio::test]
 async fn two_instances_evaluating_the_same_readings_notify_each_transition_once() {

@@ -19,6 +19,7 @@ use crate::support::alerting::{
     eventually, hot_rule, mqtt_device, webhook_channel, PRIVATE_TARGETS, SECRET,
 };
 use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::on_each_backend;
 use crate::support::services::{Mosquitto, Provider};
 use crate::support::webhook::WebhookReceiver as Receiver;
 
@@ -353,16 +354,7 @@ async fn receiver_down_for_a_minute_gets_the_notification_once_when_back(db: Db)
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_receiver_down_for_a_minute_gets_the_notification_once_on_sqlite() {
-    receiver_down_for_a_minute_gets_the_notification_once_when_back(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_receiver_down_for_a_minute_gets_the_notification_once_on_postgres_local_process() {
-    receiver_down_for_a_minute_gets_the_notification_once_when_back(Db::Postgres(Provider::Local))
-        .await;
-}
+on_each_backend!(local_postgres: receiver_down_for_a_minute_gets_the_notification_once_when_back);
 
 /// Asserts a 422 naming `field`, and returns the error body.
 async fn refused(response: reqwest::Response, field: &str, what: &Value) -> Value {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::app::{spawn_app, Db, TestApp};
-use crate::support::services::Provider;
+use crate::support::on_each_backend;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -597,15 +597,4 @@ async fn the_last_owner_survives_concurrent_demotions_and_deletions(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_last_owner_survives_concurrent_demotions_and_deletions_on_sqlite() {
-    the_last_owner_survives_concurrent_demotions_and_deletions(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_last_owner_survives_concurrent_demotions_and_deletions_on_postgres() {
-    the_last_owner_survives_concurrent_demotions_and_deletions(Db::Postgres(
-        Provider::from_env().await,
-    ))
-    .await;
-}
+on_each_backend!(the_last_owner_survives_concurrent_demotions_and_deletions);

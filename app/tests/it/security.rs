@@ -10,13 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::app::{spawn_app, Db, TestApp};
-use crate::support::services::Provider;
+use crate::support::on_each_backend;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-async fn postgres() -> Db {
-    Db::Postgres(Provider::from_env().await)
-}
 
 /// Creates a user directly in the store (the CLI path has its own test).
 async fn add_user(app: &TestApp, username: &str, role: Role) {
@@ -170,15 +166,7 @@ async fn session_state_changes_need_the_csrf_header(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn session_state_changes_need_the_csrf_header_on_sqlite() {
-    session_state_changes_need_the_csrf_header(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn session_state_changes_need_the_csrf_header_on_postgres() {
-    session_state_changes_need_the_csrf_header(postgres().await).await;
-}
+on_each_backend!(session_state_changes_need_the_csrf_header);
 
 #[tokio::test]
 async fn a_csrf_token_of_another_session_is_refused() {
@@ -335,15 +323,7 @@ async fn logout_ends_the_session(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn logout_ends_the_session_on_sqlite() {
-    logout_ends_the_session(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn logout_ends_the_session_on_postgres() {
-    logout_ends_the_session(postgres().await).await;
-}
+on_each_backend!(logout_ends_the_session);
 
 async fn idle_sessions_expire(db: Db) {
     let app = spawn_app(
@@ -375,15 +355,7 @@ async fn idle_sessions_expire(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn idle_sessions_expire_on_sqlite() {
-    idle_sessions_expire(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn idle_sessions_expire_on_postgres() {
-    idle_sessions_expire(postgres().await).await;
-}
+on_each_backend!(idle_sessions_expire);
 
 async fn sessions_end_at_the_absolute_timeout_however_active(db: Db) {
     let app = spawn_app(
@@ -419,15 +391,7 @@ async fn sessions_end_at_the_absolute_timeout_however_active(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn sessions_end_at_the_absolute_timeout_however_active_on_sqlite() {
-    sessions_end_at_the_absolute_timeout_however_active(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn sessions_end_at_the_absolute_timeout_however_active_on_postgres() {
-    sessions_end_at_the_absolute_timeout_however_active(postgres().await).await;
-}
+on_each_backend!(sessions_end_at_the_absolute_timeout_however_active);
 
 #[tokio::test]
 async fn repeated_bad_logins_from_one_address_get_429_with_retry_after() {
@@ -865,15 +829,7 @@ async fn logins_and_device_changes_are_audited(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn logins_and_device_changes_are_audited_on_sqlite() {
-    logins_and_device_changes_are_audited(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn logins_and_device_changes_are_audited_on_postgres() {
-    logins_and_device_changes_are_audited(postgres().await).await;
-}
+on_each_backend!(logins_and_device_changes_are_audited);
 
 async fn hostile_device_names_are_stored_as_given(db: Db) {
     let app = spawn_app(db, "").await;
@@ -919,15 +875,7 @@ async fn hostile_device_names_are_stored_as_given(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn hostile_device_names_are_stored_as_given_on_sqlite() {
-    hostile_device_names_are_stored_as_given(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn hostile_device_names_are_stored_as_given_on_postgres() {
-    hostile_device_names_are_stored_as_given(postgres().await).await;
-}
+on_each_backend!(hostile_device_names_are_stored_as_given);
 
 #[tokio::test]
 async fn a_user_created_with_ddms_user_add_can_log_in() {
@@ -1197,15 +1145,7 @@ async fn owners_manage_users_tokens_and_settings(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn owners_manage_users_tokens_and_settings_on_sqlite() {
-    owners_manage_users_tokens_and_settings(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn owners_manage_users_tokens_and_settings_on_postgres() {
-    owners_manage_users_tokens_and_settings(postgres().await).await;
-}
+on_each_backend!(owners_manage_users_tokens_and_settings);
 
 #[tokio::test]
 async fn a_streamed_body_without_length_past_the_limit_gets_the_json_413_too() {
