@@ -13,25 +13,13 @@ use serde_json::{json, Value};
 
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::services::{Mosquitto, Postgres, Provider};
+use crate::support::wait::eventually;
 use crate::support::webhook::WebhookReceiver as Receiver;
 
 /// The webhook channel's HMAC key; the receiver verifies signatures with it.
 const SECRET: &str = "hmac-key-5c2e";
 /// The receiver listens on loopback; the checks run every 0.2 s.
 const ALERTS: &str = "[alerts]\nallow_private_targets = true\nevaluation_interval = 0.2\n";
-
-/// Polls `check` until it holds, failing after `limit` (never a fixed sleep as synchronisation).
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A webhook channel to `receiver` and a system rule for `check` (ddms itself: no device)
 /// notifying it.

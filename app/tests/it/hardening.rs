@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ddms::store::{NewUser, Role};
+use ddms::store::Role;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -13,19 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::on_each_backend;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-async fn add_user(app: &TestApp, username: &str, role: Role) {
-    app.store
-        .create_user(&NewUser {
-            username: username.into(),
-            password_hash: ddms::auth::hash_password(PASSWORD).unwrap(),
-            role,
-        })
-        .await
-        .expect("create user");
-}
+use crate::support::session::PASSWORD;
 
 /// Series of one metric family in a `/metrics` text.
 fn series<'t>(metrics: &'t str, family: &str) -> Vec<&'t str> {
@@ -400,23 +388,8 @@ async fn a_stream_ends_when_its_token_is_revoked() {
 
 /// Logs `username` in; returns the Cookie header a browser would send and the CSRF token.
 async fn login_cookies(app: &TestApp, username: &str) -> (String, String) {
-    let response = app
-        .post_json(
-            "/api/auth/login",
-            None,
-            &json!({ "username": username, "password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().unwrap().split(';').next())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let body: Value = response.json().await.unwrap();
-    (cookie, body["csrf_token"].as_str().unwrap().to_string())
+    let session = app.login(username).await;
+    (session.cookie_header(), session.csrf)
 }
 
 async fn session_stream(app: &TestApp, cookie: &str) -> reqwest::Response {
@@ -434,7 +407,7 @@ async fn session_stream(app: &TestApp, cookie: &str) -> reqwest::Response {
 #[tokio::test]
 async fn a_stream_ends_at_logout() {
     let app = spawn_app(Db::Sqlite, "[http]\nstream_recheck_interval = 3600\n").await;
-    add_user(&app, "wall", Role::Viewer).await;
+    app.add_user("wall", Role::Viewer).await;
     let (cookie, csrf) = login_cookies(&app, "wall").await;
     let (other_cookie, _) = login_cookies(&app, "wall").await;
     let stream = session_stream(&app, &cookie).await;
@@ -463,7 +436,7 @@ async fn a_stream_ends_at_logout() {
 #[tokio::test]
 async fn a_stream_ends_when_its_session_ends_elsewhere() {
     let app = spawn_app(Db::Sqlite, "[http]\nstream_recheck_interval = 1\n").await;
-    add_user(&app, "wall", Role::Viewer).await;
+    app.add_user("wall", Role::Viewer).await;
     let (cookie, _) = login_cookies(&app, "wall").await;
     let stream = session_stream(&app, &cookie).await;
     let user = app.store.find_user("wall").await.unwrap();
@@ -512,7 +485,7 @@ async fn self_registration_does_not_tell_which_device_names_exist() {
 #[tokio::test]
 async fn changing_the_password_keeps_this_session_and_ends_the_others() {
     let app = spawn_app(Db::Sqlite, "").await;
-    add_user(&app, "ann", Role::Viewer).await;
+    app.add_user("ann", Role::Viewer).await;
     let (this, csrf) = login_cookies(&app, "ann").await;
     let (other, _) = login_cookies(&app, "ann").await;
     let other_stream = session_stream(&app, &other).await;
@@ -550,8 +523,8 @@ async fn the_last_owner_survives_concurrent_demotions_and_deletions(db: Db) {
     let owner_token = app.token(Role::Owner).await;
     for round in 0..10 {
         let (a, b) = (format!("owner-a{round}"), format!("owner-b{round}"));
-        add_user(&app, &a, Role::Owner).await;
-        add_user(&app, &b, Role::Owner).await;
+        app.add_user(&a, Role::Owner).await;
+        app.add_user(&b, Role::Owner).await;
         // Earlier rounds' survivors step down first (the pre-check allows it: two owners).
         for user in app.store.list_users().await.unwrap() {
             if user.role == Role::Owner && user.username != a && user.username != b {

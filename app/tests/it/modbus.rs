@@ -13,31 +13,12 @@ use ddms::modbus::{
 use ddms::store::{NewDevice, Protocol, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::time::Instant;
 use tokio_modbus::ExceptionCode;
 use uuid::Uuid;
 
 use crate::support::app::{database_url, spawn_app, Db, DdmsProcess, TestApp};
 use crate::support::services::Provider;
-
-/// Polls `check` every 100 ms until it returns `Some`, failing the test after `timeout`.
-async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::support::wait::eventually_some;
 
 fn device_body(name: &str, addr: SocketAddr, poll_interval_ms: u64, registers: Value) -> Value {
     json!({"name": name, "protocol": "modbus",
@@ -293,9 +274,9 @@ async fn every_kind_type_and_layout_reads_exactly_from_an_independent_pymodbus_d
     )
     .await;
 
-    let values = wait_for(
-        Duration::from_secs(30),
+    let values = eventually_some(
         "a reading of every register",
+        Duration::from_secs(30),
         || async {
             let latest = latest(&app, &admin, id).await;
             (latest.as_object().map(|o| o.len()) == Some(cases.len())).then_some(latest)
@@ -366,18 +347,18 @@ async fn a_device_that_stops_goes_offline_with_a_notification_and_recovers_while
     }
     let started = Utc::now();
     for &(id, _) in &steady {
-        wait_for(
-            Duration::from_secs(20),
+        eventually_some(
             "steady devices to report",
+            Duration::from_secs(20),
             || async { latest(&app, &admin, id).await.get("level").map(|_| ()) },
         )
         .await;
     }
 
     flaky.stop().await;
-    let notification = wait_for(
-        Duration::from_secs(30),
+    let notification = eventually_some(
         "a connection-failure notification",
+        Duration::from_secs(30),
         || async {
             open_connection_failures(&app, &admin)
                 .await
@@ -398,9 +379,9 @@ async fn a_device_that_stops_goes_offline_with_a_notification_and_recovers_while
 
     flaky.restart().await.unwrap();
     // Back-off may have grown to several seconds while the device was away.
-    wait_for(
-        Duration::from_secs(60),
+    eventually_some(
         "the flaky device to recover",
+        Duration::from_secs(60),
         || async {
             let online = device_status(&app, &admin, flaky_id).await["status"] == "online";
             let cleared = open_connection_failures(&app, &admin)
@@ -412,9 +393,9 @@ async fn a_device_that_stops_goes_offline_with_a_notification_and_recovers_while
     )
     .await;
     let recovered_at = Utc::now();
-    wait_for(
-        Duration::from_secs(10),
+    eventually_some(
         "a fresh reading of the recovered device",
+        Duration::from_secs(10),
         || async {
             let points = readings(&app, &admin, flaky_id, "level", recovered_at).await;
             (!points.is_empty()).then_some(())
@@ -471,15 +452,15 @@ async fn an_answer_arriving_after_the_timeout_does_not_shift_later_reads() {
         &device_body("late", simulator.addr(), 400, register_map(&registers)),
     )
     .await;
-    wait_for(Duration::from_secs(20), "first readings", || async {
+    eventually_some("first readings", Duration::from_secs(20), || async {
         (latest(&app, &admin, id).await.as_object().map(|o| o.len()) == Some(5)).then_some(())
     })
     .await;
 
     simulator.answer_late(1, Duration::from_millis(1500));
-    wait_for(
-        Duration::from_secs(20),
+    eventually_some(
         "the poll that timed out",
+        Duration::from_secs(20),
         || async {
             let text = metrics_text(&app).await;
             (metric(&text, "ddms_modbus_polls_total{result=\"timeout\"}") >= 1.0).then_some(())
@@ -487,9 +468,9 @@ async fn an_answer_arriving_after_the_timeout_does_not_shift_later_reads() {
     )
     .await;
     let after_timeout = Utc::now();
-    wait_for(
-        Duration::from_secs(30),
+    eventually_some(
         "five polls after the late answer",
+        Duration::from_secs(30),
         || async {
             let points = readings(&app, &admin, id, "fourth", after_timeout).await;
             (points.len() >= 5).then_some(())
@@ -538,7 +519,7 @@ async fn a_value_beyond_the_reading_range_is_refused_and_counted_while_the_other
         ),
     )
     .await;
-    wait_for(Duration::from_secs(20), "several polls", || async {
+    eventually_some("several polls", Duration::from_secs(20), || async {
         let points = readings(&app, &admin, id, "fine", started).await;
         (points.len() >= 3).then_some(())
     })
@@ -586,7 +567,7 @@ async fn exceptions_mark_their_registers_while_the_others_still_read() {
     )
     .await;
 
-    wait_for(Duration::from_secs(20), "several polls", || async {
+    eventually_some("several polls", Duration::from_secs(20), || async {
         let points = readings(&app, &admin, id, "level", started).await;
         (points.len() >= 5).then_some(())
     })
@@ -628,18 +609,18 @@ async fn exceptions_mark_their_registers_while_the_others_still_read() {
     );
 
     simulator.clear_exceptions();
-    wait_for(
-        Duration::from_secs(20),
+    eventually_some(
         "the register to read again",
+        Duration::from_secs(20),
         || async {
             let values = latest(&app, &admin, id).await;
             (values["flow"]["value"] == 8.0).then_some(())
         },
     )
     .await;
-    wait_for(
-        Duration::from_secs(10),
+    eventually_some(
         "the device to be online",
+        Duration::from_secs(10),
         || async { (device_status(&app, &admin, id).await["status"] == "online").then_some(()) },
     )
     .await;
@@ -725,9 +706,9 @@ async fn two_instances_on_one_database_poll_each_device_once_and_hand_over_at_on
         devices.push((create_device(&first, &admin, &body).await, simulator));
     }
     for &(id, _) in &devices {
-        wait_for(
-            Duration::from_secs(20),
+        eventually_some(
             "every device to be polled",
+            Duration::from_secs(20),
             || async { latest(&first, &admin, id).await.get("level").map(|_| ()) },
         )
         .await;
@@ -770,9 +751,9 @@ async fn two_instances_on_one_database_poll_each_device_once_and_hand_over_at_on
     let admin = staying.token(Role::Admin).await;
     let mut widest = chrono::Duration::zero();
     for id in handed_over {
-        let points = wait_for(
-            Duration::from_secs(20),
+        let points = eventually_some(
             "the other instance to take over",
+            Duration::from_secs(20),
             || async {
                 let points = readings(&staying, &admin, id, "level", window_start).await;
                 let resumed = points.iter().any(|(ts, _)| *ts > stopped_at);
@@ -828,9 +809,9 @@ async fn an_instance_that_dies_without_releasing_its_leases_is_replaced_within_t
         .await
         .unwrap();
     // The only instance running finds it on its periodic scan and takes its lease.
-    wait_for(
-        Duration::from_secs(20),
+    eventually_some(
         "the first instance to poll",
+        Duration::from_secs(20),
         || async {
             let latest = store.latest_readings(device.id).await.unwrap();
             (!latest.is_empty()).then_some(())
@@ -855,9 +836,9 @@ async fn an_instance_that_dies_without_releasing_its_leases_is_replaced_within_t
     dying.signal(nix::sys::signal::Signal::SIGKILL);
     let killed_at = Utc::now();
     dying.wait_exit(Duration::from_secs(10)).await;
-    let points = wait_for(
-        Duration::from_secs(20),
+    let points = eventually_some(
         "the survivor to take over",
+        Duration::from_secs(20),
         || async {
             let points = readings(
                 &survivor,

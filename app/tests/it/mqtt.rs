@@ -24,26 +24,12 @@ use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, DdmsProcess, TestApp};
 use crate::support::services::{Mosquitto, Postgres, Provider};
+use crate::support::wait::eventually;
 
 /// Broker settings sized for ddms' persistent session (ops/mosquitto/mosquitto.conf does the
 /// same): a window large enough for ack-after-commit, a queue that holds a restart's worth.
 const BROKER_TUNING: &str = "max_inflight_messages 1000\nmax_queued_messages 200000\n";
 const STREAM: usize = 10_000;
-
-async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(started.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn ready(client: &reqwest::Client, url: &str) -> (u16, Value) {
     match client.get(url).send().await {
@@ -243,7 +229,7 @@ impl Publisher {
     }
 
     pub(crate) async fn wait_acked(&self, at_least: usize) {
-        wait_until(Duration::from_secs(60), "publisher progress", || async {
+        eventually("publisher progress", Duration::from_secs(60), || async {
             self.acked() >= at_least
         })
         .await;
@@ -699,9 +685,9 @@ async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_
         )
         .await
     );
-    wait_until(
-        Duration::from_secs(10),
+    eventually(
         "online after a heartbeat",
+        Duration::from_secs(10),
         || async {
             app.status.get(device).await.is_some_and(|s| {
                 s.status == Status::Online && s.last_seen_at.is_some_and(|t| t >= before)
@@ -710,7 +696,7 @@ async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_
     )
     .await;
 
-    wait_until(Duration::from_secs(15), "offline after silence", || async {
+    eventually("offline after silence", Duration::from_secs(15), || async {
         app.status
             .get(device)
             .await
@@ -725,9 +711,9 @@ async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_
             .is_some_and(|e| e.starts_with("no message for")),
         "{status:?}"
     );
-    wait_until(
-        Duration::from_secs(15),
+    eventually(
         "notification after the threshold",
+        Duration::from_secs(15),
         || open(app.store.clone()),
     )
     .await;
@@ -741,7 +727,7 @@ async fn heartbeats_update_last_seen_silence_opens_a_notification_and_a_message_
         )
         .await
     );
-    wait_until(Duration::from_secs(10), "online and cleared", || async {
+    eventually("online and cleared", Duration::from_secs(10), || async {
         app.status
             .get(device)
             .await
@@ -934,7 +920,7 @@ async fn on_the_shipped_mosquitto_config_a_device_publishes_only_under_its_own_t
         )
         .await
     );
-    wait_until(Duration::from_secs(15), "own reading stored", || async {
+    eventually("own reading stored", Duration::from_secs(15), || async {
         !readings(app.store.as_ref(), a, "own").await.is_empty()
     })
     .await;
@@ -1041,9 +1027,9 @@ async fn broker_accounts_are_all_or_nothing_and_stale_ones_are_reconciled_away()
         "a ghost account works before"
     );
     let app = spawn_app(Db::Sqlite, &toml).await;
-    wait_until(
-        Duration::from_secs(20),
+    eventually(
         "the ghost account removed at start",
+        Duration::from_secs(20),
         || async move { !works(ghost, "ghost-pw".into()).await },
     )
     .await;
@@ -1149,7 +1135,7 @@ async fn ddms_reads_from_mosquitto_over_mutual_tls_with_certificates_made_in_the
         )
         .await
     );
-    wait_until(Duration::from_secs(15), "reading via TLS", || async {
+    eventually("reading via TLS", Duration::from_secs(15), || async {
         !readings(app.store.as_ref(), device, "pressure")
             .await
             .is_empty()
@@ -1256,9 +1242,9 @@ async fn a_retained_message_waiting_at_the_broker_is_not_ingested() {
     )
     .await;
     wait_ready(&app.url("/ready")).await;
-    wait_until(
-        Duration::from_secs(20),
+    eventually(
         "the retained message is refused and counted",
+        Duration::from_secs(20),
         || async {
             let text = app.get("/metrics").await.text().await.unwrap();
             metric(

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeSet;
 
-use ddms::store::{NewUser, Role};
+use ddms::store::Role;
 use serde_json::{json, Value};
 
 use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::session::{with_session, Session};
 
-const PASSWORD: &str = "correct horse battery staple";
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 fn document() -> Value {
@@ -90,44 +90,11 @@ async fn the_openapi_document_lists_exactly_the_routes_of_the_router() {
     app.stop().await;
 }
 
-struct Login {
-    cookie: String,
-    csrf: String,
-}
-
-async fn login(app: &TestApp, role: Role) -> Login {
+/// A user of `role` ("u-<role>"), logged in.
+async fn login(app: &TestApp, role: Role) -> Session {
     let username = format!("u-{role}");
-    app.store
-        .create_user(&NewUser {
-            username: username.clone(),
-            password_hash: ddms::auth::hash_password(PASSWORD).unwrap(),
-            role,
-        })
-        .await
-        .unwrap();
-    let response = app
-        .client
-        .post(app.url("/api/auth/login"))
-        .json(&json!({ "username": username, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let cookies: Vec<String> = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-        .collect();
-    let csrf = cookies
-        .iter()
-        .find_map(|c| c.strip_prefix("ddms_csrf="))
-        .unwrap()
-        .to_string();
-    Login {
-        cookie: cookies.join("; "),
-        csrf,
-    }
+    app.add_user(&username, role).await;
+    app.login(&username).await
 }
 
 fn concrete(path: &str) -> String {
@@ -138,16 +105,13 @@ async fn call(
     app: &TestApp,
     method: &str,
     path: &str,
-    login: Option<&Login>,
+    login: Option<&Session>,
     csrf: bool,
 ) -> (u16, String) {
     let method: reqwest::Method = method.to_uppercase().parse().unwrap();
     let mut request = app.client.request(method.clone(), app.url(&concrete(path)));
     if let Some(login) = login {
-        request = request.header("cookie", &login.cookie);
-        if csrf {
-            request = request.header("x-csrf-token", &login.csrf);
-        }
+        request = with_session(request, login, csrf);
     }
     if method != reqwest::Method::GET && method != reqwest::Method::DELETE {
         request = request.json(&json!({}));

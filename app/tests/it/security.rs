@@ -4,103 +4,14 @@
 
 use std::time::Duration;
 
-use ddms::store::{NewUser, Role};
-use reqwest::header::{HeaderMap, SET_COOKIE};
+use ddms::store::Role;
+use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::on_each_backend;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// Creates a user directly in the store (the CLI path has its own test).
-async fn add_user(app: &TestApp, username: &str, role: Role) {
-    app.store
-        .create_user(&NewUser {
-            username: username.into(),
-            password_hash: ddms::auth::hash_password(PASSWORD).unwrap(),
-            role,
-        })
-        .await
-        .expect("create user");
-}
-
-/// The cookies a login set, and what the browser would send back.
-#[derive(Debug, Clone)]
-struct Session {
-    secret: String,
-    csrf: String,
-    set_cookies: Vec<String>,
-}
-
-impl Session {
-    fn cookie_header(&self) -> String {
-        format!("ddms_session={}; ddms_csrf={}", self.secret, self.csrf)
-    }
-
-    fn set_cookie(&self, name: &str) -> &str {
-        self.set_cookies
-            .iter()
-            .find(|c| c.starts_with(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no Set-Cookie for {name}: {:?}", self.set_cookies))
-    }
-}
-
-fn set_cookies(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
-}
-
-fn cookie_value(set_cookies: &[String], name: &str) -> Option<String> {
-    set_cookies.iter().find_map(|c| {
-        c.split(';')
-            .next()
-            .and_then(|kv| kv.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-    })
-}
-
-async fn try_login(app: &TestApp, username: &str, password: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/auth/login"))
-        .json(&json!({ "username": username, "password": password }))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn login(app: &TestApp, username: &str) -> Session {
-    let response = try_login(app, username, PASSWORD).await;
-    assert_eq!(response.status(), 200, "login of {username}");
-    let cookies = set_cookies(response.headers());
-    let body: Value = response.json().await.unwrap();
-    let session = Session {
-        secret: cookie_value(&cookies, "ddms_session").expect("session cookie"),
-        csrf: cookie_value(&cookies, "ddms_csrf").expect("csrf cookie"),
-        set_cookies: cookies,
-    };
-    assert_eq!(body["csrf_token"], session.csrf.as_str());
-    assert_eq!(body["username"], username);
-    session
-}
-
-/// A request carrying the session's cookies; with `csrf`, also its CSRF header.
-fn with_session(
-    request: reqwest::RequestBuilder,
-    session: &Session,
-    csrf: bool,
-) -> reqwest::RequestBuilder {
-    let request = request.header("cookie", session.cookie_header());
-    if csrf {
-        request.header("x-csrf-token", &session.csrf)
-    } else {
-        request
-    }
-}
+use crate::support::session::{cookie_value, set_cookies, with_session, Session, PASSWORD};
 
 fn mqtt_device(name: &str) -> Value {
     json!({ "name": name, "protocol": "mqtt" })
@@ -116,8 +27,8 @@ async fn error_code(response: reqwest::Response) -> String {
 
 async fn session_state_changes_need_the_csrf_header(db: Db) {
     let app = spawn_app(db, "").await;
-    add_user(&app, "alice", Role::Admin).await;
-    let session = login(&app, "alice").await;
+    app.add_user("alice", Role::Admin).await;
+    let session = app.login("alice").await;
 
     // Reading needs no CSRF token.
     let read = with_session(app.client.get(app.url("/api/devices")), &session, false)
@@ -171,10 +82,10 @@ on_each_backend!(session_state_changes_need_the_csrf_header);
 #[tokio::test]
 async fn a_csrf_token_of_another_session_is_refused() {
     let app = spawn_app(Db::Sqlite, "").await;
-    add_user(&app, "alice", Role::Admin).await;
-    add_user(&app, "mallory", Role::Admin).await;
-    let alice = login(&app, "alice").await;
-    let mallory = login(&app, "mallory").await;
+    app.add_user("alice", Role::Admin).await;
+    app.add_user("mallory", Role::Admin).await;
+    let alice = app.login("alice").await;
+    let mallory = app.login("mallory").await;
     // Header and CSRF cookie agree, but belong to another session.
     let response = app
         .client
@@ -195,8 +106,8 @@ async fn a_csrf_token_of_another_session_is_refused() {
 #[tokio::test]
 async fn session_cookie_is_httponly_and_samesite_strict_and_not_secure_over_plain_http() {
     let app = spawn_app(Db::Sqlite, "").await;
-    add_user(&app, "alice", Role::Viewer).await;
-    let session = login(&app, "alice").await;
+    app.add_user("alice", Role::Viewer).await;
+    let session = app.login("alice").await;
     let cookie = session.set_cookie("ddms_session");
     assert!(cookie.contains("; HttpOnly"), "{cookie}");
     assert!(cookie.contains("; SameSite=Strict"), "{cookie}");
@@ -237,12 +148,13 @@ async fn session_cookie_is_httponly_and_samesite_strict_and_not_secure_over_plai
 #[tokio::test]
 async fn wrong_passwords_and_unknown_users_get_the_same_401() {
     let app = spawn_app(Db::Sqlite, "").await;
-    add_user(&app, "alice", Role::Viewer).await;
-    let wrong = try_login(&app, "alice", "not the password at all").await;
+    app.add_user("alice", Role::Viewer).await;
+    let wrong = app.try_login("alice", "not the password at all").await;
     assert_eq!(wrong.status(), 401);
     assert!(set_cookies(wrong.headers()).is_empty());
     let wrong: Value = wrong.json().await.unwrap();
-    let unknown: Value = try_login(&app, "nobody", PASSWORD)
+    let unknown: Value = app
+        .try_login("nobody", PASSWORD)
         .await
         .json()
         .await
@@ -255,8 +167,8 @@ async fn wrong_passwords_and_unknown_users_get_the_same_401() {
 #[tokio::test]
 async fn every_login_gets_a_new_session_id_and_ends_the_one_it_replaces() {
     let app = spawn_app(Db::Sqlite, "").await;
-    add_user(&app, "alice", Role::Viewer).await;
-    let first = login(&app, "alice").await;
+    app.add_user("alice", Role::Viewer).await;
+    let first = app.login("alice").await;
     // Logging in again from the same browser (sending the old cookie along).
     let response = with_session(app.client.post(app.url("/api/auth/login")), &first, false)
         .json(&json!({ "username": "alice", "password": PASSWORD }))
@@ -286,8 +198,8 @@ async fn every_login_gets_a_new_session_id_and_ends_the_one_it_replaces() {
 
 async fn logout_ends_the_session(db: Db) {
     let app = spawn_app(db, "").await;
-    add_user(&app, "alice", Role::Viewer).await;
-    let session = login(&app, "alice").await;
+    app.add_user("alice", Role::Viewer).await;
+    let session = app.login("alice").await;
     let logout = |csrf: bool| {
         with_session(app.client.post(app.url("/api/auth/logout")), &session, csrf).send()
     };
@@ -331,8 +243,8 @@ async fn idle_sessions_expire(db: Db) {
         "[http.session]\nidle_timeout = 1\nabsolute_timeout = 60\n",
     )
     .await;
-    add_user(&app, "alice", Role::Viewer).await;
-    let session = login(&app, "alice").await;
+    app.add_user("alice", Role::Viewer).await;
+    let session = app.login("alice").await;
     let check = || async {
         with_session(
             app.client.get(app.url("/api/auth/session")),
@@ -363,8 +275,8 @@ async fn sessions_end_at_the_absolute_timeout_however_active(db: Db) {
         "[http.session]\nidle_timeout = 2\nabsolute_timeout = 2\n",
     )
     .await;
-    add_user(&app, "alice", Role::Viewer).await;
-    let session = login(&app, "alice").await;
+    app.add_user("alice", Role::Viewer).await;
+    let session = app.login("alice").await;
     let started = std::time::Instant::now();
     let mut statuses = Vec::new();
     while started.elapsed() < Duration::from_millis(3000) {
@@ -400,14 +312,11 @@ async fn repeated_bad_logins_from_one_address_get_429_with_retry_after() {
         "[http.login]\nattempts_per_minute_per_ip = 3\nattempts_per_minute_per_username = 100\n",
     )
     .await;
-    add_user(&app, "alice", Role::Viewer).await;
+    app.add_user("alice", Role::Viewer).await;
     for name in ["a", "b", "c"] {
-        assert_eq!(
-            try_login(&app, name, "guess guess guess").await.status(),
-            401
-        );
+        assert_eq!(app.try_login(name, "guess guess guess").await.status(), 401);
     }
-    let throttled = try_login(&app, "d", "guess guess guess").await;
+    let throttled = app.try_login("d", "guess guess guess").await;
     assert_eq!(throttled.status(), 429);
     let retry: u64 = throttled.headers()["retry-after"]
         .to_str()
@@ -417,7 +326,7 @@ async fn repeated_bad_logins_from_one_address_get_429_with_retry_after() {
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(error_code(throttled).await, "rate_limited");
     // Even the right password waits: the throttle comes before the password is looked at.
-    assert_eq!(try_login(&app, "alice", PASSWORD).await.status(), 429);
+    assert_eq!(app.try_login("alice", PASSWORD).await.status(), 429);
     app.stop().await;
 }
 
@@ -430,7 +339,7 @@ async fn repeated_bad_logins_for_one_username_get_429_from_any_address() {
          [http.login]\nattempts_per_minute_per_ip = 100\nattempts_per_minute_per_username = 2\n",
     )
     .await;
-    add_user(&app, "alice", Role::Viewer).await;
+    app.add_user("alice", Role::Viewer).await;
     let attempt = |from: &'static str, username: &'static str| {
         app.client
             .post(app.url("/api/auth/login"))
@@ -545,8 +454,8 @@ async fn hardening_headers_are_on_pages_json_and_every_error() {
     assert_eq!(too_large.status(), 413);
     assert_hardened("413", too_large.headers(), false);
     assert_eq!(error_code(too_large).await, "payload_too_large");
-    assert_eq!(try_login(&app, "a", "b c d e f g h").await.status(), 401);
-    let throttled = try_login(&app, "a", "b c d e f g h").await;
+    assert_eq!(app.try_login("a", "b c d e f g h").await.status(), 401);
+    let throttled = app.try_login("a", "b c d e f g h").await;
     assert_eq!(throttled.status(), 429);
     assert_hardened("429", throttled.headers(), false);
     app.stop().await;
@@ -633,7 +542,7 @@ async fn over_in_process_tls_cookies_are_secure_and_hsts_is_sent() {
         &format!("[http.tls]\ncert = {cert:?}\nkey = {key:?}\n"),
     )
     .await;
-    add_user(&app, "alice", Role::Admin).await;
+    app.add_user("alice", Role::Admin).await;
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -695,7 +604,7 @@ async fn over_in_process_tls_cookies_are_secure_and_hsts_is_sent() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_forwarded_https_gets_hsts_and_secure_cookies() {
     let app = spawn_app(Db::Sqlite, "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n").await;
-    add_user(&app, "alice", Role::Viewer).await;
+    app.add_user("alice", Role::Viewer).await;
     let response = app
         .client
         .post(app.url("/api/auth/login"))
@@ -716,7 +625,7 @@ async fn behind_a_trusted_proxy_forwarded_https_gets_hsts_and_secure_cookies() {
 
     // The same headers from an untrusted peer change nothing.
     let app = spawn_app(Db::Sqlite, "").await;
-    add_user(&app, "alice", Role::Viewer).await;
+    app.add_user("alice", Role::Viewer).await;
     let response = app
         .client
         .post(app.url("/api/auth/login"))
@@ -734,14 +643,14 @@ async fn behind_a_trusted_proxy_forwarded_https_gets_hsts_and_secure_cookies() {
 
 async fn logins_and_device_changes_are_audited(db: Db) {
     let app = spawn_app(db, "").await;
-    add_user(&app, "alice", Role::Admin).await;
-    add_user(&app, "victor", Role::Viewer).await;
-    assert_eq!(try_login(&app, "ghost", PASSWORD).await.status(), 401);
+    app.add_user("alice", Role::Admin).await;
+    app.add_user("victor", Role::Viewer).await;
+    assert_eq!(app.try_login("ghost", PASSWORD).await.status(), 401);
     assert_eq!(
-        try_login(&app, "alice", "wrong wrong wrong").await.status(),
+        app.try_login("alice", "wrong wrong wrong").await.status(),
         401
     );
-    let session = login(&app, "alice").await;
+    let session = app.login("alice").await;
     let created: Value = with_session(app.client.post(app.url("/api/devices")), &session, true)
         .json(&mqtt_device("audited"))
         .send()
@@ -820,7 +729,7 @@ async fn logins_and_device_changes_are_audited(db: Db) {
     let text = serde_json::to_string(&audit).unwrap();
     assert!(!text.contains(PASSWORD) && !text.contains(&session.secret));
     // Viewers do not read the audit log.
-    let viewer = login(&app, "victor").await;
+    let viewer = app.login("victor").await;
     let refused = with_session(app.client.get(app.url("/api/audit")), &viewer, false)
         .send()
         .await
@@ -904,7 +813,7 @@ async fn a_user_created_with_ddms_user_add_can_log_in() {
     );
 
     let app = spawn_app(Db::Url(url), "").await;
-    let session = login(&app, "carol").await;
+    let session = app.login("carol").await;
     let me: Value = with_session(
         app.client.get(app.url("/api/auth/session")),
         &session,
@@ -923,10 +832,10 @@ async fn a_user_created_with_ddms_user_add_can_log_in() {
 
 async fn owners_manage_users_tokens_and_settings(db: Db) {
     let app = spawn_app(db, "").await;
-    add_user(&app, "olga", Role::Owner).await;
-    add_user(&app, "adam", Role::Admin).await;
-    let owner = login(&app, "olga").await;
-    let admin = login(&app, "adam").await;
+    app.add_user("olga", Role::Owner).await;
+    app.add_user("adam", Role::Admin).await;
+    let owner = app.login("olga").await;
+    let admin = app.login("adam").await;
     let send = |method: reqwest::Method, path: &str, session: &Session, body: Option<Value>| {
         let mut request = with_session(app.client.request(method, app.url(path)), session, true);
         if let Some(body) = body {
@@ -949,7 +858,7 @@ async fn owners_manage_users_tokens_and_settings(db: Db) {
     let created: Value = created.json().await.unwrap();
     let password = created["password"].as_str().unwrap().to_string();
     let vera_id = created["id"].as_str().unwrap().to_string();
-    assert_eq!(try_login(&app, "vera", &password).await.status(), 200);
+    assert_eq!(app.try_login("vera", &password).await.status(), 200);
     let users: Value = send(M::GET, "/api/users", &owner, None)
         .await
         .unwrap()
@@ -981,7 +890,7 @@ async fn owners_manage_users_tokens_and_settings(db: Db) {
     .unwrap();
     assert_eq!(promoted.status(), 200);
     let vera = {
-        let r = try_login(&app, "vera", &password).await;
+        let r = app.try_login("vera", &password).await;
         assert_eq!(r.status(), 200);
         let cookies = set_cookies(r.headers());
         Session {
@@ -1000,7 +909,7 @@ async fn owners_manage_users_tokens_and_settings(db: Db) {
     .unwrap();
     assert_eq!(disabled.status(), 200);
     assert!(disabled.json::<Value>().await.unwrap()["disabled_at"].is_string());
-    assert_eq!(try_login(&app, "vera", &password).await.status(), 401);
+    assert_eq!(app.try_login("vera", &password).await.status(), 401);
     assert_eq!(
         send(M::GET, "/api/me", &vera, None).await.unwrap().status(),
         401

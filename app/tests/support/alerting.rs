@@ -1,30 +1,18 @@
 //! Set-up shared by the alerting tests: a device, a signed webhook channel, a threshold rule,
-//! and waiting for a condition with a deadline.
+//! and (re-exported) waiting for a condition with a deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::app::TestApp;
+pub use super::wait::eventually;
 
 /// The webhook channel's HMAC key; the receivers verify signatures with it.
 pub const SECRET: &str = "hmac-key-7d1f";
 /// The receivers listen on loopback.
 pub const PRIVATE_TARGETS: &str = "[alerts]\nallow_private_targets = true\n";
-
-/// Polls `check` until it holds, failing after `limit` (never a fixed sleep as synchronisation).
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Waits until the outbox has nothing pending.
 pub async fn drained(app: &TestApp) {

@@ -5,6 +5,8 @@ pub mod app;
 pub mod ports;
 pub mod release;
 pub mod services;
+pub mod session;
+pub mod wait;
 pub mod webhook;
 
 /// Runs each named `async fn(Db)` once per store: a module named after the function with a
