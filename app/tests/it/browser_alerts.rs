@@ -12,8 +12,9 @@ use ddms::store::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::browser::{add_user, create_device, log_in, Browser};
+use crate::browser::create_device;
 use crate::support::app::{spawn_app, Db, TestApp};
+use crate::support::browser::{log_in, Browser};
 use crate::support::webhook::WebhookReceiver as Receiver;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -111,7 +112,7 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
     let app = spawn_app(Db::Sqlite, "[alerts]\nallow_private_targets = true\n").await;
     let receiver = Receiver::start("s3cret-key").await;
     let token = app.token(Role::Admin).await;
-    add_user(&app, "ada", Role::Admin).await;
+    app.add_user("ada", Role::Admin).await;
     let device = create_device(
         &app,
         &token,

@@ -2,6 +2,7 @@
 
 pub mod alerting;
 pub mod app;
+pub mod browser;
 pub mod ports;
 pub mod release;
 pub mod services;
