@@ -82,6 +82,36 @@ fn no_ignored_or_should_panic_tests() {
     );
 }
 
+/// Files about one thing, small enough to read in one sitting: no Rust file of the workspace
+/// (sources, tests, examples, fuzz targets) is longer than this. A file that grows past it is
+/// split by what it holds (see how `app/tests/it/storage/` or `xtask/src/cli/` are).
+const MAX_RUST_FILE_LINES: usize = 700;
+
+#[test]
+fn no_rust_file_is_longer_than_700_lines() {
+    let mut files = Vec::new();
+    for dir in ["app", "xtask"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    assert!(
+        files.len() > 200,
+        "the workspace's Rust files: {}",
+        files.len()
+    );
+    let mut long: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let lines = fs::read_to_string(file).unwrap().lines().count();
+            (lines > MAX_RUST_FILE_LINES).then(|| format!("{} ({lines})", file.display()))
+        })
+        .collect();
+    long.sort();
+    assert!(
+        long.is_empty(),
+        "longer than {MAX_RUST_FILE_LINES} lines: {long:?}"
+    );
+}
+
 /// The dashboard's scripts never parse server data as HTML, and its pages carry no inline
 /// script, style or event handler (the CSP forbids them; this keeps them from creeping in).
 #[test]
