@@ -1,12 +1,13 @@
 //! Modbus TCP: the register map of a device, the reads that fetch it, and the decoding of what
-//! comes back (pure, synchronous code), then the I/O: one poller task per device
-//! ([`poller`]), the supervisor that runs exactly one poller per device across instances
+//! comes back (pure, synchronous code), then the I/O: a device's connection ([`connection`]),
+//! one poller task per device ([`poller`]), the supervisor that runs exactly one poller per device across instances
 //! ([`supervisor`]), and a simulated device for tests and the demo ([`simulator`]).
 //!
 //! Planning matters because many PLCs accept only a handful of connections and answer one
 //! request at a time on each: every request costs a full round trip. Reading a device's whole map
 //! in a few merged requests keeps one poll short and leaves the device's connections to others.
 
+pub mod connection;
 pub mod decode;
 pub mod plan;
 pub mod poller;

@@ -13,12 +13,12 @@ use chrono::{DateTime, Utc};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_modbus::client::{tcp, Context, Reader};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{decode, decode_bit, plan_reads, DecodeError, ModbusConfig, ReadRequest, RegisterKind};
+use super::connection::{Answer, ModbusConnection};
+use super::{decode, decode_bit, plan_reads, DecodeError, ModbusConfig, ReadRequest};
 use crate::backoff::Backoff;
 use crate::ingest::{IngestHandle, Sample};
 use crate::status::StatusBoard;
@@ -201,28 +201,13 @@ pub fn next_tick(scheduled: Instant, interval: Duration, now: Instant) -> Instan
     next + interval.saturating_mul(u32::try_from(skipped).unwrap_or(u32::MAX))
 }
 
-/// The values of one read.
-enum Answer {
-    Words(Vec<u16>),
-    Bits(Vec<bool>),
-}
-
-impl Answer {
-    fn len(&self) -> usize {
-        match self {
-            Answer::Words(words) => words.len(),
-            Answer::Bits(bits) => bits.len(),
-        }
-    }
-}
-
 /// A device being polled: its configuration, its read plan and, between polls, its connection.
 pub struct DevicePoller {
     device_id: Uuid,
     config: ModbusConfig,
     plan: Vec<ReadRequest>,
     request_timeout: Duration,
-    connection: Option<Context>,
+    connection: Option<ModbusConnection>,
 }
 
 impl DevicePoller {
@@ -264,36 +249,38 @@ impl DevicePoller {
                     u32::from(request.start) + u32::from(request.count) - 1
                 )
             };
-            let answer =
-                match tokio::time::timeout(self.request_timeout, read(&mut connection, request))
-                    .await
-                {
-                    Err(_) => Err(PollError::Timeout {
-                        during: during(),
-                        timeout_ms: self.request_timeout.as_millis(),
-                    }),
-                    Ok(Err(source)) => Err(PollError::Transport {
-                        during: during(),
-                        source,
-                    }),
-                    Ok(Ok(Err(exception))) => {
-                        for &(index, _) in &request.items {
-                            report.register_errors.push(RegisterError {
-                                metric: self.config.registers[index].metric.clone(),
-                                problem: RegisterProblem::Exception(exception),
-                            });
-                        }
-                        continue;
+            let answer = match tokio::time::timeout(
+                self.request_timeout,
+                connection.read(request.kind, request.start, request.count),
+            )
+            .await
+            {
+                Err(_) => Err(PollError::Timeout {
+                    during: during(),
+                    timeout_ms: self.request_timeout.as_millis(),
+                }),
+                Ok(Err(source)) => Err(PollError::Transport {
+                    during: during(),
+                    source,
+                }),
+                Ok(Ok(Err(exception))) => {
+                    for &(index, _) in &request.items {
+                        report.register_errors.push(RegisterError {
+                            metric: self.config.registers[index].metric.clone(),
+                            problem: RegisterProblem::Exception(exception),
+                        });
                     }
-                    Ok(Ok(Ok(answer))) if answer.len() < usize::from(request.count) => {
-                        Err(PollError::ShortAnswer {
-                            during: during(),
-                            expected: usize::from(request.count),
-                            got: answer.len(),
-                        })
-                    }
-                    Ok(Ok(Ok(answer))) => Ok(answer),
-                };
+                    continue;
+                }
+                Ok(Ok(Ok(answer))) if answer.len() < usize::from(request.count) => {
+                    Err(PollError::ShortAnswer {
+                        during: during(),
+                        expected: usize::from(request.count),
+                        got: answer.len(),
+                    })
+                }
+                Ok(Ok(Ok(answer))) => Ok(answer),
+            };
             match answer {
                 Ok(answer) => self.decode_into(&mut report, request, &answer, at),
                 Err(failure) => {
@@ -347,7 +334,7 @@ impl DevicePoller {
 }
 
 /// Opens the device's connection (resolving its host name), within `timeout`.
-async fn connect(config: &ModbusConfig, timeout: Duration) -> Result<Context, PollError> {
+async fn connect(config: &ModbusConfig, timeout: Duration) -> Result<ModbusConnection, PollError> {
     let target = format!("{}:{}", config.host, config.port);
     let connecting = TcpStream::connect((config.host.as_str(), config.port));
     let stream = match tokio::time::timeout(timeout, connecting).await {
@@ -362,29 +349,7 @@ async fn connect(config: &ModbusConfig, timeout: Duration) -> Result<Context, Po
     };
     // Requests are small and answered one at a time: do not let Nagle hold them back.
     let _ = stream.set_nodelay(true);
-    Ok(tcp::attach_slave(stream, Slave(config.unit_id)))
-}
-
-async fn read(
-    connection: &mut Context,
-    request: &ReadRequest,
-) -> Result<Result<Answer, ExceptionCode>, tokio_modbus::Error> {
-    let (start, count) = (request.start, request.count);
-    Ok(match request.kind {
-        RegisterKind::Holding => connection
-            .read_holding_registers(start, count)
-            .await?
-            .map(Answer::Words),
-        RegisterKind::Input => connection
-            .read_input_registers(start, count)
-            .await?
-            .map(Answer::Words),
-        RegisterKind::Coil => connection.read_coils(start, count).await?.map(Answer::Bits),
-        RegisterKind::Discrete => connection
-            .read_discrete_inputs(start, count)
-            .await?
-            .map(Answer::Bits),
-    })
+    Ok(ModbusConnection::new(stream, config.unit_id))
 }
 
 /// One line naming every register that failed, for the device's status.
