@@ -6,6 +6,7 @@
 //! backend, a directory (`sqlite/`, `postgres/`), implements each domain in a file of its own.
 
 pub mod alerts;
+mod common;
 mod models;
 mod postgres;
 pub mod snapshot;
@@ -60,6 +61,10 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(err.to_string()),
+            // A stored value that does not decode (a malformed UUID, timestamp or JSON text).
+            sqlx::Error::ColumnDecode { index, source } => {
+                StoreError::Corrupt(format!("{index}: {source}"))
+            }
             _ => StoreError::Database(err),
         }
     }

@@ -9,6 +9,8 @@
 //! returns `false`).
 
 mod postgres;
+mod rows;
+mod shared;
 mod sqlite;
 
 use std::time::Duration;

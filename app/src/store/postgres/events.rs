@@ -1,23 +1,20 @@
-//! [`EventLogStore`] on PostgreSQL: the live event log. Appenders take an advisory lock in
-//! turn, because ids drawn from a sequence by concurrent transactions would otherwise become
-//! visible out of order and a tailer could skip one.
-
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::Row;
+//! [`EventLogStore`](crate::store::EventLogStore) on PostgreSQL: the shared implementation
+//! (`common::events`), appending with UNNEST under an advisory lock: ids drawn from a sequence by
+//! concurrent transactions would otherwise become visible out of order and a tailer could skip
+//! one.
 
 use super::PostgresStore;
-use crate::store::{EventLogStore, NewEvent, StoreResult, StoredEvent};
+use crate::store::common::events::event_log_store;
+use crate::store::{NewEvent, StoreResult};
 
-/// Serialises appends to the event log (see `append_events`).
+/// Serialises appends to the event log (see `insert_events`).
 const EVENT_LOG_LOCK_KEY: i64 = 0x6464_6d73_6576_6e74; // "ddmsevnt"
 
-#[async_trait]
-impl EventLogStore for PostgresStore {
-    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
+event_log_store!(PostgresStore);
+
+impl PostgresStore {
+    /// One statement of two arrays, under the advisory lock until commit.
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
         let mut tx = self.pool.begin().await?;
@@ -40,51 +37,5 @@ impl EventLogStore for PostgresStore {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn events_after(
-        &self,
-        after: i64,
-        upto: Option<i64>,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, kind, data FROM events WHERE id > $1 AND ($2::bigint IS NULL OR id <= $2) \
-             ORDER BY id LIMIT $3",
-        )
-        .bind(after)
-        .bind(upto)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    id: row.try_get("id")?,
-                    kind: row.try_get("kind")?,
-                    data: row.try_get("data")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn event_bounds(&self) -> StoreResult<Option<(i64, i64)>> {
-        let row = sqlx::query("SELECT min(id) AS oldest, max(id) AS newest FROM events")
-            .fetch_one(&self.pool)
-            .await?;
-        let oldest: Option<i64> = row.try_get("oldest")?;
-        let newest: Option<i64> = row.try_get("newest")?;
-        Ok(oldest.zip(newest))
-    }
-
-    async fn prune_events(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let result = sqlx::query(
-            "DELETE FROM events WHERE created_at < $1 \
-             AND id < (SELECT max(id) FROM events)",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
     }
 }

@@ -1,24 +1,21 @@
-//! [`LeaseStore`] on PostgreSQL: leases among the instances sharing the database, all taken
-//! in one statement and expiring by the database's clock.
+//! [`LeaseStore`](crate::store::LeaseStore) on PostgreSQL: leases among the instances sharing
+//! the database, all taken in one statement of arrays and expiring by the database's clock.
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-
 use super::PostgresStore;
-use crate::store::{LeaseStore, StoreResult};
+use crate::store::common::leases::lease_store;
+use crate::store::StoreResult;
 
-#[async_trait]
-impl LeaseStore for PostgresStore {
-    async fn acquire_leases(
+lease_store!(PostgresStore);
+
+impl PostgresStore {
+    async fn take_leases(
         &self,
         names: &[String],
         holder: &str,
         ttl: Duration,
     ) -> StoreResult<Vec<String>> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
         // The database clock decides expiry, so instances with skewed clocks still agree.
         let held = sqlx::query_scalar(
             "INSERT INTO leases (name, holder, expires_at) \
@@ -35,7 +32,7 @@ impl LeaseStore for PostgresStore {
         Ok(held)
     }
 
-    async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
+    async fn give_up_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM leases WHERE holder = $2 AND name = ANY($1)")
             .bind(names)
             .bind(holder)

@@ -2,7 +2,8 @@
 //!
 //! This file connects (a main pool and a small one of its own for readiness probes) and
 //! implements [`Store`] itself (health and migrations); each domain's sub-trait is implemented
-//! in a file of its own, beside this one.
+//! in a file of its own, beside this one, mostly by the implementation both backends share
+//! (`store::common`).
 
 mod accounts;
 mod devices;
@@ -15,24 +16,11 @@ mod status;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::ConnectOptions;
 
-use super::{
-    bounded, token_cache, Backend, CurrentMigrations, MigrationStatus, Store, StoreError,
-    StoreResult,
-};
-
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
-
-/// A newer release may already have migrated further (expand-only): not an error for this one.
-fn lenient_migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("../migrations/postgres");
-    migrator.set_ignore_missing(true);
-    migrator
-}
+use super::common::health::sql_store;
+use super::{token_cache, CurrentMigrations, StoreError, StoreResult};
 
 /// Connections of the probe pool (probes are short; more would only hold server slots).
 const PROBE_CONNECTIONS: u32 = 2;
@@ -79,39 +67,14 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
+sql_store!(PostgresStore, Postgres, "../migrations/postgres");
+
+impl PostgresStore {
+    /// Readiness probes have a pool of their own (`probe`), which a busy main pool cannot hold up.
+    fn health_pool(&self) -> &PgPool {
+        &self.probe
     }
 
-    async fn ping(&self, timeout: Duration) -> StoreResult<()> {
-        bounded(timeout, sqlx::query("SELECT 1").execute(&self.probe)).await
-    }
-
-    async fn probe_migrations(&self) -> StoreResult<MigrationStatus> {
-        self.migrations.get_or_check(self.migration_status()).await
-    }
-
-    async fn migrate(&self) -> StoreResult<MigrationStatus> {
-        lenient_migrator().run(&self.pool).await?;
-        self.migration_status().await
-    }
-
-    async fn migration_status(&self) -> StoreResult<MigrationStatus> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.probe)
-                .await?;
-        let applied = if exists {
-            sqlx::query_scalar(
-                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-            )
-            .fetch_all(&self.probe)
-            .await?
-        } else {
-            Vec::new()
-        };
-        Ok(MigrationStatus::compare(&MIGRATOR, applied))
-    }
+    const MIGRATIONS_TABLE_EXISTS: &'static str =
+        "SELECT to_regclass('public._sqlx_migrations') IS NOT NULL";
 }

@@ -5,16 +5,11 @@
 //! durable as the readings. Retention drops whole days as partitions, which costs nothing per
 //! row and leaves nothing to vacuum.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Days, NaiveTime, Utc};
-use sqlx::Row;
-use uuid::Uuid;
 
 use super::PostgresStore;
-use crate::store::{
-    in_key_order, refuse_non_finite, Bucket, LatestReading, Point, PruneCounts, Reading,
-    ReadingStore, RollupStep, SeriesId, StoreResult,
-};
+use crate::store::common::readings::reading_store;
+use crate::store::{PruneCounts, Reading, RollupStep, StoreResult};
 
 /// Serialises partition maintenance across instances (blue and green share the database).
 const PARTITION_LOCK_KEY: i64 = 0x6464_6d73_7061_7274; // "ddmspart"
@@ -64,6 +59,8 @@ fn series_chunks(readings: &[Reading], most: usize) -> Vec<&[Reading]> {
     chunks
 }
 
+reading_store!(PostgresStore);
+
 impl PostgresStore {
     /// One statement, three array parameters: far cheaper than a multi-row VALUES list. The
     /// rollups add what RETURNING yields — only the rows that were new — in the same statement,
@@ -90,11 +87,17 @@ impl PostgresStore {
         .await?;
         Ok(result.max(0) as u64)
     }
-}
 
-#[async_trait]
-impl ReadingStore for PostgresStore {
-    async fn ensure_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32> {
+    /// The newest reading of each series of a device, by a LATERAL subquery (which SQLite
+    /// lacks: it uses a correlated `max(ts)`).
+    const LATEST_READINGS: &'static str =
+        "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
+         CROSS JOIN LATERAL (SELECT ts, value FROM readings WHERE series_id = s.id \
+                             ORDER BY ts DESC LIMIT 1) r \
+         WHERE s.device_id = $1 ORDER BY s.metric";
+
+    /// Creates the daily partitions from yesterday to `days_ahead` days ahead.
+    async fn create_partitions(&self, today: DateTime<Utc>, days_ahead: u32) -> StoreResult<u32> {
         let first = today.date_naive() - Days::new(1);
         let mut created = 0;
         for offset in 0..=u64::from(days_ahead) + 1 {
@@ -169,14 +172,10 @@ impl ReadingStore for PostgresStore {
         Ok(created)
     }
 
-    async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
-        if readings.is_empty() {
-            return Ok(0);
-        }
-        refuse_non_finite(readings)?;
-        let readings = in_key_order(readings);
+    /// A batch in key order, in up to [`MAX_CONCURRENT_CHUNKS`] statements side by side.
+    async fn insert_in_key_order(&self, readings: &[Reading]) -> StoreResult<u64> {
         let most = (self.pool.options().get_max_connections() / 2).max(1) as usize;
-        let chunks = series_chunks(&readings, most.min(MAX_CONCURRENT_CHUNKS));
+        let chunks = series_chunks(readings, most.min(MAX_CONCURRENT_CHUNKS));
         // Each chunk commits on its own connection. A chunk that fails leaves the others
         // committed; that is safe because a retry of the batch stores nothing twice and the
         // rollups count only what each statement newly inserted.
@@ -188,93 +187,8 @@ impl ReadingStore for PostgresStore {
         Ok(inserted)
     }
 
-    async fn query_readings(
-        &self,
-        series: SeriesId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<Point>> {
-        let rows = sqlx::query(
-            "SELECT ts, value FROM readings WHERE series_id = $1 AND ts >= $2 AND ts < $3 \
-             ORDER BY ts LIMIT $4",
-        )
-        .bind(series)
-        .bind(from)
-        .bind(to)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Point {
-                    ts: row.try_get("ts")?,
-                    value: row.try_get("value")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn query_rollups(
-        &self,
-        series: SeriesId,
-        step: RollupStep,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<Bucket>> {
-        let table = match step {
-            RollupStep::Minute => "readings_1m",
-            RollupStep::Hour => "readings_1h",
-        };
-        let sql = format!(
-            "SELECT bucket, min, max, sum, count FROM {table} \
-             WHERE series_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(series)
-            .bind(step.bucket(from))
-            .bind(to)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Bucket::from_sums(
-                    row.try_get("bucket")?,
-                    row.try_get("min")?,
-                    row.try_get("max")?,
-                    row.try_get("sum")?,
-                    row.try_get("count")?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
-             CROSS JOIN LATERAL (SELECT ts, value FROM readings WHERE series_id = s.id \
-                                 ORDER BY ts DESC LIMIT 1) r \
-             WHERE s.device_id = $1 ORDER BY s.metric",
-        )
-        .bind(device_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LatestReading {
-                    series: row.try_get("id")?,
-                    metric: row.try_get("metric")?,
-                    unit: row.try_get("unit")?,
-                    ts: row.try_get("ts")?,
-                    value: row.try_get("value")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
+    /// Retention: whole days go as partitions, the rest row by row.
+    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
         let mut counts = PruneCounts::default();
         // Whole days go as partitions: dropping a table costs nothing per row and leaves no
         // dead tuples to vacuum.
@@ -327,17 +241,6 @@ impl ReadingStore for PostgresStore {
             .await?
             .rows_affected();
         Ok(counts)
-    }
-
-    async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(count), 0)::bigint FROM readings_1h \
-             WHERE bucket <= $1 - interval '1 hour'",
-        )
-        .bind(before)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(count.max(0) as u64)
     }
 }
 

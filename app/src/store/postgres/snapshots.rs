@@ -1,24 +1,20 @@
-//! [`SnapshotStore`] on PostgreSQL: backups in this backend's format, written and loaded by
-//! `store::snapshot`, which holds both backends' formats and the one list of tables. A load
-//! first creates the daily partitions its readings need, as ingest would have.
-
-use async_trait::async_trait;
+//! [`SnapshotStore`](crate::store::SnapshotStore) on PostgreSQL: the shared implementation
+//! (`common::snapshots`) with PostgreSQL's snapshot format. A load first creates the daily
+//! partitions its readings need, as ingest would have.
 
 use super::PostgresStore;
-use crate::store::{snapshot, ReadingStore, Snapshot, SnapshotStore, StoreResult};
+use crate::store::common::snapshots::snapshot_store;
+use crate::store::{snapshot, ReadingStore, Snapshot, StoreResult};
 
-#[async_trait]
-impl SnapshotStore for PostgresStore {
-    async fn export_snapshot(&self, dir: &std::path::Path) -> StoreResult<Snapshot> {
-        snapshot::postgres_export(&self.pool, dir).await
-    }
+snapshot_store!(
+    PostgresStore,
+    export: snapshot::postgres_export,
+    import: snapshot::postgres_import,
+    unlisted: snapshot::postgres_unlisted_tables
+);
 
-    async fn import_snapshot(
-        &self,
-        dir: &std::path::Path,
-        snapshot: &Snapshot,
-        replace: bool,
-    ) -> StoreResult<()> {
+impl PostgresStore {
+    async fn prepare_import(&self, snapshot: &Snapshot) -> StoreResult<()> {
         if let Some((oldest, newest)) = snapshot.readings_span {
             // Daily partitions for the loaded readings (at most the newest year's; older
             // ones land in the default partition), as ingest would have created them.
@@ -29,10 +25,6 @@ impl SnapshotStore for PostgresStore {
             self.ensure_partitions(start + chrono::Duration::days(1), days)
                 .await?;
         }
-        snapshot::postgres_import(&self.pool, dir, snapshot, replace).await
-    }
-
-    async fn tables_outside_snapshots(&self) -> StoreResult<Vec<String>> {
-        snapshot::postgres_unlisted_tables(&self.pool).await
+        Ok(())
     }
 }

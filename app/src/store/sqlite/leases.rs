@@ -1,17 +1,19 @@
-//! [`LeaseStore`] on SQLite: leases among the instances sharing the database file, taken in
-//! one transaction and expiring by the caller's clock (PostgreSQL uses the database's).
+//! [`LeaseStore`](crate::store::LeaseStore) on SQLite: leases among the instances sharing the
+//! database file, taken row by row in one transaction (no arrays) and expiring by the caller's
+//! clock, as integer microseconds (PostgreSQL uses the database's clock).
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::Utc;
 
 use super::{micros, SqliteStore};
-use crate::store::{LeaseStore, StoreResult};
+use crate::store::common::leases::lease_store;
+use crate::store::StoreResult;
 
-#[async_trait]
-impl LeaseStore for SqliteStore {
-    async fn acquire_leases(
+lease_store!(SqliteStore);
+
+impl SqliteStore {
+    async fn take_leases(
         &self,
         names: &[String],
         holder: &str,
@@ -23,10 +25,10 @@ impl LeaseStore for SqliteStore {
         let mut held = Vec::with_capacity(names.len());
         for name in names {
             let row: Option<String> = sqlx::query_scalar(
-                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
                  expires_at = excluded.expires_at \
-                 WHERE leases.holder = excluded.holder OR leases.expires_at < ? \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < $4 \
                  RETURNING name",
             )
             .bind(name)
@@ -41,10 +43,10 @@ impl LeaseStore for SqliteStore {
         Ok(held)
     }
 
-    async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
+    async fn give_up_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         for name in names {
-            sqlx::query("DELETE FROM leases WHERE holder = ? AND name = ?")
+            sqlx::query("DELETE FROM leases WHERE holder = $1 AND name = $2")
                 .bind(holder)
                 .bind(name)
                 .execute(&mut *tx)

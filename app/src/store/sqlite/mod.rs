@@ -3,8 +3,9 @@
 //! compared as numbers); other timestamps are RFC 3339 text, ids UUID text.
 //!
 //! This file opens the database, implements [`Store`] itself (health and migrations) and holds
-//! what several domains share (timestamp and row decoding, multi-row inserts); each domain's
-//! sub-trait is implemented in a file of its own, beside this one.
+//! what several domains share (multi-row inserts); each domain's sub-trait is implemented in a
+//! file of its own, beside this one, mostly by the implementation both backends share
+//! (`store::common`).
 
 mod accounts;
 mod devices;
@@ -19,29 +20,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::Row;
-use uuid::Uuid;
-
-use super::{
-    bounded, token_cache, Backend, CurrentMigrations, MigrationStatus, Store, StoreError,
-    StoreResult,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
-
-/// A newer release may already have migrated further (expand-only): not an error for this one.
-fn lenient_migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("../migrations/sqlite");
-    migrator.set_ignore_missing(true);
-    migrator
-}
+use super::common::health::sql_store;
+use super::{token_cache, CurrentMigrations, StoreError, StoreResult};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -133,61 +118,14 @@ fn micros(ts: DateTime<Utc>) -> i64 {
     ts.timestamp_micros()
 }
 
-fn from_micros(us: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(us)
-        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {us} out of range")))
-}
+sql_store!(SqliteStore, Sqlite, "../migrations/sqlite");
 
-fn uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
-}
-
-fn opt_uuid(row: &SqliteRow, column: &str) -> StoreResult<Option<Uuid>> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}"))))
-        .transpose()
-}
-
-fn json(row: &SqliteRow, column: &str) -> StoreResult<serde_json::Value> {
-    let text: String = row.try_get(column)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
+impl SqliteStore {
+    /// SQLite has one pool.
+    fn health_pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
-    async fn ping(&self, timeout: Duration) -> StoreResult<()> {
-        bounded(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await
-    }
-
-    async fn probe_migrations(&self) -> StoreResult<MigrationStatus> {
-        self.migrations.get_or_check(self.migration_status()).await
-    }
-
-    async fn migrate(&self) -> StoreResult<MigrationStatus> {
-        lenient_migrator().run(&self.pool).await?;
-        self.migration_status().await
-    }
-
-    async fn migration_status(&self) -> StoreResult<MigrationStatus> {
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let applied: Vec<i64> = if exists > 0 {
-            sqlx::query_scalar(
-                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-            )
-            .fetch_all(&self.pool)
-            .await?
-        } else {
-            Vec::new()
-        };
-        Ok(MigrationStatus::compare(&MIGRATOR, applied))
-    }
+    const MIGRATIONS_TABLE_EXISTS: &'static str = "SELECT count(*) > 0 FROM sqlite_master \
+         WHERE type = 'table' AND name = '_sqlx_migrations'";
 }

@@ -4,16 +4,12 @@
 //! are exactly as durable as the readings; pruning deletes in small steps so that the ingest
 //! writer never waits long for SQLite's one write lock.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use uuid::Uuid;
 
-use super::{from_micros, micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
-use crate::store::{
-    in_key_order, refuse_non_finite, Bucket, LatestReading, Point, PruneCounts, Reading,
-    ReadingStore, RollupStep, SeriesId, StoreResult,
-};
+use super::{micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
+use crate::store::common::readings::reading_store;
+use crate::store::{PruneCounts, Reading, RollupStep, StoreResult};
 
 /// The tail of the readings insert: a reading already stored for `(series, ts)` is left as it
 /// is (the first value wins), and the rows that were new come back for the rollups.
@@ -47,18 +43,24 @@ fn aggregate(readings: &[(i64, i64, f64)], width: i64) -> Vec<((i64, i64), Agg)>
     buckets.into_iter().collect()
 }
 
-#[async_trait]
-impl ReadingStore for SqliteStore {
-    async fn ensure_partitions(&self, _today: DateTime<Utc>, _days_ahead: u32) -> StoreResult<u32> {
+reading_store!(SqliteStore);
+
+impl SqliteStore {
+    /// The newest reading of each series of a device, by a correlated `max(ts)` (SQLite has no
+    /// LATERAL, which PostgreSQL uses).
+    const LATEST_READINGS: &'static str =
+        "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
+         JOIN readings r ON r.series_id = s.id \
+          AND r.ts = (SELECT max(ts) FROM readings WHERE series_id = s.id) \
+         WHERE s.device_id = $1 ORDER BY s.metric";
+
+    /// SQLite has no partitions.
+    async fn create_partitions(&self, _today: DateTime<Utc>, _days_ahead: u32) -> StoreResult<u32> {
         Ok(0)
     }
 
-    async fn insert_readings(&self, readings: &[Reading]) -> StoreResult<u64> {
-        if readings.is_empty() {
-            return Ok(0);
-        }
-        refuse_non_finite(readings)?;
-        let readings = in_key_order(readings);
+    /// A batch in key order, with its rollups, in one transaction.
+    async fn insert_in_key_order(&self, readings: &[Reading]) -> StoreResult<u64> {
         // One transaction; full chunks share one cached multi-row statement (each statement is
         // a round trip to sqlx's SQLite worker thread, so rows per statement is what counts).
         // RETURNING yields only the rows that were inserted, not the ignored duplicates: those
@@ -142,93 +144,8 @@ impl ReadingStore for SqliteStore {
         Ok(inserted.len() as u64)
     }
 
-    async fn query_readings(
-        &self,
-        series: SeriesId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<Point>> {
-        let rows = sqlx::query(
-            "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts < ? \
-             ORDER BY ts LIMIT ?",
-        )
-        .bind(series)
-        .bind(micros(from))
-        .bind(micros(to))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Point {
-                    ts: from_micros(row.try_get("ts")?)?,
-                    value: row.try_get("value")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn query_rollups(
-        &self,
-        series: SeriesId,
-        step: RollupStep,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<Bucket>> {
-        let table = match step {
-            RollupStep::Minute => "readings_1m",
-            RollupStep::Hour => "readings_1h",
-        };
-        let sql = format!(
-            "SELECT bucket, min, max, sum, count FROM {table} \
-             WHERE series_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(series)
-            .bind(micros(step.bucket(from)))
-            .bind(micros(to))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Bucket::from_sums(
-                    from_micros(row.try_get("bucket")?)?,
-                    row.try_get("min")?,
-                    row.try_get("max")?,
-                    row.try_get("sum")?,
-                    row.try_get("count")?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.metric, s.unit, r.ts, r.value FROM series s \
-             JOIN readings r ON r.series_id = s.id \
-              AND r.ts = (SELECT max(ts) FROM readings WHERE series_id = s.id) \
-             WHERE s.device_id = ? ORDER BY s.metric",
-        )
-        .bind(device_id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LatestReading {
-                    series: row.try_get("id")?,
-                    metric: row.try_get("metric")?,
-                    unit: row.try_get("unit")?,
-                    ts: from_micros(row.try_get("ts")?)?,
-                    value: row.try_get("value")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
+    /// Retention, one series and at most one day per statement.
+    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
         // One series and at most one day per statement: each DELETE is a short write
         // transaction on the primary key, so the ingest writer waits milliseconds, not the
         // length of the whole purge.
@@ -276,15 +193,5 @@ impl ReadingStore for SqliteStore {
             }
         }
         Ok(counts)
-    }
-
-    async fn count_readings_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        const HOUR_US: i64 = 3_600_000_000;
-        let count: i64 =
-            sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM readings_1h WHERE bucket <= ?")
-                .bind(micros(before).saturating_sub(HOUR_US))
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count.max(0) as u64)
     }
 }

@@ -1,27 +1,20 @@
-//! [`SnapshotStore`] on SQLite: backups in this backend's format, written and loaded by
-//! `store::snapshot`, which holds both backends' formats and the one list of tables.
-
-use async_trait::async_trait;
+//! [`SnapshotStore`](crate::store::SnapshotStore) on SQLite: the shared implementation
+//! (`common::snapshots`) with SQLite's snapshot format.
 
 use super::SqliteStore;
-use crate::store::{snapshot, Snapshot, SnapshotStore, StoreResult};
+use crate::store::common::snapshots::snapshot_store;
+use crate::store::{snapshot, Snapshot, StoreResult};
 
-#[async_trait]
-impl SnapshotStore for SqliteStore {
-    async fn export_snapshot(&self, dir: &std::path::Path) -> StoreResult<Snapshot> {
-        snapshot::sqlite_export(&self.pool, dir).await
-    }
+snapshot_store!(
+    SqliteStore,
+    export: snapshot::sqlite_export,
+    import: snapshot::sqlite_import,
+    unlisted: snapshot::sqlite_unlisted_tables
+);
 
-    async fn import_snapshot(
-        &self,
-        dir: &std::path::Path,
-        snapshot: &Snapshot,
-        replace: bool,
-    ) -> StoreResult<()> {
-        snapshot::sqlite_import(&self.pool, dir, snapshot, replace).await
-    }
-
-    async fn tables_outside_snapshots(&self) -> StoreResult<Vec<String>> {
-        snapshot::sqlite_unlisted_tables(&self.pool).await
+impl SqliteStore {
+    /// Nothing to prepare: SQLite has no partitions.
+    async fn prepare_import(&self, _snapshot: &Snapshot) -> StoreResult<()> {
+        Ok(())
     }
 }

@@ -132,6 +132,18 @@ pub(super) async fn users_are_listed_changed_disabled_and_deleted(store: Arc<dyn
     assert_eq!(disabled.password_hash, "new");
     assert_eq!(disabled.role, Role::Admin);
     assert!(store.find_user("bob").await.unwrap().is_disabled());
+    // Disabling a disabled user again keeps the time it was first disabled.
+    let again = store
+        .update_user(
+            bob.id,
+            &UserChange {
+                disabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.disabled_at, disabled.disabled_at);
     let enabled = store
         .update_user(
             bob.id,
