@@ -434,7 +434,7 @@ impl BatchWriter {
     }
 
     async fn forget_deleted_devices(&mut self) {
-        match self.store.list_devices().await {
+        match self.store.list_device_versions().await {
             Ok(devices) => {
                 let existing = devices.iter().map(|d| d.id).collect();
                 self.series.retain_devices(&existing);

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::poller::{self, PollerContext};
 use super::ModbusConfig;
-use crate::store::{Protocol, Store};
+use crate::store::{Device, DeviceVersion, Protocol, Store, StoreError, StoreResult};
 
 /// Longest wait for a stopping poller; cancellation is immediate, so this only guards bugs.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +30,10 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Free leases are tried at most this often (a device polled every 100 ms still does not cost
 /// ten lease writes a second).
 const MIN_TAKEOVER_PERIOD: Duration = Duration::from_millis(200);
+
+/// Up to this many changed devices a scan reads them one by one; more, and one listing of every
+/// device costs less than the round trips.
+const READ_ONE_BY_ONE_UP_TO: usize = 64;
 
 /// The lease that grants polling `device_id`.
 pub fn lease_name(device_id: Uuid) -> String {
@@ -61,6 +65,9 @@ struct State {
     running: HashMap<Uuid, Running>,
     /// Devices whose stored configuration was refused, by their `updated_at`: logged once.
     refused: HashMap<Uuid, DateTime<Utc>>,
+    /// The `updated_at` of each enabled Modbus device as of the last scan (valid or refused):
+    /// a scan reads again only the devices whose version differs.
+    scanned: HashMap<Uuid, DateTime<Utc>>,
 }
 
 impl Supervisor {
@@ -138,34 +145,95 @@ impl Supervisor {
         self.shut_down(state).await;
     }
 
-    /// Reads the enabled Modbus devices and their configuration.
+    /// Reads which Modbus devices are enabled and the configuration of those added or changed
+    /// since the last scan: the listing holds only versions, and a device is read whole only
+    /// when its `updated_at` moved (scans run on every device change, and reading every
+    /// configuration each time made adding 10,000 devices quadratic in time and memory).
     async fn scan(&self, state: &mut State) {
-        let devices = match self.store.list_devices().await {
-            Ok(devices) => devices,
+        let versions = match self.store.list_device_versions().await {
+            Ok(versions) => versions,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list devices; keeping the Modbus devices known");
                 return;
             }
         };
+        let wanted: Vec<DeviceVersion> = versions
+            .into_iter()
+            .filter(|v| v.protocol == Protocol::Modbus && v.enabled)
+            .collect();
+        let changed: HashSet<Uuid> = wanted
+            .iter()
+            .filter(|v| state.scanned.get(&v.id) != Some(&v.updated_at))
+            .map(|v| v.id)
+            .collect();
+        let mut fetched = match self.read_devices(&changed).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read changed devices; keeping the Modbus devices known");
+                return;
+            }
+        };
+
         let mut candidates = BTreeMap::new();
-        for device in devices {
-            if device.protocol != Protocol::Modbus || !device.enabled {
+        let mut scanned = HashMap::new();
+        for version in wanted {
+            let id = version.id;
+            if !changed.contains(&id) {
+                if let Some(config) = state.candidates.remove(&id) {
+                    candidates.insert(id, config);
+                }
+                scanned.insert(id, version.updated_at);
                 continue;
             }
+            // Deleted, disabled or moved to another protocol since the listing: the next scan
+            // (which that change triggers) settles it.
+            let Some(device) = fetched
+                .remove(&id)
+                .filter(|d| d.protocol == Protocol::Modbus && d.enabled)
+            else {
+                continue;
+            };
+            scanned.insert(id, device.updated_at);
             match serde_json::from_value::<ModbusConfig>(device.config) {
                 Ok(config) => {
-                    candidates.insert(device.id, config);
+                    candidates.insert(id, config);
                 }
                 Err(e) => {
-                    if state.refused.insert(device.id, device.updated_at) != Some(device.updated_at)
-                    {
-                        tracing::error!(device.id = %device.id, error = %e, "stored Modbus configuration is invalid; the device is not polled");
+                    if state.refused.insert(id, device.updated_at) != Some(device.updated_at) {
+                        tracing::error!(device.id = %id, error = %e, "stored Modbus configuration is invalid; the device is not polled");
                     }
                 }
             }
         }
-        state.refused.retain(|id, _| !candidates.contains_key(id));
+        state
+            .refused
+            .retain(|id, _| scanned.contains_key(id) && !candidates.contains_key(id));
         state.candidates = candidates;
+        state.scanned = scanned;
+    }
+
+    /// The devices `ids` whole: one by one when a few changed (a device added or edited), in
+    /// one listing when many did (the first scan, or a bulk change).
+    async fn read_devices(&self, ids: &HashSet<Uuid>) -> StoreResult<HashMap<Uuid, Device>> {
+        let mut devices = HashMap::with_capacity(ids.len());
+        if ids.len() > READ_ONE_BY_ONE_UP_TO {
+            for device in self.store.list_devices().await? {
+                if ids.contains(&device.id) {
+                    devices.insert(device.id, device);
+                }
+            }
+            return Ok(devices);
+        }
+        for &id in ids {
+            match self.store.get_device(id).await {
+                Ok(device) => {
+                    devices.insert(id, device);
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(devices)
     }
 
     /// Releases the leases of devices no longer polled and takes those of devices not held yet

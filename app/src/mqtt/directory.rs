@@ -65,7 +65,7 @@ impl DeviceDirectory {
 
     /// Reloads every device (negative entries learnt since the last reload go with it).
     pub async fn refresh(&self) -> Result<usize, StoreError> {
-        let devices = self.store.list_devices().await?;
+        let devices = self.store.list_device_versions().await?;
         let fresh: HashMap<Uuid, DeviceState> = devices
             .iter()
             .filter(|d| d.protocol == Protocol::Mqtt)

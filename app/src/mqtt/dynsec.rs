@@ -160,7 +160,7 @@ impl Dynsec {
         let listed = responses.into_iter().next().unwrap_or_default();
         refused("listClients", &listed, &[])?;
         let devices = store
-            .list_devices()
+            .list_device_versions()
             .await
             .map_err(|e| AccountError::Unreachable(format!("database: {e}")))?;
         let known: HashSet<String> = devices

@@ -650,7 +650,7 @@ impl Work<'_> {
     }
 
     async fn reload_devices(&mut self) {
-        match self.ingester.store.list_devices().await {
+        match self.ingester.store.list_device_versions().await {
             Ok(devices) => {
                 self.devices = devices
                     .into_iter()

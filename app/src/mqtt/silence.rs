@@ -69,7 +69,7 @@ pub async fn watch(
                 continue;
             }
         }
-        let devices: Vec<Uuid> = match store.list_devices().await {
+        let devices: Vec<Uuid> = match store.list_device_versions().await {
             Ok(devices) => devices
                 .into_iter()
                 .filter(|d| d.enabled && d.protocol == Protocol::Mqtt)

@@ -352,6 +352,8 @@ pub trait DeviceStore: Send + Sync {
     async fn create_device(&self, device: &NewDevice) -> StoreResult<Device>;
     async fn get_device(&self, id: Uuid) -> StoreResult<Device>;
     async fn list_devices(&self) -> StoreResult<Vec<Device>>;
+    /// Every device's [`DeviceVersion`], in no particular order.
+    async fn list_device_versions(&self) -> StoreResult<Vec<DeviceVersion>>;
     async fn update_device(&self, id: Uuid, device: &NewDevice) -> StoreResult<Device>;
     async fn delete_device(&self, id: Uuid) -> StoreResult<()>;
 

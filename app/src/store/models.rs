@@ -65,6 +65,19 @@ pub struct Device {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What changes when a device is added, edited, enabled, disabled or deleted, without its name
+/// and configuration: the tasks that follow the device list compare these to find what changed
+/// and read only those devices whole. A few dozen bytes a device, where a whole device with its
+/// configuration as parsed JSON is kilobytes — at 10,000 devices a full listing on every change
+/// made adding devices one by one quadratic in time and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceVersion {
+    pub id: Uuid,
+    pub protocol: Protocol,
+    pub enabled: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
     pub series: SeriesId,

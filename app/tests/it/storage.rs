@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ddms::store::{
-    self, DeviceStatus, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice, NewEvent,
-    NewNotification, NewSession, NewUser, Protocol, Reading, Role, RollupStep, Status, Store,
-    StoreError, UserChange,
+    self, DeviceStatus, DeviceVersion, MqttCredentials, NewApiToken, NewAuditEntry, NewDevice,
+    NewEvent, NewNotification, NewSession, NewUser, Protocol, Reading, Role, RollupStep, Status,
+    Store, StoreError, UserChange,
 };
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -114,6 +114,43 @@ async fn devices_round_trip_with_groups_and_json_config(store: Arc<dyn Store>) {
         store.delete_device(created.id).await,
         Err(StoreError::NotFound)
     ));
+}
+
+async fn device_versions_follow_every_change_without_the_configuration(store: Arc<dyn Store>) {
+    assert_eq!(store.list_device_versions().await.unwrap(), []);
+    let boiler = store.create_device(&modbus_device("boiler")).await.unwrap();
+    let mqtt = NewDevice {
+        name: "greenhouse".into(),
+        protocol: Protocol::Mqtt,
+        group_id: None,
+        config: json!({}),
+        enabled: false,
+    };
+    let greenhouse = store.create_device(&mqtt).await.unwrap();
+    let version_of = |device: &ddms::store::Device| DeviceVersion {
+        id: device.id,
+        protocol: device.protocol,
+        enabled: device.enabled,
+        updated_at: device.updated_at,
+    };
+    let mut versions = store.list_device_versions().await.unwrap();
+    versions.sort_by_key(|v| v.id);
+    let mut expected = vec![version_of(&boiler), version_of(&greenhouse)];
+    expected.sort_by_key(|v| v.id);
+    assert_eq!(versions, expected);
+
+    let mut changed = modbus_device("boiler");
+    changed.config["port"] = json!(1502);
+    let updated = store.update_device(boiler.id, &changed).await.unwrap();
+    assert_ne!(
+        updated.updated_at, boiler.updated_at,
+        "an edit moves the version"
+    );
+    store.delete_device(greenhouse.id).await.unwrap();
+    assert_eq!(
+        store.list_device_versions().await.unwrap(),
+        [version_of(&updated)]
+    );
 }
 
 async fn duplicate_device_name_is_a_conflict(store: Arc<dyn Store>) {
@@ -461,6 +498,7 @@ conformance_suite!(
     every_table_is_in_backups_or_left_out_on_purpose,
     devices_round_trip_with_groups_and_json_config,
     duplicate_device_name_is_a_conflict,
+    device_versions_follow_every_change_without_the_configuration,
     series_are_created_once_per_device_and_metric,
     duplicate_readings_are_ignored,
     a_batch_in_any_order_is_stored_once_with_the_first_duplicate,

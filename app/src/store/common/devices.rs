@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Id;
-use crate::store::{Device, Group, MqttCredentials, StoreError, StoreResult};
+use crate::store::{Device, DeviceVersion, Group, MqttCredentials, StoreError, StoreResult};
 
 pub(in crate::store) const DEVICE_COLUMNS: &str =
     "id, name, protocol, group_id, config, enabled, created_at, updated_at";
@@ -58,6 +58,26 @@ impl TryFrom<DeviceRow> for Device {
 }
 
 #[derive(sqlx::FromRow)]
+pub(in crate::store) struct DeviceVersionRow {
+    id: Id,
+    protocol: String,
+    enabled: bool,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<DeviceVersionRow> for DeviceVersion {
+    type Error = StoreError;
+    fn try_from(row: DeviceVersionRow) -> StoreResult<DeviceVersion> {
+        Ok(DeviceVersion {
+            id: row.id.0,
+            protocol: row.protocol.parse().map_err(StoreError::Corrupt)?,
+            enabled: row.enabled,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(in crate::store) struct CredentialsRow {
     device_id: Id,
     username: String,
@@ -83,12 +103,12 @@ macro_rules! device_store {
             use uuid::Uuid;
 
             use $crate::store::common::devices::{
-                CredentialsRow, DeviceRow, GroupRow, DEVICE_COLUMNS,
+                CredentialsRow, DeviceRow, DeviceVersionRow, GroupRow, DEVICE_COLUMNS,
             };
             use $crate::store::common::{opt_id, Id};
             use $crate::store::{
-                Device, DeviceStore, Group, MqttCredentials, NewDevice, SeriesId, StoreError,
-                StoreResult,
+                Device, DeviceStore, DeviceVersion, Group, MqttCredentials, NewDevice, SeriesId,
+                StoreError, StoreResult,
             };
 
             #[async_trait]
@@ -163,6 +183,17 @@ macro_rules! device_store {
                     .await?
                     .into_iter()
                     .map(Device::try_from)
+                    .collect()
+                }
+
+                async fn list_device_versions(&self) -> StoreResult<Vec<DeviceVersion>> {
+                    sqlx::query_as::<_, DeviceVersionRow>(
+                        "SELECT id, protocol, enabled, updated_at FROM devices",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(DeviceVersion::try_from)
                     .collect()
                 }
 
