@@ -1,6 +1,7 @@
 //! Modbus polling end to end: ddms polls real Modbus TCP servers — pymodbus (an independent
 //! implementation) and ddms' own simulator — through the devices API, and stores what it reads.
 
+mod changes;
 mod instances;
 
 use std::net::SocketAddr;
