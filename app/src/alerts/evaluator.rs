@@ -20,6 +20,7 @@ use super::outbox::OutboxWorker;
 use super::rule::{Check, Condition};
 use crate::config::alerts::AlertsConfig;
 use crate::events::{AlertChanged, EventHub, LiveEvent};
+use crate::locks::RwLockExt;
 use crate::signals::Sample;
 use crate::status::CONNECTION_FAILURE;
 use crate::store::alerts::{Alert, AlertChange, AlertRule, AlertState, NewDelivery};
@@ -141,10 +142,7 @@ impl Alerting {
     }
 
     pub(super) fn index(&self) -> Arc<RuleIndex> {
-        match self.index.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.index.read_unpoisoned().clone()
     }
 
     /// Re-reads rules and devices.
@@ -179,10 +177,7 @@ impl Alerting {
                 _ => {}
             }
         }
-        match self.index.write() {
-            Ok(mut guard) => *guard = Arc::new(index),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(index),
-        }
+        *self.index.write_unpoisoned() = Arc::new(index);
         Ok(())
     }
 

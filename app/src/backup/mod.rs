@@ -30,6 +30,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::locks::MutexExt;
 use crate::metrics::registered;
 use crate::store::{Snapshot, Store, StoreError};
 
@@ -314,7 +315,7 @@ impl Backups {
     }
 
     pub fn status(&self) -> BackupStatus {
-        self.status.lock().expect("status lock").clone()
+        self.status.lock_unpoisoned().clone()
     }
 
     /// Archives in the directory and in S3, newest first.
