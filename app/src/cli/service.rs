@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::start_runtime;
 use crate::auth::random_secret;
 use crate::config::Config;
 use crate::server::{shutdown_signal, Server};
@@ -113,15 +114,9 @@ pub(super) fn healthcheck(config: &Config, args: &HealthcheckArgs) -> ExitCode {
     use crate::healthcheck::{probe, url, Check};
     let check = if args.live { Check::Live } else { Check::Ready };
     let url = url(config.http.listen, check);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match start_runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ddms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(probe(&url, Duration::from_secs(args.timeout.max(1)))) {
         Ok((200, body)) => {
