@@ -225,7 +225,7 @@ async fn transition(host: &Host, plan: Plan, abort: &Abort) -> DeployRecord {
                 host,
                 layout: layout.clone(),
                 manager: host.manager(),
-                probe: Probe::new(PROBE_TIMEOUT),
+                probe: Probe::new("ddms-release", PROBE_TIMEOUT),
             };
             let result = ctx.forward(&mut rec, &mut record, &plan).await;
             on_lost.abort();
