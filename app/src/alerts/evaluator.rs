@@ -48,7 +48,7 @@ struct DeviceInfo {
 /// Enabled rules by metric, and the devices they may target: what the ingest path looks up.
 #[derive(Default)]
 pub(super) struct RuleIndex {
-    /// `system` rules, for [`Alerting::system_condition`](super::system).
+    /// `system` rules, for `SignalSink::system_condition` (see [`super::system`]).
     pub(super) system: Vec<Arc<AlertRule>>,
     threshold_by_metric: HashMap<String, Vec<Arc<AlertRule>>>,
     no_data: Vec<Arc<AlertRule>>,
