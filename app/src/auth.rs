@@ -50,6 +50,19 @@ impl HashMemory {
         &mut self.0[..count]
     }
 
+    /// Argon2 of `password` with `salt` into `out`, computed in this work area: the one place
+    /// hashing and verification both run.
+    fn hash_into(
+        &mut self,
+        argon2: &Argon2<'_>,
+        params: &Params,
+        password: &str,
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), argon2::Error> {
+        argon2.hash_password_into_with_memory(password.as_bytes(), salt, out, self.blocks(params))
+    }
+
     /// Gives the work area back (the next hash allocates it again).
     pub fn release(&mut self) {
         self.0 = Vec::new();
@@ -78,13 +91,8 @@ pub fn hash_password_in(
     let params = Params::default();
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    argon2
-        .hash_password_into_with_memory(
-            password.as_bytes(),
-            salt_bytes,
-            &mut out,
-            memory.blocks(&params),
-        )
+    memory
+        .hash_into(&argon2, &params, password, salt_bytes, &mut out)
         .map_err(|e| fail(&e))?;
     let hash = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
@@ -127,13 +135,8 @@ pub fn verify_password_in(memory: &mut HashMemory, password: &str, stored_hash: 
     };
     let mut out = vec![0u8; expected.len()];
     let argon2 = Argon2::new(algorithm, version, params.clone());
-    argon2
-        .hash_password_into_with_memory(
-            password.as_bytes(),
-            salt_bytes,
-            &mut out,
-            memory.blocks(&params),
-        )
+    memory
+        .hash_into(&argon2, &params, password, salt_bytes, &mut out)
         .is_ok()
         && Output::new(&out).is_ok_and(|computed| computed == expected)
 }

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::locks::MutexExt;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
 pub use live::{
@@ -229,7 +230,7 @@ impl EventHub {
 
     /// Hands events read from the log (in id order) to the buffer and the live subscribers.
     pub fn surface(&self, events: Vec<StoredEvent>) {
-        let mut inner = self.inner.lock().expect("event hub lock");
+        let mut inner = self.inner.lock_unpoisoned();
         for stored in events {
             let event = Arc::new(Event::from(stored));
             if inner.position.is_some_and(|p| event.id <= p) {
@@ -255,7 +256,7 @@ impl EventHub {
     /// Lets go of the buffered events older than [`MAX_BUFFER_AGE`] (also when no new events
     /// come to push them out).
     pub fn expire(&self) {
-        let mut inner = self.inner.lock().expect("event hub lock");
+        let mut inner = self.inner.lock_unpoisoned();
         Self::drop_aged(&mut inner, self.max_age);
     }
 
@@ -271,7 +272,7 @@ impl EventHub {
 
     /// Marks the log as read up to `id` (at start-up: where live events begin).
     pub fn start_at(&self, id: u64) {
-        let mut inner = self.inner.lock().expect("event hub lock");
+        let mut inner = self.inner.lock_unpoisoned();
         if inner.position.is_none_or(|p| p < id) {
             inner.position = Some(id);
         }
@@ -279,11 +280,11 @@ impl EventHub {
 
     /// The footprint of the buffered events (at most [`MAX_BUFFER_BYTES`], or one event).
     pub fn buffered_bytes(&self) -> usize {
-        self.inner.lock().expect("event hub lock").buffer_bytes
+        self.inner.lock_unpoisoned().buffer_bytes
     }
 
     pub fn position(&self) -> Option<u64> {
-        self.inner.lock().expect("event hub lock").position
+        self.inner.lock_unpoisoned().position
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -291,7 +292,7 @@ impl EventHub {
     }
 
     fn begin(&self, last: Option<u64>) -> Pending {
-        let inner = self.inner.lock().expect("event hub lock");
+        let inner = self.inner.lock_unpoisoned();
         let live = self.sender.subscribe();
         let mut pending = Pending {
             last,

@@ -65,7 +65,7 @@ fn events_leave_the_buffer_with_age_and_resumes_before_them_read_the_log() {
     young.surface((1..=5).map(stored).collect());
     young.expire();
     assert_eq!(
-        young.inner.lock().unwrap().buffer.len(),
+        young.inner.lock_unpoisoned().buffer.len(),
         5,
         "young events stay"
     );
@@ -78,8 +78,7 @@ fn events_leave_the_buffer_with_age_and_resumes_before_them_read_the_log() {
     hub.surface(vec![stored(6)]);
     let held: Vec<u64> = hub
         .inner
-        .lock()
-        .unwrap()
+        .lock_unpoisoned()
         .buffer
         .iter()
         .map(|e| e.id)
@@ -119,7 +118,7 @@ fn large_events_are_bounded_by_bytes_and_resumes_before_them_read_the_log() {
         data: json!({ "metrics": "x".repeat(100 << 10) }),
     };
     hub.surface((1..=100).map(big).collect());
-    let held = hub.inner.lock().unwrap().buffer.len();
+    let held = hub.inner.lock_unpoisoned().buffer.len();
     assert!(
         hub.buffered_bytes() <= DOCUMENTED_MAX_BUFFER_BYTES,
         "{}",
@@ -137,7 +136,7 @@ fn large_events_are_bounded_by_bytes_and_resumes_before_them_read_the_log() {
         kind: "reading".into(),
         data: json!({ "metrics": "x".repeat(5 << 20) }),
     }]);
-    let inner = hub.inner.lock().unwrap();
+    let inner = hub.inner.lock_unpoisoned();
     assert_eq!(inner.buffer.len(), 1);
     assert_eq!(inner.buffer[0].id, 10_101);
 }

@@ -1,9 +1,10 @@
 //! `ddms healthcheck`: probes the running instance's own `/ready` (or `/health`) on its
 //! configured `http.listen`. It is the container image's `HEALTHCHECK`: the image has no shell
-//! and no curl, only this binary.
+//! and no curl, only this binary. The request itself is the release checks' [`Probe`].
+//!
+//! [`Probe`]: crate::release::probe::Probe
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
 /// Which probe to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,25 +37,6 @@ pub fn url(listen: SocketAddr, check: Check) -> String {
         SocketAddr::new(ip, listen.port()),
         check.path()
     )
-}
-
-/// Status and body of the probe, or why there was none.
-pub async fn probe(url: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("ddms-healthcheck/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response.text().await.map_err(|e| format!("{url}: {e}"))?;
-    Ok((status, body))
 }
 
 #[cfg(test)]

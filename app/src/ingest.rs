@@ -20,6 +20,7 @@ pub mod limits;
 mod series;
 mod split;
 
+use crate::metrics::registered;
 /// Defined beside [`SignalSink`], which alerting implements and the batch writer calls.
 pub use crate::signals::Sample;
 use crate::signals::SignalSink;
@@ -99,64 +100,62 @@ pub struct IngestMetrics {
 
 impl IngestMetrics {
     pub fn register(registry: &Registry) -> Self {
-        let ingested = IntCounterVec::new(
-            Opts::new(
-                "ddms_readings_ingested_total",
-                "Readings committed, by protocol",
+        let ingested = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_readings_ingested_total",
+                    "Readings committed, by protocol",
+                ),
+                &["protocol"],
             ),
-            &["protocol"],
-        )
-        .expect("valid metric");
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "ddms_readings_rejected_total",
-                "Messages or readings refused, by protocol and reason",
+        );
+        let rejected = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_readings_rejected_total",
+                    "Messages or readings refused, by protocol and reason",
+                ),
+                &["protocol", "reason"],
             ),
-            &["protocol", "reason"],
-        )
-        .expect("valid metric");
-        let failed = IntCounterVec::new(
+        );
+        let failed = registered(registry, IntCounterVec::new(
             Opts::new(
                 "ddms_readings_failed_total",
                 "Readings given up because the database stayed unavailable until shutdown (MQTT \
                  messages among them are redelivered; Modbus readings are lost), by protocol",
             ),
             &["protocol"],
-        )
-        .expect("valid metric");
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("ddms_ingest_batch_size", "Readings per committed batch").buckets(
-                vec![
-                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
-                ],
+        ));
+        let batch_size = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new("ddms_ingest_batch_size", "Readings per committed batch")
+                    .buckets(vec![
+                        1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+                    ]),
             ),
-        )
-        .expect("valid metric");
-        let commit_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "ddms_ingest_commit_duration_seconds",
-                "Time to commit one batch",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        )
-        .expect("valid metric");
-        let channel_depth = IntGauge::new(
-            "ddms_ingest_channel_depth",
-            "Submissions waiting for the batch writer",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(ingested.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(rejected.clone()),
-            Box::new(failed.clone()),
-            Box::new(batch_size.clone()),
-            Box::new(commit_seconds.clone()),
-            Box::new(channel_depth.clone()),
-        ] {
-            registry.register(collector).expect("unique metric");
-        }
+        );
+        let commit_seconds = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "ddms_ingest_commit_duration_seconds",
+                    "Time to commit one batch",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            ),
+        );
+        let channel_depth = registered(
+            registry,
+            IntGauge::new(
+                "ddms_ingest_channel_depth",
+                "Submissions waiting for the batch writer",
+            ),
+        );
         IngestMetrics {
             ingested,
             rejected,

@@ -13,6 +13,8 @@ pub mod events;
 pub mod healthcheck;
 pub mod http;
 pub mod ingest;
+pub mod locks;
+pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
 pub mod redact;

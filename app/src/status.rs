@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::events::{EventHub, LiveEvent, NotificationChanged};
+use crate::metrics::registered;
 use crate::signals::SignalSink;
 use crate::store::{DeviceStatus, NewNotification, Status, Store, StoreResult};
 
@@ -40,17 +41,16 @@ impl StatusBoard {
         registry: &Registry,
         failure_threshold: u32,
     ) -> Self {
-        let devices_by_status = IntGaugeVec::new(
-            Opts::new(
-                "ddms_devices",
-                "Devices by status, as seen by this instance",
+        let devices_by_status = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ddms_devices",
+                    "Devices by status, as seen by this instance",
+                ),
+                &["status"],
             ),
-            &["status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(devices_by_status.clone()))
-            .expect("unique metric");
+        );
         StatusBoard {
             inner: Arc::new(Mutex::new(HashMap::new())),
             store,

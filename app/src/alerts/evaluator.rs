@@ -20,6 +20,7 @@ use super::outbox::OutboxWorker;
 use super::rule::{Check, Condition};
 use crate::config::alerts::AlertsConfig;
 use crate::events::{AlertChanged, EventHub, LiveEvent};
+use crate::locks::RwLockExt;
 use crate::signals::Sample;
 use crate::status::CONNECTION_FAILURE;
 use crate::store::alerts::{Alert, AlertChange, AlertRule, AlertState, NewDelivery};
@@ -47,7 +48,7 @@ struct DeviceInfo {
 /// Enabled rules by metric, and the devices they may target: what the ingest path looks up.
 #[derive(Default)]
 pub(super) struct RuleIndex {
-    /// `system` rules, for [`Alerting::system_condition`](super::system).
+    /// `system` rules, for `SignalSink::system_condition` (see [`super::system`]).
     pub(super) system: Vec<Arc<AlertRule>>,
     threshold_by_metric: HashMap<String, Vec<Arc<AlertRule>>>,
     no_data: Vec<Arc<AlertRule>>,
@@ -141,10 +142,7 @@ impl Alerting {
     }
 
     pub(super) fn index(&self) -> Arc<RuleIndex> {
-        match self.index.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.index.read_unpoisoned().clone()
     }
 
     /// Re-reads rules and devices.
@@ -179,10 +177,7 @@ impl Alerting {
                 _ => {}
             }
         }
-        match self.index.write() {
-            Ok(mut guard) => *guard = Arc::new(index),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(index),
-        }
+        *self.index.write_unpoisoned() = Arc::new(index);
         Ok(())
     }
 

@@ -147,59 +147,35 @@ impl<'a> Fields<'a> {
         self.body.get(field).filter(|v| !v.is_null())
     }
 
+    /// Records that `field` is wrong; nothing is read from it.
+    fn refuse<T>(&mut self, field: &str, message: impl Into<String>) -> Option<T> {
+        self.error(field, message);
+        None
+    }
+
     fn string(&mut self, field: &str) -> Option<String> {
-        match self.present(field) {
-            None => None,
-            Some(Value::String(s)) => Some(s.trim().to_string()),
-            Some(_) => {
-                self.error(field, "must be a string");
-                None
-            }
+        match self.present(field)? {
+            Value::String(s) => Some(s.trim().to_string()),
+            _ => self.refuse(field, "must be a string"),
         }
     }
 
     fn number(&mut self, field: &str) -> Option<f64> {
-        match self.present(field) {
-            None => None,
-            Some(Value::Number(n)) => match n.as_f64().filter(|v| v.is_finite()) {
-                Some(v) => Some(v),
-                None => {
-                    self.error(field, "must be a finite number");
-                    None
-                }
-            },
-            Some(_) => {
-                self.error(field, "must be a finite number");
-                None
-            }
+        match self.present(field)?.as_f64().filter(|v| v.is_finite()) {
+            Some(v) => Some(v),
+            None => self.refuse(field, "must be a finite number"),
         }
     }
 
     fn seconds(&mut self, field: &str) -> Option<i64> {
-        match self.present(field) {
-            None => None,
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(v) if v < 0 => {
-                    self.error(field, "must not be negative");
-                    None
-                }
-                Some(v) if v > MAX_DURATION_S => {
-                    self.error(
-                        field,
-                        format!("must be at most {MAX_DURATION_S} s (30 days)"),
-                    );
-                    None
-                }
-                Some(v) => Some(v),
-                None => {
-                    self.error(field, "must be a whole number of seconds");
-                    None
-                }
-            },
-            Some(_) => {
-                self.error(field, "must be a whole number of seconds");
-                None
-            }
+        match self.present(field)?.as_i64() {
+            Some(v) if v < 0 => self.refuse(field, "must not be negative"),
+            Some(v) if v > MAX_DURATION_S => self.refuse(
+                field,
+                format!("must be at most {MAX_DURATION_S} s (30 days)"),
+            ),
+            Some(v) => Some(v),
+            None => self.refuse(field, "must be a whole number of seconds"),
         }
     }
 
@@ -207,10 +183,7 @@ impl<'a> Fields<'a> {
         let text = self.string(field)?;
         match Uuid::parse_str(&text) {
             Ok(id) => Some(id),
-            Err(_) => {
-                self.error(field, "must be a UUID");
-                None
-            }
+            Err(_) => self.refuse(field, "must be a UUID"),
         }
     }
 }

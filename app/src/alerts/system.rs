@@ -1,9 +1,9 @@
 //! System alerts: problems of ddms itself or of a device's connection, reported through the
 //! same rules, channels, silences and lifecycle as threshold alerts. A `system` rule names its
 //! `system_check`; the part of ddms that sees the problem calls
-//! [`Alerting::system_condition`] when it starts and when it ends — through [`SignalSink`],
-//! which `Alerting` implements here, when that part sits below `alerts` (status, backup,
-//! retention; ingest for [`Alerting::evaluate`]).
+//! [`SignalSink::system_condition`] when it starts and when it ends; `Alerting` implements
+//! [`SignalSink`] here, for the parts below `alerts` (status, backup, retention; ingest for
+//! [`Alerting::evaluate`]) and for `alerts::watch`.
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -26,13 +26,18 @@ pub use crate::signals::{
 /// How many times a transition lost to another instance is recomputed.
 const MAX_RACE_RETRIES: usize = 3;
 
-impl Alerting {
-    /// The condition `check` started (`active`) or ended for `device_id` (`None`: ddms itself):
-    /// every enabled system rule of that check targeting the device fires or resolves its
-    /// alert. Idempotent: reporting a state the alert is already in changes nothing, so every
-    /// instance may report what it sees. `detail` (what was seen: free space, an error) is
-    /// appended to the notification's summary.
-    pub async fn system_condition(
+/// What ingest, the status board, backups and retention see of alerting (they hold an
+/// `Arc<dyn SignalSink>` so that their imports point downward); `alerts::watch` calls it too.
+#[async_trait]
+impl SignalSink for Alerting {
+    async fn evaluate(&self, samples: &[&Sample]) -> StoreResult<()> {
+        Alerting::evaluate(self, samples).await
+    }
+
+    /// Every enabled system rule of `check` targeting the device fires or resolves its alert;
+    /// `detail` (what was seen: free space, an error) is appended to the notification's
+    /// summary.
+    async fn system_condition(
         &self,
         check: &str,
         device_id: Option<Uuid>,
@@ -85,24 +90,5 @@ impl Alerting {
             }
         }
         Ok(())
-    }
-}
-
-/// What ingest, the status board, backups and retention see of alerting (they hold an
-/// `Arc<dyn SignalSink>` so that their imports point downward): the two inherent methods.
-#[async_trait]
-impl SignalSink for Alerting {
-    async fn evaluate(&self, samples: &[&Sample]) -> StoreResult<()> {
-        Alerting::evaluate(self, samples).await
-    }
-
-    async fn system_condition(
-        &self,
-        check: &str,
-        device_id: Option<Uuid>,
-        active: bool,
-        detail: Option<&str>,
-    ) -> StoreResult<()> {
-        Alerting::system_condition(self, check, device_id, active, detail).await
     }
 }

@@ -1,6 +1,6 @@
 //! The system checks that watch ddms itself, every `alerts.evaluation_interval`: free disk
 //! space (`disk_space`), readiness (`not_ready`) and the age of the newest backup
-//! (`backup_stale`). Each reports through [`Alerting::system_condition`], which is idempotent,
+//! (`backup_stale`). Each reports through [`SignalSink::system_condition`], which is idempotent,
 //! so reporting the same verdict every tick changes nothing and a rule created later is
 //! caught up at the next tick.
 //!
@@ -28,6 +28,7 @@ use super::system::{BACKUP_STALE, DISK_SPACE, NOT_READY};
 use super::Alerting;
 use crate::backup::{Backups, Schedule};
 use crate::settings::Settings;
+use crate::signals::SignalSink;
 
 const LEASE: &str = "system-checks";
 

@@ -11,6 +11,7 @@ use super::{
     archive, archive_name, blocking, created_at_of, io, local_archives, ArchivedFile, BackupError,
     BackupInfo, Backups, LastRun, Location, Manifest, Trigger, FORMAT,
 };
+use crate::locks::MutexExt;
 
 /// The claim on the one backup that may run at a time; given back when dropped.
 pub struct Run {
@@ -28,7 +29,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        let mut status = self.backups.status.lock().expect("status lock");
+        let mut status = self.backups.status.lock_unpoisoned();
         if status.running.as_deref() == Some(self.name.as_str()) {
             status.running = None;
         }
@@ -64,7 +65,7 @@ impl Backups {
 
     /// Claims the run slot and names the archive; `Busy` while another backup runs.
     pub fn begin(self: &Arc<Self>, trigger: Trigger) -> Result<Run, BackupError> {
-        let mut status = self.status.lock().expect("status lock");
+        let mut status = self.status.lock_unpoisoned();
         if let Some(running) = &status.running {
             return Err(BackupError::Busy(running.clone()));
         }
@@ -121,7 +122,7 @@ impl Backups {
                 metrics.last_bytes.set(bytes as i64);
             }
         }
-        self.status.lock().expect("status lock").last = Some(LastRun {
+        self.status.lock_unpoisoned().last = Some(LastRun {
             name: run.name.clone(),
             trigger: run.trigger,
             finished_at: Utc::now(),

@@ -30,6 +30,8 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::locks::MutexExt;
+use crate::metrics::registered;
 use crate::store::{Snapshot, Store, StoreError};
 
 pub use create::Run;
@@ -204,31 +206,30 @@ struct BackupMetrics {
 
 impl BackupMetrics {
     fn register(registry: &Registry) -> BackupMetrics {
-        let runs = IntCounterVec::new(
-            Opts::new(
-                "ddms_backup_runs_total",
-                "Backups this instance ran, by result",
+        let runs = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_backup_runs_total",
+                    "Backups this instance ran, by result",
+                ),
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let last_success = IntGauge::new(
-            "ddms_backup_last_success_timestamp_seconds",
-            "When this instance last completed a backup (Unix time; 0: not yet)",
-        )
-        .expect("valid metric");
-        let last_bytes = IntGauge::new(
-            "ddms_backup_last_size_bytes",
-            "Size of the last completed backup archive",
-        )
-        .expect("valid metric");
-        for metric in [
-            Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(last_success.clone()),
-            Box::new(last_bytes.clone()),
-        ] {
-            registry.register(metric).expect("unique metric");
-        }
+        );
+        let last_success = registered(
+            registry,
+            IntGauge::new(
+                "ddms_backup_last_success_timestamp_seconds",
+                "When this instance last completed a backup (Unix time; 0: not yet)",
+            ),
+        );
+        let last_bytes = registered(
+            registry,
+            IntGauge::new(
+                "ddms_backup_last_size_bytes",
+                "Size of the last completed backup archive",
+            ),
+        );
         BackupMetrics {
             runs,
             last_success,
@@ -314,7 +315,7 @@ impl Backups {
     }
 
     pub fn status(&self) -> BackupStatus {
-        self.status.lock().expect("status lock").clone()
+        self.status.lock_unpoisoned().clone()
     }
 
     /// Archives in the directory and in S3, newest first.

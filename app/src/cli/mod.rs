@@ -116,15 +116,9 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Command::Healthcheck(args) = &cli.command {
         return service::healthcheck(&config, args);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match start_runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ddms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         match cli.command {
@@ -168,6 +162,17 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 // What the commands beside this file share.
+
+/// The runtime a command runs on: `builder` with I/O and timers enabled. `Err` is the exit
+/// status, once the reason is on stderr.
+fn start_runtime(
+    builder: &mut tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("ddms: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
 
 fn print_json(value: &impl serde::Serialize, pretty: bool) -> ExitCode {
     let text = if pretty {

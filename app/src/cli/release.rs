@@ -5,21 +5,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::print_json;
+use super::{print_json, start_runtime};
 use crate::release::{self, ReleaseArgs, ReleaseCommand};
 
 pub(super) fn run(app_config: Option<PathBuf>, args: ReleaseArgs) -> ExitCode {
     crate::telemetry::init_progress();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2);
+    let runtime = match start_runtime(&mut builder) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ddms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let host = args.host.into_host(app_config);
     runtime.block_on(async move {

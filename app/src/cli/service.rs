@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::start_runtime;
 use crate::auth::random_secret;
 use crate::config::Config;
 use crate::server::{shutdown_signal, Server};
@@ -110,20 +111,16 @@ pub(super) async fn migrate(config: Config) -> anyhow::Result<()> {
 /// Prints the probe's answer (Docker keeps it in the container's health log) and exits 0 only
 /// on a 200.
 pub(super) fn healthcheck(config: &Config, args: &HealthcheckArgs) -> ExitCode {
-    use crate::healthcheck::{probe, url, Check};
+    use crate::healthcheck::{url, Check};
+    use crate::release::probe::Probe;
     let check = if args.live { Check::Live } else { Check::Ready };
     let url = url(config.http.listen, check);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match start_runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ddms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    match runtime.block_on(probe(&url, Duration::from_secs(args.timeout.max(1)))) {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    match runtime.block_on(Probe::new("ddms-healthcheck", timeout).get(&url)) {
         Ok((200, body)) => {
             println!("{url}: 200 {}", body.trim());
             ExitCode::SUCCESS

@@ -11,8 +11,10 @@ use super::EventKind;
 use crate::store::alerts::AlertState;
 use crate::store::{DeviceStatus, Notification};
 
-/// One event for the live stream.
-#[derive(Debug, Clone)]
+/// One event for the live stream. Serialised untagged: the variant is the event's
+/// [`kind`](LiveEvent::kind), stored beside the `data`, which is the inner value alone.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
 pub enum LiveEvent {
     /// Readings of one device that were just committed.
     Reading(ReadingsStored),
@@ -121,12 +123,7 @@ impl LiveEvent {
 
     /// The event's `data`, as stored in the log and sent to the streams.
     pub fn data(&self) -> serde_json::Result<serde_json::Value> {
-        match self {
-            LiveEvent::Reading(event) => serde_json::to_value(event),
-            LiveEvent::DeviceStatus(event) => serde_json::to_value(event),
-            LiveEvent::Notification(event) => serde_json::to_value(event),
-            LiveEvent::Alert(event) => serde_json::to_value(event),
-        }
+        serde_json::to_value(self)
     }
 }
 

@@ -110,6 +110,19 @@ async fn audit(
     super::audit::record(state, auth.audit(action, Some(id.to_string()), detail)).await;
 }
 
+/// Records a change to rules or channels, then has the engine reload them so that the change
+/// applies at the next reading (other instances pick it up at their next tick).
+async fn audit_and_reload(
+    state: &AppState,
+    auth: &super::extract::Principal,
+    action: &str,
+    id: Uuid,
+    detail: Value,
+) {
+    audit(state, auth, action, id, detail).await;
+    state.alerts.rules_changed().await;
+}
+
 pub async fn list_rules(
     State(state): State<AppState>,
     _auth: Authorized<ViewerRole>,
@@ -143,7 +156,7 @@ pub async fn create_rule(
         )));
     }
     let created = state.store.create_alert_rule(&rule).await?;
-    audit(
+    audit_and_reload(
         &state,
         &auth.principal,
         "alert_rule.create",
@@ -151,7 +164,6 @@ pub async fn create_rule(
         json!({ "name": created.rule.name }),
     )
     .await;
-    state.alerts.rules_changed().await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -172,7 +184,7 @@ pub async fn update_rule(
         .update_alert_rule(id, &rule)
         .await
         .map_err(not_found("alert rule"))?;
-    audit(
+    audit_and_reload(
         &state,
         &auth.principal,
         "alert_rule.update",
@@ -180,7 +192,6 @@ pub async fn update_rule(
         json!({ "name": updated.rule.name }),
     )
     .await;
-    state.alerts.rules_changed().await;
     Ok(Json(updated))
 }
 
@@ -194,8 +205,7 @@ pub async fn delete_rule(
         .delete_alert_rule(id)
         .await
         .map_err(not_found("alert rule"))?;
-    audit(&state, &auth.principal, "alert_rule.delete", id, json!({})).await;
-    state.alerts.rules_changed().await;
+    audit_and_reload(&state, &auth.principal, "alert_rule.delete", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -280,7 +290,7 @@ pub async fn update_channel(
         .update_channel(id, &channel)
         .await
         .map_err(not_found("channel"))?;
-    audit(
+    audit_and_reload(
         &state,
         &auth.principal,
         "channel.update",
@@ -288,7 +298,6 @@ pub async fn update_channel(
         json!({ "name": updated.name, "secret_changed": channel.secret.is_some() }),
     )
     .await;
-    state.alerts.rules_changed().await;
     Ok(Json(updated))
 }
 
@@ -302,8 +311,7 @@ pub async fn delete_channel(
         .delete_channel(id)
         .await
         .map_err(not_found("channel"))?;
-    audit(&state, &auth.principal, "channel.delete", id, json!({})).await;
-    state.alerts.rules_changed().await;
+    audit_and_reload(&state, &auth.principal, "channel.delete", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::RwLock;
 use std::time::Duration;
 
+use crate::locks::RwLockExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -47,7 +48,7 @@ impl<K: Hash + Eq + Clone> BoundedLimiter<K> {
         if self.len() >= self.prune_at {
             self.prune();
         }
-        let limiter = self.limiter.read().unwrap_or_else(|e| e.into_inner());
+        let limiter = self.limiter.read_unpoisoned();
         limiter
             .check_key(key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
@@ -56,7 +57,7 @@ impl<K: Hash + Eq + Clone> BoundedLimiter<K> {
     /// Drops keys that are back to their full allowance; forgets all of them when that still
     /// leaves more than the hard cap. Also run on a timer, so idle keys do not linger.
     pub fn prune(&self) {
-        let mut limiter = self.limiter.write().unwrap_or_else(|e| e.into_inner());
+        let mut limiter = self.limiter.write_unpoisoned();
         limiter.retain_recent();
         if limiter.len() >= self.max_keys {
             tracing::warn!(
@@ -71,7 +72,7 @@ impl<K: Hash + Eq + Clone> BoundedLimiter<K> {
 
     /// Keys currently held.
     pub fn len(&self) -> usize {
-        self.limiter.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.limiter.read_unpoisoned().len()
     }
 
     pub fn is_empty(&self) -> bool {

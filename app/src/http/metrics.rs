@@ -9,6 +9,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::metrics::registered;
+
 /// The `method` label of a request: the standard methods by name, anything else `other`
 /// (methods are client-chosen tokens; each new one would otherwise be a new series).
 pub fn method_label(method: &axum::http::Method) -> &'static str {
@@ -41,45 +43,38 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(version: &str, git_sha: &str) -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "ddms_http_requests_total",
-                "HTTP requests by route and status",
+        let requests = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["method", "route", "status"],
             ),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "ddms_http_request_duration_seconds",
-                "HTTP request latency by route and status",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
-        let build = IntGaugeVec::new(
-            Opts::new("ddms_build_info", "Version of the running ddms"),
-            &["version", "git_sha"],
-        )
-        .expect("valid metric");
+        );
+        let latency = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "ddms_http_request_duration_seconds",
+                    "HTTP request latency by route and status",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["method", "route", "status"],
+            ),
+        );
+        let build = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("ddms_build_info", "Version of the running ddms"),
+                &["version", "git_sha"],
+            ),
+        );
         build.with_label_values(&[version, git_sha]).set(1);
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(latency.clone()))
-            .expect("unique metric");
-        registry.register(Box::new(build)).expect("unique metric");
-        let gauge = |name: &str, help: &str| {
-            let gauge = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(gauge.clone()))
-                .expect("unique metric");
-            gauge
-        };
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         let connections_open = gauge("ddms_http_connections_open", "HTTP connections open now");
         let connections_open_max = gauge(
             "ddms_http_connections_open_max",

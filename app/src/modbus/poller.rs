@@ -21,6 +21,7 @@ use super::connection::{Answer, ModbusConnection};
 use super::{decode, decode_bit, plan_reads, DecodeError, ModbusConfig, ReadRequest};
 use crate::backoff::Backoff;
 use crate::ingest::{IngestHandle, Sample};
+use crate::metrics::registered;
 use crate::status::StatusBoard;
 use crate::store::Status;
 
@@ -39,49 +40,49 @@ pub struct ModbusMetrics {
 
 impl ModbusMetrics {
     pub fn register(registry: &Registry) -> Self {
-        let poll_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "ddms_modbus_poll_duration_seconds",
-                "Time to read a device's whole register map, connecting included",
-            )
-            // Fine below 50 ms: loopback and LAN polls live there, and the benchmark reads its
-            // p99 from these buckets.
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1,
-                0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )
-        .expect("valid metric");
-        let polls = IntCounterVec::new(
-            Opts::new(
-                "ddms_modbus_polls_total",
-                "Polls by result: ok, error (answered with exceptions or undecodable values), \
+        let poll_duration = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "ddms_modbus_poll_duration_seconds",
+                    "Time to read a device's whole register map, connecting included",
+                )
+                // Fine below 50 ms: loopback and LAN polls live there, and the benchmark reads its
+                // p99 from these buckets.
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            ),
+        );
+        let polls = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_modbus_polls_total",
+                    "Polls by result: ok, error (answered with exceptions or undecodable values), \
                  timeout, unreachable",
+                ),
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let register_errors = IntCounterVec::new(
-            Opts::new(
-                "ddms_modbus_register_errors_total",
-                "Registers a poll could not read, by Modbus exception (or invalid_value)",
+        );
+        let register_errors = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_modbus_register_errors_total",
+                    "Registers a poll could not read, by Modbus exception (or invalid_value)",
+                ),
+                &["exception"],
             ),
-            &["exception"],
-        )
-        .expect("valid metric");
-        let devices_polled = IntGauge::new(
-            "ddms_modbus_devices_polled",
-            "Modbus devices this instance holds the lease of and polls",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(poll_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(polls.clone()),
-            Box::new(register_errors.clone()),
-            Box::new(devices_polled.clone()),
-        ] {
-            registry.register(collector).expect("unique metric");
-        }
+        );
+        let devices_polled = registered(
+            registry,
+            IntGauge::new(
+                "ddms_modbus_devices_polled",
+                "Modbus devices this instance holds the lease of and polls",
+            ),
+        );
         ModbusMetrics {
             poll_duration,
             polls,

@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio_modbus::server::tcp::Server;
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 use super::register_map::{RegisterKind, RegisterSpec, ValueType, WordOrder};
+use crate::locks::MutexExt;
 
 /// How a simulated register's value evolves, in the register's engineering units (the value
 /// ddms stores, after scale and offset).
@@ -138,13 +139,6 @@ struct Shared {
     open_connections: AtomicUsize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere cannot leave these plain values half-written.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Shared {
     fn answer(&self, request: &Request<'_>) -> Result<Response, ExceptionCode> {
         match *request {
@@ -171,7 +165,7 @@ impl Shared {
         if u32::from(start) + u32::from(count) > 65_536 {
             return Err(ExceptionCode::IllegalDataAddress);
         }
-        let behaviour = lock(&self.behaviour);
+        let behaviour = self.behaviour.lock_unpoisoned();
         let range = u32::from(start)..u32::from(start) + u32::from(count);
         match behaviour
             .exceptions
@@ -186,7 +180,8 @@ impl Shared {
     /// Every register of `kind` encoded at this instant, with its first address.
     fn image(&self, kind: RegisterKind) -> Vec<(u16, Encoded)> {
         let elapsed = self.started.elapsed();
-        lock(&self.registers)
+        self.registers
+            .lock_unpoisoned()
             .iter()
             .filter(|register| register.spec.kind == kind)
             .map(|register| {
@@ -256,7 +251,7 @@ impl tokio_modbus::server::Service for SimulatedService {
     fn call(&self, request: Self::Request) -> Self::Future {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let delay = {
-            let mut behaviour = lock(&self.shared.behaviour);
+            let mut behaviour = self.shared.behaviour.lock_unpoisoned();
             let default = behaviour.delay;
             behaviour.late.pop_front().unwrap_or(default)
         };
@@ -373,14 +368,14 @@ impl ModbusSimulator {
     }
 
     pub fn is_running(&self) -> bool {
-        lock(&self.server).is_some()
+        self.server.lock_unpoisoned().is_some()
     }
 
     /// Closes the listener and every open connection, as a device that is switched off:
     /// clients see their connection reset and new connections refused. Returns once the
     /// connections are closed.
     pub async fn stop(&self) {
-        let server = lock(&self.server).take();
+        let server = self.server.lock_unpoisoned().take();
         if let Some(server) = server {
             server.abort();
             let _ = server.await;
@@ -400,37 +395,41 @@ impl ModbusSimulator {
         }
         let listener = listen(self.addr)?;
         let server = tokio::spawn(serve(listener, self.shared.clone()));
-        *lock(&self.server) = Some(server);
+        *self.server.lock_unpoisoned() = Some(server);
         Ok(())
     }
 
     /// Delays every answer by `delay` (zero: answer at once).
     pub fn set_response_delay(&self, delay: Duration) {
-        lock(&self.shared.behaviour).delay = delay;
+        self.shared.behaviour.lock_unpoisoned().delay = delay;
     }
 
     /// Delays the answers to the next `requests` requests by `delay` each: with a delay longer
     /// than the client's timeout, the answer arrives after the client gave up.
     pub fn answer_late(&self, requests: usize, delay: Duration) {
-        lock(&self.shared.behaviour)
+        self.shared
+            .behaviour
+            .lock_unpoisoned()
             .late
             .extend(std::iter::repeat_n(delay, requests));
     }
 
     /// Answers `exception` to every read that includes `address` of `kind`.
     pub fn set_exception(&self, kind: RegisterKind, address: u16, exception: ExceptionCode) {
-        lock(&self.shared.behaviour)
+        self.shared
+            .behaviour
+            .lock_unpoisoned()
             .exceptions
             .insert((kind, address), exception);
     }
 
     pub fn clear_exceptions(&self) {
-        lock(&self.shared.behaviour).exceptions.clear();
+        self.shared.behaviour.lock_unpoisoned().exceptions.clear();
     }
 
     /// Changes the waveform of the register reporting `metric`; false when there is none.
     pub fn set_waveform(&self, metric: &str, waveform: Waveform) -> bool {
-        let mut registers = lock(&self.shared.registers);
+        let mut registers = self.shared.registers.lock_unpoisoned();
         match registers.iter_mut().find(|r| r.spec.metric == metric) {
             Some(register) => {
                 register.waveform = waveform;
@@ -457,7 +456,7 @@ impl ModbusSimulator {
 
 impl Drop for ModbusSimulator {
     fn drop(&mut self) {
-        if let Some(server) = lock(&self.server).take() {
+        if let Some(server) = self.server.lock_unpoisoned().take() {
             server.abort();
         }
     }

@@ -49,6 +49,7 @@ use super::inbound::{Inbound, IngestGate, LogThrottle, Outcome, RefusalKind, PRO
 use super::payload::Limits;
 use crate::config::EmbeddedBrokerConfig;
 use crate::ingest::{IngestHandle, IngestMetrics};
+use crate::metrics::registered;
 use crate::status::StatusBoard;
 use crate::store::Store;
 
@@ -85,40 +86,37 @@ struct BrokerMetrics {
 
 impl BrokerMetrics {
     fn register(registry: &Registry) -> Self {
-        let connections = IntGauge::new(
-            "ddms_mqtt_connections",
-            "Devices connected to the embedded MQTT broker",
-        )
-        .expect("valid metric");
-        let connects_refused = IntCounterVec::new(
-            Opts::new(
-                "ddms_mqtt_connects_refused_total",
-                "CONNECTs the embedded broker refused, by reason",
+        let connections = registered(
+            registry,
+            IntGauge::new(
+                "ddms_mqtt_connections",
+                "Devices connected to the embedded MQTT broker",
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let dropped = IntCounterVec::new(
+        );
+        let connects_refused = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_mqtt_connects_refused_total",
+                    "CONNECTs the embedded broker refused, by reason",
+                ),
+                &["reason"],
+            ),
+        );
+        let dropped = registered(registry, IntCounterVec::new(
             Opts::new(
                 "ddms_mqtt_broker_dropped_total",
                 "Messages the embedded broker dropped on its own (not refusals by ddms), by reason",
             ),
             &["reason"],
-        )
-        .expect("valid metric");
-        let subscriptions_refused = prometheus::IntCounter::new(
-            "ddms_mqtt_subscriptions_refused_total",
-            "SUBSCRIBE requests refused (devices may not subscribe)",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(connects_refused.clone()),
-            Box::new(dropped.clone()),
-            Box::new(subscriptions_refused.clone()),
-        ] {
-            registry.register(collector).expect("unique metric");
-        }
+        ));
+        let subscriptions_refused = registered(
+            registry,
+            prometheus::IntCounter::new(
+                "ddms_mqtt_subscriptions_refused_total",
+                "SUBSCRIBE requests refused (devices may not subscribe)",
+            ),
+        );
         BrokerMetrics {
             connections,
             connects_refused,

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::locks::{MutexExt, RwLockExt};
 use crate::store::{Protocol, Store, StoreError};
 
 /// How long a verified credential is trusted without asking the database again.
@@ -72,18 +73,13 @@ impl DeviceDirectory {
             .map(|d| (d.id, state_of(d.enabled)))
             .collect();
         let count = fresh.len();
-        *self.devices.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *self.devices.write_unpoisoned() = fresh;
         Ok(count)
     }
 
     /// The device's state, from the cache or else the database.
     pub async fn device(&self, id: Uuid) -> Result<DeviceState, StoreError> {
-        if let Some(state) = self
-            .devices
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
+        if let Some(state) = self.devices.read_unpoisoned().get(&id) {
             return Ok(*state);
         }
         let state = match self.store.get_device(id).await {
@@ -91,17 +87,14 @@ impl DeviceDirectory {
             Ok(_) | Err(StoreError::NotFound) => DeviceState::Unknown,
             Err(e) => return Err(e),
         };
-        self.devices
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, state);
+        self.devices.write_unpoisoned().insert(id, state);
         Ok(state)
     }
 
     /// Checks a device's username and password against the stored SHA-256 hash.
     pub async fn authenticate(&self, username: &str, password: &[u8]) -> Verdict {
         let cached = {
-            let credentials = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+            let credentials = self.credentials.lock_unpoisoned();
             credentials
                 .get(username)
                 .filter(|c| c.fetched.elapsed() < CREDENTIAL_TTL)
@@ -111,8 +104,7 @@ impl DeviceDirectory {
             Some(found) => found,
             None => match self.store.find_mqtt_credentials(username).await {
                 Ok(stored) => {
-                    let mut credentials =
-                        self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut credentials = self.credentials.lock_unpoisoned();
                     // Bounded: entries of devices that stopped connecting are dropped.
                     if credentials.len() >= 100_000 {
                         credentials.retain(|_, c| c.fetched.elapsed() < CREDENTIAL_TTL);
@@ -139,10 +131,7 @@ impl DeviceDirectory {
     }
 
     pub fn forget_credentials(&self) {
-        self.credentials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.credentials.lock_unpoisoned().clear();
     }
 
     /// Keeps the caches current until `cancel`: reloads devices when they change (and every

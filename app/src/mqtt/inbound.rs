@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::directory::{DeviceDirectory, DeviceState};
 use super::payload::{parse_message, Limits, Message};
 use crate::ingest::{IngestError, IngestHandle, IngestMetrics, Sample};
+use crate::locks::{MutexExt, RwLockExt};
 use crate::status::StatusBoard;
 
 /// The metrics' protocol label.
@@ -65,11 +66,11 @@ impl IngestGate {
     }
 
     fn handle(&self) -> Option<IngestHandle> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.read_unpoisoned().clone()
     }
 
     pub fn close(&self) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.0.write_unpoisoned().take();
     }
 }
 
@@ -264,7 +265,7 @@ impl LogThrottle {
     /// keys a flood left behind (up to [`LOG_THROTTLE_KEYS`]) do not stay for the life of the
     /// process once the flood is over.
     pub fn prune(&self) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock_unpoisoned();
         let now = Instant::now();
         let interval = self.interval;
         last.retain(|_, at| now.duration_since(*at) < interval);
@@ -275,7 +276,7 @@ impl LogThrottle {
 
     /// How many keys are remembered (for tests and the limits' documentation).
     pub fn len(&self) -> usize {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.last.lock_unpoisoned().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -283,7 +284,7 @@ impl LogThrottle {
     }
 
     pub fn first_in_a_while(&self, key: &str) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock_unpoisoned();
         let now = Instant::now();
         let mut key = key;
         if last.len() >= LOG_THROTTLE_KEYS && !last.contains_key(key) {
@@ -339,7 +340,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         throttle.prune();
         assert!(throttle.is_empty(), "{} keys left", throttle.len());
-        let capacity = throttle.last.lock().unwrap().capacity();
+        let capacity = throttle.last.lock_unpoisoned().capacity();
         assert!(capacity < 1_000, "the map kept room for {capacity} keys");
     }
 
@@ -352,7 +353,7 @@ mod tests {
                 let_through += 1;
             }
         }
-        let held = throttle.last.lock().unwrap().len();
+        let held = throttle.last.lock_unpoisoned().len();
         assert!(held <= LOG_THROTTLE_KEYS + 1, "{held} keys held");
         // Every key up to the cap got its line, then one line for all the rest.
         assert_eq!(let_through, LOG_THROTTLE_KEYS + 1);

@@ -35,6 +35,7 @@ mod link;
 use super::{parse_message, BrokerConnection, Limits, Message};
 use crate::backoff::Backoff;
 use crate::ingest::{IngestError, IngestHandle, Sample};
+use crate::metrics::registered_unless_taken;
 use crate::settings::RuntimeSettings;
 use crate::status::StatusBoard;
 use crate::store::{Protocol, Status, Store, StoreError};
@@ -98,32 +99,31 @@ struct MqttMetrics {
 
 impl MqttMetrics {
     fn register(registry: &Registry) -> Self {
-        let connected = IntGauge::new(
-            "ddms_mqtt_connected",
-            "1 while the MQTT ingester is connected to the broker and subscribed",
-        )
-        .expect("valid metric");
-        let messages = IntCounterVec::new(
-            Opts::new(
-                "ddms_mqtt_messages_total",
-                "MQTT messages received, by outcome (accepted, rejected)",
+        // A second ingester in one process (tests) leaves the first one's series in place.
+        let connected = registered_unless_taken(
+            registry,
+            IntGauge::new(
+                "ddms_mqtt_connected",
+                "1 while the MQTT ingester is connected to the broker and subscribed",
             ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let connection_errors = IntCounter::new(
-            "ddms_mqtt_connection_errors_total",
-            "Failed connection attempts and lost connections to the MQTT broker",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(messages.clone()),
-            Box::new(connection_errors.clone()),
-        ] {
-            // A second ingester in one process (tests) shares the first one's series.
-            let _ = registry.register(collector);
-        }
+        );
+        let messages = registered_unless_taken(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_mqtt_messages_total",
+                    "MQTT messages received, by outcome (accepted, rejected)",
+                ),
+                &["outcome"],
+            ),
+        );
+        let connection_errors = registered_unless_taken(
+            registry,
+            IntCounter::new(
+                "ddms_mqtt_connection_errors_total",
+                "Failed connection attempts and lost connections to the MQTT broker",
+            ),
+        );
         MqttMetrics {
             connected,
             messages,

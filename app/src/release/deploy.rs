@@ -30,6 +30,7 @@ use super::state::{
 };
 use super::{other, write_atomic, Host, Layout, ReleaseError, ServiceManagerKind};
 use crate::config::Slot;
+use crate::locks::MutexExt;
 use plan::Plan;
 
 mod gates;
@@ -63,7 +64,7 @@ impl Abort {
     }
 
     fn set(&self, reason: AbortReason) {
-        let mut slot = self.reason.lock().expect("abort reason lock");
+        let mut slot = self.reason.lock_unpoisoned();
         if slot.is_none() {
             *slot = Some(reason);
         }
@@ -71,7 +72,7 @@ impl Abort {
     }
 
     fn error(&self) -> ReleaseError {
-        match self.reason.lock().expect("abort reason lock").clone() {
+        match self.reason.lock_unpoisoned().clone() {
             Some(AbortReason::LockLost) => ReleaseError::LockLost,
             Some(AbortReason::Signal(what)) => ReleaseError::Interrupted(what),
             None => ReleaseError::Interrupted("an abort request".into()),
@@ -79,10 +80,7 @@ impl Abort {
     }
 
     fn lock_lost(&self) -> bool {
-        matches!(
-            *self.reason.lock().expect("abort reason lock"),
-            Some(AbortReason::LockLost)
-        )
+        matches!(*self.reason.lock_unpoisoned(), Some(AbortReason::LockLost))
     }
 }
 
@@ -227,7 +225,7 @@ async fn transition(host: &Host, plan: Plan, abort: &Abort) -> DeployRecord {
                 host,
                 layout: layout.clone(),
                 manager: host.manager(),
-                probe: Probe::new(PROBE_TIMEOUT),
+                probe: Probe::new("ddms-release", PROBE_TIMEOUT),
             };
             let result = ctx.forward(&mut rec, &mut record, &plan).await;
             on_lost.abort();

@@ -21,7 +21,7 @@ pub(crate) mod artifact;
 pub mod deploy;
 mod lock;
 mod nginx;
-mod probe;
+pub(crate) mod probe;
 mod service;
 pub mod signature;
 pub(crate) mod state;

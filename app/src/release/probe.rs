@@ -1,4 +1,5 @@
 //! HTTP checks of slots and of nginx: `/ready`, `/api/version`, the 5xx share from `/metrics`.
+//! [`Probe::get`] is also `ddms healthcheck`'s request (see [`crate::healthcheck`]).
 //!
 //! reqwest (rustls) rather than a hand-written client: it was already in the dependency graph
 //! for the tests, shares rustls and ring with sqlx, and the public check needs TLS. Every check
@@ -21,7 +22,9 @@ pub struct VersionInfo {
 }
 
 impl Probe {
-    pub fn new(timeout: Duration) -> Probe {
+    /// A client sending `User-Agent: <agent>/<version>`, so a slot's log tells a release
+    /// check from the container's healthcheck.
+    pub fn new(agent: &str, timeout: Duration) -> Probe {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -30,7 +33,7 @@ impl Probe {
             // public host, so it cannot verify here.
             .danger_accept_invalid_certs(true)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ddms-release/", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("{agent}/{}", crate::VERSION))
             .build()
             .expect("HTTP client builds");
         Probe { client }

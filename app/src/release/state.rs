@@ -341,7 +341,7 @@ pub async fn status(host: &Host) -> Result<Status, ReleaseError> {
     let layout = host.layout();
     let state = HostState::load(&layout)?;
     let manager = host.manager();
-    let probe = Probe::new(Duration::from_secs(2));
+    let probe = Probe::new("ddms-release", Duration::from_secs(2));
     let active = active_slot(host, &state);
     let mut slots = BTreeMap::new();
     for slot in SLOTS {

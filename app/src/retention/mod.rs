@@ -12,6 +12,7 @@ use chrono::Utc;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::registered;
 use crate::settings::Settings;
 use crate::store::{PruneCounts, Store, StoreResult};
 
@@ -28,25 +29,23 @@ pub struct RetentionMetrics {
 
 impl RetentionMetrics {
     pub fn register(registry: &Registry) -> Self {
-        let deleted = IntCounterVec::new(
-            Opts::new(
-                "ddms_retention_deleted_total",
-                "Rows (and, for `partitions`, whole daily partitions) removed by retention",
+        let deleted = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ddms_retention_deleted_total",
+                    "Rows (and, for `partitions`, whole daily partitions) removed by retention",
+                ),
+                &["what"],
             ),
-            &["what"],
-        )
-        .expect("valid metric");
-        let last_run = IntGauge::new(
-            "ddms_retention_last_run_timestamp_seconds",
-            "When this instance last completed a retention run (Unix time)",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(deleted.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(last_run.clone()))
-            .expect("unique metric");
+        );
+        let last_run = registered(
+            registry,
+            IntGauge::new(
+                "ddms_retention_last_run_timestamp_seconds",
+                "When this instance last completed a retention run (Unix time)",
+            ),
+        );
         RetentionMetrics { deleted, last_run }
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::http::{self, Clients, RETRY_AFTER_MAX};
+use super::http::{Answer, RETRY_AFTER_MAX};
 use super::text::{self, truncate};
-use super::{parse_settings, Channel, Message, MessageState, Outcome, Severity, UrlSettings};
+use super::{Message, MessageState, Severity};
 
 pub const TITLE_MAX: usize = 256;
 pub const DESCRIPTION_MAX: usize = 2000;
@@ -77,35 +77,15 @@ pub fn format(message: &Message) -> serde_json::Value {
     })
 }
 
-pub(super) async fn deliver(
-    clients: &Clients,
-    channel: &Channel,
-    message: &Message,
-    allow_private: bool,
-) -> Outcome {
-    let settings = match parse_settings::<UrlSettings>(&channel.settings) {
-        Ok(s) => s,
-        Err(e) => return Outcome::permanent(format!("invalid settings: {e}")),
-    };
-    let mut errors = Vec::new();
-    let Some(url) = http::validate_url("settings.url", &settings.url, allow_private, &mut errors)
-    else {
-        return Outcome::permanent(format!("invalid settings: {}", errors[0]));
-    };
-    let body = serde_json::to_vec(&format(message)).unwrap_or_default();
-    match http::post(clients, &url, allow_private, http::json_headers(), body).await {
-        Ok(answer) => {
-            // On 429 Discord says how long to wait in the body, in (fractional) seconds.
-            let from_body = serde_json::from_slice::<serde_json::Value>(&answer.body)
-                .ok()
-                .and_then(|v| v.get("retry_after").and_then(|r| r.as_f64()))
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(|s| Duration::from_secs_f64(s.min(RETRY_AFTER_MAX.as_secs_f64())));
-            let retry_after = from_body.or_else(|| answer.retry_after_header());
-            http::classify(&answer, retry_after)
-        }
-        Err(outcome) => outcome,
-    }
+/// How long Discord asks us to wait: on 429 it says so in the body, in (fractional) seconds;
+/// else the `Retry-After` header.
+pub fn retry_after(answer: &Answer) -> Option<Duration> {
+    serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("retry_after").and_then(|r| r.as_f64()))
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(RETRY_AFTER_MAX.as_secs_f64())))
+        .or_else(|| answer.retry_after_header())
 }
 
 #[cfg(test)]

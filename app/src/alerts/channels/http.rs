@@ -184,6 +184,22 @@ pub async fn post(
     })
 }
 
+/// POSTs `body` to `url` and classifies the answer; `retry_after` reads how long the service
+/// asks us to wait (most say it in the `Retry-After` header: [`Answer::retry_after_header`]).
+pub async fn post_and_classify(
+    clients: &Clients,
+    url: &Url,
+    allow_private: bool,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    retry_after: fn(&Answer) -> Option<Duration>,
+) -> Outcome {
+    match post(clients, url, allow_private, headers, body).await {
+        Ok(answer) => classify(&answer, retry_after(&answer)),
+        Err(outcome) => outcome,
+    }
+}
+
 /// The outcome of an answer: 2xx delivered; 408, 429 and 5xx retried (no earlier than
 /// `retry_after` when given); redirects and other 4xx permanent.
 pub fn classify(answer: &Answer, retry_after: Option<Duration>) -> Outcome {

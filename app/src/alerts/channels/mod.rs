@@ -1,7 +1,8 @@
 //! Notification channels: what a channel is ([`Channel`], [`validate`]), what is sent
 //! ([`Message`]), and sending it ([`Deliverer`]) as a webhook, a Discord or Slack message, or an
 //! e-mail. One module per kind holds its template (a pure `format` function, sizes bounded)
-//! and its sending; `target` is the SSRF guard every kind goes through; `http` the shared HTTP
+//! and what is particular to its sending (Discord and Slack share one delivery to their
+//! webhook URL); `target` is the SSRF guard every kind goes through; `http` the shared HTTP
 //! client and the classification of answers into an [`Outcome`].
 
 pub mod discord;
@@ -227,6 +228,29 @@ struct UrlSettings {
     url: String,
 }
 
+/// Discord's and Slack's delivery: the JSON `payload` to the incoming webhook URL of the
+/// channel's settings.
+async fn deliver_to_chat(
+    clients: &http::Clients,
+    channel: &Channel,
+    allow_private: bool,
+    payload: serde_json::Value,
+    retry_after: fn(&http::Answer) -> Option<Duration>,
+) -> Outcome {
+    let settings = match parse_settings::<UrlSettings>(&channel.settings) {
+        Ok(s) => s,
+        Err(e) => return Outcome::permanent(format!("invalid settings: {e}")),
+    };
+    let mut errors = Vec::new();
+    let Some(url) = http::validate_url("settings.url", &settings.url, allow_private, &mut errors)
+    else {
+        return Outcome::permanent(format!("invalid settings: {}", errors[0]));
+    };
+    let body = serde_json::to_vec(&payload).unwrap_or_default();
+    let headers = http::json_headers();
+    http::post_and_classify(clients, &url, allow_private, headers, body, retry_after).await
+}
+
 /// What would let a channel reach a private target.
 fn config_hint() -> &'static str {
     "refused unless alerts.allow_private_targets and the channel's allow_private are both set"
@@ -279,8 +303,15 @@ impl Deliverer {
         let allow = private_allowed(channel.allow_private, &self.config);
         let outcome = match channel.kind {
             ChannelKind::Webhook => webhook::deliver(&self.http, channel, message, allow).await,
-            ChannelKind::Discord => discord::deliver(&self.http, channel, message, allow).await,
-            ChannelKind::Slack => slack::deliver(&self.http, channel, message, allow).await,
+            ChannelKind::Discord => {
+                let payload = discord::format(message);
+                deliver_to_chat(&self.http, channel, allow, payload, discord::retry_after).await
+            }
+            ChannelKind::Slack => {
+                let payload = slack::format(message);
+                let retry_after = http::Answer::retry_after_header;
+                deliver_to_chat(&self.http, channel, allow, payload, retry_after).await
+            }
             ChannelKind::Email => {
                 let send = email::deliver(&self.smtp_roots, &self.config, channel, message, allow);
                 // lettre bounds each step; this bounds the whole exchange.

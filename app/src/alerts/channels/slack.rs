@@ -8,9 +8,8 @@
 
 use serde_json::json;
 
-use super::http::{self, Clients};
 use super::text::{self, truncate, ELLIPSIS};
-use super::{parse_settings, Channel, Message, Outcome, UrlSettings};
+use super::Message;
 
 pub const HEADER_MAX: usize = 150;
 pub const SECTION_MAX: usize = 3000;
@@ -111,31 +110,6 @@ pub fn format(message: &Message) -> serde_json::Value {
         "text": escape(&format!("{title}: {}", message.summary), FALLBACK_MAX),
         "blocks": blocks,
     })
-}
-
-pub(super) async fn deliver(
-    clients: &Clients,
-    channel: &Channel,
-    message: &Message,
-    allow_private: bool,
-) -> Outcome {
-    let settings = match parse_settings::<UrlSettings>(&channel.settings) {
-        Ok(s) => s,
-        Err(e) => return Outcome::permanent(format!("invalid settings: {e}")),
-    };
-    let mut errors = Vec::new();
-    let Some(url) = http::validate_url("settings.url", &settings.url, allow_private, &mut errors)
-    else {
-        return Outcome::permanent(format!("invalid settings: {}", errors[0]));
-    };
-    let body = serde_json::to_vec(&format(message)).unwrap_or_default();
-    match http::post(clients, &url, allow_private, http::json_headers(), body).await {
-        Ok(answer) => {
-            let retry_after = answer.retry_after_header();
-            http::classify(&answer, retry_after)
-        }
-        Err(outcome) => outcome,
-    }
 }
 
 #[cfg(test)]

@@ -156,13 +156,15 @@ pub(super) async fn deliver(
             None => return Outcome::permanent("cannot sign the body with the secret"),
         };
     }
-    match http::post(clients, &url, allow_private, headers, body).await {
-        Ok(answer) => {
-            let retry_after = answer.retry_after_header();
-            http::classify(&answer, retry_after)
-        }
-        Err(outcome) => outcome,
-    }
+    http::post_and_classify(
+        clients,
+        &url,
+        allow_private,
+        headers,
+        body,
+        http::Answer::retry_after_header,
+    )
+    .await
 }
 
 fn join(errors: &[FieldError]) -> String {

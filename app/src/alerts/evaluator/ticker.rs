@@ -81,7 +81,11 @@ impl Alerting {
         let threshold = check.zip(alert.value).map(|(c, v)| c.threshold_for(v));
         let phase = phase_of(Some(alert));
         let value = alert.value.unwrap_or(f64::NAN);
-        if let Some(Step::Fire { at, .. }) = engine::on_tick(rule.rule.for_s, phase, now, value) {
+        let repeat = rule.rule.repeat_interval_s.filter(|r| *r > 0);
+        let last = alert.last_notified_at.or(alert.started_at);
+        let notified = if let Some(Step::Fire { at, .. }) =
+            engine::on_tick(rule.rule.for_s, phase, now, value)
+        {
             let mut firing = next(alert);
             firing.state = AlertState::Firing;
             // It fired when the condition had held for `for_s`, whenever the tick noticed.
@@ -90,41 +94,23 @@ impl Alerting {
                 .map(|s| s + chrono::Duration::seconds(rule.rule.for_s));
             firing.started_at = due.or(Some(at)).map(|d| d.min(at));
             firing.last_notified_at = Some(now);
+            Some((firing, "firing"))
+        } else if let (AlertState::Firing, Some(repeat), Some(last)) = (alert.state, repeat, last) {
+            (now - last >= chrono::Duration::seconds(repeat) && alert.acknowledged_at.is_none())
+                .then(|| {
+                    let mut again = next(alert);
+                    again.last_notified_at = Some(now);
+                    (again, "repeat")
+                })
+        } else {
+            None
+        };
+        if let Some((updated, event)) = notified {
+            let from = Some(alert.state);
             let change = self
-                .change(
-                    index,
-                    &subject,
-                    firing,
-                    "firing",
-                    Some(alert.state),
-                    true,
-                    threshold,
-                    None,
-                )
+                .change(index, &subject, updated, event, from, true, threshold, None)
                 .await?;
             self.apply(&subject, index, &change).await?;
-            return Ok(());
-        }
-        let repeat = rule.rule.repeat_interval_s.filter(|r| *r > 0);
-        let last = alert.last_notified_at.or(alert.started_at);
-        if let (AlertState::Firing, Some(repeat), Some(last)) = (alert.state, repeat, last) {
-            if now - last >= chrono::Duration::seconds(repeat) && alert.acknowledged_at.is_none() {
-                let mut again = next(alert);
-                again.last_notified_at = Some(now);
-                let change = self
-                    .change(
-                        index,
-                        &subject,
-                        again,
-                        "repeat",
-                        Some(alert.state),
-                        true,
-                        threshold,
-                        None,
-                    )
-                    .await?;
-                self.apply(&subject, index, &change).await?;
-            }
         }
         Ok(())
     }
