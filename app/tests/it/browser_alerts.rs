@@ -43,6 +43,7 @@ impl Receiver {
                 "no `{state}` notification: {:?}",
                 self.bodies()
             );
+            // sleep: the poll interval of this wait with a deadline (it reports the bodies)
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
