@@ -204,7 +204,9 @@ fn a_sleep_is_justified_on_its_line_or_in_the_comment_right_above() {
     );
     // A code line between the comment and the sleep: the comment is about that line.
     assert_eq!(
-        check(&format!("{m} the TTL must pass\nlet a = 1;\nsleep(d).await;\n")),
+        check(&format!(
+            "{m} the TTL must pass\nlet a = 1;\nsleep(d).await;\n"
+        )),
         vec![3]
     );
     // A marker that says nothing is no reason.
@@ -221,7 +223,10 @@ fn test_code_is_the_cfg_test_modules() {
     let numbers: Vec<usize> = lines.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, vec![6, 7, 8]);
     assert_eq!(unjustified_sleeps(&lines), vec![7]);
-    let modules = test_only_modules(Path::new("/x/src/lib.rs"), "#[cfg(test)]\nmod properties;\n");
+    let modules = test_only_modules(
+        Path::new("/x/src/lib.rs"),
+        "#[cfg(test)]\nmod properties;\n",
+    );
     assert_eq!(
         modules,
         vec![
