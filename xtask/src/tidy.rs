@@ -10,6 +10,7 @@ mod module_cycles;
 mod module_docs;
 mod nginx;
 mod nix;
+mod sleeps;
 mod terraform;
 mod workflows;
 

@@ -181,6 +181,8 @@ async fn not_ready_for(app: &TestApp, hold: Duration) {
     let since = Instant::now();
     while since.elapsed() < hold {
         assert_eq!(app.get("/ready").await.status(), 503, "still not ready");
+        // sleep: the subject is time passing: the outage must last `hold`, longer than the grace,
+        // and /ready is sampled through it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

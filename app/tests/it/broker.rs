@@ -19,6 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::support::wait::{eventually, eventually_some};
+
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::services::{Postgres, Provider};
 
@@ -227,6 +229,7 @@ impl LivePublisher {
                 "no `{needle}` from mosquitto_pub within {within:?}: {:?}",
                 self.output.lock().unwrap()
             );
+            // sleep: the poll interval of this wait with a deadline (it reports the output).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -363,7 +366,14 @@ async fn a_registered_device_publishes_telemetry_and_heartbeats_that_are_stored(
     assert_eq!(sent.code, 0, "{}", sent.output);
     assert_eq!(readings(&app, &viewer, &device, "pressure").await.len(), 1);
 
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The heartbeat's time must be later than the telemetry's for the check below to mean
+    // anything.
+    eventually(
+        "the clock to move past the telemetry's time",
+        Duration::from_secs(5),
+        || async { Utc::now() > seen_after_telemetry },
+    )
+    .await;
     let sent = publish(
         port,
         &device,
@@ -398,14 +408,12 @@ async fn a_registered_device_publishes_telemetry_and_heartbeats_that_are_stored(
     let idle =
         LivePublisher::connect(port, &device, &format!("devices/{}/telemetry", device.id)).await;
     // Earlier clients' disconnects may still be on their way.
-    let started = Instant::now();
-    while metric(&app, "ddms_mqtt_connections", &[]).await != 1.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "connections gauge"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the connections gauge to count the one connected client",
+        Duration::from_secs(5),
+        || async { metric(&app, "ddms_mqtt_connections", &[]).await == 1.0 },
+    )
+    .await;
     let addr: SocketAddr = app.mqtt_addr.unwrap();
     let stopping = Instant::now();
     app.stop().await;
@@ -474,9 +482,21 @@ async fn the_puback_waits_for_the_database_and_comes_once_the_reading_is_committ
     live.send(r#"{"metrics": {"t": 1}}"#).await;
     live.wait_for("received PUBACK (Mid: 1", Duration::from_secs(10))
         .await;
+    let id: Uuid = device.id.parse().unwrap();
+    let last_seen = || async { app.status.get(id).await.and_then(|s| s.last_seen_at) };
+    let seen_before = last_seen().await;
 
     server.stop().await.unwrap();
     live.send(r#"{"metrics": {"t": 2}}"#).await;
+    // The broker hands a message to the writer as it marks the device seen.
+    eventually(
+        "the broker to take message 2",
+        Duration::from_secs(10),
+        || async { last_seen().await > seen_before },
+    )
+    .await;
+    // sleep: a window in which the commit keeps failing and the PUBACK must not come; no
+    // later event would show it did not (the writer retries until the database is back).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !live.saw("received PUBACK (Mid: 2"),
@@ -496,11 +516,17 @@ async fn the_puback_waits_for_the_database_and_comes_once_the_reading_is_committ
 
     // Shutting down while a commit cannot happen: the message is not acknowledged either, and
     // the stop still ends (the writer gives up after http.shutdown_timeout).
+    let seen_before = last_seen().await;
     server.stop().await.unwrap();
     live.send(r#"{"metrics": {"t": 3}}"#).await;
     live.wait_for("sending PUBLISH (d0, q1, r0, m3", Duration::from_secs(10))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "the broker to take message 3",
+        Duration::from_secs(10),
+        || async { last_seen().await > seen_before },
+    )
+    .await;
     let stopping = Instant::now();
     app.stop().await;
     assert!(
@@ -508,6 +534,8 @@ async fn the_puback_waits_for_the_database_and_comes_once_the_reading_is_committ
         "stop took {:?}",
         stopping.elapsed()
     );
+    // sleep: the broker is closed; a PUBACK it sent before closing would be in mosquitto_pub's
+    // output within moments, and mosquitto_pub says nothing when the connection goes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !live.saw("received PUBACK (Mid: 3"),
@@ -554,10 +582,13 @@ async fn the_offline_threshold_set_at_run_time_marks_silent_devices_offline_and_
                 )
                 .await;
                 assert_eq!(sent.code, 0, "{}", sent.output);
+                // sleep: the talking device's pace, well inside the 10 s threshold.
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         })
     };
+    // sleep: the subject is time passing: for 3 s under the configured hour the silent device
+    // is not called offline (nothing happens that could be waited for instead).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         device_status(&app, &owner, &silent).await["status"],
@@ -575,14 +606,15 @@ async fn the_offline_threshold_set_at_run_time_marks_silent_devices_offline_and_
     let settings: Value = response.json().await.unwrap();
     assert_eq!(settings["offline_after_s"], 10);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = device_status(&app, &owner, &silent).await;
-        if status["status"] == "offline" || Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let status = eventually_some(
+        "the silent device to be offline",
+        Duration::from_secs(30),
+        || async {
+            let status = device_status(&app, &owner, &silent).await;
+            (status["status"] == "offline").then_some(status)
+        },
+    )
+    .await;
     assert_eq!(status["status"], "offline", "{status}");
     assert!(
         status["last_error"]

@@ -5,12 +5,16 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
 
 use crate::support::services::{Mosquitto, Provider};
 
 async fn round_trip(port: u16, topic: &str, payload: &str) -> String {
-    let sub = Command::new("mosquitto_sub")
+    // -d: mosquitto_sub says when the broker has acknowledged the subscription (SUBACK); its
+    // debug lines start with "Client " or "Subscribed", the message is the other line.
+    let mut sub = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub", "-d"])
         .args([
             "-h",
             "127.0.0.1",
@@ -26,10 +30,16 @@ async fn round_trip(port: u16, topic: &str, payload: &str) -> String {
             "10",
         ])
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub is installed");
-    // Give the subscription time to reach the broker before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The subscription reaches the broker before the message is published.
+    while !seen.iter().any(|l: &String| l.contains("received SUBACK")) {
+        let line = next_line(&mut lines).await;
+        seen.push(line.unwrap_or_else(|| panic!("no SUBACK from mosquitto_sub: {seen:?}")));
+    }
     let status = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -47,8 +57,23 @@ async fn round_trip(port: u16, topic: &str, payload: &str) -> String {
         .await
         .expect("mosquitto_pub is installed");
     assert!(status.success());
-    let out = sub.wait_with_output().await.unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let message = loop {
+        let line = next_line(&mut lines).await;
+        let line = line.unwrap_or_else(|| panic!("no message for mosquitto_sub: {seen:?}"));
+        if !line.starts_with("Client ") && !line.starts_with("Subscribed") {
+            break line;
+        }
+        seen.push(line);
+    };
+    let _ = sub.wait().await;
+    message.trim().to_string()
+}
+
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .ok()?
+        .ok()?
 }
 
 async fn broker_round_trips_and_survives_restart(provider: Provider) {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::browser::create_device;
 use crate::support::app::{spawn_app, Db, TestApp};
 use crate::support::browser::{log_in, Browser};
+use crate::support::wait::eventually;
 use crate::support::webhook::WebhookReceiver as Receiver;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -43,6 +44,7 @@ impl Receiver {
                 "no `{state}` notification: {:?}",
                 self.bodies()
             );
+            // sleep: the poll interval of this wait with a deadline (it reports the bodies)
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -362,13 +364,8 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
 
     // Between the thresholds it keeps firing; under the clear threshold it resolves, live.
     reading(&app, device, Utc::now(), 48.0).await;
-    reading(
-        &app,
-        device,
-        Utc::now() + chrono::Duration::seconds(1),
-        40.0,
-    )
-    .await;
+    let resolving_at = Utc::now() + chrono::Duration::seconds(1);
+    reading(&app, device, resolving_at, 40.0).await;
     browser
         .wait_js(
             "document.querySelector('#list-resolved [data-alert]') \
@@ -385,6 +382,13 @@ async fn an_admin_sets_up_alerting_in_the_ui_and_acknowledges_the_alert_until_it
     browser.screenshots("alerts-resolved").await;
 
     // The device chart: the rule's thresholds as lines, the alert's start and end as markers.
+    // The chart ends at the time the page loads: once past the resolving reading's.
+    eventually(
+        "the clock past the resolving reading's time",
+        Duration::from_secs(10),
+        || async { Utc::now() > resolving_at },
+    )
+    .await;
     browser
         .client
         .goto(&app.url(&format!("/devices/{device}")))

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::app::{ddms_command, postgres, DdmsProcess};
 use crate::support::services::Provider;
+use crate::support::wait::eventually;
 
 async fn run(
     dir: &std::path::Path,
@@ -240,6 +241,15 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
     .await;
     assert_eq!(code, 0, "{err}");
     let token = token.trim().to_string();
+    let (code, watcher, err) = run(
+        dir.path(),
+        &["token", "create", "--name", "watcher", "--role", "owner"],
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let watcher = watcher.trim().to_string();
     let mut ddms = DdmsProcess::serve(dir.path(), &[]).await.unwrap();
 
     // A request whose body is still arriving when the signal comes.
@@ -252,9 +262,45 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has the request when it has checked its token, which marks the token used
+    // (the other token watches).
+    let client = reqwest::Client::new();
+    eventually(
+        "the in-flight request's token marked used",
+        Duration::from_secs(30),
+        || async {
+            let tokens: Value = client
+                .get(ddms.url("/api/tokens"))
+                .bearer_auth(&watcher)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            tokens
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"] == "ops" && !t["last_used_at"].is_null())
+        },
+    )
+    .await;
+    drop(client);
     ddms.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually(
+        "new connections refused once the signal is handled",
+        Duration::from_secs(10),
+        || async {
+            reqwest::Client::new()
+                .get(ddms.url("/health"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_err()
+        },
+    )
+    .await;
     assert!(ddms.child.try_wait().unwrap().is_none(), "still draining");
     // New connections are no longer accepted.
     let refused = reqwest::Client::new()

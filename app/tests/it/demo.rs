@@ -21,6 +21,7 @@ async fn demo_token(ddms: &DdmsProcess) -> String {
             return token;
         }
         assert!(Instant::now() < deadline, "no demo URL printed");
+        // sleep: the poll interval of this wait with a deadline (the demo URL in the log)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -72,6 +73,7 @@ async fn demo_runs(env: &[(&str, &str)], expected_devices: usize) {
             if devices.len() >= expected_devices || Instant::now() > registered {
                 break devices;
             }
+            // sleep: the poll interval of this wait with a deadline (the count is then checked exactly)
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert_eq!(
@@ -102,6 +104,7 @@ async fn demo_runs(env: &[(&str, &str)], expected_devices: usize) {
                     "no readings from {}",
                     device["name"]
                 );
+                // sleep: the poll interval of this wait with a deadline (it names the device)
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

@@ -177,6 +177,7 @@ async fn a_flood_of_failed_logins_does_not_grow_the_process_for_good() {
         let probe = client.get(ddms.url("/ready")).send().await.unwrap();
         assert!(probe.status().is_success());
         start = start.max(rss_kib(pid));
+        // sleep: sampling the idle server's memory over 2 s, the baseline the flood is measured from
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Every hashing slot once, so the flood's start figure holds the work areas in use.
@@ -197,6 +198,7 @@ async fn a_flood_of_failed_logins_does_not_grow_the_process_for_good() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut idle = rss_kib(pid);
     while idle > bound && tokio::time::Instant::now() < deadline {
+        // sleep: the poll interval of this wait with a deadline (memory given back, probed meanwhile)
         tokio::time::sleep(Duration::from_millis(250)).await;
         let probe = client.get(ddms.url("/ready")).send().await.unwrap();
         assert!(probe.status().is_success());
@@ -345,6 +347,7 @@ async fn streams_beyond_the_limit_get_a_503() {
             Instant::now() < deadline,
             "the slot of a closed stream stays taken"
         );
+        // sleep: the poll interval of this wait with a deadline (the slot of a closed stream freed)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(second);

@@ -354,6 +354,7 @@ async fn readings_given_up_at_shutdown_fail_retryably_and_are_counted() {
             std::time::Instant::now() < deadline,
             "the writer took nothing"
         );
+        // sleep: the poll interval of this wait with a deadline (the writer takes from the channel)
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     pipeline.abort.cancel();

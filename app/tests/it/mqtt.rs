@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::support::app::{spawn_app, Db, DdmsProcess, TestApp};
 use crate::support::services::{Mosquitto, Postgres, Provider};
-use crate::support::wait::eventually;
+use crate::support::wait::{eventually, eventually_some};
 
 /// Broker settings sized for ddms' persistent session (ops/mosquitto/mosquitto.conf does the
 /// same): a window large enough for ack-after-commit, a queue that holds a restart's worth.
@@ -59,6 +59,7 @@ pub(crate) async fn wait_ready(url: &str) {
             started.elapsed() < Duration::from_secs(30),
             "/ready not 200 within 30 s: {last}"
         );
+        // sleep: the poll interval of this wait with a deadline (it reports the last body).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -272,18 +273,10 @@ pub(crate) fn assert_exactly_once(points: &[Point], count: usize, base_ms: i64) 
 }
 
 pub(crate) async fn wait_for_rows(store: &dyn Store, device: Uuid, count: usize, within: Duration) {
-    let started = Instant::now();
-    loop {
-        let have = readings(store, device, "seq").await.len();
-        if have >= count {
-            return;
-        }
-        assert!(
-            started.elapsed() < within,
-            "only {have} of {count} readings stored within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(&format!("{count} readings stored"), within, || async {
+        readings(store, device, "seq").await.len() >= count
+    })
+    .await;
 }
 
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
@@ -336,25 +329,22 @@ async fn bad_messages_are_refused_and_counted_while_a_good_device_is_unaffected(
         ("future_timestamp", 1.0),
         ("unknown_device", 2.0),
     ];
-    let started = Instant::now();
-    let text = loop {
-        let text = app.get("/metrics").await.text().await.unwrap();
-        let counted = expected.iter().all(|(reason, n)| {
-            metric(
-                &text,
-                "ddms_readings_rejected_total",
-                &format!("protocol=\"mqtt\",reason=\"{reason}\""),
-            ) == *n
-        });
-        if counted {
-            break text;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "refusals not counted as expected {expected:?}: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = eventually_some(
+        &format!("refusals counted as {expected:?}"),
+        Duration::from_secs(20),
+        || async {
+            let text = app.get("/metrics").await.text().await.unwrap();
+            let counted = expected.iter().all(|(reason, n)| {
+                metric(
+                    &text,
+                    "ddms_readings_rejected_total",
+                    &format!("protocol=\"mqtt\",reason=\"{reason}\""),
+                ) == *n
+            });
+            counted.then_some(text)
+        },
+    )
+    .await;
     assert!(
         app.store.latest_readings(noisy).await.unwrap().is_empty(),
         "nothing of the refused messages was stored"
@@ -398,23 +388,20 @@ async fn a_value_beyond_the_reading_range_is_refused_while_a_good_device_is_stor
     wait_for_rows(app.store.as_ref(), good, 500, Duration::from_secs(60)).await;
     assert_exactly_once(&readings(app.store.as_ref(), good, "seq").await, 500, base);
 
-    let started = Instant::now();
-    let text = loop {
-        let text = app.get("/metrics").await.text().await.unwrap();
-        let refused = metric(
-            &text,
-            "ddms_readings_rejected_total",
-            "protocol=\"mqtt\",reason=\"value_out_of_range\"",
-        );
-        if refused == 2.0 {
-            break text;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the poison was not refused twice: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = eventually_some(
+        "the poison to be refused twice",
+        Duration::from_secs(20),
+        || async {
+            let text = app.get("/metrics").await.text().await.unwrap();
+            let refused = metric(
+                &text,
+                "ddms_readings_rejected_total",
+                "protocol=\"mqtt\",reason=\"value_out_of_range\"",
+            );
+            (refused == 2.0).then_some(text)
+        },
+    )
+    .await;
     // Acknowledged: refused messages are dropped, not redelivered into the next batches.
     assert_eq!(
         metric(&text, "ddms_mqtt_messages_total", "outcome=\"rejected\""),
@@ -546,21 +533,13 @@ async fn a_simulated_device_registers_itself_and_its_telemetry_is_stored() {
         Duration::from_millis(500),
         stop.clone(),
     ));
-    let started = Instant::now();
-    loop {
+    eventually("the telemetry stored", Duration::from_secs(15), || async {
         let latest = app.store.latest_readings(device).await.unwrap();
-        if latest
+        latest
             .iter()
             .any(|l| l.metric == "temperature" && l.value == 21.5)
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no telemetry stored"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     stop.cancel();
     let acknowledged = run.await.unwrap().unwrap();
     assert!(

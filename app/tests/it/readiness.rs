@@ -21,6 +21,7 @@ async fn wait_for_status(app: &crate::support::app::TestApp, want: u16, within: 
             started.elapsed() < within,
             "/ready still {status} after {within:?}: {body}"
         );
+        // sleep: the poll interval of this wait with a deadline (it reports the last body)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -9,16 +9,25 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::release::{
     artifacts, assert_nothing_installed, files_under, Load, ReleaseHost,
 };
+use crate::support::wait::eventually;
 
 /// Reads an SSE stream to its end: (what came, how it ended, when).
-async fn read_event_stream(url: String, token: String) -> (String, Result<(), String>, Instant) {
+async fn read_event_stream(
+    url: String,
+    token: String,
+    opened: tokio::sync::oneshot::Sender<()>,
+) -> (String, Result<(), String>, Instant) {
     let client = crate::support::release::insecure_client_without_timeout();
     let mut response = match client.get(&url).bearer_auth(&token).send().await {
-        Ok(response) if response.status().is_success() => response,
+        Ok(response) if response.status().is_success() => {
+            let _ = opened.send(());
+            response
+        }
         Ok(response) => {
             return (
                 String::new(),
@@ -36,6 +45,31 @@ async fn read_event_stream(url: String, token: String) -> (String, Result<(), St
             Err(e) => return (text, Err(format!("{e:?}")), Instant::now()),
         }
     }
+}
+
+/// Follows a running deploy's log (its stderr) until it says `step` is done (`<step> done`):
+/// the deploy has then moved on to the next step.
+async fn wait_for_step(deploy: &mut tokio::process::Child, step: &str) {
+    let mut lines = BufReader::new(deploy.stderr.take().expect("stderr piped")).lines();
+    let done = format!("{step} done");
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let found = line.contains(&done);
+            seen.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        found == Ok(true),
+        "the deploy never logged `{done}`: {seen:#?}"
+    );
+    // The rest of the log is read and dropped, so the deploy never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
 fn step_names(record: &Value) -> Vec<String> {
@@ -70,11 +104,22 @@ async fn activating_a_release_while_clients_read_through_nginx_drops_no_request_
     let token = host.viewer_token().await;
     let fresh = Load::start(&host, &token, false);
     let kept_alive = Load::start(&host, &token, true);
+    let (opened, stream_open) = tokio::sync::oneshot::channel();
     let stream = tokio::spawn(read_event_stream(
         host.public_url("/api/stream"),
         token.clone(),
+        opened,
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(30), stream_open)
+        .await
+        .expect("the event stream opens")
+        .expect("the event stream opens");
+    eventually(
+        "both loads answered by v1's slot",
+        Duration::from_secs(30),
+        || async { fresh.answered_by(&v1_slot) > 0 && kept_alive.answered_by(&v1_slot) > 0 },
+    )
+    .await;
 
     let started = Instant::now();
     let run = host.deploy(v2).await;
@@ -95,13 +140,18 @@ async fn activating_a_release_while_clients_read_through_nginx_drops_no_request_
         stream_lived < elapsed,
         "the stream outlived the deploy: {stream_lived:?} vs {elapsed:?}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (during_v2, during_v2_kept) = (fresh.take(), kept_alive.take());
     let record = run.json();
     assert_eq!(record["result"], "ok", "{record}");
     assert_eq!(record["from_release"], "v1");
     assert_eq!(record["from_slot"], v1_slot.as_str());
     let v2_slot = record["to_slot"].as_str().unwrap().to_string();
+    eventually(
+        "both loads answered by v2's slot",
+        Duration::from_secs(30),
+        || async { fresh.answered_by(&v2_slot) > 0 && kept_alive.answered_by(&v2_slot) > 0 },
+    )
+    .await;
+    let (during_v2, during_v2_kept) = (fresh.take(), kept_alive.take());
     assert_ne!(v2_slot, v1_slot);
     assert_eq!(
         step_names(&record),
@@ -168,10 +218,16 @@ async fn activating_a_release_while_clients_read_through_nginx_drops_no_request_
 
     // Rollback: back to v1 through the same gates, also without a failed request.
     let run = host.release(&["rollback"]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (report, report_kept) = (fresh.stop().await, kept_alive.stop().await);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let record = run.json();
+    // The loads go on until v1's slot, rolled back to, has answered each.
+    eventually(
+        "both loads answered by v1's slot again",
+        Duration::from_secs(30),
+        || async { fresh.answered_by(&v1_slot) > 0 && kept_alive.answered_by(&v1_slot) > 0 },
+    )
+    .await;
+    let (report, report_kept) = (fresh.stop().await, kept_alive.stop().await);
     assert_eq!(record["command"], "rollback");
     assert_eq!(record["release"], "v1");
     assert_eq!(record["from_release"], "v2");
@@ -237,7 +293,14 @@ async fn a_release_that_never_becomes_ready_gets_no_traffic_and_the_deploy_fails
     host.set("--ready-timeout", "6");
     let log_start = host.access_log().len();
     let run = host.release(&["activate", &bad.release]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load goes on until the good slot has answered after the aborted deploy too.
+    let answered = load.answered_by(&v1_slot);
+    eventually(
+        "the load answered by v1's slot after the abort",
+        Duration::from_secs(30),
+        || async { load.answered_by(&v1_slot) > answered },
+    )
+    .await;
     let report = load.stop().await;
 
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
@@ -362,16 +425,8 @@ async fn a_killed_activate_leaves_a_lock_that_the_next_activate_takes_after_the_
     host.set("--watch", "120");
     let mut doomed = host.command(&["activate", "v2"]).spawn().unwrap();
     let doomed_pid = doomed.id().unwrap();
-    let upstream = host.root.join("etc/nginx/ddms/ddms-upstream.conf");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&upstream)
-        .unwrap()
-        .contains(&format!("127.0.0.1:{} max_fails=0;", host.port(&v1_slot)))
-    {
-        assert!(Instant::now() < deadline, "the deploy never switched");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Switched and routed: the deploy is watching.
+    wait_for_step(&mut doomed, "route").await;
     kill(Pid::from_raw(doomed_pid as i32), Signal::SIGKILL).unwrap();
     let _ = doomed.wait().await;
     let killed_at = Instant::now();
@@ -394,6 +449,7 @@ async fn a_killed_activate_leaves_a_lock_that_the_next_activate_takes_after_the_
     // After the TTL the lock is free; the next deploy cleans up and goes through.
     let wait =
         Duration::from_secs(3).saturating_sub(killed_at.elapsed()) + Duration::from_millis(500);
+    // sleep: the subject is the lock's lease (3 s) running out: slept past it with a margin.
     tokio::time::sleep(wait).await;
     host.set("--watch", "3");
     let run = host.release(&["activate", "v3"]).await;
@@ -467,18 +523,10 @@ async fn a_deploy_cancelled_with_sigterm_switches_back_and_frees_the_lock_at_onc
     // A CI job cancelled while its deploy watches the new slot.
     host.set("--watch", "120");
     host.set("--lock-ttl", "120");
-    let deploy = host.command(&["activate", "v2"]).spawn().unwrap();
+    let mut deploy = host.command(&["activate", "v2"]).spawn().unwrap();
     let pid = deploy.id().unwrap();
-    let upstream = host.root.join("etc/nginx/ddms/ddms-upstream.conf");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&upstream)
-        .unwrap()
-        .contains(&format!("127.0.0.1:{} max_fails=0;", host.port(&v1_slot)))
-    {
-        assert!(Instant::now() < deadline, "the deploy never switched");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Switched and routed: the deploy is watching.
+    wait_for_step(&mut deploy, "route").await;
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
     let output = tokio::time::timeout(Duration::from_secs(60), deploy.wait_with_output())
         .await

@@ -86,6 +86,7 @@ impl Publisher {
                 "the publisher did not reach {at_least} acknowledged messages within {within:?}: {:?}",
                 self.output()
             );
+            // sleep: the poll interval of this wait with a deadline (it reports the publisher's output)
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -109,6 +110,7 @@ impl Publisher {
             match found {
                 Some(n) => break n,
                 None if Instant::now() < deadline => {
+                    // sleep: the poll interval of this wait with a deadline (it reports the publisher's output)
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 None => panic!("no `published N`: {:?}", self.output()),

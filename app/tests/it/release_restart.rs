@@ -230,6 +230,7 @@ async fn a_restart_whose_configuration_fails_the_gate_leaves_the_old_slot_servin
     assert_ne!(run.json()["to_slot"], v1_slot.as_str());
     tokio::time::timeout(Duration::from_secs(5), async {
         while allowed_origin(&host).await.as_deref() != Some(ORIGIN) {
+            // sleep: the poll interval of this wait with a deadline (bounded by the timeout around it)
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

@@ -250,26 +250,43 @@ async fn idle_sessions_expire(db: Db) {
     )
     .await;
     app.add_user("alice", Role::Viewer).await;
-    let session = app.login("alice").await;
-    let check = || async {
-        with_session(
-            app.client.get(app.url("/api/auth/session")),
-            &session,
-            false,
-        )
-        .send()
-        .await
-        .unwrap()
-        .status()
+    let check = |session: &Session| {
+        let request = with_session(app.client.get(app.url("/api/auth/session")), session, false);
+        async move { request.send().await.unwrap().status() }
     };
-    // Activity keeps it alive past the idle timeout…
-    for _ in 0..6 {
-        assert_eq!(check().await, 200);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    // Activity keeps it alive past the idle timeout: six requests 300 ms apart. Activity is
+    // written at most every tenth of the timeout, so a request that comes less than 0.9 s after
+    // the one before must find the session alive. On a busy machine two may come further apart
+    // than that; then the session may rightly have ended, and the round starts over.
+    let idle = Duration::from_secs(1);
+    let resolution = idle / 10;
+    let mut rounds = 0;
+    let session = 'round: loop {
+        rounds += 1;
+        assert!(
+            rounds <= 5,
+            "no round of six requests without a stall of {idle:?}"
+        );
+        let mut previous = std::time::Instant::now();
+        let session = app.login("alice").await;
+        for _ in 0..6 {
+            let sent = std::time::Instant::now();
+            let status = check(&session).await;
+            let apart = previous.elapsed() + resolution;
+            if status != 200 && apart >= idle {
+                continue 'round;
+            }
+            assert_eq!(status, 200, "{apart:?} after the previous activity");
+            previous = sent;
+            // sleep: the pace of the activity, under the idle timeout.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        break session;
+    };
     // …and a pause longer than it ends it.
+    // sleep: the subject is the idle timeout (1 s) running out: slept past it with a margin.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(check().await, 401);
+    assert_eq!(check(&session).await, 401);
     app.stop().await;
 }
 
@@ -296,6 +313,8 @@ async fn sessions_end_at_the_absolute_timeout_however_active(db: Db) {
         .unwrap()
         .status();
         statuses.push((started.elapsed(), status));
+        // sleep: sampling the session every 250 ms across its absolute timeout (2 s): the
+        // first sample comes right after the login, the last well past the timeout.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(statuses.first().unwrap().1, 200, "{statuses:?}");

@@ -119,6 +119,7 @@ async fn retention_set_through_the_api_waits_until_an_owner_confirms(db: Db) {
         if finished || Instant::now() > deadline {
             break metrics;
         }
+        // sleep: the poll interval of this wait with a deadline (the metrics are then checked)
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let left = app

@@ -50,6 +50,7 @@ async fn a_stop_with_a_hanging_database_finishes_within_the_units_stop_timeout()
             started.elapsed() < Duration::from_secs(60),
             "no demo readings stored"
         );
+        // sleep: the poll interval of this wait with a deadline (the first demo reading)
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let secret = ddms::auth::generate_api_token();
@@ -98,6 +99,7 @@ async fn a_stop_with_a_hanging_database_finishes_within_the_units_stop_timeout()
             started.elapsed() < Duration::from_secs(30),
             "only {waiting} sessions wait on the lock"
         );
+        // sleep: the poll interval of this wait with a deadline (it reports how many wait on the lock)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -21,6 +21,7 @@ use readings::*;
 
 use crate::support::app::{database_url, Db};
 use crate::support::services::Provider;
+use crate::support::wait::eventually;
 
 async fn open(db: Db) -> (Arc<dyn Store>, tempfile::TempDir) {
     let (url, dir) = database_url(&db).await;
@@ -305,6 +306,7 @@ async fn leases_have_one_holder_until_expiry_or_release(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
     // An expired lease goes to whoever asks next.
+    // sleep: the subject is the lease's TTL running out: slept past it with a margin
     tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     assert_eq!(
         sorted(

@@ -326,6 +326,7 @@ impl DdmsProcess {
                     self.logs.lock().unwrap()
                 );
             }
+            // sleep: the poll interval of this wait with a deadline (it reports the logs)
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -56,6 +56,7 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(20);
         while reqwest::get(format!("{webdriver}/status")).await.is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not answer");
+            // sleep: the poll interval of this wait with a deadline (chromedriver answering)
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let profile = tempfile::tempdir().unwrap();
@@ -116,6 +117,7 @@ impl Browser {
                 Instant::now() < deadline,
                 "timed out after {timeout:?} waiting for `{expression}`"
             );
+            // sleep: the poll interval of this wait with a deadline (it names the expression).
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -151,7 +153,12 @@ impl Browser {
         let dir = screenshot_dir();
         for width in [1280u32, 800] {
             self.client.set_window_size(width, 900).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Laid out at the new width (reading it lays the page out); the screenshot paints.
+            self.wait_js(
+                &format!("document.documentElement.clientWidth <= {width}"),
+                Duration::from_secs(10),
+            )
+            .await;
             let png = self.client.screenshot().await.unwrap();
             assert!(png.starts_with(b"\x89PNG"), "a PNG");
             std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();

@@ -391,6 +391,7 @@ impl ReleaseHost {
                     std::fs::read_to_string(host.nginx_dir.join("stderr.log")).unwrap_or_default()
                 );
             }
+            // sleep: the poll interval of this wait with a deadline (it reports nginx's stderr)
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(host)

@@ -624,6 +624,7 @@ where
                 "{what} not ready after {timeout:?}; server log:\n{logs}"
             )));
         }
+        // sleep: the poll interval of this wait with a deadline (it reports the server's log)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

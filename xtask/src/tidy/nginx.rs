@@ -81,6 +81,7 @@ fn hsts_is_sent_once_behind_nginx() {
             panic!("nginx exited ({status}): {err}");
         }
         assert!(Instant::now() < deadline, "nginx did not listen on {https}");
+        // sleep: the poll interval of this wait with a deadline (nginx listening)
         std::thread::sleep(Duration::from_millis(50));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()

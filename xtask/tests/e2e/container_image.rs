@@ -496,6 +496,7 @@ fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T>
             Err(e) if Instant::now() > deadline => {
                 return Err(e.context(format!("still failing after {timeout:?}")))
             }
+            // sleep: the poll interval of this wait with a deadline (retrying until it holds)
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }

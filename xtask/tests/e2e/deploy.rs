@@ -158,9 +158,13 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
         RATE_PER_HOST,
         SSE_CLIENTS,
     )?;
+    // sleep: to do, not a wait for a condition yet (e2e, not converted): lets the load and the
+    // streams get going before the deploy.
     std::thread::sleep(Duration::from_secs(3));
     let (code, report) = fleet.deploy(&["--artifact", &v2], &FAST)?;
     // Let every stream resume and carry a few events on the new slots.
+    // sleep: to do, not a wait for a condition yet (e2e, not converted): every stream
+    // reconnected after its host's switch is the condition.
     std::thread::sleep(Duration::from_secs(4));
     let (stats, sse) = traffic.stop();
     ensure!(code == 0, "deploy exited {code}: {}", report["error"]);
@@ -322,11 +326,15 @@ fn v3_never_ready(fleet: &Fleet) -> Result<String> {
         RATE_PER_HOST,
         0,
     )?;
+    // sleep: to do, not a wait for a condition yet (e2e, not converted): lets the load get
+    // going before the deploy.
     std::thread::sleep(Duration::from_secs(2));
     let mut env = FAST.to_vec();
     env.retain(|(k, _)| *k != "DDMS_RELEASE_READY_TIMEOUT");
     env.push(("DDMS_RELEASE_READY_TIMEOUT", "8"));
     let (code, report) = fleet.deploy(&["--artifact", &v3], &env)?;
+    // sleep: to do, not a wait for a condition yet (e2e, not converted): load after the
+    // aborted deploy, served by the old slots.
     std::thread::sleep(Duration::from_secs(2));
     let (stats, _) = traffic.stop();
     let mut problems = load_problems(&stats);

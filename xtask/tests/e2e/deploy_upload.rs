@@ -291,6 +291,7 @@ fn wait_for(cluster: &Cluster, cmd: &str, what: &str) -> Result<()> {
         if cluster.ssh(HOST, cmd)?.status.success() {
             return Ok(());
         }
+        // sleep: the poll interval of this wait with a deadline
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("timed out waiting for {what}")

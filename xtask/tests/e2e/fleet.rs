@@ -140,6 +140,7 @@ impl Fleet {
                 probe.stop();
                 return Ok(());
             }
+            // sleep: the poll interval of this wait with a deadline (the probe's streams carrying events)
             std::thread::sleep(Duration::from_millis(200));
         }
         let (_, sse) = probe.stop();

@@ -323,6 +323,7 @@ fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
         if Instant::now() > deadline {
             return false;
         }
+        // sleep: the poll interval of this wait with a deadline
         std::thread::sleep(Duration::from_millis(100));
     }
 }

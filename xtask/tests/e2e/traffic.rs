@@ -382,6 +382,7 @@ async fn sse_loop(
         if stop.load(Ordering::SeqCst) {
             break;
         }
+        // sleep: the traffic generator's pace between reconnects
         tokio::time::sleep(retry).await;
     }
 }

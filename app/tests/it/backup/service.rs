@@ -177,6 +177,7 @@ async fn owners_trigger_and_list_backups_through_the_api_and_the_trigger_is_audi
         if listing["last"]["name"] == json!(name) || Instant::now() > deadline {
             break listing;
         }
+        // sleep: the poll interval of this wait with a deadline (the listing is then checked)
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(listing["last"]["ok"], true, "{listing}");
@@ -255,6 +256,7 @@ async fn a_scheduled_backup_runs_when_due_and_is_audited() {
         if !listing["last"].is_null() || Instant::now() > deadline {
             break listing;
         }
+        // sleep: the poll interval of this wait with a deadline (until the schedule is due and some)
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(listing["last"]["trigger"], "schedule", "{listing}");
@@ -277,6 +279,7 @@ async fn a_scheduled_backup_runs_when_due_and_is_audited() {
             break entry;
         }
         assert!(Instant::now() < deadline, "the scheduled backup is audited");
+        // sleep: the poll interval of this wait with a deadline (the audit entry)
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(entry.actor, "schedule");
@@ -386,6 +389,7 @@ impl S3Server {
         let client = reqwest::Client::new();
         while client.get(&endpoint).send().await.is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start");
+            // sleep: the poll interval of this wait with a deadline (moto_server answering)
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         S3Server { child, endpoint }

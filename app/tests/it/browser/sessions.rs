@@ -300,6 +300,7 @@ async fn a_login_with_a_foreign_next_stays_on_the_site() {
                 Instant::now() < deadline,
                 "next={next}: no page after login: {here}"
             );
+            // sleep: the poll interval of this wait with a deadline (it reports the page)
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(

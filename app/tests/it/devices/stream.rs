@@ -166,15 +166,20 @@ async fn open_streams_end_when_the_server_shuts_down() {
         .send()
         .await
         .unwrap();
+    // The stream is open and under way: its first bytes have come.
+    let mut body = stream.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("the stream's first bytes")
+        .expect("the stream's first bytes")
+        .unwrap();
     let reader = tokio::spawn(async move {
-        let mut body = stream.bytes_stream();
-        let mut text = String::new();
+        let mut text = String::from_utf8_lossy(&first).into_owned();
         while let Some(Ok(chunk)) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk));
         }
         text
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
         .expect("shutdown is not held up by the open stream");

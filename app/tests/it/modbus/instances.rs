@@ -46,6 +46,7 @@ lease_ttl_s = 10\n";
     // Over a window of 3 s a device polled twice would show about twice the readings.
     let window_start = Utc::now();
     let requests_before: Vec<u64> = devices.iter().map(|(_, s)| s.requests()).collect();
+    // sleep: the subject is a length of time: polls are counted over a 3 s window
     tokio::time::sleep(Duration::from_secs(3)).await;
     let polls_in_window = 3_000 / interval_ms as usize;
     for (index, (id, simulator)) in devices.iter().enumerate() {
@@ -148,6 +149,8 @@ async fn an_instance_that_dies_without_releasing_its_leases_is_replaced_within_t
     )
     .await;
     let admin = survivor.token(Role::Admin).await;
+    // sleep: a window, shorter than the lease TTL (3 s), in which the survivor must not poll;
+    // nothing marks its scan finding the lease taken
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         devices_polled(&survivor).await,

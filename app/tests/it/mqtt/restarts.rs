@@ -62,20 +62,32 @@ pub(super) async fn stream_across_a_ddms_restart(stop: Stop) -> (usize, usize) {
     }
     let stored_at_stop = readings(store.as_ref(), device, "seq").await.len();
     let acked_at_stop = publisher.acked();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Messages pile up at the broker while ddms is down.
+    publisher
+        .wait_acked((acked_at_stop + 1000).min(STREAM))
+        .await;
 
     let ddms = DdmsProcess::serve(dir.path(), &env).await.unwrap();
     publisher.finish().await;
     wait_for_rows(store.as_ref(), device, STREAM, Duration::from_secs(120)).await;
-    // Counters move right after the commit that made the rows visible.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let text = reqwest::get(ddms.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let second_run = metric(&text, "ddms_readings_ingested_total", "protocol=\"mqtt\"") as usize;
+    // Counters move right after the commit that made the rows visible: at least the rows the
+    // first run had not stored.
+    let ingested = || async {
+        let text = reqwest::get(ddms.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&text, "ddms_readings_ingested_total", "protocol=\"mqtt\"") as usize
+    };
+    eventually(
+        "the ingested counter to count the rows stored after the restart",
+        Duration::from_secs(10),
+        || async { ingested().await >= STREAM - stored_at_stop },
+    )
+    .await;
+    let second_run = ingested().await;
     let points = readings(store.as_ref(), device, "seq").await;
     println!(
         "{stop:?}: publisher acked {acked_at_stop} and {stored_at_stop} readings were stored when ddms stopped; \
@@ -126,6 +138,7 @@ async fn ten_thousand_messages_survive_a_broker_restart_mid_stream_each_stored_o
             started.elapsed() < Duration::from_secs(60),
             "/ready stays {status}: {body}"
         );
+        // sleep: the poll interval of this wait with a deadline (it reports the last body).
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(body["components"]["mqtt"]["status"], "error", "{body}");
@@ -174,6 +187,8 @@ async fn ten_thousand_messages_survive_the_database_stopping_mid_stream_each_sto
     let publisher = Publisher::start(broker.port(), device, STREAM, 2500, base);
     publisher.wait_acked(3000).await;
     database.stop().await.unwrap();
+    // sleep: the subject is an outage of some length: ddms takes messages against a stopped
+    // database for 3 s (the broker acknowledges the publisher meanwhile, whatever ddms does).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let acked_during_outage = publisher.acked();
     database.restart().await.unwrap();

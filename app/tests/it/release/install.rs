@@ -188,6 +188,7 @@ pub(super) fn serve_to_successive_readers(
                 .open(fifo)
             {
                 Ok(file) => break file,
+                // sleep: the fake reader's poll for a writer on the FIFO (its loop ends when stopped)
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         };
@@ -205,6 +206,7 @@ pub(super) fn serve_to_successive_readers(
             if stopped() {
                 return;
             }
+            // sleep: the fake reader's poll until the writer lets go (its loop ends when stopped)
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -384,13 +384,23 @@ pub(super) async fn token_use_is_recorded_coarsely_and_revocation_is_seen_within
         fresh.authenticate_api_token("abc").await,
         Err(StoreError::NotFound)
     ));
-    tokio::time::sleep(store::TOKEN_CACHE_TTL).await;
-    for instance in [&blue, &green] {
-        assert!(matches!(
-            instance.authenticate_api_token("abc").await,
-            Err(StoreError::NotFound)
-        ));
-    }
+    // Seen everywhere within the cache's TTL (a margin added for a busy machine).
+    eventually(
+        "the revocation seen by both instances",
+        store::TOKEN_CACHE_TTL + Duration::from_secs(5),
+        || async {
+            for instance in [&blue, &green] {
+                if !matches!(
+                    instance.authenticate_api_token("abc").await,
+                    Err(StoreError::NotFound)
+                ) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

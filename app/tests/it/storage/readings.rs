@@ -441,6 +441,7 @@ pub(super) async fn readers_never_miss_readings_that_move_into_a_new_partition(
     store: Arc<dyn Store>,
 ) {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Barrier;
     let device = store.create_device(&modbus_device("d")).await.unwrap();
     let series = store.ensure_series(device.id, "t", None).await.unwrap();
     for round in 0..8 {
@@ -454,14 +455,16 @@ pub(super) async fn readers_never_miss_readings_that_move_into_a_new_partition(
             })
             .collect();
         assert_eq!(store.insert_readings(&readings).await.unwrap(), 50);
-        let stop = Arc::new(AtomicBool::new(false));
+        // Every reader has read once when the partition is created, and its last read starts
+        // after (once it sees `stop`).
+        let (stop, read) = (Arc::new(AtomicBool::new(false)), Arc::new(Barrier::new(5)));
         let readers: Vec<_> = (0..4)
             .map(|_| {
-                let (store, stop) = (store.clone(), stop.clone());
+                let (store, stop, read) = (store.clone(), stop.clone(), read.clone());
                 tokio::spawn(async move {
                     let mut fewest = usize::MAX;
-                    let mut reads = 0;
-                    while !stop.load(Ordering::Relaxed) || reads == 0 {
+                    for reads in 1.. {
+                        let last = stop.load(Ordering::Relaxed);
                         let seen = store
                             .query_readings(
                                 series,
@@ -473,15 +476,19 @@ pub(super) async fn readers_never_miss_readings_that_move_into_a_new_partition(
                             .unwrap()
                             .len();
                         fewest = fewest.min(seen);
-                        reads += 1;
+                        if reads == 1 {
+                            read.wait().await;
+                        }
+                        if last {
+                            break;
+                        }
                     }
                     fewest
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        read.wait().await;
         store.ensure_partitions(day, 0).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
         stop.store(true, Ordering::Relaxed);
         for reader in readers {
             assert_eq!(

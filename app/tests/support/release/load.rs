@@ -113,6 +113,7 @@ impl Load {
                             Err(failure) => report.failures.push(failure),
                         }
                     }
+                    // sleep: the load's pace, a client's requests one after another.
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
             }
@@ -122,6 +123,17 @@ impl Load {
             report,
             handle,
         }
+    }
+
+    /// Requests answered by `slot` since the counters were last taken (they are not reset).
+    pub fn answered_by(&self, slot: &str) -> u64 {
+        self.report
+            .lock()
+            .unwrap()
+            .slots
+            .get(slot)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Counters so far, resetting them.

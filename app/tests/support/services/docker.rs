@@ -182,6 +182,7 @@ impl DockerServer {
                     container.stop_with_timeout(Some(0)).await?;
                     break;
                 }
+                // sleep: the poll interval of this wait with a deadline (a container stopping)
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ok(())

@@ -122,6 +122,7 @@ case "$1" in */ddms-test-*) rm -rf "$1" ;; esac"#,
                     child.wait()?;
                     break;
                 }
+                // sleep: the poll interval of this wait with a deadline (a process exiting)
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

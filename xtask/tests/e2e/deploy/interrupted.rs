@@ -38,8 +38,11 @@ pub(super) fn killed_deploy(fleet: &Fleet) -> Result<String> {
             let _ = child.kill();
             bail!("the deploy never took {}'s lock", HOSTS[0]);
         }
+        // sleep: the poll interval of this wait with a deadline (the deploy taking the lock)
         std::thread::sleep(Duration::from_millis(100));
     }
+    // sleep: to do, not a wait for a condition yet (e2e, not converted): lets the activate get
+    // further than taking the lock before the kill.
     std::thread::sleep(Duration::from_secs(2));
     let pgid = child.id() as i32;
     kill_group(pgid)?;
@@ -70,6 +73,7 @@ pub(super) fn killed_deploy(fleet: &Fleet) -> Result<String> {
             "still refused {:?} after the kill: {attempts:?}",
             killed_at.elapsed()
         );
+        // sleep: the poll interval of this wait with a deadline (a deploy let through after the kill)
         std::thread::sleep(Duration::from_millis(500));
     };
     ensure!(

@@ -315,6 +315,7 @@ impl Cluster {
                     self.logs(&host.name)
                 );
             }
+            // sleep: the poll interval of this wait with a deadline (it reports the host's logs)
             std::thread::sleep(Duration::from_millis(200));
         }
     }
