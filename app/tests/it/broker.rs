@@ -623,13 +623,22 @@ async fn the_offline_threshold_set_at_run_time_marks_silent_devices_offline_and_
             .starts_with("no message for"),
         "{status}"
     );
-    let open: Value = app
-        .get_with_token("/api/notifications/connection-failures", &owner)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let open = open.as_array().unwrap();
+    // The notification opens just after the status changes (not in the same step): wait for it.
+    let open = eventually_some(
+        "the silent device's connection-failure notification",
+        Duration::from_secs(30),
+        || async {
+            let open: Value = app
+                .get_with_token("/api/notifications/connection-failures", &owner)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let open = open.as_array().unwrap().clone();
+            (!open.is_empty()).then_some(open)
+        },
+    )
+    .await;
     assert_eq!(open.len(), 1, "only the silent device: {open:?}");
     assert_eq!(open[0]["device_id"], silent.id.as_str());
     assert_eq!(
