@@ -318,7 +318,14 @@ async fn main() -> Result<()> {
         token,
         client,
         ..
-    } = driver::serve(&args.ddms, dir.path(), &env, Duration::from_secs(60)).await?;
+    } = driver::serve(
+        &args.ddms,
+        dir.path(),
+        &env,
+        driver::log_file(&args.out, "serve")?.1,
+        Duration::from_secs(60),
+    )
+    .await?;
     let mut devices = Vec::new();
     for i in 0..args.devices {
         let name = format!("bench-{i:04}");

@@ -340,7 +340,14 @@ async fn main() -> Result<()> {
         token,
         client,
         ..
-    } = driver::serve(&args.ddms, dir.path(), &env, Duration::from_secs(30)).await?;
+    } = driver::serve(
+        &args.ddms,
+        dir.path(),
+        &env,
+        driver::log_file(&args.out, "serve")?.1,
+        Duration::from_secs(30),
+    )
+    .await?;
     let pid = child.id().context("ddms pid")?;
     let idle = fleet::memory(pid);
 

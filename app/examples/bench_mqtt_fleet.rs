@@ -302,7 +302,14 @@ async fn main() -> Result<()> {
         token,
         client,
         ..
-    } = driver::serve(&args.ddms, dir.path(), &settings, Duration::from_secs(60)).await?;
+    } = driver::serve(
+        &args.ddms,
+        dir.path(),
+        &settings,
+        driver::log_file(&args.out, "serve")?.1,
+        Duration::from_secs(60),
+    )
+    .await?;
     let pid = ddms.id().context("ddms pid")?;
     let idle = fleet::memory(pid);
 

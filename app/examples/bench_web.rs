@@ -146,7 +146,7 @@ struct Instance {
     _dir: tempfile::TempDir,
 }
 
-async fn start_ddms(ddms: &str) -> Result<Instance> {
+async fn start_ddms(ddms: &str, out: &str) -> Result<Instance> {
     let dir = tempfile::tempdir()?;
     let database_url = format!("sqlite://{}", dir.path().join("ddms.db").display());
     let env = [
@@ -161,7 +161,14 @@ async fn start_ddms(ddms: &str) -> Result<Instance> {
         addr,
         token,
         ..
-    } = driver::serve(ddms, dir.path(), &env, Duration::from_secs(30)).await?;
+    } = driver::serve(
+        ddms,
+        dir.path(),
+        &env,
+        driver::log_file(out, "serve")?.1,
+        Duration::from_secs(30),
+    )
+    .await?;
     Ok(Instance {
         child,
         base,
@@ -205,6 +212,33 @@ async fn ingest_load(
         simulators.push(simulator);
     }
     Ok((simulators, ids))
+}
+
+/// Waits until ddms stores at least 90 % of the `expected` readings/s over two seconds: the
+/// figures are taken while ingest runs at its rate, not while thousands of devices are still
+/// making their first connection (each a status change of its own).
+async fn steady_ingest(instance: &Instance, expected: f64, when: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let started = Instant::now();
+    loop {
+        let before = ingested(&client, &instance.base).await;
+        let t0 = Instant::now();
+        // sleep: the window over which the rate is measured
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rate = (ingested(&client, &instance.base).await - before) / t0.elapsed().as_secs_f64();
+        if rate >= 0.9 * expected {
+            println!(
+                "bench: ingest steady {when}: {rate:.0} readings/s (after {:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "ingest did not reach 90 % of {expected:.0} readings/s {when} within 180 s (last {rate:.0}/s)"
+        );
+    }
 }
 
 async fn ingested(client: &reqwest::Client, base: &str) -> f64 {
@@ -403,6 +437,9 @@ async fn bench_api(args: &Args, instance: &Instance, ids: &[String]) -> Result<V
         args.history_devices.min(ids.len()),
         started.elapsed().as_secs_f64()
     );
+    let expected =
+        args.devices as f64 * registers().len() as f64 * 1000.0 / args.interval_ms as f64;
+    steady_ingest(instance, expected, "after the history was seeded").await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(256)
@@ -533,13 +570,15 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     raise_fd_limit(args.clients as u64 * 2 + 4096);
     let name = if args.mode == Mode::Sse { "sse" } else { "api" };
-    let mut instance = start_ddms(&args.ddms).await?;
+    let mut instance = start_ddms(&args.ddms, &args.out).await?;
     let (simulators, ids) = ingest_load(&instance, args.devices, args.interval_ms).await?;
     println!(
         "bench {name}: {} Modbus devices polled every {} ms",
         args.devices, args.interval_ms
     );
-    tokio::time::sleep(Duration::from_millis(2 * args.interval_ms + 500)).await;
+    let expected =
+        args.devices as f64 * registers().len() as f64 * 1000.0 / args.interval_ms as f64;
+    steady_ingest(&instance, expected, "after the devices were created").await?;
     let summary = match args.mode {
         Mode::Sse => bench_sse(&args, &instance).await?,
         Mode::Api => bench_api(&args, &instance, &ids).await?,

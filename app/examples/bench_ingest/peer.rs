@@ -138,7 +138,7 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
         for who in order {
             let run = match who {
                 Who::Peer => run_peer(&postgres, &args, work.path(), round).await?,
-                Who::Ddms => run_ddms(ddms, &postgres, &args, work.path(), round).await?,
+                Who::Ddms => run_ddms(ddms, &postgres, &args, work.path(), round, out).await?,
             };
             println!(
                 "  round {round} {:>4}: {:>7.0} readings/s committed ({} of {} offered at {:.0}/s stored, {:.1} s){}",
@@ -383,6 +383,7 @@ async fn run_ddms(
     args: &PeerArgs,
     work: &Path,
     round: usize,
+    out: &str,
 ) -> Result<Run> {
     let url = postgres.create_database().await?;
     let broker = Mosquitto::start(Provider::Local, BROKER_CONFIG).await?;
@@ -409,7 +410,7 @@ async fn run_ddms(
     env(&mut serve);
     let mut process = serve
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
+        .stdout(driver::log_file(out, &format!("round{round}"))?.1)
         .kill_on_drop(true)
         .spawn()?;
     let client = reqwest::Client::builder()

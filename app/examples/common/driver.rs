@@ -1,6 +1,6 @@
 //! What every benchmark driver does with the ddms binary before it measures anything: run it
 //! with none of the caller's `DDMS_*` settings (the driver sets its own), create an API token,
-//! pick a free port.
+//! pick a free port, keep its log.
 
 use std::path::Path;
 
@@ -38,6 +38,23 @@ pub async fn create_token(
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Where a driver keeps the log (stdout) of the `ddms` it runs: beside its JSON report `out`,
+/// named `<report stem>-<label>.ddms.log`, so a run that fails (a 500 from a query, a panic)
+/// can be read afterwards instead of vanishing with the temporary directory.
+pub fn log_file(out: &str, label: &str) -> Result<(std::path::PathBuf, std::fs::File)> {
+    let out = Path::new(out);
+    let dir = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let stem = out
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bench".into());
+    let path = dir.join(format!("{stem}-{label}.ddms.log"));
+    let file = std::fs::File::create(&path)?;
+    println!("ddms' log: {}", path.display());
+    Ok((path, file))
 }
 
 /// Waits until `ddms` at `base` answers `/ready` with 200, for at most `within`.
@@ -79,11 +96,13 @@ pub struct Served {
 
 /// The start every driver makes: with exactly `env` as its `DDMS_*` settings, in `dir`, creates
 /// an admin token (`ddms token create`), then runs `ddms serve` on a free loopback port and
-/// waits until `/ready` answers 200 (at most `ready_within`). The child dies with the handle.
+/// waits until `/ready` answers 200 (at most `ready_within`). Its log goes to `log` (see
+/// [`log_file`]). The child dies with the handle.
 pub async fn serve(
     ddms: impl AsRef<Path>,
     dir: &Path,
     env: &[(String, String)],
+    log: std::fs::File,
     ready_within: std::time::Duration,
 ) -> Result<Served> {
     let command = || {
@@ -95,7 +114,7 @@ pub async fn serve(
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let child = command()
         .args(["serve", "--listen", &addr.to_string()])
-        .stdout(std::process::Stdio::null())
+        .stdout(log)
         .kill_on_drop(true)
         .spawn()?;
     let base = format!("http://{addr}");
