@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ddms::store::{SqliteStore, Store};
+use ddms::store::{DeviceStore, SettingsStore, SqliteStore, Store};
 
 use crate::support::alerting::eventually;
 
@@ -17,10 +17,13 @@ async fn the_sqlite_pool_shrinks_after_a_burst_while_light_traffic_goes_on() {
     store.migrate().await.unwrap();
     let pool = store.pool().clone();
 
-    // A burst: sixteen requests at once, each holding a connection.
-    let held = futures::future::join_all((0..16).map(|_| pool.acquire())).await;
+    // A burst: as many reads at once as the read pool has connections (16 configured: 15
+    // readers and the writer), each holding a connection.
+    let readers = pool.options().get_max_connections();
+    assert_eq!(readers, 15);
+    let held = futures::future::join_all((0..readers).map(|_| pool.acquire())).await;
     let held: Vec<_> = held.into_iter().map(|c| c.unwrap()).collect();
-    assert_eq!(pool.size(), 16);
+    assert_eq!(pool.size(), readers);
     drop(held);
 
     // Then light traffic: one request at a time, more often than `idle_timeout` comes round for
@@ -34,4 +37,61 @@ async fn the_sqlite_pool_shrinks_after_a_burst_while_light_traffic_goes_on() {
         },
     )
     .await;
+}
+
+/// Writes wait for SQLite's one write lock; reads must not wait behind them. Before the store
+/// had a writer connection of its own, writes stuck on the lock each held one of the pool's
+/// connections (sleeping in SQLite's busy handler), so a burst of them — thousands of devices'
+/// status changes at start-up — left the API's reads queued for seconds (seen in `bench api`
+/// with 5,000 devices). Here another process holds the write lock while more writes than the
+/// pool has connections are under way; a read must answer before any of them could finish.
+#[tokio::test]
+async fn reads_answer_while_writes_queue_for_the_write_lock() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ddms.db");
+    let store = std::sync::Arc::new(
+        SqliteStore::open(path.to_str().unwrap(), 4, Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_setting(&format!("key-{i}"), &serde_json::json!(i))
+                    .await
+            })
+        })
+        .collect();
+    // The test's runtime has one thread: yielding lets every write start (and queue for a
+    // connection) before the read asks for one.
+    for _ in 0..writes.len() {
+        tokio::task::yield_now().await;
+    }
+    let devices = store.list_devices().await.unwrap();
+    assert!(devices.is_empty());
+    assert!(
+        writes.iter().all(|w| !w.is_finished()),
+        "the read answered only after writes gave up on the lock"
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    drop(holder);
+    for write in writes {
+        // Each write then takes its turn on the free lock.
+        write.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store.get_setting("key-7").await.unwrap(),
+        Some(serde_json::json!(7))
+    );
 }

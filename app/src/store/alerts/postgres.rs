@@ -42,7 +42,7 @@ impl PostgresStore {
         .bind(&seqs)
         .bind(&values)
         .bind(&times)
-        .fetch_all(self.pool())
+        .fetch_all(self.writer())
         .await?
         .into_iter()
         .collect();
@@ -57,7 +57,7 @@ impl PostgresStore {
         )
         .bind(at)
         .bind(ids)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }

@@ -117,7 +117,7 @@ macro_rules! alert_store {
             async fn delete_by_id(store: &$store, table: &str, id: Uuid) -> StoreResult<()> {
                 let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
                     .bind(Id(id))
-                    .execute(store.pool())
+                    .execute(store.writer())
                     .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::NotFound);
@@ -144,7 +144,7 @@ macro_rules! alert_store {
             impl AlertStore for $store {
                 async fn create_alert_rule(&self, rule: &NewAlertRule) -> StoreResult<AlertRule> {
                     let id = Uuid::now_v7();
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.writer().begin().await?;
                     write_rule(&mut tx, id, rule, true).await?;
                     tx.commit().await?;
                     self.get_alert_rule(id).await
@@ -183,7 +183,7 @@ macro_rules! alert_store {
                     id: Uuid,
                     rule: &NewAlertRule,
                 ) -> StoreResult<AlertRule> {
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.writer().begin().await?;
                     if !write_rule(&mut tx, id, rule, false).await? {
                         return Err(StoreError::NotFound);
                     }
@@ -208,7 +208,7 @@ macro_rules! alert_store {
                     .bind(secret(channel))
                     .bind(channel.allow_private)
                     .bind(Micros(Utc::now()))
-                    .fetch_one(self.pool())
+                    .fetch_one(self.writer())
                     .await?;
                     Ok(row.into())
                 }
@@ -258,7 +258,7 @@ macro_rules! alert_store {
                     .bind(channel.allow_private)
                     .bind(Micros(Utc::now()))
                     .bind(Id(id))
-                    .fetch_one(self.pool())
+                    .fetch_one(self.writer())
                     .await?;
                     Ok(row.into())
                 }
@@ -360,7 +360,7 @@ macro_rules! alert_store {
 
                 async fn apply_alert_change(&self, change: &AlertChange) -> StoreResult<bool> {
                     let a = &change.alert;
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.writer().begin().await?;
                     // One set of parameters for both statements ($17: the seq the update
                     // expects). A racing writer (on PostgreSQL under READ COMMITTED, it waits
                     // for ours) finds `seq` (or the open-alert index) moved on: it writes
@@ -479,7 +479,7 @@ macro_rules! alert_store {
                     .bind(Micros(until))
                     .bind(Micros(now))
                     .bind(i64::from(limit))
-                    .fetch_all(self.pool())
+                    .fetch_all(self.writer())
                     .await?;
                     let mut claimed = deliveries(rows)?;
                     claimed.sort_by_key(|d| (d.next_attempt_at, d.created_at));
@@ -503,7 +503,7 @@ macro_rules! alert_store {
                     .bind(Micros(next_attempt_at))
                     .bind(error)
                     .bind(Id(id))
-                    .execute(self.pool())
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }
@@ -515,7 +515,7 @@ macro_rules! alert_store {
                     )
                     .bind(error)
                     .bind(Id(id))
-                    .execute(self.pool())
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }
@@ -565,7 +565,7 @@ macro_rules! alert_store {
                     .bind(&s.comment)
                     .bind(&s.created_by)
                     .bind(Micros(Utc::now()))
-                    .fetch_one(self.pool())
+                    .fetch_one(self.writer())
                     .await
                     .map_err(dangling("the silenced rule, device or group"))?;
                     Ok(row.into())
@@ -594,7 +594,7 @@ macro_rules! alert_store {
                     before: DateTime<Utc>,
                 ) -> StoreResult<AlertPruneCounts> {
                     let before = Micros(before);
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.writer().begin().await?;
                     let alerts = sqlx::query(
                         "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < $1",
                     )

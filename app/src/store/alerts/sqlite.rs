@@ -32,7 +32,7 @@ impl SqliteStore {
     /// One UPDATE a stamp, in one transaction.
     async fn stamp_evaluations(&self, stamps: &[EvaluationStamp]) -> StoreResult<Vec<Uuid>> {
         let mut moved = Vec::new();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.writer().begin().await?;
         for stamp in stamps {
             let done = sqlx::query(
                 "UPDATE alerts SET \
@@ -56,7 +56,7 @@ impl SqliteStore {
 
     /// One UPDATE a delivery, in one transaction.
     async fn deliveries_delivered(&self, ids: &[Uuid], at: DateTime<Utc>) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.writer().begin().await?;
         for id in ids {
             sqlx::query(
                 "UPDATE deliveries SET state = 'delivered', delivered_at = $1, \

@@ -169,7 +169,7 @@ macro_rules! account_store {
                     .bind(&user.password_hash)
                     .bind(user.role.as_str())
                     .bind(Utc::now())
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?
                     .try_into()
                 }
@@ -258,7 +258,7 @@ macro_rules! account_store {
                     .bind(session.created_at)
                     .bind(session.expires_at)
                     .bind(&session.remote_addr)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }
@@ -280,7 +280,7 @@ macro_rules! account_store {
                     sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
                         .bind(at)
                         .bind(id_hash)
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await?;
                     Ok(())
                 }
@@ -288,7 +288,7 @@ macro_rules! account_store {
                 async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
                     let done = sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
                         .bind(id_hash)
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -296,7 +296,7 @@ macro_rules! account_store {
                 async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
                     let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                         .bind(Id(user_id))
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await?;
                     Ok(done.rows_affected())
                 }
@@ -310,7 +310,7 @@ macro_rules! account_store {
                         sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
                             .bind(Id(user_id))
                             .bind(keep)
-                            .execute(&self.pool)
+                            .execute(self.writer())
                             .await?;
                     Ok(done.rows_affected())
                 }
@@ -327,7 +327,7 @@ macro_rules! account_store {
                     )
                     .bind(now)
                     .bind(idle_before)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(done.rows_affected())
                 }
@@ -342,7 +342,7 @@ macro_rules! account_store {
                     .bind(&token.token_hash)
                     .bind(token.role.as_str())
                     .bind(Utc::now())
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?
                     .try_into()
                 }
@@ -367,7 +367,7 @@ macro_rules! account_store {
                         )
                         .bind(now)
                         .bind(Id(token.id))
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(self.writer())
                         .await?
                         .or(token.last_used_at);
                     }
@@ -393,7 +393,7 @@ macro_rules! account_store {
                     ))
                     .bind(Utc::now())
                     .bind(Id(id))
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?;
                     // This instance refuses the token at once; others within the cache's TTL.
                     self.tokens.forget(id);
@@ -411,7 +411,7 @@ macro_rules! account_store {
                     .bind(&entry.target)
                     .bind(&entry.detail)
                     .bind(&entry.remote_addr)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }

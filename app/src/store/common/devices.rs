@@ -121,7 +121,7 @@ macro_rules! device_store {
                     .bind(Id(Uuid::now_v7()))
                     .bind(name)
                     .bind(Utc::now())
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?;
                     Ok(row.into())
                 }
@@ -138,7 +138,7 @@ macro_rules! device_store {
                 async fn delete_group(&self, id: Uuid) -> StoreResult<()> {
                     let done = sqlx::query("DELETE FROM device_groups WHERE id = $1")
                         .bind(Id(id))
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await?;
                     if done.rows_affected() == 0 {
                         return Err(StoreError::NotFound);
@@ -160,7 +160,7 @@ macro_rules! device_store {
                     .bind(&device.config)
                     .bind(device.enabled)
                     .bind(now)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?
                     .try_into()
                 }
@@ -209,13 +209,13 @@ macro_rules! device_store {
                     .bind(&device.config)
                     .bind(device.enabled)
                     .bind(Utc::now())
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?
                     .try_into()
                 }
 
                 async fn delete_device(&self, id: Uuid) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.writer().begin().await?;
                     // Readings and rollups carry no foreign key, so they go explicitly.
                     for table in ["readings", "readings_1m", "readings_1h"] {
                         sqlx::query(&format!(
@@ -252,7 +252,7 @@ macro_rules! device_store {
                     .bind(Id(device_id))
                     .bind(metric)
                     .bind(unit)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?;
                     Ok(id)
                 }
@@ -297,7 +297,7 @@ macro_rules! device_store {
                     .bind(&credentials.username)
                     .bind(&credentials.secret_hash)
                     .bind(Utc::now())
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }

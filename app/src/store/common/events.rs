@@ -78,7 +78,7 @@ macro_rules! event_log_store {
                          AND id < (SELECT max(id) FROM events)",
                     )
                     .bind(Micros(before))
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(result.rows_affected())
                 }

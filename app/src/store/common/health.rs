@@ -4,7 +4,8 @@
 
 /// Implements `Store` for `$store` (the `Backend::$backend`), whose migrations are embedded from
 /// `$migrations`. The backend provides `fn health_pool(&self) -> &Pool<_>`, the pool that
-/// answers pings and migration checks, and `const MIGRATIONS_TABLE_EXISTS: &str`, a query that
+/// answers pings and migration checks, `fn writer(&self) -> &Pool<_>`, the pool that writes
+/// (every domain's writing statements and transactions go to it), and `const MIGRATIONS_TABLE_EXISTS: &str`, a query that
 /// yields whether `_sqlx_migrations` exists, as a boolean.
 macro_rules! sql_store {
     ($store:ty, $backend:ident, $migrations:literal) => {
@@ -41,7 +42,7 @@ macro_rules! sql_store {
                 }
 
                 async fn migrate(&self) -> StoreResult<MigrationStatus> {
-                    lenient_migrator().run(&self.pool).await?;
+                    lenient_migrator().run(self.writer()).await?;
                     self.migration_status().await
                 }
 

@@ -34,7 +34,7 @@ macro_rules! settings_store {
                     .bind(key)
                     .bind(value)
                     .bind(Utc::now())
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }

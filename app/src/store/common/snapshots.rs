@@ -27,7 +27,7 @@ macro_rules! snapshot_store {
                     replace: bool,
                 ) -> StoreResult<()> {
                     self.prepare_import(snapshot).await?;
-                    $import(&self.pool, dir, snapshot, replace).await
+                    $import(self.writer(), dir, snapshot, replace).await
                 }
 
                 async fn tables_outside_snapshots(&self) -> StoreResult<Vec<String>> {

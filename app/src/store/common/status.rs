@@ -100,7 +100,7 @@ macro_rules! status_store {
                     .bind(status.last_seen_at)
                     .bind(i64::from(status.consecutive_failures))
                     .bind(status.changed_at)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }
@@ -132,7 +132,7 @@ macro_rules! status_store {
                         .bind(opt_id(n.device_id))
                         .bind(&n.message)
                         .bind(Utc::now())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(self.writer())
                         .await?
                     {
                         return Ok(row.into());
@@ -179,7 +179,7 @@ macro_rules! status_store {
                     .bind(Utc::now())
                     .bind(by)
                     .bind(Id(id))
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.writer())
                     .await?;
                     Ok(row.into())
                 }
@@ -193,7 +193,7 @@ macro_rules! status_store {
                     .bind(Utc::now())
                     .bind(kind)
                     .bind(Id(device_id))
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(result.rows_affected() > 0)
                 }

@@ -65,6 +65,11 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// PostgreSQL lets many connections write at once: the writer is the main pool.
+    pub fn writer(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 sql_store!(PostgresStore, Postgres, "../migrations/postgres");

@@ -13,7 +13,7 @@ impl SqliteStore {
     /// A transaction that holds SQLite's write lock from its start (`BEGIN IMMEDIATE`), so no
     /// other change to users can come between its owner counts; and the owners before it.
     async fn lock_owners(&self) -> StoreResult<(sqlx::Transaction<'static, sqlx::Sqlite>, i64)> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let owners: i64 = sqlx::query_scalar(ENABLED_OWNERS)
             .fetch_one(&mut *tx)
             .await?;

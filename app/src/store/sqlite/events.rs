@@ -14,7 +14,7 @@ impl SqliteStore {
     /// Multi-row statements in one transaction, in order: ids follow the order of `events`.
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {
         let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer().begin().await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let sql = multi_row_insert(
                 "INSERT INTO events (created_at, kind, data) VALUES ",

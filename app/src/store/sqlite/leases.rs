@@ -21,7 +21,7 @@ impl SqliteStore {
     ) -> StoreResult<Vec<String>> {
         let now = micros(Utc::now());
         let expires = now + ttl.as_micros() as i64;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer().begin().await?;
         let mut held = Vec::with_capacity(names.len());
         for name in names {
             let row: Option<String> = sqlx::query_scalar(
@@ -44,7 +44,7 @@ impl SqliteStore {
     }
 
     async fn give_up_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer().begin().await?;
         for name in names {
             sqlx::query("DELETE FROM leases WHERE holder = $1 AND name = $2")
                 .bind(holder)

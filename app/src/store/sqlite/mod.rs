@@ -28,8 +28,19 @@ use sqlx::sqlite::{
 use super::common::health::sql_store;
 use super::{token_cache, CurrentMigrations, StoreError, StoreResult};
 
+/// Two pools on one file. SQLite lets one connection write at a time; a writer that finds the
+/// lock taken sleeps in SQLite's busy handler (1, 2, 5 … up to 100 ms a retry) *holding a pooled
+/// connection*. With one shared pool, a burst of writes (thousands of devices' status changes,
+/// the batch writer, the event log) took every connection, reads queued behind them for seconds,
+/// and the sleeping writers left the lock idle between retries. So every write goes through
+/// `writer`, one connection, where writes wait their turn in the pool's fair queue without
+/// holding anything; reads go through `pool`, read-only connections (a write sent there by
+/// mistake fails loudly), which WAL mode never blocks on the writer.
 pub struct SqliteStore {
+    /// Read-only connections for every read.
     pool: SqlitePool,
+    /// The one connection that writes (statements and transactions).
+    writer: SqlitePool,
     migrations: CurrentMigrations,
     tokens: token_cache::TokenCache,
 }
@@ -55,19 +66,35 @@ impl SqliteStore {
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
             .map_err(|e| StoreError::Unavailable(format!("invalid SQLite path: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before it returns, so an MQTT message acknowledged after
             // its batch committed survives a power cut, not only a crash (NORMAL syncs the WAL
             // at checkpoints only). One fsync per commit; the writer batches (docs/durability.md).
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Only another process (a `ddms` command beside the service) can hold the write
+            // lock against `writer`; inside this one, writes queue for the writer connection.
             .busy_timeout(busy_timeout.max(Duration::from_secs(5)))
             // ~64 MiB of page cache: inserts slow down sharply once the index outgrows it.
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory");
+        let unavailable =
+            |e: sqlx::Error| StoreError::Unavailable(format!("cannot open {path}: {e}"));
+        // First the writer: it creates the file and puts it in WAL mode (which the file keeps).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // How long a write waits for its turn, as long as SQLite would have waited for the
+            // lock (`database.busy_timeout`).
+            .acquire_timeout(busy_timeout.max(Duration::from_secs(5)))
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .map_err(unavailable)?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(2))
+            .max_connections(max_connections.max(2) - 1)
             // Each connection keeps its own page cache (up to cache_size): connections opened
             // for a burst of requests would keep tens of MiB after it. Opening one again costs
             // about a millisecond.
@@ -77,18 +104,25 @@ impl SqliteStore {
             // pool never shrinks back. A bounded lifetime retires them; the pool reopens only as
             // many as the traffic needs.
             .max_lifetime(SQLITE_MAX_LIFETIME)
-            .connect_with(options)
+            .connect_with(options.read_only(true))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {path}: {e}")))?;
+            .map_err(unavailable)?;
         Ok(SqliteStore {
             pool,
+            writer,
             migrations: CurrentMigrations::default(),
             tokens: Default::default(),
         })
     }
 
+    /// The read-only connections.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The one connection that writes.
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 }
 
@@ -121,7 +155,7 @@ fn micros(ts: DateTime<Utc>) -> i64 {
 sql_store!(SqliteStore, Sqlite, "../migrations/sqlite");
 
 impl SqliteStore {
-    /// SQLite has one pool.
+    /// Pings and migration checks only read: the read-only pool, which writes never hold up.
     fn health_pool(&self) -> &SqlitePool {
         &self.pool
     }

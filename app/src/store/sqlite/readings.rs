@@ -67,7 +67,7 @@ impl SqliteStore {
         // are what the rollups add. Only the duplicate is ignored (`ON CONFLICT … DO NOTHING`,
         // not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL or a CHECK and
         // report the batch as stored).
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer().begin().await?;
         let mut new = Vec::with_capacity(readings.len());
         let full_chunk_sql = multi_row_insert(
             "INSERT INTO readings (series_id, ts, value) VALUES ",
@@ -169,7 +169,7 @@ impl SqliteStore {
                         .bind(id)
                         .bind(from)
                         .bind(to)
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await?
                         .rows_affected();
                 from = to;
@@ -183,7 +183,7 @@ impl SqliteStore {
                 ))
                 .bind(id)
                 .bind(micros(step.bucket(before)))
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?
                 .rows_affected();
                 match step {
