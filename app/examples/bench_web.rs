@@ -2,7 +2,7 @@
 //! instance (release binary, SQLite, nothing else installed) while it ingests.
 //!
 //! Ingest load in both: `--devices` simulated Modbus devices (ddms' own simulator, in this
-//! process) with two registers each, polled every `--interval-ms`.
+//! process) with two registers each (plus `--extra-registers`), polled every `--interval-ms`.
 //!
 //! * `sse`: `--clients` concurrent `/api/stream` clients (plain TCP, HTTP/1.1, like browsers'
 //!   EventSource) held open for `--seconds`. Every tenth client parses its events; event lag =
@@ -18,7 +18,7 @@
 //!   real amounts of data.
 //!
 //! Usage: bench_web sse|api --ddms PATH [--devices N] [--interval-ms I] [--seconds S]
-//!        [--clients N] [--rate R] [--history-devices N] [--out FILE]
+//!        [--clients N] [--rate R] [--history-devices N] [--extra-registers N] [--out FILE]
 
 #[path = "common/driver.rs"]
 mod driver;
@@ -48,6 +48,7 @@ struct Args {
     clients: usize,
     rate: u64,
     history_devices: usize,
+    extra_registers: usize,
     out: String,
 }
 
@@ -67,6 +68,7 @@ fn parse_args() -> Result<Args> {
         clients: 1000,
         rate: 500,
         history_devices: 20,
+        extra_registers: 0,
         out: String::new(),
     };
     while let Some(flag) = it.next() {
@@ -79,6 +81,7 @@ fn parse_args() -> Result<Args> {
             "--clients" => args.clients = value()?.parse()?,
             "--rate" => args.rate = value()?.parse()?,
             "--history-devices" => args.history_devices = value()?.parse()?,
+            "--extra-registers" => args.extra_registers = value()?.parse()?,
             "--out" => args.out = value()?,
             other => bail!("unknown argument {other}"),
         }
@@ -104,7 +107,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-fn registers() -> Vec<SimulatedRegister> {
+/// `temperature` and `pressure`, then `extra` more holding registers (`r2`, `r3`, …; two
+/// words each, one read with the temperature's) for a heavier ingest from the same devices.
+fn registers(extra: usize) -> Vec<SimulatedRegister> {
     let mut temperature =
         RegisterSpec::new("temperature", RegisterKind::Holding, 0, ValueType::F32);
     temperature.unit = Some("°C".into());
@@ -126,6 +131,23 @@ fn registers() -> Vec<SimulatedRegister> {
             },
         ),
     ]
+    .into_iter()
+    .chain((0..extra).map(|i| {
+        SimulatedRegister::new(
+            RegisterSpec::new(
+                &format!("r{}", i + 2),
+                RegisterKind::Holding,
+                2 + 2 * i as u16,
+                ValueType::F32,
+            ),
+            Waveform::Sine {
+                mean: i as f64,
+                amplitude: 1.0,
+                period: Duration::from_secs(30),
+            },
+        )
+    }))
+    .collect()
 }
 
 /// Lets this process and the ddms child hold one socket per client.
@@ -183,14 +205,15 @@ async fn start_ddms(ddms: &str, out: &str) -> Result<Instance> {
 async fn ingest_load(
     instance: &Instance,
     devices: usize,
+    extra_registers: usize,
     interval_ms: u64,
 ) -> Result<(Vec<ModbusSimulator>, Vec<String>)> {
     let client = reqwest::Client::new();
-    let specs: Vec<RegisterSpec> = registers().into_iter().map(|r| r.spec).collect();
+    let specs: Vec<RegisterSpec> = registers(extra_registers).into_iter().map(|r| r.spec).collect();
     let mut simulators = Vec::with_capacity(devices);
     let mut ids = Vec::with_capacity(devices);
     for i in 0..devices {
-        let simulator = ModbusSimulator::start(registers()).await?;
+        let simulator = ModbusSimulator::start(registers(extra_registers)).await?;
         let body = json!({
             "name": format!("bench-{i:05}"), "protocol": "modbus", "group": format!("line-{}", i % 5),
             "modbus": {"host": "127.0.0.1", "port": simulator.port(), "unit_id": 1,
@@ -438,7 +461,7 @@ async fn bench_api(args: &Args, instance: &Instance, ids: &[String]) -> Result<V
         started.elapsed().as_secs_f64()
     );
     let expected =
-        args.devices as f64 * registers().len() as f64 * 1000.0 / args.interval_ms as f64;
+        args.devices as f64 * registers(args.extra_registers).len() as f64 * 1000.0 / args.interval_ms as f64;
     steady_ingest(instance, expected, "after the history was seeded").await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -571,13 +594,13 @@ async fn main() -> Result<()> {
     raise_fd_limit(args.clients as u64 * 2 + 4096);
     let name = if args.mode == Mode::Sse { "sse" } else { "api" };
     let mut instance = start_ddms(&args.ddms, &args.out).await?;
-    let (simulators, ids) = ingest_load(&instance, args.devices, args.interval_ms).await?;
+    let (simulators, ids) = ingest_load(&instance, args.devices, args.extra_registers, args.interval_ms).await?;
     println!(
         "bench {name}: {} Modbus devices polled every {} ms",
         args.devices, args.interval_ms
     );
     let expected =
-        args.devices as f64 * registers().len() as f64 * 1000.0 / args.interval_ms as f64;
+        args.devices as f64 * registers(args.extra_registers).len() as f64 * 1000.0 / args.interval_ms as f64;
     steady_ingest(&instance, expected, "after the devices were created").await?;
     let summary = match args.mode {
         Mode::Sse => bench_sse(&args, &instance).await?,
