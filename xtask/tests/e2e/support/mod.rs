@@ -11,6 +11,7 @@
 
 pub mod ansible;
 pub mod cluster;
+pub mod ddms_binary;
 pub mod release;
 pub mod wait;
 
