@@ -31,9 +31,8 @@ pub(super) fn killed_deploy(fleet: &Fleet) -> Result<String> {
         .stderr(Stdio::null())
         .process_group(0);
     let mut child = cmd.spawn()?;
-    // Kill it while the first host's activate holds its lock and is under way — it has started
-    // the new release in the idle slot — as a cancelled CI job would be killed: the whole
-    // process group at once.
+    // Kill it while the first host's activate holds its lock and is under way: it has started
+    // the new release in the idle slot.
     let under_way = wait::until(
         &format!("the deploy to take {}'s lock", HOSTS[0]),
         Duration::from_secs(60),
@@ -67,15 +66,17 @@ pub(super) fn killed_deploy(fleet: &Fleet) -> Result<String> {
         let _ = child.kill();
         return Err(e);
     }
-    let pgid = child.id() as i32;
-    kill_group(pgid)?;
-    let _ = child.wait();
-    // The host-side deploy dies with it (a runner whose VM went away): SIGKILL, so its lock
-    // is left behind until the TTL.
+    // The host-side deploy dies (a runner whose VM went away): SIGKILL, so its lock is left
+    // behind until the TTL. It goes first: killed after the local deploy, it saw its ssh session
+    // end (a hangup), took the way back and released its lock before the kill arrived.
     let killed_remote = fleet.cluster.ssh_ok(
         HOSTS[0],
         "pids=$(pgrep -f '[r]elease activate' || true); [ -n \"$pids\" ] && kill -KILL $pids; echo \"$pids\"",
     )?;
+    // Then the deploy, as a cancelled CI job is killed: the whole process group at once.
+    let pgid = child.id() as i32;
+    kill_group(pgid)?;
+    let _ = child.wait();
     let killed_at = Instant::now();
     // The dead deploy's lease is still there, valid until its TTL runs out.
     let lease = fleet
