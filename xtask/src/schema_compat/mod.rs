@@ -4,12 +4,17 @@
 //! release's binary must keep reading and writing on the new schema. This builds the previous
 //! release's `ddms` from its own tree ([`previous`] says which release that is), migrates a
 //! fresh database with the new `ddms`, and runs the window ([`scenario`]) on SQLite and
-//! PostgreSQL. Its static half is the migrations lint (xtask/src/tidy/migrations.rs).
+//! PostgreSQL. Its static half is the migrations lint (xtask/src/tidy/migrations.rs). Its
+//! tests (`tests.rs`) show the window failing on a destructive change.
 
 mod previous;
 mod scenario;
 mod services;
+#[cfg(test)]
+mod tests;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -60,44 +65,14 @@ pub fn run(sh: &Shell, options: &Options) -> Result<()> {
 
     for &backend in &options.backends {
         let started = Instant::now();
-        let dir = std::env::temp_dir().join(format!(
-            "ddms-schema-compat-{backend:?}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let result = (|| {
-            let postgres = match backend {
-                Backend::Postgres => Some(Postgres::start(&dir.join("postgres"))?),
-                Backend::Sqlite => None,
-            };
-            let database_url = match &postgres {
-                Some(pg) => pg.url(),
-                None => format!("sqlite://{}", dir.join("ddms.db").display()),
-            };
-            let ddms = |label: &str, binary: &std::path::Path| Ddms {
-                label: label.to_string(),
-                binary: binary.to_path_buf(),
-                dir: dir.clone(),
-                database_url: database_url.clone(),
-                provisioning_token: "schema-compat-provisioning-token".into(),
-            };
-            let folder = match backend {
-                Backend::Sqlite => "migrations/sqlite",
-                Backend::Postgres => "migrations/postgres",
-            };
-            let migrations = sh
-                .read_dir(folder)?
-                .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-                .count();
+        let migrations = migration_files(sh, backend)?;
+        let result = Database::fresh(backend).and_then(|database| {
             scenario::run(
-                &ddms("old", &old_binary),
-                &ddms("new", &new_binary),
+                &database.ddms("old", &old_binary),
+                &database.ddms("new", &new_binary),
                 migrations,
             )
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
+        });
         result.with_context(|| {
             format!(
                 "the previous release ({}) does not work on the schema the new release \
@@ -114,4 +89,79 @@ pub fn run(sh: &Shell, options: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How many migration files the tree holds for `backend`.
+fn migration_files(sh: &Shell, backend: Backend) -> Result<usize> {
+    let folder = match backend {
+        Backend::Sqlite => "migrations/sqlite",
+        Backend::Postgres => "migrations/postgres",
+    };
+    Ok(sh
+        .read_dir(folder)?
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .count())
+}
+
+/// A fresh, empty database of one backend — a SQLite file, or a PostgreSQL of its own — in a
+/// temporary directory that goes with it.
+struct Database {
+    dir: PathBuf,
+    postgres: Option<Postgres>,
+    url: String,
+}
+
+impl Database {
+    fn fresh(backend: Backend) -> Result<Database> {
+        // Unique within the process too: the tests make databases side by side.
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ddms-schema-compat-{backend:?}-{}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        // From here on, Drop removes the directory.
+        let mut database = Database {
+            dir,
+            postgres: None,
+            url: String::new(),
+        };
+        match backend {
+            Backend::Postgres => {
+                let postgres = Postgres::start(&database.dir.join("postgres"))?;
+                database.url = postgres.url();
+                database.postgres = Some(postgres);
+            }
+            Backend::Sqlite => {
+                database.url = format!("sqlite://{}", database.sqlite_file().display());
+            }
+        }
+        Ok(database)
+    }
+
+    fn sqlite_file(&self) -> PathBuf {
+        self.dir.join("ddms.db")
+    }
+
+    /// `binary` configured for this database, `label` in the scenario's messages and logs.
+    fn ddms(&self, label: &str, binary: &Path) -> Ddms {
+        Ddms {
+            label: label.to_string(),
+            binary: binary.to_path_buf(),
+            dir: self.dir.clone(),
+            database_url: self.url.clone(),
+            provisioning_token: "schema-compat-provisioning-token".into(),
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // PostgreSQL stops before its files go.
+        drop(self.postgres.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -275,6 +275,9 @@ pub fn publish(credentials: &serde_json::Value, topic: &str, payloads: &[String]
     Ok(())
 }
 
+/// The database the window runs on, in [`Postgres`].
+pub const DATABASE: &str = "ddms_compat";
+
 /// A PostgreSQL of its own in a temporary directory (initdb, trust authentication on
 /// loopback), as the integration tests start it without Docker (app/tests/support/services.rs);
 /// run as the `postgres` user when xtask runs as root, which PostgreSQL refuses.
@@ -352,35 +355,25 @@ impl Postgres {
                 Ok(())
             },
         )?;
-        postgres.create_database("ddms_compat")?;
+        postgres.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
         Ok(postgres)
     }
 
-    fn create_database(&mut self, name: &str) -> Result<()> {
+    /// Runs `sql` in `database` with psql, as the superuser.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<()> {
         let status = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args([
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qc",
-                &format!("CREATE DATABASE {name}"),
-            ])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", database])
+            .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
             .stdout(Stdio::null())
             .status()
             .context("psql")?;
-        ensure!(status.success(), "CREATE DATABASE {name}: {status}");
+        ensure!(status.success(), "{sql}: {status}");
         Ok(())
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/ddms_compat", self.port)
+        format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
     }
 }
 

@@ -11,12 +11,13 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use crate::fleet::{self, host_record, say, switch_time, Fleet, HOSTS};
 use crate::support::release::{release_tarball, Kind};
-use crate::traffic::{replay, SseLog, Traffic};
+use crate::support::wait::{self, Check};
+use crate::traffic::{replay, LoadStats, SseLog, Traffic};
 
 /// API reads per second offered to each host's nginx: the issue asks for at least 200 served,
 /// and the generator lags its offer a little on a busy machine.
@@ -26,6 +27,13 @@ const MIN_SERVED_PER_HOST: f64 = 200.0;
 const SSE_CLIENTS: usize = 20;
 /// How soon after its host's switch every SSE client must be on the new slot.
 const SSE_MOVE_WITHIN: Duration = Duration::from_secs(10);
+/// Requests each host answers before a deploy starts (and after one, before the load is
+/// judged): about a second of the offered rate, so the deploy runs under load that flows.
+const SERVED_AROUND_A_DEPLOY: u64 = 200;
+/// Events each SSE client receives on its host's new slot before the load stops.
+const EVENTS_ON_THE_NEW_SLOT: usize = 2;
+/// How long the load and the streams may take to get going, or to settle after a deploy.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 struct Outcome {
     name: &'static str,
@@ -118,7 +126,7 @@ fn serving_slots(fleet: &Fleet) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn load_problems(traffic: &crate::traffic::LoadStats) -> Vec<String> {
+fn load_problems(traffic: &LoadStats) -> Vec<String> {
     let mut problems = Vec::new();
     if traffic.failed > 0 {
         problems.push(format!(
@@ -132,6 +140,92 @@ fn load_problems(traffic: &crate::traffic::LoadStats) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Waits until each host has answered [`SERVED_AROUND_A_DEPLOY`] requests more than in `since`
+/// (the load's figures at an earlier point; the default for its start) and every SSE client
+/// has received an event: the load flows through every host.
+fn wait_for_load(traffic: &Traffic, since: &LoadStats) -> Result<()> {
+    let served = |stats: &LoadStats, host: &str| stats.per_host.get(host).copied().unwrap_or(0);
+    wait::until("the load to flow through every host", SETTLE_WITHIN, || {
+        let now = traffic.stats();
+        let mut missing: Vec<String> = HOSTS
+            .iter()
+            .map(|host| (host, served(&now, host) - served(since, host)))
+            .filter(|(_, n)| *n < SERVED_AROUND_A_DEPLOY)
+            .map(|(host, n)| format!("{host} answered {n} of {SERVED_AROUND_A_DEPLOY}"))
+            .collect();
+        for (i, client) in traffic.sse().iter().enumerate() {
+            if client.ids.is_empty() {
+                missing.push(format!(
+                    "client {i} ({}) has no event ({} connects, last end {:?})",
+                    client.host,
+                    client.connects.len(),
+                    client.ends.last()
+                ));
+            }
+        }
+        Ok(if missing.is_empty() {
+            Check::Holds(())
+        } else {
+            Check::Missing(format!(
+                "{}; {} requests failed {:?}",
+                missing.join("; "),
+                now.failed,
+                now.by_kind
+            ))
+        })
+    })
+}
+
+/// Waits until every SSE client has reconnected since its host's switch and received
+/// [`EVENTS_ON_THE_NEW_SLOT`] events on that stream. (How soon it reconnected, and whether it
+/// missed an event, [`check_streams`] judges.)
+fn wait_for_streams_moved(
+    traffic: &Traffic,
+    switches: &BTreeMap<String, (SystemTime, String)>,
+) -> Result<()> {
+    wait::until(
+        &format!("every stream to carry {EVENTS_ON_THE_NEW_SLOT} events on its host's new slot"),
+        SETTLE_WITHIN,
+        || {
+            let mut missing = Vec::new();
+            for (i, client) in traffic.sse().iter().enumerate() {
+                let (switch, _) = &switches[&client.host];
+                let moved = client.connects.iter().position(|t| t >= switch);
+                let events = moved.map(|at| client.ids.len() - client.ids_at_connect[at]);
+                match events {
+                    Some(n) if n >= EVENTS_ON_THE_NEW_SLOT => {}
+                    Some(n) => missing.push(format!(
+                        "client {i} ({}): {n} since it reconnected",
+                        client.host
+                    )),
+                    None => missing.push(format!(
+                        "client {i} ({}) has not reconnected since the switch (last end {:?})",
+                        client.host,
+                        client.ends.last()
+                    )),
+                }
+            }
+            Ok(if missing.is_empty() {
+                Check::Holds(())
+            } else {
+                Check::Missing(missing.join("; "))
+            })
+        },
+    )
+}
+
+/// When each host's traffic moved, and to which slot, from a deploy's report.
+fn switches_in(report: &Value) -> Result<BTreeMap<String, (SystemTime, String)>> {
+    HOSTS
+        .iter()
+        .map(|host| {
+            let record = &host_record(report, host)?["record"];
+            let to_slot = record["to_slot"].as_str().unwrap_or("?").to_string();
+            Ok((host.to_string(), (switch_time(record)?, to_slot)))
+        })
+        .collect()
 }
 
 /// Release `name` under the file name cargo-dist gives its archives, which names the target,
@@ -158,14 +252,15 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
         RATE_PER_HOST,
         SSE_CLIENTS,
     )?;
-    // sleep: to do, not a wait for a condition yet (e2e, not converted): lets the load and the
-    // streams get going before the deploy.
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for_load(&traffic, &LoadStats::default())?;
     let (code, report) = fleet.deploy(&["--artifact", &v2], &FAST)?;
-    // Let every stream resume and carry a few events on the new slots.
-    // sleep: to do, not a wait for a condition yet (e2e, not converted): every stream
-    // reconnected after its host's switch is the condition.
-    std::thread::sleep(Duration::from_secs(4));
+    let deployed = code == 0 && report["result"] == "ok";
+    let switches = switches_in(&report);
+    // Every stream resumes on its host's new slot and carries events there.
+    let streams_moved = match &switches {
+        Ok(switches) if deployed => wait_for_streams_moved(&traffic, switches),
+        _ => Ok(()),
+    };
     let (stats, sse) = traffic.stop();
     ensure!(code == 0, "deploy exited {code}: {}", report["error"]);
     ensure!(report["result"] == "ok", "report: {report}");
@@ -180,12 +275,10 @@ fn v2_under_load(fleet: &Fleet) -> Result<String> {
         ensure!(release == "v2", "{host} installed release {release}");
     }
 
+    let switches = switches?;
     let mut problems = load_problems(&stats);
-    let mut switches = BTreeMap::new();
-    for host in HOSTS {
-        let record = &host_record(&report, host)?["record"];
-        let to_slot = record["to_slot"].as_str().unwrap_or("?").to_string();
-        switches.insert(host.to_string(), (switch_time(record)?, to_slot));
+    if let Err(e) = streams_moved {
+        problems.push(format!("{e:#}"));
     }
     let slots = serving_slots(fleet)?;
     for (host, (_, to_slot)) in &switches {
@@ -326,18 +419,18 @@ fn v3_never_ready(fleet: &Fleet) -> Result<String> {
         RATE_PER_HOST,
         0,
     )?;
-    // sleep: to do, not a wait for a condition yet (e2e, not converted): lets the load get
-    // going before the deploy.
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_load(&traffic, &LoadStats::default())?;
     let mut env = FAST.to_vec();
     env.retain(|(k, _)| *k != "DDMS_RELEASE_READY_TIMEOUT");
     env.push(("DDMS_RELEASE_READY_TIMEOUT", "8"));
     let (code, report) = fleet.deploy(&["--artifact", &v3], &env)?;
-    // sleep: to do, not a wait for a condition yet (e2e, not converted): load after the
-    // aborted deploy, served by the old slots.
-    std::thread::sleep(Duration::from_secs(2));
+    // Load after the aborted deploy, served by the old slots.
+    let served_after = wait_for_load(&traffic, &traffic.stats());
     let (stats, _) = traffic.stop();
     let mut problems = load_problems(&stats);
+    if let Err(e) = served_after {
+        problems.push(format!("after the deploy: {e:#}"));
+    }
     if code == 0 {
         problems.push("deploy exited 0".into());
     }

@@ -18,6 +18,7 @@ use crate::support::ansible::ansible_playbook;
 use crate::support::cluster::Cluster;
 use crate::support::release::{release_tarball, Artifact, Kind};
 use crate::support::run;
+use crate::support::wait::{self, Check};
 use crate::traffic::{self, ModbusDevice, Target};
 
 pub const HOSTS: [&str; 2] = ["ddms1", "ddms2"];
@@ -134,20 +135,18 @@ impl Fleet {
     /// Whether every host's stream carries them is for the scenarios to judge.
     fn wait_for_events(&self, timeout: Duration) -> Result<()> {
         let probe = traffic::Traffic::start(&self.targets, &self.ca_pem, &self.token, 0.0, 2)?;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if probe.sse().iter().any(|c| c.ids.len() >= 3) {
-                probe.stop();
-                return Ok(());
-            }
-            // sleep: the poll interval of this wait with a deadline (the probe's streams carrying events)
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let flowing = wait::until("3 events on a stream", timeout, || {
+            Ok(if probe.sse().iter().any(|c| c.ids.len() >= 3) {
+                Check::Holds(())
+            } else {
+                Check::Missing(format!(
+                    "the Modbus device was read {} times",
+                    self.modbus.reads()
+                ))
+            })
+        });
         let (_, sse) = probe.stop();
-        bail!(
-            "no events within {timeout:?} (the Modbus device was read {} times): {sse:?}",
-            self.modbus.reads()
-        )
+        flowing.with_context(|| format!("the streams: {sse:?}"))
     }
 
     /// `cargo xtask deploy --env e2e --inventory … ARGS` with `env` set; the exit status and the

@@ -105,6 +105,9 @@ pub struct SseLog {
     pub ids: Vec<u64>,
     /// When each stream was established (response headers received).
     pub connects: Vec<SystemTime>,
+    /// How many of `ids` had arrived when each stream of `connects` was established: the
+    /// events a stream carried are those received after it.
+    pub ids_at_connect: Vec<usize>,
     /// When and how each stream ended.
     pub ends: Vec<(SystemTime, String)>,
     /// `id:` values that were not integers, or that did not increase.
@@ -372,7 +375,12 @@ async fn sse_loop(
         }
         let ended = match request.send().await {
             Ok(response) if response.status().is_success() => {
-                log.lock().unwrap().connects.push(SystemTime::now());
+                {
+                    let mut log = log.lock().unwrap();
+                    let received = log.ids.len();
+                    log.ids_at_connect.push(received);
+                    log.connects.push(SystemTime::now());
+                }
                 read_events(response, &stop, &log, &mut last_id, &mut retry).await
             }
             Ok(response) => format!("status {}", response.status()),

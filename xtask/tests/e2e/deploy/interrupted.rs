@@ -3,8 +3,16 @@
 
 use super::*;
 
+/// Shell that prints a line per slot of a host: its name, the release its link points to
+/// (`../releases/<name>`), and whether the process its pid file names runs.
+const SLOTS: &str = "for slot in blue green; do \
+     pid=$(cat /var/lib/ddms/$slot.pid 2>/dev/null); \
+     if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then up=running; else up=stopped; fi; \
+     echo \"$slot $(readlink /opt/ddms/slots/$slot) $up\"; done";
+
 pub(super) fn killed_deploy(fleet: &Fleet) -> Result<String> {
-    let v6 = artifact(fleet, "v6", Kind::Good)?;
+    let release = "v6";
+    let v6 = artifact(fleet, release, Kind::Good)?;
     // Long enough that the next deploy reaches the host while the dead one's lease is valid.
     let ttl = 20u64;
     let ttl_s = ttl.to_string();
@@ -23,36 +31,52 @@ pub(super) fn killed_deploy(fleet: &Fleet) -> Result<String> {
         .stderr(Stdio::null())
         .process_group(0);
     let mut child = cmd.spawn()?;
-    // Kill it while the first host's activate holds its lock, as a cancelled CI job would be
-    // killed: the whole process group at once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lock = fleet.cluster.ssh_ok(
-            HOSTS[0],
-            "cat /var/lib/ddms/deploy.lock 2>/dev/null || true",
-        )?;
-        if lock.contains("e2e-killed") {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the deploy never took {}'s lock", HOSTS[0]);
-        }
-        // sleep: the poll interval of this wait with a deadline (the deploy taking the lock)
-        std::thread::sleep(Duration::from_millis(100));
+    // Kill it while the first host's activate holds its lock and is under way: it has started
+    // the new release in the idle slot.
+    let under_way = wait::until(
+        &format!("the deploy to take {}'s lock", HOSTS[0]),
+        Duration::from_secs(60),
+        || {
+            let lock = fleet.cluster.ssh_ok(
+                HOSTS[0],
+                "cat /var/lib/ddms/deploy.lock 2>/dev/null || true",
+            )?;
+            Ok(if lock.contains("e2e-killed") {
+                Check::Holds(())
+            } else {
+                Check::Missing(format!("the lock file holds {lock:?}"))
+            })
+        },
+    )
+    .and_then(|()| {
+        wait::until(
+            &format!("the activate on {} to start {release} in a slot", HOSTS[0]),
+            Duration::from_secs(60),
+            || {
+                let slots = fleet.cluster.ssh_ok(HOSTS[0], SLOTS)?;
+                Ok(if slots.contains(&format!("/{release} running")) {
+                    Check::Holds(())
+                } else {
+                    Check::Missing(format!("slots: {}", slots.trim().replace('\n', "; ")))
+                })
+            },
+        )
+    });
+    if let Err(e) = under_way {
+        let _ = child.kill();
+        return Err(e);
     }
-    // sleep: to do, not a wait for a condition yet (e2e, not converted): lets the activate get
-    // further than taking the lock before the kill.
-    std::thread::sleep(Duration::from_secs(2));
-    let pgid = child.id() as i32;
-    kill_group(pgid)?;
-    let _ = child.wait();
-    // The host-side deploy dies with it (a runner whose VM went away): SIGKILL, so its lock
-    // is left behind until the TTL.
+    // The host-side deploy dies (a runner whose VM went away): SIGKILL, so its lock is left
+    // behind until the TTL. It goes first: killed after the local deploy, it saw its ssh session
+    // end (a hangup), took the way back and released its lock before the kill arrived.
     let killed_remote = fleet.cluster.ssh_ok(
         HOSTS[0],
         "pids=$(pgrep -f '[r]elease activate' || true); [ -n \"$pids\" ] && kill -KILL $pids; echo \"$pids\"",
     )?;
+    // Then the deploy, as a cancelled CI job is killed: the whole process group at once.
+    let pgid = child.id() as i32;
+    kill_group(pgid)?;
+    let _ = child.wait();
     let killed_at = Instant::now();
     // The dead deploy's lease is still there, valid until its TTL runs out.
     let lease = fleet

@@ -1,6 +1,7 @@
 //! The end-to-end harness: Debian "hosts" in Docker containers reached over ssh
 //! ([`cluster`]), release tarballs of the real `ddms` binary and of misbehaving wrappers around
-//! it ([`release`]), and `ansible-playbook` runs with their PLAY RECAP parsed ([`ansible`]).
+//! it ([`release`]), and `ansible-playbook` runs with their PLAY RECAP parsed ([`ansible`]);
+//! the tests wait for conditions with [`wait`].
 //!
 //! The API is shared with other end-to-end tests (the deploy scenarios): add to it, do not
 //! rename.
@@ -10,7 +11,9 @@
 
 pub mod ansible;
 pub mod cluster;
+pub mod ddms_binary;
 pub mod release;
+pub mod wait;
 
 // The integration tests' port allocator (below the ephemeral range, never the same port twice).
 #[path = "../../../../app/tests/support/ports.rs"]

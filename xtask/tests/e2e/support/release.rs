@@ -7,11 +7,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
+pub use super::ddms_binary::ddms_binary;
 use super::{project_root, run};
 
 /// A release tarball and its published checksum.
@@ -153,55 +153,4 @@ pub fn release_tarball(dir: &Path, version: &str, kind: Kind) -> Result<Artifact
         version_output,
         version: bare_version,
     })
-}
-
-/// The `ddms` debug binary cargo built for the workspace tests: `<target>/debug/ddms`, found
-/// from this test binary (`<target>/debug/deps/e2e-…`). When it is missing (only the xtask
-/// crate was built), it is built with `cargo build -p ddms` into a target dir of its own, as
-/// the running `cargo test` holds the lock of the usual one.
-pub fn ddms_binary() -> Result<&'static Path> {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(path) = BINARY.get() {
-        return Ok(path);
-    }
-    // A release build when the caller has one (`cargo xtask test` does): the deploy scenarios
-    // put hundreds of requests a second through each host.
-    if let Some(path) = std::env::var_os("DDMS_E2E_DDMS").map(PathBuf::from) {
-        ensure!(
-            path.is_file(),
-            "DDMS_E2E_DDMS={} is not a file",
-            path.display()
-        );
-        return Ok(BINARY.get_or_init(|| path));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary lives in <target>/<profile>/deps")?;
-    let mut candidate = profile_dir.join("ddms");
-    if !candidate.is_file() {
-        let target = profile_dir
-            .parent()
-            .context("<target>/<profile>")?
-            .join("e2e-ddms");
-        eprintln!(
-            "e2e: {} is missing; building it into {}",
-            candidate.display(),
-            target.display()
-        );
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo)
-            .args(["build", "-p", "ddms", "--target-dir"])
-            .arg(&target)
-            .current_dir(project_root()))?;
-        candidate = target.join("debug").join("ddms");
-        if !candidate.is_file() {
-            bail!(
-                "cargo build -p ddms did not produce {}",
-                candidate.display()
-            );
-        }
-    }
-    Ok(BINARY.get_or_init(|| candidate))
 }
