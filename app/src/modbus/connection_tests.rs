@@ -14,13 +14,7 @@ use crate::modbus::{ModbusSimulator, SimulatedRegister, ValueType};
 
 fn registers() -> Vec<SimulatedRegister> {
     constant_registers(&[
-        (
-            "temperature",
-            RegisterKind::Holding,
-            2,
-            ValueType::F32,
-            21.5,
-        ),
+        ("temp", RegisterKind::Holding, 2, ValueType::F32, 21.5),
         ("flow", RegisterKind::Input, 1, ValueType::U16, 417.0),
         ("pump", RegisterKind::Coil, 9, ValueType::Bool, 1.0),
         ("door", RegisterKind::Discrete, 0, ValueType::Bool, 1.0),

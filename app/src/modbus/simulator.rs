@@ -598,13 +598,7 @@ mod tests {
 
     fn registers() -> Vec<SimulatedRegister> {
         constant_registers(&[
-            (
-                "temperature",
-                RegisterKind::Holding,
-                2,
-                ValueType::F32,
-                21.5,
-            ),
+            ("temp", RegisterKind::Holding, 2, ValueType::F32, 21.5),
             ("pump", RegisterKind::Coil, 1, ValueType::Bool, 1.0),
         ])
     }
