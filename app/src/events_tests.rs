@@ -33,26 +33,26 @@ fn surfaced_events_reach_live_subscribers_once_and_in_order() {
     assert_eq!(ids, [1, 2, 3]);
 }
 
+/// What a stream resuming after event `after` is given by a hub that holds at most `capacity`
+/// events and has surfaced events 1 to `newest`: the span to read from the log, and the ids
+/// replayed from the buffer.
+fn resume(capacity: usize, newest: i64, after: u64) -> (Option<(u64, u64)>, Vec<u64>) {
+    let (hub, _outbox) = EventHub::new(capacity);
+    hub.start_at(0);
+    hub.surface((1..=newest).map(stored).collect());
+    let pending = hub.begin(Some(after));
+    let ids = pending.buffered.iter().map(|e| e.id).collect();
+    (pending.from_log, ids)
+}
+
 #[test]
 fn resume_within_the_buffer_replays_only_later_events() {
-    let (hub, _outbox) = EventHub::new(10);
-    hub.start_at(0);
-    hub.surface((1..=5).map(stored).collect());
-    let pending = hub.begin(Some(3));
-    let ids: Vec<u64> = pending.buffered.iter().map(|e| e.id).collect();
-    assert_eq!(ids, [4, 5]);
-    assert_eq!(pending.from_log, None);
+    assert_eq!(resume(10, 5, 3), (None, vec![4, 5]));
 }
 
 #[test]
 fn resume_from_before_the_buffer_reads_the_gap_from_the_log() {
-    let (hub, _outbox) = EventHub::new(3);
-    hub.start_at(0);
-    hub.surface((1..=10).map(stored).collect());
-    let pending = hub.begin(Some(2));
-    assert_eq!(pending.from_log, Some((2, 7)));
-    let ids: Vec<u64> = pending.buffered.iter().map(|e| e.id).collect();
-    assert_eq!(ids, [8, 9, 10]);
+    assert_eq!(resume(3, 10, 2), (Some((2, 7)), vec![8, 9, 10]));
 }
 
 #[test]
@@ -188,6 +188,16 @@ const DOCUMENTED_MAX_REPLAY: u64 = 5_000;
 const DOCUMENTED_MAX_BUFFER_BYTES: usize = 4 << 20;
 const DOCUMENTED_MAX_CONCURRENT_REPLAYS: usize = 32;
 
+/// A subscription told to start over (a `reset` event) instead of given a replay.
+fn assert_reset(subscription: &Subscription, why: &str) {
+    assert!(subscription.gap, "{why}: no reset");
+    assert!(
+        subscription.replay.is_empty(),
+        "{why}: {} events replayed",
+        subscription.replay.len()
+    );
+}
+
 #[tokio::test]
 async fn a_client_too_far_behind_gets_a_reset_instead_of_a_replay() {
     let (_dir, store) = store().await;
@@ -196,12 +206,7 @@ async fn a_client_too_far_behind_gets_a_reset_instead_of_a_replay() {
     hub.start_at(0);
     hub.surface((1..=DOCUMENTED_MAX_REPLAY as i64 + 2).map(stored).collect());
     let behind = hub.subscribe(&store, Some(1)).await;
-    assert!(behind.gap, "more than the cap behind: reset");
-    assert!(
-        behind.replay.is_empty(),
-        "{} events replayed past the cap",
-        behind.replay.len()
-    );
+    assert_reset(&behind, "more than the cap behind");
     drop(behind);
     let within = hub.subscribe(&store, Some(2)).await;
     assert!(!within.gap);
@@ -224,12 +229,7 @@ async fn replays_at_once_are_bounded_and_the_next_one_gets_a_reset() {
         replaying.push(subscription);
     }
     let one_more = hub.subscribe(&store, Some(10)).await;
-    assert!(one_more.gap, "no turn within the wait: reset");
-    assert!(
-        one_more.replay.is_empty(),
-        "a replay beyond the concurrent limit: {} events",
-        one_more.replay.len()
-    );
+    assert_reset(&one_more, "no turn within the wait");
     // A client that is up to date needs no turn.
     let current = hub.subscribe(&store, Some(50)).await;
     assert!(!current.gap);

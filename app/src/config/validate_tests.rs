@@ -4,17 +4,18 @@ use std::time::Duration;
 
 use crate::config::from_toml;
 
+/// The error of a configuration that must not load.
+fn error_of(text: &str) -> String {
+    from_toml(text).unwrap_err().to_string()
+}
+
 #[test]
 fn dynsec_needs_an_external_broker_and_admin_credentials() {
-    let err = from_toml("[mqtt.dynsec]\nenabled = true\n")
-        .unwrap_err()
-        .to_string();
+    let err = error_of("[mqtt.dynsec]\nenabled = true\n");
     assert!(err.contains("mqtt.dynsec.enabled"), "{err}");
-    let err = from_toml(
+    let err = error_of(
         "[mqtt]\nmode = \"external\"\nurl = \"mqtt://b\"\n[mqtt.dynsec]\nenabled = true\nusername = \"admin\"\n",
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.contains("mqtt.dynsec.password"), "{err}");
     let config = from_toml(
         "[mqtt]\nmode = \"external\"\nurl = \"mqtt://b\"\n[mqtt.dynsec]\nenabled = true\nusername = \"admin\"\npassword = \"s3cr3t-admin\"\n",
@@ -26,13 +27,9 @@ fn dynsec_needs_an_external_broker_and_admin_credentials() {
 
 #[test]
 fn mqtt_offline_after_and_client_id_are_checked() {
-    let err = from_toml("[mqtt]\noffline_after = 0\n")
-        .unwrap_err()
-        .to_string();
+    let err = error_of("[mqtt]\noffline_after = 0\n");
     assert!(err.contains("mqtt.offline_after"), "{err}");
-    let err = from_toml("[mqtt]\nclient_id = \"ddms/#\"\n")
-        .unwrap_err()
-        .to_string();
+    let err = error_of("[mqtt]\nclient_id = \"ddms/#\"\n");
     assert!(err.contains("mqtt.client_id"), "{err}");
 }
 
@@ -73,7 +70,7 @@ fn web_security_settings_are_checked_and_name_their_key() {
             "http.trusted_proxies",
         ),
     ] {
-        let err = from_toml(text).unwrap_err().to_string();
+        let err = error_of(text);
         assert!(err.contains(key), "{text}: {err}");
     }
     let config = from_toml(
@@ -96,7 +93,7 @@ fn modbus_settings_out_of_range_name_their_key() {
             "modbus.request_timeout_ms",
         ),
     ] {
-        let err = from_toml(text).unwrap_err().to_string();
+        let err = error_of(text);
         assert!(err.contains(key), "{text}: {err}");
     }
     let config = from_toml("[modbus]\nlease_ttl_s = 4\nrequest_timeout_ms = 250\n").unwrap();
@@ -111,7 +108,7 @@ fn a_public_broker_url_devices_cannot_use_is_refused() {
         "[mqtt]\npublic_url = \"mqtts://device:secret@mqtt.example.net\"\n",
         "[mqtt]\npublic_url = \"mqtt://0.0.0.0:1883\"\n",
     ] {
-        let err = from_toml(text).unwrap_err().to_string();
+        let err = error_of(text);
         assert!(err.contains("mqtt.public_url"), "{text}: {err}");
     }
     let config = from_toml("[mqtt]\npublic_url = \"mqtts://mqtt.example.net\"\n").unwrap();
@@ -147,7 +144,7 @@ fn embedded_tls_needs_its_listener_a_certificate_and_a_key() {
         ),
     ];
     for (text, key) in cases {
-        let err = from_toml(&text).unwrap_err().to_string();
+        let err = error_of(&text);
         assert!(err.starts_with(key), "{text}: {err}");
     }
     let config = from_toml(&format!(
@@ -166,55 +163,45 @@ fn embedded_tls_needs_its_listener_a_certificate_and_a_key() {
 /// an operator fixes a configuration in one round rather than one `ddms config check` a mistake.
 #[test]
 fn every_invalid_key_is_reported_at_once() {
-    let err = from_toml(
-        "[database]\nurl = \"mysql://u:pw@x/db\"\n\
-         [http]\nmax_connections = 0\n\
-         [mqtt]\noffline_after = 0\n",
-    )
-    .unwrap_err()
-    .to_string();
-    let keys: Vec<&str> = err
-        .lines()
-        .map(|line| line.split(": ").next().unwrap())
-        .collect();
-    assert_eq!(
-        keys,
-        ["database.url", "http.max_connections", "mqtt.offline_after"],
-        "{err}"
-    );
+    let mixed = "[database]\nurl = \"mysql://u:pw@x/db\"\n\
+                 [http]\nmax_connections = 0\n\
+                 [mqtt]\noffline_after = 0\n";
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            mixed,
+            &["database.url", "http.max_connections", "mqtt.offline_after"],
+        ),
+        // The embedded broker's TLS listener: three problems of one section.
+        (
+            "[mqtt.embedded]\ntls_listen = \"127.0.0.1:1883\"\n",
+            &[
+                "mqtt.embedded.tls.cert",
+                "mqtt.embedded.tls.key",
+                "mqtt.embedded.tls_listen",
+            ],
+        ),
+    ];
+    for (text, keys) in cases {
+        let err = error_of(text);
+        let named: Vec<&str> = err
+            .lines()
+            .map(|line| line.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(named, keys, "{err}");
+    }
+    // Each line names where its value came from, and never a secret.
+    let err = error_of(mixed);
     assert!(err.lines().all(|line| line.contains(" (from ")), "{err}");
     assert!(!err.contains("pw@"), "{err}");
-
-    // The embedded broker's TLS listener: three problems of one section.
-    let err = from_toml("[mqtt.embedded]\ntls_listen = \"127.0.0.1:1883\"\n")
-        .unwrap_err()
-        .to_string();
-    let keys: Vec<&str> = err
-        .lines()
-        .map(|line| line.split(": ").next().unwrap())
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            "mqtt.embedded.tls.cert",
-            "mqtt.embedded.tls.key",
-            "mqtt.embedded.tls_listen"
-        ],
-        "{err}"
-    );
 }
 
 /// A check that compares with a value already refused would only restate that problem.
 #[test]
 fn a_check_on_an_already_invalid_value_is_skipped() {
-    let err = from_toml("[http.session]\nidle_timeout = 0.5\nabsolute_timeout = 0.2\n")
-        .unwrap_err()
-        .to_string();
+    let err = error_of("[http.session]\nidle_timeout = 0.5\nabsolute_timeout = 0.2\n");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("http.session.idle_timeout: "), "{err}");
     // With a valid idle timeout the comparison is made.
-    let err = from_toml("[http.session]\nidle_timeout = 600\nabsolute_timeout = 60\n")
-        .unwrap_err()
-        .to_string();
+    let err = error_of("[http.session]\nidle_timeout = 600\nabsolute_timeout = 60\n");
     assert!(err.starts_with("http.session.absolute_timeout: "), "{err}");
 }

@@ -9,27 +9,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_modbus::ExceptionCode;
 
 use super::*;
-use crate::modbus::{ModbusSimulator, RegisterSpec, SimulatedRegister, ValueType, Waveform};
+use crate::modbus::simulator::constant_registers;
+use crate::modbus::{ModbusSimulator, SimulatedRegister, ValueType};
 
 fn registers() -> Vec<SimulatedRegister> {
-    vec![
-        SimulatedRegister::new(
-            RegisterSpec::new("temperature", RegisterKind::Holding, 2, ValueType::F32),
-            Waveform::Constant(21.5),
-        ),
-        SimulatedRegister::new(
-            RegisterSpec::new("flow", RegisterKind::Input, 1, ValueType::U16),
-            Waveform::Constant(417.0),
-        ),
-        SimulatedRegister::new(
-            RegisterSpec::new("pump", RegisterKind::Coil, 9, ValueType::Bool),
-            Waveform::Constant(1.0),
-        ),
-        SimulatedRegister::new(
-            RegisterSpec::new("door", RegisterKind::Discrete, 0, ValueType::Bool),
-            Waveform::Constant(1.0),
-        ),
-    ]
+    constant_registers(&[
+        ("temp", RegisterKind::Holding, 2, ValueType::F32, 21.5),
+        ("flow", RegisterKind::Input, 1, ValueType::U16, 417.0),
+        ("pump", RegisterKind::Coil, 9, ValueType::Bool, 1.0),
+        ("door", RegisterKind::Discrete, 0, ValueType::Bool, 1.0),
+    ])
 }
 
 async fn connect(addr: std::net::SocketAddr, unit_id: u8) -> ModbusConnection {
@@ -41,41 +30,28 @@ async fn reads_every_kind_from_an_independent_server() {
     let simulator = ModbusSimulator::start(registers()).await.unwrap();
     let mut connection = connect(simulator.addr(), 1).await;
     let f32_21_5 = 21.5_f32.to_bits();
-    assert_eq!(
-        connection
-            .read(RegisterKind::Holding, 0, 5)
-            .await
-            .unwrap()
-            .unwrap(),
-        Answer::Words(vec![0, 0, (f32_21_5 >> 16) as u16, f32_21_5 as u16, 0])
-    );
-    assert_eq!(
-        connection
-            .read(RegisterKind::Input, 1, 1)
-            .await
-            .unwrap()
-            .unwrap(),
-        Answer::Words(vec![417])
-    );
     // 11 coils span two bytes: the padding of the second byte is not returned as coils.
     let mut coils = vec![false; 11];
     coils[9] = true;
-    assert_eq!(
-        connection
-            .read(RegisterKind::Coil, 0, 11)
-            .await
-            .unwrap()
-            .unwrap(),
-        Answer::Bits(coils)
-    );
-    assert_eq!(
-        connection
-            .read(RegisterKind::Discrete, 0, 2)
-            .await
-            .unwrap()
-            .unwrap(),
-        Answer::Bits(vec![true, false])
-    );
+    for (kind, address, count, expected) in [
+        (
+            RegisterKind::Holding,
+            0,
+            5,
+            Answer::Words(vec![0, 0, (f32_21_5 >> 16) as u16, f32_21_5 as u16, 0]),
+        ),
+        (RegisterKind::Input, 1, 1, Answer::Words(vec![417])),
+        (RegisterKind::Coil, 0, 11, Answer::Bits(coils)),
+        (
+            RegisterKind::Discrete,
+            0,
+            2,
+            Answer::Bits(vec![true, false]),
+        ),
+    ] {
+        let answer = connection.read(kind, address, count).await.unwrap();
+        assert_eq!(answer.unwrap(), expected, "{kind:?} {address} x{count}");
+    }
     // The largest read a frame can carry: 125 registers (250 bytes of data).
     let most = connection
         .read(RegisterKind::Holding, 0, 125)
@@ -108,8 +84,9 @@ async fn an_exception_is_the_devices_answer_and_the_connection_goes_on() {
 }
 
 /// A device that answers the first request it receives with `answer` (built from the
-/// request's bytes), then closes.
-async fn device_answering(answer: Answering) -> std::net::SocketAddr {
+/// request's bytes), then holds the connection open until the client is done (`hold_open`: a
+/// fault must come from the frame, not from the connection closing) or closes it at once.
+async fn device_answering(answer: Answering, hold_open: bool) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -117,10 +94,11 @@ async fn device_answering(answer: Answering) -> std::net::SocketAddr {
         let mut request = [0u8; 12];
         stream.read_exact(&mut request).await.unwrap();
         stream.write_all(&answer(&request)).await.unwrap();
-        // Hold the connection open until the client is done: a fault must come from the
-        // frame, not from the connection closing.
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
+        if hold_open {
+            let mut rest = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
+        }
     });
     addr
 }
@@ -143,7 +121,7 @@ async fn first_answer(
     kind: RegisterKind,
     count: u16,
 ) -> Result<Result<Answer, ExceptionCode>, String> {
-    let addr = device_answering(answer).await;
+    let addr = device_answering(answer, true).await;
     let mut connection = connect(addr, 7).await;
     tokio::time::timeout(Duration::from_secs(30), connection.read(kind, 100, count))
         .await
@@ -153,14 +131,17 @@ async fn first_answer(
 
 #[tokio::test]
 async fn the_request_is_a_read_of_the_right_function_unit_address_and_count() {
-    let addr = device_answering(|request| {
-        assert_eq!(
-            request[2..],
-            [0, 0, 0, 6, 7, 0x04, 0, 100, 0, 3],
-            "protocol 0, length 6, unit 7, function 4, start 100, count 3"
-        );
-        frame(request, 0, &[0x04, 6, 0, 1, 0, 2, 0, 3])
-    })
+    let addr = device_answering(
+        |request| {
+            assert_eq!(
+                request[2..],
+                [0, 0, 0, 6, 7, 0x04, 0, 100, 0, 3],
+                "protocol 0, length 6, unit 7, function 4, start 100, count 3"
+            );
+            frame(request, 0, &[0x04, 6, 0, 1, 0, 2, 0, 3])
+        },
+        true,
+    )
     .await;
     let mut connection = connect(addr, 7).await;
     assert_eq!(
@@ -253,16 +234,12 @@ async fn frames_that_break_the_protocol_are_errors_naming_what_is_wrong() {
 
 #[tokio::test]
 async fn a_connection_closed_mid_frame_is_an_error() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = [0u8; 12];
-        stream.read_exact(&mut request).await.unwrap();
-        let whole = frame(&request, 0, &[0x03, 4, 0, 1, 0, 2]);
-        stream.write_all(&whole[..9]).await.unwrap();
-        // Dropping the stream closes the connection two bytes before the frame's end.
-    });
+    // The connection closes two bytes before the frame's end.
+    let addr = device_answering(
+        |request| frame(request, 0, &[0x03, 4, 0, 1, 0, 2])[..9].to_vec(),
+        false,
+    )
+    .await;
     let mut connection = connect(addr, 7).await;
     let read = tokio::time::timeout(
         Duration::from_secs(30),

@@ -494,6 +494,23 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Registers of constant values, each `(metric, kind, address, type, value)`: the devices the
+/// unit tests read.
+#[cfg(test)]
+pub(crate) fn constant_registers(
+    registers: &[(&str, RegisterKind, u16, ValueType, f64)],
+) -> Vec<SimulatedRegister> {
+    registers
+        .iter()
+        .map(|&(metric, kind, address, value_type, value)| {
+            SimulatedRegister::new(
+                RegisterSpec::new(metric, kind, address, value_type),
+                Waveform::Constant(value),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use tokio_modbus::client::{tcp, Reader};
@@ -580,16 +597,10 @@ mod tests {
     }
 
     fn registers() -> Vec<SimulatedRegister> {
-        vec![
-            SimulatedRegister::new(
-                RegisterSpec::new("temperature", RegisterKind::Holding, 2, ValueType::F32),
-                Waveform::Constant(21.5),
-            ),
-            SimulatedRegister::new(
-                RegisterSpec::new("pump", RegisterKind::Coil, 1, ValueType::Bool),
-                Waveform::Constant(1.0),
-            ),
-        ]
+        constant_registers(&[
+            ("temp", RegisterKind::Holding, 2, ValueType::F32, 21.5),
+            ("pump", RegisterKind::Coil, 1, ValueType::Bool, 1.0),
+        ])
     }
 
     #[tokio::test]

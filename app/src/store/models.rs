@@ -1,4 +1,6 @@
-//! Records the store reads and writes; shared by both backends and the HTTP layer.
+//! Records the store reads and writes; shared by both backends and the HTTP layer. A record
+//! read from a table decodes from its row itself (`sqlx::FromRow`; the per-backend column types
+//! it names are in `common`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,10 +9,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::common::{Id, Micros, Nullable};
+
 pub type SeriesId = i64;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Group {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -53,11 +58,14 @@ pub struct NewDevice {
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Device {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub name: String,
+    #[sqlx(try_from = "String")]
     pub protocol: Protocol,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub group_id: Option<Uuid>,
     pub config: serde_json::Value,
     pub enabled: bool,
@@ -70,9 +78,11 @@ pub struct Device {
 /// and read only those devices whole. A few dozen bytes a device, where a whole device with its
 /// configuration as parsed JSON is kilobytes — at 10,000 devices a full listing on every change
 /// made adding devices one by one quadratic in time and memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeviceVersion {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
+    #[sqlx(try_from = "String")]
     pub protocol: Protocol,
     pub enabled: bool,
     pub updated_at: DateTime<Utc>,
@@ -85,8 +95,9 @@ pub struct Reading {
     pub value: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Point {
+    #[sqlx(try_from = "Micros")]
     pub ts: DateTime<Utc>,
     pub value: f64,
 }
@@ -160,11 +171,13 @@ impl Bucket {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct LatestReading {
+    #[sqlx(rename = "id")]
     pub series: SeriesId,
     pub metric: String,
     pub unit: Option<String>,
+    #[sqlx(try_from = "Micros")]
     pub ts: DateTime<Utc>,
     pub value: f64,
 }
@@ -220,12 +233,14 @@ pub struct NewUser {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct User {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub username: String,
     #[serde(skip)]
     pub password_hash: String,
+    #[sqlx(try_from = "String")]
     pub role: Role,
     pub created_at: DateTime<Utc>,
     /// Set when an owner disabled the user: no login, no session.
@@ -259,12 +274,17 @@ pub struct NewSession {
     pub remote_addr: Option<String>,
 }
 
-/// A stored session with its user as it is now (role changes apply at once).
-#[derive(Debug, Clone)]
+/// A stored session with its user as it is now (role changes apply at once). Read from the
+/// session joined with its user, whose `created_at` keeps its name (the session's is
+/// `s_created_at`).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionRecord {
     pub id_hash: String,
+    #[sqlx(flatten)]
     pub user: User,
+    #[sqlx(rename = "csrf_token")]
     pub csrf_hash: String,
+    #[sqlx(rename = "s_created_at")]
     pub created_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -277,10 +297,12 @@ pub struct NewApiToken {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ApiToken {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub name: String,
+    #[sqlx(try_from = "String")]
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -296,7 +318,7 @@ pub struct NewAuditEntry {
     pub remote_addr: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -314,10 +336,12 @@ pub struct NewNotification {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Notification {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub kind: String,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub device_id: Option<Uuid>,
     pub message: String,
     pub created_at: DateTime<Utc>,
@@ -369,8 +393,9 @@ pub struct DeviceStatus {
     pub changed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct MqttCredentials {
+    #[sqlx(try_from = "Id")]
     pub device_id: Uuid,
     pub username: String,
     pub secret_hash: String,
@@ -384,7 +409,7 @@ pub struct NewEvent {
 }
 
 /// An event as the log holds it: ids increase in commit order, across instances.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEvent {
     pub id: i64,
     pub kind: String,

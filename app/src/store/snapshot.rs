@@ -113,10 +113,34 @@ fn missing_columns(table: &SnapshotTable, target: &[String]) -> StoreResult<()> 
     }
 }
 
-fn not_empty(table: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "the database is not empty (table `{table}` has rows); restore into an empty database, or replace its contents with --force"
-    ))
+/// The query of the first snapshot table, in load order, that has rows (none: no row); each
+/// table is named with `prefix` (SQLite's schema `main.`). One statement for every table.
+fn first_table_with_rows(prefix: &str) -> String {
+    let probes: Vec<String> = SNAPSHOT_TABLES
+        .iter()
+        .enumerate()
+        .map(|(position, name)| {
+            format!(
+                "SELECT {position} AS position, '{name}' AS name \
+                 WHERE EXISTS (SELECT 1 FROM {prefix}\"{name}\")"
+            )
+        })
+        .collect();
+    format!(
+        "SELECT name FROM ({}) AS probes ORDER BY position LIMIT 1",
+        probes.join(" UNION ALL ")
+    )
+}
+
+/// A load that does not replace the database's contents refuses a database with rows (`table`
+/// names the first table that has some).
+fn refuse_rows(table: Option<String>) -> StoreResult<()> {
+    match table {
+        Some(table) => Err(StoreError::Conflict(format!(
+            "the database is not empty (table `{table}` has rows); restore into an empty database, or replace its contents with --force"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn count_mismatch(table: &str, expected: u64, loaded: u64) -> StoreError {
@@ -254,15 +278,8 @@ async fn sqlite_load(
                 .await?;
         }
     } else {
-        for name in SNAPSHOT_TABLES {
-            let any: bool =
-                sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM main.\"{name}\")"))
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if any {
-                return Err(not_empty(name));
-            }
-        }
+        let first = first_table_with_rows("main.");
+        refuse_rows(sqlx::query_scalar(&first).fetch_optional(&mut *tx).await?)?;
     }
     for table in tables {
         missing_columns(table, &sqlite_columns(&mut tx, "main", &table.name).await?)?;
@@ -398,15 +415,8 @@ pub(super) async fn postgres_import(
             .execute(&mut *tx)
             .await?;
     } else {
-        for name in SNAPSHOT_TABLES {
-            let any: bool =
-                sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM \"{name}\")"))
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if any {
-                return Err(not_empty(name));
-            }
-        }
+        let first = first_table_with_rows("");
+        refuse_rows(sqlx::query_scalar(&first).fetch_optional(&mut *tx).await?)?;
     }
     let mut buf = vec![0u8; 1 << 20];
     for table in &tables {

@@ -21,15 +21,18 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::common::{Id, Micros, Nullable};
 use super::{StoreError, StoreResult};
 
 /// A rule as validated by `crate::alerts::rule` (what is stored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct NewAlertRule {
     pub name: String,
     /// `threshold` | `no_data` | `system` (derived from the condition).
     pub kind: String,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub device_id: Option<Uuid>,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub group_id: Option<Uuid>,
     pub metric: Option<String>,
     /// `above` | `below` | `outside` | `inside` | `no_data`
@@ -46,16 +49,22 @@ pub struct NewAlertRule {
     pub system_check: Option<String>,
     /// `info` | `warning` | `critical`
     pub severity: String,
+    /// In their own table: read apart from the rule's row.
+    #[sqlx(skip)]
     pub channels: Vec<Uuid>,
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AlertRule {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     #[serde(flatten)]
+    #[sqlx(flatten)]
     pub rule: NewAlertRule,
+    #[sqlx(try_from = "Micros")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Micros")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -72,15 +81,18 @@ pub struct NewChannel {
 }
 
 /// A channel as listed: never its secret, only whether it has one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ChannelInfo {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub name: String,
     pub kind: String,
     pub settings: serde_json::Value,
     pub has_secret: bool,
     pub allow_private: bool,
+    #[sqlx(try_from = "Micros")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Micros")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -111,35 +123,58 @@ impl AlertState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A transition's `from_state`, which a new alert has not.
+impl TryFrom<Nullable<String>> for Option<AlertState> {
+    type Error = StoreError;
+    fn try_from(text: Nullable<String>) -> StoreResult<Self> {
+        text.0.as_deref().map(AlertState::parse).transpose()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Alert {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
+    #[sqlx(try_from = "Id")]
     pub rule_id: Uuid,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub device_id: Option<Uuid>,
     pub metric: Option<String>,
+    #[sqlx(try_from = "String")]
     pub state: AlertState,
     pub value: Option<f64>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub pending_since: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub started_at: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub resolved_at: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub last_notified_at: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub last_eval_ts: Option<DateTime<Utc>>,
     pub acknowledged_by: Option<String>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub ack_comment: Option<String>,
     pub seq: i64,
+    #[sqlx(try_from = "Micros")]
     pub created_at: DateTime<Utc>,
 }
 
 /// One entry of an alert's history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AlertTransition {
+    #[sqlx(try_from = "Id")]
     pub alert_id: Uuid,
     pub seq: i64,
     /// `pending` | `firing` | `resolved` | `repeat` | `acknowledged`
     pub event: String,
+    #[sqlx(try_from = "Nullable<String>")]
     pub from_state: Option<AlertState>,
+    #[sqlx(try_from = "String")]
     pub to_state: AlertState,
+    #[sqlx(try_from = "Micros")]
     pub at: DateTime<Utc>,
     pub value: Option<f64>,
     /// Recorded under a silence or an inhibition: nothing was sent.
@@ -219,21 +254,30 @@ impl DeliveryState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Delivery {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     pub idempotency_key: String,
+    #[sqlx(try_from = "Id")]
     pub channel_id: Uuid,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub alert_id: Option<Uuid>,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub rule_id: Option<Uuid>,
     pub event: String,
     pub message: serde_json::Value,
+    #[sqlx(try_from = "String")]
     pub state: DeliveryState,
     pub attempts: i32,
+    #[sqlx(try_from = "Micros")]
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    #[sqlx(try_from = "Micros")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Micros")]
     pub expires_at: DateTime<Utc>,
+    #[sqlx(try_from = "Nullable<Micros>")]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -247,22 +291,30 @@ pub struct AlertFilter {
     pub limit: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct NewSilence {
+    #[sqlx(try_from = "Nullable<Id>")]
     pub rule_id: Option<Uuid>,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub device_id: Option<Uuid>,
+    #[sqlx(try_from = "Nullable<Id>")]
     pub group_id: Option<Uuid>,
+    #[sqlx(try_from = "Micros")]
     pub starts_at: DateTime<Utc>,
+    #[sqlx(try_from = "Micros")]
     pub until: DateTime<Utc>,
     pub comment: Option<String>,
     pub created_by: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Silence {
+    #[sqlx(try_from = "Id")]
     pub id: Uuid,
     #[serde(flatten)]
+    #[sqlx(flatten)]
     pub silence: NewSilence,
+    #[sqlx(try_from = "Micros")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -5,9 +5,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::rows::TransitionRow;
 use super::shared::alert_store;
-use super::EvaluationStamp;
+use super::{AlertTransition, EvaluationStamp};
 use crate::store::{PostgresStore, StoreResult};
 
 alert_store!(PostgresStore, sqlx::Postgres);
@@ -16,7 +15,7 @@ impl PostgresStore {
     /// SKIP LOCKED: instances claiming at the same moment take different rows.
     const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
 
-    async fn transitions_of(&self, alert_ids: &[Uuid]) -> StoreResult<Vec<TransitionRow>> {
+    async fn transitions_of(&self, alert_ids: &[Uuid]) -> StoreResult<Vec<AlertTransition>> {
         Ok(sqlx::query_as(
             "SELECT * FROM alert_transitions WHERE alert_id = ANY($1) ORDER BY alert_id, seq",
         )

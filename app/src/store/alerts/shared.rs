@@ -4,7 +4,7 @@
 //! and how concurrent claimers of the outbox keep out of each other's way.
 
 /// Implements `AlertStore` for `$store` (whose pool is of `$db`). The backend provides:
-/// - `async fn transitions_of(&self, alert_ids: &[Uuid]) -> StoreResult<Vec<TransitionRow>>`,
+/// - `async fn transitions_of(&self, alert_ids: &[Uuid]) -> StoreResult<Vec<AlertTransition>>`,
 ///   the history rows of the given alerts (a non-empty list) by alert and seq;
 /// - `async fn stamp_evaluations(&self, stamps: &[EvaluationStamp]) -> StoreResult<Vec<Uuid>>`,
 ///   [`AlertStore::record_evaluations`](super::AlertStore::record_evaluations) for a non-empty
@@ -21,16 +21,13 @@ macro_rules! alert_store {
             use secrecy::{ExposeSecret, SecretString};
             use uuid::Uuid;
 
-            use $crate::store::alerts::rows::{
-                dangling, AlertRow, ChannelRow, DeliveryRow, RuleRow, SilenceRow, ALERT_COLUMNS,
-                CHANNEL_COLUMNS,
-            };
+            use $crate::store::alerts::rows::{dangling, ALERT_COLUMNS, CHANNEL_COLUMNS};
             use $crate::store::alerts::{
                 Alert, AlertChange, AlertFilter, AlertPruneCounts, AlertRule, AlertState,
                 AlertStore, AlertTransition, ChannelInfo, Delivery, DeliveryState,
                 EvaluationStamp, NewAlertRule, NewChannel, NewSilence, OutboxStats, Silence,
             };
-            use $crate::store::common::{opt_id, opt_micros, Id, Micros};
+            use $crate::store::common::{opt_id, opt_micros, unless_empty, Id, Micros};
             use $crate::store::{StoreError, StoreResult};
 
             /// The (rule, channel) pairs of one rule or of all, in each rule's order.
@@ -113,6 +110,24 @@ macro_rules! alert_store {
                 Ok(true)
             }
 
+            /// The record of the row of `table` with this id, from its `columns`.
+            async fn get_by_id<R>(
+                store: &$store,
+                columns: &str,
+                table: &str,
+                id: Uuid,
+            ) -> StoreResult<R>
+            where
+                R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                Ok(
+                    sqlx::query_as(&format!("SELECT {columns} FROM {table} WHERE id = $1"))
+                        .bind(Id(id))
+                        .fetch_one(store.pool())
+                        .await?,
+                )
+            }
+
             /// Deletes the row of `table` with this id; `NotFound` when there is none.
             async fn delete_by_id(store: &$store, table: &str, id: Uuid) -> StoreResult<()> {
                 let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
@@ -125,19 +140,62 @@ macro_rules! alert_store {
                 Ok(())
             }
 
-            fn secret(channel: &NewChannel) -> Option<String> {
-                channel
+            /// Inserts (`insert`) or updates the channel `id`; an update without a secret keeps
+            /// the stored one.
+            async fn write_channel(
+                store: &$store,
+                id: Uuid,
+                channel: &NewChannel,
+                insert: bool,
+            ) -> StoreResult<ChannelInfo> {
+                let sql = if insert {
+                    format!(
+                        "INSERT INTO channels (name, kind, settings, secret, allow_private, \
+                         created_at, updated_at, id) VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
+                         RETURNING {CHANNEL_COLUMNS}"
+                    )
+                } else {
+                    format!(
+                        "UPDATE channels SET name = $1, kind = $2, settings = $3, \
+                         secret = COALESCE($4, secret), allow_private = $5, updated_at = $6 \
+                         WHERE id = $7 RETURNING {CHANNEL_COLUMNS}"
+                    )
+                };
+                let secret = channel
                     .secret
                     .as_ref()
-                    .map(|s| s.expose_secret().to_string())
+                    .map(|s| s.expose_secret().to_string());
+                Ok(sqlx::query_as(&sql)
+                    .bind(&channel.name)
+                    .bind(&channel.kind)
+                    .bind(&channel.settings)
+                    .bind(secret)
+                    .bind(channel.allow_private)
+                    .bind(Micros(Utc::now()))
+                    .bind(Id(id))
+                    .fetch_one(store.writer())
+                    .await?)
             }
 
-            fn alerts(rows: Vec<AlertRow>) -> StoreResult<Vec<Alert>> {
-                rows.into_iter().map(Alert::try_from).collect()
-            }
-
-            fn deliveries(rows: Vec<DeliveryRow>) -> StoreResult<Vec<Delivery>> {
-                rows.into_iter().map(Delivery::try_from).collect()
+            /// The alert of a rule for a device and metric that `tail` (more of the WHERE
+            /// clause, or an ordering) picks.
+            async fn alert_by_key(
+                store: &$store,
+                rule_id: Uuid,
+                device_id: Option<Uuid>,
+                metric: Option<&str>,
+                tail: &str,
+            ) -> StoreResult<Option<Alert>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = $1 \
+                     AND device_id IS NOT DISTINCT FROM $2 \
+                     AND metric IS NOT DISTINCT FROM $3 {tail}"
+                ))
+                .bind(Id(rule_id))
+                .bind(opt_id(device_id))
+                .bind(metric)
+                .fetch_optional(store.pool())
+                .await?)
             }
 
             #[async_trait]
@@ -151,31 +209,26 @@ macro_rules! alert_store {
                 }
 
                 async fn get_alert_rule(&self, id: Uuid) -> StoreResult<AlertRule> {
-                    let row: RuleRow = sqlx::query_as("SELECT * FROM alert_rules WHERE id = $1")
-                        .bind(Id(id))
-                        .fetch_one(self.pool())
-                        .await?;
+                    let mut rule: AlertRule = get_by_id(self, "*", "alert_rules", id).await?;
                     let channels = rule_channels(self, Some(id)).await?;
-                    Ok(row.into_rule(channels.into_iter().map(|(_, c)| c).collect()))
+                    rule.rule.channels = channels.into_iter().map(|(_, c)| c).collect();
+                    Ok(rule)
                 }
 
                 async fn list_alert_rules(&self) -> StoreResult<Vec<AlertRule>> {
-                    let rows: Vec<RuleRow> =
+                    let mut rules: Vec<AlertRule> =
                         sqlx::query_as("SELECT * FROM alert_rules ORDER BY name, id")
                             .fetch_all(self.pool())
                             .await?;
                     let channels = rule_channels(self, None).await?;
-                    Ok(rows
-                        .into_iter()
-                        .map(|row| {
-                            let mine = channels
-                                .iter()
-                                .filter(|(rule, _)| *rule == row.id.0)
-                                .map(|(_, c)| *c)
-                                .collect();
-                            row.into_rule(mine)
-                        })
-                        .collect())
+                    for rule in &mut rules {
+                        rule.rule.channels = channels
+                            .iter()
+                            .filter(|(of, _)| *of == rule.id)
+                            .map(|(_, c)| *c)
+                            .collect();
+                    }
+                    Ok(rules)
                 }
 
                 async fn update_alert_rule(
@@ -196,31 +249,11 @@ macro_rules! alert_store {
                 }
 
                 async fn create_channel(&self, channel: &NewChannel) -> StoreResult<ChannelInfo> {
-                    let row: ChannelRow = sqlx::query_as(&format!(
-                        "INSERT INTO channels (id, name, kind, settings, secret, allow_private, \
-                         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                         RETURNING {CHANNEL_COLUMNS}"
-                    ))
-                    .bind(Id(Uuid::now_v7()))
-                    .bind(&channel.name)
-                    .bind(&channel.kind)
-                    .bind(&channel.settings)
-                    .bind(secret(channel))
-                    .bind(channel.allow_private)
-                    .bind(Micros(Utc::now()))
-                    .fetch_one(self.writer())
-                    .await?;
-                    Ok(row.into())
+                    write_channel(self, Uuid::now_v7(), channel, true).await
                 }
 
                 async fn get_channel(&self, id: Uuid) -> StoreResult<ChannelInfo> {
-                    let row: ChannelRow = sqlx::query_as(&format!(
-                        "SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1"
-                    ))
-                    .bind(Id(id))
-                    .fetch_one(self.pool())
-                    .await?;
-                    Ok(row.into())
+                    get_by_id(self, CHANNEL_COLUMNS, "channels", id).await
                 }
 
                 async fn channel_secret(&self, id: Uuid) -> StoreResult<Option<SecretString>> {
@@ -233,12 +266,11 @@ macro_rules! alert_store {
                 }
 
                 async fn list_channels(&self) -> StoreResult<Vec<ChannelInfo>> {
-                    let rows: Vec<ChannelRow> = sqlx::query_as(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY name"
                     ))
                     .fetch_all(self.pool())
-                    .await?;
-                    Ok(rows.into_iter().map(ChannelInfo::from).collect())
+                    .await?)
                 }
 
                 async fn update_channel(
@@ -246,21 +278,7 @@ macro_rules! alert_store {
                     id: Uuid,
                     channel: &NewChannel,
                 ) -> StoreResult<ChannelInfo> {
-                    let row: ChannelRow = sqlx::query_as(&format!(
-                        "UPDATE channels SET name = $1, kind = $2, settings = $3, \
-                         secret = COALESCE($4, secret), allow_private = $5, updated_at = $6 \
-                         WHERE id = $7 RETURNING {CHANNEL_COLUMNS}"
-                    ))
-                    .bind(&channel.name)
-                    .bind(&channel.kind)
-                    .bind(&channel.settings)
-                    .bind(secret(channel))
-                    .bind(channel.allow_private)
-                    .bind(Micros(Utc::now()))
-                    .bind(Id(id))
-                    .fetch_one(self.writer())
-                    .await?;
-                    Ok(row.into())
+                    write_channel(self, id, channel, false).await
                 }
 
                 async fn delete_channel(&self, id: Uuid) -> StoreResult<()> {
@@ -268,13 +286,7 @@ macro_rules! alert_store {
                 }
 
                 async fn get_alert(&self, id: Uuid) -> StoreResult<Alert> {
-                    let row: AlertRow = sqlx::query_as(&format!(
-                        "SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"
-                    ))
-                    .bind(Id(id))
-                    .fetch_one(self.pool())
-                    .await?;
-                    row.try_into()
+                    get_by_id(self, ALERT_COLUMNS, "alerts", id).await
                 }
 
                 async fn find_open_alert(
@@ -283,17 +295,7 @@ macro_rules! alert_store {
                     device_id: Option<Uuid>,
                     metric: Option<&str>,
                 ) -> StoreResult<Option<Alert>> {
-                    let row: Option<AlertRow> = sqlx::query_as(&format!(
-                        "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = $1 \
-                         AND device_id IS NOT DISTINCT FROM $2 \
-                         AND metric IS NOT DISTINCT FROM $3 AND state <> 'resolved'"
-                    ))
-                    .bind(Id(rule_id))
-                    .bind(opt_id(device_id))
-                    .bind(metric)
-                    .fetch_optional(self.pool())
-                    .await?;
-                    row.map(Alert::try_from).transpose()
+                    alert_by_key(self, rule_id, device_id, metric, "AND state <> 'resolved'").await
                 }
 
                 async fn latest_alert(
@@ -302,60 +304,41 @@ macro_rules! alert_store {
                     device_id: Option<Uuid>,
                     metric: Option<&str>,
                 ) -> StoreResult<Option<Alert>> {
-                    let row: Option<AlertRow> = sqlx::query_as(&format!(
-                        "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule_id = $1 \
-                         AND device_id IS NOT DISTINCT FROM $2 \
-                         AND metric IS NOT DISTINCT FROM $3 \
-                         ORDER BY state <> 'resolved' DESC, created_at DESC, id DESC LIMIT 1"
-                    ))
-                    .bind(Id(rule_id))
-                    .bind(opt_id(device_id))
-                    .bind(metric)
-                    .fetch_optional(self.pool())
-                    .await?;
-                    row.map(Alert::try_from).transpose()
+                    // Open first, then the newest.
+                    let newest =
+                        "ORDER BY state <> 'resolved' DESC, created_at DESC, id DESC LIMIT 1";
+                    alert_by_key(self, rule_id, device_id, metric, newest).await
                 }
 
                 async fn list_open_alerts(&self) -> StoreResult<Vec<Alert>> {
-                    alerts(
-                        sqlx::query_as(&format!(
-                            "SELECT {ALERT_COLUMNS} FROM alerts WHERE state <> 'resolved' \
-                             ORDER BY created_at"
-                        ))
-                        .fetch_all(self.pool())
-                        .await?,
-                    )
+                    Ok(sqlx::query_as(&format!(
+                        "SELECT {ALERT_COLUMNS} FROM alerts WHERE state <> 'resolved' \
+                         ORDER BY created_at"
+                    ))
+                    .fetch_all(self.pool())
+                    .await?)
                 }
 
                 async fn list_alerts(&self, filter: &AlertFilter) -> StoreResult<Vec<Alert>> {
-                    alerts(
-                        sqlx::query_as(&format!(
-                            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 IS NULL OR state = $1) \
-                             AND ($2 IS NULL OR device_id = $2) \
-                             AND ($3 IS NULL OR created_at >= $3) \
-                             ORDER BY state = 'resolved', created_at DESC, id DESC LIMIT $4"
-                        ))
-                        .bind(filter.state.map(AlertState::as_str))
-                        .bind(opt_id(filter.device_id))
-                        .bind(opt_micros(filter.since))
-                        .bind(i64::from(filter.limit))
-                        .fetch_all(self.pool())
-                        .await?,
-                    )
+                    Ok(sqlx::query_as(&format!(
+                        "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 IS NULL OR state = $1) \
+                         AND ($2 IS NULL OR device_id = $2) \
+                         AND ($3 IS NULL OR created_at >= $3) \
+                         ORDER BY state = 'resolved', created_at DESC, id DESC LIMIT $4"
+                    ))
+                    .bind(filter.state.map(AlertState::as_str))
+                    .bind(opt_id(filter.device_id))
+                    .bind(opt_micros(filter.since))
+                    .bind(i64::from(filter.limit))
+                    .fetch_all(self.pool())
+                    .await?)
                 }
 
                 async fn list_transitions(
                     &self,
                     alert_ids: &[Uuid],
                 ) -> StoreResult<Vec<AlertTransition>> {
-                    if alert_ids.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    self.transitions_of(alert_ids)
-                        .await?
-                        .into_iter()
-                        .map(AlertTransition::try_from)
-                        .collect()
+                    unless_empty(alert_ids, self.transitions_of(alert_ids)).await
                 }
 
                 async fn apply_alert_change(&self, change: &AlertChange) -> StoreResult<bool> {
@@ -444,10 +427,7 @@ macro_rules! alert_store {
                     &self,
                     stamps: &[EvaluationStamp],
                 ) -> StoreResult<Vec<Uuid>> {
-                    if stamps.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    self.stamp_evaluations(stamps).await
+                    unless_empty(stamps, self.stamp_evaluations(stamps)).await
                 }
 
                 async fn claim_deliveries(
@@ -463,7 +443,7 @@ macro_rules! alert_store {
                     // The lease (`locked_until`) keeps a claimed row from being claimed again
                     // while it is sent. A notification waits for the earlier ones of its alert to
                     // the same channel (order).
-                    let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+                    let mut claimed: Vec<Delivery> = sqlx::query_as(&format!(
                         "UPDATE deliveries SET locked_until = $1, attempts = attempts + 1 \
                          WHERE id IN (SELECT id FROM deliveries d WHERE state = 'pending' \
                            AND next_attempt_at <= $2 \
@@ -481,7 +461,6 @@ macro_rules! alert_store {
                     .bind(i64::from(limit))
                     .fetch_all(self.writer())
                     .await?;
-                    let mut claimed = deliveries(rows)?;
                     claimed.sort_by_key(|d| (d.next_attempt_at, d.created_at));
                     Ok(claimed)
                 }
@@ -525,16 +504,14 @@ macro_rules! alert_store {
                     state: Option<DeliveryState>,
                     limit: u32,
                 ) -> StoreResult<Vec<Delivery>> {
-                    deliveries(
-                        sqlx::query_as(
-                            "SELECT * FROM deliveries WHERE $1 IS NULL OR state = $1 \
-                             ORDER BY created_at DESC, id DESC LIMIT $2",
-                        )
-                        .bind(state.map(DeliveryState::as_str))
-                        .bind(i64::from(limit))
-                        .fetch_all(self.pool())
-                        .await?,
+                    Ok(sqlx::query_as(
+                        "SELECT * FROM deliveries WHERE $1 IS NULL OR state = $1 \
+                         ORDER BY created_at DESC, id DESC LIMIT $2",
                     )
+                    .bind(state.map(DeliveryState::as_str))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?)
                 }
 
                 async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
@@ -551,7 +528,7 @@ macro_rules! alert_store {
                 }
 
                 async fn create_silence(&self, s: &NewSilence) -> StoreResult<Silence> {
-                    let row: SilenceRow = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "INSERT INTO silences (id, rule_id, device_id, group_id, starts_at, \
                          until, comment, created_by, created_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
@@ -567,22 +544,20 @@ macro_rules! alert_store {
                     .bind(Micros(Utc::now()))
                     .fetch_one(self.writer())
                     .await
-                    .map_err(dangling("the silenced rule, device or group"))?;
-                    Ok(row.into())
+                    .map_err(dangling("the silenced rule, device or group"))?)
                 }
 
                 async fn list_silences(
                     &self,
                     active_at: Option<DateTime<Utc>>,
                 ) -> StoreResult<Vec<Silence>> {
-                    let rows: Vec<SilenceRow> = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "SELECT * FROM silences WHERE $1 IS NULL OR until > $1 \
                          ORDER BY until DESC, id",
                     )
                     .bind(opt_micros(active_at))
                     .fetch_all(self.pool())
-                    .await?;
-                    Ok(rows.into_iter().map(Silence::from).collect())
+                    .await?)
                 }
 
                 async fn delete_silence(&self, id: Uuid) -> StoreResult<()> {

@@ -6,9 +6,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::rows::TransitionRow;
 use super::shared::alert_store;
-use super::EvaluationStamp;
+use super::{AlertTransition, EvaluationStamp};
 use crate::store::common::{Id, Micros};
 use crate::store::{SqliteStore, StoreError, StoreResult};
 
@@ -18,7 +17,7 @@ impl SqliteStore {
     /// One writer at a time: the claim's UPDATE … RETURNING is atomic without row locks.
     const CLAIM_LOCK: &'static str = "";
 
-    async fn transitions_of(&self, alert_ids: &[Uuid]) -> StoreResult<Vec<TransitionRow>> {
+    async fn transitions_of(&self, alert_ids: &[Uuid]) -> StoreResult<Vec<AlertTransition>> {
         let ids: Vec<String> = alert_ids.iter().map(Uuid::to_string).collect();
         Ok(sqlx::query_as(
             "SELECT * FROM alert_transitions WHERE alert_id IN (SELECT value FROM json_each($1)) \

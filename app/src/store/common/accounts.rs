@@ -2,119 +2,10 @@
 //! and the audit log. What differs is how a user change locks out a concurrent one (the
 //! backend's `lock_owners`, see `account_store!`).
 
-use chrono::{DateTime, Utc};
-
-use super::Id;
-use crate::store::{ApiToken, AuditEntry, Role, SessionRecord, StoreError, StoreResult, User};
-
 pub(in crate::store) const USER_COLUMNS: &str =
     "id, username, password_hash, role, created_at, disabled_at";
 pub(in crate::store) const TOKEN_COLUMNS: &str =
     "id, name, role, created_at, last_used_at, revoked_at";
-
-fn role(text: &str) -> StoreResult<Role> {
-    text.parse().map_err(StoreError::Corrupt)
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct UserRow {
-    id: Id,
-    username: String,
-    password_hash: String,
-    role: String,
-    created_at: DateTime<Utc>,
-    disabled_at: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = StoreError;
-    fn try_from(row: UserRow) -> StoreResult<User> {
-        Ok(User {
-            id: row.id.0,
-            username: row.username,
-            password_hash: row.password_hash,
-            role: role(&row.role)?,
-            created_at: row.created_at,
-            disabled_at: row.disabled_at,
-        })
-    }
-}
-
-/// A session joined with its user (whose `created_at` keeps its name; the session's is
-/// `s_created_at`).
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct SessionRow {
-    id_hash: String,
-    #[sqlx(flatten)]
-    user: UserRow,
-    csrf_token: String,
-    s_created_at: DateTime<Utc>,
-    last_seen_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-}
-
-impl TryFrom<SessionRow> for SessionRecord {
-    type Error = StoreError;
-    fn try_from(row: SessionRow) -> StoreResult<SessionRecord> {
-        Ok(SessionRecord {
-            id_hash: row.id_hash,
-            user: row.user.try_into()?,
-            csrf_hash: row.csrf_token,
-            created_at: row.s_created_at,
-            last_seen_at: row.last_seen_at,
-            expires_at: row.expires_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct TokenRow {
-    id: Id,
-    name: String,
-    role: String,
-    created_at: DateTime<Utc>,
-    last_used_at: Option<DateTime<Utc>>,
-    revoked_at: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<TokenRow> for ApiToken {
-    type Error = StoreError;
-    fn try_from(row: TokenRow) -> StoreResult<ApiToken> {
-        Ok(ApiToken {
-            id: row.id.0,
-            name: row.name,
-            role: role(&row.role)?,
-            created_at: row.created_at,
-            last_used_at: row.last_used_at,
-            revoked_at: row.revoked_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct AuditRow {
-    id: i64,
-    at: DateTime<Utc>,
-    actor: String,
-    action: String,
-    target: Option<String>,
-    detail: serde_json::Value,
-    remote_addr: Option<String>,
-}
-
-impl From<AuditRow> for AuditEntry {
-    fn from(row: AuditRow) -> AuditEntry {
-        AuditEntry {
-            id: row.id,
-            at: row.at,
-            actor: row.actor,
-            action: row.action,
-            target: row.target,
-            detail: row.detail,
-            remote_addr: row.remote_addr,
-        }
-    }
-}
 
 /// Implements `AccountStore` for `$store` (whose pool is of `$db`). The backend provides
 /// `async fn lock_owners(&self) -> StoreResult<(Transaction<'static, $db>, i64)>`: a
@@ -129,9 +20,7 @@ macro_rules! account_store {
             use chrono::{DateTime, Utc};
             use uuid::Uuid;
 
-            use $crate::store::common::accounts::{
-                AuditRow, SessionRow, TokenRow, UserRow, TOKEN_COLUMNS, USER_COLUMNS,
-            };
+            use $crate::store::common::accounts::{TOKEN_COLUMNS, USER_COLUMNS};
             use $crate::store::common::Id;
             use $crate::store::{
                 token_cache, AccountStore, ApiToken, AuditEntry, NewApiToken, NewAuditEntry,
@@ -160,7 +49,7 @@ macro_rules! account_store {
             #[async_trait]
             impl AccountStore for $store {
                 async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
-                    sqlx::query_as::<_, UserRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "INSERT INTO users (id, username, password_hash, role, created_at) \
                          VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
                     ))
@@ -170,18 +59,16 @@ macro_rules! account_store {
                     .bind(user.role.as_str())
                     .bind(Utc::now())
                     .fetch_one(self.writer())
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn find_user(&self, username: &str) -> StoreResult<User> {
-                    sqlx::query_as::<_, UserRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
                     ))
                     .bind(username)
                     .fetch_one(&self.pool)
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn count_users(&self) -> StoreResult<u64> {
@@ -192,30 +79,26 @@ macro_rules! account_store {
                 }
 
                 async fn get_user(&self, id: Uuid) -> StoreResult<User> {
-                    sqlx::query_as::<_, UserRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
                     ))
                     .bind(Id(id))
                     .fetch_one(&self.pool)
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn list_users(&self) -> StoreResult<Vec<User>> {
-                    sqlx::query_as::<_, UserRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {USER_COLUMNS} FROM users ORDER BY username"
                     ))
                     .fetch_all(&self.pool)
-                    .await?
-                    .into_iter()
-                    .map(User::try_from)
-                    .collect()
+                    .await?)
                 }
 
                 async fn update_user(&self, id: Uuid, change: &UserChange) -> StoreResult<User> {
                     let (mut tx, owners_before) = self.lock_owners().await?;
                     // Disabling keeps the time a user was first disabled; enabling clears it.
-                    let user: User = sqlx::query_as::<_, UserRow>(&format!(
+                    let user: User = sqlx::query_as(&format!(
                         "UPDATE users SET role = coalesce($1, role), \
                          password_hash = coalesce($2, password_hash), \
                          disabled_at = CASE WHEN $3 IS NULL THEN disabled_at \
@@ -228,8 +111,7 @@ macro_rules! account_store {
                     .bind(Utc::now())
                     .bind(Id(id))
                     .fetch_one(&mut *tx)
-                    .await?
-                    .try_into()?;
+                    .await?;
                     keep_an_owner(tx, owners_before).await?;
                     Ok(user)
                 }
@@ -264,7 +146,7 @@ macro_rules! account_store {
                 }
 
                 async fn find_session(&self, id_hash: &str) -> StoreResult<SessionRecord> {
-                    sqlx::query_as::<_, SessionRow>(
+                    Ok(sqlx::query_as(
                         "SELECT s.id_hash, s.csrf_token, s.created_at AS s_created_at, \
                          s.last_seen_at, s.expires_at, u.id, u.username, u.password_hash, \
                          u.role, u.created_at, u.disabled_at \
@@ -272,8 +154,7 @@ macro_rules! account_store {
                     )
                     .bind(id_hash)
                     .fetch_one(&self.pool)
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn touch_session(&self, id_hash: &str, at: DateTime<Utc>) -> StoreResult<()> {
@@ -333,7 +214,7 @@ macro_rules! account_store {
                 }
 
                 async fn create_api_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
-                    sqlx::query_as::<_, TokenRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "INSERT INTO api_tokens (id, name, token_hash, role, created_at) \
                          VALUES ($1, $2, $3, $4, $5) RETURNING {TOKEN_COLUMNS}"
                     ))
@@ -343,22 +224,20 @@ macro_rules! account_store {
                     .bind(token.role.as_str())
                     .bind(Utc::now())
                     .fetch_one(self.writer())
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn authenticate_api_token(&self, token_hash: &str) -> StoreResult<ApiToken> {
                     if let Some(token) = self.tokens.get(token_hash, Instant::now()) {
                         return Ok(token);
                     }
-                    let mut token: ApiToken = sqlx::query_as::<_, TokenRow>(&format!(
+                    let mut token: ApiToken = sqlx::query_as(&format!(
                         "SELECT {TOKEN_COLUMNS} FROM api_tokens \
                          WHERE token_hash = $1 AND revoked_at IS NULL"
                     ))
                     .bind(token_hash)
                     .fetch_one(&self.pool)
-                    .await?
-                    .try_into()?;
+                    .await?;
                     let now = Utc::now();
                     if token_cache::last_use_is_stale(token.last_used_at, now) {
                         token.last_used_at = sqlx::query_scalar(
@@ -376,18 +255,15 @@ macro_rules! account_store {
                 }
 
                 async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>> {
-                    sqlx::query_as::<_, TokenRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC"
                     ))
                     .fetch_all(&self.pool)
-                    .await?
-                    .into_iter()
-                    .map(ApiToken::try_from)
-                    .collect()
+                    .await?)
                 }
 
                 async fn revoke_api_token(&self, id: Uuid) -> StoreResult<ApiToken> {
-                    let token = sqlx::query_as::<_, TokenRow>(&format!(
+                    let token: ApiToken = sqlx::query_as(&format!(
                         "UPDATE api_tokens SET revoked_at = $1 \
                          WHERE id = $2 AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"
                     ))
@@ -397,7 +273,7 @@ macro_rules! account_store {
                     .await?;
                     // This instance refuses the token at once; others within the cache's TTL.
                     self.tokens.forget(id);
-                    token.try_into()
+                    Ok(token)
                 }
 
                 async fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<()> {
@@ -421,15 +297,14 @@ macro_rules! account_store {
                     before: Option<i64>,
                     limit: u32,
                 ) -> StoreResult<Vec<AuditEntry>> {
-                    let rows = sqlx::query_as::<_, AuditRow>(
+                    Ok(sqlx::query_as(
                         "SELECT id, at, actor, action, target, detail, remote_addr \
                          FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
                     )
                     .bind(before.unwrap_or(i64::MAX))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
-                    .await?;
-                    Ok(rows.into_iter().map(AuditEntry::from).collect())
+                    .await?)
                 }
             }
         };

@@ -3,96 +3,8 @@
 //! a partitioned table), so deleting a device deletes them explicitly, in the same transaction
 //! as the device.
 
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
-
-use super::Id;
-use crate::store::{Device, DeviceVersion, Group, MqttCredentials, StoreError, StoreResult};
-
 pub(in crate::store) const DEVICE_COLUMNS: &str =
     "id, name, protocol, group_id, config, enabled, created_at, updated_at";
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct GroupRow {
-    id: Id,
-    name: String,
-    created_at: DateTime<Utc>,
-}
-
-impl From<GroupRow> for Group {
-    fn from(row: GroupRow) -> Group {
-        Group {
-            id: row.id.0,
-            name: row.name,
-            created_at: row.created_at,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct DeviceRow {
-    id: Id,
-    name: String,
-    protocol: String,
-    group_id: Option<Id>,
-    config: serde_json::Value,
-    enabled: bool,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl TryFrom<DeviceRow> for Device {
-    type Error = StoreError;
-    fn try_from(row: DeviceRow) -> StoreResult<Device> {
-        Ok(Device {
-            id: row.id.0,
-            name: row.name,
-            protocol: row.protocol.parse().map_err(StoreError::Corrupt)?,
-            group_id: row.group_id.map(Uuid::from),
-            config: row.config,
-            enabled: row.enabled,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct DeviceVersionRow {
-    id: Id,
-    protocol: String,
-    enabled: bool,
-    updated_at: DateTime<Utc>,
-}
-
-impl TryFrom<DeviceVersionRow> for DeviceVersion {
-    type Error = StoreError;
-    fn try_from(row: DeviceVersionRow) -> StoreResult<DeviceVersion> {
-        Ok(DeviceVersion {
-            id: row.id.0,
-            protocol: row.protocol.parse().map_err(StoreError::Corrupt)?,
-            enabled: row.enabled,
-            updated_at: row.updated_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct CredentialsRow {
-    device_id: Id,
-    username: String,
-    secret_hash: String,
-}
-
-impl From<CredentialsRow> for MqttCredentials {
-    fn from(row: CredentialsRow) -> MqttCredentials {
-        MqttCredentials {
-            device_id: row.device_id.0,
-            username: row.username,
-            secret_hash: row.secret_hash,
-        }
-    }
-}
 
 /// Implements `DeviceStore` for `$store`; the same SQL serves both backends.
 macro_rules! device_store {
@@ -102,9 +14,7 @@ macro_rules! device_store {
             use chrono::Utc;
             use uuid::Uuid;
 
-            use $crate::store::common::devices::{
-                CredentialsRow, DeviceRow, DeviceVersionRow, GroupRow, DEVICE_COLUMNS,
-            };
+            use $crate::store::common::devices::DEVICE_COLUMNS;
             use $crate::store::common::{opt_id, Id};
             use $crate::store::{
                 Device, DeviceStore, DeviceVersion, Group, MqttCredentials, NewDevice, SeriesId,
@@ -114,7 +24,7 @@ macro_rules! device_store {
             #[async_trait]
             impl DeviceStore for $store {
                 async fn create_group(&self, name: &str) -> StoreResult<Group> {
-                    let row: GroupRow = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "INSERT INTO device_groups (id, name, created_at) VALUES ($1, $2, $3) \
                          RETURNING id, name, created_at",
                     )
@@ -122,17 +32,15 @@ macro_rules! device_store {
                     .bind(name)
                     .bind(Utc::now())
                     .fetch_one(self.writer())
-                    .await?;
-                    Ok(row.into())
+                    .await?)
                 }
 
                 async fn list_groups(&self) -> StoreResult<Vec<Group>> {
-                    let rows: Vec<GroupRow> = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "SELECT id, name, created_at FROM device_groups ORDER BY name",
                     )
                     .fetch_all(&self.pool)
-                    .await?;
-                    Ok(rows.into_iter().map(Group::from).collect())
+                    .await?)
                 }
 
                 async fn delete_group(&self, id: Uuid) -> StoreResult<()> {
@@ -148,7 +56,7 @@ macro_rules! device_store {
 
                 async fn create_device(&self, device: &NewDevice) -> StoreResult<Device> {
                     let now = Utc::now();
-                    sqlx::query_as::<_, DeviceRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "INSERT INTO devices (id, name, protocol, group_id, config, enabled, \
                          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
                          RETURNING {DEVICE_COLUMNS}"
@@ -161,44 +69,36 @@ macro_rules! device_store {
                     .bind(device.enabled)
                     .bind(now)
                     .fetch_one(self.writer())
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn get_device(&self, id: Uuid) -> StoreResult<Device> {
-                    sqlx::query_as::<_, DeviceRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
                     ))
                     .bind(Id(id))
                     .fetch_one(&self.pool)
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn list_devices(&self) -> StoreResult<Vec<Device>> {
-                    sqlx::query_as::<_, DeviceRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY name"
                     ))
                     .fetch_all(&self.pool)
-                    .await?
-                    .into_iter()
-                    .map(Device::try_from)
-                    .collect()
+                    .await?)
                 }
 
                 async fn list_device_versions(&self) -> StoreResult<Vec<DeviceVersion>> {
-                    sqlx::query_as::<_, DeviceVersionRow>(
-                        "SELECT id, protocol, enabled, updated_at FROM devices",
+                    Ok(
+                        sqlx::query_as("SELECT id, protocol, enabled, updated_at FROM devices")
+                            .fetch_all(&self.pool)
+                            .await?,
                     )
-                    .fetch_all(&self.pool)
-                    .await?
-                    .into_iter()
-                    .map(DeviceVersion::try_from)
-                    .collect()
                 }
 
                 async fn update_device(&self, id: Uuid, device: &NewDevice) -> StoreResult<Device> {
-                    sqlx::query_as::<_, DeviceRow>(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "UPDATE devices SET name = $2, protocol = $3, group_id = $4, config = $5, \
                          enabled = $6, updated_at = $7 WHERE id = $1 RETURNING {DEVICE_COLUMNS}"
                     ))
@@ -210,8 +110,7 @@ macro_rules! device_store {
                     .bind(device.enabled)
                     .bind(Utc::now())
                     .fetch_one(self.writer())
-                    .await?
-                    .try_into()
+                    .await?)
                 }
 
                 async fn delete_device(&self, id: Uuid) -> StoreResult<()> {
@@ -306,14 +205,13 @@ macro_rules! device_store {
                     &self,
                     username: &str,
                 ) -> StoreResult<MqttCredentials> {
-                    let row: CredentialsRow = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "SELECT device_id, username, secret_hash FROM mqtt_credentials \
                          WHERE username = $1",
                     )
                     .bind(username)
                     .fetch_one(&self.pool)
-                    .await?;
-                    Ok(row.into())
+                    .await?)
                 }
             }
         };

@@ -2,25 +2,6 @@
 //! ids must become visible in id order. How appends keep that order differs (the backend's
 //! `insert_events`, see `event_log_store!`).
 
-use crate::store::StoredEvent;
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct EventRow {
-    id: i64,
-    kind: String,
-    data: serde_json::Value,
-}
-
-impl From<EventRow> for StoredEvent {
-    fn from(row: EventRow) -> StoredEvent {
-        StoredEvent {
-            id: row.id,
-            kind: row.kind,
-            data: row.data,
-        }
-    }
-}
-
 /// Implements `EventLogStore` for `$store`. The backend provides
 /// `async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()>`, which appends a
 /// non-empty batch in order, in one transaction.
@@ -31,17 +12,13 @@ macro_rules! event_log_store {
             use chrono::{DateTime, Utc};
             use sqlx::Row;
 
-            use $crate::store::common::events::EventRow;
-            use $crate::store::common::Micros;
+            use $crate::store::common::{unless_empty, Micros};
             use $crate::store::{EventLogStore, NewEvent, StoreResult, StoredEvent};
 
             #[async_trait]
             impl EventLogStore for $store {
                 async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()> {
-                    if events.is_empty() {
-                        return Ok(());
-                    }
-                    self.insert_events(events).await
+                    unless_empty(events, self.insert_events(events)).await
                 }
 
                 async fn events_after(
@@ -50,7 +27,7 @@ macro_rules! event_log_store {
                     upto: Option<i64>,
                     limit: u32,
                 ) -> StoreResult<Vec<StoredEvent>> {
-                    let rows: Vec<EventRow> = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "SELECT id, kind, data FROM events WHERE id > $1 AND id <= $2 \
                          ORDER BY id LIMIT $3",
                     )
@@ -58,8 +35,7 @@ macro_rules! event_log_store {
                     .bind(upto.unwrap_or(i64::MAX))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
-                    .await?;
-                    Ok(rows.into_iter().map(StoredEvent::from).collect())
+                    .await?)
                 }
 
                 async fn event_bounds(&self) -> StoreResult<Option<(i64, i64)>> {

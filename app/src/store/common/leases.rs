@@ -14,6 +14,7 @@ macro_rules! lease_store {
 
             use async_trait::async_trait;
 
+            use $crate::store::common::unless_empty;
             use $crate::store::{LeaseStore, StoreResult};
 
             #[async_trait]
@@ -24,17 +25,11 @@ macro_rules! lease_store {
                     holder: &str,
                     ttl: Duration,
                 ) -> StoreResult<Vec<String>> {
-                    if names.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    self.take_leases(names, holder, ttl).await
+                    unless_empty(names, self.take_leases(names, holder, ttl)).await
                 }
 
                 async fn release_leases(&self, names: &[String], holder: &str) -> StoreResult<()> {
-                    if names.is_empty() {
-                        return Ok(());
-                    }
-                    self.give_up_leases(names, holder).await
+                    unless_empty(names, self.give_up_leases(names, holder)).await
                 }
             }
         };

@@ -1,6 +1,6 @@
 //! What the two SQL backends share: one SQL text (numbered `$N` parameters, which sqlx's SQLite
-//! driver binds as PostgreSQL does), row structs that decode on both, and the values the two
-//! store differently, encoded per backend so that the code around them is written once:
+//! driver binds as PostgreSQL does), and the values the two store differently, encoded per
+//! backend so that the code around them and the records that decode from rows are written once:
 //!
 //! - [`Id`]: a UUID, native `uuid` on PostgreSQL and hyphenated TEXT on SQLite.
 //! - [`Micros`]: a timestamp, `timestamptz` on PostgreSQL and integer microseconds since the
@@ -9,6 +9,13 @@
 //!   SQLite (always written by the same encoder, so it compares as text), bound from Rust on both
 //!   backends.
 //! - JSON is `serde_json::Value`: `jsonb` on PostgreSQL, JSON text on SQLite.
+//!
+//! The records decode from rows themselves (`#[derive(sqlx::FromRow)]` in `models.rs` and
+//! `alerts/mod.rs`): a field stored as one of these types names it with
+//! `#[sqlx(try_from = "Id")]`, `"Micros"`, or [`Nullable`] of either for an `Option` field, and
+//! an enum stored as text with `try_from = "String"` (a value that does not parse is
+//! [`StoreError::Corrupt`](crate::store::StoreError::Corrupt), like any column that does not
+//! decode). A row struct remains only where a record is computed from its row.
 //!
 //! Each domain file here holds a `macro_rules!` that implements its sub-trait for a store type;
 //! `sqlite/` and `postgres/` expand it and keep only what genuinely differs between the
@@ -30,9 +37,12 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
 use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
-use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
+use sqlx::{Database, Decode, Encode, Postgres, Sqlite, Type};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
+
+use super::alerts::{AlertState, DeliveryState};
+use super::{Protocol, Role, StoreResult};
 
 /// A UUID column: native `uuid` on PostgreSQL, hyphenated TEXT on SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +142,71 @@ impl Decode<'_, Sqlite> for Micros {
             .map(Micros)
             .ok_or_else(|| format!("timestamp {us} out of range").into())
     }
+}
+
+/// A nullable column of `T`, decoded like `Option<T>`. sqlx's `#[sqlx(try_from = …)]` converts a
+/// column into a field with `TryFrom`, and neither `Option<Uuid>` nor `Option<Id>` is ours to
+/// give that conversion: `Nullable<Id>` and `Nullable<Micros>` are.
+pub(crate) struct Nullable<T>(pub Option<T>);
+
+impl<DB: Database, T: Type<DB>> Type<DB> for Nullable<T> {
+    fn type_info() -> DB::TypeInfo {
+        <Option<T> as Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <Option<T> as Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: Database, T: Decode<'r, DB>> Decode<'r, DB> for Nullable<T> {
+    fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        <Option<T> as Decode<'r, DB>>::decode(value).map(Nullable)
+    }
+}
+
+impl From<Nullable<Id>> for Option<Uuid> {
+    fn from(id: Nullable<Id>) -> Option<Uuid> {
+        id.0.map(Uuid::from)
+    }
+}
+
+impl From<Nullable<Micros>> for Option<DateTime<Utc>> {
+    fn from(ts: Nullable<Micros>) -> Option<DateTime<Utc>> {
+        ts.0.map(DateTime::from)
+    }
+}
+
+/// Lets each enum stored as text decode with `#[sqlx(try_from = "String")]`, through its
+/// parser.
+macro_rules! parsed_from_text {
+    ($($enum:ty => $parse:expr),+ $(,)?) => {$(
+        impl TryFrom<String> for $enum {
+            type Error = BoxDynError;
+            fn try_from(text: String) -> Result<Self, BoxDynError> {
+                Ok($parse(&text)?)
+            }
+        }
+    )+};
+}
+
+parsed_from_text!(
+    Protocol => str::parse,
+    Role => str::parse,
+    AlertState => AlertState::parse,
+    DeliveryState => DeliveryState::parse,
+);
+
+/// What a call with an empty list of work gives (`Default`: nothing), without a round trip to
+/// the database; else what `query`, the backend's statement for the list, gives.
+pub(crate) async fn unless_empty<T, R: Default>(
+    list: &[T],
+    query: impl std::future::Future<Output = StoreResult<R>>,
+) -> StoreResult<R> {
+    if list.is_empty() {
+        return Ok(R::default());
+    }
+    query.await
 }
 
 /// `Some(Micros)` of an optional timestamp, for binding.

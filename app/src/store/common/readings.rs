@@ -5,23 +5,9 @@
 //! steps), and how the newest reading of a series is found.
 
 use super::Micros;
-use crate::store::{Bucket, LatestReading, Point};
+use crate::store::Bucket;
 
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct PointRow {
-    ts: Micros,
-    value: f64,
-}
-
-impl From<PointRow> for Point {
-    fn from(row: PointRow) -> Point {
-        Point {
-            ts: row.ts.0,
-            value: row.value,
-        }
-    }
-}
-
+/// Not the record itself: a bucket's average is computed from the stored sum and count.
 #[derive(sqlx::FromRow)]
 pub(in crate::store) struct BucketRow {
     bucket: Micros,
@@ -34,27 +20,6 @@ pub(in crate::store) struct BucketRow {
 impl From<BucketRow> for Bucket {
     fn from(row: BucketRow) -> Bucket {
         Bucket::from_sums(row.bucket.0, row.min, row.max, row.sum, row.count)
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct LatestRow {
-    id: i64,
-    metric: String,
-    unit: Option<String>,
-    ts: Micros,
-    value: f64,
-}
-
-impl From<LatestRow> for LatestReading {
-    fn from(row: LatestRow) -> LatestReading {
-        LatestReading {
-            series: row.id,
-            metric: row.metric,
-            unit: row.unit,
-            ts: row.ts.0,
-            value: row.value,
-        }
     }
 }
 
@@ -72,7 +37,7 @@ macro_rules! reading_store {
             use chrono::{DateTime, TimeDelta, Utc};
             use uuid::Uuid;
 
-            use $crate::store::common::readings::{BucketRow, LatestRow, PointRow};
+            use $crate::store::common::readings::BucketRow;
             use $crate::store::common::{Id, Micros};
             use $crate::store::{
                 in_key_order, refuse_non_finite, Bucket, LatestReading, Point, PruneCounts,
@@ -104,7 +69,7 @@ macro_rules! reading_store {
                     to: DateTime<Utc>,
                     limit: u32,
                 ) -> StoreResult<Vec<Point>> {
-                    let rows: Vec<PointRow> = sqlx::query_as(
+                    Ok(sqlx::query_as(
                         "SELECT ts, value FROM readings \
                          WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4",
                     )
@@ -113,8 +78,7 @@ macro_rules! reading_store {
                     .bind(Micros(to))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
-                    .await?;
-                    Ok(rows.into_iter().map(Point::from).collect())
+                    .await?)
                 }
 
                 async fn query_rollups(
@@ -144,11 +108,10 @@ macro_rules! reading_store {
                 }
 
                 async fn latest_readings(&self, device_id: Uuid) -> StoreResult<Vec<LatestReading>> {
-                    let rows: Vec<LatestRow> = sqlx::query_as(Self::LATEST_READINGS)
+                    Ok(sqlx::query_as(Self::LATEST_READINGS)
                         .bind(Id(device_id))
                         .fetch_all(&self.pool)
-                        .await?;
-                    Ok(rows.into_iter().map(LatestReading::from).collect())
+                        .await?)
                 }
 
                 async fn prune_readings(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {

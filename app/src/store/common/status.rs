@@ -3,46 +3,19 @@
 //! unique index).
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::Id;
-use crate::store::{DeviceStatus, Notification, StoreError, StoreResult};
+use crate::store::{DeviceStatus, StoreError, StoreResult};
 
 pub(in crate::store) const NOTIFICATION_COLUMNS: &str =
     "id, kind, device_id, message, created_at, cleared_at, acknowledged_at, acknowledged_by";
-
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct NotificationRow {
-    id: Id,
-    kind: String,
-    device_id: Option<Id>,
-    message: String,
-    created_at: DateTime<Utc>,
-    cleared_at: Option<DateTime<Utc>>,
-    acknowledged_at: Option<DateTime<Utc>>,
-    acknowledged_by: Option<String>,
-}
-
-impl From<NotificationRow> for Notification {
-    fn from(row: NotificationRow) -> Notification {
-        Notification {
-            id: row.id.0,
-            kind: row.kind,
-            device_id: row.device_id.map(Uuid::from),
-            message: row.message,
-            created_at: row.created_at,
-            cleared_at: row.cleared_at,
-            acknowledged_at: row.acknowledged_at,
-            acknowledged_by: row.acknowledged_by,
-        }
-    }
-}
 
 /// `consecutive_failures` is read as BIGINT (an INTEGER column on PostgreSQL) so that one type
 /// decodes it on both backends.
 pub(in crate::store) const STATUS_COLUMNS: &str = "device_id, status, last_error, last_seen_at, \
      CAST(consecutive_failures AS BIGINT) AS consecutive_failures, changed_at";
 
+/// Not the record itself: a count outside `u32` (only a damaged row holds one) is clamped.
 #[derive(sqlx::FromRow)]
 pub(in crate::store) struct StatusRow {
     device_id: Id,
@@ -75,9 +48,7 @@ macro_rules! status_store {
             use chrono::Utc;
             use uuid::Uuid;
 
-            use $crate::store::common::status::{
-                NotificationRow, StatusRow, NOTIFICATION_COLUMNS, STATUS_COLUMNS,
-            };
+            use $crate::store::common::status::{StatusRow, NOTIFICATION_COLUMNS, STATUS_COLUMNS};
             use $crate::store::common::{opt_id, Id};
             use $crate::store::{
                 DeviceStatus, NewNotification, Notification, StatusStore, StoreResult,
@@ -126,7 +97,7 @@ macro_rules! status_store {
                          WHERE cleared_at IS NULL AND acknowledged_at IS NULL \
                          DO NOTHING RETURNING {NOTIFICATION_COLUMNS}"
                     );
-                    if let Some(row) = sqlx::query_as::<_, NotificationRow>(&insert)
+                    if let Some(opened) = sqlx::query_as::<_, Notification>(&insert)
                         .bind(Id(Uuid::now_v7()))
                         .bind(&n.kind)
                         .bind(opt_id(n.device_id))
@@ -135,34 +106,32 @@ macro_rules! status_store {
                         .fetch_optional(self.writer())
                         .await?
                     {
-                        return Ok(row.into());
+                        return Ok(opened);
                     }
                     let existing = format!(
                         "SELECT {NOTIFICATION_COLUMNS} FROM notifications \
                          WHERE kind = $1 AND device_id = $2 \
                          AND cleared_at IS NULL AND acknowledged_at IS NULL"
                     );
-                    let row: NotificationRow = sqlx::query_as(&existing)
+                    Ok(sqlx::query_as(&existing)
                         .bind(&n.kind)
                         .bind(opt_id(n.device_id))
                         .fetch_one(&self.pool)
-                        .await?;
-                    Ok(row.into())
+                        .await?)
                 }
 
                 async fn list_open_notifications(
                     &self,
                     kind: &str,
                 ) -> StoreResult<Vec<Notification>> {
-                    let rows: Vec<NotificationRow> = sqlx::query_as(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE kind = $1 \
                          AND cleared_at IS NULL AND acknowledged_at IS NULL \
                          ORDER BY created_at, id"
                     ))
                     .bind(kind)
                     .fetch_all(&self.pool)
-                    .await?;
-                    Ok(rows.into_iter().map(Notification::from).collect())
+                    .await?)
                 }
 
                 async fn acknowledge_notification(
@@ -170,7 +139,7 @@ macro_rules! status_store {
                     id: Uuid,
                     by: &str,
                 ) -> StoreResult<Notification> {
-                    let row: NotificationRow = sqlx::query_as(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "UPDATE notifications SET \
                          acknowledged_at = COALESCE(acknowledged_at, $1), \
                          acknowledged_by = COALESCE(acknowledged_by, $2) \
@@ -180,8 +149,7 @@ macro_rules! status_store {
                     .bind(by)
                     .bind(Id(id))
                     .fetch_one(self.writer())
-                    .await?;
-                    Ok(row.into())
+                    .await?)
                 }
 
                 async fn clear_notification(&self, kind: &str, device_id: Uuid) -> StoreResult<bool> {

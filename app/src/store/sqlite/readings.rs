@@ -67,33 +67,25 @@ impl SqliteStore {
         // are what the rollups add. Only the duplicate is ignored (`ON CONFLICT … DO NOTHING`,
         // not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL or a CHECK and
         // report the batch as stored).
-        let mut tx = self.writer().begin().await?;
-        let mut new = Vec::with_capacity(readings.len());
-        let full_chunk_sql = multi_row_insert(
-            "INSERT INTO readings (series_id, ts, value) VALUES ",
-            "(?, ?, ?)",
-            ROWS_PER_STATEMENT,
-        ) + IGNORE_DUPLICATES;
-        let mut chunks = readings.chunks_exact(ROWS_PER_STATEMENT);
-        for chunk in chunks.by_ref() {
-            let mut query = sqlx::query(&full_chunk_sql);
-            for reading in chunk {
-                query = query
-                    .bind(reading.series)
-                    .bind(micros(reading.ts))
-                    .bind(reading.value);
-            }
-            new.extend(query.fetch_all(&mut *tx).await?);
-        }
-        let remainder = chunks.remainder();
-        if !remainder.is_empty() {
-            let sql = multi_row_insert(
+        let insert = |rows| {
+            multi_row_insert(
                 "INSERT INTO readings (series_id, ts, value) VALUES ",
                 "(?, ?, ?)",
-                remainder.len(),
-            ) + IGNORE_DUPLICATES;
+                rows,
+            ) + IGNORE_DUPLICATES
+        };
+        let full_chunk_sql = insert(ROWS_PER_STATEMENT);
+        let mut tx = self.writer().begin().await?;
+        let mut new = Vec::with_capacity(readings.len());
+        for chunk in readings.chunks(ROWS_PER_STATEMENT) {
+            // Only the last chunk can be shorter, and only it needs a statement of its own.
+            let sql = if chunk.len() == ROWS_PER_STATEMENT {
+                std::borrow::Cow::Borrowed(full_chunk_sql.as_str())
+            } else {
+                std::borrow::Cow::Owned(insert(chunk.len()))
+            };
             let mut query = sqlx::query(&sql);
-            for reading in remainder {
+            for reading in chunk {
                 query = query
                     .bind(reading.series)
                     .bind(micros(reading.ts))
