@@ -119,7 +119,7 @@ impl StatusBoard {
         };
         let mut inner = self.inner.lock().await;
         let previous = inner.get(&device_id).cloned();
-        let changed = previous.as_ref().is_none_or(|p| p.status != new_status);
+        let (changed, changed_at) = transition(previous.as_ref(), new_status, at);
         let stale_seen = previous
             .as_ref()
             .and_then(|p| p.last_seen_at)
@@ -143,11 +143,7 @@ impl StatusBoard {
             last_error,
             last_seen_at: Some(at),
             consecutive_failures: 0,
-            changed_at: if changed {
-                at
-            } else {
-                previous.as_ref().map_or(at, |p| p.changed_at)
-            },
+            changed_at,
         };
         let before = inner.insert(device_id, status.clone()).map(|s| s.status);
         self.count_change(before, Some(new_status));
@@ -190,18 +186,14 @@ impl StatusBoard {
         let mut inner = self.inner.lock().await;
         let previous = inner.get(&device_id).cloned();
         let failures = previous.as_ref().map_or(0, |p| p.consecutive_failures) + 1;
-        let changed = previous.as_ref().is_none_or(|p| p.status != status);
+        let (changed, changed_at) = transition(previous.as_ref(), status, at);
         let updated = DeviceStatus {
             device_id,
             status,
             last_error: Some(error.chars().take(500).collect()),
             last_seen_at: previous.as_ref().and_then(|p| p.last_seen_at),
             consecutive_failures: failures,
-            changed_at: if changed {
-                at
-            } else {
-                previous.as_ref().map_or(at, |p| p.changed_at)
-            },
+            changed_at,
         };
         let before = inner.insert(device_id, updated.clone()).map(|s| s.status);
         self.count_change(before, Some(status));
@@ -284,6 +276,19 @@ impl StatusBoard {
                 .with_label_values(&[status.as_str()])
                 .set(count as i64);
         }
+    }
+}
+
+/// Whether a device's new `status` differs from its previous one (a device not seen yet: it
+/// does), and since when it has had that status.
+fn transition(
+    previous: Option<&DeviceStatus>,
+    status: Status,
+    at: DateTime<Utc>,
+) -> (bool, DateTime<Utc>) {
+    match previous {
+        Some(p) if p.status == status => (false, p.changed_at),
+        _ => (true, at),
     }
 }
 

@@ -171,58 +171,35 @@ mod tests {
     fn hysteresis_and_for_sequence() {
         // Rule: above 50, clear 45, for 60 s.
         let check = above(50.0, 45.0);
-        type Case<'a> = (&'a str, &'a [(i64, f64)], Phase, &'a [&'a str]);
-        let cases: &[Case] = &[
-            ("40 does nothing", &[(-10, 40.0)], Phase::Idle, &[]),
-            (
-                "55 twice within 60 s is pending, not notified",
-                &[(-10, 40.0), (0, 55.0), (30, 55.0)],
-                Phase::Pending { since: t(0) },
-                &[],
-            ),
-            (
-                "55 at t0+61 fires once",
-                &[(-10, 40.0), (0, 55.0), (30, 55.0), (61, 55.0)],
-                Phase::Firing,
-                &["firing"],
-            ),
-            (
-                "48 keeps it firing",
-                &[(-10, 40.0), (0, 55.0), (30, 55.0), (61, 55.0), (70, 48.0)],
-                Phase::Firing,
-                &["firing"],
-            ),
-            (
-                "44 resolves once",
-                &[
-                    (-10, 40.0),
-                    (0, 55.0),
-                    (30, 55.0),
-                    (61, 55.0),
-                    (70, 48.0),
-                    (80, 44.0),
-                ],
-                Phase::Idle,
-                &["firing", "resolved"],
-            ),
-        ];
-        for (name, readings, phase, expected) in cases {
-            let (got_phase, steps) = run(&check, 60, readings);
-            assert_eq!(got_phase, *phase, "{name}");
-            assert_eq!(notified(&steps), *expected, "{name}");
-        }
-        // The same sequence as one batch gives the same transitions.
-        let batch: Vec<_> = [
+        // Readings (seconds from t0, value); each case below feeds one more of them.
+        const SEQUENCE: [(i64, f64); 6] = [
             (-10, 40.0),
             (0, 55.0),
             (30, 55.0),
             (61, 55.0),
             (70, 48.0),
             (80, 44.0),
-        ]
-        .iter()
-        .map(|&(s, v)| (t(s), v))
-        .collect();
+        ];
+        type Case<'a> = (&'a str, usize, Phase, &'a [&'a str]);
+        let cases: &[Case] = &[
+            ("40 does nothing", 1, Phase::Idle, &[]),
+            (
+                "55 twice within 60 s is pending, not notified",
+                3,
+                Phase::Pending { since: t(0) },
+                &[],
+            ),
+            ("55 at t0+61 fires once", 4, Phase::Firing, &["firing"]),
+            ("48 keeps it firing", 5, Phase::Firing, &["firing"]),
+            ("44 resolves once", 6, Phase::Idle, &["firing", "resolved"]),
+        ];
+        for (name, fed, phase, expected) in cases {
+            let (got_phase, steps) = run(&check, 60, &SEQUENCE[..*fed]);
+            assert_eq!(got_phase, *phase, "{name}");
+            assert_eq!(notified(&steps), *expected, "{name}");
+        }
+        // The same sequence as one batch gives the same transitions.
+        let batch: Vec<_> = SEQUENCE.iter().map(|&(s, v)| (t(s), v)).collect();
         let (_, steps) = on_readings(&check, 60, Phase::Idle, &batch);
         assert_eq!(
             steps,

@@ -568,36 +568,23 @@ mod tests {
             }
             body
         };
-        assert_eq!(
-            fields(band("outside", json!({"threshold_high": 10}))),
-            ["threshold_high"]
-        );
-        assert_eq!(
-            fields(band("outside", json!({"threshold_high": null}))),
-            ["threshold_high"]
-        );
-        assert_eq!(
-            fields(band("outside", json!({"clear_threshold": 9}))),
-            ["clear_threshold"]
-        );
-        assert_eq!(
-            fields(band("outside", json!({"clear_threshold_high": 21}))),
-            ["clear_threshold_high"]
-        );
-        assert!(parse(&band(
-            "outside",
-            json!({"clear_threshold": 11, "clear_threshold_high": 19})
-        ))
-        .is_ok());
-        assert_eq!(
-            fields(band("inside", json!({"clear_threshold": 11}))),
-            ["clear_threshold"]
-        );
-        assert!(parse(&band(
-            "inside",
-            json!({"clear_threshold": 9, "clear_threshold_high": 21})
-        ))
-        .is_ok());
+        // One key set wrong on the 10..20 band: that key is refused.
+        for (condition, key, value) in [
+            ("outside", "threshold_high", json!(10)),
+            ("outside", "threshold_high", json!(null)),
+            ("outside", "clear_threshold", json!(9)),
+            ("outside", "clear_threshold_high", json!(21)),
+            ("inside", "clear_threshold", json!(11)),
+        ] {
+            let mut body = band(condition, json!({}));
+            body[key] = value;
+            assert_eq!(fields(body), [key], "{condition} {key}");
+        }
+        // Clear bands on the right side of the band are accepted.
+        for (condition, clear, clear_high) in [("outside", 11, 19), ("inside", 9, 21)] {
+            let extra = json!({"clear_threshold": clear, "clear_threshold_high": clear_high});
+            assert!(parse(&band(condition, extra)).is_ok(), "{condition}");
+        }
     }
 
     #[test]

@@ -351,11 +351,17 @@ mod tests {
         due.iter().map(|(active, _)| *active).collect()
     }
 
-    #[test]
-    fn an_outage_fires_after_the_grace_and_resolves_when_ready() {
+    /// An outage seen first at t0 for `reason`, and the grace (60 s) the tests give it.
+    fn down_since_t0(reason: &str) -> (Outage, chrono::Duration) {
         let grace = chrono::Duration::seconds(60);
         let mut o = Outage::default();
-        o.observe(Err("mqtt: not connected".into()), t(0), grace);
+        o.observe(Err(reason.into()), t(0), grace);
+        (o, grace)
+    }
+
+    #[test]
+    fn an_outage_fires_after_the_grace_and_resolves_when_ready() {
+        let (mut o, grace) = down_since_t0("mqtt: not connected");
         assert!(o.due(t(59), grace).is_empty());
         let due = o.due(t(60), grace);
         assert_eq!(events(&due), [true]);
@@ -371,9 +377,7 @@ mod tests {
 
     #[test]
     fn a_blip_shorter_than_the_grace_says_nothing() {
-        let grace = chrono::Duration::seconds(60);
-        let mut o = Outage::default();
-        o.observe(Err("database: unreachable".into()), t(0), grace);
+        let (mut o, grace) = down_since_t0("database: unreachable");
         o.observe(Ok(()), t(30), grace);
         assert!(o.due(t(90), grace).is_empty());
         assert_eq!(o, Outage::default());
@@ -381,9 +385,7 @@ mod tests {
 
     #[test]
     fn an_outage_that_could_not_be_stored_is_reported_afterwards() {
-        let grace = chrono::Duration::seconds(60);
-        let mut o = Outage::default();
-        o.observe(Err("database: unreachable".into()), t(0), grace);
+        let (mut o, grace) = down_since_t0("database: unreachable");
         // Firing is due but cannot be stored (the caller does not call `reported`).
         assert_eq!(events(&o.due(t(100), grace)), [true]);
         o.observe(Ok(()), t(200), grace);

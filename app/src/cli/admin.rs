@@ -38,12 +38,19 @@ fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
 
-pub(super) async fn add_user(config: Config, username: String, role: Role) -> anyhow::Result<()> {
-    let username = username.trim().to_string();
+/// `value` of the option `flag` without surrounding spaces, refused when that leaves it empty
+/// or longer than `max` bytes.
+fn trimmed_name(value: &str, flag: &str, max: usize) -> anyhow::Result<String> {
+    let value = value.trim();
     anyhow::ensure!(
-        !username.is_empty() && username.len() <= 64,
-        "--username must be 1 to 64 characters"
+        !value.is_empty() && value.len() <= max,
+        "{flag} must be 1 to {max} characters"
     );
+    Ok(value.to_string())
+}
+
+pub(super) async fn add_user(config: Config, username: String, role: Role) -> anyhow::Result<()> {
+    let username = trimmed_name(&username, "--username", 64)?;
     let store = open_migrated(&config).await?;
     let (password, generated) = read_or_generate_password()?;
     let password_hash = hash_password(&password)?;
@@ -93,11 +100,7 @@ fn read_or_generate_password() -> anyhow::Result<(String, bool)> {
 }
 
 pub(super) async fn create_token(config: Config, name: String, role: Role) -> anyhow::Result<()> {
-    let name = name.trim().to_string();
-    anyhow::ensure!(
-        !name.is_empty() && name.len() <= 100,
-        "--name must be 1 to 100 characters"
-    );
+    let name = trimmed_name(&name, "--name", 100)?;
     let store = open_migrated(&config).await?;
     let secret = generate_api_token();
     let token = store

@@ -13,16 +13,9 @@ use super::audit;
 use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
 use super::revocation::Ended;
-use super::{ApiError, AppState};
+use super::{validation, ApiError, AppState};
 use crate::auth::{hash_password_in, random_secret};
-use crate::store::{NewUser, Role, StoreError, User, UserChange};
-
-fn validation(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Validation {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+use crate::store::{ApiToken, NewUser, Role, StoreError, User, UserChange};
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
@@ -244,11 +237,8 @@ pub async fn delete_user(
 pub async fn list_tokens(
     State(state): State<AppState>,
     _auth: Authorized<OwnerRole>,
-) -> Result<Json<Value>, ApiError> {
-    let tokens = state.store.list_api_tokens().await?;
-    Ok(Json(
-        serde_json::to_value(tokens).map_err(|e| ApiError::Internal(e.into()))?,
-    ))
+) -> Result<Json<Vec<ApiToken>>, ApiError> {
+    Ok(Json(state.store.list_api_tokens().await?))
 }
 
 pub async fn revoke_token(

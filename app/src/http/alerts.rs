@@ -13,13 +13,14 @@ use uuid::Uuid;
 
 use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, ViewerRole};
-use super::{ApiError, AppState};
+use super::{validation, ApiError, AppState};
 use crate::alerts::channels::{
     self, Channel, ChannelKind, Message, MessageState, Outcome, Severity,
 };
 use crate::alerts::rule;
 use crate::store::alerts::{
-    AlertFilter, AlertRule, AlertState, ChannelInfo, DeliveryState, NewChannel, NewSilence,
+    Alert, AlertFilter, AlertRule, AlertState, ChannelInfo, DeliveryState, NewChannel, NewSilence,
+    Silence,
 };
 use crate::store::StoreError;
 
@@ -38,18 +39,37 @@ const MAX_CHANNELS: usize = 100;
 /// Longest silence: a year.
 const MAX_SILENCE_DAYS: i64 = 366;
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Validation {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 fn not_found(what: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     move |e| match e {
         StoreError::NotFound => ApiError::NotFound(what.into()),
         other => other.into(),
     }
+}
+
+/// Refuses a create once `max` of a kind (`what`, plural) exist.
+fn check_room(existing: usize, max: usize, what: &str) -> Result<(), ApiError> {
+    if existing >= max {
+        return Err(ApiError::Conflict(format!(
+            "at most {max} {what}; delete one first"
+        )));
+    }
+    Ok(())
+}
+
+/// An optional free-text comment (acknowledgements, silences): trimmed, empty as none, and at
+/// most [`MAX_COMMENT`] characters.
+fn comment(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    let comment = raw.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+    if comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
+    {
+        return Err(validation(
+            "comment",
+            format!("at most {MAX_COMMENT} characters"),
+        ));
+    }
+    Ok(comment)
 }
 
 /// Parses, validates and resolves a rule: every problem as a 422 naming its field.
@@ -150,11 +170,8 @@ pub async fn create_rule(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let rule = validate_rule(&state, &body).await?;
-    if state.store.list_alert_rules().await?.len() >= MAX_RULES {
-        return Err(ApiError::Conflict(format!(
-            "at most {MAX_RULES} alert rules; delete one first"
-        )));
-    }
+    let existing = state.store.list_alert_rules().await?.len();
+    check_room(existing, MAX_RULES, "alert rules")?;
     let created = state.store.create_alert_rule(&rule).await?;
     audit_and_reload(
         &state,
@@ -195,17 +212,47 @@ pub async fn update_rule(
     Ok(Json(updated))
 }
 
-pub async fn delete_rule(
+/// The alerting objects the API deletes by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Rule,
+    Channel,
+    Silence,
+}
+
+/// Names, by the store's record type, the [`Kind`] a `DELETE` route removes, so that one
+/// handler serves the three routes: `delete::<Silence>`.
+pub trait Deletable {
+    const KIND: Kind;
+}
+
+impl Deletable for AlertRule {
+    const KIND: Kind = Kind::Rule;
+}
+
+/// `DELETE /api/alert-rules/{id}`, `/api/channels/{id}` and `/api/silences/{id}`: they differ
+/// only in the store call, the 404's noun and the audit action. Rules and channels are what
+/// the engine evaluates with, so it reloads after theirs.
+pub async fn delete<T: Deletable>(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_alert_rule(id)
-        .await
-        .map_err(not_found("alert rule"))?;
-    audit_and_reload(&state, &auth.principal, "alert_rule.delete", id, json!({})).await;
+    let store = &state.store;
+    let (deleted, noun, action) = match T::KIND {
+        Kind::Rule => (
+            store.delete_alert_rule(id).await,
+            "alert rule",
+            "alert_rule.delete",
+        ),
+        Kind::Channel => (store.delete_channel(id).await, "channel", "channel.delete"),
+        Kind::Silence => (store.delete_silence(id).await, "silence", "silence.delete"),
+    };
+    deleted.map_err(not_found(noun))?;
+    audit(&state, &auth.principal, action, id, json!({})).await;
+    if T::KIND != Kind::Silence {
+        state.alerts.rules_changed().await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -226,7 +273,7 @@ pub struct ChannelInput {
 fn validate_channel(state: &AppState, input: ChannelInput) -> Result<NewChannel, ApiError> {
     let name = input.name.trim().to_string();
     if name.is_empty() || name.chars().count() > MAX_CHANNEL_NAME {
-        return Err(invalid(
+        return Err(validation(
             "name",
             format!("must be 1 to {MAX_CHANNEL_NAME} characters"),
         ));
@@ -234,7 +281,7 @@ fn validate_channel(state: &AppState, input: ChannelInput) -> Result<NewChannel,
     let settings = input.settings.unwrap_or_else(|| json!({}));
     check_channel(state, &input.kind, &settings, input.allow_private)?;
     if input.secret.as_ref().is_some_and(|s| s.len() > MAX_SECRET) {
-        return Err(invalid("secret", format!("at most {MAX_SECRET} bytes")));
+        return Err(validation("secret", format!("at most {MAX_SECRET} bytes")));
     }
     Ok(NewChannel {
         name,
@@ -261,11 +308,8 @@ pub async fn create_channel(
     JsonBody(body): JsonBody<ChannelInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = validate_channel(&state, body)?;
-    if state.store.list_channels().await?.len() >= MAX_CHANNELS {
-        return Err(ApiError::Conflict(format!(
-            "at most {MAX_CHANNELS} channels; delete one first"
-        )));
-    }
+    let existing = state.store.list_channels().await?.len();
+    check_room(existing, MAX_CHANNELS, "channels")?;
     let created = state.store.create_channel(&channel).await?;
     audit(
         &state,
@@ -301,18 +345,8 @@ pub async fn update_channel(
     Ok(Json(updated))
 }
 
-pub async fn delete_channel(
-    State(state): State<AppState>,
-    auth: Authorized<AdminRole>,
-    Path(id): Path<Uuid>,
-) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_channel(id)
-        .await
-        .map_err(not_found("channel"))?;
-    audit_and_reload(&state, &auth.principal, "channel.delete", id, json!({})).await;
-    Ok(StatusCode::NO_CONTENT)
+impl Deletable for ChannelInfo {
+    const KIND: Kind = Kind::Channel;
 }
 
 pub async fn test_channel(
@@ -346,14 +380,14 @@ pub async fn list_alerts(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_ALERTS);
     if limit == 0 || limit > MAX_ALERTS {
-        return Err(invalid("limit", format!("must be 1 to {MAX_ALERTS}")));
+        return Err(validation("limit", format!("must be 1 to {MAX_ALERTS}")));
     }
     let alert_state = match query.state.as_deref() {
         None | Some("") => None,
         Some("pending") => Some(AlertState::Pending),
         Some("firing") => Some(AlertState::Firing),
         Some("resolved") => Some(AlertState::Resolved),
-        Some(_) => return Err(invalid("state", "must be pending, firing or resolved")),
+        Some(_) => return Err(validation("state", "must be pending, firing or resolved")),
     };
     let alerts = state
         .store
@@ -393,20 +427,8 @@ pub async fn acknowledge(
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
     body: Option<JsonBody<AckInput>>,
-) -> Result<Json<Value>, ApiError> {
-    let comment = body
-        .and_then(|JsonBody(b)| b.comment)
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty());
-    if comment
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
-    {
-        return Err(invalid(
-            "comment",
-            format!("at most {MAX_COMMENT} characters"),
-        ));
-    }
+) -> Result<Json<Alert>, ApiError> {
+    let comment = comment(body.and_then(|JsonBody(b)| b.comment))?;
     let alert = state
         .alerts
         .acknowledge(id, &auth.principal.subject, comment.clone())
@@ -420,9 +442,7 @@ pub async fn acknowledge(
         json!({ "comment": comment }),
     )
     .await;
-    Ok(Json(
-        serde_json::to_value(alert).map_err(|e| ApiError::Internal(e.into()))?,
-    ))
+    Ok(Json(alert))
 }
 
 #[derive(Debug, Deserialize)]
@@ -456,7 +476,7 @@ pub async fn create_silence(
     JsonBody(input): JsonBody<SilenceInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     if input.rule_id.is_none() && input.device_id.is_none() && input.group_id.is_none() {
-        return Err(invalid(
+        return Err(validation(
             "rule_id",
             "a silence names a rule, a device or a group (or several: all must match)",
         ));
@@ -464,30 +484,18 @@ pub async fn create_silence(
     let now = Utc::now();
     let starts_at = input.starts_at.unwrap_or(now);
     if input.until <= starts_at.max(now) {
-        return Err(invalid(
+        return Err(validation(
             "until",
             "must be in the future and after starts_at",
         ));
     }
     if input.until - now > chrono::Duration::days(MAX_SILENCE_DAYS) {
-        return Err(invalid(
+        return Err(validation(
             "until",
             format!("at most {MAX_SILENCE_DAYS} days ahead"),
         ));
     }
-    let comment = input
-        .comment
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty());
-    if comment
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
-    {
-        return Err(invalid(
-            "comment",
-            format!("at most {MAX_COMMENT} characters"),
-        ));
-    }
+    let comment = comment(input.comment)?;
     let silence = state
         .store
         .create_silence(&NewSilence {
@@ -501,7 +509,7 @@ pub async fn create_silence(
         })
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(message) => invalid("rule_id", message),
+            StoreError::Conflict(message) => validation("rule_id", message),
             other => other.into(),
         })?;
     audit(
@@ -515,18 +523,8 @@ pub async fn create_silence(
     Ok((StatusCode::CREATED, Json(silence)))
 }
 
-pub async fn delete_silence(
-    State(state): State<AppState>,
-    auth: Authorized<AdminRole>,
-    Path(id): Path<Uuid>,
-) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_silence(id)
-        .await
-        .map_err(not_found("silence"))?;
-    audit(&state, &auth.principal, "silence.delete", id, json!({})).await;
-    Ok(StatusCode::NO_CONTENT)
+impl Deletable for Silence {
+    const KIND: Kind = Kind::Silence;
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,13 +541,16 @@ pub async fn list_deliveries(
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_DELIVERIES {
-        return Err(invalid("limit", format!("must be 1 to {MAX_DELIVERIES}")));
+        return Err(validation(
+            "limit",
+            format!("must be 1 to {MAX_DELIVERIES}"),
+        ));
     }
     let filter = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
             DeliveryState::parse(s)
-                .map_err(|_| invalid("state", "must be pending, delivered or dead"))?,
+                .map_err(|_| validation("state", "must be pending, delivered or dead"))?,
         ),
     };
     Ok(Json(json!(
@@ -566,7 +567,7 @@ fn check_channel(
     allow_private: bool,
 ) -> Result<(), ApiError> {
     let kind: ChannelKind = serde_json::from_value(json!(kind))
-        .map_err(|_| invalid("kind", "must be webhook, discord, slack or email"))?;
+        .map_err(|_| validation("kind", "must be webhook, discord, slack or email"))?;
     channels::validate(kind, settings, allow_private, &state.config.alerts).map_err(|errors| {
         ApiError::Invalid(errors.into_iter().map(|e| (e.field, e.message)).collect())
     })

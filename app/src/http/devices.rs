@@ -12,12 +12,13 @@ use uuid::Uuid;
 use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, Principal, ViewerRole};
 use super::security::ClientInfo;
-use super::{ApiError, AppState};
+use super::{validation, ApiError, AppState};
 use crate::auth::{hash_api_token, random_secret};
 use crate::events::{LiveEvent, NotificationChanged};
 use crate::modbus::ModbusConfig;
 use crate::store::{
-    Device, DeviceStatus, Group, MqttCredentials, NewDevice, Protocol, RollupStep, StoreError,
+    Device, DeviceStatus, Group, MqttCredentials, NewDevice, Notification, Protocol, RollupStep,
+    StoreError,
 };
 
 /// Most points one readings request may return (`limit`), and its default.
@@ -43,13 +44,6 @@ pub struct DeviceInput {
 
 fn enabled_by_default() -> bool {
     true
-}
-
-fn validation(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Validation {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 /// Turns API input into a storable device: every field checked, the Modbus map normalised
@@ -569,14 +563,9 @@ pub async fn register(
 pub async fn connection_failures(
     State(state): State<AppState>,
     _auth: Authorized<ViewerRole>,
-) -> Result<Json<Value>, ApiError> {
-    let open = state
-        .store
-        .list_open_notifications(crate::status::CONNECTION_FAILURE)
-        .await?;
-    Ok(Json(
-        serde_json::to_value(open).map_err(|e| ApiError::Internal(e.into()))?,
-    ))
+) -> Result<Json<Vec<Notification>>, ApiError> {
+    let kind = crate::status::CONNECTION_FAILURE;
+    Ok(Json(state.store.list_open_notifications(kind).await?))
 }
 
 pub async fn acknowledge(

@@ -45,6 +45,14 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// A 422 naming the offending input `field`.
+pub fn validation(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Validation {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

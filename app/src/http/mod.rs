@@ -41,6 +41,7 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 pub use devices::{readings_window, ReadingsQuery, ReadingsWindow};
+pub(crate) use error::validation;
 pub use error::{error_body, ApiError};
 pub use metrics::Metrics;
 

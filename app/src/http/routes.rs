@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::body::JsonBody;
 use super::extract::{Authorized, OwnerRole, Principal, ViewerRole};
-use super::{ApiError, AppState};
+use super::{validation, ApiError, AppState};
 use crate::auth::{generate_api_token, hash_api_token};
 use crate::store::{NewApiToken, Role};
 
@@ -143,10 +143,7 @@ pub async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::Validation {
-            field: "name".into(),
-            message: "must be 1 to 100 characters".into(),
-        });
+        return Err(validation("name", "must be 1 to 100 characters"));
     }
     let secret = generate_api_token();
     let token = state

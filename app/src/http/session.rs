@@ -25,7 +25,7 @@ use super::body::JsonBody;
 use super::extract::{Authorized, Principal, SessionInfo, ViewerRole};
 use super::revocation::{Credential, Ended};
 use super::security::{constant_time_eq, ClientInfo};
-use super::{ApiError, AppState};
+use super::{validation, ApiError, AppState};
 use crate::auth::{
     hash_api_token, hash_password, hash_password_in, random_secret, verify_password_in,
 };
@@ -309,10 +309,10 @@ pub async fn change_password(
     let user = state.store.find_user(&session.username).await?;
     let current: String = body.current_password.chars().take(MAX_PASSWORD).collect();
     if !verify(&state, current, Some(user.password_hash.clone())).await? {
-        return Err(ApiError::Validation {
-            field: "current_password".into(),
-            message: "is not your current password".into(),
-        });
+        return Err(validation(
+            "current_password",
+            "is not your current password",
+        ));
     }
     let new_password = body.new_password;
     let hash = state
@@ -320,10 +320,7 @@ pub async fn change_password(
         .hashing
         .run(move |memory| hash_password_in(memory, &new_password))
         .await?
-        .map_err(|e| ApiError::Validation {
-            field: "new_password".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| validation("new_password", e.to_string()))?;
     state
         .store
         .update_user(

@@ -298,14 +298,7 @@ impl Checker {
         self.refuse_unknown(object, ROOT, CONFIG_FIELDS);
         let field = |key: &str| format!("{ROOT}.{key}");
 
-        let host = self.required(object, ROOT, "host").and_then(|value| {
-            let host = self.string(value, &field("host"))?;
-            if host.trim().is_empty() {
-                self.error(&field("host"), "must not be empty");
-                return None;
-            }
-            Some(host)
-        });
+        let host = self.required_text(object, ROOT, "host");
         let port = self.integer_or(object, ROOT, "port", DEFAULT_PORT.into(), 1..=65535);
         let unit_id = self.integer_or(object, ROOT, "unit_id", DEFAULT_UNIT_ID.into(), 0..=255);
         let poll_interval_ms = self.integer_or(
@@ -378,21 +371,18 @@ impl Checker {
         self.refuse_unknown(object, path, REGISTER_FIELDS);
         let field = |key: &str| format!("{path}.{key}");
 
-        let metric = self.required(object, path, "metric").and_then(|value| {
-            let metric = self.string(value, &field("metric"))?;
-            if metric.trim().is_empty() {
-                self.error(&field("metric"), "must not be empty");
-                return None;
-            }
-            if metric.chars().count() > MAX_METRIC_CHARS {
-                self.error(
-                    &field("metric"),
-                    format!("must be at most {MAX_METRIC_CHARS} characters"),
-                );
-                return None;
-            }
-            Some(metric)
-        });
+        let metric = self
+            .required_text(object, path, "metric")
+            .and_then(|metric| {
+                if metric.chars().count() > MAX_METRIC_CHARS {
+                    self.error(
+                        &field("metric"),
+                        format!("must be at most {MAX_METRIC_CHARS} characters"),
+                    );
+                    return None;
+                }
+                Some(metric)
+            });
         let kind = self.required(object, path, "kind").and_then(|value| {
             self.one_of(value, &field("kind"), &RegisterKind::ALL, |k| k.as_str())
         });
@@ -522,6 +512,23 @@ impl Checker {
             self.error(field, "must be a string");
         }
         string
+    }
+
+    /// The string `key` of `object`: required, and refused when blank.
+    fn required_text(
+        &mut self,
+        object: &Map<String, Value>,
+        path: &str,
+        key: &str,
+    ) -> Option<String> {
+        let field = format!("{path}.{key}");
+        let value = self.required(object, path, key)?;
+        let text = self.string(value, &field)?;
+        if text.trim().is_empty() {
+            self.error(&field, "must not be empty");
+            return None;
+        }
+        Some(text)
     }
 
     fn boolean(&mut self, value: &Value, field: &str) -> Option<bool> {

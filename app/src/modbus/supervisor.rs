@@ -250,22 +250,13 @@ impl Supervisor {
         if names.is_empty() {
             return;
         }
-        let attempt = Instant::now();
-        match self
-            .store
-            .acquire_leases(&names, &self.instance_id, self.lease_ttl)
-            .await
-        {
-            Ok(taken) => {
-                for id in taken
-                    .iter()
-                    .filter_map(|name| name.strip_prefix("modbus:")?.parse::<Uuid>().ok())
-                {
+        match self.acquire(&names).await {
+            Ok((taken, until)) => {
+                for id in taken {
                     tracing::debug!(device.id = %id, "Modbus lease taken");
                     state.held.insert(id);
                 }
                 // The earliest expiry of what is held stays the deadline.
-                let until = attempt + self.lease_ttl - self.lease_ttl / 10;
                 if state.held_until.is_none() && !state.held.is_empty() {
                     state.held_until = Some(until);
                 }
@@ -274,6 +265,21 @@ impl Supervisor {
                 tracing::warn!(error = %e, "cannot take the leases of new Modbus devices; retrying");
             }
         }
+    }
+
+    /// Takes or renews the leases `names` for this instance: the devices held now, and until
+    /// when they may be polled — a little before the leases can expire in the database.
+    async fn acquire(&self, names: &[String]) -> StoreResult<(HashSet<Uuid>, Instant)> {
+        let attempt = Instant::now();
+        let held = self
+            .store
+            .acquire_leases(names, &self.instance_id, self.lease_ttl)
+            .await?;
+        let devices = held
+            .iter()
+            .filter_map(|name| name.strip_prefix("modbus:")?.parse().ok())
+            .collect();
+        Ok((devices, attempt + self.lease_ttl - self.lease_ttl / 10))
     }
 
     /// Stops the pollers of devices deleted or disabled and gives their leases back.
@@ -311,17 +317,8 @@ impl Supervisor {
         }
 
         let names: Vec<String> = state.candidates.keys().copied().map(lease_name).collect();
-        let attempt = Instant::now();
-        match self
-            .store
-            .acquire_leases(&names, &self.instance_id, self.lease_ttl)
-            .await
-        {
-            Ok(held) => {
-                let held: HashSet<Uuid> = held
-                    .iter()
-                    .filter_map(|name| name.strip_prefix("modbus:")?.parse().ok())
-                    .collect();
+        match self.acquire(&names).await {
+            Ok((held, until)) => {
                 for id in held.difference(&state.held) {
                     tracing::debug!(device.id = %id, "Modbus lease taken");
                 }
@@ -329,8 +326,7 @@ impl Supervisor {
                     tracing::warn!(device.id = %id, "Modbus lease lost to another instance");
                 }
                 state.held = held;
-                // Stop a little before the lease can expire in the database.
-                state.held_until = Some(attempt + self.lease_ttl - self.lease_ttl / 10);
+                state.held_until = Some(until);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take or renew Modbus leases; retrying");

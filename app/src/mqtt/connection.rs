@@ -2,6 +2,7 @@
 //! optional client certificate), credentials. Built once from the configuration, so a bad CA
 //! file or key fails at start-up with the key named, not at the first reconnect.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,12 +118,7 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ConnectionError> 
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| ConnectionError::Tls {
-                    key: "mqtt.tls.ca",
-                    message: format!("{}: {e}", path.display()),
-                })?;
+            let certs = pem_certificates("mqtt.tls.ca", path)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(ConnectionError::Tls {
@@ -153,12 +149,7 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ConnectionError> 
         .with_root_certificates(roots);
     match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| ConnectionError::Tls {
-                    key: "mqtt.tls.cert",
-                    message: format!("{}: {e}", cert.display()),
-                })?;
+            let chain = pem_certificates("mqtt.tls.cert", cert)?;
             if chain.is_empty() {
                 return Err(ConnectionError::Tls {
                     key: "mqtt.tls.cert",
@@ -178,6 +169,19 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ConnectionError> 
         }
         _ => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// The certificates of the PEM file `path`, named by the setting `key` in an error.
+fn pem_certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConnectionError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConnectionError::Tls {
+            key,
+            message: format!("{}: {e}", path.display()),
+        })
 }
 
 /// The ingester's stable client id: `mqtt.client_id`, else `ddms-<host>[-<slot>]`. Never random,

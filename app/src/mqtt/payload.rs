@@ -427,16 +427,15 @@ mod tests {
                 },
             ),
         ] {
-            match parse("devices/d9/heartbeat", payload) {
-                Ok(Message::Heartbeat {
-                    device_id,
-                    heartbeat,
-                }) => {
-                    assert_eq!(device_id, "d9");
-                    assert_eq!(heartbeat, expected);
-                }
-                other => panic!("{payload}: {other:?}"),
-            }
+            let heartbeat = Message::Heartbeat {
+                device_id: "d9".into(),
+                heartbeat: expected,
+            };
+            assert_eq!(
+                parse("devices/d9/heartbeat", payload),
+                Ok(heartbeat),
+                "{payload}"
+            );
         }
     }
 }

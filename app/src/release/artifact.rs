@@ -217,16 +217,10 @@ fn sibling_with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// The hex digest the checksum file gives for `artifact` (`sha256sum` format: `<hex>  <name>`,
 /// or `<hex> *<name>`; a file with one line may name the artifact differently).
 fn published_digest(artifact: &Path, checksum: &Path) -> Result<String, ReleaseError> {
-    let text = match std::fs::read_to_string(checksum) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ReleaseError::ChecksumMissing {
-                artifact: artifact.to_path_buf(),
-                checksum: checksum.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(ReleaseError::io(checksum)(e)),
-    };
+    let text = ReleaseError::read_text(checksum, || ReleaseError::ChecksumMissing {
+        artifact: artifact.to_path_buf(),
+        checksum: checksum.to_path_buf(),
+    })?;
     let invalid = |reason: String| ReleaseError::ChecksumInvalid {
         path: checksum.to_path_buf(),
         reason,

@@ -97,18 +97,18 @@ impl Recorder {
         step: Step,
         fut: impl Future<Output = Result<T, ReleaseError>>,
     ) -> Result<T, ReleaseError> {
-        let started = Instant::now();
-        let result = if self.abort.token.is_cancelled() {
-            Err(self.abort.error())
-        } else {
+        let abort = self.abort.clone();
+        let abortable = async move {
+            if abort.token.is_cancelled() {
+                return Err(abort.error());
+            }
             tokio::select! {
                 biased;
-                () = self.abort.token.cancelled() => Err(self.abort.error()),
+                () = abort.token.cancelled() => Err(abort.error()),
                 result = fut => result,
             }
         };
-        self.push(step, started, result.as_ref().err().map(|e| e.to_string()));
-        result
+        self.run_final(step, abortable).await
     }
 
     /// Runs a step of the way back (or past the point of no return): not interruptible.

@@ -232,10 +232,12 @@ mod tests {
     async fn a_live_lease_is_refused_and_an_expired_one_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
-        let first =
-            DeployLock::acquire(&layout, Duration::from_secs(30), "alice", "activate v2").unwrap();
-        let refused =
-            DeployLock::acquire(&layout, Duration::from_secs(30), "bob", "activate v3").err();
+        // Every lease here lasts 30 s: only the one made to look expired runs out.
+        let acquire = |holder: &str, command: &str| {
+            DeployLock::acquire(&layout, Duration::from_secs(30), holder, command)
+        };
+        let first = acquire("alice", "activate v2").unwrap();
+        let refused = acquire("bob", "activate v3").err();
         match refused {
             Some(ReleaseError::LockHeld(info)) => {
                 assert_eq!(info.holder, "alice");
@@ -250,8 +252,7 @@ mod tests {
         info.expires_at = Utc::now() - chrono::Duration::seconds(1);
         write_atomic(&layout.lock_file(), &serde_json::to_vec(&info).unwrap()).unwrap();
         assert!(current(&layout).unwrap().expired);
-        let second =
-            DeployLock::acquire(&layout, Duration::from_secs(30), "bob", "activate v3").unwrap();
+        let second = acquire("bob", "activate v3").unwrap();
         assert_eq!(current(&layout).unwrap().holder, "bob");
         second.release().await;
         assert!(current(&layout).is_none());

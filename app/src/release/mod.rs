@@ -143,6 +143,19 @@ impl ReleaseError {
         move |source| ReleaseError::Io { path, source }
     }
 
+    /// Reads the text file `path`: a missing file is the error `missing` makes, another failure
+    /// [`ReleaseError::Io`].
+    pub(crate) fn read_text(
+        path: &Path,
+        missing: impl FnOnce() -> ReleaseError,
+    ) -> Result<String, ReleaseError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+            Err(e) => Err(ReleaseError::io(path)(e)),
+        }
+    }
+
     /// Exit status for the command line: 3 when another deploy holds the lock (retry later),
     /// 1 for everything else.
     pub fn exit_code(&self) -> u8 {

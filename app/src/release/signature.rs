@@ -158,18 +158,12 @@ pub fn read_signature(
     path: &Path,
     pinned: &PinnedKey,
 ) -> Result<ReleaseSignature, ReleaseError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ReleaseError::SignatureMissing {
-                artifact: artifact.to_path_buf(),
-                signature: path.to_path_buf(),
-                key_id: pinned.key_id.clone(),
-                key: pinned.path.clone(),
-            })
-        }
-        Err(e) => return Err(ReleaseError::io(path)(e)),
-    };
+    let text = ReleaseError::read_text(path, || ReleaseError::SignatureMissing {
+        artifact: artifact.to_path_buf(),
+        signature: path.to_path_buf(),
+        key_id: pinned.key_id.clone(),
+        key: pinned.path.clone(),
+    })?;
     let (signature, key_id) =
         parse_signature(&text).map_err(|reason| ReleaseError::SignatureInvalid {
             artifact: artifact.to_path_buf(),
