@@ -209,7 +209,10 @@ async fn ingest_load(
     interval_ms: u64,
 ) -> Result<(Vec<ModbusSimulator>, Vec<String>)> {
     let client = reqwest::Client::new();
-    let specs: Vec<RegisterSpec> = registers(extra_registers).into_iter().map(|r| r.spec).collect();
+    let specs: Vec<RegisterSpec> = registers(extra_registers)
+        .into_iter()
+        .map(|r| r.spec)
+        .collect();
     let mut simulators = Vec::with_capacity(devices);
     let mut ids = Vec::with_capacity(devices);
     for i in 0..devices {
@@ -460,8 +463,8 @@ async fn bench_api(args: &Args, instance: &Instance, ids: &[String]) -> Result<V
         args.history_devices.min(ids.len()),
         started.elapsed().as_secs_f64()
     );
-    let expected =
-        args.devices as f64 * registers(args.extra_registers).len() as f64 * 1000.0 / args.interval_ms as f64;
+    let expected = args.devices as f64 * registers(args.extra_registers).len() as f64 * 1000.0
+        / args.interval_ms as f64;
     steady_ingest(instance, expected, "after the history was seeded").await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -594,13 +597,19 @@ async fn main() -> Result<()> {
     raise_fd_limit(args.clients as u64 * 2 + 4096);
     let name = if args.mode == Mode::Sse { "sse" } else { "api" };
     let mut instance = start_ddms(&args.ddms, &args.out).await?;
-    let (simulators, ids) = ingest_load(&instance, args.devices, args.extra_registers, args.interval_ms).await?;
+    let (simulators, ids) = ingest_load(
+        &instance,
+        args.devices,
+        args.extra_registers,
+        args.interval_ms,
+    )
+    .await?;
     println!(
         "bench {name}: {} Modbus devices polled every {} ms",
         args.devices, args.interval_ms
     );
-    let expected =
-        args.devices as f64 * registers(args.extra_registers).len() as f64 * 1000.0 / args.interval_ms as f64;
+    let expected = args.devices as f64 * registers(args.extra_registers).len() as f64 * 1000.0
+        / args.interval_ms as f64;
     steady_ingest(&instance, expected, "after the devices were created").await?;
     let summary = match args.mode {
         Mode::Sse => bench_sse(&args, &instance).await?,
