@@ -135,7 +135,7 @@ fn registers(extra: usize) -> Vec<SimulatedRegister> {
     .chain((0..extra).map(|i| {
         SimulatedRegister::new(
             RegisterSpec::new(
-                &format!("r{}", i + 2),
+                format!("r{}", i + 2),
                 RegisterKind::Holding,
                 2 + 2 * i as u16,
                 ValueType::F32,
