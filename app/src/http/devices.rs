@@ -2,10 +2,10 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ use crate::events::{LiveEvent, NotificationChanged};
 use crate::modbus::ModbusConfig;
 use crate::store::{
     Device, DeviceStatus, Group, MqttCredentials, NewDevice, Notification, Protocol, RollupStep,
-    StoreError,
+    Status, StoreError,
 };
 
 /// Most points one readings request may return (`limit`), and its default.
@@ -121,32 +121,71 @@ async fn render(
         Some(_) => state.store.list_groups().await?,
         None => Vec::new(),
     };
-    Ok(render_with(device, status, &groups))
+    serde_json::to_value(DeviceView::new(device, status.as_ref(), &groups))
+        .map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// The API shape of a device, its group named from `groups` (one query for a whole list).
-fn render_with(device: &Device, status: Option<DeviceStatus>, groups: &[Group]) -> Value {
-    let group = device
-        .group_id
-        .and_then(|id| groups.iter().find(|g| g.id == id))
-        .map(|g| g.name.clone());
-    let mut body = json!({
-        "id": device.id,
-        "name": device.name,
-        "protocol": device.protocol,
-        "group": group,
-        "enabled": device.enabled,
-        "status": status.map(|s| json!({
-            "status": s.status, "last_error": s.last_error, "last_seen_at": s.last_seen_at,
-            "changed_at": s.changed_at, "consecutive_failures": s.consecutive_failures,
-        })).unwrap_or_else(|| json!({ "status": "unknown" })),
-        "created_at": device.created_at,
-        "updated_at": device.updated_at,
-    });
-    if device.protocol == Protocol::Modbus {
-        body["modbus"] = device.config.clone();
+/// It borrows the device and is serialised straight into the response: building a JSON tree
+/// per device (and copying its register map into it) made listing a large fleet cost several
+/// times the query. Fields are in alphabetical order, the order the objects have always had.
+#[derive(Serialize)]
+struct DeviceView<'a> {
+    created_at: DateTime<Utc>,
+    enabled: bool,
+    group: Option<&'a str>,
+    id: Uuid,
+    /// Modbus devices only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modbus: Option<&'a Value>,
+    name: &'a str,
+    protocol: Protocol,
+    status: StatusView<'a>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum StatusView<'a> {
+    Known {
+        changed_at: DateTime<Utc>,
+        consecutive_failures: u32,
+        last_error: Option<&'a str>,
+        last_seen_at: Option<DateTime<Utc>>,
+        status: Status,
+    },
+    /// Not polled or heard from since this instance started.
+    Unknown { status: &'static str },
+}
+
+impl<'a> DeviceView<'a> {
+    fn new(device: &'a Device, status: Option<&'a DeviceStatus>, groups: &'a [Group]) -> Self {
+        let group = device
+            .group_id
+            .and_then(|id| groups.iter().find(|g| g.id == id))
+            .map(|g| g.name.as_str());
+        let status = match status {
+            Some(s) => StatusView::Known {
+                changed_at: s.changed_at,
+                consecutive_failures: s.consecutive_failures,
+                last_error: s.last_error.as_deref(),
+                last_seen_at: s.last_seen_at,
+                status: s.status,
+            },
+            None => StatusView::Unknown { status: "unknown" },
+        };
+        DeviceView {
+            created_at: device.created_at,
+            enabled: device.enabled,
+            group,
+            id: device.id,
+            modbus: (device.protocol == Protocol::Modbus).then_some(&device.config),
+            name: &device.name,
+            protocol: device.protocol,
+            status,
+            updated_at: device.updated_at,
+        }
     }
-    body
 }
 
 fn not_found(err: StoreError) -> ApiError {
@@ -178,17 +217,16 @@ async fn audit(state: &AppState, principal: &Principal, action: &str, device: &D
 pub async fn list(
     State(state): State<AppState>,
     _auth: Authorized<ViewerRole>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     let statuses = state.status.all().await;
     let groups = state.store.list_groups().await?;
-    let out = state
-        .store
-        .list_devices()
-        .await?
+    let devices = state.store.list_devices().await?;
+    let views: Vec<DeviceView> = devices
         .iter()
-        .map(|device| render_with(device, statuses.get(&device.id).cloned(), &groups))
+        .map(|device| DeviceView::new(device, statuses.get(&device.id), &groups))
         .collect();
-    Ok(Json(out))
+    // Serialised here, while the views still borrow the devices.
+    Ok(Json(views).into_response())
 }
 
 pub async fn get(
