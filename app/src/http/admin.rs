@@ -106,13 +106,12 @@ pub async fn create_user(
             }
             other => other.into(),
         })?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "user.create",
-            Some(format!("user:{}", user.username)),
-            json!({ "user_id": user.id, "role": user.role }),
-        ),
+        &auth.principal,
+        "user.create",
+        Some(format!("user:{}", user.username)),
+        json!({ "user_id": user.id, "role": user.role }),
     )
     .await;
     let mut body = user_json(&user);
@@ -191,14 +190,13 @@ pub async fn update_user(
             except: None,
         });
     }
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "user.update",
-            Some(format!("user:{}", user.username)),
-            json!({ "user_id": id, "role": input.role, "disabled": input.disabled,
-                    "password_reset": reset }),
-        ),
+        &auth.principal,
+        "user.update",
+        Some(format!("user:{}", user.username)),
+        json!({ "user_id": id, "role": input.role, "disabled": input.disabled,
+                "password_reset": reset }),
     )
     .await;
     Ok(Json(user_json(&user)))
@@ -220,13 +218,12 @@ pub async fn delete_user(
         user_id: id,
         except: None,
     });
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "user.delete",
-            Some(format!("user:{}", existing.username)),
-            json!({ "user_id": id, "role": existing.role }),
-        ),
+        &auth.principal,
+        "user.delete",
+        Some(format!("user:{}", existing.username)),
+        json!({ "user_id": id, "role": existing.role }),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
@@ -252,13 +249,12 @@ pub async fn revoke_token(
         .await
         .map_err(not_found("token"))?;
     state.security.revocations.announce(Ended::Token(token.id));
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "token.revoke",
-            Some(format!("token:{}", token.name)),
-            json!({ "token_id": token.id, "role": token.role }),
-        ),
+        &auth.principal,
+        "token.revoke",
+        Some(format!("token:{}", token.name)),
+        json!({ "token_id": token.id, "role": token.role }),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
@@ -369,10 +365,12 @@ pub async fn put_settings(
                     "pending": after[RETENTION_PENDING] }),
         );
     }
-    audit::record(
+    audit::action(
         &state,
-        auth.principal
-            .audit("settings.update", None, Value::Object(detail)),
+        &auth.principal,
+        "settings.update",
+        None,
+        Value::Object(detail),
     )
     .await;
     Ok(Json(after))
@@ -389,14 +387,13 @@ pub async fn apply_retention(
         crate::retention::pending::apply(&state.settings, state.alerts.as_ref(), false, &by)
             .await?
             .ok_or_else(|| ApiError::Conflict("no retention change is pending".into()))?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "retention.apply_now",
-            None,
-            json!({ "retention_days": pending.retention_days, "from_days": pending.from_days,
-                    "due_at": pending.due_at, "readings": pending.readings }),
-        ),
+        &auth.principal,
+        "retention.apply_now",
+        None,
+        json!({ "retention_days": pending.retention_days, "from_days": pending.from_days,
+                "due_at": pending.due_at, "readings": pending.readings }),
     )
     .await;
     Ok(Json(current_settings(&state).await?))
@@ -440,13 +437,12 @@ pub async fn create_group(
         StoreError::Conflict(_) => ApiError::Conflict(format!("a group named `{name}` exists")),
         other => other.into(),
     })?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "group.create",
-            Some(format!("group:{}", group.id)),
-            json!({ "name": group.name }),
-        ),
+        &auth.principal,
+        "group.create",
+        Some(format!("group:{}", group.id)),
+        json!({ "name": group.name }),
     )
     .await;
     Ok((
@@ -475,13 +471,12 @@ pub async fn delete_group(
         .delete_group(id)
         .await
         .map_err(not_found("group"))?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "group.delete",
-            Some(format!("group:{id}")),
-            json!({ "name": group.name }),
-        ),
+        &auth.principal,
+        "group.delete",
+        Some(format!("group:{id}")),
+        json!({ "name": group.name }),
     )
     .await;
     state.devices_changed.notify_waiters();

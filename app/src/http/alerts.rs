@@ -127,7 +127,7 @@ async fn audit(
     id: Uuid,
     detail: Value,
 ) {
-    super::audit::record(state, auth.audit(action, Some(id.to_string()), detail)).await;
+    super::audit::action(state, auth, action, Some(id.to_string()), detail).await;
 }
 
 /// Records a change to rules or channels, then has the engine reload them so that the change

@@ -154,13 +154,12 @@ pub async fn create_token(
             role: body.role,
         })
         .await?;
-    super::audit::record(
+    super::audit::action(
         &state,
-        auth.principal.audit(
-            "token.create",
-            Some(format!("token:{}", token.name)),
-            json!({ "token_id": token.id, "role": token.role }),
-        ),
+        &auth.principal,
+        "token.create",
+        Some(format!("token:{}", token.name)),
+        json!({ "token_id": token.id, "role": token.role }),
     )
     .await;
     tracing::info!(token.id = %token.id, token.role = %token.role, actor = %auth.principal.subject, "API token created");

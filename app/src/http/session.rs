@@ -341,13 +341,12 @@ pub async fn change_password(
         user_id: user.id,
         except: Some(session.id_hash.clone()),
     });
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "user.password_change",
-            Some(format!("user:{}", user.username)),
-            json!({}),
-        ),
+        &auth.principal,
+        "user.password_change",
+        Some(format!("user:{}", user.username)),
+        json!({}),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
