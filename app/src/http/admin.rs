@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::audit;
 use super::body::JsonBody;
-use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
+use super::extract::{AdminRole, Authorized, OwnerRole, Principal, ViewerRole};
 use super::revocation::Ended;
 use super::{validation, ApiError, AppState};
-use crate::auth::{hash_password_in, random_secret};
-use crate::store::{ApiToken, NewUser, Role, StoreError, User, UserChange};
+use crate::auth::{generate_api_token, hash_api_token, hash_password_in, random_secret};
+use crate::store::{ApiToken, NewApiToken, NewUser, Role, StoreError, User, UserChange};
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
@@ -34,6 +34,30 @@ fn user_json(user: &User) -> Value {
         "id": user.id, "username": user.username, "role": user.role,
         "created_at": user.created_at, "disabled_at": user.disabled_at,
     })
+}
+
+/// Audits `action` on `user` (created or deleted): its name as the target, its id and role.
+async fn audit_user(state: &AppState, principal: &Principal, action: &str, user: &User) {
+    audit::action(
+        state,
+        principal,
+        action,
+        Some(format!("user:{}", user.username)),
+        json!({ "user_id": user.id, "role": user.role }),
+    )
+    .await;
+}
+
+/// Audits `action` on `token` (created or revoked): its name as the target, its id and role.
+async fn audit_token(state: &AppState, principal: &Principal, action: &str, token: &ApiToken) {
+    audit::action(
+        state,
+        principal,
+        action,
+        Some(format!("token:{}", token.name)),
+        json!({ "token_id": token.id, "role": token.role }),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------- users
@@ -106,14 +130,7 @@ pub async fn create_user(
             }
             other => other.into(),
         })?;
-    audit::action(
-        &state,
-        &auth.principal,
-        "user.create",
-        Some(format!("user:{}", user.username)),
-        json!({ "user_id": user.id, "role": user.role }),
-    )
-    .await;
+    audit_user(&state, &auth.principal, "user.create", &user).await;
     let mut body = user_json(&user);
     if generated {
         body["password"] = json!(password);
@@ -218,14 +235,7 @@ pub async fn delete_user(
         user_id: id,
         except: None,
     });
-    audit::action(
-        &state,
-        &auth.principal,
-        "user.delete",
-        Some(format!("user:{}", existing.username)),
-        json!({ "user_id": id, "role": existing.role }),
-    )
-    .await;
+    audit_user(&state, &auth.principal, "user.delete", &existing).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -236,6 +246,40 @@ pub async fn list_tokens(
     _auth: Authorized<OwnerRole>,
 ) -> Result<Json<Vec<ApiToken>>, ApiError> {
     Ok(Json(state.store.list_api_tokens().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    name: String,
+    role: Role,
+}
+
+/// Owners create tokens for scripts; the secret is in this response and nowhere else.
+pub async fn create_token(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(validation("name", "must be 1 to 100 characters"));
+    }
+    let secret = generate_api_token();
+    let token = state
+        .store
+        .create_api_token(&NewApiToken {
+            name: name.to_string(),
+            token_hash: hash_api_token(&secret),
+            role: body.role,
+        })
+        .await?;
+    audit_token(&state, &auth.principal, "token.create", &token).await;
+    tracing::info!(token.id = %token.id, token.role = %token.role, actor = %auth.principal.subject, "API token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": token.id, "name": token.name, "role": token.role, "token": secret })),
+    ))
 }
 
 pub async fn revoke_token(
@@ -249,14 +293,7 @@ pub async fn revoke_token(
         .await
         .map_err(not_found("token"))?;
     state.security.revocations.announce(Ended::Token(token.id));
-    audit::action(
-        &state,
-        &auth.principal,
-        "token.revoke",
-        Some(format!("token:{}", token.name)),
-        json!({ "token_id": token.id, "role": token.role }),
-    )
-    .await;
+    audit_token(&state, &auth.principal, "token.revoke", &token).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -48,7 +48,7 @@ fn table() -> Table {
     .add(M::PATCH, "/users/{id}", admin::update_user)
     .add(M::DELETE, "/users/{id}", admin::delete_user)
     .add(M::GET, "/tokens", admin::list_tokens)
-    .add(M::POST, "/tokens", base::create_token)
+    .add(M::POST, "/tokens", admin::create_token)
     .add(M::DELETE, "/tokens/{id}", admin::revoke_token)
     .add(M::GET, "/system/config", admin::get_settings)
     .add(M::PUT, "/system/config", admin::put_settings)
