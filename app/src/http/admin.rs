@@ -14,7 +14,7 @@ use super::body::JsonBody;
 use super::extract::{AdminRole, Authorized, OwnerRole, Principal, ViewerRole};
 use super::revocation::Ended;
 use super::{validation, ApiError, AppState};
-use crate::auth::{generate_api_token, hash_api_token, hash_password_in, random_secret};
+use crate::auth::{generate_api_token, hash_api_token, random_secret};
 use crate::store::{ApiToken, NewApiToken, NewUser, Role, StoreError, User, UserChange};
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
@@ -96,16 +96,6 @@ fn check_username(username: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Within the bound on hashing in flight, like logins (`http.login.max_concurrent_hashes`).
-async fn hash(state: &AppState, field: &str, password: String) -> Result<String, ApiError> {
-    state
-        .security
-        .hashing
-        .run(move |memory| hash_password_in(memory, &password))
-        .await?
-        .map_err(|e| validation(field, e.to_string()))
-}
-
 pub async fn create_user(
     State(state): State<AppState>,
     auth: Authorized<OwnerRole>,
@@ -115,7 +105,11 @@ pub async fn create_user(
     check_username(&username)?;
     let generated = input.password.is_none();
     let password = input.password.unwrap_or_else(|| random_secret(20));
-    let password_hash = hash(&state, "password", password.clone()).await?;
+    let password_hash = state
+        .security
+        .hashing
+        .hash("password", password.clone())
+        .await?;
     let user = state
         .store
         .create_user(&NewUser {
@@ -182,7 +176,7 @@ pub async fn update_user(
         keep_an_owner(&state, &existing).await?;
     }
     let password_hash = match input.password {
-        Some(p) => Some(hash(&state, "password", p).await?),
+        Some(p) => Some(state.security.hashing.hash("password", p).await?),
         None => None,
     };
     let reset = password_hash.is_some();
