@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::audit;
 use super::body::JsonBody;
-use super::extract::{AdminRole, Authorized, OwnerRole, ViewerRole};
+use super::extract::{AdminRole, Authorized, OwnerRole, Principal, ViewerRole};
 use super::revocation::Ended;
 use super::{validation, ApiError, AppState};
-use crate::auth::{hash_password_in, random_secret};
-use crate::store::{ApiToken, NewUser, Role, StoreError, User, UserChange};
+use crate::auth::{generate_api_token, hash_api_token, random_secret};
+use crate::store::{ApiToken, NewApiToken, NewUser, Role, StoreError, User, UserChange};
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
@@ -34,6 +34,30 @@ fn user_json(user: &User) -> Value {
         "id": user.id, "username": user.username, "role": user.role,
         "created_at": user.created_at, "disabled_at": user.disabled_at,
     })
+}
+
+/// Audits `action` on `user` (created or deleted): its name as the target, its id and role.
+async fn audit_user(state: &AppState, principal: &Principal, action: &str, user: &User) {
+    audit::action(
+        state,
+        principal,
+        action,
+        Some(format!("user:{}", user.username)),
+        json!({ "user_id": user.id, "role": user.role }),
+    )
+    .await;
+}
+
+/// Audits `action` on `token` (created or revoked): its name as the target, its id and role.
+async fn audit_token(state: &AppState, principal: &Principal, action: &str, token: &ApiToken) {
+    audit::action(
+        state,
+        principal,
+        action,
+        Some(format!("token:{}", token.name)),
+        json!({ "token_id": token.id, "role": token.role }),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------- users
@@ -72,16 +96,6 @@ fn check_username(username: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Within the bound on hashing in flight, like logins (`http.login.max_concurrent_hashes`).
-async fn hash(state: &AppState, field: &str, password: String) -> Result<String, ApiError> {
-    state
-        .security
-        .hashing
-        .run(move |memory| hash_password_in(memory, &password))
-        .await?
-        .map_err(|e| validation(field, e.to_string()))
-}
-
 pub async fn create_user(
     State(state): State<AppState>,
     auth: Authorized<OwnerRole>,
@@ -91,7 +105,11 @@ pub async fn create_user(
     check_username(&username)?;
     let generated = input.password.is_none();
     let password = input.password.unwrap_or_else(|| random_secret(20));
-    let password_hash = hash(&state, "password", password.clone()).await?;
+    let password_hash = state
+        .security
+        .hashing
+        .hash("password", password.clone())
+        .await?;
     let user = state
         .store
         .create_user(&NewUser {
@@ -106,15 +124,7 @@ pub async fn create_user(
             }
             other => other.into(),
         })?;
-    audit::record(
-        &state,
-        auth.principal.audit(
-            "user.create",
-            Some(format!("user:{}", user.username)),
-            json!({ "user_id": user.id, "role": user.role }),
-        ),
-    )
-    .await;
+    audit_user(&state, &auth.principal, "user.create", &user).await;
     let mut body = user_json(&user);
     if generated {
         body["password"] = json!(password);
@@ -166,7 +176,7 @@ pub async fn update_user(
         keep_an_owner(&state, &existing).await?;
     }
     let password_hash = match input.password {
-        Some(p) => Some(hash(&state, "password", p).await?),
+        Some(p) => Some(state.security.hashing.hash("password", p).await?),
         None => None,
     };
     let reset = password_hash.is_some();
@@ -191,14 +201,13 @@ pub async fn update_user(
             except: None,
         });
     }
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "user.update",
-            Some(format!("user:{}", user.username)),
-            json!({ "user_id": id, "role": input.role, "disabled": input.disabled,
-                    "password_reset": reset }),
-        ),
+        &auth.principal,
+        "user.update",
+        Some(format!("user:{}", user.username)),
+        json!({ "user_id": id, "role": input.role, "disabled": input.disabled,
+                "password_reset": reset }),
     )
     .await;
     Ok(Json(user_json(&user)))
@@ -220,15 +229,7 @@ pub async fn delete_user(
         user_id: id,
         except: None,
     });
-    audit::record(
-        &state,
-        auth.principal.audit(
-            "user.delete",
-            Some(format!("user:{}", existing.username)),
-            json!({ "user_id": id, "role": existing.role }),
-        ),
-    )
-    .await;
+    audit_user(&state, &auth.principal, "user.delete", &existing).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -239,6 +240,40 @@ pub async fn list_tokens(
     _auth: Authorized<OwnerRole>,
 ) -> Result<Json<Vec<ApiToken>>, ApiError> {
     Ok(Json(state.store.list_api_tokens().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    name: String,
+    role: Role,
+}
+
+/// Owners create tokens for scripts; the secret is in this response and nowhere else.
+pub async fn create_token(
+    State(state): State<AppState>,
+    auth: Authorized<OwnerRole>,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(validation("name", "must be 1 to 100 characters"));
+    }
+    let secret = generate_api_token();
+    let token = state
+        .store
+        .create_api_token(&NewApiToken {
+            name: name.to_string(),
+            token_hash: hash_api_token(&secret),
+            role: body.role,
+        })
+        .await?;
+    audit_token(&state, &auth.principal, "token.create", &token).await;
+    tracing::info!(token.id = %token.id, token.role = %token.role, actor = %auth.principal.subject, "API token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": token.id, "name": token.name, "role": token.role, "token": secret })),
+    ))
 }
 
 pub async fn revoke_token(
@@ -252,15 +287,7 @@ pub async fn revoke_token(
         .await
         .map_err(not_found("token"))?;
     state.security.revocations.announce(Ended::Token(token.id));
-    audit::record(
-        &state,
-        auth.principal.audit(
-            "token.revoke",
-            Some(format!("token:{}", token.name)),
-            json!({ "token_id": token.id, "role": token.role }),
-        ),
-    )
-    .await;
+    audit_token(&state, &auth.principal, "token.revoke", &token).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -369,10 +396,12 @@ pub async fn put_settings(
                     "pending": after[RETENTION_PENDING] }),
         );
     }
-    audit::record(
+    audit::action(
         &state,
-        auth.principal
-            .audit("settings.update", None, Value::Object(detail)),
+        &auth.principal,
+        "settings.update",
+        None,
+        Value::Object(detail),
     )
     .await;
     Ok(Json(after))
@@ -389,14 +418,13 @@ pub async fn apply_retention(
         crate::retention::pending::apply(&state.settings, state.alerts.as_ref(), false, &by)
             .await?
             .ok_or_else(|| ApiError::Conflict("no retention change is pending".into()))?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "retention.apply_now",
-            None,
-            json!({ "retention_days": pending.retention_days, "from_days": pending.from_days,
-                    "due_at": pending.due_at, "readings": pending.readings }),
-        ),
+        &auth.principal,
+        "retention.apply_now",
+        None,
+        json!({ "retention_days": pending.retention_days, "from_days": pending.from_days,
+                "due_at": pending.due_at, "readings": pending.readings }),
     )
     .await;
     Ok(Json(current_settings(&state).await?))
@@ -440,13 +468,12 @@ pub async fn create_group(
         StoreError::Conflict(_) => ApiError::Conflict(format!("a group named `{name}` exists")),
         other => other.into(),
     })?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "group.create",
-            Some(format!("group:{}", group.id)),
-            json!({ "name": group.name }),
-        ),
+        &auth.principal,
+        "group.create",
+        Some(format!("group:{}", group.id)),
+        json!({ "name": group.name }),
     )
     .await;
     Ok((
@@ -475,13 +502,12 @@ pub async fn delete_group(
         .delete_group(id)
         .await
         .map_err(not_found("group"))?;
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "group.delete",
-            Some(format!("group:{id}")),
-            json!({ "name": group.name }),
-        ),
+        &auth.principal,
+        "group.delete",
+        Some(format!("group:{id}")),
+        json!({ "name": group.name }),
     )
     .await;
     state.devices_changed.notify_waiters();

@@ -20,7 +20,6 @@ use crate::alerts::channels::{
 use crate::alerts::rule;
 use crate::store::alerts::{
     Alert, AlertFilter, AlertRule, AlertState, ChannelInfo, DeliveryState, NewChannel, NewSilence,
-    Silence,
 };
 use crate::store::StoreError;
 
@@ -127,7 +126,7 @@ async fn audit(
     id: Uuid,
     detail: Value,
 ) {
-    super::audit::record(state, auth.audit(action, Some(id.to_string()), detail)).await;
+    super::audit::action(state, auth, action, Some(id.to_string()), detail).await;
 }
 
 /// Records a change to rules or channels, then has the engine reload them so that the change
@@ -212,47 +211,18 @@ pub async fn update_rule(
     Ok(Json(updated))
 }
 
-/// The alerting objects the API deletes by id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Rule,
-    Channel,
-    Silence,
-}
-
-/// Names, by the store's record type, the [`Kind`] a `DELETE` route removes, so that one
-/// handler serves the three routes: `delete::<Silence>`.
-pub trait Deletable {
-    const KIND: Kind;
-}
-
-impl Deletable for AlertRule {
-    const KIND: Kind = Kind::Rule;
-}
-
-/// `DELETE /api/alert-rules/{id}`, `/api/channels/{id}` and `/api/silences/{id}`: they differ
-/// only in the store call, the 404's noun and the audit action. Rules and channels are what
-/// the engine evaluates with, so it reloads after theirs.
-pub async fn delete<T: Deletable>(
+/// `DELETE /api/alert-rules/{id}`; the engine evaluates with the rules, so it reloads them.
+pub async fn delete_rule(
     State(state): State<AppState>,
     auth: Authorized<AdminRole>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let store = &state.store;
-    let (deleted, noun, action) = match T::KIND {
-        Kind::Rule => (
-            store.delete_alert_rule(id).await,
-            "alert rule",
-            "alert_rule.delete",
-        ),
-        Kind::Channel => (store.delete_channel(id).await, "channel", "channel.delete"),
-        Kind::Silence => (store.delete_silence(id).await, "silence", "silence.delete"),
-    };
-    deleted.map_err(not_found(noun))?;
-    audit(&state, &auth.principal, action, id, json!({})).await;
-    if T::KIND != Kind::Silence {
-        state.alerts.rules_changed().await;
-    }
+    state
+        .store
+        .delete_alert_rule(id)
+        .await
+        .map_err(not_found("alert rule"))?;
+    audit_and_reload(&state, &auth.principal, "alert_rule.delete", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -345,8 +315,19 @@ pub async fn update_channel(
     Ok(Json(updated))
 }
 
-impl Deletable for ChannelInfo {
-    const KIND: Kind = Kind::Channel;
+/// `DELETE /api/channels/{id}`; rules lose the channel, so the engine reloads them.
+pub async fn delete_channel(
+    State(state): State<AppState>,
+    auth: Authorized<AdminRole>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .delete_channel(id)
+        .await
+        .map_err(not_found("channel"))?;
+    audit_and_reload(&state, &auth.principal, "channel.delete", id, json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn test_channel(
@@ -523,8 +504,20 @@ pub async fn create_silence(
     Ok((StatusCode::CREATED, Json(silence)))
 }
 
-impl Deletable for Silence {
-    const KIND: Kind = Kind::Silence;
+/// `DELETE /api/silences/{id}`; the engine reads silences afresh at each alert, so nothing
+/// reloads.
+pub async fn delete_silence(
+    State(state): State<AppState>,
+    auth: Authorized<AdminRole>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .delete_silence(id)
+        .await
+        .map_err(not_found("silence"))?;
+    audit(&state, &auth.principal, "silence.delete", id, json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]

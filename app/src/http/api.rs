@@ -11,7 +11,6 @@ use axum::Router;
 use super::{
     admin, alerts, audit, backups, devices, openapi, routes as base, session, stream, AppState,
 };
-use crate::store::alerts::{AlertRule, ChannelInfo, Silence};
 
 struct Table {
     router: Router<AppState>,
@@ -49,7 +48,7 @@ fn table() -> Table {
     .add(M::PATCH, "/users/{id}", admin::update_user)
     .add(M::DELETE, "/users/{id}", admin::delete_user)
     .add(M::GET, "/tokens", admin::list_tokens)
-    .add(M::POST, "/tokens", base::create_token)
+    .add(M::POST, "/tokens", admin::create_token)
     .add(M::DELETE, "/tokens/{id}", admin::revoke_token)
     .add(M::GET, "/system/config", admin::get_settings)
     .add(M::PUT, "/system/config", admin::put_settings)
@@ -83,17 +82,17 @@ fn table() -> Table {
     .add(M::POST, "/alert-rules", alerts::create_rule)
     .add(M::GET, "/alert-rules/{id}", alerts::get_rule)
     .add(M::PUT, "/alert-rules/{id}", alerts::update_rule)
-    .add(M::DELETE, "/alert-rules/{id}", alerts::delete::<AlertRule>)
+    .add(M::DELETE, "/alert-rules/{id}", alerts::delete_rule)
     .add(M::GET, "/channels", alerts::list_channels)
     .add(M::POST, "/channels", alerts::create_channel)
     .add(M::PUT, "/channels/{id}", alerts::update_channel)
-    .add(M::DELETE, "/channels/{id}", alerts::delete::<ChannelInfo>)
+    .add(M::DELETE, "/channels/{id}", alerts::delete_channel)
     .add(M::POST, "/channels/{id}/test", alerts::test_channel)
     .add(M::GET, "/alerts", alerts::list_alerts)
     .add(M::POST, "/alerts/{id}/ack", alerts::acknowledge)
     .add(M::GET, "/silences", alerts::list_silences)
     .add(M::POST, "/silences", alerts::create_silence)
-    .add(M::DELETE, "/silences/{id}", alerts::delete::<Silence>)
+    .add(M::DELETE, "/silences/{id}", alerts::delete_silence)
     .add(M::GET, "/deliveries", alerts::list_deliveries)
 }
 

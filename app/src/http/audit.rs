@@ -4,8 +4,9 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::extract::{AdminRole, Authorized};
+use super::extract::{AdminRole, Authorized, Principal};
 use super::{ApiError, AppState};
 use crate::store::{AuditEntry, NewAuditEntry};
 
@@ -16,6 +17,18 @@ pub async fn record(state: &AppState, entry: NewAuditEntry) {
     if let Err(e) = state.store.append_audit(&entry).await {
         tracing::error!(error = %e, audit.action = %entry.action, audit.actor = %entry.actor, "cannot write the audit log");
     }
+}
+
+/// Appends the entry of an `action` that `principal` took (on `target`, with `detail`): how
+/// every authenticated handler audits, so that each names only what it did.
+pub async fn action(
+    state: &AppState,
+    principal: &Principal,
+    action: &str,
+    target: Option<String>,
+    detail: Value,
+) {
+    record(state, principal.audit(action, target, detail)).await;
 }
 
 #[derive(Debug, Deserialize)]

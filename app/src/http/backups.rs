@@ -23,13 +23,12 @@ pub async fn trigger(
         other => ApiError::Internal(other.into()),
     })?;
     let name = run.name().to_string();
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "backup.create",
-            Some(format!("backup:{name}")),
-            json!({ "trigger": "api" }),
-        ),
+        &auth.principal,
+        "backup.create",
+        Some(format!("backup:{name}")),
+        json!({ "trigger": "api" }),
     )
     .await;
     // Longer than a request may take on a big database: the outcome is in the list (and logs).

@@ -205,13 +205,15 @@ fn conflict_on_name(err: StoreError, name: &str) -> ApiError {
 }
 
 async fn audit(state: &AppState, principal: &Principal, action: &str, device: &Device) {
-    let entry = principal.audit(
+    super::audit::action(
+        state,
+        principal,
         action,
         Some(format!("device:{}", device.id)),
         json!({ "name": device.name, "protocol": device.protocol,
                 "group_id": device.group_id, "enabled": device.enabled }),
-    );
-    super::audit::record(state, entry).await;
+    )
+    .await;
 }
 
 pub async fn list(
@@ -619,12 +621,14 @@ pub async fn acknowledge(
         Err(StoreError::NotFound) => return Err(ApiError::NotFound("notification".into())),
         other => other?,
     };
-    let entry = auth.principal.audit(
+    super::audit::action(
+        &state,
+        &auth.principal,
         "notification.acknowledge",
         Some(format!("notification:{id}")),
         json!({ "kind": notification.kind, "device_id": notification.device_id }),
-    );
-    super::audit::record(&state, entry).await;
+    )
+    .await;
     let body = serde_json::to_value(&notification).map_err(|e| ApiError::Internal(e.into()))?;
     state
         .events

@@ -18,8 +18,8 @@ use flume::{Receiver, Sender, TryRecvError};
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::Semaphore;
 
-use super::ApiError;
-use crate::auth::HashMemory;
+use super::{validation, ApiError};
+use crate::auth::{hash_password_in, HashMemory};
 
 type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 
@@ -95,6 +95,14 @@ impl PasswordHashing {
                 tracing::warn!(error = %e, "cannot register a password hashing metric");
             }
         }
+    }
+
+    /// The argon2id hash of a new `password` (a user's, set by an owner or by the user), within
+    /// the bound; a password that is not acceptable is a 422 naming `field`.
+    pub async fn hash(&self, field: &str, password: String) -> Result<String, ApiError> {
+        self.run(move |memory| hash_password_in(memory, &password))
+            .await?
+            .map_err(|e| validation(field, e.to_string()))
     }
 
     /// Runs `work` (a hash or verification, given the thread's reused work area) on a hashing

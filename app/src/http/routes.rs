@@ -6,14 +6,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
 
-use super::body::JsonBody;
-use super::extract::{Authorized, OwnerRole, Principal, ViewerRole};
-use super::{validation, ApiError, AppState};
-use crate::auth::{generate_api_token, hash_api_token};
-use crate::store::{NewApiToken, Role};
+use super::extract::{Authorized, Principal, ViewerRole};
+use super::AppState;
 
 /// Readiness checks answer quickly even when the database hangs.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -126,46 +122,4 @@ pub async fn version(State(state): State<AppState>) -> impl IntoResponse {
 
 pub async fn me(auth: Authorized<ViewerRole>) -> Json<Principal> {
     Json(auth.principal)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    name: String,
-    role: Role,
-}
-
-/// Owners create tokens for scripts; the secret is in this response and nowhere else.
-pub async fn create_token(
-    State(state): State<AppState>,
-    auth: Authorized<OwnerRole>,
-    JsonBody(body): JsonBody<CreateToken>,
-) -> Result<impl IntoResponse, ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > 100 {
-        return Err(validation("name", "must be 1 to 100 characters"));
-    }
-    let secret = generate_api_token();
-    let token = state
-        .store
-        .create_api_token(&NewApiToken {
-            name: name.to_string(),
-            token_hash: hash_api_token(&secret),
-            role: body.role,
-        })
-        .await?;
-    super::audit::record(
-        &state,
-        auth.principal.audit(
-            "token.create",
-            Some(format!("token:{}", token.name)),
-            json!({ "token_id": token.id, "role": token.role }),
-        ),
-    )
-    .await;
-    tracing::info!(token.id = %token.id, token.role = %token.role, actor = %auth.principal.subject, "API token created");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": token.id, "name": token.name, "role": token.role, "token": secret })),
-    ))
 }

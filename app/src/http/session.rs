@@ -26,9 +26,7 @@ use super::extract::{Authorized, Principal, SessionInfo, ViewerRole};
 use super::revocation::{Credential, Ended};
 use super::security::{constant_time_eq, ClientInfo};
 use super::{validation, ApiError, AppState};
-use crate::auth::{
-    hash_api_token, hash_password, hash_password_in, random_secret, verify_password_in,
-};
+use crate::auth::{hash_api_token, hash_password, random_secret, verify_password_in};
 use crate::store::{NewAuditEntry, NewSession, SessionRecord, StoreError};
 
 pub const SESSION_COOKIE: &str = "ddms_session";
@@ -314,13 +312,11 @@ pub async fn change_password(
             "is not your current password",
         ));
     }
-    let new_password = body.new_password;
     let hash = state
         .security
         .hashing
-        .run(move |memory| hash_password_in(memory, &new_password))
-        .await?
-        .map_err(|e| validation("new_password", e.to_string()))?;
+        .hash("new_password", body.new_password)
+        .await?;
     state
         .store
         .update_user(
@@ -341,13 +337,12 @@ pub async fn change_password(
         user_id: user.id,
         except: Some(session.id_hash.clone()),
     });
-    audit::record(
+    audit::action(
         &state,
-        auth.principal.audit(
-            "user.password_change",
-            Some(format!("user:{}", user.username)),
-            json!({}),
-        ),
+        &auth.principal,
+        "user.password_change",
+        Some(format!("user:{}", user.username)),
+        json!({}),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)

@@ -88,6 +88,24 @@ pub enum Encoded {
     Bit(bool),
 }
 
+impl Encoded {
+    /// The words of a register that holds words; none of one that holds a bit.
+    fn words(self) -> Vec<u16> {
+        match self {
+            Encoded::Words(words) => words,
+            Encoded::Bit(_) => Vec::new(),
+        }
+    }
+
+    /// The bit of a register that holds one; none of one that holds words.
+    fn bit(self) -> Option<bool> {
+        match self {
+            Encoded::Bit(bit) => Some(bit),
+            Encoded::Words(_) => None,
+        }
+    }
+}
+
 /// The inverse of [`super::decode`]: the words (or bit) a device sends so that `spec` decodes to
 /// `value`. Integer types round to the nearest representable raw value and saturate at the
 /// type's range.
@@ -143,16 +161,16 @@ impl Shared {
     fn answer(&self, request: &Request<'_>) -> Result<Response, ExceptionCode> {
         match *request {
             Request::ReadHoldingRegisters(start, count) => self
-                .read_words(RegisterKind::Holding, start, count)
+                .read(RegisterKind::Holding, start, count, Encoded::words)
                 .map(Response::ReadHoldingRegisters),
             Request::ReadInputRegisters(start, count) => self
-                .read_words(RegisterKind::Input, start, count)
+                .read(RegisterKind::Input, start, count, Encoded::words)
                 .map(Response::ReadInputRegisters),
             Request::ReadCoils(start, count) => self
-                .read_bits(RegisterKind::Coil, start, count)
+                .read(RegisterKind::Coil, start, count, Encoded::bit)
                 .map(Response::ReadCoils),
             Request::ReadDiscreteInputs(start, count) => self
-                .read_bits(RegisterKind::Discrete, start, count)
+                .read(RegisterKind::Discrete, start, count, Encoded::bit)
                 .map(Response::ReadDiscreteInputs),
             _ => Err(ExceptionCode::IllegalFunction),
         }
@@ -191,50 +209,33 @@ impl Shared {
             .collect()
     }
 
-    fn read_words(
+    /// `count` values of registers of `kind` from `start`: each register's `values` (words, or
+    /// its bit) laid out from its address; an address no register covers reads as the default.
+    fn read<T, I>(
         &self,
         kind: RegisterKind,
         start: u16,
         count: u16,
-    ) -> Result<Vec<u16>, ExceptionCode> {
+        values: fn(Encoded) -> I,
+    ) -> Result<Vec<T>, ExceptionCode>
+    where
+        T: Clone + Default,
+        I: IntoIterator<Item = T>,
+    {
         self.check(kind, start, count)?;
-        let mut words = vec![0u16; usize::from(count)];
+        let mut out = vec![T::default(); usize::from(count)];
         for (address, encoded) in self.image(kind) {
-            let Encoded::Words(values) = encoded else {
-                continue;
-            };
-            for (i, word) in values.into_iter().enumerate() {
+            for (i, value) in values(encoded).into_iter().enumerate() {
                 let at = usize::from(address) + i;
                 if let Some(slot) = at
                     .checked_sub(usize::from(start))
-                    .and_then(|offset| words.get_mut(offset))
+                    .and_then(|offset| out.get_mut(offset))
                 {
-                    *slot = word;
+                    *slot = value;
                 }
             }
         }
-        Ok(words)
-    }
-
-    fn read_bits(
-        &self,
-        kind: RegisterKind,
-        start: u16,
-        count: u16,
-    ) -> Result<Vec<bool>, ExceptionCode> {
-        self.check(kind, start, count)?;
-        let mut bits = vec![false; usize::from(count)];
-        for (address, encoded) in self.image(kind) {
-            if let Encoded::Bit(bit) = encoded {
-                if let Some(slot) = usize::from(address)
-                    .checked_sub(usize::from(start))
-                    .and_then(|offset| bits.get_mut(offset))
-                {
-                    *slot = bit;
-                }
-            }
-        }
-        Ok(bits)
+        Ok(out)
     }
 }
 

@@ -355,6 +355,54 @@ async fn acknowledging_and_silencing() {
     app.stop().await;
 }
 
+/// Deleting a rule, a channel or a silence is for admins: 204, then 404 naming what is gone;
+/// each delete is audited once, as the admin's action on its id.
+#[tokio::test]
+async fn rules_channels_and_silences_are_deleted_once_and_audited() {
+    let app = spawn_app(Db::Sqlite, PRIVATE_TARGETS).await;
+    let admin = app.token(Role::Admin).await;
+    let viewer = app.token(Role::Viewer).await;
+    let device = mqtt_device(&app, &admin, "boiler-1").await;
+    let channel = webhook_channel(&app, &admin, "http://127.0.0.1:9/ok").await;
+    let rule = hot_rule(&app, &admin, device, channel).await;
+    let until = Utc::now() + chrono::Duration::hours(1);
+    let response = app
+        .post_json(
+            "/api/silences",
+            Some(&admin),
+            &json!({"device_id": device, "until": until}),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let silence: Value = response.json().await.unwrap();
+    let silence = silence["id"].as_str().unwrap().to_string();
+    for (id, path, noun, action) in [
+        (silence, "silences", "silence", "silence.delete"),
+        (channel.to_string(), "channels", "channel", "channel.delete"),
+        (
+            rule.to_string(),
+            "alert-rules",
+            "alert rule",
+            "alert_rule.delete",
+        ),
+    ] {
+        let path = format!("/api/{path}/{id}");
+        assert_eq!(app.delete(&path, &viewer).await.status(), 403, "{path}");
+        assert_eq!(app.delete(&path, &admin).await.status(), 204, "{path}");
+        let again = app.delete(&path, &admin).await;
+        assert_eq!(again.status(), 404, "{path}");
+        let error: Value = again.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "not_found", "{path}");
+        assert_eq!(error["error"]["message"], format!("{noun} not found"));
+        let audit = app.store.list_audit(10).await.unwrap();
+        let entries: Vec<_> = audit.iter().filter(|e| e.action == action).collect();
+        assert_eq!(entries.len(), 1, "{action}: {audit:?}");
+        assert_eq!(entries[0].target.as_deref(), Some(id.as_str()));
+        assert_eq!(entries[0].actor, "token:test-admin");
+    }
+    app.stop().await;
+}
+
 /// A receiver that stays down past `alerts.delivery_expiry` (its minimum, 60 s) leaves a dead
 /// letter with the last error; the outbox is empty again.
 #[tokio::test]
