@@ -22,6 +22,10 @@
 
 #[path = "common/driver.rs"]
 mod driver;
+// For `fleet::memory` only.
+#[path = "common/fleet.rs"]
+#[allow(dead_code)]
+mod fleet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -367,6 +371,8 @@ async fn sse_client(
 
 async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
     let stats = Arc::new(SseStats::default());
+    let pid = instance.child.id().context("ddms exited")?;
+    let without_streams = fleet::memory(pid);
     let ramp = Duration::from_secs(5 + args.clients as u64 / 500 * 2);
     let measure_from = Instant::now() + ramp;
     let stop = measure_from + Duration::from_secs(args.seconds);
@@ -394,6 +400,7 @@ async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
     // Counted just before the window closes: at `stop` every client ends its stream.
     tokio::time::sleep_until((stop - Duration::from_millis(300)).into()).await;
     let connected_at_end = stats.connected.load(Ordering::Relaxed);
+    let with_streams = fleet::memory(pid);
     tokio::time::sleep_until(stop.into()).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let ingested_after = ingested(&client, &instance.base).await;
@@ -418,6 +425,11 @@ async fn bench_sse(args: &Args, instance: &Instance) -> Result<Value> {
         "events_per_probe_per_s": stats.events.load(Ordering::Relaxed) as f64 / probes as f64 / elapsed,
         "deliveries_per_s_all_clients": stats.events.load(Ordering::Relaxed) as f64 / probes as f64 / elapsed * args.clients as f64,
         "resets": stats.resets.load(Ordering::Relaxed),
+        "rss_without_streams_mb": without_streams.rss_mb,
+        "rss_with_streams_mb": with_streams.rss_mb,
+        "rss_peak_mb": with_streams.peak_mb,
+        "memory_per_stream_kib": (with_streams.rss_mb - without_streams.rss_mb) * 1024.0
+            / connected_at_end.max(1) as f64,
         "lag_p50_ms": percentile(&lags, 0.5),
         "lag_p99_ms": percentile(&lags, 0.99),
         "lag_max_ms": percentile(&lags, 1.0),
@@ -625,7 +637,7 @@ async fn main() -> Result<()> {
     println!("bench {name}: {summary}");
     match args.mode {
         Mode::Sse => println!(
-            "bench sse: {} clients ({} still connected at the end, {} lost), {:.0} readings/s ingested, event lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} resets",
+            "bench sse: {} clients ({} still connected at the end, {} lost), {:.0} readings/s ingested, event lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} resets; RSS {:.0} MiB with the streams ({:.1} KiB a stream)",
             args.clients,
             summary["connected_at_end"],
             summary["streams_lost"],
@@ -634,6 +646,8 @@ async fn main() -> Result<()> {
             summary["lag_p99_ms"].as_f64().unwrap_or(f64::NAN),
             summary["lag_max_ms"].as_f64().unwrap_or(f64::NAN),
             summary["resets"],
+            summary["rss_with_streams_mb"].as_f64().unwrap_or(f64::NAN),
+            summary["memory_per_stream_kib"].as_f64().unwrap_or(f64::NAN),
         ),
         Mode::Api => println!(
             "bench api: {:.0} requests/s served of {} offered, {} errors, {:.0} readings/s ingested, latency p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",

@@ -68,11 +68,29 @@ async fn devices_are_created_read_updated_and_deleted_by_admins() {
         .await
         .unwrap();
     assert_eq!(got["id"], device["id"]);
-    assert_eq!(listed[0], got, "a listed device has the shape of a fetched one");
-    let keys: Vec<&str> = got.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        listed[0], got,
+        "a listed device has the shape of a fetched one"
+    );
+    let keys: Vec<&str> = got
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         keys,
-        ["created_at", "enabled", "group", "id", "modbus", "name", "protocol", "status", "updated_at"]
+        [
+            "created_at",
+            "enabled",
+            "group",
+            "id",
+            "modbus",
+            "name",
+            "protocol",
+            "status",
+            "updated_at"
+        ]
     );
 
     let mut changed = boiler();
