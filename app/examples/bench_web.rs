@@ -22,7 +22,7 @@
 
 #[path = "common/driver.rs"]
 mod driver;
-// For `fleet::memory` only.
+// For `fleet::memory` and `fleet::raise_fd_limit`.
 #[path = "common/fleet.rs"]
 #[allow(dead_code)]
 mod fleet;
@@ -152,15 +152,6 @@ fn registers(extra: usize) -> Vec<SimulatedRegister> {
         )
     }))
     .collect()
-}
-
-/// Lets this process and the ddms child hold one socket per client.
-fn raise_fd_limit(needed: u64) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let want = needed.max(soft).min(hard);
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
-    }
 }
 
 struct Instance {
@@ -606,7 +597,8 @@ async fn bench_api(args: &Args, instance: &Instance, ids: &[String]) -> Result<V
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    raise_fd_limit(args.clients as u64 * 2 + 4096);
+    // One socket per client here, and as many in the ddms child, which inherits the limit.
+    fleet::raise_fd_limit(args.clients as u64 + 4096)?;
     let name = if args.mode == Mode::Sse { "sse" } else { "api" };
     let mut instance = start_ddms(&args.ddms, &args.out).await?;
     let (simulators, ids) = ingest_load(
