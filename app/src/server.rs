@@ -146,8 +146,6 @@ impl Server {
             let broker =
                 BrokerConnection::from_config(&config).context("invalid MQTT broker settings")?;
             let client_id = crate::mqtt::ingester_client_id(&config);
-            let (connected_tx, connected_rx) = tokio::sync::watch::channel(false);
-            mqtt_connected = Some(connected_rx);
             if config.mqtt.dynsec.enabled {
                 if let (Some(username), Some(password)) = (
                     config.mqtt.dynsec.username.clone(),
@@ -169,7 +167,7 @@ impl Server {
                     .unwrap_or_else(|| secrecy::SecretString::from(""));
                 (username, password)
             });
-            mqtt_ingester = Some(Ingester::new(
+            let ingester = Ingester::new(
                 IngesterSettings {
                     broker,
                     client_id,
@@ -183,9 +181,10 @@ impl Server {
                 status.clone(),
                 ingest.clone(),
                 devices_changed.clone(),
-                connected_tx,
                 metrics.registry(),
-            ));
+            );
+            mqtt_connected = Some(ingester.connected());
+            mqtt_ingester = Some(ingester);
         }
         let credentials_changed = Arc::new(Notify::new());
         let broker_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -53,6 +53,17 @@ pub const CHECKS: &[&str] = &[
     RETENTION_PENDING,
 ];
 
+/// What one part of ddms sees of a system condition now: `check` (one of [`CHECKS`]) for
+/// `device_id` (`None`: ddms itself) has started (`active`) or ended; `detail` says what was
+/// seen (free space, an error) and is appended to the notification's summary.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemCondition<'a> {
+    pub check: &'a str,
+    pub device_id: Option<Uuid>,
+    pub active: bool,
+    pub detail: Option<&'a str>,
+}
+
 /// Where readings and system conditions go to be judged: `alerts::Alerting` in the serving
 /// process. The two calls are all that ingest, status, backup and retention need of alerting.
 #[async_trait]
@@ -62,14 +73,7 @@ pub trait SignalSink: Send + Sync {
     /// series stopped); trouble with one rule is handled inside and not returned.
     async fn evaluate(&self, samples: &[&Sample]) -> StoreResult<()>;
 
-    /// The condition `check` (one of [`CHECKS`]) started (`active`) or ended for `device_id`
-    /// (`None`: ddms itself); `detail` says what was seen. Idempotent: reporting the state the
-    /// alert is already in changes nothing, so every instance may report what it sees.
-    async fn system_condition(
-        &self,
-        check: &str,
-        device_id: Option<Uuid>,
-        active: bool,
-        detail: Option<&str>,
-    ) -> StoreResult<()>;
+    /// Reports a [`SystemCondition`]. Idempotent: reporting the state the alert is already in
+    /// changes nothing, so every instance may report what it sees.
+    async fn system_condition(&self, condition: SystemCondition<'_>) -> StoreResult<()>;
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::events::{EventHub, LiveEvent, NotificationChanged};
 use crate::metrics::registered;
-use crate::signals::SignalSink;
+use crate::signals::{SignalSink, SystemCondition};
 use crate::store::{DeviceStatus, NewNotification, Status, Store, StoreResult};
 
 pub const CONNECTION_FAILURE: &str = "connection_failure";
@@ -70,9 +70,13 @@ impl StatusBoard {
         let Some(alerts) = self.alerts.get() else {
             return;
         };
-        let check = crate::signals::CONNECTION_FAILURE;
         if let Err(e) = alerts
-            .system_condition(check, Some(device_id), active, None)
+            .system_condition(SystemCondition {
+                check: crate::signals::CONNECTION_FAILURE,
+                device_id: Some(device_id),
+                active,
+                detail: None,
+            })
             .await
         {
             tracing::warn!(device.id = %device_id, error = %e, "cannot update the connection-failure system alert");

@@ -7,12 +7,11 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use uuid::Uuid;
 
 use super::evaluator::{next, Subject};
 use super::Alerting;
 use crate::signals::Sample;
-use crate::signals::SignalSink;
+use crate::signals::{SignalSink, SystemCondition};
 use crate::store::alerts::AlertState;
 use crate::store::StoreResult;
 
@@ -37,13 +36,13 @@ impl SignalSink for Alerting {
     /// Every enabled system rule of `check` targeting the device fires or resolves its alert;
     /// `detail` (what was seen: free space, an error) is appended to the notification's
     /// summary.
-    async fn system_condition(
-        &self,
-        check: &str,
-        device_id: Option<Uuid>,
-        active: bool,
-        detail: Option<&str>,
-    ) -> StoreResult<()> {
+    async fn system_condition(&self, condition: SystemCondition<'_>) -> StoreResult<()> {
+        let SystemCondition {
+            check,
+            device_id,
+            active,
+            detail,
+        } = condition;
         let index = self.index();
         let rules = index.system.iter().filter(|r| {
             r.rule.system_check.as_deref() == Some(check)

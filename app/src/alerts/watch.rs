@@ -28,7 +28,7 @@ use super::system::{BACKUP_STALE, DISK_SPACE, NOT_READY};
 use super::Alerting;
 use crate::backup::{Backups, Schedule};
 use crate::settings::Settings;
-use crate::signals::SignalSink;
+use crate::signals::{SignalSink, SystemCondition};
 
 const LEASE: &str = "system-checks";
 
@@ -108,7 +108,12 @@ impl SystemWatch {
         for (active, detail) in state.outage.due(now, grace) {
             match self
                 .alerts
-                .system_condition(NOT_READY, None, active, Some(&detail))
+                .system_condition(SystemCondition {
+                    check: NOT_READY,
+                    device_id: None,
+                    active,
+                    detail: Some(&detail),
+                })
                 .await
             {
                 Ok(()) => state.outage.reported(active),
@@ -155,7 +160,12 @@ impl SystemWatch {
     async fn report(&self, check: &str, active: bool, detail: &str) {
         if let Err(e) = self
             .alerts
-            .system_condition(check, None, active, Some(detail))
+            .system_condition(SystemCondition {
+                check,
+                device_id: None,
+                active,
+                detail: Some(detail),
+            })
             .await
         {
             tracing::warn!(check, error = %e, "cannot update a system alert; will retry");

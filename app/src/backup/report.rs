@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{created_at_of, local_archives, BackupError, BackupInfo, Backups, Trigger};
-use crate::signals::{SignalSink, BACKUP_FAILED};
+use crate::signals::{SignalSink, SystemCondition, BACKUP_FAILED};
 
 impl Backups {
     /// Reports runs to alerting from now on (the serving process; the CLI does not).
@@ -30,22 +30,22 @@ impl Backups {
         let Some(alerts) = &self.alerts else {
             return;
         };
-        let outcome = match result {
+        let (failed, detail) = match result {
             // An owner who asked for a backup sees its failure; an unattended one must be told.
             Err(e) if trigger == Trigger::Schedule => {
-                let detail = format!("scheduled backup failed: {e}");
-                alerts
-                    .system_condition(BACKUP_FAILED, None, true, Some(&detail))
-                    .await
+                (true, format!("scheduled backup failed: {e}"))
             }
             Err(_) => return,
-            Ok(info) => {
-                let detail = format!("backup {} written", info.name);
-                alerts
-                    .system_condition(BACKUP_FAILED, None, false, Some(&detail))
-                    .await
-            }
+            Ok(info) => (false, format!("backup {} written", info.name)),
         };
+        let outcome = alerts
+            .system_condition(SystemCondition {
+                check: BACKUP_FAILED,
+                device_id: None,
+                active: failed,
+                detail: Some(&detail),
+            })
+            .await;
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "cannot update the backup_failed system alert");
         }

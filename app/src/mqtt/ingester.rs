@@ -210,7 +210,6 @@ impl Ingester {
         status: StatusBoard,
         ingest: IngestHandle,
         devices_changed: Arc<Notify>,
-        connected: watch::Sender<bool>,
         registry: &Registry,
     ) -> Self {
         Ingester {
@@ -219,9 +218,14 @@ impl Ingester {
             status,
             ingest,
             devices_changed,
-            connected,
+            connected: watch::Sender::new(false),
             metrics: MqttMetrics::register(registry),
         }
+    }
+
+    /// Whether the ingester's session with the broker is up now (for `/ready`).
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
     }
 
     /// Runs until `cancel`, then drains: no new messages are taken, the acks of what was

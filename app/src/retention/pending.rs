@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::settings::{PendingRetention, RuntimeSettings, Settings, RETENTION_DAYS};
-use crate::signals::{SignalSink, RETENTION_PENDING};
+use crate::signals::{SignalSink, SystemCondition, RETENTION_PENDING};
 use crate::store::{Store, StoreResult};
 
 /// How long a shortening of `retention_days` waits before it deletes anything.
@@ -148,7 +148,12 @@ pub async fn apply(
 /// The warning is best effort: the setting is what counts, and alerting logs its own trouble.
 async fn warn(alerts: &dyn SignalSink, active: bool, detail: &str) {
     if let Err(e) = alerts
-        .system_condition(RETENTION_PENDING, None, active, Some(detail))
+        .system_condition(SystemCondition {
+            check: RETENTION_PENDING,
+            device_id: None,
+            active,
+            detail: Some(detail),
+        })
         .await
     {
         tracing::warn!(error = %e, "cannot update the retention_pending system alert");
