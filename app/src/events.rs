@@ -9,6 +9,7 @@
 //! exactly the events after that id: from the buffer, or from the log when the buffer no longer
 //! (or not yet) holds them.
 
+mod fanout;
 mod live;
 
 use std::collections::VecDeque;
@@ -23,6 +24,8 @@ use crate::backoff::Backoff;
 use crate::locks::MutexExt;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
+pub use fanout::{Fanout, FANOUT_BYTES, FANOUT_RING};
+use fanout::FanoutBuilder;
 pub use live::{
     AlertChanged, LiveEvent, LiveReading, NotificationChanged, NotificationState, ReadingsStored,
 };
@@ -140,7 +143,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct EventHub {
     inner: Arc<Mutex<Inner>>,
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Fanout>>,
     capacity: usize,
     max_age: Duration,
     outbox: mpsc::Sender<NewEvent>,
@@ -155,7 +158,7 @@ pub struct Outbox(mpsc::Receiver<NewEvent>);
 /// that continues exactly where the replay ends.
 pub struct Subscription {
     pub replay: Vec<Arc<Event>>,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Fanout>>,
     /// Live events up to this id were already replayed or seen elsewhere: skip them.
     pub skip_through: Option<u64>,
     /// Some events the client asked for are gone (pruned, or the id is unknown), or more than
@@ -169,7 +172,7 @@ pub struct Subscription {
 struct Pending {
     last: Option<u64>,
     buffered: Vec<Arc<Event>>,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Fanout>>,
     /// Read (after, upto] from the log before the buffered events.
     from_log: Option<(u64, u64)>,
     position: Option<u64>,
@@ -179,7 +182,7 @@ struct Pending {
 
 impl EventHub {
     pub fn new(capacity: usize) -> (Self, Outbox) {
-        let (sender, _) = broadcast::channel(capacity.max(16));
+        let (sender, _) = broadcast::channel(FANOUT_RING);
         let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
         let hub = EventHub {
             inner: Arc::new(Mutex::new(Inner {
@@ -231,6 +234,7 @@ impl EventHub {
     /// Hands events read from the log (in id order) to the buffer and the live subscribers.
     pub fn surface(&self, events: Vec<StoredEvent>) {
         let mut inner = self.inner.lock_unpoisoned();
+        let mut fanout = FanoutBuilder::default();
         for stored in events {
             let event = Arc::new(Event::from(stored));
             if inner.position.is_some_and(|p| event.id <= p) {
@@ -247,8 +251,13 @@ impl EventHub {
                 };
                 inner.buffer_bytes -= oldest.footprint();
             }
-            // Sent under the lock so that replay + live never miss or repeat an event.
-            let _ = self.sender.send(event);
+            if let Some(full) = fanout.push(&event) {
+                let _ = self.sender.send(Arc::new(full));
+            }
+        }
+        // Sent under the lock so that replay + live never miss or repeat an event.
+        if let Some(rest) = fanout.finish() {
+            let _ = self.sender.send(Arc::new(rest));
         }
         Self::drop_aged(&mut inner, self.max_age);
     }

@@ -29,8 +29,9 @@ fn surfaced_events_reach_live_subscribers_once_and_in_order() {
     let mut live = pending.live;
     hub.surface(vec![stored(1), stored(2)]);
     hub.surface(vec![stored(2), stored(3)]);
-    let ids: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok().map(|e| e.id)).collect();
-    assert_eq!(ids, [1, 2, 3]);
+    let fanouts: Vec<_> = std::iter::from_fn(|| live.try_recv().ok()).collect();
+    let ids: Vec<Vec<u64>> = fanouts.iter().map(|f| f.ids().collect()).collect();
+    assert_eq!(ids, [vec![1, 2], vec![3]], "one message per surfacing");
 }
 
 /// What a stream resuming after event `after` is given by a hub that holds at most `capacity`

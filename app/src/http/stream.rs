@@ -6,8 +6,9 @@
 //! At most `http.max_streams` streams are open at once (503 beyond), and a stream ends when
 //! the token or session it was opened with ends (see `revocation.rs`).
 //!
-//! The body is written as SSE text directly: each event is rendered once ([`Event::wire`])
-//! and the same bytes go to every subscriber.
+//! The body is written as SSE text directly: each event is rendered once ([`Event::wire`]),
+//! the events surfaced together are joined once ([`Fanout`]), and the same bytes go to every
+//! subscriber in one write.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use super::extract::{Authorized, ViewerRole};
 use super::revocation;
 use super::{ApiError, AppState};
 #[cfg(doc)]
-use crate::events::Event;
+use crate::events::{Event, Fanout};
 
 /// How long clients wait before reconnecting after the stream ends.
 const RETRY: Duration = Duration::from_millis(1000);
@@ -75,8 +76,8 @@ pub async fn stream(
     let skip_through = subscription.skip_through.unwrap_or(0);
     let live = BroadcastStream::new(subscription.live).filter_map(move |item| {
         futures::future::ready(match item {
-            Ok(event) if event.id <= skip_through => None,
-            Ok(event) => Some(event.wire()),
+            Ok(fanout) => fanout.wire_after(skip_through),
+            // `missed` counts fan-outs (each holds the events surfaced together).
             Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Bytes::from(format!(
                 "event: reset\ndata: {{\"reason\":\"client too slow\",\"missed\":{missed}}}\n\n"
             ))),
