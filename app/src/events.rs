@@ -24,8 +24,8 @@ use crate::backoff::Backoff;
 use crate::locks::MutexExt;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
-pub use fanout::{Fanout, FANOUT_BYTES, FANOUT_RING};
 use fanout::FanoutBuilder;
+pub use fanout::{Fanout, FANOUT_BYTES, FANOUT_RING};
 pub use live::{
     AlertChanged, LiveEvent, LiveReading, NotificationChanged, NotificationState, ReadingsStored,
 };

@@ -121,12 +121,19 @@ mod tests {
         let mut fanouts: Vec<Fanout> = events.iter().filter_map(|e| builder.push(e)).collect();
         fanouts.extend(builder.finish());
         let ids: Vec<u64> = fanouts.iter().flat_map(|f| f.ids()).collect();
-        assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>(), "all, in order");
+        assert_eq!(
+            ids,
+            events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            "all, in order"
+        );
         for fanout in &fanouts {
             let single = fanout.ids().count() == 1;
             assert!(single || fanout.wire_after(0).unwrap().len() <= FANOUT_BYTES);
         }
-        let alone = fanouts.iter().find(|f| f.ids().any(|id| id == 100)).unwrap();
+        let alone = fanouts
+            .iter()
+            .find(|f| f.ids().any(|id| id == 100))
+            .unwrap();
         assert_eq!(alone.ids().count(), 1);
         assert!(fanouts.iter().all(|f| f.footprint() < FANOUT_BYTES * 3));
     }
