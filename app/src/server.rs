@@ -307,6 +307,7 @@ impl Server {
             config.database.partitions_ahead_days,
             stop_producers.clone(),
         ));
+        background.spawn(checkpoint(state.store.clone(), stop_producers.clone()));
         background.spawn(crate::settings::follow(
             state.settings.clone(),
             stop_producers.clone(),
@@ -516,6 +517,28 @@ async fn maintain_partitions(store: Arc<dyn Store>, days_ahead: u32, cancel: Can
                 tracing::info!(partitions.created = created, "reading partitions created");
             }
             Err(e) => tracing::warn!(error = %e, "cannot create reading partitions; will retry"),
+        }
+    }
+}
+
+/// Checkpoints the store every [`store::CHECKPOINT_INTERVAL`], beside the writer (SQLite).
+async fn checkpoint(store: Arc<dyn Store>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(store::CHECKPOINT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match store.checkpoint().await {
+            Ok(()) => failing = false,
+            // The writer's own checkpoints go on meanwhile: warn once, not every second.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot checkpoint the database's write-ahead log; will retry");
+            }
+            Err(_) => {}
         }
     }
 }

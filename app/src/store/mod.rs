@@ -339,7 +339,14 @@ pub trait Store:
     /// knows is applied it stays applied (migrations are expand-only and never undone), so a
     /// current status is remembered and the database is not asked again.
     async fn probe_migrations(&self) -> StoreResult<MigrationStatus>;
+    /// Copies what the write-ahead log holds into the database file, off the write path: on
+    /// SQLite from a connection of its own, while the writer goes on committing (the server
+    /// calls it every [`CHECKPOINT_INTERVAL`]); PostgreSQL checkpoints by itself.
+    async fn checkpoint(&self) -> StoreResult<()>;
 }
+
+/// How often the server asks the store to [checkpoint](Store::checkpoint).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Groups, devices, their series and their MQTT credentials: what a device is, as configured.
 #[async_trait]

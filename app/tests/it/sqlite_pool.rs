@@ -95,3 +95,45 @@ async fn reads_answer_while_writes_queue_for_the_write_lock() {
         Some(serde_json::json!(7))
     );
 }
+
+/// Commits only append to the write-ahead log (the writer checkpoints by itself only once the
+/// log is large); `Store::checkpoint`, which the server calls every second, copies them into
+/// the database file from a connection of its own.
+#[tokio::test]
+async fn a_checkpoint_moves_committed_writes_into_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ddms.db");
+    let store = SqliteStore::open(path.to_str().unwrap(), 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+        .create_group("checkpointed")
+        .await
+        .expect("a committed write");
+    // What the database file alone holds: a copy of it without its log.
+    let in_database_file = |name: &'static str| {
+        let copy = dir.path().join(format!("{name}.db"));
+        std::fs::copy(&path, &copy).unwrap();
+        async move {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&copy)
+                .read_only(true)
+                .immutable(true);
+            let mut conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM device_groups WHERE name = 'checkpointed'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .ok()
+        }
+    };
+    assert_ne!(
+        in_database_file("before").await,
+        Some(1),
+        "the commit is only in the log yet"
+    );
+    store.checkpoint().await.unwrap();
+    assert_eq!(in_database_file("after").await, Some(1));
+}

@@ -5,8 +5,10 @@
 /// Implements `Store` for `$store` (the `Backend::$backend`), whose migrations are embedded from
 /// `$migrations`. The backend provides `fn health_pool(&self) -> &Pool<_>`, the pool that
 /// answers pings and migration checks, `fn writer(&self) -> &Pool<_>`, the pool that writes
-/// (every domain's writing statements and transactions go to it), and `const MIGRATIONS_TABLE_EXISTS: &str`, a query that
-/// yields whether `_sqlx_migrations` exists, as a boolean.
+/// (every domain's writing statements and transactions go to it), `async fn checkpoint_wal(&self)
+/// -> StoreResult<()>` for [`Store::checkpoint`](crate::store::Store::checkpoint), and `const
+/// MIGRATIONS_TABLE_EXISTS: &str`, a query that yields whether `_sqlx_migrations` exists, as a
+/// boolean.
 macro_rules! sql_store {
     ($store:ty, $backend:ident, $migrations:literal) => {
         const _: () = {
@@ -35,6 +37,10 @@ macro_rules! sql_store {
 
                 async fn ping(&self, timeout: Duration) -> StoreResult<()> {
                     bounded(timeout, sqlx::query("SELECT 1").execute(self.health_pool())).await
+                }
+
+                async fn checkpoint(&self) -> StoreResult<()> {
+                    self.checkpoint_wal().await
                 }
 
                 async fn probe_migrations(&self) -> StoreResult<MigrationStatus> {

@@ -26,6 +26,8 @@ use sqlx::sqlite::{
 };
 
 use super::common::health::sql_store;
+#[cfg(doc)]
+use super::Store;
 use super::{token_cache, CurrentMigrations, StoreError, StoreResult};
 
 /// Two pools on one file. SQLite lets one connection write at a time; a writer that finds the
@@ -41,6 +43,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The one connection that writes (statements and transactions).
     writer: SqlitePool,
+    /// A connection that only checkpoints the WAL, beside the writer ([`Store::checkpoint`]).
+    checkpointer: SqlitePool,
     migrations: CurrentMigrations,
     tokens: token_cache::TokenCache,
 }
@@ -89,7 +93,13 @@ impl SqliteStore {
                 options
                     .clone()
                     .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal),
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // SQLite checkpoints on the committing connection once the log holds 1,000
+                    // pages: with a batch dirtying a page per series, nearly every commit then
+                    // also copied its pages into the database file and synced it, on the
+                    // write path. The checkpointer does that beside the writer; this is the
+                    // backstop should it fall behind.
+                    .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES),
             )
             .await
             .map_err(unavailable)?;
@@ -104,12 +114,20 @@ impl SqliteStore {
             // pool never shrinks back. A bounded lifetime retires them; the pool reopens only as
             // many as the traffic needs.
             .max_lifetime(SQLITE_MAX_LIFETIME)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
+            .await
+            .map_err(unavailable)?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(SQLITE_IDLE_TIMEOUT)
+            .connect_with(options)
             .await
             .map_err(unavailable)?;
         Ok(SqliteStore {
             pool,
             writer,
+            checkpointer,
             migrations: CurrentMigrations::default(),
             tokens: Default::default(),
         })
@@ -124,7 +142,21 @@ impl SqliteStore {
     pub fn writer(&self) -> &SqlitePool {
         &self.writer
     }
+
+    /// Copies the log's committed pages into the database file without waiting for readers or
+    /// the writer (`PASSIVE`), so commits only append to the log. Frames a reader still needs
+    /// stay for the next call.
+    async fn checkpoint_wal(&self) -> StoreResult<()> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.checkpointer)
+            .await?;
+        Ok(())
+    }
 }
+
+/// The writer's own checkpoint threshold (SQLite's default is 1,000): at 4 KiB a page, the
+/// log reaches ~40 MiB before a commit checkpoints itself, when the checkpointer is behind.
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "10000";
 
 /// A pooled connection idle this long is closed (with its page cache).
 const SQLITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
