@@ -7,14 +7,20 @@ use ddms::store::{DeviceStore, SettingsStore, SqliteStore, Store};
 
 use crate::support::alerting::eventually;
 
-#[tokio::test]
-async fn the_sqlite_pool_shrinks_after_a_burst_while_light_traffic_goes_on() {
+/// A migrated store on a new file `ddms.db` in a temp dir, with `connections` connections.
+async fn open_migrated(connections: u32) -> (SqliteStore, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ddms.db");
-    let store = SqliteStore::open(path.to_str().unwrap(), 16, Duration::from_secs(5))
+    let store = SqliteStore::open(path.to_str().unwrap(), connections, Duration::from_secs(5))
         .await
         .unwrap();
     store.migrate().await.unwrap();
+    (store, dir, path)
+}
+
+#[tokio::test]
+async fn the_sqlite_pool_shrinks_after_a_burst_while_light_traffic_goes_on() {
+    let (store, _dir, _path) = open_migrated(16).await;
     let pool = store.pool().clone();
 
     // A burst: as many reads at once as the read pool has connections (16 configured: 15
@@ -48,14 +54,8 @@ async fn the_sqlite_pool_shrinks_after_a_burst_while_light_traffic_goes_on() {
 #[tokio::test]
 async fn reads_answer_while_writes_queue_for_the_write_lock() {
     use sqlx::Connection;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ddms.db");
-    let store = std::sync::Arc::new(
-        SqliteStore::open(path.to_str().unwrap(), 4, Duration::from_secs(5))
-            .await
-            .unwrap(),
-    );
-    store.migrate().await.unwrap();
+    let (store, _dir, path) = open_migrated(4).await;
+    let store = std::sync::Arc::new(store);
     let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
@@ -101,12 +101,7 @@ async fn reads_answer_while_writes_queue_for_the_write_lock() {
 /// the database file from a connection of its own.
 #[tokio::test]
 async fn a_checkpoint_moves_committed_writes_into_the_database_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ddms.db");
-    let store = SqliteStore::open(path.to_str().unwrap(), 4, Duration::from_secs(5))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (store, dir, path) = open_migrated(4).await;
     store
         .create_group("checkpointed")
         .await
