@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 
-use super::{micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
+use super::{keep_prepared, micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
 use crate::store::common::events::event_log_store;
 use crate::store::{NewEvent, StoreResult};
 
@@ -21,7 +21,7 @@ impl SqliteStore {
                 "(?, ?, ?)",
                 chunk.len(),
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(keep_prepared(chunk.len()));
             for event in chunk {
                 query = query.bind(now).bind(&event.kind).bind(&event.data);
             }

@@ -99,7 +99,12 @@ impl SqliteStore {
                     // also copied its pages into the database file and synced it, on the
                     // write path. The checkpointer does that beside the writer; this is the
                     // backstop should it fall behind.
-                    .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES),
+                    .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+                    // A statement's rows (RETURNING) come back through a channel from sqlx's
+                    // worker thread, which stops whenever the channel is full (default 50
+                    // rows) until the writer task has taken them: room for a whole statement
+                    // saves a thread switch per 50 rows.
+                    .row_buffer_size(ROWS_PER_STATEMENT),
             )
             .await
             .map_err(unavailable)?;
@@ -164,8 +169,19 @@ const SQLITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// one costs about a millisecond and its page cache refills from the operating system's.
 const SQLITE_MAX_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Rows per multi-row INSERT: 300 bound values, far below SQLite's limit of 32766.
-const ROWS_PER_STATEMENT: usize = 100;
+/// Rows per multi-row INSERT: up to 6,000 bound values (a rollup row has six), below SQLite's
+/// limit of 32,766. Each statement is a round trip to sqlx's worker thread, in which the writer
+/// task and the worker wait for each other: a typical batch of a few hundred readings is one
+/// statement per table, not one per hundred rows (+13 % readings/s in `bench ingest` with the
+/// embedded broker against 100 rows a statement; docs/benchmarks.md).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Whether sqlx keeps a multi-row statement prepared: only a full chunk's, which every batch
+/// reuses. The shorter last chunk has a length of its own nearly every time; caching each
+/// would evict the statements that are reused.
+fn keep_prepared(rows: usize) -> bool {
+    rows == ROWS_PER_STATEMENT
+}
 
 /// `head` followed by `rows` copies of `row`, comma-separated.
 fn multi_row_insert(head: &str, row: &str, rows: usize) -> String {

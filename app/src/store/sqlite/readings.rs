@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
+use super::{keep_prepared, micros, multi_row_insert, SqliteStore, ROWS_PER_STATEMENT};
 use crate::store::common::readings::reading_store;
 use crate::store::{PruneCounts, Reading, RollupStep, StoreResult};
 
@@ -84,7 +84,7 @@ impl SqliteStore {
             } else {
                 std::borrow::Cow::Owned(insert(chunk.len()))
             };
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(keep_prepared(chunk.len()));
             for reading in chunk {
                 query = query
                     .bind(reading.series)
@@ -119,7 +119,7 @@ impl SqliteStore {
                      min = min({table}.min, excluded.min), max = max({table}.max, excluded.max), \
                      sum = {table}.sum + excluded.sum, count = {table}.count + excluded.count"
                 );
-                let mut query = sqlx::query(&sql);
+                let mut query = sqlx::query(&sql).persistent(keep_prepared(chunk.len()));
                 for ((series, bucket), agg) in chunk {
                     query = query
                         .bind(series)

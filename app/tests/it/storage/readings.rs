@@ -56,64 +56,66 @@ pub(super) async fn duplicate_readings_are_ignored(store: Arc<dyn Store>) {
 /// A batch as a fleet's arrives — by time, then by device and metric, with a redelivered
 /// reading inside it — is stored whatever order it comes in (the stores insert in key order,
 /// PostgreSQL in several statements split by series: 10,000 readings here are four): each
-/// reading once, the first of a duplicate, and the rollups count each reading once.
+/// reading once, the first of a duplicate, and the rollups count each reading once. Readings
+/// 30 s apart make 5,000 minute buckets: several full multi-row statements on SQLite.
 pub(super) async fn a_batch_in_any_order_is_stored_once_with_the_first_duplicate(
     store: Arc<dyn Store>,
 ) {
-    const SECONDS: i64 = 2_500;
+    const READINGS: i64 = 2_500;
+    const APART: i64 = 30;
     let device = store.create_device(&modbus_device("d")).await.unwrap();
     let mut series = Vec::new();
     for metric in ["a", "b", "c", "d"] {
         series.push(store.ensure_series(device.id, metric, None).await.unwrap());
     }
-    let value = |n: usize, second: i64| (n * 10_000) as f64 + second as f64;
+    let value = |n: usize, i: i64| (n * 10_000) as f64 + i as f64;
     let mut batch = Vec::new();
-    for second in (0..SECONDS).rev() {
+    for i in (0..READINGS).rev() {
         for (n, &id) in series.iter().enumerate().rev() {
             batch.push(Reading {
                 series: id,
-                ts: ts(second),
-                value: value(n, second),
+                ts: ts(i * APART),
+                value: value(n, i),
             });
         }
     }
     batch.push(Reading {
         series: series[0],
-        ts: ts(7),
+        ts: ts(7 * APART),
         value: -1.0,
     });
     assert_eq!(
         store.insert_readings(&batch).await.unwrap(),
-        4 * SECONDS as u64
+        4 * READINGS as u64
     );
     assert_eq!(store.insert_readings(&batch).await.unwrap(), 0);
+    let (first, last) = (ts(-3600), ts(READINGS * APART + 3600));
     for (n, &id) in series.iter().enumerate() {
-        let points = store
-            .query_readings(id, ts(0), ts(SECONDS), 10_000)
-            .await
-            .unwrap();
+        let points = store.query_readings(id, first, last, 10_000).await.unwrap();
         let values: Vec<f64> = points.iter().map(|p| p.value).collect();
-        let expected: Vec<f64> = (0..SECONDS).map(|s| value(n, s)).collect();
+        let expected: Vec<f64> = (0..READINGS).map(|i| value(n, i)).collect();
         assert!(
             values == expected,
             "series {id}: oldest first, the first duplicate"
         );
-        let hours = store
-            .query_rollups(id, RollupStep::Hour, ts(-3600), ts(2 * 3600), 10)
-            .await
-            .unwrap();
-        let (count, sum) = hours.iter().fold((0, 0.0), |(c, s), h| {
-            (c + h.count, s + h.avg * h.count as f64)
-        });
-        assert_eq!(
-            count, SECONDS as u64,
-            "series {id}: the duplicate is not counted"
-        );
-        let expected_sum: f64 = expected.iter().sum();
-        assert!(
-            (sum - expected_sum).abs() < 1e-3,
-            "series {id}: sum {sum}, not {expected_sum}"
-        );
+        for step in [RollupStep::Minute, RollupStep::Hour] {
+            let buckets = store
+                .query_rollups(id, step, first, last, 10_000)
+                .await
+                .unwrap();
+            let (count, sum) = buckets.iter().fold((0, 0.0), |(c, s), b| {
+                (c + b.count, s + b.avg * b.count as f64)
+            });
+            assert_eq!(
+                count, READINGS as u64,
+                "series {id}, {step:?}: the duplicate is not counted"
+            );
+            let expected_sum: f64 = expected.iter().sum();
+            assert!(
+                (sum - expected_sum).abs() < 1e-3,
+                "series {id}, {step:?}: sum {sum}, not {expected_sum}"
+            );
+        }
     }
 }
 
@@ -230,7 +232,7 @@ pub(super) async fn rollups_summarise_new_readings_per_minute_and_hour(store: Ar
         Some(series)
     );
     assert_eq!(store.find_series(device.id, "nope").await.unwrap(), None);
-    // One reading a second for 3 minutes (more rows than one SQLite statement carries), value
+    // One reading a second for 3 minutes, value
     // = seconds into its minute, plus a reading of another series in the same minutes.
     let mut batch: Vec<Reading> = (0..180)
         .map(|s| Reading {
