@@ -98,6 +98,7 @@ pub(super) async fn a_batch_in_any_order_is_stored_once_with_the_first_duplicate
             values == expected,
             "series {id}: oldest first, the first duplicate"
         );
+        let expected_sum: f64 = expected.iter().sum();
         for step in [RollupStep::Minute, RollupStep::Hour] {
             let buckets = store
                 .query_rollups(id, step, first, last, 10_000)
@@ -110,7 +111,6 @@ pub(super) async fn a_batch_in_any_order_is_stored_once_with_the_first_duplicate
                 count, READINGS as u64,
                 "series {id}, {step:?}: the duplicate is not counted"
             );
-            let expected_sum: f64 = expected.iter().sum();
             assert!(
                 (sum - expected_sum).abs() < 1e-3,
                 "series {id}, {step:?}: sum {sum}, not {expected_sum}"
@@ -232,8 +232,8 @@ pub(super) async fn rollups_summarise_new_readings_per_minute_and_hour(store: Ar
         Some(series)
     );
     assert_eq!(store.find_series(device.id, "nope").await.unwrap(), None);
-    // One reading a second for 3 minutes, value
-    // = seconds into its minute, plus a reading of another series in the same minutes.
+    // One reading a second for 3 minutes, value = seconds into its minute, plus a reading of
+    // another series in the same minutes.
     let mut batch: Vec<Reading> = (0..180)
         .map(|s| Reading {
             series,
