@@ -395,22 +395,16 @@ impl Server {
         let app = http::router(state);
         // Its own token: live streams end first (`stop_http`), the listener closes later.
         let stop_accepting = CancellationToken::new();
-        let mut server = match tls {
-            None => tokio::spawn(http::serve::serve(
-                listener,
-                app,
-                limits,
-                metrics.clone(),
-                stop_accepting.clone(),
-            )),
-            Some(tls) => tokio::spawn(http::serve::serve(
-                http::tls::TlsListener::new(listener, tls, config.http.max_connections)?,
-                app,
-                limits,
-                metrics.clone(),
-                stop_accepting.clone(),
-            )),
-        };
+        // HTTP on a runtime of its own, so a busy dashboard does not delay ingest.
+        let http_runtime = http::runtime::HttpRuntime::start()?;
+        let mut server = http_runtime.serve(
+            listener,
+            tls,
+            app,
+            limits,
+            metrics.clone(),
+            stop_accepting.clone(),
+        )?;
 
         // Set when the stop signal arrives: every phase below shares this one deadline.
         let mut budget = None;
@@ -473,6 +467,8 @@ impl Server {
         {
             tracing::warn!("the last live events could not be written to the event log");
         }
+        // Last: the store's pool may hold database connections driven by its I/O driver.
+        drop(http_runtime);
         tracing::info!("shutdown complete");
         served
     }

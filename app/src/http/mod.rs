@@ -18,6 +18,7 @@ mod openapi;
 mod page;
 pub mod revocation;
 mod routes;
+pub mod runtime;
 
 pub(crate) use routes::readiness;
 pub mod security;
