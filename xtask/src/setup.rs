@@ -97,7 +97,7 @@ pub const PREREQUISITES: &[Prerequisite] = &[
         "mosquitto-clients",
     ),
     apt(
-        "integration tests without Docker, schema-compat",
+        "integration tests without Docker, schema-compat, the ddms role's database task",
         File("/usr/lib/postgresql/15/bin/initdb"),
         "postgresql-15",
     ),
@@ -201,7 +201,7 @@ pub const PREREQUISITES: &[Prerequisite] = &[
         "schemathesis==4.32.5",
     ),
     pip(
-        "ansible-playbook in the end-to-end tests",
+        "ansible-playbook in the end-to-end tests and the ddms role's database task",
         PythonDist("ansible-core", "2.19.14"),
         "ansible-core==2.19.14",
     ),

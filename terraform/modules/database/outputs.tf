@@ -14,7 +14,7 @@ output "database_name" {
 }
 
 output "username" {
-  description = "User ddms connects as."
+  description = "Master user (ddms connects as a role of its own, made with it)."
   value       = aws_db_instance.this.username
 }
 

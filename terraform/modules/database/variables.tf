@@ -55,7 +55,7 @@ variable "database_name" {
 
 variable "username" {
   type        = string
-  description = "Master user (ddms connects as it)."
+  description = "Master user: Ansible makes ddms' own role (ddms_app) with it; ddms never connects as it."
   default     = "ddms"
 }
 

@@ -171,10 +171,16 @@ fn check(fleet: &Fleet) -> Result<()> {
                 .any(|s| s.groups.iter().any(|g| g == "db")),
             "database tier `host` needs a service host in group `db`"
         ),
-        "rds" => ensure!(
-            fleet.database_password.is_some(),
-            "database tier `rds` needs the output `database_password`"
-        ),
+        "rds" => {
+            ensure!(
+                fleet.database_password.is_some(),
+                "database tier `rds` needs the output `database_password`"
+            );
+            ensure!(
+                fleet.database.username != RDS_DDMS_ROLE,
+                "the RDS master user is `{RDS_DDMS_ROLE}`, the name of ddms' own role: give the master another name"
+            );
+        }
         other => bail!("unknown database tier `{other}`"),
     }
     Ok(())
@@ -209,17 +215,27 @@ pub struct Files {
     pub hosts: String,
     /// `group_vars/all/terraform.yml`: addresses, URLs, files; no secret.
     pub vars: String,
-    /// `group_vars/all/terraform_secrets.yml` (0600): what Terraform generated (RDS's URL).
+    /// `group_vars/all/terraform_secrets.yml` (0600): what Terraform generated (the RDS
+    /// master's URL, which only the ddms role's database task uses).
     pub terraform_secrets: String,
     /// `known_hosts`.
     pub known_hosts: String,
 }
 
+/// The role ddms connects to RDS as: its own, not the master (Terraform's default master is
+/// `ddms`, and renaming the master would replace the instance, so the role has another name).
+pub const RDS_DDMS_ROLE: &str = "ddms_app";
+
 /// The secrets the inventory itself owns (generated once by `provision`, kept in
-/// `group_vars/all/secrets.yml`, 0600). The database password is Terraform's with RDS.
+/// `group_vars/all/secrets.yml`, 0600). With RDS the master's password is Terraform's, and
+/// ddms' own role's password is the inventory's.
 pub fn owned_secret_names(fleet: &Fleet) -> &'static [&'static str] {
     if fleet.database.tier == "rds" {
-        &["mosquitto_dynsec_admin_password", "mosquitto_ddms_password"]
+        &[
+            "ddms_database_password",
+            "mosquitto_dynsec_admin_password",
+            "mosquitto_ddms_password",
+        ]
     } else {
         &[
             "postgresql_ddms_password",
@@ -296,6 +312,16 @@ pub fn files(fleet: &Fleet, dir: &Path) -> Result<Files> {
         format!("---\n{GENERATED}; regenerated on every run. Secret: mode 0600.\n");
     match fleet.database.tier.as_str() {
         "rds" => {
+            // ddms connects as a role of its own (`ddms_database_password` is in secrets.yml),
+            // which the ddms role makes with the master's URL (tasks/database_role.yml).
+            vars.push_str(&format!("ddms_db_host: {}\n", y(&fleet.database.address)));
+            vars.push_str(&format!("ddms_db_port: {}\n", fleet.database.port));
+            vars.push_str(&format!(
+                "ddms_database_name: {}\n",
+                y(&fleet.database.name)
+            ));
+            vars.push_str(&format!("ddms_database_user: {}\n", y(RDS_DDMS_ROLE)));
+            vars.push_str("ddms_database_sslmode: require\n");
             let password = fleet.database_password.as_deref().unwrap_or_default();
             let url = format!(
                 "postgres://{}:{}@{}:{}/{}?sslmode=require",
@@ -305,7 +331,7 @@ pub fn files(fleet: &Fleet, dir: &Path) -> Result<Files> {
                 fleet.database.port,
                 urlencode(&fleet.database.name)
             );
-            terraform_secrets.push_str(&format!("ddms_database_url: {}\n", y(&url)));
+            terraform_secrets.push_str(&format!("ddms_database_admin_url: {}\n", y(&url)));
         }
         tier => {
             // The postgresql role's database, reached at the address Terraform gives (the db

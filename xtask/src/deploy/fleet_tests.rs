@@ -113,6 +113,7 @@ fn host_tier_puts_postgresql_and_mosquitto_on_the_db_host_reached_privately() {
     );
     assert!(vars.get("ddms_database_url").is_none());
     assert!(!files.terraform_secrets.contains("ddms_database_url"));
+    assert!(!files.terraform_secrets.contains("ddms_database_admin_url"));
     assert_eq!(
         files.known_hosts,
         "192.0.2.10 ssh-ed25519 AAAA1\n[192.0.2.11]:2222 ssh-ed25519 AAAA2\n192.0.2.30 ssh-ed25519 AAAAdb\n"
@@ -120,14 +121,14 @@ fn host_tier_puts_postgresql_and_mosquitto_on_the_db_host_reached_privately() {
 }
 
 #[test]
-fn rds_tier_gives_a_tls_database_url_only_in_the_secret_file_and_the_broker_its_own_group() {
-    let (fleet, files) = generate("rds");
+fn rds_tier_gives_the_master_url_only_in_the_secret_file_and_the_broker_its_own_group() {
+    let (_, files) = generate("rds");
     let hosts = yaml(&files.hosts);
     assert!(group_hosts(&hosts, "db").is_empty());
     assert_eq!(group_hosts(&hosts, "mosquitto"), ["db"]);
     let secrets = yaml(&files.terraform_secrets);
     assert_eq!(
-        secrets["ddms_database_url"].as_str(),
+        secrets["ddms_database_admin_url"].as_str(),
         Some("postgres://ddms:p%40ss%2Fword@ddms.abc.eu-central-1.rds.amazonaws.com:5432/ddms?sslmode=require")
     );
     for public in [&files.hosts, &files.vars, &files.known_hosts] {
@@ -136,11 +137,42 @@ fn rds_tier_gives_a_tls_database_url_only_in_the_secret_file_and_the_broker_its_
             "{public}"
         );
     }
-    assert!(yaml(&files.vars).get("ddms_db_host").is_none());
+}
+
+/// ddms itself connects to RDS as a role of its own with a password the inventory owns, over
+/// TLS; the master's URL is never its database URL.
+#[test]
+fn rds_tier_has_ddms_connect_as_its_own_role_not_the_master() {
+    let (fleet, files) = generate("rds");
+    let secrets = yaml(&files.terraform_secrets);
+    assert!(secrets.get("ddms_database_url").is_none(), "{secrets:?}");
+    let vars = yaml(&files.vars);
+    assert!(vars.get("ddms_database_url").is_none());
+    assert_eq!(
+        vars["ddms_db_host"].as_str(),
+        Some("ddms.abc.eu-central-1.rds.amazonaws.com")
+    );
+    assert_eq!(vars["ddms_db_port"].as_u64(), Some(5432));
+    assert_eq!(vars["ddms_database_name"].as_str(), Some("ddms"));
+    assert_eq!(vars["ddms_database_user"].as_str(), Some(RDS_DDMS_ROLE));
+    assert_ne!(RDS_DDMS_ROLE, fleet.database.username);
+    assert_eq!(vars["ddms_database_sslmode"].as_str(), Some("require"));
     assert_eq!(
         owned_secret_names(&fleet),
-        ["mosquitto_dynsec_admin_password", "mosquitto_ddms_password"]
+        [
+            "ddms_database_password",
+            "mosquitto_dynsec_admin_password",
+            "mosquitto_ddms_password"
+        ]
     );
+}
+
+#[test]
+fn an_rds_master_named_like_ddms_own_role_is_refused() {
+    let mut out = outputs("rds");
+    out["database"]["value"]["username"] = json!(RDS_DDMS_ROLE);
+    let err = parse(&out.to_string(), None).unwrap_err();
+    assert!(err.to_string().contains("master user"), "{err:#}");
 }
 
 #[test]

@@ -671,4 +671,6 @@ pub fn status(sh: &Shell, options: &Options) -> Result<i32> {
 }
 
 #[cfg(test)]
+mod database_role_tests;
+#[cfg(test)]
 mod tests;

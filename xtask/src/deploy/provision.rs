@@ -6,7 +6,8 @@
 //!    to `terraform apply` as `TF_VAR_ssh_host_keys` (environment, not the command line);
 //! 2. `terraform output -json` (or `--from-output FILE`: the same JSON, from anywhere) →
 //!    the inventory in `ansible/inventories/<env>/` (`fleet.rs`): hosts.yml, group_vars,
-//!    known_hosts; the inventory's own secrets are generated once (0600) and kept;
+//!    known_hosts; the inventory's own secrets are generated once (0600) and kept (one a
+//!    newer layout owns is added to a plain file);
 //! 3. TLS material for the fleet's names (`cargo xtask certs`, kept when present);
 //! 4. every host's `cloud-init status --wait` over ssh, verified against the pinned keys;
 //! 5. `ansible-playbook site.yml`.
@@ -144,16 +145,46 @@ fn write_inventory(fleet: &Fleet, dir: &Path) -> Result<PathBuf> {
         &files.terraform_secrets,
     )?;
     // The inventory's own secrets: made once, never rewritten (rotating one is editing the
-    // file; ansible-vault may encrypt it, after which this only checks that it exists).
+    // file; ansible-vault may encrypt it, after which this only checks that it exists). One
+    // that a newer layout owns (RDS's `ddms_database_password`) is added to a plain file.
     let secrets = vars.join("secrets.yml");
+    let names = fleet::owned_secret_names(fleet);
     if !secrets.exists() {
         let mut text = String::from(
             "---\n# Generated once by `cargo xtask provision`; kept. Secret: mode 0600, not in git.\n",
         );
-        for name in fleet::owned_secret_names(fleet) {
+        for name in names {
             text.push_str(&format!("{name}: \"{}\"\n", random_hex(32)?));
         }
         write_secret(&secrets, &text)?;
+    } else {
+        let text = std::fs::read_to_string(&secrets)
+            .with_context(|| format!("read {}", secrets.display()))?;
+        if text.starts_with("$ANSIBLE_VAULT") {
+            eprintln!(
+                "provision: {} is encrypted; it must hold {}",
+                secrets.display(),
+                names.join(", ")
+            );
+        } else {
+            let missing = missing_secrets(&text, names)
+                .with_context(|| format!("read {}", secrets.display()))?;
+            if !missing.is_empty() {
+                let mut text = text;
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                for name in &missing {
+                    text.push_str(&format!("{name}: \"{}\"\n", random_hex(32)?));
+                }
+                write_secret(&secrets, &text)?;
+                eprintln!(
+                    "provision: added {} to {}",
+                    missing.join(", "),
+                    secrets.display()
+                );
+            }
+        }
     }
     crate::certs::run(&crate::certs::Options {
         out: dir.join("certs"),
@@ -163,6 +194,21 @@ fn write_inventory(fleet: &Fleet, dir: &Path) -> Result<PathBuf> {
         force: false,
     })?;
     Ok(dir.join("hosts.yml"))
+}
+
+/// The names among `names` that the YAML mapping `text` (a plain secrets.yml) lacks.
+fn missing_secrets<'a>(text: &str, names: &[&'a str]) -> Result<Vec<&'a str>> {
+    let value: yaml_serde::Value = yaml_serde::from_str(text)?;
+    let map = value.as_mapping();
+    ensure!(
+        map.is_some() || value.is_null(),
+        "not a YAML mapping of secrets"
+    );
+    Ok(names
+        .iter()
+        .filter(|name| !map.is_some_and(|m| m.contains_key(**name)))
+        .copied()
+        .collect())
 }
 
 /// Writes `text` to `path` readable by its owner only (created so: never briefly wider).
@@ -241,4 +287,27 @@ fn wait_for_cloud_init(fleet: &Fleet, known_hosts: &Path, timeout_s: u64) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_secrets;
+
+    /// An inventory made before RDS fleets had a role of their own gets the new password; the
+    /// secrets it has are kept.
+    #[test]
+    fn only_the_secrets_a_kept_file_lacks_are_missing() {
+        let kept = "---\n# Generated once\nmosquitto_ddms_password: \"a\"\nmosquitto_dynsec_admin_password: \"b\"\n";
+        let names = [
+            "ddms_database_password",
+            "mosquitto_dynsec_admin_password",
+            "mosquitto_ddms_password",
+        ];
+        assert_eq!(
+            missing_secrets(kept, &names).unwrap(),
+            ["ddms_database_password"]
+        );
+        assert_eq!(missing_secrets("---\n", &names).unwrap(), names);
+        assert!(missing_secrets("- a list\n", &names).is_err());
+    }
 }

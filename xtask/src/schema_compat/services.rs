@@ -377,6 +377,60 @@ impl Postgres {
     }
 }
 
+/// For tests that play a database server with roles and passwords (the ddms role's database
+/// task: `deploy/database_role_tests.rs`).
+#[cfg(test)]
+impl Postgres {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory of its binaries (`psql` among them).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// psql connected as `user` with `password` to `database` over TCP (PG* environment, so
+    /// the password is on no command line), stopping at the first error, printing rows bare.
+    pub fn client(&self, user: &str, password: &str, database: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", user)
+            .env("PGPASSWORD", password)
+            .env("PGDATABASE", database)
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-qtA"])
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// From now on every role but `postgres` logs in over TCP with its password (SCRAM), as on
+    /// a real server; the superuser keeps trust. Waits until the server applies it: a wrong
+    /// password for `probe_user` (a role with a password) is refused.
+    pub fn require_passwords(&self, probe_user: &str) -> Result<()> {
+        std::fs::write(
+            self.dir.join("data/pg_hba.conf"),
+            "local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        wait_for(
+            "PostgreSQL to require passwords",
+            Duration::from_secs(30),
+            || {
+                let out = self
+                    .client(probe_user, "not the password", "postgres")
+                    .args(["-c", "SELECT 1"])
+                    .output()?;
+                ensure!(!out.status.success(), "a wrong password still logs in");
+                Ok(())
+            },
+        )
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown (ends sessions, no waiting for clients).

@@ -4,17 +4,13 @@
 //! cannot pass vacuously); once a column the previous release writes and reads is renamed
 //! there, as a contract step shipped too early would, it fails naming the step and the column.
 
-// The binary the end-to-end tests run: `DDMS_E2E_DDMS`, else the workspace's debug build.
-#[path = "../../tests/e2e/support/ddms_binary.rs"]
-mod ddms_binary;
-
 use std::process::Command;
 
 use anyhow::{ensure, Result};
 use xshell::Shell;
 
 use super::services::DATABASE;
-use super::{migration_files, scenario, Backend, Database};
+use super::{ddms_binary, migration_files, scenario, Backend, Database};
 
 /// A contract step applied before its time: `ddms user add` writes the column, login reads it.
 const RENAME: &str = "ALTER TABLE users RENAME COLUMN password_hash TO password_digest";

@@ -1,6 +1,7 @@
 //! The `ddms` binary the xtask tests run: the end-to-end hosts' releases are made of it, and
-//! xtask's schema-compat tests (`xtask/src/schema_compat/tests.rs`, which include this file by
-//! path) run the N-1 window with it. Self-contained (std and anyhow) so both crates can hold it.
+//! xtask's schema-compat tests (`xtask/src/schema_compat/`, whose `mod.rs` includes this file
+//! by path) run the N-1 window with it, and `xtask/src/deploy/database_role_tests.rs` its
+//! migrations as the RDS role. Self-contained (std and anyhow) so both crates can hold it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
