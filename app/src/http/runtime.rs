@@ -7,8 +7,8 @@
 //! writer, the event log's append and fan-out) then waited behind all of them, and a busy
 //! dashboard slowed ingest itself. On two runtimes the operating system schedules their
 //! threads, and the lightly loaded ingest threads run as soon as they wake: `bench sse
-//! --clients 10000` went from p99 474 ms to ~220 ms (docs/benchmarks.md). Each runtime has as
-//! many worker threads as the machine has cores.
+//! --clients 10000` went from p99 474 ms to a median of 230 ms (docs/benchmarks.md). Each
+//! runtime has as many worker threads as the machine has cores.
 //!
 //! Everything that serves HTTP is spawned here: the accept loop, the connections, TLS
 //! handshakes, and the handlers they run. Database connections are shared with ingest
