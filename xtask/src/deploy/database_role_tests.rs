@@ -7,7 +7,7 @@
 //! Needs PostgreSQL 15, ansible-playbook and the `ddms` binary (built when missing), as
 //! `cargo xtask setup` provides: without them it fails and says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
@@ -22,16 +22,6 @@ const MASTER: &str = "ddms";
 const MASTER_PASSWORD: &str = "master-password-1";
 const PASSWORD: &str = "ddms-own-password-1";
 const NEW_PASSWORD: &str = "ddms-own-password-2";
-
-/// A temporary directory, removed when dropped (the cluster in it stops first: it is dropped
-/// before this, as it is declared after it).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Recap {
     changed: u32,
@@ -140,11 +130,11 @@ fn the_database_role_task_gives_ddms_a_least_privilege_role_owning_its_database(
 
 fn run() -> Result<()> {
     let ddms = ddms_binary::ddms_binary()?;
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("ddms-database-role-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0)?;
-    let postgres = Postgres::start(&dir.0.join("postgres"))?;
+    // Removed when dropped, after the cluster in it (declared later, dropped first) stops.
+    let dir = tempfile::Builder::new()
+        .prefix("ddms-database-role-")
+        .tempdir()?;
+    let postgres = Postgres::start(&dir.path().join("postgres"))?;
 
     // RDS's layout: a master with CREATEROLE and CREATEDB but no superuser, owning the
     // database; another database and a schema of the master's own, which are not ddms'.
@@ -171,7 +161,7 @@ fn run() -> Result<()> {
     let ddms_as = |user: &str, password: &str| Ddms {
         label: user.to_string(),
         binary: ddms.to_path_buf(),
-        dir: dir.0.clone(),
+        dir: dir.path().to_path_buf(),
         database_url: url(user, password),
         provisioning_token: String::new(),
     };
@@ -193,7 +183,7 @@ fn run() -> Result<()> {
         // psql is there (the cluster's); nothing is installed on this machine.
         "ddms_database_client_packages": [],
     });
-    let first = playbook(&dir.0, &postgres, &vars, false)?;
+    let first = playbook(dir.path(), &postgres, &vars, false)?;
     ensure!(
         first.changed > 0,
         "the first run changed nothing:\n{}",
@@ -270,7 +260,7 @@ fn run() -> Result<()> {
     );
 
     for check in [false, true] {
-        let again = playbook(&dir.0, &postgres, &vars, check)?;
+        let again = playbook(dir.path(), &postgres, &vars, check)?;
         ensure!(
             again.changed == 0,
             "a second run{} changed something:\n{}",
@@ -280,7 +270,7 @@ fn run() -> Result<()> {
     }
 
     vars["ddms_database_password"] = json!(NEW_PASSWORD);
-    let rotated = playbook(&dir.0, &postgres, &vars, false)?;
+    let rotated = playbook(dir.path(), &postgres, &vars, false)?;
     ensure!(
         rotated.changed == 1,
         "a new password should be one change:\n{}",
