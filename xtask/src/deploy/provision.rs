@@ -149,14 +149,11 @@ fn write_inventory(fleet: &Fleet, dir: &Path) -> Result<PathBuf> {
     // that a newer layout owns (RDS's `ddms_database_password`) is added to a plain file.
     let secrets = vars.join("secrets.yml");
     let names = fleet::owned_secret_names(fleet);
-    if !secrets.exists() {
-        let mut text = String::from(
-            "---\n# Generated once by `cargo xtask provision`; kept. Secret: mode 0600, not in git.\n",
-        );
-        for name in names {
-            text.push_str(&format!("{name}: \"{}\"\n", random_hex(32)?));
-        }
-        write_secret(&secrets, &text)?;
+    let existed = secrets.exists();
+    let (mut text, missing) = if !existed {
+        let header =
+            "---\n# Generated once by `cargo xtask provision`; kept. Secret: mode 0600, not in git.\n";
+        (header.to_string(), names.to_vec())
     } else {
         let text = std::fs::read_to_string(&secrets)
             .with_context(|| format!("read {}", secrets.display()))?;
@@ -166,24 +163,27 @@ fn write_inventory(fleet: &Fleet, dir: &Path) -> Result<PathBuf> {
                 secrets.display(),
                 names.join(", ")
             );
+            (text, Vec::new())
         } else {
             let missing = missing_secrets(&text, names)
                 .with_context(|| format!("read {}", secrets.display()))?;
-            if !missing.is_empty() {
-                let mut text = text;
-                if !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                for name in &missing {
-                    text.push_str(&format!("{name}: \"{}\"\n", random_hex(32)?));
-                }
-                write_secret(&secrets, &text)?;
-                eprintln!(
-                    "provision: added {} to {}",
-                    missing.join(", "),
-                    secrets.display()
-                );
-            }
+            (text, missing)
+        }
+    };
+    if !missing.is_empty() {
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for name in &missing {
+            text.push_str(&format!("{name}: \"{}\"\n", random_hex(32)?));
+        }
+        write_secret(&secrets, &text)?;
+        if existed {
+            eprintln!(
+                "provision: added {} to {}",
+                missing.join(", "),
+                secrets.display()
+            );
         }
     }
     crate::certs::run(&crate::certs::Options {
