@@ -23,10 +23,15 @@
 //! Usage: bench_ingest --ddms PATH [--backend postgres|sqlite] [--seconds S] [--devices N]
 //!        [--rate MSGS_PER_S] [--metrics PER_MSG] [--rules N [--rounds R]] [--out FILE]
 //!        bench_ingest --ddms PATH --peer DIR [--rounds 2] [--procs 2] [--seconds 20]
-//!        [--devices 100] [--metrics 10] [--env DDMS_KEY=VALUE]... [--out FILE]
+//!        [--devices 100] [--metrics 10] [--backlog-seconds 5] [--env DDMS_KEY=VALUE]...
+//!        [--out FILE]
 
 #[path = "bench_ingest/alert_rules.rs"]
 mod alert_rules;
+#[path = "bench_ingest/ddms_run.rs"]
+mod ddms_run;
+#[path = "bench_ingest/drain.rs"]
+mod drain;
 #[path = "common/driver.rs"]
 mod driver;
 #[path = "bench_ingest/peer.rs"]
@@ -90,6 +95,7 @@ fn parse_args() -> Result<Args> {
         devices: 0,
         metrics: 0,
         seconds: 20,
+        backlog_seconds: 5.0,
         env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -115,6 +121,7 @@ fn parse_args() -> Result<Args> {
                 peer.rounds = args.rounds;
             }
             "--procs" => peer.procs = value()?.parse()?,
+            "--backlog-seconds" => peer.backlog_seconds = value()?.parse()?,
             "--env" => {
                 let setting = value()?;
                 let (key, val) = setting.split_once('=').context("--env KEY=VALUE")?;

@@ -16,24 +16,20 @@
 //! with PostgreSQL's raw COPY ceiling in the same cluster.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
 use sqlx::Connection;
 
+use super::copy_baseline;
 use super::services::{Mosquitto, Postgres, Provider};
-use super::{copy_baseline, percentile, publisher, Device};
-use crate::driver;
 
 /// As in the reference runs of the peer set.
-const BROKER_CONFIG: &str = "max_inflight_messages 1000\nmax_queued_messages 100000\n";
+pub(super) const BROKER_CONFIG: &str = "max_inflight_messages 1000\nmax_queued_messages 100000\n";
 const PEER_CLIENT_ID: &str = "peer-ingest";
-const PROBE_MESSAGES_PER_S: f64 = 20.0;
+pub(super) const PROBE_MESSAGES_PER_S: f64 = 20.0;
 /// A run is over when nothing was committed for this long after the generator stopped.
 const SETTLE: Duration = Duration::from_secs(10);
 /// Rows for the COPY ceiling.
@@ -46,30 +42,33 @@ pub struct PeerArgs {
     pub devices: usize,
     pub metrics: usize,
     pub seconds: u64,
+    /// `--backlog-seconds`: how long the generator fills the broker for the paused ddms in the
+    /// backlog drain (`drain.rs`).
+    pub backlog_seconds: f64,
     /// `--env KEY=VALUE`: extra `DDMS_*` settings for ddms (a tuned run; the default is none).
     pub env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Who {
+pub(super) enum Who {
     Peer,
     Ddms,
 }
 
 /// One run of one ingester.
-struct Run {
-    who: Who,
-    round: usize,
-    offered_readings: u64,
-    offered_per_s: f64,
-    committed: u64,
-    stored: u64,
-    seconds: f64,
-    latency_ms: Option<(f64, f64, usize)>,
+pub(super) struct Run {
+    pub(super) who: Who,
+    pub(super) round: usize,
+    pub(super) offered_readings: u64,
+    pub(super) offered_per_s: f64,
+    pub(super) committed: u64,
+    pub(super) stored: u64,
+    pub(super) seconds: f64,
+    pub(super) latency_ms: Option<(f64, f64, usize)>,
 }
 
 impl Run {
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.committed as f64 / self.seconds.max(1e-9)
     }
 
@@ -129,6 +128,7 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
     let postgres = Postgres::start(Provider::Local).await?;
     let work = tempfile::tempdir()?;
     let mut runs = Vec::new();
+    let mut drains = Vec::new();
     for round in 1..=args.rounds {
         let order = if round % 2 == 1 {
             [Who::Peer, Who::Ddms]
@@ -137,8 +137,11 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
         };
         for who in order {
             let run = match who {
-                Who::Peer => run_peer(&postgres, &args, work.path(), round).await?,
-                Who::Ddms => run_ddms(ddms, &postgres, &args, work.path(), round, out).await?,
+                Who::Peer => run_peer(&postgres, &args, work.path(), round, None).await?,
+                Who::Ddms => {
+                    super::ddms_run::run_ddms(ddms, &postgres, &args, work.path(), round, out)
+                        .await?
+                }
             };
             println!(
                 "  round {round} {:>4}: {:>7.0} readings/s committed ({} of {} offered at {:.0}/s stored, {:.1} s){}",
@@ -154,6 +157,24 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
             );
             runs.push(run);
         }
+        // The drains in the round's order too.
+        for who in order {
+            let drain = match who {
+                Who::Peer => super::drain::peer(&postgres, &args, work.path(), round).await?,
+                Who::Ddms => {
+                    super::drain::ddms(ddms, &postgres, &args, work.path(), round, out).await?
+                }
+            };
+            println!(
+                "  round {round} {:>4} backlog drain: {:>7.0} readings/s committed ({} of a backlog of {} stored, {:.1} s)",
+                drain.who,
+                drain.rate(),
+                drain.stored,
+                drain.backlog,
+                drain.seconds
+            );
+            drains.push(drain);
+        }
     }
     let url = postgres.create_database().await?;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
@@ -167,6 +188,15 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
         rates.iter().sum::<f64>() / rates.len() as f64
     };
     let (peer, ours) = (mean(Who::Peer), mean(Who::Ddms));
+    let drained = |who: &str| {
+        let rates: Vec<f64> = drains
+            .iter()
+            .filter(|d| d.who == who)
+            .map(super::drain::Drain::rate)
+            .collect();
+        rates.iter().sum::<f64>() / rates.len() as f64
+    };
+    let (peer_drained, ddms_drained) = (drained("peer"), drained("ddms"));
     let mut latencies: Vec<(f64, f64)> = runs
         .iter()
         .filter_map(|r| r.latency_ms.map(|(p50, p99, _)| (p50, p99)))
@@ -190,9 +220,19 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
         "ratio_ddms_to_peer": ours / peer,
         "copy_ceiling_rows_per_s": copy,
         "ratio_ddms_to_copy": ours / copy,
+        "backlog_drain": {
+            "what": "each ingester paused while the generator fills the broker, then resumed: its committed rate with nothing else producing",
+            "backlog_seconds": args.backlog_seconds,
+            "broker": format!("max_inflight_messages 1000, max_queued_messages {}", super::drain::DRAIN_QUEUE),
+            "drains": drains.iter().map(super::drain::Drain::json).collect::<Vec<_>>(),
+            "peer_readings_per_s": peer_drained,
+            "ddms_readings_per_s": ddms_drained,
+            "ratio_ddms_to_peer": ddms_drained / peer_drained,
+            "ratio_ddms_to_copy": ddms_drained / copy,
+        },
         "ddms_latency_ms_worst_run": {"p50": worst.0, "p99": worst.1},
         "runs_with_broker_queue_overflow": losses,
-        "targets": {"ratio_ddms_to_peer": ">= 2.0", "ratio_ddms_to_copy": ">= 0.35"},
+        "targets": {"ratio_ddms_to_peer": ">= 2.0", "backlog_drain.ratio_ddms_to_copy": ">= 0.35"},
         "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });
     if let Some(parent) = Path::new(out).parent() {
@@ -201,9 +241,13 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
     std::fs::write(out, serde_json::to_string_pretty(&summary)?)?;
     println!(
         "bench ingest --peer: peer {peer:.0} readings/s, ddms {ours:.0} readings/s, ddms = {:.2} × peer; \
-         COPY ceiling {copy:.0} rows/s, ddms = {:.2} × COPY; ddms publish→commit (worst run) p50 {:.0} ms p99 {:.0} ms",
+         COPY ceiling {copy:.0} rows/s, ddms = {:.2} × COPY; backlog drains: peer {peer_drained:.0}, ddms {ddms_drained:.0} readings/s, \
+         ddms = {:.2} × peer = {:.2} × COPY; \
+         ddms publish→commit (worst run) p50 {:.0} ms p99 {:.0} ms",
         ours / peer,
         ours / copy,
+        ddms_drained / peer_drained,
+        ddms_drained / copy,
         worst.0,
         worst.1
     );
@@ -221,14 +265,19 @@ pub async fn run(ddms: &str, args: PeerArgs, out: &str) -> Result<()> {
 }
 
 /// Runs the shared generator against `port`, publishing as the devices in `ids`.
-async fn generate(args: &PeerArgs, port: u16, ids: &Path) -> Result<(u64, f64)> {
+pub(super) async fn generate(
+    args: &PeerArgs,
+    seconds: f64,
+    port: u16,
+    ids: &Path,
+) -> Result<(u64, f64)> {
     let out = tokio::process::Command::new("python3")
         .arg(args.dir.join("mqtt_load.py"))
         .args(["127.0.0.1", &port.to_string()])
         .args(["--procs", &args.procs.to_string()])
         .args(["--devices", &args.devices.to_string()])
         .args(["--metrics", &args.metrics.to_string()])
-        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--seconds", &seconds.to_string()])
         .arg("--device-ids")
         .arg(ids)
         .kill_on_drop(true)
@@ -247,13 +296,13 @@ async fn generate(args: &PeerArgs, port: u16, ids: &Path) -> Result<(u64, f64)> 
     ))
 }
 
-fn write_ids(path: &Path, ids: &[String]) -> Result<()> {
+pub(super) fn write_ids(path: &Path, ids: &[String]) -> Result<()> {
     std::fs::write(path, ids.join("\n") + "\n")?;
     Ok(())
 }
 
 /// Waits until `progress` stops changing for [`SETTLE`] (or reaches `expected`).
-async fn settle<F, Fut>(expected: u64, mut progress: F) -> Result<u64>
+pub(super) async fn settle<F, Fut>(expected: u64, mut progress: F) -> Result<u64>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<u64>>,
@@ -271,9 +320,21 @@ where
     }
 }
 
-async fn run_peer(postgres: &Postgres, args: &PeerArgs, work: &Path, round: usize) -> Result<Run> {
+/// One run of the peer; with `backlog`, its backlog drain instead (`drain.rs`): the generator
+/// publishes for that many seconds while the peer is paused.
+pub(super) async fn run_peer(
+    postgres: &Postgres,
+    args: &PeerArgs,
+    work: &Path,
+    round: usize,
+    backlog: Option<f64>,
+) -> Result<Run> {
     let url = postgres.create_database().await?;
-    let broker = Mosquitto::start(Provider::Local, BROKER_CONFIG).await?;
+    let config = match backlog {
+        Some(_) => super::drain::broker_config(),
+        None => BROKER_CONFIG.to_string(),
+    };
+    let broker = Mosquitto::start(Provider::Local, &config).await?;
     // The peer subscribes once connected; its persistent session is made beforehand, so the
     // broker keeps what the generator publishes meanwhile (both start at once, as for ddms
     // once it is subscribed).
@@ -328,7 +389,16 @@ async fn run_peer(postgres: &Postgres, args: &PeerArgs, work: &Path, round: usiz
         .collect();
     let ids_file = work.join("peer-ids.txt");
     write_ids(&ids_file, &ids)?;
-    let (offered, offered_per_s) = generate(args, broker.port(), &ids_file).await?;
+    let generated = generate(
+        args,
+        backlog.unwrap_or(args.seconds as f64),
+        broker.port(),
+        &ids_file,
+    );
+    let (offered, offered_per_s) = match backlog {
+        Some(_) => super::drain::while_paused(peer.id(), generated).await?,
+        None => generated.await?,
+    };
     let read_stats = || -> Result<Value> {
         Ok(std::fs::read(&stats)
             .ok()
@@ -355,209 +425,5 @@ async fn run_peer(postgres: &Postgres, args: &PeerArgs, work: &Path, round: usiz
         seconds: s["last_commit"].as_f64().unwrap_or(0.0)
             - s["first_commit"].as_f64().unwrap_or(0.0),
         latency_ms: None,
-    })
-}
-
-async fn ingested(client: &reqwest::Client, base: &str) -> Result<(u64, bool)> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Ok((
-        value("ddms_readings_ingested_total{protocol=\"mqtt\"}") as u64,
-        value("ddms_mqtt_connected") >= 1.0,
-    ))
-}
-
-async fn run_ddms(
-    ddms: &str,
-    postgres: &Postgres,
-    args: &PeerArgs,
-    work: &Path,
-    round: usize,
-    out: &str,
-) -> Result<Run> {
-    let url = postgres.create_database().await?;
-    let broker = Mosquitto::start(Provider::Local, BROKER_CONFIG).await?;
-    let dir = tempfile::tempdir_in(work)?;
-    let env = |cmd: &mut tokio::process::Command| {
-        cmd.env("DDMS_DATABASE__URL", &url)
-            .env("DDMS_LOG__LEVEL", "warn")
-            .env("DDMS_MQTT__MODE", "external")
-            .env(
-                "DDMS_MQTT__URL",
-                format!("mqtt://127.0.0.1:{}", broker.port()),
-            )
-            .env("DDMS_MQTT__CLIENT_ID", "ddms-bench");
-        for (key, value) in &args.env {
-            cmd.env(key, value);
-        }
-    };
-    let mut token_cmd = driver::ddms_command(ddms, dir.path());
-    env(&mut token_cmd);
-    let token = driver::create_token(token_cmd, "bench", "admin").await?;
-    let port = driver::free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut serve = driver::ddms_command(ddms, dir.path());
-    env(&mut serve);
-    let mut process = serve
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(driver::log_file(out, &format!("round{round}"))?.1)
-        .kill_on_drop(true)
-        .spawn()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ingested(&client, &base).await.is_ok_and(|(_, up)| up) {
-        ensure!(
-            Instant::now() < deadline,
-            "ddms did not connect to the broker"
-        );
-        if let Some(status) = process.try_wait()? {
-            bail!("ddms exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut ids = Vec::new();
-    for i in 0..=args.devices {
-        let body = json!({"name": format!("bench-{i:04}"), "protocol": "mqtt", "group": "bench"});
-        let response = client
-            .post(format!("{base}/api/devices"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        ensure!(
-            response.status() == 201,
-            "create device: {}",
-            response.text().await?
-        );
-        let created: Value = response.json().await?;
-        ids.push(created["id"].as_str().context("id")?.to_string());
-    }
-    // The last device is the latency probe's.
-    let probe_id = ids.pop().context("probe device")?;
-    let ids_file = work.join("ddms-ids.txt");
-    write_ids(&ids_file, &ids)?;
-
-    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
-    let stream = client
-        .get(format!("{base}/api/stream"))
-        .bearer_auth(&token)
-        .timeout(Duration::from_secs(24 * 3600))
-        .send()
-        .await?;
-    let probe_events = {
-        let latencies = latencies.clone();
-        let probe_id = probe_id.clone();
-        tokio::spawn(async move {
-            let mut body = stream.bytes_stream();
-            let mut buffer = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                let received = Utc::now();
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if !block.contains("event: reading") || !block.contains(&probe_id) {
-                        continue;
-                    }
-                    let Some(event) = block
-                        .lines()
-                        .find_map(|l| l.strip_prefix("data: "))
-                        .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                    else {
-                        continue;
-                    };
-                    if let Some(ts) = event["oldest_ts"]
-                        .as_str()
-                        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-                    {
-                        latencies
-                            .lock()
-                            .unwrap()
-                            .push((received - ts).num_microseconds().unwrap_or(0) as f64 / 1e3);
-                    }
-                }
-            }
-        })
-    };
-
-    // Commit times: /metrics every 50 ms.
-    let progress = Arc::new(Mutex::new((0u64, None::<f64>, None::<f64>)));
-    let stop_polling = tokio_util::sync::CancellationToken::new();
-    let poller = {
-        let (client, base, progress, stop) = (
-            client.clone(),
-            base.clone(),
-            progress.clone(),
-            stop_polling.clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                if let Ok((count, _)) = ingested(&client, &base).await {
-                    let now = Utc::now().timestamp_micros() as f64 / 1e6;
-                    let mut p = progress.lock().unwrap();
-                    if count > p.0 {
-                        p.1.get_or_insert(now);
-                        p.2 = Some(now);
-                        p.0 = count;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-    let stop_probe = tokio_util::sync::CancellationToken::new();
-    let probe = tokio::spawn(publisher(
-        broker.port(),
-        Device {
-            id: probe_id,
-            credentials: None,
-        },
-        PROBE_MESSAGES_PER_S,
-        1,
-        stop_probe.clone(),
-    ));
-    let generated = generate(args, broker.port(), &ids_file).await;
-    stop_probe.cancel();
-    let (offered, offered_per_s) = generated?;
-    let (probe_sent, probe_acked) = probe.await??;
-    ensure!(
-        probe_sent == probe_acked,
-        "probe: {probe_acked} of {probe_sent} acknowledged"
-    );
-    let expected = offered + probe_sent;
-    let progress_now = || async { Ok(progress.lock().unwrap().0) };
-    settle(expected, progress_now).await?;
-    stop_polling.cancel();
-    let _ = poller.await;
-    probe_events.abort();
-    let (count, first, last) = *progress.lock().unwrap();
-    let mut db = sqlx::PgConnection::connect(&url).await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-        .fetch_one(&mut db)
-        .await?;
-    let _ = process.start_kill();
-    let _ = process.wait().await;
-    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
-    lat.sort_by(|a, b| a.total_cmp(b));
-    Ok(Run {
-        who: Who::Ddms,
-        round,
-        offered_readings: offered,
-        offered_per_s,
-        committed: count.saturating_sub(probe_sent),
-        stored: (stored as u64).saturating_sub(probe_sent),
-        seconds: last.unwrap_or(0.0) - first.unwrap_or(0.0),
-        latency_ms: Some((percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len())),
     })
 }

@@ -36,6 +36,10 @@ pub enum Bench {
         /// Generator processes (with --peer).
         #[arg(long, value_name = "P")]
         procs: Option<String>,
+        /// Seconds the generator fills the broker for a paused ddms before the backlog drain
+        /// (with --peer).
+        #[arg(long, value_name = "S")]
+        backlog_seconds: Option<String>,
         /// A DDMS_KEY=VALUE setting for ddms (with --peer; repeatable).
         #[arg(long = "env", value_name = "DDMS_KEY=VALUE")]
         env: Vec<String>,
@@ -136,6 +140,7 @@ impl Bench {
                 rounds,
                 peer,
                 procs,
+                backlog_seconds,
                 env,
             } => (
                 "ingest",
@@ -150,6 +155,7 @@ impl Bench {
                         ("--rounds", rounds),
                         ("--peer", peer),
                         ("--procs", procs),
+                        ("--backlog-seconds", backlog_seconds),
                     ]),
                     env.iter()
                         .flat_map(|e| ["--env".to_string(), e.clone()])
