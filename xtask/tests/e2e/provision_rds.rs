@@ -9,6 +9,7 @@
 //! connection of theirs to the database is the role `ddms_app` over TLS, never the master,
 //! and the role has no superuser, CREATEROLE or CREATEDB; a device's reading is stored.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,7 @@ const MASTER: &str = "ddms";
 const ROLE: &str = "ddms_app";
 
 #[test]
-fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_role(
-) -> Result<()> {
+fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_role() -> Result<()> {
     let _exclusive = crate::support::one_cluster_at_a_time();
     let started = Instant::now();
     // The ddms hosts on the database host's image: the first one runs the role task's psql.
@@ -39,7 +39,9 @@ fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_ro
     let master_password = random_secret()?;
     let (rds, rds_ip) = start_rds(&mut cluster, &master_password)?;
     let lb = TcpProxy::to_ddms_hosts(&cluster)?;
-    let broker = cluster.db_host().context("the cluster has a service host")?;
+    let broker = cluster
+        .db_host()
+        .context("the cluster has a service host")?;
     let outputs = Outputs {
         ddms: cluster.ddms_hosts(),
         service: vec![(broker, "mosquitto")],
@@ -53,7 +55,12 @@ fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_ro
     // The image has psql but no package lists to install the `postgresql-client` metapackage
     // from: the role's documented "it is there already".
     let extra = json!({ "ddms_database_client_packages": [] });
-    let provisioned = provision(&cluster, &outputs.json()?, &extra)?;
+    let provisioned = provision(
+        &cluster,
+        Path::new(env!("CARGO_BIN_EXE_xtask")),
+        &outputs.json()?,
+        &extra,
+    )?;
     ensure!(
         !provisioned.stdout.contains(&master_password)
             && !provisioned.stderr.contains(&master_password),
@@ -97,6 +104,9 @@ fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_ro
             "ddms must connect as `{ROLE}` over TLS, not as the master:\n{sessions}"
         );
     }
+    say(format!(
+        "the stand-in's sessions (client|user|ssl):\n{sessions}"
+    ));
     let role = psql(
         &rds,
         &format!(
@@ -114,7 +124,10 @@ fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_ro
         &rds,
         &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{MASTER}'"),
     )?;
-    ensure!(master.trim() == "f", "the stand-in's master is no superuser");
+    ensure!(
+        master.trim() == "f",
+        "the stand-in's master is no superuser"
+    );
 
     say("a device's reading through the broker host into the database");
     let token = admin_token(&cluster, "ddms1", "e2e")?;
@@ -188,7 +201,9 @@ fn start_rds(cluster: &mut Cluster, master_password: &str) -> Result<(String, St
 /// `sql`'s rows in the stand-in's database `ddms`, as its superuser sees them (`|`-separated).
 fn psql(container: &str, sql: &str) -> Result<String> {
     let out = run(Command::new("docker")
-        .args(["exec", container, "psql", "-X", "-U", "postgres", "-d", "ddms"])
+        .args([
+            "exec", container, "psql", "-X", "-U", "postgres", "-d", "ddms",
+        ])
         .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql]))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

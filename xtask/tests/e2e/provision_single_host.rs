@@ -7,6 +7,7 @@
 //! listens on loopback only and ddms is connected to it there, and a device's reading,
 //! published to the host's broker with the credentials the API issued, is stored and read back.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
@@ -18,8 +19,8 @@ use crate::support::device::{mqtt_reading_stored, Broker};
 use crate::support::terraform::{assert_ready, provision, Outputs};
 
 #[test]
-fn e2e_container_provision_single_host_from_terraform_output_stores_a_device_reading(
-) -> Result<()> {
+fn e2e_container_provision_single_host_from_terraform_output_stores_a_device_reading() -> Result<()>
+{
     let _exclusive = crate::support::one_cluster_at_a_time();
     let started = Instant::now();
     let cluster = Cluster::start_with_image("ddms-e2e-single", &["ddms1"], false, DBHOST_IMAGE)?;
@@ -36,7 +37,12 @@ fn e2e_container_provision_single_host_from_terraform_output_stores_a_device_rea
         load_balancer: None,
     };
     say("xtask provision --from-output (single-host mode)");
-    let provisioned = provision(&cluster, &outputs.json()?, &json!({}))?;
+    let provisioned = provision(
+        &cluster,
+        Path::new(env!("CARGO_BIN_EXE_xtask")),
+        &outputs.json()?,
+        &json!({}),
+    )?;
     let ca = provisioned.ca();
     let base = format!("https://{}", host.ip);
 

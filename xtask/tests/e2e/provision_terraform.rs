@@ -7,6 +7,7 @@
 //! every ddms host, with no hand edit.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -36,7 +37,12 @@ fn e2e_container_provision_from_terraform_output_serves_ready_through_the_load_b
         load_balancer: Some("127.0.0.1".into()),
     };
     say("xtask provision --from-output (a Terraform-shaped output of the Docker fleet)");
-    let provisioned = provision(&cluster, &outputs.json()?, &json!({}))?;
+    let provisioned = provision(
+        &cluster,
+        Path::new(env!("CARGO_BIN_EXE_xtask")),
+        &outputs.json()?,
+        &json!({}),
+    )?;
     let (inventory, stdout, stderr) = (
         &provisioned.inventory,
         &provisioned.stdout,

@@ -42,9 +42,7 @@ impl Outputs<'_> {
     /// private, their own host keys the pinned ones.
     pub fn json(&self) -> Result<Value> {
         let v = |value: Value| json!({ "sensitive": false, "type": "any", "value": value });
-        let entry = |h: &Host| {
-            json!({ "name": h.name, "address": h.ip, "ssh_user": "root", "ssh_port": h.ssh_port })
-        };
+        let entry = |h: &Host| json!({ "name": h.name, "address": h.ip, "ssh_user": "root", "ssh_port": h.ssh_port });
         let mut keys = serde_json::Map::new();
         let mut private = serde_json::Map::new();
         for host in self.ddms.iter().chain(self.service.iter().map(|(h, _)| h)) {
@@ -102,11 +100,16 @@ impl Provisioned {
     }
 }
 
-/// `cargo xtask provision --env e2e --from-output` with `outputs` and a first release: what
+/// `<xtask> provision --env e2e --from-output` with `outputs` and a first release: what
 /// only a test fleet needs (containers: no apt refresh, no syslog, no systemd; short gates),
 /// then `extra`, go in as extra vars; everything about the fleet comes from the output. Fails
 /// unless it succeeds with every host of the cluster ok in the PLAY RECAP.
-pub fn provision(cluster: &Cluster, outputs: &Value, extra: &Value) -> Result<Provisioned> {
+pub fn provision(
+    cluster: &Cluster,
+    xtask: &Path,
+    outputs: &Value,
+    extra: &Value,
+) -> Result<Provisioned> {
     let dir = cluster.dir();
     let output = dir.join("terraform-output.json");
     std::fs::write(&output, serde_json::to_vec_pretty(outputs)?)?;
@@ -129,7 +132,7 @@ pub fn provision(cluster: &Cluster, outputs: &Value, extra: &Value) -> Result<Pr
     let extra = dir.join("extra-vars.json");
     std::fs::write(&extra, serde_json::to_vec_pretty(&vars)?)?;
     let inventory = dir.join("inventory");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(xtask)
         .args(["provision", "--env", "e2e", "--cloud-init-timeout", "120"])
         .arg("--from-output")
         .arg(&output)
