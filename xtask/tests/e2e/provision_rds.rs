@@ -141,6 +141,8 @@ fn e2e_container_provision_rds_tier_from_terraform_output_connects_as_its_own_ro
         Broker::At(&broker.ip, 8883),
         7.25,
     )?;
+    say("xtask provision again: nothing changes");
+    provisioned.again_changes_nothing(&cluster, Path::new(env!("CARGO_BIN_EXE_xtask")))?;
     say(format!(
         "RDS tier provisioned from a Terraform output, ddms connected as `{ROLE}`, in {:.0} s",
         started.elapsed().as_secs_f64()

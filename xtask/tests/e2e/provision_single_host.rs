@@ -81,6 +81,8 @@ fn e2e_container_provision_single_host_from_terraform_output_stores_a_device_rea
         "{:#}",
         device["mqtt"]["host"]
     );
+    say("xtask provision again: nothing changes");
+    provisioned.again_changes_nothing(&cluster, Path::new(env!("CARGO_BIN_EXE_xtask")))?;
     say(format!(
         "single host provisioned from a Terraform output, serving and storing readings in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use super::ansible::{ansible_dir, parse_recap};
+use super::ansible::{ansible_dir, parse_recap, PlaybookRun};
 use super::cluster::{Cluster, Host};
 use super::release::{release_tarball, Kind};
 use super::{https, project_root, run, tail};
@@ -131,11 +131,50 @@ pub fn provision(
     }
     let extra = dir.join("extra-vars.json");
     std::fs::write(&extra, serde_json::to_vec_pretty(&vars)?)?;
-    let inventory = dir.join("inventory");
+    run_provision(cluster, xtask, &output, &extra)
+}
+
+impl Provisioned {
+    /// `provision` once more with the same output and extra vars, as a later run regenerates
+    /// the inventory (keeping its secrets and certificates): Ansible changes nothing on any
+    /// host, and no host fails.
+    pub fn again_changes_nothing(&self, cluster: &Cluster, xtask: &Path) -> Result<()> {
+        let dir = cluster.dir();
+        let again = run_provision(
+            cluster,
+            xtask,
+            &dir.join("terraform-output.json"),
+            &dir.join("extra-vars.json"),
+        )?;
+        let run = PlaybookRun {
+            code: 0,
+            recap: parse_recap(&again.stdout)?,
+            stdout: again.stdout,
+            stderr: again.stderr,
+        };
+        let changed = run.changed_hosts();
+        ensure!(
+            changed.is_empty(),
+            "the second provision changed {changed:?}:\n{}",
+            run.changed_tasks().join("\n")
+        );
+        Ok(())
+    }
+}
+
+/// One `xtask provision --from-output` run with `extra` (a vars file); fails unless every host
+/// of the cluster is ok in the PLAY RECAP.
+fn run_provision(
+    cluster: &Cluster,
+    xtask: &Path,
+    output: &Path,
+    extra: &Path,
+) -> Result<Provisioned> {
+    let inventory = cluster.dir().join("inventory");
     let out = Command::new(xtask)
         .args(["provision", "--env", "e2e", "--cloud-init-timeout", "120"])
         .arg("--from-output")
-        .arg(&output)
+        .arg(output)
         .arg("--out")
         .arg(&inventory)
         .arg("--")
