@@ -77,17 +77,7 @@ impl Fleet {
             started.elapsed().as_secs_f64()
         ));
         let ca_pem = std::fs::read(certs.join("ca.crt"))?;
-        let token = host_ddms(
-            &cluster,
-            HOSTS[0],
-            "token create --name e2e-deploy --role admin",
-        )?
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .context("token create printed nothing")?
-        .trim()
-        .to_string();
+        let token = admin_token(&cluster, HOSTS[0], "e2e-deploy")?;
         let targets: Vec<Target> = cluster
             .ddms_hosts()
             .iter()
@@ -279,6 +269,21 @@ pub fn host_ddms(cluster: &Cluster, host: &str, args: &str) -> Result<String> {
         host,
         &format!("{LKG_DDMS}; cd /var/lib/ddms && $ddms --config /etc/ddms/ddms.toml {args}"),
     )
+}
+
+/// An admin API token named `name`, made with `ddms token create` on a host.
+pub fn admin_token(cluster: &Cluster, host: &str, name: &str) -> Result<String> {
+    Ok(host_ddms(
+        cluster,
+        host,
+        &format!("token create --name {name} --role admin"),
+    )?
+    .lines()
+    .rev()
+    .find(|l| !l.trim().is_empty())
+    .context("token create printed nothing")?
+    .trim()
+    .to_string())
 }
 
 /// The address the containers reach this machine at: their network's gateway.

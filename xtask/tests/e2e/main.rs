@@ -10,6 +10,8 @@ mod container_image;
 mod deploy_playbook;
 mod harness;
 mod provision;
+mod provision_rds;
+mod provision_single_host;
 mod provision_terraform;
 mod systemd;
 

@@ -1,6 +1,7 @@
-//! A cluster of Debian hosts in Docker containers (`ddms-test/host:bookworm`, and
-//! `ddms-test/dbhost:bookworm` for the database host), on a network of their own, reached
-//! from this machine over ssh with a key pair generated for the cluster.
+//! A cluster of Debian hosts in Docker containers (`ddms-test/host:bookworm`, or another image
+//! for the ddms hosts, and `ddms-test/dbhost:bookworm` for the database host), on a network of
+//! their own, reached from this machine over ssh with a key pair generated for the cluster;
+//! other containers (a database standing in for a managed one) may join the network.
 //!
 //! Containers and the network are removed when the [`Cluster`] is dropped, also when the test
 //! panics. Each container is labelled with the test process's pid, so a cluster left behind
@@ -58,7 +59,11 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     key: PathBuf,
     network: String,
+    /// The owner label every container and the network carry.
+    label: String,
     hosts: Vec<Host>,
+    /// Containers on the network that are no host ([`Cluster::start_service`]).
+    services: Vec<String>,
 }
 
 static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
@@ -68,20 +73,23 @@ impl Cluster {
     /// host named [`DB_HOST`] (group `db`); returns once every sshd accepts the cluster's key.
     /// `name_prefix` starts every container's and the network's name.
     pub fn start(name_prefix: &str, hosts: &[&str], with_db: bool) -> Result<Cluster> {
-        Self::start_hosts(name_prefix, hosts, with_db, false)
+        Self::start_with_image(name_prefix, hosts, with_db, HOST_IMAGE)
     }
 
     /// Like [`Cluster::start`], with systemd as PID 1 on the ddms hosts
     /// ([`SYSTEMD_HOST_IMAGE`]); the database host is the usual one.
     pub fn start_with_systemd(name_prefix: &str, hosts: &[&str], with_db: bool) -> Result<Cluster> {
-        Self::start_hosts(name_prefix, hosts, with_db, true)
+        Self::start_with_image(name_prefix, hosts, with_db, SYSTEMD_HOST_IMAGE)
     }
 
-    fn start_hosts(
+    /// Like [`Cluster::start`], with the ddms hosts on `host_image`: [`DBHOST_IMAGE`] for a
+    /// host that is its own database and broker host (single-host mode), or one that needs
+    /// `psql` (the RDS tier's role task); the database host is the usual one.
+    pub fn start_with_image(
         name_prefix: &str,
         hosts: &[&str],
         with_db: bool,
-        systemd: bool,
+        host_image: &'static str,
     ) -> Result<Cluster> {
         ensure!(
             !hosts.contains(&DB_HOST),
@@ -109,12 +117,9 @@ impl Cluster {
             dir,
             key,
             network: id.clone(),
+            label,
             hosts: Vec::new(),
-        };
-        let host_image = if systemd {
-            SYSTEMD_HOST_IMAGE
-        } else {
-            HOST_IMAGE
+            services: Vec::new(),
         };
         let wanted = hosts
             .iter()
@@ -129,7 +134,7 @@ impl Cluster {
             };
             run(Command::new("docker")
                 .args(["run", "--detach", "--name", &container, "--hostname", name])
-                .args(["--network", &id, "--label", &label])
+                .args(["--network", &id, "--label", &cluster.label])
                 .args(extra)
                 .args([
                     "--env",
@@ -149,6 +154,33 @@ impl Cluster {
             cluster.wait_for_ssh(&host)?;
         }
         Ok(cluster)
+    }
+
+    /// Starts a container that is no ssh host on the cluster's network: `docker create`
+    /// `docker_args` (options, the image, its command), then `files` (local path, path in the
+    /// container) copied in, then `docker start`; removed with the cluster. Returns the
+    /// container's name and address.
+    pub fn start_service(
+        &mut self,
+        name: &str,
+        docker_args: &[&str],
+        files: &[(&Path, &str)],
+    ) -> Result<(String, String)> {
+        let container = format!("{}-{name}", self.network);
+        run(Command::new("docker")
+            .args(["create", "--name", &container, "--hostname", name])
+            .args(["--network", &self.network, "--label", &self.label])
+            .args(docker_args))?;
+        self.services.push(container.clone());
+        for (local, remote) in files {
+            run(Command::new("docker")
+                .arg("cp")
+                .arg(local)
+                .arg(format!("{container}:{remote}")))?;
+        }
+        run(Command::new("docker").args(["start", &container]))?;
+        let ip = container_ip(&container, &self.network)?;
+        Ok((container, ip))
     }
 
     pub fn hosts(&self) -> &[Host] {
@@ -323,7 +355,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let containers: Vec<&str> = self.hosts.iter().map(|h| h.container.as_str()).collect();
+        let containers: Vec<&str> = self
+            .hosts
+            .iter()
+            .map(|h| h.container.as_str())
+            .chain(self.services.iter().map(String::as_str))
+            .collect();
         if !containers.is_empty() {
             let _ = Command::new("docker")
                 .args(["rm", "--force", "--volumes"])

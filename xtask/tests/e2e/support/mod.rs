@@ -1,6 +1,7 @@
 //! The end-to-end harness: Debian "hosts" in Docker containers reached over ssh
 //! ([`cluster`]), release tarballs of the real `ddms` binary and of misbehaving wrappers around
-//! it ([`release`]), and `ansible-playbook` runs with their PLAY RECAP parsed ([`ansible`]);
+//! it ([`release`]), `ansible-playbook` runs with their PLAY RECAP parsed ([`ansible`]), the
+//! Terraform path's stand-ins ([`terraform`]) and a device's reading end to end ([`device`]);
 //! the tests wait for conditions with [`wait`].
 //!
 //! The API is shared with other end-to-end tests (the deploy scenarios): add to it, do not
@@ -12,7 +13,9 @@
 pub mod ansible;
 pub mod cluster;
 pub mod ddms_binary;
+pub mod device;
 pub mod release;
+pub mod terraform;
 pub mod wait;
 
 // The integration tests' port allocator (below the ephemeral range, never the same port twice).
@@ -61,4 +64,44 @@ pub fn run(command: &mut Command) -> Result<Output> {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// An HTTPS request with curl, trusting only the CA in `ca`, with a bearer `token` and a JSON
+/// `body` if given: (status, body).
+pub fn https(
+    ca: &std::path::Path,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String)> {
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "10", "-X", method])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--write-out", "\n%{http_code}"]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    if let Some(body) = body {
+        command
+            .args(["-H", "Content-Type: application/json", "--data"])
+            .arg(body.to_string());
+    }
+    let output = run(command.arg(url))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
+/// A fresh random secret of 64 hex digits, from the kernel.
+pub fn random_secret() -> Result<String> {
+    let mut secret = String::new();
+    while secret.len() < 64 {
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+        secret.extend(uuid.chars().filter(char::is_ascii_hexdigit));
+    }
+    secret.truncate(64);
+    Ok(secret)
 }
