@@ -454,6 +454,84 @@ fn terraform_module_calls_match_their_modules() {
     assert!(calls >= 4, "each environment calls both modules");
 }
 
+/// Where `terraform test` finds the AWS provider offline: a directory laid out as a
+/// `filesystem_mirror` (`registry.terraform.io/hashicorp/aws/…`).
+const PROVIDER_MIRROR_ENV: &str = "DDMS_TF_PROVIDER_MIRROR";
+const PROVIDER_MIRROR_DEFAULT: &str = "/opt/tf-plugins";
+
+/// Every `terraform test` suite (environments and modules with a `tests/` directory) passes
+/// with its mocked provider, when terraform and a provider mirror are at hand: the mocks
+/// need the provider's schema, which cannot be downloaded here. Runs on a copy of
+/// `terraform/`, so `init` leaves nothing in the tree.
+#[test]
+fn terraform_test_suites_pass_with_mocked_providers() {
+    let mirror = std::env::var(PROVIDER_MIRROR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(PROVIDER_MIRROR_DEFAULT));
+    let terraform_runs = Command::new("terraform").arg("version").output().is_ok();
+    if !terraform_runs || !mirror.join("registry.terraform.io").is_dir() {
+        eprintln!(
+            "tidy: WARNING: terraform or a provider mirror ({}; set {PROVIDER_MIRROR_ENV}) is              missing: `terraform test` NOT run",
+            mirror.display()
+        );
+        return;
+    }
+    let dir = super::tempdir("terraform-test");
+    let copy = dir.join("terraform");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("terraform"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying terraform/");
+    let config = dir.join("terraform.rc");
+    fs::write(
+        &config,
+        format!(
+            "provider_installation {{\n  filesystem_mirror {{\n    path = {:?}\n  }}\n}}\n",
+            mirror.display().to_string()
+        ),
+    )
+    .unwrap();
+    let suites: Vec<PathBuf> = module_dirs()
+        .into_iter()
+        .filter(|d| d.join("tests").is_dir())
+        .map(|d| copy.join(d.strip_prefix(root().join("terraform")).unwrap()))
+        .collect();
+    assert!(suites.len() >= 3, "test suites: {suites:?}");
+    for suite in &suites {
+        for args in [
+            &["init", "-backend=false", "-input=false", "-no-color"][..],
+            &["test", "-no-color"][..],
+        ] {
+            let output = Command::new("terraform")
+                .args(args)
+                .current_dir(suite)
+                .env("TF_CLI_CONFIG_FILE", &config)
+                .env("TF_IN_AUTOMATION", "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "terraform {} in {}:\n{stdout}{}",
+                args[0],
+                suite.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if args[0] == "test" {
+                assert!(
+                    stdout.contains(" 0 failed"),
+                    "{}: {stdout}",
+                    suite.display()
+                );
+            }
+        }
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
 /// Every environment's `terraform test` (mocked provider; run by the CI terraform job, and
 /// wherever a provider mirror is at hand) covers the three layouts and the refused ones.
 #[test]
