@@ -12,8 +12,9 @@
 //! for both: the peer writes its commits to `--stats-file`; for ddms, `/metrics` is read every
 //! 50 ms. While the generator runs, one more device publishes 20 messages/s stamped with their
 //! publish time; its `reading` events on `/api/stream` give ddms' publish→commit latency under
-//! that load (the generator's own timestamps are counters, not publish times). The run ends
-//! with PostgreSQL's raw COPY ceiling in the same cluster.
+//! that load (the generator's own timestamps are counters, not publish times). Each round
+//! ends with a backlog drain of each ingester (`drain.rs`: its own rate, the generator not
+//! competing for the CPU), the run with PostgreSQL's raw COPY ceiling in the same cluster.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,8 +43,8 @@ pub struct PeerArgs {
     pub devices: usize,
     pub metrics: usize,
     pub seconds: u64,
-    /// `--backlog-seconds`: how long the generator fills the broker for the paused ddms in the
-    /// backlog drain (`drain.rs`).
+    /// `--backlog-seconds`: how long the generator fills the broker for the paused ingester in
+    /// a backlog drain (`drain.rs`).
     pub backlog_seconds: f64,
     /// `--env KEY=VALUE`: extra `DDMS_*` settings for ddms (a tuned run; the default is none).
     pub env: Vec<(String, String)>,
