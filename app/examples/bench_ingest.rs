@@ -152,6 +152,40 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+/// Times the `reading` events of the SSE `stream` that `keep` accepts (given the event's text):
+/// arrival minus the batch's oldest publish time (`oldest_ts`), in ms, pushed to `latencies`.
+fn reading_latencies(
+    stream: reqwest::Response,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    keep: impl Fn(&str) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut body = stream.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            let received = Utc::now();
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                if !block.contains("event: reading") || !keep(&block) {
+                    continue;
+                }
+                let oldest = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                    .and_then(|event| event["oldest_ts"].as_str()?.parse::<DateTime<Utc>>().ok());
+                if let Some(ts) = oldest {
+                    latencies
+                        .lock()
+                        .unwrap()
+                        .push((received - ts).num_microseconds().unwrap_or(0) as f64 / 1e3);
+                }
+            }
+        }
+    })
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -406,38 +440,9 @@ async fn main() -> Result<()> {
         .send()
         .await?;
     let probe = {
-        let latencies = latencies.clone();
         let measuring = measuring.clone();
-        tokio::spawn(async move {
-            let mut body = stream.bytes_stream();
-            let mut buffer = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                let received = Utc::now();
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if !block.contains("event: reading")
-                        || !measuring.load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        continue;
-                    }
-                    let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                        continue;
-                    };
-                    let Ok(event) = serde_json::from_str::<Value>(data) else {
-                        continue;
-                    };
-                    if let Some(ts) = event["oldest_ts"]
-                        .as_str()
-                        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-                    {
-                        latencies
-                            .lock()
-                            .unwrap()
-                            .push((received - ts).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-                    }
-                }
-            }
+        reading_latencies(stream, latencies.clone(), move |_| {
+            measuring.load(std::sync::atomic::Ordering::Relaxed)
         })
     };
 

@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use chrono::Utc;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -15,7 +14,7 @@ use super::peer::{
     generate, settle, write_ids, PeerArgs, Run, Who, BROKER_CONFIG, PROBE_MESSAGES_PER_S,
 };
 use super::services::{Mosquitto, Postgres, Provider};
-use super::{percentile, publisher, Device};
+use super::{percentile, publisher, reading_latencies, Device};
 use crate::driver;
 
 async fn ingested(client: &reqwest::Client, base: &str) -> Result<(u64, bool)> {
@@ -242,37 +241,9 @@ pub(super) async fn run_ddms(
         .send()
         .await?;
     let probe_events = {
-        let latencies = latencies.clone();
         let probe_id = probe_id.clone();
-        tokio::spawn(async move {
-            let mut body = stream.bytes_stream();
-            let mut buffer = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                let received = Utc::now();
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if !block.contains("event: reading") || !block.contains(&probe_id) {
-                        continue;
-                    }
-                    let Some(event) = block
-                        .lines()
-                        .find_map(|l| l.strip_prefix("data: "))
-                        .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                    else {
-                        continue;
-                    };
-                    if let Some(ts) = event["oldest_ts"]
-                        .as_str()
-                        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-                    {
-                        latencies
-                            .lock()
-                            .unwrap()
-                            .push((received - ts).num_microseconds().unwrap_or(0) as f64 / 1e3);
-                    }
-                }
-            }
+        reading_latencies(stream, latencies.clone(), move |event| {
+            event.contains(&probe_id)
         })
     };
 
