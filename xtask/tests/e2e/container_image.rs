@@ -461,30 +461,7 @@ fn http(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Result<(u16, String)> {
-    let mut command = Command::new("curl");
-    command
-        .args(["--silent", "--show-error", "--max-time", "10", "-X", method])
-        .args(["--write-out", "\n%{http_code}"]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
-    }
-    if let Some(body) = body {
-        command
-            .args(["-H", "Content-Type: application/json", "--data"])
-            .arg(body.to_string());
-    }
-    let output = command
-        .arg(format!("{base}{path}"))
-        .output()
-        .context("cannot run curl")?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    ensure!(
-        output.status.success(),
-        "curl {method} {base}{path}: {}{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Ok((code.trim().parse()?, body.to_string()))
+    crate::support::curl(None, method, &format!("{base}{path}"), token, body)
 }
 
 /// Retries `f` every half second until it succeeds or `timeout` passes (then its last error).

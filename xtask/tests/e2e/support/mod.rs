@@ -66,8 +66,8 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// An HTTPS request with curl, trusting only the CA in `ca`, with a bearer `token` and a JSON
-/// `body` if given: (status, body).
+/// `curl` over HTTPS checked against `ca`, with a bearer `token` and a JSON `body` if
+/// given: (status, body).
 pub fn https(
     ca: &std::path::Path,
     method: &str,
@@ -75,12 +75,24 @@ pub fn https(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, String)> {
+    curl(Some(ca), method, url, token, body)
+}
+
+/// `curl` `method` `url` (HTTPS checked against `ca` when given), with a bearer `token` and a
+/// JSON `body` if given: (status, body).
+pub fn curl(
+    ca: Option<&std::path::Path>,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String)> {
     let mut command = Command::new("curl");
-    command
-        .args(["--silent", "--show-error", "--max-time", "10", "-X", method])
-        .arg("--cacert")
-        .arg(ca)
-        .args(["--write-out", "\n%{http_code}"]);
+    command.args(["--silent", "--show-error", "--max-time", "10", "-X", method]);
+    if let Some(ca) = ca {
+        command.arg("--cacert").arg(ca);
+    }
+    command.args(["--write-out", "\n%{http_code}"]);
     if let Some(token) = token {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
