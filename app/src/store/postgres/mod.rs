@@ -9,6 +9,7 @@ mod accounts;
 mod devices;
 mod events;
 mod leases;
+mod reading_insert;
 mod readings;
 mod settings;
 mod snapshots;
@@ -32,6 +33,8 @@ pub struct PostgresStore {
     probe: PgPool,
     migrations: CurrentMigrations,
     tokens: token_cache::TokenCache,
+    /// Whether readings go in expecting duplicates (see `reading_insert.rs`).
+    duplicates: reading_insert::DuplicateGuard,
 }
 
 impl PostgresStore {
@@ -59,6 +62,7 @@ impl PostgresStore {
             probe,
             migrations: CurrentMigrations::default(),
             tokens: Default::default(),
+            duplicates: Default::default(),
         })
     }
 

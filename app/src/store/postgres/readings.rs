@@ -1,93 +1,20 @@
 //! [`ReadingStore`] on PostgreSQL: readings range-partitioned by day (with a default
-//! partition), their 1-minute and 1-hour rollups, partition maintenance and retention. A batch
-//! is inserted in key order, split by series into up to four statements that run side by side;
-//! each statement holds the insert and the rollups of exactly its new rows, so the rollups are as
-//! durable as the readings. Retention drops whole days as partitions, which costs nothing per
-//! row and leaves nothing to vacuum.
+//! partition), their 1-minute and 1-hour rollups, partition maintenance and retention. How a
+//! batch and its rollups are written is in `reading_insert.rs`. Retention drops whole days as
+//! partitions, which costs nothing per row and leaves nothing to vacuum.
 
 use chrono::{DateTime, Days, NaiveTime, Utc};
 
 use super::PostgresStore;
 use crate::store::common::readings::reading_store;
-use crate::store::{PruneCounts, Reading, RollupStep, StoreResult};
+use crate::store::{PruneCounts, RollupStep, StoreResult};
 
 /// Serialises partition maintenance across instances (blue and green share the database).
 const PARTITION_LOCK_KEY: i64 = 0x6464_6d73_7061_7274; // "ddmspart"
 
-/// The CTE that folds the statement's new readings (`new`) into one rollup table.
-fn rollup_upsert(table: &str, width: &str) -> String {
-    format!(
-        "INSERT INTO {table} AS r (series_id, bucket, min, max, sum, count) \
-         SELECT series_id, date_bin('{width}', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, \
-                min(value), max(value), sum(value), count(*) \
-         FROM new GROUP BY 1, 2 ORDER BY 1, 2 \
-         ON CONFLICT (series_id, bucket) DO UPDATE SET \
-           min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max), \
-           sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count"
-    )
-}
-
-/// Readings below which a batch is not split: a statement's fixed cost (a round trip, planning)
-/// would outweigh what a second connection adds.
-const MIN_CHUNK: usize = 2_500;
-/// Connections one batch uses at most (and at most half the pool, so a batch leaves the API and
-/// the pollers' lookups connections to run on).
-const MAX_CONCURRENT_CHUNKS: usize = 4;
-
-/// Splits a batch in key order into at most `most` chunks of at least [`MIN_CHUNK`] readings,
-/// cut where the series changes: no two chunks touch the same series, hence the same rollup
-/// rows, so they commit side by side without waiting on each other's row locks. Measured on a
-/// loaded 2-core machine, four concurrent statements of a 10,000-reading batch took half the
-/// time of one.
-fn series_chunks(readings: &[Reading], most: usize) -> Vec<&[Reading]> {
-    let count = (readings.len() / MIN_CHUNK).clamp(1, most.max(1));
-    let target = readings.len().div_ceil(count);
-    let mut chunks = Vec::with_capacity(count);
-    let mut rest = readings;
-    while rest.len() > target && chunks.len() + 1 < count {
-        // The first series change at or after the target size.
-        let cut = (target..rest.len())
-            .find(|&i| rest[i].series != rest[i - 1].series)
-            .unwrap_or(rest.len());
-        let (chunk, tail) = rest.split_at(cut);
-        chunks.push(chunk);
-        rest = tail;
-    }
-    if !rest.is_empty() {
-        chunks.push(rest);
-    }
-    chunks
-}
-
 reading_store!(PostgresStore);
 
 impl PostgresStore {
-    /// One statement, three array parameters: far cheaper than a multi-row VALUES list. The
-    /// rollups add what RETURNING yields — only the rows that were new — in the same statement,
-    /// so they are exactly as durable as the readings. Buckets are upserted in key order, so two
-    /// instances writing the same series cannot deadlock.
-    async fn insert_chunk(&self, readings: &[Reading]) -> StoreResult<u64> {
-        let series: Vec<i64> = readings.iter().map(|r| r.series).collect();
-        let ts: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
-        let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-        let result: i64 = sqlx::query_scalar(&format!(
-            "WITH new AS ( \
-               INSERT INTO readings (series_id, ts, value) \
-               SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::float8[]) \
-               ON CONFLICT DO NOTHING RETURNING series_id, ts, value), \
-             m AS ({}), h AS ({}) \
-             SELECT count(*) FROM new",
-            rollup_upsert("readings_1m", "1 minute"),
-            rollup_upsert("readings_1h", "1 hour"),
-        ))
-        .bind(&series)
-        .bind(&ts)
-        .bind(&values)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(result.max(0) as u64)
-    }
-
     /// The newest reading of each series of a device, by a LATERAL subquery (which SQLite
     /// lacks: it uses a correlated `max(ts)`).
     const LATEST_READINGS: &'static str =
@@ -172,21 +99,6 @@ impl PostgresStore {
         Ok(created)
     }
 
-    /// A batch in key order, in up to [`MAX_CONCURRENT_CHUNKS`] statements side by side.
-    async fn insert_in_key_order(&self, readings: &[Reading]) -> StoreResult<u64> {
-        let most = (self.pool.options().get_max_connections() / 2).max(1) as usize;
-        let chunks = series_chunks(readings, most.min(MAX_CONCURRENT_CHUNKS));
-        // Each chunk commits on its own connection. A chunk that fails leaves the others
-        // committed; that is safe because a retry of the batch stores nothing twice and the
-        // rollups count only what each statement newly inserted.
-        let results = futures::future::join_all(chunks.iter().map(|c| self.insert_chunk(c))).await;
-        let mut inserted = 0;
-        for result in results {
-            inserted += result?;
-        }
-        Ok(inserted)
-    }
-
     /// Retention: whole days go as partitions, the rest row by row.
     async fn prune(&self, before: DateTime<Utc>) -> StoreResult<PruneCounts> {
         let mut counts = PruneCounts::default();
@@ -241,57 +153,5 @@ impl PostgresStore {
             .await?
             .rows_affected();
         Ok(counts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::{TimeZone, Utc};
-
-    use super::{series_chunks, MIN_CHUNK};
-    use crate::store::Reading;
-
-    /// `series` series of `per_series` readings each, in key order.
-    fn batch(series: i64, per_series: i64) -> Vec<Reading> {
-        (0..series)
-            .flat_map(|s| {
-                (0..per_series).map(move |t| Reading {
-                    series: s,
-                    ts: Utc.timestamp_opt(t, 0).unwrap(),
-                    value: 0.0,
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn chunks_are_cut_where_the_series_changes_and_cover_the_batch_in_order() {
-        let readings = batch(1000, 10);
-        let chunks = series_chunks(&readings, 4);
-        assert_eq!(chunks.len(), 4);
-        assert_eq!(chunks.concat(), readings);
-        for pair in chunks.windows(2) {
-            let (before, after) = (pair[0].last().unwrap(), pair[1].first().unwrap());
-            assert_ne!(before.series, after.series, "a series spans two chunks");
-        }
-        assert!(chunks.iter().all(|c| c.len() >= MIN_CHUNK / 2));
-    }
-
-    #[test]
-    fn small_batches_and_single_series_stay_whole() {
-        let small = batch(100, 10);
-        assert_eq!(series_chunks(&small, 4).len(), 1);
-        let one_series = batch(1, 20_000);
-        assert_eq!(series_chunks(&one_series, 4), vec![&one_series[..]]);
-        assert_eq!(series_chunks(&batch(1000, 10), 1).len(), 1);
-        let big = batch(3, 5_000);
-        let chunks = series_chunks(&big, 4);
-        assert_eq!(
-            chunks.len(),
-            3,
-            "one chunk a series: {:?}",
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
-        );
-        assert_eq!(chunks.concat(), big);
     }
 }
