@@ -150,7 +150,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Smoke => smoke::run(&sh, false),
-        Task::SchemaCompat { previous, backends } => schema_compat::run(
+        Task::SchemaCompat {
+            previous,
+            build_only: true,
+            ..
+        } => schema_compat::build_previous(&sh, previous.as_deref()).map(|_| ()),
+        Task::SchemaCompat {
+            previous, backends, ..
+        } => schema_compat::run(
             &sh,
             &schema_compat::Options {
                 previous,

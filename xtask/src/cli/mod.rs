@@ -165,6 +165,10 @@ pub enum Task {
         /// Only this backend (repeatable); both when none is given.
         #[arg(long = "backend", value_name = "BACKEND")]
         backends: Vec<schema_compat::Backend>,
+        /// Only choose and build the previous release's binary (what `test` starts in the
+        /// background).
+        #[arg(long, hide = true)]
+        build_only: bool,
     },
     /// Ship a release to the environment's hosts, batch by batch (blue-green on each).
     ///

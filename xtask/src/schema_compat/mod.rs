@@ -9,6 +9,7 @@
 
 // The binary the end-to-end tests run: `DDMS_E2E_DDMS`, else the workspace's debug build
 // (for this module's tests and deploy/database_role_tests.rs).
+mod background;
 #[cfg(test)]
 #[path = "../../tests/e2e/support/ddms_binary.rs"]
 pub(crate) mod ddms_binary;
@@ -25,6 +26,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
+pub use background::BackgroundBuild;
 pub use previous::PREVIOUS_ENV;
 use services::{Ddms, Postgres};
 
@@ -45,21 +47,8 @@ pub struct Options {
 }
 
 pub fn run(sh: &Shell, options: &Options) -> Result<()> {
-    let previous = previous::choose(sh, options.previous.as_deref())?;
-    println!(
-        "schema-compat: previous release {}: {}",
-        previous.short(),
-        previous.reason
-    );
+    let (previous, old_binary) = build_previous(sh, options.previous.as_deref())?;
     let target = crate::build::target_dir(sh)?;
-    let work = target.join("schema-compat");
-    sh.create_dir(&work)?;
-    let started = Instant::now();
-    let old_binary = previous::build(sh, &previous, &work)?;
-    println!(
-        "schema-compat: previous release built in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
     let locked = options.locked.then_some("--locked");
     cmd!(sh, "cargo build {locked...} -p ddms --bin ddms").run()?;
     let new_binary = target.join("debug/ddms");
@@ -94,6 +83,32 @@ pub fn run(sh: &Shell, options: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Chooses the previous release (`given`, else the rule in [`previous`]) and builds its
+/// `ddms`: the release and a copy of its binary. A second call for the same release builds
+/// nothing.
+pub fn build_previous(sh: &Shell, given: Option<&str>) -> Result<(previous::Previous, PathBuf)> {
+    let previous = previous::choose(sh, given)?;
+    println!(
+        "schema-compat: previous release {}: {}",
+        previous.short(),
+        previous.reason
+    );
+    let work = work_dir(sh)?;
+    sh.create_dir(&work)?;
+    let started = Instant::now();
+    let binary = previous::build(sh, &previous, &work)?;
+    println!(
+        "schema-compat: previous release built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok((previous, binary))
+}
+
+/// Where the previous release's tree, target directory and binary live.
+fn work_dir(sh: &Shell) -> Result<PathBuf> {
+    Ok(crate::build::target_dir(sh)?.join("schema-compat"))
 }
 
 /// How many migration files the tree holds for `backend`.
