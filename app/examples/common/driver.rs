@@ -11,8 +11,16 @@ pub mod ports;
 pub use ports::free_port;
 
 /// `ddms` run in `dir`, without the `DDMS_*` variables of the shell that started the driver.
+/// A relative `--ddms target/release/ddms` means the caller's directory, not `dir`; a bare
+/// name is looked up in `PATH`.
 pub fn ddms_command(ddms: impl AsRef<Path>, dir: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(ddms.as_ref());
+    let ddms = ddms.as_ref();
+    let program = if ddms.components().count() > 1 {
+        std::path::absolute(ddms).unwrap_or_else(|_| ddms.to_path_buf())
+    } else {
+        ddms.to_path_buf()
+    };
+    let mut cmd = tokio::process::Command::new(program);
     for (key, _) in std::env::vars() {
         if key.starts_with("DDMS_") {
             cmd.env_remove(key);

@@ -11,7 +11,7 @@
 //! again with `ON CONFLICT DO NOTHING`, which then stays in use for [`GUARDED_FOR`] — duplicates
 //! come in runs (a redelivered session), and each refused statement costs its work twice.
 
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use super::PostgresStore;
 use crate::store::{Reading, StoreError, StoreResult};
 
 /// How long chunks go straight to `ON CONFLICT DO NOTHING` after a duplicate was refused.
-pub(super) const GUARDED_FOR: Duration = Duration::from_secs(30);
+const GUARDED_FOR: Duration = Duration::from_secs(30);
 
 /// Readings below which a batch is not split: a statement's fixed cost (a round trip, planning)
 /// would outweigh what a second connection adds.
@@ -55,11 +55,21 @@ enum Duplicates {
     Skipped,
 }
 
+/// The statement for `duplicates`, formatted once.
+fn insert_statement(duplicates: Duplicates) -> &'static str {
+    static REFUSED: LazyLock<String> = LazyLock::new(|| statement_text(Duplicates::Refused));
+    static SKIPPED: LazyLock<String> = LazyLock::new(|| statement_text(Duplicates::Skipped));
+    match duplicates {
+        Duplicates::Refused => &REFUSED,
+        Duplicates::Skipped => &SKIPPED,
+    }
+}
+
 /// The statement that inserts a chunk (`$1` series ids, `$2` timestamps, `$3` values) and folds
 /// the rows it inserted — what `RETURNING` yields, never a duplicate — into both rollups. The
 /// new rows are aggregated once per minute; the hour rollup adds up those minutes. Buckets are
 /// upserted in key order, so two instances writing the same series cannot deadlock.
-fn insert_statement(duplicates: Duplicates) -> String {
+fn statement_text(duplicates: Duplicates) -> String {
     const ORIGIN: &str = "TIMESTAMPTZ '2000-01-01 00:00:00+00'";
     let on_conflict = match duplicates {
         Duplicates::Refused => "",
@@ -167,7 +177,7 @@ impl PostgresStore {
         let series: Vec<i64> = readings.iter().map(|r| r.series).collect();
         let ts: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
         let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-        let inserted: i64 = sqlx::query_scalar(&insert_statement(duplicates))
+        let inserted: i64 = sqlx::query_scalar(insert_statement(duplicates))
             .bind(&series)
             .bind(&ts)
             .bind(&values)
