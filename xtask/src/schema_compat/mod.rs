@@ -7,9 +7,9 @@
 //! PostgreSQL. Its static half is the migrations lint (xtask/src/tidy/migrations.rs). Its
 //! tests (`tests.rs`) show the window failing on a destructive change.
 
+mod background;
 // The binary the end-to-end tests run: `DDMS_E2E_DDMS`, else the workspace's debug build
 // (for this module's tests and deploy/database_role_tests.rs).
-mod background;
 #[cfg(test)]
 #[path = "../../tests/e2e/support/ddms_binary.rs"]
 pub(crate) mod ddms_binary;
