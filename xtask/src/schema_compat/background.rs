@@ -148,6 +148,7 @@ mod tests {
             match std::fs::read_to_string(&pid_file) {
                 Ok(pid) if pid.ends_with('\n') => break pid.trim().to_string(),
                 _ if Instant::now() < deadline => {
+                    // sleep: the poll interval of this wait with a deadline (the pid file)
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 _ => panic!("the command did not start its grandchild"),
@@ -162,6 +163,7 @@ mod tests {
                 Instant::now() < deadline,
                 "the grandchild {grandchild} outlived the dropped build"
             );
+            // sleep: the poll interval of this wait with a deadline (the grandchild gone)
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
