@@ -81,22 +81,34 @@ impl BackgroundBuild {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let waited = Instant::now();
-        match child.wait() {
-            Ok(status) if status.success() => println!(
-                "xtask: the previous release's background build ended {:.0} s after it started \
-                 (this step waited {:.0} s for it)",
-                self.started.elapsed().as_secs_f64(),
-                waited.elapsed().as_secs_f64()
-            ),
+        // Already ended (the usual case): how long it ran is not known, only that the step
+        // did not wait.
+        let (outcome, waited) = match child.try_wait() {
+            Ok(Some(status)) => (Ok(status), None),
+            _ => {
+                let waiting = Instant::now();
+                (child.wait(), Some(waiting.elapsed()))
+            }
+        };
+        match outcome {
+            Ok(status) if status.success() => match waited {
+                None => println!(
+                    "xtask: the previous release's background build had ended before this step"
+                ),
+                Some(waited) => println!(
+                    "xtask: the previous release's background build ended {:.0} s after it \
+                     started (this step waited {:.0} s for it)",
+                    self.started.elapsed().as_secs_f64(),
+                    waited.as_secs_f64()
+                ),
+            },
             outcome => {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
                 eprintln!(
                     "xtask: WARNING: the previous release's background build failed ({outcome:?}); \
                      building it here. The end of {}:\n{}",
                     self.log.display(),
-                    lines[lines.len().saturating_sub(20)..].join("\n")
+                    crate::last_lines(&log, 20)
                 );
             }
         }

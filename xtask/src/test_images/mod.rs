@@ -341,8 +341,7 @@ fn output_tail(output: &Output, n: usize) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    crate::last_lines(&text, n)
 }
 
 /// What happened to one image, for the final summary.
