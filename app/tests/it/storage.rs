@@ -15,9 +15,11 @@ use serde_json::json;
 
 mod accounts;
 mod readings;
+mod rollup_paths;
 
 use accounts::*;
 use readings::*;
+use rollup_paths::*;
 
 use crate::support::app::{database_url, Db};
 use crate::support::services::Provider;
@@ -508,6 +510,7 @@ conformance_suite!(
     series_ids_are_never_reused_after_a_device_is_deleted,
     range_queries_return_oldest_first_within_bounds,
     rollups_summarise_new_readings_per_minute_and_hour,
+    rollups_are_the_same_after_a_plain_insert_and_after_a_refused_duplicate,
     concurrent_writers_of_the_same_readings_count_them_once,
     sub_second_timestamps_keep_microseconds,
     latest_readings_give_the_newest_per_metric,

@@ -6,6 +6,7 @@
 //! (`store::common`).
 
 mod accounts;
+mod batch_rollups;
 mod devices;
 mod events;
 mod leases;

@@ -10,12 +10,17 @@
 //! primary key refuses a row, that statement rolled back as a whole and the chunk is inserted
 //! again with `ON CONFLICT DO NOTHING`, which then stays in use for [`GUARDED_FOR`] — duplicates
 //! come in runs (a redelivered session), and each refused statement costs its work twice.
+//!
+//! The plain insert is given its rollup rows, computed in Rust ([`batch_rollups`]): all its
+//! rows are new when it succeeds. The `ON CONFLICT DO NOTHING` insert cannot know beforehand
+//! which rows it will store, so PostgreSQL aggregates what it returns.
 
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::batch_rollups::{batch_rollups, RollupRows};
 use super::PostgresStore;
 use crate::store::{Reading, StoreError, StoreResult};
 
@@ -99,6 +104,51 @@ fn statement_text(duplicates: Duplicates) -> String {
     )
 }
 
+/// The plain insert with rollups computed beforehand ([`batch_rollups`]): `$1`–`$3` the
+/// readings, `$4`–`$9` the minute rows, `$10`–`$15` the hour rows, each in key order. The
+/// rollup inserts run after the readings' (PostgreSQL finishes unreferenced `WITH` statements
+/// last), and a refused reading rolls back all three.
+static PLAIN_WITH_ROLLUPS: LazyLock<String> = LazyLock::new(|| {
+    let merge = "ON CONFLICT (series_id, bucket) DO UPDATE SET \
+                 min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max), \
+                 sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count";
+    let rows = |first: usize| {
+        format!(
+            "SELECT * FROM UNNEST(${}::bigint[], ${}::timestamptz[], ${}::float8[], \
+             ${}::float8[], ${}::float8[], ${}::bigint[])",
+            first,
+            first + 1,
+            first + 2,
+            first + 3,
+            first + 4,
+            first + 5
+        )
+    };
+    format!(
+        "WITH m AS ( \
+           INSERT INTO readings_1m AS r (series_id, bucket, min, max, sum, count) {} {merge}), \
+         h AS ( \
+           INSERT INTO readings_1h AS r (series_id, bucket, min, max, sum, count) {} {merge}) \
+         INSERT INTO readings (series_id, ts, value) \
+         SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::float8[])",
+        rows(4),
+        rows(10)
+    )
+});
+
+fn bind_rollups<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    rows: &'q RollupRows,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(&rows.series)
+        .bind(&rows.bucket)
+        .bind(&rows.min)
+        .bind(&rows.max)
+        .bind(&rows.sum)
+        .bind(&rows.count)
+}
+
 /// Splits a batch in key order into at most `most` chunks of at least [`MIN_CHUNK`] readings,
 /// cut where the series changes: no two chunks touch the same series, hence the same rollup
 /// rows, so they commit side by side without waiting on each other's row locks. Measured on a
@@ -168,7 +218,7 @@ impl PostgresStore {
         self.insert_chunk_as(readings, Duplicates::Skipped).await
     }
 
-    /// One statement, three array parameters: far cheaper than a multi-row VALUES list.
+    /// One statement, array parameters: far cheaper than a multi-row VALUES list.
     async fn insert_chunk_as(
         &self,
         readings: &[Reading],
@@ -177,6 +227,20 @@ impl PostgresStore {
         let series: Vec<i64> = readings.iter().map(|r| r.series).collect();
         let ts: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
         let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
+        let rollups = match duplicates {
+            Duplicates::Refused => batch_rollups(readings),
+            Duplicates::Skipped => None,
+        };
+        if let Some((minutes, hours)) = rollups {
+            let done = sqlx::query(&PLAIN_WITH_ROLLUPS)
+                .bind(&series)
+                .bind(&ts)
+                .bind(&values);
+            let done = bind_rollups(bind_rollups(done, &minutes), &hours)
+                .execute(&self.pool)
+                .await?;
+            return Ok(done.rows_affected());
+        }
         let inserted: i64 = sqlx::query_scalar(insert_statement(duplicates))
             .bind(&series)
             .bind(&ts)
