@@ -167,6 +167,7 @@ fn main() -> Result<()> {
                     backends
                 },
                 locked: false,
+                new_binary: None,
             },
         ),
         Task::Certs {

@@ -109,6 +109,7 @@ pub fn run(sh: &Shell, options: Options) -> Result<()> {
                     previous: std::env::var(crate::schema_compat::PREVIOUS_ENV).ok(),
                     backends: crate::schema_compat::ALL_BACKENDS.to_vec(),
                     locked: options.locked,
+                    new_binary: Some(crate::build::target_dir(sh)?.join(binary)),
                 },
             )
         },

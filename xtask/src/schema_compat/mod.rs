@@ -44,14 +44,24 @@ pub struct Options {
     pub backends: Vec<Backend>,
     /// Build the new tree with --locked (CI); the previous release always builds --locked.
     pub locked: bool,
+    /// The new tree's binary when the caller has built it already (`test`: the one its
+    /// earlier steps ran); otherwise a debug build is made. `cargo build -p ddms` alone resolves
+    /// other dependency features than the workspace build before it, so it recompiled ~130 s
+    /// of dependencies that the run had just built.
+    pub new_binary: Option<PathBuf>,
 }
 
 pub fn run(sh: &Shell, options: &Options) -> Result<()> {
     let (previous, old_binary) = build_previous(sh, options.previous.as_deref())?;
     let target = crate::build::target_dir(sh)?;
-    let locked = options.locked.then_some("--locked");
-    cmd!(sh, "cargo build {locked...} -p ddms --bin ddms").run()?;
-    let new_binary = target.join("debug/ddms");
+    let new_binary = match &options.new_binary {
+        Some(binary) => binary.clone(),
+        None => {
+            let locked = options.locked.then_some("--locked");
+            cmd!(sh, "cargo build {locked...} -p ddms --bin ddms").run()?;
+            target.join("debug/ddms")
+        }
+    };
     for binary in [&old_binary, &new_binary] {
         let version = cmd!(sh, "{binary} --version").quiet().read()?;
         println!("schema-compat: {version} ({})", binary.display());
