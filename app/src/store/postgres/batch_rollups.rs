@@ -40,7 +40,8 @@ impl RollupRows {
     }
 
     /// Folds an aggregate into the last row when it is the same bucket, else starts a row.
-    /// Sums add up in input order, as PostgreSQL's `sum` over the inserted rows does.
+    /// Sums add up in input order, as PostgreSQL's `sum` over the inserted rows does for a
+    /// minute (an hour's minutes it adds in hash-table order: the last bit may differ).
     fn fold(&mut self, series: i64, bucket: DateTime<Utc>, min: f64, max: f64, sum: f64, n: i64) {
         let last = self.len().wrapping_sub(1);
         if self.series.last() == Some(&series) && self.bucket.last() == Some(&bucket) {

@@ -60,6 +60,11 @@ enum Duplicates {
     Skipped,
 }
 
+/// How a rollup row folds into the stored bucket (`r`) of the same series and start.
+const MERGE_BUCKET: &str = "ON CONFLICT (series_id, bucket) DO UPDATE SET \
+    min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max), \
+    sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count";
+
 /// The statement for `duplicates`, formatted once.
 fn insert_statement(duplicates: Duplicates) -> &'static str {
     static REFUSED: LazyLock<String> = LazyLock::new(|| statement_text(Duplicates::Refused));
@@ -80,9 +85,6 @@ fn statement_text(duplicates: Duplicates) -> String {
         Duplicates::Refused => "",
         Duplicates::Skipped => "ON CONFLICT DO NOTHING",
     };
-    let merge = "ON CONFLICT (series_id, bucket) DO UPDATE SET \
-                 min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max), \
-                 sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count";
     format!(
         "WITH new AS ( \
            INSERT INTO readings (series_id, ts, value) \
@@ -94,12 +96,12 @@ fn statement_text(duplicates: Duplicates) -> String {
            FROM new GROUP BY 1, 2), \
          m AS ( \
            INSERT INTO readings_1m AS r (series_id, bucket, min, max, sum, count) \
-           SELECT * FROM minutes ORDER BY 1, 2 {merge}), \
+           SELECT * FROM minutes ORDER BY 1, 2 {MERGE_BUCKET}), \
          h AS ( \
            INSERT INTO readings_1h AS r (series_id, bucket, min, max, sum, count) \
            SELECT series_id, date_bin('1 hour', bucket, {ORIGIN}), \
                   min(min), max(max), sum(sum), sum(count)::bigint \
-           FROM minutes GROUP BY 1, 2 ORDER BY 1, 2 {merge}) \
+           FROM minutes GROUP BY 1, 2 ORDER BY 1, 2 {MERGE_BUCKET}) \
          SELECT count(*) FROM new"
     )
 }
@@ -109,9 +111,6 @@ fn statement_text(duplicates: Duplicates) -> String {
 /// rollup inserts run after the readings' (PostgreSQL finishes unreferenced `WITH` statements
 /// last), and a refused reading rolls back all three.
 static PLAIN_WITH_ROLLUPS: LazyLock<String> = LazyLock::new(|| {
-    let merge = "ON CONFLICT (series_id, bucket) DO UPDATE SET \
-                 min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max), \
-                 sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count";
     let rows = |first: usize| {
         format!(
             "SELECT * FROM UNNEST(${}::bigint[], ${}::timestamptz[], ${}::float8[], \
@@ -126,9 +125,9 @@ static PLAIN_WITH_ROLLUPS: LazyLock<String> = LazyLock::new(|| {
     };
     format!(
         "WITH m AS ( \
-           INSERT INTO readings_1m AS r (series_id, bucket, min, max, sum, count) {} {merge}), \
+           INSERT INTO readings_1m AS r (series_id, bucket, min, max, sum, count) {} {MERGE_BUCKET}), \
          h AS ( \
-           INSERT INTO readings_1h AS r (series_id, bucket, min, max, sum, count) {} {merge}) \
+           INSERT INTO readings_1h AS r (series_id, bucket, min, max, sum, count) {} {MERGE_BUCKET}) \
          INSERT INTO readings (series_id, ts, value) \
          SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::float8[])",
         rows(4),
